@@ -1,0 +1,19 @@
+"""qcore: quantization of neural-network tensors and models, with schemes, observers and kernels as plugins.
+
+Plugins load lazily on first registry use, never at import.
+"""
+from .errors import FormatError, InputError, PluginError, QcoreError, SchemeNotFound
+from .plugin.hookspecs import hookimpl
+from .kernels.base import Kernel
+from .tensor import QTensor
+from .quantization import Observer, Quantizer
+from .api import get_kernel, get_observer, get_quantizer, list_kernels, list_observers, list_schemes, plugins, quantize
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__", "hookimpl",
+    "Quantizer", "Observer", "Kernel", "QTensor",
+    "list_schemes", "list_observers", "list_kernels", "get_quantizer", "get_observer", "get_kernel", "plugins", "quantize",
+    "QcoreError", "SchemeNotFound", "FormatError", "PluginError", "InputError",
+]

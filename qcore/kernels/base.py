@@ -1,0 +1,207 @@
+"""The :class:`Kernel` interface: the few array operations every scheme is built from.
+
+The public methods validate their arguments (dtype, contiguity, shapes, ranges) and then call the
+underscore methods a kernel plugin implements.  Those receive only valid input:
+
+* float arrays are float32, C-contiguous, viewed as 3-D ``(outer, C, inner)`` where ``C`` is the size
+  of the quantization axis (``1`` for per-tensor work) and parameters have shape ``(C,)``;
+* code arrays are ``int8`` (signed schemes) or ``uint8`` (unsigned), C-contiguous;
+* sizes are non-zero.
+
+Numerics every implementation must follow bit for bit (the ``numpy`` kernel is the reference):
+
+* ``quantize_affine``: ``q = clamp(rint(x * inv_scale) + zero_point, qmin, qmax)`` in float32, with
+  ``inv_scale = float32(1) / scale`` and ``rint`` rounding half to even;
+* ``dequantize_affine``: ``x = float32(q - zero_point) * scale``;
+* ``pack``: codes as a little-endian bit stream of exactly ``bits`` bits each (code ``i`` occupies bits
+  ``i*bits .. i*bits+bits-1`` counting from bit 0 of byte 0); signed codes are stored in two's complement
+  and sign-extended by ``unpack``.  ``pack`` gives ``ceil(n*bits/8)`` bytes; unused high bits are zero.
+"""
+from __future__ import annotations
+
+import threading
+from typing import ClassVar
+
+import numpy as np
+
+from ..errors import InputError
+from ..validation import as_3d, as_float32, check_int, normalize_axis
+
+
+def code_dtype(signed: bool) -> np.dtype:
+    return np.dtype(np.int8) if signed else np.dtype(np.uint8)
+
+
+def packed_size(count: int, bits: int) -> int:
+    return (count * bits + 7) // 8
+
+
+class Kernel:
+    """Base class of compute kernels.  Subclasses set ``name`` and implement the ``_`` methods."""
+
+    name: ClassVar[str] = ""
+    #: get_kernel() without a name picks the available kernel with the highest priority
+    priority: ClassVar[int] = 0
+
+    @classmethod
+    def available(cls) -> bool:
+        """False when the kernel cannot run here (e.g. its extension module failed to build)."""
+        return True
+
+    def __repr__(self) -> str:
+        return f"<qcore kernel {self.name!r}>"
+
+    # -- helpers shared by the public methods -------------------------------------------------------
+    @staticmethod
+    def _axis(x: np.ndarray, axis) -> int | None:
+        return None if axis is None else normalize_axis(axis, x.ndim)
+
+    @staticmethod
+    def _params(x3: np.ndarray, scale, zero_point):
+        channels = x3.shape[1]
+        scale = np.ascontiguousarray(np.asarray(scale, dtype=np.float32).reshape(-1))
+        zp = np.asarray(zero_point)
+        if zp.dtype.kind not in "iu" and not (zp.dtype.kind == "f" and np.all(zp == np.round(zp))):
+            raise TypeError("zero_point must hold integers")
+        zp = np.ascontiguousarray(zp.astype(np.int32).reshape(-1))
+        if scale.size == 1 and channels != 1:
+            scale = np.full(channels, scale[0], np.float32)
+        if zp.size == 1 and channels != 1:
+            zp = np.full(channels, zp[0], np.int32)
+        if scale.shape != (channels,) or zp.shape != (channels,):
+            raise ValueError(
+                f"scale and zero_point must have one value per channel ({channels}), got {scale.size} and {zp.size}"
+            )
+        if not (np.isfinite(scale).all() and (scale > 0).all()):
+            raise ValueError("scale must be finite and > 0")
+        return scale, zp
+
+    @staticmethod
+    def _code_range(qmin, qmax):
+        qmin = check_int(qmin, "qmin", -128, 255)
+        qmax = check_int(qmax, "qmax", -128, 255)
+        if qmin > qmax or (qmin < 0 and qmax > 127):
+            raise ValueError(f"[qmin, qmax] = [{qmin}, {qmax}] must lie within int8 or uint8")
+        return qmin, qmax
+
+    # -- public, validated operations ----------------------------------------------------------------
+    def minmax(self, x, axis=None) -> tuple[np.ndarray, np.ndarray]:
+        """Minimum and maximum over all axes but ``axis`` (everything if None): two float32 ``(C,)`` arrays.
+
+        NaN/Inf raise :class:`qcore.InputError`; an empty reduction raises ``ValueError``.
+        """
+        x = as_float32(x, check_finite=False)
+        ax = self._axis(x, axis)
+        x3 = as_3d(x, ax)
+        if x3.shape[0] * x3.shape[2] == 0 or x3.shape[1] == 0:
+            raise ValueError("minmax of an empty array (or an empty reduction) is undefined")
+        lo, hi = self._minmax(x3)
+        if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+            raise InputError("x contains NaN or Inf values; qcore refuses non-finite input")
+        return lo, hi
+
+    def absmax(self, x, axis=None) -> np.ndarray:
+        """``max(|x|)`` over all axes but ``axis``: a float32 ``(C,)`` array."""
+        lo, hi = self.minmax(x, axis)
+        return np.maximum(-lo, hi)
+
+    def quantize_affine(self, x, scale, zero_point, qmin: int, qmax: int, axis=None) -> np.ndarray:
+        """Integer codes of ``x`` (same shape), ``int8`` if ``qmin < 0`` else ``uint8``."""
+        x = as_float32(x, check_finite=False)
+        qmin, qmax = self._code_range(qmin, qmax)
+        ax = self._axis(x, axis)
+        x3 = as_3d(x, ax)
+        scale, zp = self._params(x3, scale, zero_point)
+        out = np.empty(x.shape, dtype=code_dtype(qmin < 0))
+        if x.size == 0:
+            return out
+        inv = (np.float32(1.0) / scale).astype(np.float32)
+        if not np.isfinite(inv).all():
+            raise ValueError("scale is too small: 1/scale overflows float32")
+        finite = self._quantize_affine(x3, inv, zp, qmin, qmax, out.reshape(x3.shape))
+        if not finite:
+            raise InputError("x contains NaN or Inf values; qcore refuses non-finite input")
+        return out
+
+    def dequantize_affine(self, codes, scale, zero_point, axis=None) -> np.ndarray:
+        """float32 values ``(codes - zero_point) * scale`` (same shape as ``codes``)."""
+        codes = np.asarray(codes)
+        if codes.dtype not in (np.int8, np.uint8):
+            raise TypeError(f"codes must be int8 or uint8, got {codes.dtype}")
+        codes = np.ascontiguousarray(codes)
+        ax = self._axis(codes, axis)
+        q3 = as_3d(codes, ax)
+        scale, zp = self._params(q3, scale, zero_point)
+        out = np.empty(codes.shape, dtype=np.float32)
+        if codes.size:
+            self._dequantize_affine(q3, scale, zp, out.reshape(q3.shape))
+        return out
+
+    def pack(self, codes, bits: int) -> np.ndarray:
+        """Pack int8/uint8 codes at exactly ``bits`` bits each: a ``uint8`` array of ``ceil(n*bits/8)`` bytes.
+
+        Codes must fit: ``[0, 2^bits-1]`` for uint8, ``[-2^(bits-1), 2^(bits-1)-1]`` for int8.
+        """
+        bits = check_int(bits, "bits", 1, 8)
+        codes = np.asarray(codes)
+        if codes.dtype not in (np.int8, np.uint8):
+            raise TypeError(f"codes must be int8 or uint8, got {codes.dtype}")
+        flat = np.ascontiguousarray(codes).reshape(-1)
+        if flat.size:
+            if codes.dtype == np.int8:
+                lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+            else:
+                lo, hi = 0, (1 << bits) - 1
+            if int(flat.min()) < lo or int(flat.max()) > hi:
+                raise ValueError(f"codes out of range [{lo}, {hi}] for {bits}-bit {codes.dtype} packing")
+        out = np.zeros(packed_size(flat.size, bits), dtype=np.uint8)
+        if flat.size:
+            self._pack(flat.view(np.uint8), bits, out)
+        return out
+
+    def unpack(self, packed, bits: int, count: int, signed: bool) -> np.ndarray:
+        """Inverse of :meth:`pack`: ``count`` codes, int8 (sign-extended) if ``signed`` else uint8."""
+        bits = check_int(bits, "bits", 1, 8)
+        count = check_int(count, "count", 0, 2**62)
+        packed = np.asarray(packed)
+        if packed.dtype != np.uint8 or packed.ndim != 1:
+            raise TypeError("packed must be a 1-d uint8 array")
+        need = packed_size(count, bits)
+        if packed.size != need:
+            raise ValueError(f"{count} codes of {bits} bits need {need} bytes, got {packed.size}")
+        out = np.empty(count, dtype=code_dtype(signed))
+        if count:
+            self._unpack(np.ascontiguousarray(packed), bits, count, bool(signed), out)
+        return out
+
+    # -- what a kernel implements ---------------------------------------------------------------------
+    def _minmax(self, x3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def _quantize_affine(self, x3, inv_scale, zero_point, qmin, qmax, out3) -> bool:
+        """Write codes into ``out3``; return False if any input value was NaN/Inf (the caller raises)."""
+        raise NotImplementedError
+
+    def _dequantize_affine(self, q3, scale, zero_point, out3) -> None:
+        raise NotImplementedError
+
+    def _pack(self, codes_u8: np.ndarray, bits: int, out: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _unpack(self, packed: np.ndarray, bits: int, count: int, signed: bool, out: np.ndarray) -> None:
+        raise NotImplementedError
+
+
+_instances: dict[type, Kernel] = {}
+_instances_lock = threading.Lock()
+
+
+def kernel_instance(cls: type[Kernel]) -> Kernel:
+    """Kernels are stateless: one shared instance per class."""
+    inst = _instances.get(cls)
+    if inst is None:
+        with _instances_lock:
+            inst = _instances.setdefault(cls, cls())
+    return inst
+
+

@@ -1,0 +1,272 @@
+"""Entry-point loading and the registries of schemes, observers and kernels.
+
+Loading is lazy (on first registry use, never at ``import qcore``), happens once, and goes through
+``importlib.metadata`` with our own loop rather than ``pluggy.load_setuptools_entrypoints`` so that:
+
+* a plugin that fails to import, or whose hook raises, is skipped with a one-line warning naming its
+  distribution, version and the error (``QCORE_STRICT_PLUGINS=1`` turns that into :class:`PluginError`);
+* each hook implementation is called on its own, so one broken plugin never takes down the others;
+* two plugins that provide the same name raise :class:`PluginError` naming both distributions;
+* ``QCORE_LOAD_PLUGINS`` (allow-list of distribution names; empty string: built-ins only) and
+  ``QCORE_DISABLE_PLUGINS`` (deny-list of distribution names) choose which third-party distributions load.
+  The built-in plugins (distribution ``qcore``) always load.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata as metadata
+import os
+import re
+import threading
+import warnings
+from typing import Any, Iterable
+
+import pluggy
+
+from ..errors import PluginError, SchemeNotFound
+from . import hookspecs
+
+ENTRY_POINT_GROUP = "qcore"
+BUILTIN_DISTRIBUTION = "qcore"
+#: hook name -> (registry kind, base class attribute path) ; the base class is checked lazily
+KINDS = {
+    "qcore_quantizers": "scheme",
+    "qcore_observers": "observer",
+    "qcore_kernels": "kernel",
+}
+
+
+class PluginWarning(UserWarning):
+    """A plugin was skipped because it failed to import or its hook raised."""
+
+
+def _normalize(name: str) -> str:
+    """PEP 503 normalisation, so ``QCore_Foo`` and ``qcore-foo`` name the same distribution."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _env_list(var: str) -> set[str] | None:
+    value = os.environ.get(var)
+    if value is None:
+        return None
+    return {_normalize(v.strip()) for v in value.split(",") if v.strip()}
+
+
+def _strict() -> bool:
+    return os.environ.get("QCORE_STRICT_PLUGINS", "").strip().lower() not in ("", "0", "false", "no")
+
+
+@dataclasses.dataclass
+class PluginRecord:
+    """One registered plugin: what ``qcore plugins`` prints."""
+
+    name: str  # entry-point name (or the name given to register())
+    distribution: str
+    version: str
+    builtin: bool
+    hooks: list[str] = dataclasses.field(default_factory=list)
+    schemes: list[str] = dataclasses.field(default_factory=list)
+    observers: list[str] = dataclasses.field(default_factory=list)
+    kernels: list[str] = dataclasses.field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class PluginManager:
+    """Wraps a ``pluggy.PluginManager`` with qcore's loading rules and its three registries."""
+
+    def __init__(self, autoload: bool = True):
+        self.autoload = autoload
+        self._lock = threading.RLock()
+        self._pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self._pm.add_hookspecs(hookspecs)
+        self._records: dict[str, PluginRecord] = {}  # plugin name -> record
+        self._loaded = False
+        self._registries: dict[str, dict[str, type]] | None = None
+        self._owners: dict[tuple[str, str], str] = {}  # (kind, name) -> plugin name
+
+    # -- loading -----------------------------------------------------------------------------------
+    def _fail(self, what: str) -> None:
+        if _strict():
+            raise PluginError(what)
+        warnings.warn(what + " (skipped; set QCORE_STRICT_PLUGINS=1 to make this an error)", PluginWarning, stacklevel=4)
+
+    def load(self) -> None:
+        """Load entry points once (a no-op after the first call or with autoload off)."""
+        if self._loaded:
+            return
+        with self._lock:
+            if self._loaded:
+                return
+            if self.autoload:
+                self._load_entry_points()
+            self._loaded = True
+            self._registries = None
+
+    def _load_entry_points(self) -> None:
+        allow = _env_list("QCORE_LOAD_PLUGINS")
+        deny = _env_list("QCORE_DISABLE_PLUGINS") or set()
+        seen_dists: set[tuple[str, str]] = set()
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            dist = ep.dist
+            dist_name = dist.metadata["Name"] if dist is not None else "<unknown>"
+            version = dist.version if dist is not None else "?"
+            builtin = _normalize(dist_name) == BUILTIN_DISTRIBUTION
+            if not builtin:
+                if allow is not None and _normalize(dist_name) not in allow:
+                    continue
+                if _normalize(dist_name) in deny:
+                    continue
+            key = (dist_name, ep.name)
+            if key in seen_dists:  # the same distribution found twice on sys.path
+                continue
+            seen_dists.add(key)
+            try:
+                plugin = ep.load()
+            except Exception as exc:  # noqa: BLE001 - any import failure skips the plugin
+                self._fail(f"qcore plugin {ep.name!r} from {dist_name} {version} failed to import: {type(exc).__name__}: {exc}")
+                continue
+            self._register(plugin, ep.name, dist_name, version, builtin)
+
+    def _register(self, plugin: object, name: str, distribution: str, version: str, builtin: bool) -> None:
+        if name in self._records:
+            prev = self._records[name]
+            if self._pm.get_plugin(name) is plugin:
+                return
+            name = f"{distribution}:{name}"
+        if self._pm.is_registered(plugin):
+            # One module behind several entry points: register once, remember every name.
+            return
+        try:
+            self._pm.register(plugin, name=name)
+            self._pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            if self._pm.is_registered(plugin):
+                self._pm.unregister(plugin)
+            raise PluginError(f"qcore plugin {name!r} from {distribution} {version} is invalid: {exc}") from exc
+        hooks = [impl.name for impl in self._pm.get_hookcallers(plugin) or []]
+        self._records[name] = PluginRecord(name, distribution, version, builtin, hooks=sorted(hooks))
+        self._registries = None
+
+    # -- in-process plugins (tests, notebooks) ------------------------------------------------------
+    def register(self, plugin: object, name: str | None = None, distribution: str = "<in-process>", version: str = "0") -> str:
+        """Register a plugin object directly (no entry point).  Returns the name it is registered under."""
+        with self._lock:
+            self.load()
+            name = name or getattr(plugin, "__name__", None) or f"plugin-{id(plugin):x}"
+            if name in self._records:
+                raise PluginError(f"a plugin named {name!r} is already registered")
+            self._register(plugin, name, distribution, version, builtin=False)
+            try:
+                self.registries()
+            except Exception:
+                self.unregister(name)
+                raise
+            return name
+
+    def unregister(self, name: str) -> None:
+        with self._lock:
+            plugin = self._pm.get_plugin(name)
+            if plugin is not None:
+                self._pm.unregister(plugin)
+            self._records.pop(name, None)
+            self._registries = None
+
+    # -- registries --------------------------------------------------------------------------------
+    def registries(self) -> dict[str, dict[str, type]]:
+        """``{"scheme": {...}, "observer": {...}, "kernel": {...}}`` built by calling each hook impl alone."""
+        self.load()
+        regs = self._registries
+        if regs is not None:
+            return regs
+        with self._lock:
+            if self._registries is not None:
+                return self._registries
+            regs = {kind: {} for kind in KINDS.values()}
+            owners: dict[tuple[str, str], str] = {}
+            for record in self._records.values():
+                record.schemes, record.observers, record.kernels = [], [], []
+            for hook_name, kind in KINDS.items():
+                caller = getattr(self._pm.hook, hook_name)
+                # Call in registration order (oldest first) so built-ins come first in listings.
+                for impl in reversed(caller.get_hookimpls()):
+                    record = self._records.get(impl.plugin_name)
+                    dist = record.distribution if record else impl.plugin_name
+                    try:
+                        classes = list(impl.function() or ())
+                    except Exception as exc:  # noqa: BLE001
+                        self._fail(
+                            f"qcore plugin {impl.plugin_name!r} from {dist} {record.version if record else '?'}: "
+                            f"hook {hook_name} raised {type(exc).__name__}: {exc}"
+                        )
+                        continue
+                    for cls in classes:
+                        cname = getattr(cls, "name", None)
+                        if not isinstance(cname, str) or not cname:
+                            self._fail(f"qcore plugin {impl.plugin_name!r} from {dist}: {hook_name} returned {cls!r} without a string `name`")
+                            continue
+                        if cname in regs[kind] and regs[kind][cname] is not cls:
+                            other = self._records.get(owners[(kind, cname)])
+                            other_dist = other.distribution if other else owners[(kind, cname)]
+                            raise PluginError(
+                                f"two plugins provide the {kind} {cname!r}: {other_dist} "
+                                f"(plugin {owners[(kind, cname)]!r}) and {dist} (plugin {impl.plugin_name!r}); "
+                                f"uninstall one or exclude it with QCORE_DISABLE_PLUGINS"
+                            )
+                        regs[kind][cname] = cls
+                        owners[(kind, cname)] = impl.plugin_name
+                        if record is not None:
+                            getattr(record, kind + "s").append(cname)
+            self._owners = owners
+            self._registries = regs
+            return regs
+
+    def get(self, kind: str, name: str) -> type:
+        regs = self.registries()[kind]
+        if not isinstance(name, str):
+            raise TypeError(f"{kind} name must be a string, got {type(name).__name__}")
+        try:
+            return regs[name]
+        except KeyError:
+            installed = ", ".join(sorted(regs)) or "none"
+            raise SchemeNotFound(f"no {kind} named {name!r} is installed; installed {kind}s: {installed}") from None
+
+    def owner(self, kind: str, name: str) -> PluginRecord | None:
+        self.registries()
+        plugin = self._owners.get((kind, name))
+        return self._records.get(plugin) if plugin else None
+
+    def records(self) -> list[PluginRecord]:
+        self.registries()
+        return list(self._records.values())
+
+    @property
+    def pluggy_manager(self) -> pluggy.PluginManager:
+        return self._pm
+
+
+_MANAGER: PluginManager | None = None
+_MANAGER_LOCK = threading.Lock()
+
+
+def get_manager() -> PluginManager:
+    """The process-wide plugin manager (created on first use; entry points load on first registry use)."""
+    global _MANAGER
+    if _MANAGER is None:
+        with _MANAGER_LOCK:
+            if _MANAGER is None:
+                _MANAGER = PluginManager()
+    return _MANAGER
+
+
+def reset_manager(autoload: bool = True) -> PluginManager:
+    """Replace the process-wide manager (tests; after changing the QCORE_* environment variables)."""
+    global _MANAGER
+    with _MANAGER_LOCK:
+        _MANAGER = PluginManager(autoload=autoload)
+    return _MANAGER
+
+
+def iter_names(kind: str) -> Iterable[str]:
+    return sorted(get_manager().registries()[kind])

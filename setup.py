@@ -1,0 +1,124 @@
+"""Build of qcore: the core package, the built-in plugins (``qcore_plugins``) and their Cython kernels.
+
+Every ``pyx/NAME.pyx`` becomes the extension module ``qcore_plugins._NAME``.  C helpers included by the
+``.pyx`` files live beside them in ``pyx/``.  OpenMP is used where the compiler accepts ``-fopenmp``; the
+build still succeeds, serially, where it does not.  We never pass ``-march=native``: instruction sets beyond
+baseline x86-64 are chosen at run time inside the C helpers (``__attribute__((target(...)))`` + cpuid).
+"""
+import glob
+import os
+import sys
+import tempfile
+
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+
+def _compiler_accepts(compiler, flags):
+    """True if ``compiler`` compiles and links a tiny OpenMP program with ``flags``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "probe.c")
+        with open(src, "w") as f:
+            f.write("#include <omp.h>\nint main(void){return omp_get_max_threads() > 0 ? 0 : 1;}\n")
+        try:
+            objs = compiler.compile([src], output_dir=tmp, extra_postargs=flags)
+            compiler.link_executable(objs, os.path.join(tmp, "probe"), extra_postargs=flags)
+        except Exception:
+            return False
+    return True
+
+
+class BuildExt(build_ext):
+    """Adds OpenMP flags per compiler, when the compiler has OpenMP."""
+
+    def build_extensions(self):
+        ctype = self.compiler.compiler_type
+        if os.environ.get("QCORE_NO_OPENMP"):
+            omp = []
+        elif ctype == "msvc":
+            omp = ["/openmp"]
+        elif _compiler_accepts(self.compiler, ["-fopenmp"]):
+            omp = ["-fopenmp"]
+        else:
+            omp = []
+        if not omp:
+            sys.stderr.write("qcore: building without OpenMP; kernels will run on one thread\n")
+        extra = os.environ.get("QCORE_EXTRA_CFLAGS", "").split()
+        for ext in self.extensions:
+            if ctype != "msvc":
+                # -ffp-contract=off: kernels must equal the numpy reference bit for bit (no fused x*s+c).
+                ext.extra_compile_args = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"] + omp + extra
+                ext.extra_link_args = omp + extra
+            else:
+                ext.extra_compile_args = ["/O2"] + omp
+        super().build_extensions()
+
+
+def extensions():
+    import numpy
+
+    exts = []
+    for path in sorted(glob.glob(os.path.join("pyx", "*.pyx"))):
+        name = os.path.splitext(os.path.basename(path))[0]
+        exts.append(
+            Extension(
+                f"qcore_plugins._{name}",
+                [path],
+                include_dirs=[numpy.get_include(), "pyx"],
+                define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+                depends=glob.glob(os.path.join("pyx", "*.h")) + glob.glob(os.path.join("pyx", "*.pxd")),
+            )
+        )
+    from Cython.Build import cythonize
+
+    return cythonize(
+        exts,
+        compiler_directives={
+            "language_level": 3,
+            "boundscheck": False,
+            "wraparound": False,
+            "initializedcheck": False,
+            "cdivision": True,
+        },
+    )
+
+
+# Built-in plugins register through the same entry-point group a third party uses.
+BUILTIN_PLUGINS = [
+    "linear = qcore_plugins.schemes.linear",
+    "minmax = qcore_plugins.observers.minmax",
+    "numpy = qcore_plugins.kernels.numpy_kernel",
+    "cython = qcore_plugins.kernels.cython_kernel",
+]
+
+setup(
+    name="qcore",
+    version="0.1.0",
+    description="Neural-network quantization: linear, log and k-means schemes on Cython/OpenMP kernels, with plugins",
+    long_description=open("README.md", encoding="utf-8").read() if os.path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["qcore", "qcore.*"])
+    + ["qcore_plugins"]
+    + [f"qcore_plugins.{p}" for p in find_packages("plugins")],
+    package_dir={"qcore_plugins": "plugins"},
+    ext_modules=extensions(),
+    cmdclass={"build_ext": BuildExt},
+    install_requires=[
+        "numpy>=1.25",
+        "pluggy>=1.3",
+        "safetensors>=0.4",
+        "scikit-learn>=1.3",
+        "tqdm>=4.60",
+        "matplotlib>=3.7",
+        "threadpoolctl>=3.1",
+    ],
+    extras_require={
+        "torch": ["torch==2.13.0"],
+        "test": ["pytest>=7", "hypothesis>=6"],
+    },
+    entry_points={
+        "qcore": BUILTIN_PLUGINS,
+        "console_scripts": ["qcore = qcore.cli.main:main"],
+    },
+)
