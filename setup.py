@@ -73,6 +73,7 @@ def extensions():
 
     return cythonize(
         exts,
+        build_dir=os.path.join("build", "cython"),  # generated C stays out of pyx/, which holds only sources
         compiler_directives={
             "language_level": 3,
             "boundscheck": False,
