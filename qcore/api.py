@@ -55,3 +55,9 @@ def plugins(all: bool = True) -> list[PluginRecord]:
 def quantize(x, scheme: str = "linear", **options: Any):
     """Shorthand for ``get_quantizer(scheme, **options).quantize(x)``."""
     return get_quantizer(scheme, **options).quantize(x)
+
+
+def get_manager_records_for(kind: str, name: str) -> str:
+    """``"distribution version"`` of the plugin providing ``name`` of ``kind`` (for listings)."""
+    rec = get_manager().owner(kind, name)
+    return f"{rec.distribution} {rec.version}" if rec else "?"

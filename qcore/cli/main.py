@@ -1,0 +1,94 @@
+"""``qcore`` command: argument parsing and dispatch.  Each sub-command lives in its own function.
+
+Errors a user can cause (bad file, unknown scheme, bad option) print one clean line to stderr and exit 2;
+no traceback.  ``QCORE_DEBUG=1`` shows the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from ..errors import QcoreError
+
+
+def cmd_plugins(args) -> int:
+    from ..api import plugins
+
+    records = plugins(all=args.all)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in records], indent=2))
+        return 0
+    if not records:
+        print("no third-party plugins installed (qcore plugins --all lists the built-ins)")
+        return 0
+    for r in records:
+        provided = []
+        for kind in ("schemes", "observers", "kernels"):
+            names = getattr(r, kind)
+            if names:
+                provided.append(f"{kind}: {', '.join(names)}")
+        tag = " (built-in)" if r.builtin else ""
+        print(f"{r.name}  {r.distribution} {r.version}{tag}  hooks: {', '.join(r.hooks)}  {'; '.join(provided)}")
+    return 0
+
+
+def cmd_schemes(args) -> int:
+    from ..api import get_manager_records_for, list_kernels, list_observers, list_schemes
+
+    rows = [("scheme", n) for n in list_schemes()] + [("observer", n) for n in list_observers()] + [("kernel", n) for n in list_kernels()]
+    for kind, name in rows:
+        owner = get_manager_records_for(kind, name)
+        print(f"{kind:9s} {name:16s} {owner}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(quiet=args.quiet)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    p = argparse.ArgumentParser(prog="qcore", description="Quantize neural-network tensors and models.")
+    p.add_argument("--version", action="version", version=f"qcore {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    sp = sub.add_parser("plugins", help="list installed plugins")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.add_argument("--all", action="store_true", help="include the built-in plugins")
+    sp.set_defaults(func=cmd_plugins)
+
+    sp = sub.add_parser("schemes", help="list schemes, observers and kernels with the distribution providing each")
+    sp.set_defaults(func=cmd_schemes)
+
+    sp = sub.add_parser("demo", help="the main job on an embedded default (no download)")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except (QcoreError, ValueError, TypeError, KeyError, OSError) as exc:
+        if os.environ.get("QCORE_DEBUG"):
+            raise
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"qcore: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("qcore: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
