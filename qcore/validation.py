@@ -38,7 +38,7 @@ def as_float32(x, name: str = "x", check_finite: bool = True) -> np.ndarray:
             big = np.abs(arr[np.isfinite(arr)]).max(initial=0.0)
         if big > np.finfo(np.float32).max:
             raise InputError(f"{name} holds values beyond float32's range (|x| up to {big:.3g})")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    arr = np.asarray(arr, dtype=np.float32, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
     if check_finite:
         check_all_finite(arr, name)
     return arr

@@ -51,6 +51,7 @@ class LinearQuantizer(qcore.Quantizer):
         if x.size == 0:
             return {"scale": np.ones(pshape, np.float32), "zero_point": np.zeros(pshape, np.int32)}
         if self.signed and self.bits <= 2:
+            qcore.validation.check_all_finite(x)  # least squares reads the values themselves
             scale = self._least_squares_alpha(view, axis)
             zp = np.zeros_like(scale, dtype=np.int32)
         else:
@@ -93,6 +94,9 @@ class LinearQuantizer(qcore.Quantizer):
             best = np.argmax(csum**2 / m, axis=1)
             alpha = csum[np.arange(len(best)), best] / (best + 1)
         alpha = alpha.astype(np.float32)
+        if self.bits == 1:  # decoded as alpha * (2c + 1): alpha 0 (an all-zero channel) is exact
+            return alpha
+        # ternary codes go through the affine kernel, which needs a positive scale
         return np.where(alpha > 0, np.maximum(alpha, MIN_SCALE), np.float32(1.0)).astype(np.float32)
 
     # -- codes -----------------------------------------------------------------------------------------
@@ -100,7 +104,7 @@ class LinearQuantizer(qcore.Quantizer):
         view, axis = self.layout(x)
         scale = params["scale"].reshape(-1)
         if self.signed and self.bits == 1:
-            qcore.validation.check_all_finite(x)
+            qcore.validation.check_all_finite(x)  # no kernel pass here to catch NaN/Inf
             return np.where(x >= 0, 0, -1).astype(np.int8)
         zp = params["zero_point"].reshape(-1)
         codes = self.kernel.quantize_affine(view, scale, zp, self.qmin, self.qmax, axis=axis)
@@ -111,7 +115,7 @@ class LinearQuantizer(qcore.Quantizer):
         view, axis = self.layout(codes)
         scale = params["scale"].reshape(-1).astype(np.float32)
         if self.signed and self.bits == 1:
-            alpha = np.ones(codes.shape, np.float32) * self._broadcast(scale, view, axis).reshape(codes.shape)
+            alpha = self._broadcast(scale, view, axis).reshape(codes.shape)
             return (alpha * (2 * codes.astype(np.float32) + 1)).astype(np.float32)
         zp = params["zero_point"].reshape(-1)
         return self.kernel.dequantize_affine(view, scale, zp, axis=axis).reshape(codes.shape)
@@ -119,7 +123,7 @@ class LinearQuantizer(qcore.Quantizer):
     @staticmethod
     def _broadcast(p, view, axis):
         if axis is None:
-            return p.reshape(())
+            return np.broadcast_to(p.reshape(()), view.shape)
         shape = [1] * view.ndim
         shape[axis] = -1
         return np.broadcast_to(p.reshape(shape), view.shape)

@@ -115,7 +115,8 @@ class Kernel:
         out = np.empty(x.shape, dtype=code_dtype(qmin < 0))
         if x.size == 0:
             return out
-        inv = (np.float32(1.0) / scale).astype(np.float32)
+        with np.errstate(over="ignore"):
+            inv = (np.float32(1.0) / scale).astype(np.float32)
         if not np.isfinite(inv).all():
             raise ValueError("scale is too small: 1/scale overflows float32")
         finite = self._quantize_affine(x3, inv, zp, qmin, qmax, out.reshape(x3.shape))
@@ -128,7 +129,7 @@ class Kernel:
         codes = np.asarray(codes)
         if codes.dtype not in (np.int8, np.uint8):
             raise TypeError(f"codes must be int8 or uint8, got {codes.dtype}")
-        codes = np.ascontiguousarray(codes)
+        codes = np.asarray(codes, order="C")
         ax = self._axis(codes, axis)
         q3 = as_3d(codes, ax)
         scale, zp = self._params(q3, scale, zero_point)

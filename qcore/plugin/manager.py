@@ -76,8 +76,10 @@ class PluginRecord:
 class PluginManager:
     """Wraps a ``pluggy.PluginManager`` with qcore's loading rules and its three registries."""
 
-    def __init__(self, autoload: bool = True):
+    def __init__(self, autoload: bool = True, entry_points=None):
         self.autoload = autoload
+        # a callable returning entry points (tests pass fakes); default: importlib.metadata's "qcore" group
+        self._entry_points = entry_points or (lambda: metadata.entry_points(group=ENTRY_POINT_GROUP))
         self._lock = threading.RLock()
         self._pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self._pm.add_hookspecs(hookspecs)
@@ -108,7 +110,7 @@ class PluginManager:
         allow = _env_list("QCORE_LOAD_PLUGINS")
         deny = _env_list("QCORE_DISABLE_PLUGINS") or set()
         seen_dists: set[tuple[str, str]] = set()
-        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        for ep in self._entry_points():
             dist = ep.dist
             dist_name = dist.metadata["Name"] if dist is not None else "<unknown>"
             version = dist.version if dist is not None else "?"
@@ -190,7 +192,7 @@ class PluginManager:
             for hook_name, kind in KINDS.items():
                 caller = getattr(self._pm.hook, hook_name)
                 # Call in registration order (oldest first) so built-ins come first in listings.
-                for impl in reversed(caller.get_hookimpls()):
+                for impl in caller.get_hookimpls():  # registration order, oldest first
                     record = self._records.get(impl.plugin_name)
                     dist = record.distribution if record else impl.plugin_name
                     try:
@@ -260,12 +262,20 @@ def get_manager() -> PluginManager:
     return _MANAGER
 
 
-def reset_manager(autoload: bool = True) -> PluginManager:
+def reset_manager(autoload: bool = True, entry_points=None) -> PluginManager:
     """Replace the process-wide manager (tests; after changing the QCORE_* environment variables)."""
     global _MANAGER
     with _MANAGER_LOCK:
-        _MANAGER = PluginManager(autoload=autoload)
+        _MANAGER = PluginManager(autoload=autoload, entry_points=entry_points)
     return _MANAGER
+
+
+def set_manager(manager: PluginManager | None) -> PluginManager | None:
+    """Install ``manager`` as the process-wide one; returns the previous (to restore it after a test)."""
+    global _MANAGER
+    with _MANAGER_LOCK:
+        previous, _MANAGER = _MANAGER, manager
+    return previous
 
 
 def iter_names(kind: str) -> Iterable[str]:
