@@ -39,7 +39,8 @@ def test_plugin_example_registers_and_quantizes():
 
 
 def test_cli_commands_named_in_readme_run():
-    shell = "\n".join(re.findall(r"```(?:bash)?\n(.*?)```", README, re.S))
+    fenced = re.findall(r"^```(\w*)\n(.*?)^```", README, re.S | re.M)
+    shell = "\n".join(body for lang, body in fenced if lang in ("", "bash"))
     cmds = set(re.findall(r"^qcore (\w+)", shell, re.M)) | set(re.findall(r"&& qcore (\w+)", shell))
     assert {"demo", "plugins", "schemes"} <= cmds
     for cmd in sorted(cmds):
