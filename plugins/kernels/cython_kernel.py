@@ -1,0 +1,151 @@
+"""The ``cython`` kernel: the fast default, equal bit for bit to the ``numpy`` reference.
+
+The work happens in the extension ``qcore_plugins._quant`` (``pyx/quant.pyx`` and its C helpers
+``pyx/quant_kernels.h``): one fused pass per operation, GIL released, OpenMP threads over rows/chunks
+(``OMP_NUM_THREADS`` honoured; small calls stay on one thread), inner loops vectorized at baseline x86-64
+with AVX2 / AVX-512 copies chosen at import (``QCORE_ISA=baseline|avx2|avx512`` to force one).
+
+This module only maps the ``(outer, C, inner)`` views the :class:`qcore.Kernel` base class hands over
+onto the two layouts the extension knows:
+
+* *runs* — ``inner`` long enough (or one channel): each ``(o, c)`` row of ``inner`` elements is a run with
+  scalar parameters; a single long run (per-tensor) is cut into chunks, one group per thread;
+* *rows* — short ``inner`` (per-channel along the last axis, ``inner == 1``): parameters become vectors
+  of length ``C*inner`` (tiled a few times when that is short) applied element by element.
+
+NaN/Inf detection for ``quantize_affine`` happens inside the same pass over the input (exponent bits
+OR-reduced), so validation adds no extra pass over memory.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+try:  # qcore.hookimpl is the public name; the hookspecs module holds the same object
+    from qcore import hookimpl
+except ImportError:  # pragma: no cover - while qcore/__init__ is incomplete
+    from qcore.plugin.hookspecs import hookimpl
+
+from qcore.kernels import Kernel
+
+try:
+    from qcore_plugins import _quant
+except ImportError as exc:  # extension not built: the kernel reports itself unavailable
+    _quant = None
+    _IMPORT_ERROR: Exception | None = exc
+else:
+    _IMPORT_ERROR = None
+
+# runs shorter than this use the element-wise "rows" layout instead of one call per run
+_RUN_MIN = 16
+# rows shorter than this are processed several at a time (parameter vectors tiled)
+_ROW_MIN = 512
+# zero points up to this magnitude take the fast quantize loop (see pyx/quant_kernels.h)
+_FAST_ZP_MAX = 1 << 21
+
+
+def _row_tiling(outer: int, width: int) -> tuple[int, int]:
+    """``(m, main)``: process rows ``m`` at a time (``m*width >= _ROW_MIN``); rows ``main:`` are left over."""
+    m = 1 if width >= _ROW_MIN else min(outer, -(-_ROW_MIN // width))
+    return m, (outer // m) * m
+
+
+class CythonKernel(Kernel):
+    name = "cython"
+    priority = 100
+
+    @classmethod
+    def available(cls) -> bool:
+        return _quant is not None
+
+    # -- min / max ------------------------------------------------------------------------------------
+    def _minmax(self, x3):
+        outer, C, inner = x3.shape
+        if C == 1 or inner >= _RUN_MIN:
+            runs = x3.reshape(-1, inner) if C != 1 else x3.reshape(1, -1)
+            mn = np.empty(C, np.float32)
+            mx = np.empty(C, np.float32)
+            _quant.minmax_runs(runs, C, mn, mx)
+            return mn, mx
+        width = C * inner
+        x2 = x3.reshape(outer, width)
+        m, main = _row_tiling(outer, width)
+        parts_mn, parts_mx = [], []
+        for block, w in ((x2[:main].reshape(-1, width * m), width * m), (x2[main:], width)):
+            if block.shape[0] == 0:
+                continue
+            cmn = np.empty(w, np.float32)
+            cmx = np.empty(w, np.float32)
+            _quant.minmax_rows(block, cmn, cmx)
+            # numpy min/max propagate NaN, as the kernel does
+            parts_mn.append(cmn.reshape(-1, C, inner).min(axis=(0, 2)))
+            parts_mx.append(cmx.reshape(-1, C, inner).max(axis=(0, 2)))
+        mn = parts_mn[0] if len(parts_mn) == 1 else np.minimum(parts_mn[0], parts_mn[1])
+        mx = parts_mx[0] if len(parts_mx) == 1 else np.maximum(parts_mx[0], parts_mx[1])
+        return mn.astype(np.float32, copy=False), mx.astype(np.float32, copy=False)
+
+    # -- quantize ----------------------------------------------------------------------------------------
+    def _quantize_affine(self, x3, inv_scale, zero_point, qmin, qmax, out3):
+        outer, C, inner = x3.shape
+        out8 = out3.view(np.uint8)
+        inv = np.ascontiguousarray(inv_scale, dtype=np.float32)
+        zpf = zero_point.astype(np.float32)  # float(zero_point) rounded exactly as the reference does
+        lo, hi = float(qmin), float(qmax)
+        # the fast loop clamps x*inv_scale to +-2^22 before rounding: exact while |zero_point| <= 2^21
+        exact = bool(np.abs(zero_point.astype(np.int64)).max() > _FAST_ZP_MAX)
+        if C == 1 or inner >= _RUN_MIN:
+            shape = (-1, inner) if C != 1 else (1, -1)
+            return bool(_quant.quantize_runs(x3.reshape(shape), inv, zpf, C, lo, hi, out8.reshape(shape), exact))
+        width = C * inner
+        x2 = x3.reshape(outer, width)
+        o2 = out8.reshape(outer, width)
+        inv_w = np.repeat(inv, inner)
+        zpf_w = np.repeat(zpf, inner)
+        m, main = _row_tiling(outer, width)
+        ok = True
+        if main:
+            ok &= bool(
+                _quant.quantize_rows(
+                    x2[:main].reshape(-1, width * m), np.tile(inv_w, m), np.tile(zpf_w, m), lo, hi,
+                    o2[:main].reshape(-1, width * m), exact,
+                )
+            )
+        if main < outer:
+            ok &= bool(_quant.quantize_rows(x2[main:], inv_w, zpf_w, lo, hi, o2[main:], exact))
+        return ok
+
+    # -- dequantize --------------------------------------------------------------------------------------
+    def _dequantize_affine(self, q3, scale, zero_point, out3):
+        outer, C, inner = q3.shape
+        signed = q3.dtype == np.int8
+        q8 = q3.view(np.uint8)
+        scale = np.ascontiguousarray(scale, dtype=np.float32)
+        zp = np.ascontiguousarray(zero_point, dtype=np.int32)
+        if C == 1 or inner >= _RUN_MIN:
+            shape = (-1, inner) if C != 1 else (1, -1)
+            _quant.dequantize_runs(q8.reshape(shape), signed, scale, zp, C, out3.reshape(shape))
+            return
+        width = C * inner
+        q2 = q8.reshape(outer, width)
+        o2 = out3.reshape(outer, width)
+        scale_w = np.repeat(scale, inner)
+        zp_w = np.repeat(zp, inner)
+        m, main = _row_tiling(outer, width)
+        if main:
+            _quant.dequantize_rows(
+                q2[:main].reshape(-1, width * m), signed, np.tile(scale_w, m), np.tile(zp_w, m),
+                o2[:main].reshape(-1, width * m),
+            )
+        if main < outer:
+            _quant.dequantize_rows(q2[main:], signed, scale_w, zp_w, o2[main:])
+
+    # -- bit packing -------------------------------------------------------------------------------------
+    def _pack(self, codes_u8, bits, out):
+        _quant.pack(codes_u8, int(bits), out)
+
+    def _unpack(self, packed, bits, count, signed, out):
+        _quant.unpack(packed, int(bits), bool(signed), out.view(np.uint8))
+
+
+@hookimpl
+def qcore_kernels():
+    return [CythonKernel]

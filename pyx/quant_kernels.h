@@ -1,0 +1,415 @@
+/* Inner loops of qcore's ``cython`` kernel (pyx/quant.pyx), on raw pointers.
+ *
+ * Every loop here is written so gcc vectorizes it at baseline x86-64 (SSE2) under strict IEEE
+ * (-O3 -ffp-contract=off -fno-math-errno -fno-trapping-math, no -ffast-math):
+ *
+ * - rounding half to even without rintf (a libm call before SSE4.1): for |v| < 2^23,
+ *   (v + copysign(2^23, v)) - copysign(2^23, v) is rint(v) in the default rounding mode; larger
+ *   magnitudes (and +-inf) are already integers and pass through unchanged;
+ * - clamps are written ``s > lo ? s : lo`` / ``s < hi ? s : hi`` (maxps/minps); the value is clamped
+ *   in float before the float->int conversion, so huge or infinite values never overflow an int;
+ * - non-finite input is detected in the same pass from the exponent bits: for each x,
+ *   ((bits & 0x7f800000) + 0x00800000) has bit 31 set iff the exponent is all ones (NaN/Inf);
+ *   an integer OR reduction vectorizes under strict IEEE, a float one would not;
+ * - min/max reductions keep 16 independent lanes (no reassociation needed) and propagate NaN
+ *   explicitly: ``m = (v < m || v != v) ? v : m``.
+ *
+ * Numerics equal the numpy reference bit for bit (see qcore/kernels/base.py):
+ *   q = clamp(rint(x * inv_scale) + float(zero_point), qmin, qmax)      (float32 throughout)
+ *   x = float(q - zero_point) * scale                                   (int32 wrap-around like numpy)
+ *
+ * The same bodies are compiled three times: baseline, target("avx2") and target("avx512f,avx512bw,
+ * avx512vl"), by inlining an always_inline body into a wrapper carrying the target attribute; the
+ * variant is chosen once at import (qc_select_isa) from __builtin_cpu_supports.  No FMA is enabled in
+ * the variants (and -ffp-contract=off forbids contraction anyway), so every variant gives the same bits.
+ */
+#ifndef QCORE_QUANT_KERNELS_H
+#define QCORE_QUANT_KERNELS_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__GNUC__)
+#define QC_INLINE static inline __attribute__((always_inline))
+#else
+#define QC_INLINE static inline
+#endif
+
+#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
+#define QC_X86_DISPATCH 1
+#else
+#define QC_X86_DISPATCH 0
+#endif
+
+/* ------------------------------------------------------------------------------------------------ */
+/* bodies                                                                                           */
+
+QC_INLINE float qc_rint(float v)
+{
+    float t = copysignf(8388608.0f, v);
+    float r = (v + t) - t;
+    return fabsf(v) < 8388608.0f ? r : v;
+}
+
+QC_INLINE uint32_t qc_nonfinite_bits(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    return (u & 0x7f800000u) + 0x00800000u;
+}
+
+/* Exact for every zero point: rint with the copysign trick, valid for any magnitude. */
+QC_INLINE uint8_t qc_quant1_exact(float x, float inv, float zpf, float lo, float hi, float rb, float magic)
+{
+    float s = qc_rint(x * inv) + zpf;
+    (void)rb; (void)magic;
+    s = s > lo ? s : lo; /* NaN (never reached: refused) would become lo, not UB */
+    s = s < hi ? s : hi;
+    return (uint8_t)(int32_t)s;
+}
+
+/* Fast form, exact when |zero_point| <= 2^21 (the caller checks; codes lie in [-128, 255]):
+ * v is first clamped to [-2^22, 2^22], where (v + 1.5*2^23) - 1.5*2^23 == rint(v).  A v beyond that
+ * range gives rint(v) + zp beyond [-128, 255] either way (|zp| <= 2^21), so the final clamp gives the
+ * same code as the reference; +-inf lands on qmin/qmax as in the reference; NaN becomes a clamp
+ * bound (never UB). */
+#define QC_RBOUND 4194304.0f   /* 2^22 */
+#define QC_MAGIC 12582912.0f   /* 1.5 * 2^23 */
+QC_INLINE float qc_fmax(float a, float b) { return a > b ? a : b; } /* maxps: NaN a -> b */
+QC_INLINE float qc_fmin(float a, float b) { return a < b ? a : b; } /* minps: NaN a -> b */
+QC_INLINE uint8_t qc_quant1(float x, float inv, float zpf, float lo, float hi, float rb, float magic)
+{
+    float v = qc_fmin(qc_fmax(x * inv, -rb), rb);
+    float s = ((v + magic) - magic) + zpf;
+    s = qc_fmin(qc_fmax(s, lo), hi);
+    return (uint8_t)(int32_t)s;
+}
+
+/* rb and magic are read through volatiles once per call: with them as visible constants gcc merges
+ * the two clamps into compare/blend chains instead of maxps/minps (about twice the instructions). */
+#define QC_QUANT_LOOP(Q1, INV, ZPF)                                                                      \
+    volatile float rb_v = QC_RBOUND, magic_v = QC_MAGIC;                                                 \
+    const float rb = rb_v, magic = magic_v;                                                             \
+    uint32_t bad = 0;                                                                                   \
+    (void)rb; (void)magic;                                                                              \
+    for (ptrdiff_t i = 0; i < n; i++) {                                                                 \
+        float xi = x[i];                                                                                \
+        bad |= qc_nonfinite_bits(xi);                                                                   \
+        out[i] = Q1(xi, INV, ZPF, lo, hi, rb, magic);                                                   \
+    }                                                                                                   \
+    return (bad & 0x80000000u) != 0;
+
+/* one run with scalar parameters; returns non-zero if some x was NaN/Inf */
+QC_INLINE int qc_quant_run_body(const float *restrict x, uint8_t *restrict out, ptrdiff_t n,
+                                float inv, float zpf, float lo, float hi)
+{
+    QC_QUANT_LOOP(qc_quant1, inv, zpf)
+}
+
+/* one row with per-element parameter vectors (per-channel along the last axis) */
+QC_INLINE int qc_quant_vec_body(const float *restrict x, uint8_t *restrict out, ptrdiff_t n,
+                                const float *restrict inv, const float *restrict zpf, float lo, float hi)
+{
+    QC_QUANT_LOOP(qc_quant1, inv[i], zpf[i])
+}
+
+/* the same for any int32 zero point (baseline only: such zero points are pathological) */
+static int qc_quant_run_exact(const float *restrict x, uint8_t *restrict out, ptrdiff_t n,
+                              float inv, float zpf, float lo, float hi)
+{
+    QC_QUANT_LOOP(qc_quant1_exact, inv, zpf)
+}
+
+static int qc_quant_vec_exact(const float *restrict x, uint8_t *restrict out, ptrdiff_t n,
+                              const float *restrict inv, const float *restrict zpf, float lo, float hi)
+{
+    QC_QUANT_LOOP(qc_quant1_exact, inv[i], zpf[i])
+}
+
+QC_INLINE int32_t qc_sub_wrap(int32_t a, int32_t b)
+{
+    return (int32_t)((uint32_t)a - (uint32_t)b); /* int32 wrap-around, as numpy */
+}
+
+QC_INLINE void qc_deq_run_s8_body(const int8_t *restrict q, float *restrict out, ptrdiff_t n,
+                                  int32_t zp, float scale)
+{
+    for (ptrdiff_t i = 0; i < n; i++) out[i] = (float)qc_sub_wrap(q[i], zp) * scale;
+}
+
+QC_INLINE void qc_deq_run_u8_body(const uint8_t *restrict q, float *restrict out, ptrdiff_t n,
+                                  int32_t zp, float scale)
+{
+    for (ptrdiff_t i = 0; i < n; i++) out[i] = (float)qc_sub_wrap(q[i], zp) * scale;
+}
+
+QC_INLINE void qc_deq_vec_s8_body(const int8_t *restrict q, float *restrict out, ptrdiff_t n,
+                                  const int32_t *restrict zp, const float *restrict scale)
+{
+    for (ptrdiff_t i = 0; i < n; i++) out[i] = (float)qc_sub_wrap(q[i], zp[i]) * scale[i];
+}
+
+QC_INLINE void qc_deq_vec_u8_body(const uint8_t *restrict q, float *restrict out, ptrdiff_t n,
+                                  const int32_t *restrict zp, const float *restrict scale)
+{
+    for (ptrdiff_t i = 0; i < n; i++) out[i] = (float)qc_sub_wrap(q[i], zp[i]) * scale[i];
+}
+
+#define QC_LANES 16
+#define QC_MIN_UPD(m, v) ((((v) < (m)) || ((v) != (v))) ? (v) : (m))
+#define QC_MAX_UPD(m, v) ((((v) > (m)) || ((v) != (v))) ? (v) : (m))
+
+/* min and max of x[0..n) (n >= 1); a NaN anywhere makes both results NaN */
+QC_INLINE void qc_minmax_run_body(const float *restrict x, ptrdiff_t n, float *pmn, float *pmx)
+{
+    float mn = x[0], mx = x[0];
+    ptrdiff_t i = 0;
+    if (n >= 2 * QC_LANES) {
+        float lmn[QC_LANES], lmx[QC_LANES];
+        for (int k = 0; k < QC_LANES; k++) lmn[k] = lmx[k] = x[k];
+        for (i = QC_LANES; i + QC_LANES <= n; i += QC_LANES) {
+            for (int k = 0; k < QC_LANES; k++) {
+                float v = x[i + k];
+                lmn[k] = QC_MIN_UPD(lmn[k], v);
+                lmx[k] = QC_MAX_UPD(lmx[k], v);
+            }
+        }
+        for (int k = 0; k < QC_LANES; k++) {
+            mn = QC_MIN_UPD(mn, lmn[k]);
+            mx = QC_MAX_UPD(mx, lmx[k]);
+        }
+    }
+    for (; i < n; i++) {
+        float v = x[i];
+        mn = QC_MIN_UPD(mn, v);
+        mx = QC_MAX_UPD(mx, v);
+    }
+    *pmn = mn;
+    *pmx = mx;
+}
+
+/* element-wise running min/max: mn[i] = min(mn[i], x[i]) etc. (NaN-propagating) */
+QC_INLINE void qc_minmax_vec_body(const float *restrict x, ptrdiff_t n, float *restrict mn, float *restrict mx)
+{
+    for (ptrdiff_t i = 0; i < n; i++) {
+        float v = x[i];
+        mn[i] = QC_MIN_UPD(mn[i], v);
+        mx[i] = QC_MAX_UPD(mx[i], v);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* per-ISA copies and run-time dispatch                                                              */
+
+typedef int (*qc_quant_run_t)(const float *, uint8_t *, ptrdiff_t, float, float, float, float);
+typedef int (*qc_quant_vec_t)(const float *, uint8_t *, ptrdiff_t, const float *, const float *, float, float);
+typedef void (*qc_deq_run_s8_t)(const int8_t *, float *, ptrdiff_t, int32_t, float);
+typedef void (*qc_deq_run_u8_t)(const uint8_t *, float *, ptrdiff_t, int32_t, float);
+typedef void (*qc_deq_vec_s8_t)(const int8_t *, float *, ptrdiff_t, const int32_t *, const float *);
+typedef void (*qc_deq_vec_u8_t)(const uint8_t *, float *, ptrdiff_t, const int32_t *, const float *);
+typedef void (*qc_minmax_run_t)(const float *, ptrdiff_t, float *, float *);
+typedef void (*qc_minmax_vec_t)(const float *, ptrdiff_t, float *, float *);
+
+typedef struct {
+    qc_quant_run_t quant_run;
+    qc_quant_vec_t quant_vec;
+    qc_deq_run_s8_t deq_run_s8;
+    qc_deq_run_u8_t deq_run_u8;
+    qc_deq_vec_s8_t deq_vec_s8;
+    qc_deq_vec_u8_t deq_vec_u8;
+    qc_minmax_run_t minmax_run;
+    qc_minmax_vec_t minmax_vec;
+} qc_ops_t;
+
+#define QC_DEFINE_VARIANT(SFX, ATTR)                                                                     \
+    ATTR static int qc_quant_run_##SFX(const float *x, uint8_t *o, ptrdiff_t n, float a, float b,       \
+                                       float lo, float hi)                                              \
+    { return qc_quant_run_body(x, o, n, a, b, lo, hi); }                                                \
+    ATTR static int qc_quant_vec_##SFX(const float *x, uint8_t *o, ptrdiff_t n, const float *a,         \
+                                       const float *b, float lo, float hi)                              \
+    { return qc_quant_vec_body(x, o, n, a, b, lo, hi); }                                                \
+    ATTR static void qc_deq_run_s8_##SFX(const int8_t *q, float *o, ptrdiff_t n, int32_t z, float s)    \
+    { qc_deq_run_s8_body(q, o, n, z, s); }                                                              \
+    ATTR static void qc_deq_run_u8_##SFX(const uint8_t *q, float *o, ptrdiff_t n, int32_t z, float s)   \
+    { qc_deq_run_u8_body(q, o, n, z, s); }                                                              \
+    ATTR static void qc_deq_vec_s8_##SFX(const int8_t *q, float *o, ptrdiff_t n, const int32_t *z,      \
+                                         const float *s)                                                \
+    { qc_deq_vec_s8_body(q, o, n, z, s); }                                                              \
+    ATTR static void qc_deq_vec_u8_##SFX(const uint8_t *q, float *o, ptrdiff_t n, const int32_t *z,     \
+                                         const float *s)                                                \
+    { qc_deq_vec_u8_body(q, o, n, z, s); }                                                              \
+    ATTR static void qc_minmax_run_##SFX(const float *x, ptrdiff_t n, float *a, float *b)               \
+    { qc_minmax_run_body(x, n, a, b); }                                                                 \
+    ATTR static void qc_minmax_vec_##SFX(const float *x, ptrdiff_t n, float *a, float *b)               \
+    { qc_minmax_vec_body(x, n, a, b); }                                                                 \
+    static const qc_ops_t qc_ops_##SFX = {qc_quant_run_##SFX, qc_quant_vec_##SFX, qc_deq_run_s8_##SFX,  \
+                                          qc_deq_run_u8_##SFX, qc_deq_vec_s8_##SFX, qc_deq_vec_u8_##SFX, \
+                                          qc_minmax_run_##SFX, qc_minmax_vec_##SFX};
+
+QC_DEFINE_VARIANT(baseline, )
+#if QC_X86_DISPATCH
+QC_DEFINE_VARIANT(avx2, __attribute__((target("avx2"))))
+QC_DEFINE_VARIANT(avx512, __attribute__((target("avx2,avx512f,avx512bw,avx512vl"))))
+#endif
+
+/* the selected variant; written once at import (and by tests through select_isa) */
+static qc_ops_t qc_ops = {qc_quant_run_baseline, qc_quant_vec_baseline, qc_deq_run_s8_baseline,
+                          qc_deq_run_u8_baseline, qc_deq_vec_s8_baseline, qc_deq_vec_u8_baseline,
+                          qc_minmax_run_baseline, qc_minmax_vec_baseline};
+
+/* 0 = baseline, 1 = avx2, 2 = avx512: the best this CPU supports */
+static int qc_cpu_level(void)
+{
+#if QC_X86_DISPATCH
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl"))
+        return 2;
+    if (__builtin_cpu_supports("avx2"))
+        return 1;
+#endif
+    return 0;
+}
+
+/* select variant ``level`` (clipped to what the CPU supports); returns the level in use */
+static int qc_select_isa(int level)
+{
+    int top = qc_cpu_level();
+    if (level > top) level = top;
+    if (level < 0) level = 0;
+#if QC_X86_DISPATCH
+    if (level == 2) { qc_ops = qc_ops_avx512; return 2; }
+    if (level == 1) { qc_ops = qc_ops_avx2; return 1; }
+#endif
+    qc_ops = qc_ops_baseline;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* bit packing: little-endian bit stream, code i at bits [i*bits, i*bits+bits) (no ISA variants:    */
+/* these are simple integer loops, fast at baseline)                                                 */
+
+/* pack codes c[0..n) (n a multiple of 8) into n*bits/8 bytes */
+static void qc_pack_full(const uint8_t *restrict c, ptrdiff_t n, int bits, uint8_t *restrict out)
+{
+    ptrdiff_t i;
+    switch (bits) {
+    case 8:
+        memcpy(out, c, (size_t)n);
+        return;
+    case 4:
+        for (i = 0; i < n / 2; i++) out[i] = (uint8_t)((c[2 * i] & 0x0Fu) | ((unsigned)c[2 * i + 1] << 4));
+        return;
+    case 2:
+        for (i = 0; i < n / 4; i++)
+            out[i] = (uint8_t)((c[4 * i] & 3u) | ((c[4 * i + 1] & 3u) << 2) | ((c[4 * i + 2] & 3u) << 4) |
+                               ((unsigned)c[4 * i + 3] << 6));
+        return;
+    case 1:
+        for (i = 0; i < n / 8; i++) {
+            const uint8_t *p = c + 8 * i;
+            out[i] = (uint8_t)((p[0] & 1u) | ((p[1] & 1u) << 1) | ((p[2] & 1u) << 2) | ((p[3] & 1u) << 3) |
+                               ((p[4] & 1u) << 4) | ((p[5] & 1u) << 5) | ((p[6] & 1u) << 6) |
+                               ((unsigned)p[7] << 7));
+        }
+        return;
+    default: {
+        const uint64_t mask = (1u << bits) - 1u;
+        for (i = 0; i < n / 8; i++) {
+            const uint8_t *p = c + 8 * i;
+            uint64_t acc = 0;
+            for (int k = 0; k < 8; k++) acc |= ((uint64_t)p[k] & mask) << (k * bits);
+            uint8_t *o = out + (ptrdiff_t)bits * i;
+            for (int b = 0; b < bits; b++) o[b] = (uint8_t)(acc >> (8 * b));
+        }
+    }
+    }
+}
+
+/* the last n < 8 codes: write ceil(n*bits/8) bytes */
+static void qc_pack_tail(const uint8_t *c, ptrdiff_t n, int bits, uint8_t *out)
+{
+    const uint64_t mask = (1u << bits) - 1u;
+    uint64_t acc = 0;
+    for (ptrdiff_t k = 0; k < n; k++) acc |= ((uint64_t)c[k] & mask) << (k * bits);
+    ptrdiff_t nb = (n * bits + 7) / 8;
+    for (ptrdiff_t b = 0; b < nb; b++) out[b] = (uint8_t)(acc >> (8 * b));
+}
+
+QC_INLINE uint8_t qc_extend(unsigned v, int bits, int is_signed)
+{
+    if (is_signed) {
+        unsigned sb = 1u << (bits - 1);
+        return (uint8_t)((v ^ sb) - sb);
+    }
+    return (uint8_t)v;
+}
+
+/* unpack n codes (n a multiple of 8) from n*bits/8 bytes */
+static void qc_unpack_full(const uint8_t *restrict p, ptrdiff_t n, int bits, int is_signed, uint8_t *restrict out)
+{
+    ptrdiff_t i;
+    switch (bits) {
+    case 8:
+        memcpy(out, p, (size_t)n);
+        return;
+    case 4:
+        if (is_signed)
+            for (i = 0; i < n / 2; i++) {
+                out[2 * i] = (uint8_t)((int8_t)(p[i] << 4) >> 4);
+                out[2 * i + 1] = (uint8_t)((int8_t)p[i] >> 4);
+            }
+        else
+            for (i = 0; i < n / 2; i++) {
+                out[2 * i] = p[i] & 0x0Fu;
+                out[2 * i + 1] = p[i] >> 4;
+            }
+        return;
+    case 2:
+        if (is_signed)
+            for (i = 0; i < n / 4; i++) {
+                int8_t b = (int8_t)p[i];
+                out[4 * i] = (uint8_t)((int8_t)(b << 6) >> 6);
+                out[4 * i + 1] = (uint8_t)((int8_t)(b << 4) >> 6);
+                out[4 * i + 2] = (uint8_t)((int8_t)(b << 2) >> 6);
+                out[4 * i + 3] = (uint8_t)(b >> 6);
+            }
+        else
+            for (i = 0; i < n / 4; i++) {
+                out[4 * i] = p[i] & 3u;
+                out[4 * i + 1] = (p[i] >> 2) & 3u;
+                out[4 * i + 2] = (p[i] >> 4) & 3u;
+                out[4 * i + 3] = p[i] >> 6;
+            }
+        return;
+    case 1: {
+        const uint8_t hi = is_signed ? 0xFFu : 1u; /* signed 1-bit codes are 0 and -1 */
+        for (i = 0; i < n / 8; i++)
+            for (int k = 0; k < 8; k++) out[8 * i + k] = ((p[i] >> k) & 1u) ? hi : 0u;
+        return;
+    }
+    default: {
+        const uint64_t mask = (1u << bits) - 1u;
+        for (i = 0; i < n / 8; i++) {
+            const uint8_t *q = p + (ptrdiff_t)bits * i;
+            uint64_t acc = 0;
+            for (int b = 0; b < bits; b++) acc |= (uint64_t)q[b] << (8 * b);
+            for (int k = 0; k < 8; k++) out[8 * i + k] = qc_extend((unsigned)((acc >> (k * bits)) & mask), bits, is_signed);
+        }
+    }
+    }
+}
+
+/* the last n < 8 codes, from ceil(n*bits/8) bytes */
+static void qc_unpack_tail(const uint8_t *p, ptrdiff_t n, int bits, int is_signed, uint8_t *out)
+{
+    const uint64_t mask = (1u << bits) - 1u;
+    ptrdiff_t nb = (n * bits + 7) / 8;
+    uint64_t acc = 0;
+    for (ptrdiff_t b = 0; b < nb; b++) acc |= (uint64_t)p[b] << (8 * b);
+    for (ptrdiff_t k = 0; k < n; k++) out[k] = qc_extend((unsigned)((acc >> (k * bits)) & mask), bits, is_signed);
+}
+
+#endif /* QCORE_QUANT_KERNELS_H */
