@@ -1,0 +1,285 @@
+"""``qgemm`` and ``qlinear``: validation at the Python boundary, then the ``qcore_plugins._gemm`` kernels.
+
+Conventions (documented in docs/gemm.md):
+
+* ``qgemm(a, b)`` computes ``C = (A - za) @ (B - zb).T`` — ``b`` has the torch ``Linear`` layout ``(N, K)``,
+  one row per output column.  Inputs are int8 or uint8, the result is int32, exact.
+* ``qlinear(x, w, bias)`` quantizes each row of ``x`` (per-row asymmetric uint8, dynamic), multiplies with the
+  weight codes in int32, applies the gemmlowp zero-point correction and scales back with the per-row activation
+  scale and the per-tensor or per-channel weight scale, then adds ``bias``.
+"""
+from __future__ import annotations
+
+import operator
+import weakref
+
+import numpy as np
+
+from ..errors import InputError
+from ..validation import as_float32
+
+_INT32_MAX = (1 << 31) - 1
+_CACHE_KEY = "qcore.ops.qlinear"
+_fallback_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _ext():
+    try:
+        from qcore_plugins import _gemm
+    except ImportError as exc:  # pragma: no cover - only without a built extension
+        raise ImportError(
+            "qcore.ops needs the compiled extension qcore_plugins._gemm; build it with "
+            "`python setup.py build_ext --inplace` or `pip install .`"
+        ) from exc
+    return _gemm
+
+
+def available_isas() -> list[str]:
+    """The GEMM instruction-set paths this CPU can run, best first (``avx512vnni``, ``avx2``, ``portable``)."""
+    return list(_ext().available_isas())
+
+
+def gemm_isa() -> str:
+    """The path new packed weights are built for: the best available, or ``$QCORE_GEMM_ISA`` at import."""
+    return _ext().get_isa()
+
+
+def set_gemm_isa(name: str) -> None:
+    """Choose the GEMM path for weights packed from now on (tests and benchmarks; ``ValueError`` if unsupported).
+
+    Packed weights cached on a QTensor are kept per path, so switching back and forth is safe.
+    """
+    _ext().set_isa(name)
+
+
+# -------------------------------------------------------------------------------------------- qgemm
+
+def _int_matrix(x, name: str) -> np.ndarray:
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array of int8 or uint8, got {type(x).__name__}")
+    if x.dtype not in (np.int8, np.uint8):
+        raise TypeError(f"{name} must have dtype int8 or uint8, got {x.dtype}")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got shape {x.shape}")
+    return np.ascontiguousarray(x)  # Fortran-order and strided views are copied
+
+
+def _zero_points(z, n: int, dtype: np.dtype, name: str) -> np.ndarray:
+    """``z`` (scalar or shape (n,)) as int64 (n,), each within the range of ``dtype``."""
+    info = np.iinfo(dtype)
+    if np.ndim(z) == 0:
+        try:
+            v = operator.index(z)
+        except TypeError:
+            raise TypeError(f"{name} must be an integer or a 1-D integer array, got {z!r}") from None
+        arr = np.full(n, v, np.int64)
+    else:
+        arr = np.asarray(z)
+        if arr.dtype.kind not in "iu":
+            raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
+        if arr.shape != (n,):
+            raise ValueError(f"{name} must be a scalar or have shape ({n},), got shape {arr.shape}")
+        arr = arr.astype(np.int64)
+    if arr.size and (arr.min() < info.min or arr.max() > info.max):
+        raise ValueError(f"{name} must lie in [{info.min}, {info.max}] (the range of {np.dtype(dtype).name})")
+    return arr
+
+
+def _max_dev(z: np.ndarray, dtype) -> int:
+    """max |v - z| over v in the dtype range and z in the zero points."""
+    info = np.iinfo(dtype)
+    if z.size == 0:
+        return 0
+    return int(max(info.max - z.min(), z.max() - info.min))
+
+
+def pack_weights(b: np.ndarray):
+    """Pack int8/uint8 weights ``b`` of shape (N, K) once for repeated ``qgemm(a, packed)`` calls."""
+    b = _int_matrix(b, "b")
+    if b.shape[0] == 0 or b.shape[1] == 0:
+        raise ValueError(f"b must be non-empty to be packed, got shape {b.shape}")
+    return _ext().pack_b(b)
+
+
+def qgemm(a, b, a_zero_point=0, b_zero_point=0) -> np.ndarray:
+    """Exact int8 matrix product ``C[m, n] = sum_k (a[m, k] - za) * (b[n, k] - zb)`` as int32 (M, N).
+
+    :param a: activations, int8 or uint8, shape (M, K)
+    :param b: weights, int8 or uint8, shape **(N, K)** (the torch ``Linear`` layout: ``C = A @ B.T``), or the
+        result of :func:`pack_weights`
+    :param a_zero_point: an integer, or an array of shape (M,) (one per row), within the range of ``a.dtype``
+    :param b_zero_point: an integer, or an array of shape (N,) (one per output column), within ``b``'s range
+    :raises TypeError: wrong types or dtypes
+    :raises ValueError: wrong shapes, zero points out of range, or ``K`` so large the int32 result could
+        overflow (``K * max|a - za| * max|b - zb| > 2**31 - 1``; e.g. K <= 33025 is always safe, K <= 65793
+        for uint8 x int8 without zero points)
+
+    Non-contiguous inputs are copied.  Empty M or N give an empty result, K == 0 gives zeros.
+    """
+    g = _ext()
+    a = _int_matrix(a, "a")
+    packed = b if isinstance(b, g.PackedB) else None
+    if packed is None:
+        b = _int_matrix(b, "b")
+        n, kb = b.shape
+        b_dtype = b.dtype
+    else:
+        n, kb = packed.n, packed.k
+        b_dtype = np.dtype(np.uint8) if packed.flipped else np.dtype(np.int8)
+    m, k = a.shape
+    if k != kb:
+        raise ValueError(f"a has K={k} columns but b (N, K) has K={kb}: b must be given as (N, K), i.e. C = a @ b.T")
+    za = _zero_points(a_zero_point, m, a.dtype, "a_zero_point")
+    zb = _zero_points(b_zero_point, n, b_dtype, "b_zero_point")
+    bound = k * _max_dev(za, a.dtype) * _max_dev(zb, b_dtype)
+    if bound > _INT32_MAX:
+        raise ValueError(
+            f"K={k} is too large for an exact int32 result with these dtypes/zero points "
+            f"(worst case {bound} > 2**31-1); split K and add the partial products in int64"
+        )
+    if m == 0 or n == 0 or k == 0:
+        return np.zeros((m, n), np.int32)
+    if packed is None:
+        packed = g.pack_b(b)
+    # shift into the kernel's domains: uint8 activations, int8 weights
+    za_u = za + (128 if a.dtype == np.int8 else 0)
+    zb_s = zb - (128 if packed.flipped else 0)
+    zb_arr = None
+    if np.any(zb_s):
+        zb_arr = np.zeros(packed.np_, np.int32)
+        zb_arr[:n] = zb_s
+    out = np.empty((m, n), np.int32)
+    g.gemm_s32(a, packed, za_u.astype(np.int32), zb_arr, out)
+    return out
+
+
+# -------------------------------------------------------------------------------------------- qlinear
+
+class _Plan:
+    """How one weight QTensor runs in qlinear: packed int8 GEMM, or (fallback) a dequantized float matrix."""
+
+    __slots__ = ("mode", "packed", "sw", "zb", "wf", "n", "k", "reason")
+
+    def __init__(self, mode, n, k, packed=None, sw=None, zb=None, wf=None, reason=""):
+        self.mode, self.n, self.k = mode, n, k
+        self.packed, self.sw, self.zb, self.wf, self.reason = packed, sw, zb, wf, reason
+
+
+def _weight_cache(w) -> dict:
+    cache = getattr(w, "cache", None)
+    if isinstance(cache, dict):
+        return cache
+    return _fallback_cache.setdefault(w, {})
+
+
+def _build_plan(w, isa: str) -> _Plan:
+    n, k = w.shape
+    codes = np.ascontiguousarray(w.codes)
+    opts = w.options or {}
+    gran = opts.get("granularity", "tensor")
+    axis = opts.get("axis", 0)
+    scale = np.asarray(w.params.get("scale"), dtype=np.float32) if "scale" in w.params else None
+    zp = np.asarray(w.params.get("zero_point", np.zeros(1, np.int32)))
+
+    def fallback(reason):
+        wf = np.ascontiguousarray(w.dequantize().reshape(n, k), dtype=np.float32)
+        return _Plan("float", n, k, wf=wf, reason=reason)
+
+    if n == 0 or k == 0:
+        return _Plan("empty", n, k)
+    if scale is None:
+        return fallback("no per-tensor/per-channel scale")
+    if gran == "group":
+        return fallback("grouped scales")  # documented: dequantized once, float matmul
+    if gran == "channel" and axis not in (0, -2):
+        return fallback("scales along the input axis")
+    if scale.size not in (1, n) or zp.size not in (1, n):
+        return fallback("parameter shapes not per-tensor/per-output-channel")
+    scale = np.broadcast_to(scale.reshape(-1), (n,)).astype(np.float32)
+    zp = np.broadcast_to(zp.reshape(-1).astype(np.int64), (n,))
+    # the int path computes (codes - zp) * scale: make sure that is how this tensor decodes
+    # (1-bit binary codes, for one, decode -1 -> -alpha and 0 -> +alpha, which is not affine)
+    deq = np.asarray(w.dequantize(), dtype=np.float32).reshape(n, k)
+    aff = (codes.astype(np.float32) - zp[:, None].astype(np.float32)) * scale[:, None]
+    if not np.allclose(aff, deq, rtol=1e-6, atol=0.0):
+        return fallback("codes do not decode affinely")
+    # exactness of the int32 accumulator: |a - za| <= 255, |b - zb| <= bmax
+    bmax = int(np.abs(codes.astype(np.int64) - zp[:, None]).max())
+    if k * 255 * bmax > _INT32_MAX:
+        return fallback("K too large for an exact int32 accumulator")
+    g = _ext()
+    packed = g.pack_b(codes, isa)
+    sw = np.zeros(packed.np_, np.float32)
+    sw[:n] = scale
+    zb = None
+    zb_s = zp - (128 if packed.flipped else 0)
+    if np.any(zb_s):
+        zb = np.zeros(packed.np_, np.int32)
+        zb[:n] = zb_s
+    return _Plan("int", n, k, packed=packed, sw=sw, zb=zb)
+
+
+def _plan_for(w) -> _Plan:
+    isa = gemm_isa()
+    cache = _weight_cache(w)
+    key = f"{_CACHE_KEY}/{isa}"
+    plan = cache.get(key)
+    if plan is None:
+        plan = cache.setdefault(key, _build_plan(w, isa))
+    return plan
+
+
+def qlinear(x, w, bias=None) -> np.ndarray:
+    """``y = x @ dequantize(w).T + bias`` computed with an int8 GEMM; float32 of shape ``(..., N)``.
+
+    :param x: float activations of shape ``(..., K)`` (float16/float64/int are converted to float32;
+        non-contiguous arrays are copied).  NaN/Inf raise :class:`qcore.InputError`.
+    :param w: a :class:`qcore.QTensor` of the ``linear`` scheme with shape ``(N, K)`` (torch ``Linear`` layout)
+    :param bias: ``None`` or shape ``(N,)``
+
+    Activations are quantized dynamically **per row** to asymmetric uint8 (each row of ``x`` gets its own scale
+    ``(max(0, max x) - min(0, min x)) / 255`` and zero point, rounding half to even, ``x * (1/scale)``).
+    Per-tensor and per-output-channel weights (any bits 2..8, symmetric or affine) run the int8 GEMM on their
+    codes; grouped weights, scales along the input axis and codes that do not decode affinely (1-bit binary)
+    are dequantized once (cached on ``w``) and multiplied in float32.  The packed weight is cached in
+    ``w.cache``: do not modify ``w.codes``/``w.params`` in place after the first call.
+    """
+    from ..tensor import QTensor
+
+    if not isinstance(w, QTensor):
+        raise TypeError(f"w must be a qcore.QTensor (from qcore.quantize(w, 'linear', ...)), got {type(w).__name__}")
+    if w.scheme != "linear":
+        raise ValueError(f"qlinear needs a weight of the 'linear' scheme, got scheme {w.scheme!r}")
+    if len(w.shape) != 2:
+        raise ValueError(f"w must be 2-D (N, K) like a torch Linear weight, got shape {w.shape}")
+    n, k = w.shape
+    x = as_float32(x, "x")
+    if x.ndim == 0:
+        raise ValueError(f"x must have shape (..., {k}), got a 0-d array")
+    if x.shape[-1] != k:
+        raise ValueError(f"x has {x.shape[-1]} features (last axis) but w has shape (N={n}, K={k}); expected x of shape (..., {k})")
+    if bias is not None:
+        bias = as_float32(bias, "bias")
+        if bias.shape != (n,):
+            raise ValueError(f"bias must have shape ({n},) (one per output feature), got {bias.shape}")
+    lead = x.shape[:-1]
+    m = int(np.prod(lead, dtype=np.int64))
+    x2 = x.reshape(m, k)
+    plan = _plan_for(w)
+    if m == 0 or n == 0 or plan.mode == "empty":
+        out = np.zeros((m, n), np.float32)
+        if bias is not None:
+            out += bias
+        return out.reshape(*lead, n)
+    if plan.mode == "float":
+        out = x2 @ plan.wf.T
+        if bias is not None:
+            out += bias
+        return np.ascontiguousarray(out, dtype=np.float32).reshape(*lead, n)
+    bias_p = None
+    if bias is not None:
+        bias_p = np.zeros(plan.packed.np_, np.float32)
+        bias_p[:n] = bias
+    out = np.empty((m, n), np.float32)
+    _ext().qlinear_f32(x2, plan.packed, plan.sw, plan.zb, bias_p, out)
+    return out.reshape(*lead, n)
