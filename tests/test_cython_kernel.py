@@ -1,0 +1,283 @@
+"""The ``cython`` kernel equals the ``numpy`` reference bit for bit, refuses NaN/Inf, and is thread-safe.
+
+Kernels are imported directly (not through the plugin registry).  Every comparison runs on each
+instruction-set variant this CPU supports (baseline SSE2, AVX2, AVX-512).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from qcore.errors import InputError
+from qcore_plugins import _quant
+from qcore_plugins.kernels.cython_kernel import CythonKernel
+from qcore_plugins.kernels.numpy_kernel import NumpyKernel
+
+CK = CythonKernel()
+NK = NumpyKernel()
+
+ISAS = ["baseline", "avx2", "avx512"][: ("baseline", "avx2", "avx512").index(_quant.cpu_isa()) + 1]
+RANGES = [(-128, 127), (0, 255), (-8, 7), (0, 15), (-1, 0), (0, 1), (-2, 1), (3, 200), (-100, -100), (255, 255)]
+F32MAX = float(np.finfo(np.float32).max)
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    before = _quant.current_isa()
+    assert _quant.select_isa(request.param) == request.param
+    yield request.param
+    _quant.select_isa(before)
+
+
+def _bits(a):
+    return a.view(np.uint32) if a.dtype == np.float32 else a
+
+
+def assert_same(a, b):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    if a.dtype == np.float32:  # bit for bit, signed zeros included
+        np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
+    else:
+        np.testing.assert_array_equal(a, b)
+
+
+def nasty(shape, rng):
+    """float32 values of every kind: normal, tiny, huge, exact ties at .5, extremes of float32."""
+    n = int(np.prod(shape))
+    x = rng.standard_normal(n).astype(np.float32) * rng.choice(np.float32([1e-3, 1, 50, 1e4]), n)
+    kinds = rng.integers(0, 8, n)
+    x[kinds == 0] = (rng.integers(-300, 300, int((kinds == 0).sum())) + 0.5).astype(np.float32)
+    x[kinds == 1] = rng.choice(np.float32([1e30, -1e30, 3.4e38, -3.4e38, F32MAX, -F32MAX]), int((kinds == 1).sum()))
+    x[kinds == 2] = rng.choice(np.float32([0.0, -0.0, 1e-45, -1e-45, 1e-40, 4194304.5, 8388607.5, 2.5e7]),
+                               int((kinds == 2).sum()))
+    return x.reshape(shape)
+
+
+def check_all(x, axis, rng, ranges=RANGES, zp_fn=None):
+    C = 1 if axis is None else x.shape[axis]
+    for qmin, qmax in ranges:
+        # scales: ordinary, 1.0 (ties stay ties), tiny (huge products overflow to inf), huge
+        for scale in (rng.uniform(0.001, 3, C), np.ones(C), np.full(C, 1e-30), np.full(C, 1e30)):
+            scale = scale.astype(np.float32)
+            zp = rng.integers(qmin, qmax + 1, C) if zp_fn is None else zp_fn(C)
+            a = CK.quantize_affine(x, scale, zp, qmin, qmax, axis=axis)
+            with np.errstate(over="ignore"):
+                b = NK.quantize_affine(x, scale, zp, qmin, qmax, axis=axis)
+                assert_same(a, b)
+                assert_same(CK.dequantize_affine(a, scale, zp, axis=axis), NK.dequantize_affine(a, scale, zp, axis=axis))
+    lo1, hi1 = CK.minmax(x, axis=axis)
+    lo2, hi2 = NK.minmax(x, axis=axis)
+    np.testing.assert_array_equal(lo1, lo2)  # +0 == -0 here: reductions may see either zero first
+    np.testing.assert_array_equal(hi1, hi2)
+
+
+SHAPES = [
+    (1,), (1, 1), (7,), (13, 1), (1, 13), (3, 5), (2, 3, 7), (5, 17, 3), (11, 1, 19), (4, 40, 40),
+    (3, 2, 1, 5), (31, 37), (1, 1000), (1000, 1), (64, 2, 2), (2, 2, 64),
+]
+# large enough for the parallel paths: per-tensor chunks, many runs, column splits, row blocks
+BIG_SHAPES = [(200003,), (3, 70001), (70001, 3), (257, 1031), (2, 40000, 2)]
+
+
+@pytest.mark.parametrize("shape", SHAPES + BIG_SHAPES)
+def test_equals_numpy_reference(shape, isa):
+    rng = np.random.default_rng(abs(hash(shape)) % 2**32)
+    x = nasty(shape, rng)
+    ranges = RANGES if int(np.prod(shape)) < 10000 else RANGES[:3]
+    for axis in [None] + list(range(len(shape))):
+        check_all(x, axis, rng, ranges)
+
+
+@pytest.mark.parametrize("shape,axis", [((5, 7), 1), ((300, 40), 0), ((9, 3, 20), 1), ((100000,), None), ((6, 5, 4), 2)])
+def test_extreme_zero_points(shape, axis, isa):
+    """Zero points far outside the code range (int32 extremes included) take the exact loop."""
+    rng = np.random.default_rng(1)
+    x = nasty(shape, rng)
+    for zps in ([2**21, -(2**21)], [2**21 + 1, -(2**21) - 1], [2**30, -(2**31)], [2**31 - 1, 0], [4194303, -4194305]):
+        check_all(x, axis, rng, [(-128, 127), (0, 255)], zp_fn=lambda C: rng.choice(zps, C))
+
+
+def test_ties_round_half_to_even(isa):
+    x = (np.arange(-300, 300, dtype=np.float32) + np.float32(0.5))
+    for axis in (None, 0):
+        a = CK.quantize_affine(x, 1.0, 0, -128, 127, axis=axis)
+        assert_same(a, NK.quantize_affine(x, 1.0, 0, -128, 127, axis=axis))
+    a = CK.quantize_affine(np.float32([0.5, 1.5, 2.5, -0.5, -1.5, -2.5]), 1.0, 0, -128, 127)
+    assert a.tolist() == [0, 2, 2, 0, -2, -2]
+
+
+def test_non_contiguous_and_fortran_input():
+    rng = np.random.default_rng(2)
+    base = nasty((40, 60), rng)
+    for x in (base[:, ::3], base.T, np.asfortranarray(base), base[::-2, 5:50]):
+        for axis in (None, 0, 1):
+            check_all(x, axis, rng, [(-128, 127), (0, 255)])
+
+
+def test_float64_and_int_input_converted_like_reference():
+    rng = np.random.default_rng(3)
+    for x in (rng.standard_normal((17, 9)) * 100, rng.integers(-500, 500, (17, 9))):
+        check_all(x, 1, rng, [(-128, 127)])
+
+
+finite_f32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def quant_cases(draw):
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=9))
+    x = draw(hnp.arrays(np.float32, shape, elements=finite_f32))
+    axis = draw(st.none() | st.integers(0, len(shape) - 1))
+    C = 1 if axis is None else shape[axis]
+    signed = draw(st.booleans())
+    lo, hi = (-128, 127) if signed else (0, 255)
+    qmin = draw(st.integers(lo, hi))
+    qmax = draw(st.integers(qmin, hi))
+    zp = draw(hnp.arrays(np.int32, (C,), elements=st.integers(-(2**31), 2**31 - 1) | st.integers(qmin, qmax)))
+    scale = draw(hnp.arrays(np.float32, (C,), elements=st.floats(float(np.float32(1e-30)), float(np.float32(1e30)), width=32)))
+    return x, axis, scale, zp, qmin, qmax
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(quant_cases())
+def test_hypothesis_equals_reference(case):
+    x, axis, scale, zp, qmin, qmax = case
+    with np.errstate(over="ignore"):
+        b = NK.quantize_affine(x, scale, zp, qmin, qmax, axis=axis)
+        a = CK.quantize_affine(x, scale, zp, qmin, qmax, axis=axis)
+        assert_same(a, b)
+        assert_same(CK.dequantize_affine(a, scale, zp, axis=axis), NK.dequantize_affine(a, scale, zp, axis=axis))
+    lo1, hi1 = CK.minmax(x, axis=axis)
+    lo2, hi2 = NK.minmax(x, axis=axis)
+    np.testing.assert_array_equal(lo1, lo2)
+    np.testing.assert_array_equal(hi1, hi2)
+
+
+# -- non-finite input ---------------------------------------------------------------------------------
+
+NONFINITE_CASES = [((7,), None), ((100003,), None), ((3, 5), 1), ((300, 40), 0), ((5, 4, 3), 1), ((2, 3, 700), 1),
+                   ((70001, 3), 1), ((3, 70001), 0)]
+
+
+@pytest.mark.parametrize("shape,axis", NONFINITE_CASES)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_refused(shape, axis, bad, isa):
+    n = int(np.prod(shape))
+    for pos in (0, n // 2, n - 1):
+        x = np.ones(shape, np.float32)
+        x.flat[pos] = bad
+        with pytest.raises(InputError):
+            CK.quantize_affine(x, 0.1, 0, -128, 127, axis=axis)
+        with pytest.raises(InputError):
+            CK.minmax(x, axis=axis)
+        with pytest.raises(InputError):
+            CK.absmax(x, axis=axis)
+
+
+@pytest.mark.parametrize("shape,axis", NONFINITE_CASES)
+def test_minmax_reports_nan_as_non_finite(shape, axis, isa):
+    """The raw _minmax must let a NaN through (as NaN in min or max) wherever it sits."""
+    from qcore.validation import as_3d
+
+    n = int(np.prod(shape))
+    rng = np.random.default_rng(4)
+    for pos in (0, 1, n // 3, n - 1, int(rng.integers(n))):
+        x = rng.standard_normal(shape).astype(np.float32)
+        x.flat[pos] = np.nan
+        lo, hi = CK._minmax(as_3d(x, axis))
+        assert not (np.isfinite(lo).all() and np.isfinite(hi).all())
+
+
+# -- packing --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("signed", [False, True])
+def test_pack_unpack(bits, signed):
+    rng = np.random.default_rng(bits * 2 + signed)
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    dtype = np.int8 if signed else np.uint8
+    for n in list(range(1, 18)) + [63, 64, 65, 1001, 8 * 16384 + 5, 300007]:
+        codes = rng.integers(lo, hi + 1, n).astype(dtype)
+        codes[:2] = [lo, hi][: min(n, 2)]
+        packed = CK.pack(codes, bits)
+        assert packed.dtype == np.uint8 and packed.size == (n * bits + 7) // 8
+        np.testing.assert_array_equal(packed, NK.pack(codes, bits))
+        back = CK.unpack(packed, bits, n, signed)
+        assert back.dtype == dtype
+        np.testing.assert_array_equal(back, codes)
+        np.testing.assert_array_equal(back, NK.unpack(packed, bits, n, signed))
+    # any byte stream unpacks like the reference (unused high bits of the last byte set, too)
+    raw = rng.integers(0, 256, 1000 * bits // 8 + 1).astype(np.uint8)
+    n = (raw.size * 8) // bits
+    np.testing.assert_array_equal(CK.unpack(raw[: (n * bits + 7) // 8], bits, n, signed),
+                                  NK.unpack(raw[: (n * bits + 7) // 8], bits, n, signed))
+
+
+def test_pack_multidimensional_and_empty():
+    codes = np.arange(60, dtype=np.uint8).reshape(3, 4, 5) % 16
+    np.testing.assert_array_equal(CK.pack(codes, 4), NK.pack(codes, 4))
+    assert CK.pack(np.zeros(0, np.uint8), 3).size == 0
+    assert CK.unpack(np.zeros(0, np.uint8), 3, 0, True).size == 0
+
+
+# -- threads --------------------------------------------------------------------------------------------
+
+def test_thread_safety():
+    rng = np.random.default_rng(5)
+    jobs = []
+    for i in range(12):
+        shape, axis = [((300000,), None), ((513, 700), 0), ((700, 513), 1), ((9, 77, 300), 1)][i % 4]
+        x = nasty(shape, rng)
+        C = 1 if axis is None else shape[axis]
+        scale = rng.uniform(0.01, 2, C).astype(np.float32)
+        zp = rng.integers(-20, 20, C)
+        jobs.append((x, axis, scale, zp))
+    with np.errstate(over="ignore"):
+        expect = [NK.quantize_affine(x, s, z, -128, 127, axis=a) for x, a, s, z in jobs]
+
+    def work(i):
+        x, axis, scale, zp = jobs[i % len(jobs)]
+        q = CK.quantize_affine(x, scale, zp, -128, 127, axis=axis)
+        d = CK.dequantize_affine(q, scale, zp, axis=axis)
+        lo, hi = CK.minmax(x, axis=axis)
+        p = CK.unpack(CK.pack(q, 8), 8, q.size, True)
+        return i, q, d, lo, hi, p
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        for i, q, d, lo, hi, p in pool.map(work, range(48)):
+            x, axis, scale, zp = jobs[i % len(jobs)]
+            assert_same(q, expect[i % len(jobs)])
+            assert_same(d, NK.dequantize_affine(q, scale, zp, axis=axis))
+            np.testing.assert_array_equal(lo, NK.minmax(x, axis=axis)[0])
+            np.testing.assert_array_equal(p, q.reshape(-1))
+
+
+# -- plugin surface ---------------------------------------------------------------------------------------
+
+def test_plugin_attributes():
+    assert CythonKernel.name == "cython" and CythonKernel.priority > NumpyKernel.priority
+    assert CythonKernel.available()
+    from qcore_plugins.kernels import cython_kernel
+
+    assert cython_kernel.qcore_kernels() == [CythonKernel]
+    assert _quant.max_threads() >= 1
+
+
+def test_isa_env_override():
+    code = "from qcore_plugins import _quant; print(_quant.current_isa())"
+    for want in ("baseline", "avx512"):
+        env = dict(os.environ, QCORE_ISA=want)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        expect = want if want in ISAS else ISAS[-1]
+        assert out.stdout.strip() == expect
+    env = dict(os.environ, QCORE_ISA="sse9")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode != 0 and "QCORE_ISA" in out.stderr
