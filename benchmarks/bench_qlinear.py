@@ -1,0 +1,177 @@
+"""Int8 GEMM benchmark: qcore.ops.qlinear / qgemm against torch fbgemm, onnxruntime and numpy float32.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OMP_NUM_THREADS=2 python benchmarks/bench_qlinear.py
+
+Every implementation runs on 2 threads (override with --threads) on the same data; repeats are interleaved
+(one timing sample of each implementation in turn) and the median of the samples is reported.
+GOP/s counts 2*M*N*K operations.
+
+* qcore qlinear: float32 in, float32 out (dynamic per-row uint8 activations, int8 per-channel weights
+  packed once and cached).
+* qcore qgemm: uint8 x int8 -> int32 with weights pre-packed (``qcore.ops.pack_weights``), activation zero point.
+* torch: ``torch.ao.quantization.quantize_dynamic`` on ``nn.Linear`` (fbgemm engine): float in, float out.
+* onnxruntime: a one-node ``MatMulInteger`` model (uint8 A with zero point, int8 B as initializer) -> int32.
+* numpy: float32 ``x @ W.T`` (OpenBLAS; run with OPENBLAS_CORETYPE unset, see the command above).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+SHAPES = [(128, 384, 1536), (128, 1536, 384), (512, 1024, 1024), (1, 4096, 4096)]
+
+
+def parse():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=15, help="interleaved timing samples per implementation")
+    p.add_argument("--sample-ms", type=float, default=20.0, help="approximate length of one timing sample")
+    p.add_argument("--shapes", default=None, help="e.g. 128x384x1536,1x4096x4096 (MxKxN)")
+    p.add_argument("--isa", default=None, help="qcore GEMM path (avx512vnni, avx2, portable)")
+    return p.parse_args()
+
+
+def main():
+    args = parse()
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    if os.environ["OMP_NUM_THREADS"] != str(args.threads):
+        print(f"note: OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} overrides --threads for qcore", file=sys.stderr)
+
+    import numpy as np
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    import qcore
+    import qcore.ops as ops
+
+    if args.isa:
+        ops.set_gemm_isa(args.isa)
+
+    try:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        torch.backends.quantized.engine = "fbgemm"
+    except ImportError:
+        torch = None
+    try:
+        import onnx
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        ort = None
+
+    shapes = SHAPES
+    if args.shapes:
+        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+
+    blas = [f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')} threads={i.get('num_threads')}"
+            for i in threadpool_info() if i.get("user_api") == "blas"]
+    print(f"qcore GEMM path: {ops.gemm_isa()} (available: {', '.join(ops.available_isas())}); "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}; threads={args.threads}")
+    print(f"numpy {np.__version__}, BLAS: {'; '.join(blas) or '?'}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
+    if torch is not None:
+        print(f"torch {torch.__version__} quantized engine {torch.backends.quantized.engine}")
+    if ort is not None:
+        print(f"onnxruntime {ort.__version__}")
+    print()
+
+    rng = np.random.default_rng(0)
+    rows = []
+    with threadpool_limits(limits=args.threads, user_api="blas"):
+        for (m, k, n) in shapes:
+            x = rng.standard_normal((m, k)).astype(np.float32)
+            wf = (rng.standard_normal((n, k)) * 0.05).astype(np.float32)
+            bias = rng.standard_normal(n).astype(np.float32)
+            qt = qcore.quantize(wf, "linear", bits=8, symmetric=True, granularity="channel", axis=0)
+            a_u8 = rng.integers(0, 256, (m, k)).astype(np.uint8)
+            packed = ops.pack_weights(qt.codes)
+            impls = {}
+            impls["qcore qlinear"] = lambda: ops.qlinear(x, qt, bias)
+            impls["qcore qgemm"] = lambda: ops.qgemm(a_u8, packed, 128)
+            if torch is not None:
+                lin = torch.nn.Linear(k, n)
+                with torch.no_grad():
+                    lin.weight.copy_(torch.from_numpy(wf))
+                    lin.bias.copy_(torch.from_numpy(bias))
+                tq = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear}, dtype=torch.qint8)
+                tx = torch.from_numpy(x)
+
+                def run_torch(tq=tq, tx=tx):
+                    with torch.no_grad():
+                        return tq(tx)
+
+                impls["torch fbgemm"] = run_torch
+            if ort is not None:
+                b_kn = np.ascontiguousarray(qt.codes.T)  # MatMulInteger multiplies A (M,K) by B (K,N)
+                graph = helper.make_graph(
+                    [helper.make_node("MatMulInteger", ["A", "B", "a_zp"], ["Y"])],
+                    "mmi",
+                    [helper.make_tensor_value_info("A", TensorProto.UINT8, [m, k])],
+                    [helper.make_tensor_value_info("Y", TensorProto.INT32, [m, n])],
+                    initializer=[numpy_helper.from_array(b_kn, "B"),
+                                 numpy_helper.from_array(np.array(128, np.uint8), "a_zp")],
+                )
+                model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+                model.ir_version = 8
+                so = ort.SessionOptions()
+                so.intra_op_num_threads = args.threads
+                so.inter_op_num_threads = 1
+                sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+                feed = {"A": a_u8}
+                ref = sess.run(None, feed)[0]
+                assert np.array_equal(ref, ops.qgemm(a_u8, qt.codes, 128)), "onnxruntime and qgemm disagree"
+                impls["onnxruntime MatMulInteger"] = lambda sess=sess, feed=feed: sess.run(None, feed)
+            impls["numpy float32"] = lambda: x @ wf.T + bias
+
+            # calibrate the number of calls per sample
+            counts = {}
+            for name, f in impls.items():
+                f()
+                t0 = time.perf_counter()
+                c = 0
+                while time.perf_counter() - t0 < 0.01:
+                    f()
+                    c += 1
+                per = (time.perf_counter() - t0) / c
+                counts[name] = max(1, int(args.sample_ms / 1000 / per))
+            samples = {name: [] for name in impls}
+            for _ in range(args.repeats):
+                for name, f in impls.items():
+                    c = counts[name]
+                    t0 = time.perf_counter()
+                    for _ in range(c):
+                        f()
+                    samples[name].append((time.perf_counter() - t0) / c)
+            ops_count = 2.0 * m * n * k
+            med = {name: statistics.median(s) for name, s in samples.items()}
+            print(f"M x K x N = {m} x {k} x {n}")
+            for name, t in med.items():
+                print(f"  {name:28s} {t * 1e6:10.1f} us  {ops_count / t / 1e9:8.1f} GOP/s")
+            ql = med["qcore qlinear"]
+            ratios = []
+            for other in ("torch fbgemm", "onnxruntime MatMulInteger", "numpy float32"):
+                if other in med:
+                    ratios.append(f"qlinear vs {other}: {med[other] / ql:.2f}x")
+            if "onnxruntime MatMulInteger" in med:
+                ratios.append(f"qgemm vs onnxruntime: {med['onnxruntime MatMulInteger'] / med['qcore qgemm']:.2f}x")
+            print("  " + "; ".join(ratios))
+            print()
+            rows.append(((m, k, n), med))
+
+    print("summary (GOP/s; ratio = other's time / qcore qlinear's time):")
+    names = list(rows[0][1])
+    print("| M x K x N | " + " | ".join(names) + " | vs fbgemm | vs numpy |")
+    print("|---" * (len(names) + 3) + "|")
+    for (m, k, n), med in rows:
+        o = 2.0 * m * n * k
+        cells = [f"{o / med[nm] / 1e9:.0f}" for nm in names]
+        fb = f"{med['torch fbgemm'] / med['qcore qlinear']:.2f}x" if "torch fbgemm" in med else "-"
+        npx = f"{med['numpy float32'] / med['qcore qlinear']:.2f}x"
+        print(f"| {m}x{k}x{n} | " + " | ".join(cells) + f" | {fb} | {npx} |")
+
+
+if __name__ == "__main__":
+    main()
