@@ -87,6 +87,8 @@ def extensions():
 # Built-in plugins register through the same entry-point group a third party uses.
 BUILTIN_PLUGINS = [
     "linear = qcore_plugins.schemes.linear",
+    "log = qcore_plugins.schemes.log",
+    "kmeans = qcore_plugins.schemes.kmeans",
     "minmax = qcore_plugins.observers.minmax",
     "numpy = qcore_plugins.kernels.numpy_kernel",
     "cython = qcore_plugins.kernels.cython_kernel",
