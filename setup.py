@@ -123,5 +123,7 @@ setup(
     entry_points={
         "qcore": BUILTIN_PLUGINS,
         "console_scripts": ["qcore = qcore.cli.main:main"],
+        # qcore.testing's fixtures (qcore_plugins, register_qcore_plugin); `pytest -p no:qcore` turns them off
+        "pytest11": ["qcore = qcore.testing.pytest_plugin"],
     },
 )

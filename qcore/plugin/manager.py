@@ -40,6 +40,21 @@ class PluginWarning(UserWarning):
     """A plugin was skipped because it failed to import or its hook raised."""
 
 
+def _base_class(kind: str) -> type:
+    """The class every registered ``kind`` must subclass (imported late: those modules import this one's users)."""
+    if kind == "scheme":
+        from ..quantization.quantizer import Quantizer
+
+        return Quantizer
+    if kind == "observer":
+        from ..quantization.observer import Observer
+
+        return Observer
+    from ..kernels.base import Kernel
+
+    return Kernel
+
+
 def _normalize(name: str) -> str:
     """PEP 503 normalisation, so ``QCore_Foo`` and ``qcore-foo`` name the same distribution."""
     return re.sub(r"[-_.]+", "-", name).lower()
@@ -76,10 +91,20 @@ class PluginRecord:
 class PluginManager:
     """Wraps a ``pluggy.PluginManager`` with qcore's loading rules and its three registries."""
 
-    def __init__(self, autoload: bool = True, entry_points=None):
+    def __init__(self, autoload: bool = True, entry_points=None, third_party: bool = True):
+        """
+        :param autoload: load the ``qcore`` entry points (on first registry use); False: nothing is loaded
+            automatically, only what :meth:`register` adds.
+        :param entry_points: a callable returning entry points (tests pass fakes); default: the ``qcore``
+            group of :mod:`importlib.metadata`.
+        :param third_party: False loads only the built-in plugins (distribution ``qcore``), whatever is
+            installed and whatever ``QCORE_LOAD_PLUGINS`` says: the isolated manager of plugin tests.
+        """
         self.autoload = autoload
-        # a callable returning entry points (tests pass fakes); default: importlib.metadata's "qcore" group
+        self.third_party = third_party
         self._entry_points = entry_points or (lambda: metadata.entry_points(group=ENTRY_POINT_GROUP))
+        #: one line per plugin skipped (failed import, raising hook, bad class), in the order they happened
+        self.failures: list[str] = []
         self._lock = threading.RLock()
         self._pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self._pm.add_hookspecs(hookspecs)
@@ -90,6 +115,8 @@ class PluginManager:
 
     # -- loading -----------------------------------------------------------------------------------
     def _fail(self, what: str) -> None:
+        if what not in self.failures:
+            self.failures.append(what)
         if _strict():
             raise PluginError(what)
         warnings.warn(what + " (skipped; set QCORE_STRICT_PLUGINS=1 to make this an error)", PluginWarning, stacklevel=4)
@@ -116,6 +143,8 @@ class PluginManager:
             version = dist.version if dist is not None else "?"
             builtin = _normalize(dist_name) == BUILTIN_DISTRIBUTION
             if not builtin:
+                if not self.third_party:
+                    continue
                 if allow is not None and _normalize(dist_name) not in allow:
                     continue
                 if _normalize(dist_name) in deny:
@@ -157,6 +186,11 @@ class PluginManager:
         with self._lock:
             self.load()
             name = name or getattr(plugin, "__name__", None) or f"plugin-{id(plugin):x}"
+            if self._pm.is_registered(plugin):
+                raise PluginError(
+                    f"this plugin object is already registered as {self._pm.get_name(plugin)!r} "
+                    f"(an installed plugin? test it with entry-point loading off: qcore.testing.isolated_plugins)"
+                )
             if name in self._records:
                 raise PluginError(f"a plugin named {name!r} is already registered")
             self._register(plugin, name, distribution, version, builtin=False)
@@ -203,7 +237,14 @@ class PluginManager:
                             f"hook {hook_name} raised {type(exc).__name__}: {exc}"
                         )
                         continue
+                    base = _base_class(kind)
                     for cls in classes:
+                        if not (isinstance(cls, type) and issubclass(cls, base)):
+                            self._fail(
+                                f"qcore plugin {impl.plugin_name!r} from {dist}: {hook_name} returned {cls!r}, "
+                                f"which is not a subclass of qcore.{base.__name__}"
+                            )
+                            continue
                         cname = getattr(cls, "name", None)
                         if not isinstance(cname, str) or not cname:
                             self._fail(f"qcore plugin {impl.plugin_name!r} from {dist}: {hook_name} returned {cls!r} without a string `name`")
@@ -262,11 +303,11 @@ def get_manager() -> PluginManager:
     return _MANAGER
 
 
-def reset_manager(autoload: bool = True, entry_points=None) -> PluginManager:
+def reset_manager(autoload: bool = True, entry_points=None, third_party: bool = True) -> PluginManager:
     """Replace the process-wide manager (tests; after changing the QCORE_* environment variables)."""
     global _MANAGER
     with _MANAGER_LOCK:
-        _MANAGER = PluginManager(autoload=autoload, entry_points=entry_points)
+        _MANAGER = PluginManager(autoload=autoload, entry_points=entry_points, third_party=third_party)
     return _MANAGER
 
 

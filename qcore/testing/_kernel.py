@@ -1,0 +1,220 @@
+"""Conformance checks for :class:`qcore.Kernel` subclasses: bit-for-bit agreement with the ``numpy`` reference."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from ..errors import InputError
+from ..kernels.base import Kernel
+from ._common import Check, SkipCheck
+
+SHAPES = [(1,), (7,), (1031,), (3, 5), (4, 33), (2, 3, 17), (5, 1, 40)]
+
+
+class Spec:
+    def __init__(self, obj):
+        if isinstance(obj, Kernel):
+            self.cls, self.kernel = type(obj), obj
+        elif isinstance(obj, type) and issubclass(obj, Kernel):
+            self.cls, self.kernel = obj, None
+        else:
+            raise TypeError(f"check_kernel needs a qcore.Kernel subclass or instance, got {obj!r}")
+
+    def make(self) -> Kernel:
+        if not self.cls.available():
+            raise SkipCheck(f"kernel {self.cls.name!r} is not available here (available() is False)")
+        return self.kernel if self.kernel is not None else self.cls()
+
+
+def _reference() -> Kernel:
+    from ..api import get_kernel
+
+    return get_kernel("numpy")
+
+
+def _x(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=shape) * 3).astype(np.float32)
+
+
+def _eq(a, b, what):
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.dtype == b.dtype, f"{what}: dtype {a.dtype}, the numpy reference gives {b.dtype}"
+    assert a.shape == b.shape, f"{what}: shape {a.shape}, the numpy reference gives {b.shape}"
+    if not np.array_equal(a, b, equal_nan=a.dtype.kind == "f"):
+        bad = np.flatnonzero(a.reshape(-1) != b.reshape(-1))
+        i = int(bad[0]) if bad.size else 0
+        raise AssertionError(f"{what}: {bad.size} element(s) differ from the numpy reference (first at flat index {i}: "
+                             f"{a.reshape(-1)[i]!r} vs {b.reshape(-1)[i]!r})")
+
+
+def _axes(shape):
+    return [None] + list(range(len(shape))) + [-1]
+
+
+def _params(shape, axis, seed, signed):
+    rng = np.random.default_rng(seed)
+    C = 1 if axis is None else shape[axis]
+    scale = (rng.uniform(0.01, 0.5, C)).astype(np.float32)
+    zp = np.zeros(C, np.int32) if signed else rng.integers(0, 256, C).astype(np.int32)
+    return scale, zp
+
+
+# -- the checks ---------------------------------------------------------------------------------------------
+def check_kernel_class_contract(obj):
+    """A non-empty ``name``, an integer ``priority`` and ``available()`` returning a bool."""
+    cls = Spec(obj).cls
+    assert isinstance(cls.name, str) and cls.name and " " not in cls.name, f"`name` must be a non-empty string without spaces, got {cls.name!r}"
+    assert isinstance(cls.priority, int), f"`priority` must be an int, got {cls.priority!r}"
+    assert isinstance(cls.available(), bool), f"available() must return a bool, got {cls.available()!r}"
+    for meth in ("_minmax", "_quantize_affine", "_dequantize_affine", "_pack", "_unpack"):
+        assert getattr(cls, meth) is not getattr(Kernel, meth), f"the kernel must implement {meth}()"
+
+
+def check_kernel_minmax(obj):
+    """``minmax`` equals the reference per tensor and along every axis; NaN/Inf raise ``qcore.InputError``."""
+    k, ref = Spec(obj).make(), _reference()
+    for shape in SHAPES:
+        x = _x(shape, 1)
+        for axis in _axes(shape):
+            for got, want, nm in zip(k.minmax(x, axis), ref.minmax(x, axis), ("min", "max")):
+                _eq(got, want, f"minmax {nm} shape={shape} axis={axis}")
+    x = _x((6, 40), 2)
+    x[2, 3] = np.nan
+    for axis in (None, 0, 1):
+        try:
+            k.minmax(x, axis)
+        except InputError:
+            continue
+        raise AssertionError(f"minmax of an array with NaN (axis={axis}) did not raise qcore.InputError")
+
+
+def check_kernel_quantize_affine(obj):
+    """``quantize_affine`` equals the reference bit for bit: signed and unsigned, every axis, ties (round
+    half to even), values far outside the range (clamp), non-contiguous input; NaN/Inf raise ``InputError``."""
+    k, ref = Spec(obj).make(), _reference()
+    for si, shape in enumerate(SHAPES):
+        x = _x(shape, 3 + si)
+        for axis in _axes(shape):
+            for signed, (qmin, qmax) in ((False, (0, 255)), (False, (0, 15)), (True, (-127, 127)), (True, (-8, 7)), (True, (-1, 0))):
+                scale, zp = _params(shape, axis, si, signed)
+                zp = np.clip(zp, qmin if qmin > 0 else 0, max(qmax, 0))
+                _eq(k.quantize_affine(x, scale, zp, qmin, qmax, axis=axis), ref.quantize_affine(x, scale, zp, qmin, qmax, axis=axis),
+                    f"quantize_affine shape={shape} axis={axis} [{qmin}, {qmax}]")
+    # exact ties: (n + 0.5) * scale with scale a power of two
+    n = np.arange(-300, 300, dtype=np.float32)
+    ties = np.concatenate([(n + 0.5) * 0.25, n * 0.25, np.array([1e30, -1e30, 3.4e38, -3.4e38], np.float32)]).astype(np.float32)
+    for qmin, qmax, zp in ((0, 255, 128), (-128, 127, 0), (0, 15, 3)):
+        _eq(k.quantize_affine(ties, [0.25], [zp], qmin, qmax), ref.quantize_affine(ties, [0.25], [zp], qmin, qmax),
+            f"quantize_affine ties/clamp [{qmin}, {qmax}] zp={zp}")
+    big = _x((9, 70), 7)
+    view = big[::2, 1::3]
+    _eq(k.quantize_affine(view, [0.1], [5], 0, 255, axis=None), ref.quantize_affine(np.ascontiguousarray(view), [0.1], [5], 0, 255),
+        "quantize_affine of a non-contiguous view")
+    for bad in (np.nan, np.inf, -np.inf):
+        x = _x((4, 50), 8)
+        x[3, 49] = bad
+        try:
+            k.quantize_affine(x, [0.1], [0], -127, 127)
+        except InputError:
+            continue
+        raise AssertionError(f"quantize_affine of an array holding {bad} did not raise qcore.InputError")
+    out = k.quantize_affine(np.zeros((0, 3), np.float32), [1.0], [0], 0, 255)
+    assert out.shape == (0, 3) and out.dtype == np.uint8, f"empty input gave {out.dtype} {out.shape}"
+
+
+def check_kernel_dequantize_affine(obj):
+    """``dequantize_affine`` equals the reference bit for bit for int8 and uint8 codes along every axis."""
+    k, ref = Spec(obj).make(), _reference()
+    rng = np.random.default_rng(11)
+    for si, shape in enumerate(SHAPES):
+        for signed in (False, True):
+            codes = rng.integers(-128 if signed else 0, 128 if signed else 256, size=shape).astype(np.int8 if signed else np.uint8)
+            for axis in _axes(shape):
+                scale, zp = _params(shape, axis, si + 50, signed)
+                _eq(k.dequantize_affine(codes, scale, zp, axis=axis), ref.dequantize_affine(codes, scale, zp, axis=axis),
+                    f"dequantize_affine shape={shape} axis={axis} {codes.dtype}")
+
+
+def check_kernel_pack_unpack(obj):
+    """``pack`` gives the reference's bytes (``ceil(n*bits/8)``) for 1..8 bits; ``unpack`` restores the codes;
+    codes that do not fit raise ``ValueError``."""
+    k, ref = Spec(obj).make(), _reference()
+    rng = np.random.default_rng(12)
+    for bits in range(1, 9):
+        for signed in (False, True):
+            lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+            for n in (0, 1, 7, 8, 9, 1001):
+                codes = rng.integers(lo, hi + 1, size=n).astype(np.int8 if signed else np.uint8)
+                packed = k.pack(codes, bits)
+                _eq(packed, ref.pack(codes, bits), f"pack bits={bits} signed={signed} n={n}")
+                _eq(k.unpack(packed, bits, n, signed), codes, f"unpack(pack) bits={bits} signed={signed} n={n}")
+            if bits < 8:
+                too_big = np.array([hi + 1], np.int8 if signed and hi + 1 <= 127 else np.uint8)
+                if too_big.dtype == (np.int8 if signed else np.uint8):
+                    try:
+                        k.pack(too_big, bits)
+                    except ValueError:
+                        pass
+                    else:
+                        raise AssertionError(f"pack accepted code {hi + 1} at {bits} bits")
+
+
+def check_kernel_input_unchanged(obj):
+    """No operation writes into its input."""
+    k = Spec(obj).make()
+    x = _x((5, 64), 13)
+    keep = x.copy()
+    k.minmax(x, 0)
+    codes = k.quantize_affine(x, [0.05], [0], -127, 127)
+    ckeep = codes.copy()
+    k.dequantize_affine(codes, [0.05], [0])
+    k.pack(codes, 8)
+    assert np.array_equal(x, keep) and np.array_equal(codes, ckeep), "an operation modified its input"
+
+
+def check_kernel_thread_safety(obj):
+    """Several threads calling the kernel at once get the single-thread results."""
+    k = Spec(obj).make()
+    xs = [_x((64, 257), 20 + i) for i in range(8)]
+    serial = [k.quantize_affine(x, [0.02], [3], 0, 255) for x in xs]
+    out: list = [None] * len(xs)
+    errors: list = []
+    barrier = threading.Barrier(4)
+
+    def work(t):
+        try:
+            barrier.wait()
+            for _ in range(3):
+                for i in range(t, len(xs), 4):
+                    c = k.quantize_affine(xs[i], [0.02], [3], 0, 255)
+                    d = k.dequantize_affine(c, [0.02], [3])
+                    k.minmax(d)
+                    out[i] = c
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    ts = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors, f"a kernel call raised in a thread: {errors[0]!r}"
+    for i in range(len(xs)):
+        _eq(out[i], serial[i], f"threaded quantize_affine #{i}")
+
+
+KERNEL_CHECKS = [
+    check_kernel_class_contract,
+    check_kernel_minmax,
+    check_kernel_quantize_affine,
+    check_kernel_dequantize_affine,
+    check_kernel_pack_unpack,
+    check_kernel_input_unchanged,
+    check_kernel_thread_safety,
+]
+
+
+def kernel_checks(obj=None) -> list[Check]:
+    return [Check(f.__name__, f, "kernel") for f in KERNEL_CHECKS]
