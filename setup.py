@@ -90,6 +90,10 @@ BUILTIN_PLUGINS = [
     "log = qcore_plugins.schemes.log",
     "kmeans = qcore_plugins.schemes.kmeans",
     "minmax = qcore_plugins.observers.minmax",
+    "moving_average = qcore_plugins.observers.moving_average",
+    "percentile = qcore_plugins.observers.percentile",
+    "histogram = qcore_plugins.observers.histogram",
+    "mse = qcore_plugins.observers.mse",
     "numpy = qcore_plugins.kernels.numpy_kernel",
     "cython = qcore_plugins.kernels.cython_kernel",
 ]

@@ -1,0 +1,245 @@
+"""Streaming histograms shared by the ``percentile``, ``histogram`` and ``mse`` observers.
+
+State per channel (one channel per tensor when ``axis`` is None): ``bins`` float64 counts over
+``[lo, lo + bins * width)``, plus the exact minimum and maximum seen.  The memory is ``C * bins * 8``
+bytes, whatever the number of batches.
+
+When a batch falls outside the current range the histogram grows by an **integer** factor ``k`` of the bin
+width, placed so that old bin edges are new bin edges: ``k`` old bins merge into one new bin exactly (no
+interpolation, so no error accumulates however often the range grows).  The old range lands in the middle
+of the new one, which leaves headroom on both sides, so the width at most doubles each time the data range
+outgrows the histogram and at least half the bins always cover data.
+
+The counting runs in ``qcore_plugins._hist`` (Cython, OpenMP threads with per-thread partial histograms,
+GIL released).  Range searches evaluate, for each candidate clipping range, the **exact** squared error of the
+quantizer's own grid on the histogram (values uniform inside each bin): see ``hist_sq_error`` in
+``pyx/hist_kernels.h``.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+import qcore
+from qcore.errors import InputError
+from qcore.validation import as_3d, normalize_axis
+
+from .. import _hist
+
+#: a histogram observer holds at most this many counts (C * bins); ``bins`` is lowered for more channels
+MAX_ENTRIES = 1 << 24
+
+
+def check_number(value, name, lo, hi, *, lo_open=False, hi_open=False, integer=False):
+    """Validate a numeric option: TypeError for a non-number, ValueError out of range."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or (integer and not isinstance(value, numbers.Integral)):
+        kind = "an integer" if integer else "a number"
+        raise TypeError(f"{name} must be {kind}, got {value!r}")
+    v = int(value) if integer else float(value)
+    bad_lo = v <= lo if lo_open else v < lo
+    bad_hi = v >= hi if hi_open else v > hi
+    if bad_lo or bad_hi or v != v:
+        raise ValueError(
+            f"{name} must be in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}, got {value!r}"
+        )
+    return v
+
+
+def scheme_grid(lo, hi, bits, symmetric):
+    """The grid of the ``linear`` scheme for clipping range ``(lo, hi)``: ``(g0, step, levels)``.
+
+    Grid points are ``g0 + j * step`` for ``j = 0..levels``; affine ranges are widened to include zero and the
+    zero point is rounded exactly as ``qcore_plugins.schemes.linear`` does, so the error evaluated is the
+    error the quantizer will make.
+    """
+    lo = np.asarray(lo, np.float64)
+    hi = np.asarray(hi, np.float64)
+    if symmetric:
+        qmax = (1 << (bits - 1)) - 1 if bits > 1 else 1
+        amax = np.maximum(-lo, hi)
+        scale = (amax / qmax).astype(np.float32).astype(np.float64)
+        return -qmax * scale, scale, float(2 * qmax)
+    qmax = (1 << bits) - 1
+    lo0, hi0 = np.minimum(lo, 0.0), np.maximum(hi, 0.0)
+    scale = ((hi0 - lo0) / qmax).astype(np.float32).astype(np.float64)
+    safe = np.where(scale > 0, scale, 1.0)
+    zp = np.clip(np.rint(-lo0 / safe), 0, qmax)
+    return -zp * scale, scale, float(qmax)
+
+
+class HistogramObserverBase(qcore.Observer):
+    """Base of the observers that keep a streaming histogram per channel (option ``bins``)."""
+
+    options = {"bins": 2048}
+
+    def __init__(self, axis=None, kernel=None, **options):
+        super().__init__(axis, kernel, **options)
+        self.config["bins"] = check_number(self.config["bins"], "bins", 16, 1 << 20, integer=True)
+        self._validate()
+
+    def _validate(self) -> None:
+        """Subclasses check their own options here (ValueError/TypeError)."""
+
+    def reset(self):
+        super().reset()
+        self.hist = None  # (C, bins) float64 counts
+        self.lo = None  # (C,) left edge of bin 0
+        self.width = None  # (C,) bin width
+        self.min = None  # (C,) exact minimum observed
+        self.max = None
+        self._cache = {}
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of observer state (constant after the first batch)."""
+        if self.hist is None:
+            return 0
+        return int(self.hist.nbytes + self.lo.nbytes + self.width.nbytes + self.min.nbytes + self.max.nbytes)
+
+    # -- accumulation ------------------------------------------------------------------------------------
+    def _update(self, x):
+        ax = None if self.axis is None else normalize_axis(self.axis, x.ndim)
+        x3 = as_3d(x, ax)
+        bmin, bmax, finite = _hist.minmax(x3)
+        if not finite:
+            bad = int(np.count_nonzero(~np.isfinite(x)))
+            raise InputError(f"batch contains {bad} NaN or Inf value(s); qcore refuses non-finite input (clean or clip it first)")
+        bmin = bmin.astype(np.float64)
+        bmax = bmax.astype(np.float64)
+        if self.hist is None:
+            C = x3.shape[1]
+            nb = self.config["bins"]
+            if C * nb > MAX_ENTRIES:
+                nb = max(16, MAX_ENTRIES // C)
+            self.lo = bmin.copy()
+            span = bmax - bmin
+            tiny = np.maximum(np.abs(bmin) * 2.0**-20, 1e-30) / nb
+            self.width = np.where(span > 0, span / nb, tiny)
+            self.hist = np.zeros((C, nb), np.float64)
+            self.min, self.max = bmin, bmax
+        else:
+            self._grow(bmin, bmax)
+            self.min = np.minimum(self.min, bmin)
+            self.max = np.maximum(self.max, bmax)
+        _hist.accumulate(x3, self.lo, 1.0 / self.width, self.hist)
+        self._cache = {}
+
+    def _grow(self, bmin, bmax):
+        nb = self.hist.shape[1]
+        lo, w = self.lo, self.width
+        hi = lo + nb * w
+        grow = (bmin < lo) | (bmax > hi)
+        if not grow.any():
+            return
+        g = np.flatnonzero(grow)
+        lo_g, w_g, hi_g = lo[g], w[g], hi[g]
+        nmin = np.minimum(bmin[g], lo_g)
+        nmax = np.maximum(bmax[g], hi_g)
+        jmin = np.ceil((lo_g - nmin) / w_g)
+        k = np.maximum(1.0, np.ceil((jmin * w_g + nmax - lo_g) / (nb * w_g)))
+        jmax = np.floor((lo_g + nb * k * w_g - nmax) / w_g)
+        while (bad := jmax < jmin).any():  # rounding: one more step of width
+            k = np.where(bad, k + 1, k)
+            jmax = np.floor((lo_g + nb * k * w_g - nmax) / w_g)
+        j = np.floor((jmin + jmax) / 2)
+        # old bin t of channel i goes to new bin (j + t) // k: exact merging of counts
+        t = np.arange(nb, dtype=np.float64)
+        idx = np.minimum(np.floor((j[:, None] + t[None, :]) / k[:, None]), nb - 1).astype(np.int64)
+        idx += (np.arange(len(g), dtype=np.int64) * nb)[:, None]
+        merged = np.bincount(idx.ravel(), weights=self.hist[g].ravel(), minlength=len(g) * nb)
+        self.hist[g] = merged.reshape(len(g), nb)
+        self.lo[g] = lo_g - j * w_g
+        self.width[g] = k * w_g
+
+    # -- helpers for the range searches ----------------------------------------------------------------
+    def _range(self, bits, symmetric):
+        key = ("range", int(bits), bool(symmetric))
+        if key not in self._cache:
+            lo, hi = self._search(int(bits), bool(symmetric))
+            # a clipping range never needs to extend beyond the data
+            lo = np.clip(lo, self.min, self.max)
+            hi = np.clip(hi, self.min, self.max)
+            self._cache[key] = (lo, hi)
+        return self._cache[key]
+
+    def _search(self, bits, symmetric):
+        raise NotImplementedError
+
+    def _edges(self):
+        nb = self.hist.shape[1]
+        return self.lo[:, None] + np.arange(nb + 1)[None, :] * self.width[:, None]
+
+    def _cdf(self):
+        cum = np.zeros((self.hist.shape[0], self.hist.shape[1] + 1))
+        np.cumsum(self.hist, axis=1, out=cum[:, 1:])
+        return cum
+
+    def quantile_values(self, mass_lo, mass_hi):
+        """Per channel, the value below which ``mass_lo[c, k]`` values lie (and likewise ``mass_hi``), with
+        linear interpolation inside the bin, as two ``(C, K)`` arrays."""
+        edges, cum = self._edges(), self._cdf()
+        out = []
+        for mass in (mass_lo, mass_hi):
+            mass = np.asarray(mass, np.float64)
+            res = np.empty_like(mass)
+            for c in range(cum.shape[0]):
+                i = np.clip(np.searchsorted(cum[c], mass[c], side="left"), 1, cum.shape[1] - 1)
+                h = self.hist[c, i - 1]
+                frac = np.where(h > 0, (mass[c] - cum[c, i - 1]) / np.where(h > 0, h, 1.0), 0.0)
+                res[c] = edges[c, i - 1] + np.clip(frac, 0.0, 1.0) * self.width[c]
+            out.append(res)
+        return out[0], out[1]
+
+    def abs_quantile_values(self, tail_mass):
+        """Per channel, ``a`` such that ``tail_mass[c, k]`` values have ``|x| > a`` (interpolated), ``(C, K)``."""
+        edges, cum = self._edges(), self._cdf()
+        tail_mass = np.asarray(tail_mass, np.float64)
+        res = np.empty_like(tail_mass)
+        for c in range(cum.shape[0]):
+            e, cu = edges[c], cum[c]
+            amax = max(-e[0], e[-1])
+            a = np.unique(np.concatenate([np.abs(e), [0.0, amax]]))
+            a = a[a <= amax]
+            tail = np.interp(-a, e, cu) + (cu[-1] - np.interp(a, e, cu))  # mass with |x| > a, non-increasing
+            # invert the non-increasing tail(a): np.interp needs increasing x, so flip both
+            res[c] = np.interp(tail_mass[c], tail[::-1], a[::-1])
+        return res
+
+    def tail_levels(self, count):
+        """``count`` tail-mass fractions from 0 up to 1/4, geometric (fine near 0: the clipping of outliers)."""
+        total = max(float(self.hist.sum(axis=1).max()), 1.0)
+        return np.concatenate([[0.0], np.geomspace(0.25 / total, 0.25, count - 1)])
+
+    def sq_errors(self, lo, hi, bits, symmetric):
+        """``(C, K)`` squared errors of the linear grid for candidate ranges ``lo``, ``hi`` (``(C, K)`` each)."""
+        g0, step, levels = scheme_grid(lo, hi, bits, symmetric)
+        idx, cnt = self.compact()
+        return _hist.sq_error(idx, cnt, self.lo, self.width, np.ascontiguousarray(g0), np.ascontiguousarray(step), levels)
+
+    def compact(self, channel=None):
+        """The non-empty bins, per channel, as ``(idx, cnt)`` ``(C, M)`` arrays padded with zero counts."""
+        key = ("compact", channel)
+        if key not in self._cache:
+            hist = self.hist if channel is None else self.hist[channel : channel + 1]
+            rows, cols = np.nonzero(hist)
+            per_row = np.bincount(rows, minlength=hist.shape[0])
+            m = int(per_row.max(initial=0))
+            starts = np.concatenate([[0], np.cumsum(per_row)[:-1]])
+            pos = np.arange(len(rows)) - starts[rows]
+            idx = np.zeros((hist.shape[0], m), np.int64)
+            cnt = np.zeros((hist.shape[0], m), np.float64)
+            idx[rows, pos] = cols
+            cnt[rows, pos] = hist[rows, cols]
+            self._cache[key] = (idx, cnt)
+        return self._cache[key]
+
+    def data_range(self):
+        return self.min.copy(), self.max.copy()
+
+
+def pick(values, lo, hi):
+    """Per channel the candidate (column) of smallest value: ``(lo, hi, index)``."""
+    best = np.argmin(values, axis=1)
+    rows = np.arange(values.shape[0])
+    return lo[rows, best], hi[rows, best], best

@@ -1,0 +1,268 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
+"""Streaming-histogram calibration kernels (``qcore_plugins._hist``), used by the histogram observers.
+
+Arrays arrive validated by the Python side (``plugins/observers/_histogram.py``): float32 input viewed as
+C-contiguous ``(outer, C, inner)``, per-channel parameters as float64 ``(C,)``, histograms as float64
+``(C, bins)``.  Every loop releases the GIL and runs on OpenMP threads: per-thread partial histograms of
+``uint32`` counts are merged once per call.
+"""
+import numpy as np
+cimport numpy as cnp
+from cython.parallel cimport prange, parallel, threadid
+from libc.stdint cimport int64_t, uint32_t
+from libc.stdlib cimport calloc, malloc, free
+
+cnp.import_array()
+
+cdef extern from "hist_kernels.h" nogil:
+    int HIST_MAX_THREADS()
+    int hist_minmax_run(const float *x, int64_t n, float *lo, float *hi)
+    int hist_minmax_cols(const float *x, int64_t C, int64_t inner, float *lo, float *hi)
+    void hist_count_run4(const float *x, int64_t n, double lo, double inv_w, int64_t nb, uint32_t *h)
+    void hist_count_rows4(const float *x, int64_t rows, int64_t len, int64_t stride,
+                          double lo, double inv_w, int64_t nb, uint32_t *h)
+    void hist_flush4(uint32_t *h4, int64_t nb, double *out)
+    double hist_sq_error(const int64_t *idx, const double *cnt, int64_t m, double lo, double w, double g0, double s, double L)
+    double hist_kl(const double *h, int64_t nb, int64_t s, int64_t e, int64_t nq)
+
+# below this many elements a call runs on one thread (starting a parallel region costs microseconds)
+cdef int64_t PARALLEL_MIN = 1 << 16
+# uint32 partial counts are flushed to float64 at least this often (per thread, per channel)
+cdef int64_t FLUSH_EVERY = 1 << 30
+
+
+def max_threads():
+    """OpenMP threads a call may use (``OMP_NUM_THREADS``, threadpoolctl limits)."""
+    return HIST_MAX_THREADS()
+
+
+cdef int _threads(int64_t work) noexcept nogil:
+    if work < PARALLEL_MIN:
+        return 1
+    cdef int t = HIST_MAX_THREADS()
+    return t if t > 0 else 1
+
+
+def minmax(const float[:, :, ::1] x3):
+    """Per-channel ``(lo, hi, finite)`` of ``x3`` viewed as ``(outer, C, inner)``: float32 ``(C,)`` arrays and
+    False if any value was NaN or Inf (then lo/hi are meaningless)."""
+    cdef int64_t outer = x3.shape[0], C = x3.shape[1], inner = x3.shape[2]
+    cdef int64_t n = outer * C * inner
+    if n == 0:
+        raise ValueError("minmax of an empty array")
+    cdef const float *x = &x3[0, 0, 0]
+    cdef int nt = _threads(n)
+    cdef float[::1] lo = np.empty(C, np.float32)
+    cdef float[::1] hi = np.empty(C, np.float32)
+    cdef float *plo
+    cdef float *phi
+    cdef int *pbad
+    cdef int bad = 0
+    cdef int64_t c, t, chunk, a, b, o, per
+    cdef float l, h
+    if C == 1 or (inner < 32 and C * nt <= (1 << 20)):
+        # split the data into contiguous pieces, one partial (C,) result per piece
+        if C == 1:
+            per = (n + nt - 1) // nt
+        else:
+            per = (outer + nt - 1) // nt
+        plo = <float *> malloc(nt * C * sizeof(float))
+        phi = <float *> malloc(nt * C * sizeof(float))
+        pbad = <int *> calloc(nt, sizeof(int))
+        if plo == NULL or phi == NULL or pbad == NULL:
+            free(plo); free(phi); free(pbad)
+            raise MemoryError()
+        with nogil:
+            for t in prange(nt, num_threads=nt, schedule='static'):
+                if C == 1:
+                    a = t * per
+                    b = min(n, a + per)
+                    plo[t] = 3.4e38
+                    phi[t] = -3.4e38
+                    if a < b:
+                        plo[t] = x[a]
+                        phi[t] = x[a]
+                        pbad[t] = hist_minmax_run(x + a, b - a, plo + t, phi + t)
+                else:
+                    a = t * per
+                    b = min(outer, a + per)
+                    for c in range(C):
+                        plo[t * C + c] = x[c * inner]
+                        phi[t * C + c] = x[c * inner]
+                    for o in range(a, b):
+                        pbad[t] |= hist_minmax_cols(x + o * C * inner, C, inner, plo + t * C, phi + t * C)
+            for c in range(C):
+                l = plo[c]
+                h = phi[c]
+                for t in range(1, nt):
+                    if plo[t * C + c] < l:
+                        l = plo[t * C + c]
+                    if phi[t * C + c] > h:
+                        h = phi[t * C + c]
+                lo[c] = l
+                hi[c] = h
+            for t in range(nt):
+                bad |= pbad[t]
+        free(plo); free(phi); free(pbad)
+    else:
+        # one channel per iteration: rows of `inner` contiguous values, `outer` of them
+        pbad = <int *> calloc(C, sizeof(int))
+        if pbad == NULL:
+            raise MemoryError()
+        with nogil:
+            for c in prange(C, num_threads=nt, schedule='static'):
+                lo[c] = x[c * inner]
+                hi[c] = x[c * inner]
+                for o in range(outer):
+                    pbad[c] |= hist_minmax_run(x + (o * C + c) * inner, inner, &lo[c], &hi[c])
+            for c in range(C):
+                bad |= pbad[c]
+        free(pbad)
+    return np.asarray(lo), np.asarray(hi), not bad
+
+
+def accumulate(const float[:, :, ::1] x3, const double[::1] lo, const double[::1] inv_w, double[:, ::1] hist):
+    """Add the counts of ``x3`` (``(outer, C, inner)``) to ``hist`` ``(C, bins)``: value ``v`` of channel ``c``
+    goes to bin ``floor((v - lo[c]) * inv_w[c])`` clamped to ``[0, bins - 1]``."""
+    cdef int64_t outer = x3.shape[0], C = x3.shape[1], inner = x3.shape[2]
+    cdef int64_t nb = hist.shape[1]
+    cdef int64_t n = outer * C * inner
+    if hist.shape[0] != C or lo.shape[0] != C or inv_w.shape[0] != C:
+        raise ValueError("accumulate: parameter shapes do not match the channels of x3")
+    if n == 0 or nb == 0:
+        return
+    cdef const float *x = &x3[0, 0, 0]
+    cdef double *H = &hist[0, 0]
+    cdef int nt = _threads(n)
+    cdef int64_t t, c, a, b, per, o, s, step, i
+    cdef uint32_t *part
+    cdef double *dpart
+    if C == 1:
+        # contiguous pieces, one set of 4 uint32 sub-histograms per thread, merged in thread order
+        per = (n + nt - 1) // nt
+        part = <uint32_t *> calloc(nt * 4 * nb, sizeof(uint32_t))
+        dpart = <double *> calloc(nt * nb, sizeof(double))
+        if part == NULL or dpart == NULL:
+            free(part); free(dpart)
+            raise MemoryError()
+        with nogil:
+            for t in prange(nt, num_threads=nt, schedule='static'):
+                a = t * per
+                b = min(n, a + per)
+                s = a
+                while s < b:
+                    step = min(b - s, FLUSH_EVERY)
+                    hist_count_run4(x + s, step, lo[0], inv_w[0], nb, part + t * 4 * nb)
+                    hist_flush4(part + t * 4 * nb, nb, dpart + t * nb)
+                    s = s + step
+            for t in range(nt):
+                for i in range(nb):
+                    H[i] += dpart[t * nb + i]
+        free(part); free(dpart)
+    elif inner < 32 and outer >= 2 * nt and C * nb * nt <= (1 << 24):
+        # small inner runs (e.g. channels last): split `outer`, per-thread (C, bins) partial histograms
+        per = (outer + nt - 1) // nt
+        part = <uint32_t *> calloc(nt * C * nb, sizeof(uint32_t))
+        dpart = <double *> calloc(nt * C * nb, sizeof(double))
+        if part == NULL or dpart == NULL:
+            free(part); free(dpart)
+            raise MemoryError()
+        with nogil:
+            for t in prange(nt, num_threads=nt, schedule='static'):
+                a = t * per
+                b = min(outer, a + per)
+                s = a
+                while s < b:
+                    step = min(b - s, FLUSH_EVERY // inner)
+                    for o in range(s, s + step):
+                        for c in range(C):
+                            hist_count_run_1(x + (o * C + c) * inner, inner, lo[c], inv_w[c], nb,
+                                             part + (t * C + c) * nb)
+                    for i in range(C * nb):
+                        dpart[t * C * nb + i] += part[t * C * nb + i]
+                        part[t * C * nb + i] = 0
+                    s = s + step
+            for t in range(nt):
+                for i in range(C * nb):
+                    H[i] += dpart[t * C * nb + i]
+        free(part); free(dpart)
+    else:
+        # one channel per iteration, no merging: rows of `inner` values with stride C*inner
+        part = <uint32_t *> calloc(nt * 4 * nb, sizeof(uint32_t))
+        if part == NULL:
+            raise MemoryError()
+        with nogil, parallel(num_threads=nt):
+            t = threadid()
+            for c in prange(C, schedule='static'):
+                o = 0
+                while o < outer:
+                    step = min(outer - o, max(1, FLUSH_EVERY // inner))
+                    hist_count_rows4(x + (o * C + c) * inner, step, inner, C * inner, lo[c], inv_w[c], nb,
+                                     part + t * 4 * nb)
+                    hist_flush4(part + t * 4 * nb, nb, H + c * nb)
+                    o = o + step
+        free(part)
+
+
+cdef inline void hist_count_run_1(const float *x, int64_t n, double lo, double inv_w, int64_t nb,
+                                  uint32_t *h) noexcept nogil:
+    cdef int64_t i, bb
+    cdef double v
+    for i in range(n):
+        v = (x[i] - lo) * inv_w
+        bb = <int64_t> v
+        if v < 0:
+            bb = 0
+        if bb > nb - 1:
+            bb = nb - 1
+        h[bb] += 1
+
+
+def sq_error(const int64_t[:, ::1] idx, const double[:, ::1] cnt, const double[::1] lo, const double[::1] w,
+             const double[:, ::1] g0, const double[:, ::1] step, double levels):
+    """Squared quantization error of every candidate grid: ``out[c, k]`` is the error of channel ``c``'s
+    histogram on the grid ``g0[c, k] + j * step[c, k]``, ``j = 0..levels`` (values beyond clamp).
+
+    The histogram comes compacted: channel ``c`` holds ``cnt[c, m]`` values in bin ``idx[c, m]`` (bin ``i`` is
+    ``[lo[c] + i * w[c], lo[c] + (i + 1) * w[c])``); padding entries have ``cnt == 0``."""
+    cdef int64_t C = idx.shape[0], M = idx.shape[1], K = g0.shape[1]
+    if (cnt.shape[0] != C or cnt.shape[1] != M or lo.shape[0] != C or w.shape[0] != C or g0.shape[0] != C
+            or step.shape[0] != C or step.shape[1] != K):
+        raise ValueError("sq_error: shapes do not match")
+    out_arr = np.empty((C, K), np.float64)
+    cdef double[:, ::1] out = out_arr
+    cdef int64_t i, c, k
+    cdef int nt = _threads(C * K * M // 2)
+    if C * K == 0:
+        return out_arr
+    if M == 0:
+        out_arr[...] = 0.0
+        return out_arr
+    with nogil:
+        for i in prange(C * K, num_threads=nt, schedule='dynamic', chunksize=4):
+            c = i // K
+            k = i % K
+            out[c, k] = hist_sq_error(&idx[c, 0], &cnt[c, 0], M, lo[c], w[c], g0[c, k], step[c, k], levels)
+    return out_arr
+
+
+def kl_divergence(const double[:, ::1] hist, const int64_t[:, ::1] start, const int64_t[:, ::1] end, int64_t nq):
+    """KL divergence of clipping channel ``c``'s histogram to bins ``[start[c, k], end[c, k])`` and
+    quantizing them to ``nq`` levels (TensorRT's entropy calibration); ``inf`` for empty windows."""
+    cdef int64_t C = hist.shape[0], nb = hist.shape[1], K = start.shape[1]
+    if start.shape[0] != C or end.shape[0] != C or end.shape[1] != K:
+        raise ValueError("kl_divergence: shapes do not match")
+    out_arr = np.empty((C, K), np.float64)
+    cdef double[:, ::1] out = out_arr
+    cdef int64_t idx, c, k, s, e
+    cdef int nt = _threads(C * K * nb // 4)
+    if C * K == 0:
+        return out_arr
+    with nogil:
+        for idx in prange(C * K, num_threads=nt, schedule='dynamic', chunksize=4):
+            c = idx // K
+            k = idx % K
+            s = max(0, min(nb, start[c, k]))
+            e = max(0, min(nb, end[c, k]))
+            out[c, k] = hist_kl(&hist[c, 0], nb, s, e, nq)
+    return out_arr
