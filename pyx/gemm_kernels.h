@@ -193,15 +193,17 @@ QC_VNNI_T static inline __m512i qc_v_fix(__m512i x, const qc_epi *e, int32_t za,
     return x;
 }
 
-QC_VNNI_T static void qc_ukr_vnni(int64_t kg, const uint8_t *A, int64_t lda, const int8_t *B, void *C, int64_t ldc,
-                                  int first, int last, int mr, int nr, const qc_epi *e, int64_t i0, int64_t j0)
+/* MRV (a compile-time constant after inlining) rows are computed; mr <= MRV of them are stored */
+QC_VNNI_T static inline __attribute__((always_inline)) void
+qc_ukr_vnni_body(int64_t kg, const uint8_t *A, int64_t lda, const int8_t *B, void *C, int64_t ldc,
+                 int first, int last, int mr, int nr, const qc_epi *e, int64_t i0, int64_t j0, const int MRV)
 {
     __m512i acc[QC_V_MR][QC_V_NV];
     const uint8_t *ap[QC_V_MR];
 #pragma GCC unroll 16
-    for (int r = 0; r < QC_V_MR; r++) ap[r] = A + (r < mr ? r : mr - 1) * lda;
+    for (int r = 0; r < MRV; r++) ap[r] = A + (r < mr ? r : mr - 1) * lda;
 #pragma GCC unroll 16
-    for (int r = 0; r < QC_V_MR; r++)
+    for (int r = 0; r < MRV; r++)
 #pragma GCC unroll 4
         for (int v = 0; v < QC_V_NV; v++) acc[r][v] = _mm512_setzero_si512();
     for (int64_t g = 0; g < kg; g++) {
@@ -209,7 +211,7 @@ QC_VNNI_T static void qc_ukr_vnni(int64_t kg, const uint8_t *A, int64_t lda, con
 #pragma GCC unroll 4
         for (int v = 0; v < QC_V_NV; v++) b[v] = _mm512_loadu_si512(B + 64 * v);
 #pragma GCC unroll 16
-        for (int r = 0; r < QC_V_MR; r++) {
+        for (int r = 0; r < MRV; r++) {
             int32_t a4;
             memcpy(&a4, ap[r] + 4 * g, 4);
             __m512i a = _mm512_set1_epi32(a4);
@@ -226,7 +228,7 @@ QC_VNNI_T static void qc_ukr_vnni(int64_t kg, const uint8_t *A, int64_t lda, con
         m[v] = (__mmask16)((1u << w) - 1u);
     }
 #pragma GCC unroll 16
-    for (int r = 0; r < QC_V_MR; r++) {
+    for (int r = 0; r < MRV; r++) {
         if (r >= mr) break;
         int32_t *ci = (int32_t *)C + r * ldc;
         int64_t i = i0 + r;
@@ -253,6 +255,27 @@ QC_VNNI_T static void qc_ukr_vnni(int64_t kg, const uint8_t *A, int64_t lda, con
             }
         }
     }
+}
+
+#define QC_VNNI_UKR(NAME, MRV)                                                                               \
+    QC_VNNI_T static void NAME(int64_t kg, const uint8_t *A, int64_t lda, const int8_t *B, void *C, int64_t ldc, \
+                               int first, int last, int mr, int nr, const qc_epi *e, int64_t i0, int64_t j0)      \
+    {                                                                                                        \
+        qc_ukr_vnni_body(kg, A, lda, B, C, ldc, first, last, mr, nr, e, i0, j0, MRV);                        \
+    }
+QC_VNNI_UKR(qc_ukr_vnni8, 8)
+QC_VNNI_UKR(qc_ukr_vnni4, 4)
+QC_VNNI_UKR(qc_ukr_vnni2, 2)
+QC_VNNI_UKR(qc_ukr_vnni1, 1)
+
+QC_VNNI_T static void qc_ukr_vnni(int64_t kg, const uint8_t *A, int64_t lda, const int8_t *B, void *C, int64_t ldc,
+                                  int first, int last, int mr, int nr, const qc_epi *e, int64_t i0, int64_t j0)
+{
+    /* short row groups (small M, the last group) use a smaller tile instead of computing duplicate rows */
+    if (mr > 4) qc_ukr_vnni8(kg, A, lda, B, C, ldc, first, last, mr, nr, e, i0, j0);
+    else if (mr > 2) qc_ukr_vnni4(kg, A, lda, B, C, ldc, first, last, mr, nr, e, i0, j0);
+    else if (mr > 1) qc_ukr_vnni2(kg, A, lda, B, C, ldc, first, last, mr, nr, e, i0, j0);
+    else qc_ukr_vnni1(kg, A, lda, B, C, ldc, first, last, mr, nr, e, i0, j0);
 }
 
 /* ------------------------------------------------------------------------------------------------ AVX2 */
