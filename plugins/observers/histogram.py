@@ -59,6 +59,9 @@ class HistogramObserver(HistogramObserverBase):
                 blo[c], bhi[c] = flo[0, k], fhi[0, k]
         if np.all(~np.isfinite(best)):
             return self.min, self.max
+        if symmetric:  # window edges snap to bins: keep the range centred on zero
+            a = np.maximum(-blo, bhi)
+            return -a, a
         return blo, bhi
 
     def _candidates_one(self, c, levels, symmetric):
