@@ -14,23 +14,40 @@ from ..errors import QcoreError
 
 
 def cmd_plugins(args) -> int:
-    from ..api import plugins
+    """List plugins: name, distribution, version, hooks, names provided; built-ins only with ``--all``.
 
-    records = plugins(all=args.all)
+    A plugin that was skipped (failed import, raising hook) is reported as one ``qcore: warning:`` line on
+    stderr; a name collision or strict-mode failure is the usual one-line error and exit status 2.
+    """
+    import warnings
+
+    from ..api import plugins
+    from ..plugin.manager import PluginWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PluginWarning)
+        try:
+            records = plugins(all=args.all)
+        finally:
+            for w in caught:
+                if issubclass(w.category, PluginWarning):
+                    print(f"qcore: warning: {w.message}", file=sys.stderr)
+                else:
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if args.json:
         print(json.dumps([r.as_dict() for r in records], indent=2))
         return 0
     if not records:
         print("no third-party plugins installed (qcore plugins --all lists the built-ins)")
         return 0
+    rows = [("PLUGIN", "DISTRIBUTION", "VERSION", "HOOKS", "PROVIDES")]
     for r in records:
-        provided = []
-        for kind in ("schemes", "observers", "kernels"):
-            names = getattr(r, kind)
-            if names:
-                provided.append(f"{kind}: {', '.join(names)}")
-        tag = " (built-in)" if r.builtin else ""
-        print(f"{r.name}  {r.distribution} {r.version}{tag}  hooks: {', '.join(r.hooks)}  {'; '.join(provided)}")
+        provided = [f"{kind}: {', '.join(getattr(r, kind))}" for kind in ("schemes", "observers", "kernels") if getattr(r, kind)]
+        dist = r.distribution + (" (built-in)" if r.builtin else "")
+        rows.append((r.name, dist, r.version, ", ".join(r.hooks) or "-", "; ".join(provided) or "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4])
     return 0
 
 

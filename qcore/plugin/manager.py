@@ -112,6 +112,7 @@ class PluginManager:
         self._loaded = False
         self._registries: dict[str, dict[str, type]] | None = None
         self._owners: dict[tuple[str, str], str] = {}  # (kind, name) -> plugin name
+        self._skipped: set[str] = set()  # plugins one of whose hooks raised
 
     # -- loading -----------------------------------------------------------------------------------
     def _fail(self, what: str) -> None:
@@ -211,7 +212,11 @@ class PluginManager:
 
     # -- registries --------------------------------------------------------------------------------
     def registries(self) -> dict[str, dict[str, type]]:
-        """``{"scheme": {...}, "observer": {...}, "kernel": {...}}`` built by calling each hook impl alone."""
+        """``{"scheme": {...}, "observer": {...}, "kernel": {...}}`` built by calling each hook impl alone.
+
+        A plugin any of whose hooks raises is skipped whole (none of its names are registered, and it is not
+        listed by :meth:`records`), so a half-working plugin never provides half of its names.
+        """
         self.load()
         regs = self._registries
         if regs is not None:
@@ -223,44 +228,55 @@ class PluginManager:
             owners: dict[tuple[str, str], str] = {}
             for record in self._records.values():
                 record.schemes, record.observers, record.kernels = [], [], []
+            # 1. call every implementation on its own (registration order, oldest first: built-ins first)
+            returned: list[tuple[str, str, str, list]] = []
+            skipped: set[str] = set()
             for hook_name, kind in KINDS.items():
                 caller = getattr(self._pm.hook, hook_name)
-                # Call in registration order (oldest first) so built-ins come first in listings.
-                for impl in caller.get_hookimpls():  # registration order, oldest first
+                for impl in caller.get_hookimpls():
                     record = self._records.get(impl.plugin_name)
                     dist = record.distribution if record else impl.plugin_name
                     try:
                         classes = list(impl.function() or ())
                     except Exception as exc:  # noqa: BLE001
+                        skipped.add(impl.plugin_name)
                         self._fail(
                             f"qcore plugin {impl.plugin_name!r} from {dist} {record.version if record else '?'}: "
                             f"hook {hook_name} raised {type(exc).__name__}: {exc}"
                         )
                         continue
-                    base = _base_class(kind)
-                    for cls in classes:
-                        if not (isinstance(cls, type) and issubclass(cls, base)):
-                            self._fail(
-                                f"qcore plugin {impl.plugin_name!r} from {dist}: {hook_name} returned {cls!r}, "
-                                f"which is not a subclass of qcore.{base.__name__}"
-                            )
-                            continue
-                        cname = getattr(cls, "name", None)
-                        if not isinstance(cname, str) or not cname:
-                            self._fail(f"qcore plugin {impl.plugin_name!r} from {dist}: {hook_name} returned {cls!r} without a string `name`")
-                            continue
-                        if cname in regs[kind] and regs[kind][cname] is not cls:
-                            other = self._records.get(owners[(kind, cname)])
-                            other_dist = other.distribution if other else owners[(kind, cname)]
-                            raise PluginError(
-                                f"two plugins provide the {kind} {cname!r}: {other_dist} "
-                                f"(plugin {owners[(kind, cname)]!r}) and {dist} (plugin {impl.plugin_name!r}); "
-                                f"uninstall one or exclude it with QCORE_DISABLE_PLUGINS"
-                            )
-                        regs[kind][cname] = cls
-                        owners[(kind, cname)] = impl.plugin_name
-                        if record is not None:
-                            getattr(record, kind + "s").append(cname)
+                    returned.append((impl.plugin_name, hook_name, kind, classes))
+            # 2. register the names of the plugins that did not fail, refusing collisions
+            for plugin_name, hook_name, kind, classes in returned:
+                if plugin_name in skipped:
+                    continue
+                record = self._records.get(plugin_name)
+                dist = record.distribution if record else plugin_name
+                base = _base_class(kind)
+                for cls in classes:
+                    if not (isinstance(cls, type) and issubclass(cls, base)):
+                        self._fail(
+                            f"qcore plugin {plugin_name!r} from {dist}: {hook_name} returned {cls!r}, "
+                            f"which is not a subclass of qcore.{base.__name__}"
+                        )
+                        continue
+                    cname = getattr(cls, "name", None)
+                    if not isinstance(cname, str) or not cname:
+                        self._fail(f"qcore plugin {plugin_name!r} from {dist}: {hook_name} returned {cls!r} without a string `name`")
+                        continue
+                    if cname in regs[kind] and regs[kind][cname] is not cls:
+                        other = self._records.get(owners[(kind, cname)])
+                        other_dist = other.distribution if other else owners[(kind, cname)]
+                        raise PluginError(
+                            f"two plugins provide the {kind} {cname!r}: {other_dist} "
+                            f"(plugin {owners[(kind, cname)]!r}) and {dist} (plugin {plugin_name!r}); "
+                            f"uninstall one or exclude it with QCORE_DISABLE_PLUGINS"
+                        )
+                    regs[kind][cname] = cls
+                    owners[(kind, cname)] = plugin_name
+                    if record is not None:
+                        getattr(record, kind + "s").append(cname)
+            self._skipped = skipped
             self._owners = owners
             self._registries = regs
             return regs
@@ -281,8 +297,9 @@ class PluginManager:
         return self._records.get(plugin) if plugin else None
 
     def records(self) -> list[PluginRecord]:
+        """The registered plugins, in registration order, less those skipped because a hook raised."""
         self.registries()
-        return list(self._records.values())
+        return [r for name, r in self._records.items() if name not in self._skipped]
 
     @property
     def pluggy_manager(self) -> pluggy.PluginManager:
