@@ -87,6 +87,7 @@ def extensions():
 # Built-in plugins register through the same entry-point group a third party uses.
 BUILTIN_PLUGINS = [
     "linear = qcore_plugins.schemes.linear",
+    "mixed = qcore_plugins.schemes.mixed",
     "log = qcore_plugins.schemes.log",
     "kmeans = qcore_plugins.schemes.kmeans",
     "minmax = qcore_plugins.observers.minmax",

@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("demo", help="the main job on an embedded default (no download)")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.set_defaults(func=cmd_demo)
+
+    from .model_commands import register as register_model_commands
+
+    register_model_commands(sub)  # quantize, inspect, dequantize, report, bench
     return p
 
 

@@ -1,0 +1,340 @@
+"""The quantized-model file: a safetensors container with qcore's JSON description in its metadata.
+
+See docs/format.md for the specification.  In short: every quantized tensor ``NAME`` is stored as the tensor
+``qcore:NAME:codes`` (uint8, its codes packed at ``bits`` bits each) and one tensor ``qcore:NAME:PARAM`` per
+parameter; tensors kept as they were are stored under their own name.  ``__metadata__["qcore"]`` holds a JSON
+document describing each tensor (scheme, bits, signedness, shape, options, the plugin distribution that
+provides the scheme, ...) and the format version.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from ..errors import FormatError, SchemeNotFound
+from ..kernels.base import packed_size
+from ..tensor import QTensor
+from .qmodel import QModel
+from .safetensors_io import MAX_NDIM, Entry, Header, read_header, read_tensor, st_dtype, write_safetensors
+
+FORMAT_NAME = "qcore.quantized-model"
+FORMAT_VERSION = 1
+META_KEY = "qcore"
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def codes_key(name: str) -> str:
+    return f"qcore:{name}:codes"
+
+
+def param_key(name: str, param: str) -> str:
+    return f"qcore:{name}:{param}"
+
+
+def _plugin_of(scheme: str) -> dict[str, str]:
+    from ..plugin.manager import get_manager
+
+    try:
+        rec = get_manager().owner("scheme", scheme)
+    except Exception:  # noqa: BLE001 - a description, never a reason to fail a save
+        rec = None
+    if rec is None:
+        return {"distribution": "unknown", "version": "unknown"}
+    return {"distribution": rec.distribution, "version": rec.version}
+
+
+def _json_value(v):
+    if isinstance(v, (bool, str)) or v is None:
+        return v
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        if not math.isfinite(float(v)):
+            raise ValueError(f"option value {v!r} cannot be saved")
+        return float(v)
+    raise TypeError(f"option value {v!r} of type {type(v).__name__} cannot be saved (only str, int, float, bool, None)")
+
+
+def describe(model: QModel) -> tuple[list[Entry], dict[str, str]]:
+    """The safetensors entries and metadata that store ``model``."""
+    from .. import __version__
+
+    entries: list[Entry] = []
+    described: list[dict[str, Any]] = []
+    for name, t in model.tensors.items():
+        info = model.info.get(name, {})
+        if isinstance(t, QTensor):
+            params = {}
+            for pname in sorted(t.params):
+                arr = np.ascontiguousarray(t.params[pname])
+                st_dtype(arr)  # refuses dtypes the container cannot hold
+                key = param_key(name, pname)
+                params[pname] = key
+                entries.append(Entry.of(key, arr))
+            # codes first in the data buffer would be nicer to read, but params are tiny: order is free
+            nb = packed_size(t.size, t.bits)
+            entries.append(Entry(codes_key(name), "U8", (nb,), nb, lambda t=t: t.pack()))
+            snr = info.get("sqnr_db")
+            d = {
+                "name": name, "kind": "quantized", "scheme": t.scheme, "bits": t.bits, "signed": t.signed,
+                "shape": list(t.shape), "dtype": str(t.dtype),
+                "options": {str(k): _json_value(v) for k, v in t.options.items()},
+                "codes": codes_key(name), "params": params, "plugin": _plugin_of(t.scheme),
+                "sqnr_db": None if snr is None or not math.isfinite(float(snr)) else float(snr),
+            }
+            if info.get("planned_by"):
+                d["planned_by"] = str(info["planned_by"])
+            described.append(d)
+        else:
+            arr = np.ascontiguousarray(t)
+            entries.append(Entry.of(name, arr))
+            described.append({"name": name, "kind": "tensor", "tensor": name})
+    names = [e.name for e in entries]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"tensor names collide with qcore's storage names: {dup}; rename them")
+    doc = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "qcore_version": __version__,
+           "tensors": described, "metadata": dict(model.metadata)}
+    meta = {"format": "qcore", "qcore_format_version": str(FORMAT_VERSION), META_KEY: json.dumps(doc, allow_nan=False)}
+    return entries, meta
+
+
+def save_qmodel(model: QModel, path: str | os.PathLike) -> int:
+    """Write ``model`` atomically (temporary file in the same folder, then rename); returns the file size."""
+    if not isinstance(model, QModel):
+        raise TypeError(f"expected a QModel, got {type(model).__name__}")
+    entries, meta = describe(model)
+    return write_safetensors(path, entries, meta)
+
+
+# -- reading --------------------------------------------------------------------------------------------
+class _Bad:
+    def __init__(self, path):
+        self.path = path
+
+    def __call__(self, msg: str) -> FormatError:
+        return FormatError(f"{self.path!r}: {msg}")
+
+
+def parse_description(header: Header) -> list[dict[str, Any]]:
+    """Validate qcore's JSON description against the container header; no tensor data is read.
+
+    Returns the per-tensor descriptions.  Raises :class:`FormatError` on anything inconsistent.
+    """
+    bad = _Bad(header.path)
+    raw = header.metadata.get(META_KEY)
+    if raw is None:
+        raise bad("not a qcore quantized-model file (no 'qcore' entry in the safetensors metadata); "
+                  "plain tensors load with qcore.load_tensors")
+    try:
+        doc = json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:
+        raise bad(f"the qcore metadata is not valid JSON ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
+        raise bad(f"the qcore metadata does not describe a {FORMAT_NAME!r}")
+    ver = doc.get("format_version")
+    if not isinstance(ver, int) or isinstance(ver, bool) or ver < 1:
+        raise bad(f"format_version must be a positive integer, got {ver!r}")
+    if ver > FORMAT_VERSION:
+        raise bad(f"format version {ver} is newer than this qcore reads ({FORMAT_VERSION}); upgrade qcore")
+    tensors = doc.get("tensors")
+    if not isinstance(tensors, list):
+        raise bad("'tensors' must be a list")
+    meta = doc.get("metadata", {})
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise bad("'metadata' must be an object of strings")
+    used: set[str] = set()
+    names: set[str] = set()
+
+    def claim(key, what, dtype=None):
+        if not isinstance(key, str) or key not in header.tensors:
+            raise bad(f"{what} refers to {key!r}, which is not in the file")
+        if key in used:
+            raise bad(f"{what} refers to {key!r}, already used by another entry")
+        if dtype is not None and header.tensors[key].dtype != dtype:
+            raise bad(f"{what} {key!r} must be {dtype}, the header says {header.tensors[key].dtype}")
+        used.add(key)
+        return header.tensors[key]
+
+    out = []
+    for i, d in enumerate(tensors):
+        if not isinstance(d, dict):
+            raise bad(f"tensor entry {i} is not an object")
+        name = d.get("name")
+        if not isinstance(name, str) or not name:
+            raise bad(f"tensor entry {i} has no valid name")
+        if name in names:
+            raise bad(f"tensor {name!r} is described twice")
+        names.add(name)
+        kind = d.get("kind")
+        what = f"tensor {name!r}"
+        if kind == "tensor":
+            claim(d.get("tensor"), what)
+        elif kind == "quantized":
+            scheme, bits, signed, shape = d.get("scheme"), d.get("bits"), d.get("signed"), d.get("shape")
+            if not isinstance(scheme, str) or not scheme:
+                raise bad(f"{what}: scheme must be a non-empty string, got {scheme!r}")
+            if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 8:
+                raise bad(f"{what}: bits must be an integer in [1, 8], got {bits!r}")
+            if not isinstance(signed, bool):
+                raise bad(f"{what}: signed must be true or false, got {signed!r}")
+            if (not isinstance(shape, list) or len(shape) > MAX_NDIM
+                    or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)):
+                raise bad(f"{what}: shape must be a list of non-negative integers, got {shape!r}")
+            if not isinstance(d.get("dtype", "float32"), str):
+                raise bad(f"{what}: dtype must be a string")
+            opts = d.get("options")
+            if not isinstance(opts, dict) or not all(isinstance(k, str) and isinstance(v, _SCALARS) for k, v in opts.items()):
+                raise bad(f"{what}: options must be an object of scalars, got {opts!r}")
+            if opts.get("bits", bits) != bits:
+                raise bad(f"{what}: options say bits={opts.get('bits')!r} but the entry says bits={bits}")
+            count = 1
+            for s in shape:
+                count *= s
+            codes = claim(d.get("codes"), f"{what}: codes", "U8")
+            need = packed_size(count, bits)
+            if codes.shape != (need,):
+                raise bad(f"{what}: shape {shape} at {bits} bits needs {need} bytes of packed codes, "
+                          f"the file holds {codes.shape} (metadata and data disagree)")
+            params = d.get("params")
+            if not isinstance(params, dict) or not params:
+                raise bad(f"{what}: params must be a non-empty object naming parameter tensors")
+            for pname, key in params.items():
+                info = claim(key, f"{what}: parameter {pname!r}")
+                if info.dtype == "BF16":
+                    raise bad(f"{what}: parameter {pname!r} has unsupported dtype BF16")
+            snr = d.get("sqnr_db")
+            if snr is not None and (not isinstance(snr, (int, float)) or isinstance(snr, bool)):
+                raise bad(f"{what}: sqnr_db must be a number or null")
+            plugin = d.get("plugin", {})
+            if not isinstance(plugin, dict) or not all(isinstance(v, str) for v in plugin.values()):
+                raise bad(f"{what}: plugin must be an object of strings")
+        else:
+            raise bad(f"{what}: unknown kind {kind!r}")
+        out.append(d)
+    extra = sorted(set(header.tensors) - used)
+    if extra:
+        raise bad(f"tensors {extra[:5]} are in the file but described by no entry")
+    return out
+
+
+def _refuse_constant(name):
+    raise ValueError(f"{name} is not allowed")
+
+
+def _check_schemes(path: str, descs: list[dict]) -> None:
+    from ..api import list_schemes
+
+    installed = set(list_schemes())
+    for d in descs:
+        if d["kind"] == "quantized" and d["scheme"] not in installed:
+            plugin = d.get("plugin") or {}
+            dist = plugin.get("distribution", "unknown")
+            ver = plugin.get("version", "")
+            hint = (f"install the plugin distribution {dist!r}" + (f" (the file was written with version {ver})" if ver else "")
+                    + (f", e.g. `pip install {dist}`" if dist not in ("unknown", "<in-process>") else ""))
+            raise SchemeNotFound(
+                f"{path!r}: tensor {d['name']!r} needs the scheme {d['scheme']!r}, which is not installed: {hint}; "
+                f"installed schemes: {', '.join(sorted(installed)) or 'none'}"
+            )
+
+
+def load_quantized(path: str | os.PathLike, *, verify: bool = True) -> QModel:
+    """Read a quantized model written by :meth:`QModel.save`.
+
+    The container header and qcore's description are validated completely before any tensor data is read;
+    a scheme that is not installed raises :class:`qcore.SchemeNotFound` naming the plugin distribution the
+    file needs.  Each tensor's options must be accepted by its scheme, parameters must be finite, and with
+    ``verify=True`` (default) every tensor is decoded once to check that its parameters fit its codes.
+    Anything wrong raises :class:`qcore.FormatError` with the reason.  Nothing is ever unpickled.
+    """
+    from ..api import get_quantizer
+
+    p = os.fspath(path)
+    if not os.path.exists(p):
+        raise FileNotFoundError(f"no such file: {p!r}")
+    header = read_header(p)
+    descs = parse_description(header)
+    _check_schemes(p, descs)
+    bad = _Bad(p)
+    quantizers = {}
+    for d in descs:
+        if d["kind"] != "quantized":
+            continue
+        opts = {k: v for k, v in d["options"].items() if k not in ("bits", "kernel", "observer")}
+        try:
+            q = get_quantizer(d["scheme"], bits=d["bits"], **opts)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise bad(f"tensor {d['name']!r}: scheme {d['scheme']!r} rejects the stored options {d['options']}: {exc}") from None
+        if bool(q.signed) != d["signed"]:
+            raise bad(f"tensor {d['name']!r}: the file says signed={d['signed']} but scheme {d['scheme']!r} "
+                      f"with these options makes {'signed' if q.signed else 'unsigned'} codes")
+        quantizers[d["name"]] = q
+    doc = json.loads(header.metadata[META_KEY])
+    model = QModel(metadata=doc.get("metadata", {}))
+    with open(p, "rb") as f:
+        for d in descs:
+            name = d["name"]
+            if d["kind"] == "tensor":
+                model[name] = read_tensor(f, header, d["tensor"])
+                continue
+            params = {}
+            for pname, key in d["params"].items():
+                arr = read_tensor(f, header, key)
+                if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                    raise bad(f"tensor {name!r}: parameter {pname!r} holds NaN or Inf")
+                params[pname] = arr
+            q = quantizers[name]
+            packed = read_tensor(f, header, d["codes"])
+            shape = tuple(d["shape"])
+            try:
+                qt = QTensor.from_packed(packed, shape, d["scheme"], d["bits"], params, dict(d["options"]),
+                                         signed=d["signed"], dtype=d.get("dtype", "float32"), quantizer=q)
+            except (TypeError, ValueError) as exc:
+                raise bad(f"tensor {name!r}: codes do not unpack: {exc}") from None
+            if verify:
+                try:
+                    values = qt.dequantize()
+                except Exception as exc:  # noqa: BLE001 - any failure to decode means the file lies
+                    raise bad(f"tensor {name!r}: parameters do not fit the codes ({type(exc).__name__}: {exc})") from None
+                if values.shape != shape:
+                    raise bad(f"tensor {name!r}: decodes to shape {values.shape}, the file says {shape}")
+                if not np.isfinite(values).all():
+                    raise bad(f"tensor {name!r}: decodes to NaN or Inf values")
+                del values
+            model[name] = qt
+            info: dict[str, Any] = {"sqnr_db": d.get("sqnr_db"), "plugin": d.get("plugin")}
+            if d.get("planned_by"):
+                info["planned_by"] = d["planned_by"]
+            model.info[name] = info
+    return model
+
+
+def inspect_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The description of a quantized-model file from its header alone (no data read, no plugin needed)."""
+    p = os.fspath(path)
+    if not os.path.exists(p):
+        raise FileNotFoundError(f"no such file: {p!r}")
+    header = read_header(p)
+    descs = parse_description(header)
+    doc = json.loads(header.metadata[META_KEY])
+    rows = []
+    for d in descs:
+        if d["kind"] == "quantized":
+            count = int(np.prod(d["shape"], dtype=np.int64))
+            nbytes = header.tensors[d["codes"]].nbytes + sum(header.tensors[k].nbytes for k in d["params"].values())
+            rows.append({"name": d["name"], "scheme": d["scheme"], "bits": d["bits"], "shape": d["shape"],
+                         "bytes_fp32": 4 * count, "bytes_q": nbytes, "sqnr_db": d.get("sqnr_db"),
+                         "options": {k: v for k, v in d["options"].items() if k != "bits"},
+                         "plugin": d.get("plugin", {}), "planned_by": d.get("planned_by")})
+        else:
+            info = header.tensors[d["tensor"]]
+            rows.append({"name": d["name"], "scheme": None, "bits": None, "shape": list(info.shape),
+                         "bytes_fp32": info.nbytes, "bytes_q": info.nbytes, "sqnr_db": None,
+                         "options": {"dtype": info.dtype}, "plugin": {}, "planned_by": None})
+    return {"path": p, "file_size": header.file_size, "format_version": doc["format_version"],
+            "qcore_version": doc.get("qcore_version"), "metadata": doc.get("metadata", {}), "tensors": rows}

@@ -1,0 +1,143 @@
+"""``QModel``: many named tensors, some quantized (:class:`qcore.QTensor`), the rest kept as they were."""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from ..tensor import QTensor
+
+
+def sqnr_db(ref: np.ndarray, approx: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio in dB: ``10 log10(sum x^2 / sum (x - x')^2)``; ``inf`` when exact."""
+    ref = np.asarray(ref, dtype=np.float64)
+    d = ref - np.asarray(approx, dtype=np.float64)
+    noise = float(np.vdot(d.ravel(), d.ravel()))
+    signal = float(np.vdot(ref.ravel(), ref.ravel()))
+    if noise == 0.0:
+        return math.inf
+    if signal == 0.0:
+        return -math.inf
+    return 10.0 * math.log10(signal / noise)
+
+
+class QModel:
+    """An ordered collection of named tensors: :class:`QTensor` for quantized ones, ``np.ndarray`` for the rest.
+
+    :ivar tensors: ``{name: QTensor | np.ndarray}`` in model order
+    :ivar info: ``{name: {...}}`` per-tensor facts recorded at quantization time (``sqnr_db``, ``planned_by``,
+        ``rule``) and saved with the file
+    :ivar metadata: ``{str: str}`` free-form metadata saved with the file
+    """
+
+    def __init__(self, tensors: Mapping[str, Any] | None = None, info: Mapping[str, dict] | None = None,
+                 metadata: Mapping[str, str] | None = None):
+        self.tensors: dict[str, QTensor | np.ndarray] = {}
+        for name, t in (tensors or {}).items():
+            self[name] = t
+        self.info: dict[str, dict] = {k: dict(v) for k, v in (info or {}).items()}
+        self.metadata: dict[str, str] = {str(k): str(v) for k, v in (metadata or {}).items()}
+
+    # -- mapping -------------------------------------------------------------------------------------------
+    def __getitem__(self, name: str):
+        return self.tensors[name]
+
+    def __setitem__(self, name: str, value) -> None:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"tensor names must be non-empty strings, got {name!r}")
+        if not isinstance(value, QTensor):
+            value = np.asarray(value)
+        self.tensors[name] = value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tensors)
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def __contains__(self, name) -> bool:
+        return name in self.tensors
+
+    def keys(self):
+        return self.tensors.keys()
+
+    def items(self):
+        return self.tensors.items()
+
+    @property
+    def quantized(self) -> list[str]:
+        """Names of the quantized tensors."""
+        return [n for n, t in self.tensors.items() if isinstance(t, QTensor)]
+
+    # -- sizes ---------------------------------------------------------------------------------------------
+    @property
+    def nbytes(self) -> int:
+        """True storage of the model: packed codes and parameters of quantized tensors, plus the others as they are."""
+        return sum(int(t.nbytes) for t in self.tensors.values())
+
+    @property
+    def nbytes_fp32(self) -> int:
+        """The same model with every float tensor in float32 (non-float tensors as they are)."""
+        return sum(_bytes_fp32(t) for t in self.tensors.values())
+
+    @property
+    def average_bits(self) -> float:
+        """Bits per quantized weight, parameters counted (``nan`` if nothing is quantized)."""
+        q = [self.tensors[n] for n in self.quantized]
+        count = sum(t.size for t in q)
+        return 8.0 * sum(t.nbytes for t in q) / count if count else math.nan
+
+    # -- values --------------------------------------------------------------------------------------------
+    def dequantize(self) -> dict[str, np.ndarray]:
+        """``{name: array}``: quantized tensors decoded to float32 (original shape), the others unchanged."""
+        return {n: (t.dequantize() if isinstance(t, QTensor) else t) for n, t in self.tensors.items()}
+
+    def report(self, reference: Mapping[str, np.ndarray] | None = None) -> list[dict]:
+        """One dict per tensor: ``name, scheme, bits, shape, bytes_fp32, bytes_q, sqnr_db`` (+ ``options``, ``planned_by``).
+
+        ``sqnr_db`` is measured against ``reference`` (the float model) when given, else it is the value
+        recorded at quantization time (saved in the file; ``None`` if unknown).  Tensors kept as they were
+        have ``scheme None``, ``bits`` of their dtype and ``sqnr_db inf``.
+        """
+        rows = []
+        for name, t in self.tensors.items():
+            info = self.info.get(name, {})
+            if isinstance(t, QTensor):
+                if reference is not None and name in reference:
+                    snr = sqnr_db(reference[name], t.dequantize())
+                else:
+                    snr = info.get("sqnr_db")
+                    snr = None if snr is None else float(snr)
+                rows.append({
+                    "name": name, "scheme": t.scheme, "bits": t.bits, "shape": list(t.shape),
+                    "bytes_fp32": 4 * t.size, "bytes_q": int(t.nbytes), "sqnr_db": snr,
+                    "options": {k: v for k, v in t.options.items() if k != "bits"},
+                    "planned_by": info.get("planned_by"),
+                })
+            else:
+                rows.append({
+                    "name": name, "scheme": None, "bits": int(t.dtype.itemsize * 8), "shape": list(t.shape),
+                    "bytes_fp32": _bytes_fp32(t), "bytes_q": int(t.nbytes), "sqnr_db": math.inf,
+                    "options": {"dtype": str(t.dtype)}, "planned_by": None,
+                })
+        return rows
+
+    # -- files ---------------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> int:
+        """Write the model to a ``.safetensors`` file (see docs/format.md), atomically; returns the file size."""
+        from .format import save_qmodel
+
+        return save_qmodel(self, path)
+
+    def __repr__(self) -> str:
+        nq = len(self.quantized)
+        return (f"QModel({len(self)} tensors, {nq} quantized, {self.nbytes} bytes "
+                f"vs {self.nbytes_fp32} in float32, {self.average_bits:.2f} bits/weight)")
+
+
+def _bytes_fp32(t) -> int:
+    if isinstance(t, QTensor):
+        return 4 * t.size
+    return 4 * int(t.size) if t.dtype.kind == "f" else int(t.nbytes)

@@ -1,0 +1,289 @@
+"""``qcore.quantize_model``: quantize many named tensors by glob patterns and rules, optionally under a bit budget."""
+from __future__ import annotations
+
+import fnmatch
+import math
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any, Iterable
+
+import numpy as np
+
+from ..tensor import QTensor
+from .qmodel import QModel, sqnr_db
+from .tensors import TensorFile, load_tensors, shape_and_dtype
+
+#: keys of a rule that are not scheme options
+_RULE_KEYS = ("scheme", "skip")
+
+
+def _patterns(value, what: str) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    try:
+        pats = list(value)
+    except TypeError:
+        raise TypeError(f"{what} must be a glob pattern or a list of them, got {type(value).__name__}") from None
+    if not all(isinstance(p, str) for p in pats):
+        raise TypeError(f"{what} must hold strings (glob patterns), got {pats!r}")
+    return pats
+
+
+def _matches(name: str, pats: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in pats)
+
+
+def _normalize_rules(rules) -> list[tuple[str, dict | None]]:
+    if rules is None:
+        return []
+    items = rules.items() if isinstance(rules, Mapping) else rules
+    out = []
+    for item in items:
+        try:
+            pat, opts = item
+        except (TypeError, ValueError):
+            raise TypeError("rules must map glob patterns to option dicts (or be a list of (pattern, options) pairs)") from None
+        if not isinstance(pat, str):
+            raise TypeError(f"rule patterns must be strings, got {pat!r}")
+        if opts is None or opts is False:
+            out.append((pat, None))
+            continue
+        if not isinstance(opts, Mapping):
+            raise TypeError(f"rule {pat!r}: options must be a dict (or None to keep the tensor as it is), got {opts!r}")
+        opts = dict(opts)
+        if opts.pop("skip", False):
+            out.append((pat, None))
+        else:
+            out.append((pat, opts))
+    return out
+
+
+def _per_tensor(value, name: str, default=None):
+    """``value[name]`` (exact name, else the first matching glob pattern) for dict-valued options, else ``value``."""
+    if isinstance(value, Mapping):
+        if name in value:
+            return value[name]
+        for pat, v in value.items():
+            if isinstance(pat, str) and fnmatch.fnmatchcase(name, pat):
+                return v
+        return default
+    return default if value is None else value
+
+
+def plan_tensors(tensors: Mapping, scheme: str, include=None, exclude=None, rules=None, options=None) -> list[tuple[str, str | None, dict]]:
+    """For each tensor name: ``(name, scheme or None to keep it, options)``.  No data is read.
+
+    The first rule whose pattern matches a name decides for it (even a 1-d tensor: a rule is how you ask for
+    biases and norms to be quantized); other tensors are quantized when they are float, have at least two
+    dimensions, match ``include`` (if given) and do not match ``exclude``.  Non-float tensors always stay.
+    """
+    inc = _patterns(include, "include")
+    exc = _patterns(exclude, "exclude")
+    rls = _normalize_rules(rules)
+    options = dict(options or {})
+    out = []
+    for name in tensors:
+        shape, dtype = shape_and_dtype(tensors, name)
+        if dtype.kind != "f":
+            out.append((name, None, {}))
+            continue
+        rule = next(((p, o) for p, o in rls if fnmatch.fnmatchcase(name, p)), None)
+        if rule is not None:
+            pat, ropts = rule
+            if ropts is None:
+                out.append((name, None, {"rule": pat}))
+                continue
+            rs = ropts.get("scheme", scheme)
+            base = options if rs == scheme else {}
+            merged = {**base, **{k: v for k, v in ropts.items() if k != "scheme"}}
+            out.append((name, rs, {**merged, "__rule__": pat}))
+            continue
+        if len(shape) < 2 or (inc is not None and not _matches(name, inc)) or (exc and _matches(name, exc)):
+            out.append((name, None, {}))
+            continue
+        out.append((name, scheme, dict(options)))
+    return out
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        tqdm = None
+    on = bool(enabled) and sys.stderr.isatty()
+    if tqdm is None or not on:
+        return _NoBar()
+    return tqdm(total=total, desc=desc, unit="tensor", leave=False, file=sys.stderr)
+
+
+class _NoBar:
+    def update(self, n=1):
+        pass
+
+    def set_postfix_str(self, s):
+        pass
+
+    def close(self):
+        pass
+
+
+def _named(exc: Exception, name: str) -> Exception:
+    try:
+        new = type(exc)(f"tensor {name!r}: {exc}")
+    except Exception:  # noqa: BLE001 - exotic exception signature: keep the original
+        return exc
+    new.__cause__ = exc
+    return new
+
+
+def quantize_model(tensors, scheme: str = "linear", *, include=None, exclude=None, rules=None,
+                   budget_bits: float | None = None, progress: bool = True, **options: Any) -> QModel:
+    """Quantize a model's named tensors into a :class:`qcore.QModel`.
+
+    :param tensors: ``{name: array}`` (a dict, ``qcore.load_tensors(...)``'s lazy mapping), or a path to a
+        ``.safetensors``/``.npz`` file, read tensor by tensor
+    :param scheme: the scheme for tensors no rule names; ``"mixed"`` chooses scheme and bits per tensor
+    :param include: glob pattern(s): only matching tensors are quantized (default: every float tensor of 2+ dims)
+    :param exclude: glob pattern(s): matching tensors stay as they are
+    :param rules: ``{pattern: options}`` (or a list of pairs), first match wins: per-tensor options such as
+        ``{"bits": 8}`` or ``{"scheme": "kmeans", "bits": 4}``; ``None``/``{"skip": True}`` keeps the tensor.
+        A rule also quantizes 1-d tensors (biases, norms), which otherwise stay float.
+    :param budget_bits: with ``scheme="mixed"``: average bits per quantized weight, parameters counted, over
+        all quantized tensors (those with fixed schemes count too); never exceeded
+    :param progress: a tqdm bar on stderr when it is a terminal
+    :param options: scheme options (``bits``, ``granularity``, ...).  For ``mixed``: ``candidates``,
+        ``target_sqnr``, ``sensitivity`` (a number, or ``{name or pattern: weight or per-element array}``) and
+        ``calibration`` (``{name or pattern: input activations X}``: error becomes ``||X (W - W')||^2``)
+
+    Memory: tensors are read, quantized and dropped one at a time, so a lazily loaded file needs about its
+    largest tensor plus the output.  ``mixed`` makes two passes (measure every candidate, then quantize the
+    chosen one) to keep that bound.
+    """
+    from ..api import get_quantizer
+
+    own_file = None
+    if isinstance(tensors, (str, os.PathLike)):
+        tensors = own_file = load_tensors(tensors)
+    if not isinstance(tensors, Mapping):
+        raise TypeError(f"tensors must be a mapping name -> array or a path, got {type(tensors).__name__}")
+    if not isinstance(scheme, str):
+        raise TypeError(f"scheme must be a string, got {scheme!r}")
+    if budget_bits is not None:
+        if isinstance(budget_bits, bool) or not isinstance(budget_bits, (int, float, np.integer, np.floating)):
+            raise TypeError(f"budget_bits must be a number, got {budget_bits!r}")
+        if not (math.isfinite(budget_bits) and budget_bits > 0):
+            raise ValueError(f"budget_bits must be a positive number, got {budget_bits}")
+    sensitivity = options.pop("sensitivity", None)
+    calibration = options.pop("calibration", None)
+    plan = plan_tensors(tensors, scheme, include, exclude, rules, options)
+
+    model = QModel()
+    quantizers: dict[tuple, Any] = {}
+
+    def quantizer_for(s, opts):
+        key = (s, tuple(sorted((k, repr(v)) for k, v in opts.items())))
+        if key not in quantizers:
+            quantizers[key] = get_quantizer(s, **opts)
+        return quantizers[key]
+
+    # which tensors does a planner (mixed) handle?
+    planned, fixed = [], []
+    for name, s, opts in plan:
+        if s is None:
+            continue
+        q = quantizer_for(s, {k: v for k, v in opts.items() if k != "__rule__"})
+        (planned if hasattr(q, "plan") and hasattr(q, "measure") else fixed).append((name, q, opts.get("__rule__")))
+    if (sensitivity is not None or calibration is not None) and not planned:
+        raise TypeError("sensitivity and calibration are options of a planning scheme (scheme='mixed')")
+    if budget_bits is not None and not planned:
+        raise ValueError(f"budget_bits needs a planning scheme (scheme='mixed'); scheme {scheme!r} quantizes every tensor at fixed bits")
+
+    bar = _progress(len(fixed) + 2 * len(planned), progress, "quantizing")
+    results: dict[str, tuple[QTensor, float, dict]] = {}
+    try:
+        fixed_bits = 0
+        for name, q, rule in fixed:
+            bar.set_postfix_str(name[-40:])
+            x = tensors[name]
+            try:
+                qt = q.quantize(x)
+            except (ValueError, TypeError) as exc:
+                raise _named(exc, name) from exc
+            results[name] = (qt, sqnr_db(x, qt.dequantize()), {"rule": rule} if rule else {})
+            fixed_bits += 8 * qt.nbytes
+            del x
+            bar.update()
+        if planned:
+            _quantize_planned(tensors, planned, fixed, results, fixed_bits, budget_bits, sensitivity, calibration, bar)
+        for name, s, opts in plan:
+            if name in results:
+                qt, snr, info = results[name]
+                model[name] = qt
+                model.info[name] = {"sqnr_db": snr, **info}
+            else:
+                arr = tensors[name]
+                model[name] = np.array(arr, copy=True) if isinstance(tensors, TensorFile) and not arr.flags.writeable else arr
+                if opts.get("rule"):
+                    model.info[name] = {"rule": opts["rule"]}
+    finally:
+        bar.close()
+        if own_file is not None and hasattr(own_file, "close"):
+            own_file.close()
+    return model
+
+
+def _quantize_planned(tensors, planned, fixed, results, fixed_bits, budget_bits, sensitivity, calibration, bar):
+    # pass 1: measure every candidate of every planned tensor
+    measured = []
+    for name, q, rule in planned:
+        bar.set_postfix_str("measuring " + name[-30:])
+        x = tensors[name]
+        try:
+            m = q.measure(x, sensitivity=_per_tensor(sensitivity, name, 1.0), calibration=_per_tensor(calibration, name))
+        except (ValueError, TypeError) as exc:
+            raise _named(exc, name) from exc
+        if not m:
+            raise ValueError(f"tensor {name!r}: no candidate of the mixed scheme applies to shape {np.shape(x)}")
+        measured.append(m)
+        del x
+        bar.update()
+    # plan: one planner decides for all tensors that share it (normally one mixed quantizer)
+    groups: dict[int, list[int]] = {}
+    for i, (_, q, _) in enumerate(planned):
+        groups.setdefault(id(q), []).append(i)
+    total_count = sum(int(np.prod(shape_and_dtype(tensors, n)[0], dtype=np.int64)) for n, _, _ in planned + fixed)
+    choice: dict[int, int] = {}
+    for idxs in groups.values():
+        q = planned[idxs[0]][1]
+        budget = budget_bits if budget_bits is not None else q.config.get("budget_bits")
+        target = q.config.get("target_sqnr")
+        capacity = None
+        if budget is not None and target is None:
+            capacity = budget * total_count - fixed_bits
+            # other planner groups (rare): give them their own minimum so this one does not take their share
+            for j, other in enumerate(measured):
+                if j not in idxs:
+                    capacity -= min(8 * c["nbytes"] for c in other)
+        picks = q.plan([measured[i] for i in idxs], capacity_bits=capacity, target_sqnr=target,
+                       names=[planned[i][0] for i in idxs])
+        for i, k in zip(idxs, picks):
+            choice[i] = k
+    # pass 2: quantize each tensor with its chosen candidate
+    for i, (name, q, rule) in enumerate(planned):
+        bar.set_postfix_str(name[-40:])
+        x = tensors[name]
+        cand = measured[i][choice[i]]
+        qt = q.quantize_candidate(x, cand["spec"])
+        info = {"planned_by": q.name, "candidate": cand["label"]}
+        if rule:
+            info["rule"] = rule
+        results[name] = (qt, sqnr_db(x, qt.dequantize()), info)
+        del x
+        bar.update()
+    if budget_bits is not None:
+        used = sum(8 * r[0].nbytes for r in results.values())
+        if used > budget_bits * total_count + 1e-6:  # pragma: no cover - the planner guarantees this
+            raise RuntimeError(f"mixed plan exceeds its budget: {used / total_count:.4f} > {budget_bits} bits per weight")
