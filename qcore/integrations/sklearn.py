@@ -41,12 +41,14 @@ def _fallback_quantize(tensors: dict[str, np.ndarray], scheme: str, opts: dict[s
     """What ``qcore.quantize_model`` does for these few 2-D tensors: (dequantized, report, qtensors)."""
     deq, report, qts = {}, [], {}
     for name, w in tensors.items():
-        if not name_selected(name, include, exclude):
+        if not name_selected(name, include, exclude):  # kept in float, reported like QModel.report() does
+            report.append({"name": name, "scheme": None, "bits": 32, "shape": list(w.shape),
+                           "bytes_fp32": int(w.size * 4), "bytes_q": int(w.size * 4), "sqnr_db": float("inf")})
             continue
         qt = qcore.get_quantizer(scheme, **opts).quantize(w)
         d = qt.dequantize()
         deq[name], qts[name] = d, qt
-        report.append({"name": name, "scheme": qt.scheme, "bits": qt.bits, "shape": tuple(qt.shape),
+        report.append({"name": name, "scheme": qt.scheme, "bits": qt.bits, "shape": list(qt.shape),
                        "bytes_fp32": int(w.size * 4), "bytes_q": int(qt.nbytes), "sqnr_db": sqnr_db(w, d)})
     return deq, report, qts
 
@@ -63,7 +65,7 @@ def quantize_estimator(estimator, scheme: str = "linear", *, include: Iterable[s
     :param options: scheme options: ``bits`` (default 8), ``granularity``, ... and, for ``mixed``, ``budget_bits``
 
     The copy carries ``qcore_report_`` (per weight: ``name, scheme, bits, shape, bytes_fp32, bytes_q, sqnr_db``,
-    the :meth:`qcore.QModel.report` format), ``qcore_model_`` (the :class:`qcore.QModel` of its weights, when
+    the :meth:`qcore.QModel.report` format; weights left in float have ``scheme`` None and ``bits`` 32), ``qcore_model_`` (the :class:`qcore.QModel` of its weights, when
     this qcore has the model layer; else a ``{name: QTensor}`` dict) and ``qcore_scheme_``.
     """
     if not isinstance(estimator, BaseMultilayerPerceptron):
@@ -92,10 +94,11 @@ def quantize_estimator(estimator, scheme: str = "linear", *, include: Iterable[s
         qcore.get_quantizer(scheme, **opts)  # bad options fail before any work
         deq, report, model = _fallback_quantize(tensors, scheme, opts, include, exclude)
 
+    quantized = {r["name"] for r in report if r.get("scheme") is not None}
     est = copy.deepcopy(estimator)
     for i, w in enumerate(estimator.coefs_):
         name = f"coefs_.{i}"
-        if name in deq:
+        if name in quantized:
             est.coefs_[i] = np.asarray(deq[name], dtype=w.dtype).reshape(w.shape)
     est.qcore_report_ = report
     est.qcore_model_ = model
