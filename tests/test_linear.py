@@ -158,7 +158,7 @@ def test_round_trip_error_at_most_half_a_step(x, bits, symmetric, gran):
 @settings(max_examples=100, deadline=None)
 @given(
     x=hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=3, max_side=12),
-                 elements=st.floats(-1e30, 1e30, allow_nan=False, allow_infinity=False, width=32)),
+                 elements=st.floats(float(np.float32(-1e30)), float(np.float32(1e30)), allow_nan=False, allow_infinity=False, width=32)),
     bits=st.integers(1, 8),
     symmetric=st.booleans(),
     gran=st.sampled_from(["tensor", "channel"]),
