@@ -29,6 +29,8 @@ cdef extern from "hist_kernels.h" nogil:
 cdef int64_t PARALLEL_MIN = 1 << 16
 # uint32 partial counts are flushed to float64 at least this often (per thread, per channel)
 cdef int64_t FLUSH_EVERY = 1 << 30
+# smallest piece of work handed to a thread by the dynamic schedules
+cdef int64_t CHUNK_MIN = 1 << 17
 
 
 def max_threads():
@@ -58,14 +60,41 @@ def minmax(const float[:, :, ::1] x3):
     cdef float *phi
     cdef int *pbad
     cdef int bad = 0
-    cdef int64_t c, t, chunk, a, b, o, per
+    cdef int64_t c, t, chunk, a, b, o, per, nch
     cdef float l, h
-    if C == 1 or (inner < 32 and C * nt <= (1 << 20)):
-        # split the data into contiguous pieces, one partial (C,) result per piece
-        if C == 1:
-            per = (n + nt - 1) // nt
-        else:
-            per = (outer + nt - 1) // nt
+    if C == 1:
+        # many contiguous chunks handed out dynamically (a thread delayed by another process does less),
+        # one partial result per chunk
+        nch = max(1, min(64, n // CHUNK_MIN)) if nt > 1 else 1
+        per = (n + nch - 1) // nch
+        plo = <float *> malloc(nch * sizeof(float))
+        phi = <float *> malloc(nch * sizeof(float))
+        pbad = <int *> calloc(nch, sizeof(int))
+        if plo == NULL or phi == NULL or pbad == NULL:
+            free(plo); free(phi); free(pbad)
+            raise MemoryError()
+        with nogil:
+            for t in prange(nch, num_threads=nt, schedule='dynamic'):
+                a = t * per
+                b = min(n, a + per)
+                plo[t] = x[min(a, n - 1)]
+                phi[t] = plo[t]
+                if a < b:
+                    pbad[t] = hist_minmax_run(x + a, b - a, plo + t, phi + t)
+            l = plo[0]
+            h = phi[0]
+            for t in range(nch):
+                if plo[t] < l:
+                    l = plo[t]
+                if phi[t] > h:
+                    h = phi[t]
+                bad |= pbad[t]
+            lo[0] = l
+            hi[0] = h
+        free(plo); free(phi); free(pbad)
+    elif inner < 32 and C * nt <= (1 << 20):
+        # split `outer` into one piece per thread, one partial (C,) result per piece
+        per = (outer + nt - 1) // nt
         plo = <float *> malloc(nt * C * sizeof(float))
         phi = <float *> malloc(nt * C * sizeof(float))
         pbad = <int *> calloc(nt, sizeof(int))
@@ -74,23 +103,13 @@ def minmax(const float[:, :, ::1] x3):
             raise MemoryError()
         with nogil:
             for t in prange(nt, num_threads=nt, schedule='static'):
-                if C == 1:
-                    a = t * per
-                    b = min(n, a + per)
-                    plo[t] = 3.4e38
-                    phi[t] = -3.4e38
-                    if a < b:
-                        plo[t] = x[a]
-                        phi[t] = x[a]
-                        pbad[t] = hist_minmax_run(x + a, b - a, plo + t, phi + t)
-                else:
-                    a = t * per
-                    b = min(outer, a + per)
-                    for c in range(C):
-                        plo[t * C + c] = x[c * inner]
-                        phi[t * C + c] = x[c * inner]
-                    for o in range(a, b):
-                        pbad[t] |= hist_minmax_cols(x + o * C * inner, C, inner, plo + t * C, phi + t * C)
+                a = t * per
+                b = min(outer, a + per)
+                for c in range(C):
+                    plo[t * C + c] = x[c * inner]
+                    phi[t * C + c] = x[c * inner]
+                for o in range(a, b):
+                    pbad[t] |= hist_minmax_cols(x + o * C * inner, C, inner, plo + t * C, phi + t * C)
             for c in range(C):
                 l = plo[c]
                 h = phi[c]
@@ -134,27 +153,28 @@ def accumulate(const float[:, :, ::1] x3, const double[::1] lo, const double[::1
     cdef const float *x = &x3[0, 0, 0]
     cdef double *H = &hist[0, 0]
     cdef int nt = _threads(n)
-    cdef int64_t t, c, a, b, per, o, s, step, i
+    cdef int64_t t, c, a, b, per, o, s, step, i, nch, ch
     cdef uint32_t *part
     cdef double *dpart
     if C == 1:
-        # contiguous pieces, one set of 4 uint32 sub-histograms per thread, merged in thread order
-        per = (n + nt - 1) // nt
+        # contiguous chunks handed out dynamically; each thread counts into its own 4 uint32 sub-histograms,
+        # flushed to its float64 partial after every chunk; partials merged in thread order (exact: integers)
+        nch = max(1, min(64, n // CHUNK_MIN)) if nt > 1 else 1
+        per = min((n + nch - 1) // nch, FLUSH_EVERY)
+        nch = (n + per - 1) // per
         part = <uint32_t *> calloc(nt * 4 * nb, sizeof(uint32_t))
         dpart = <double *> calloc(nt * nb, sizeof(double))
         if part == NULL or dpart == NULL:
             free(part); free(dpart)
             raise MemoryError()
-        with nogil:
-            for t in prange(nt, num_threads=nt, schedule='static'):
-                a = t * per
+        with nogil, parallel(num_threads=nt):
+            t = threadid()
+            for ch in prange(nch, schedule='dynamic'):
+                a = ch * per
                 b = min(n, a + per)
-                s = a
-                while s < b:
-                    step = min(b - s, FLUSH_EVERY)
-                    hist_count_run4(x + s, step, lo[0], inv_w[0], nb, part + t * 4 * nb)
-                    hist_flush4(part + t * 4 * nb, nb, dpart + t * nb)
-                    s = s + step
+                hist_count_run4(x + a, b - a, lo[0], inv_w[0], nb, part + t * 4 * nb)
+                hist_flush4(part + t * 4 * nb, nb, dpart + t * nb)
+        with nogil:
             for t in range(nt):
                 for i in range(nb):
                     H[i] += dpart[t * nb + i]

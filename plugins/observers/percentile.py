@@ -7,8 +7,6 @@ interpolate linearly inside a histogram bin and never leave the observed ``[min,
 """
 from __future__ import annotations
 
-import numpy as np
-
 import qcore
 
 from ._histogram import HistogramObserverBase, check_number
