@@ -316,6 +316,7 @@ def test_example_scheme_in_a_model_file(site, tmp_path):
             f"except qcore.SchemeNotFound as e:\n    print('NOTFOUND', e)\n")
     res = run(site, code, env={"QCORE_LOAD_PLUGINS": ""})
     assert res.returncode == 0 and "NOTFOUND" in res.stdout and "nf4" in res.stdout, res.stdout + res.stderr
+    assert "qcore-plugin-example" in res.stdout  # the file says which plugin it needs
 
 
 def test_example_scheme_from_the_command_line(site, tmp_path):

@@ -254,6 +254,8 @@ def check_qtensor_fields(obj):
             json.dumps(qt.options)
         except TypeError as exc:
             raise AssertionError(f"{tag} QTensor.options {qt.options!r} are not JSON-serialisable ({exc}); files store them") from None
+        bad = {k: v for k, v in qt.options.items() if not isinstance(v, (str, int, float, bool, type(None)))}
+        assert not bad, f"{tag} option values must be str, int, float, bool or None (files store them), got {bad!r}"
         assert isinstance(qt.params, dict), f"{tag} params must be a dict"
         for k, v in qt.params.items():
             assert isinstance(k, str) and k, f"{tag} parameter names must be strings, got {k!r}"
