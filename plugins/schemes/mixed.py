@@ -70,6 +70,16 @@ def label_of(spec: dict) -> str:
     return s
 
 
+def sumsq(d: np.ndarray, chunk: int = 1 << 16) -> float:
+    """``sum(d**2)`` accumulated in float64 over chunks (a few hundred KB extra, whatever the size)."""
+    flat = d.reshape(-1)
+    total = 0.0
+    for i in range(0, flat.size, chunk):
+        c = flat[i : i + chunk].astype(np.float64)
+        total += float(np.dot(c, c))
+    return total
+
+
 def output_error(x: np.ndarray, d: np.ndarray, sensitivity=1.0, calibration=None) -> float:
     """The error measure: weighted squared error, or ``||X d||^2`` with calibration inputs ``X``."""
     if calibration is not None:
@@ -85,13 +95,13 @@ def output_error(x: np.ndarray, d: np.ndarray, sensitivity=1.0, calibration=None
             raise ValueError(f"calibration inputs of width {X.shape[1]} fit neither axis of weight shape {d.shape}")
         err = float(np.vdot(e.astype(np.float64).ravel(), e.astype(np.float64).ravel()))
     else:
-        d64 = d.astype(np.float64)
         if np.ndim(sensitivity) == 0:
-            err = float(np.vdot(d64.ravel(), d64.ravel()))
+            err = sumsq(d)
         else:
             s = np.broadcast_to(np.asarray(sensitivity, dtype=np.float64), d.shape)
             if (s < 0).any() or not np.isfinite(s).all():
                 raise ValueError("sensitivity weights must be finite and >= 0")
+            d64 = d.astype(np.float64)
             return float(np.sum(s * d64 * d64))
     s = float(sensitivity) if np.ndim(sensitivity) == 0 and sensitivity is not None else 1.0
     if not (math.isfinite(s) and s >= 0):
@@ -258,8 +268,7 @@ class MixedQuantizer(qcore.Quantizer):
         calibration = self.config["calibration"] if calibration is None else calibration
         if sensitivity is None:
             sensitivity = 1.0
-        from qcore.model.qmodel import sqnr_db
-
+        signal = sumsq(x)
         out = []
         for spec in self.specs:
             s = self._concrete(spec, x.shape)
@@ -272,13 +281,19 @@ class MixedQuantizer(qcore.Quantizer):
                 qt = q.quantize(x)
             except ValueError:
                 continue  # the candidate cannot take this tensor (e.g. a shape it does not support)
-            deq = qt.dequantize()
-            d = x - deq
-            sse = float(np.vdot(d.astype(np.float64).ravel(), d.astype(np.float64).ravel()))
-            out.append({"spec": s, "label": label_of(s), "bits": qt.bits, "nbytes": int(qt.nbytes),
-                        "error": output_error(x, d, sensitivity, calibration), "sse": sse,
-                        "sqnr_db": sqnr_db(x, deq)})
-            del qt, deq, d
+            bits, nbytes = qt.bits, int(qt.nbytes)
+            d = qt.dequantize()
+            np.subtract(x, d, out=d)
+            del qt
+            sse = sumsq(d)
+            error = sse * float(sensitivity) if np.ndim(sensitivity) == 0 and calibration is None else None
+            if error is None:
+                error = output_error(x, d, sensitivity, calibration)
+            elif not (math.isfinite(float(sensitivity)) and float(sensitivity) >= 0):
+                raise ValueError(f"sensitivity must be a finite number >= 0, got {sensitivity!r}")
+            out.append({"spec": s, "label": label_of(s), "bits": bits, "nbytes": nbytes, "error": error, "sse": sse,
+                        "sqnr_db": (math.inf if sse == 0 else (10 * math.log10(signal / sse) if signal > 0 else -math.inf))})
+            del d
         return out
 
     def plan(self, measurements: list[list[dict]], *, capacity_bits: float | None = None,

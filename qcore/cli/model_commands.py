@@ -254,11 +254,9 @@ def plot_report(rows: list[dict], path: str, title: str = "") -> None:
     n = len(quant)
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6.0, 0.45 * n + 2.5), 7.5), sharex=True)
     xs = range(n)
-    bars = ax1.bar(xs, bits, color=colors)
-    for b, lab in zip(bars, labels):
-        ax1.text(b.get_x() + b.get_width() / 2, b.get_height(), lab, ha="center", va="bottom", rotation=90, fontsize=7)
+    ax1.bar(xs, bits, color=colors)
     ax1.set_ylabel("bits per weight\n(parameters counted)")
-    ax1.set_ylim(0, max(bits) * 1.45)
+    ax1.set_ylim(0, max(bits) * 1.25)
     avg = 8.0 * sum(r["bytes_q"] for r in quant) / sum(r["bytes_fp32"] / 4 for r in quant)
     ax1.axhline(avg, color="k", lw=0.8, ls="--", label=f"model average {avg:.2f}")
     ax1.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=color[s]) for s in schemes] + ax1.get_legend_handles_labels()[0],
@@ -266,7 +264,7 @@ def plot_report(rows: list[dict], path: str, title: str = "") -> None:
     ax2.bar(xs, snr, color=colors)
     ax2.set_ylabel("SQNR (dB)")
     ax2.set_xticks(list(xs))
-    ax2.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+    ax2.set_xticklabels([f"{nm}\n{lab}" for nm, lab in zip(names, labels)], rotation=60, ha="right", fontsize=7)
     fig.suptitle(title or "qcore report")
     fig.tight_layout()
     folder = os.path.dirname(os.path.abspath(path))

@@ -10,12 +10,21 @@ import numpy as np
 from ..tensor import QTensor
 
 
-def sqnr_db(ref: np.ndarray, approx: np.ndarray) -> float:
-    """Signal-to-quantization-noise ratio in dB: ``10 log10(sum x^2 / sum (x - x')^2)``; ``inf`` when exact."""
-    ref = np.asarray(ref, dtype=np.float64)
-    d = ref - np.asarray(approx, dtype=np.float64)
-    noise = float(np.vdot(d.ravel(), d.ravel()))
-    signal = float(np.vdot(ref.ravel(), ref.ravel()))
+def sqnr_db(ref: np.ndarray, approx: np.ndarray, chunk: int = 1 << 16) -> float:
+    """Signal-to-quantization-noise ratio in dB: ``10 log10(sum x^2 / sum (x - x')^2)``; ``inf`` when exact.
+
+    Sums accumulate in float64 over chunks, so the extra memory is a few MB whatever the tensor size.
+    """
+    ref = np.asarray(ref).reshape(-1)
+    approx = np.asarray(approx).reshape(-1)
+    if ref.shape != approx.shape:
+        raise ValueError(f"sqnr_db: sizes differ ({ref.size} vs {approx.size})")
+    noise = signal = 0.0
+    for i in range(0, ref.size, chunk):
+        r = ref[i : i + chunk].astype(np.float64)
+        d = r - approx[i : i + chunk]
+        noise += float(np.dot(d, d))
+        signal += float(np.dot(r, r))
     if noise == 0.0:
         return math.inf
     if signal == 0.0:
