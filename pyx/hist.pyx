@@ -24,6 +24,9 @@ cdef extern from "hist_kernels.h" nogil:
     void hist_flush4(uint32_t *h4, int64_t nb, double *out)
     double hist_sq_error(const int64_t *idx, const double *cnt, int64_t m, double lo, double w, double g0, double s, double L)
     double hist_kl(const double *h, int64_t nb, int64_t s, int64_t e, int64_t nq)
+    int hist_count_fused(const float *x, int64_t n, float lo, float inv_w, int64_t nb, uint32_t *h,
+                         float *mn, float *mx)
+    int hist_simd_level()
 
 # below this many elements a call runs on one thread (starting a parallel region costs microseconds)
 cdef int64_t PARALLEL_MIN = 1 << 16
@@ -157,28 +160,7 @@ def accumulate(const float[:, :, ::1] x3, const double[::1] lo, const double[::1
     cdef uint32_t *part
     cdef double *dpart
     if C == 1:
-        # contiguous chunks handed out dynamically; each thread counts into its own 4 uint32 sub-histograms,
-        # flushed to its float64 partial after every chunk; partials merged in thread order (exact: integers)
-        nch = max(1, min(64, n // CHUNK_MIN)) if nt > 1 else 1
-        per = min((n + nch - 1) // nch, FLUSH_EVERY)
-        nch = (n + per - 1) // per
-        part = <uint32_t *> calloc(nt * 4 * nb, sizeof(uint32_t))
-        dpart = <double *> calloc(nt * nb, sizeof(double))
-        if part == NULL or dpart == NULL:
-            free(part); free(dpart)
-            raise MemoryError()
-        with nogil, parallel(num_threads=nt):
-            t = threadid()
-            for ch in prange(nch, schedule='dynamic'):
-                a = ch * per
-                b = min(n, a + per)
-                hist_count_run4(x + a, b - a, lo[0], inv_w[0], nb, part + t * 4 * nb)
-                hist_flush4(part + t * 4 * nb, nb, dpart + t * nb)
-        with nogil:
-            for t in range(nt):
-                for i in range(nb):
-                    H[i] += dpart[t * nb + i]
-        free(part); free(dpart)
+        count_flat(np.asarray(x3).reshape(-1), lo[0], 1.0 / inv_w[0], hist)
     elif inner < 32 and outer >= 2 * nt and C * nb * nt <= (1 << 24):
         # small inner runs (e.g. channels last): split `outer`, per-thread (C, bins) partial histograms
         per = (outer + nt - 1) // nt
@@ -286,3 +268,71 @@ def kl_divergence(const double[:, ::1] hist, const int64_t[:, ::1] start, const 
             e = max(0, min(nb, end[c, k]))
             out[c, k] = hist_kl(&hist[c, 0], nb, s, e, nq)
     return out_arr
+
+
+def simd_level():
+    """0: baseline x86-64 / portable code; 2: the AVX2 copy of the per-tensor counting loop is used."""
+    return hist_simd_level()
+
+
+def count_flat(const float[::1] x, double lo, double width, double[:, ::1] hist,
+               double lo_limit=-np.inf, double hi_limit=np.inf):
+    """Count the values of ``x`` into ``hist`` (shape ``(1, bins)``, bin ``i`` = ``[lo + i*width, ...)``) in one
+    pass that also finds their min and max and whether all are finite.
+
+    The counts are added only if every value is finite and within ``[lo_limit, hi_limit]``; otherwise ``hist`` is
+    left untouched.  Returns ``(min, max, finite, added)``.
+    """
+    cdef int64_t n = x.shape[0], nb = hist.shape[1]
+    if hist.shape[0] != 1 or nb == 0:
+        raise ValueError("count_flat: hist must have shape (1, bins)")
+    if n == 0:
+        raise ValueError("count_flat: empty input")
+    if not (width > 0):
+        raise ValueError("count_flat: width must be > 0")
+    cdef const float *px = &x[0]
+    cdef double *H = &hist[0, 0]
+    cdef float flo = <float> lo
+    cdef float finv = <float> (1.0 / width)
+    cdef int nt = _threads(n)
+    cdef int64_t nch = max(1, min(64, n // CHUNK_MIN)) if nt > 1 else 1
+    cdef int64_t per = min((n + nch - 1) // nch, FLUSH_EVERY)
+    nch = (n + per - 1) // per
+    cdef uint32_t *part = <uint32_t *> calloc(nt * 4 * nb, sizeof(uint32_t))
+    cdef double *dpart = <double *> calloc(nt * nb, sizeof(double))
+    cdef float *cmn = <float *> malloc(nch * sizeof(float))
+    cdef float *cmx = <float *> malloc(nch * sizeof(float))
+    cdef int *cbad = <int *> calloc(nch, sizeof(int))
+    if part == NULL or dpart == NULL or cmn == NULL or cmx == NULL or cbad == NULL:
+        free(part); free(dpart); free(cmn); free(cmx); free(cbad)
+        raise MemoryError()
+    cdef int64_t t, ch, a, b, i
+    cdef float mn, mx
+    cdef int bad = 0
+    cdef bint add
+    t = 0
+    with nogil:
+        with parallel(num_threads=nt):
+            t = threadid()
+            for ch in prange(nch, schedule='dynamic'):
+                a = ch * per
+                b = min(n, a + per)
+                cmn[ch] = px[a]
+                cmx[ch] = px[a]
+                cbad[ch] = hist_count_fused(px + a, b - a, flo, finv, nb, part + t * 4 * nb, cmn + ch, cmx + ch)
+                hist_flush4(part + t * 4 * nb, nb, dpart + t * nb)
+        mn = cmn[0]
+        mx = cmx[0]
+        for ch in range(nch):
+            bad |= cbad[ch]
+            if cmn[ch] < mn:
+                mn = cmn[ch]
+            if cmx[ch] > mx:
+                mx = cmx[ch]
+        add = (not bad) and mn >= lo_limit and mx <= hi_limit
+        if add:
+            for t in range(nt):
+                for i in range(nb):
+                    H[i] += dpart[t * nb + i]
+    free(part); free(dpart); free(cmn); free(cmx); free(cbad)
+    return float(mn), float(mx), not bad, bool(add)

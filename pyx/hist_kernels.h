@@ -135,6 +135,87 @@ static void hist_flush4(uint32_t *h4, int64_t nb, double *out)
     memset(h4, 0, (size_t)(4 * nb) * sizeof(uint32_t));
 }
 
+/* ---- fused, vectorizable counting (per tensor) -------------------------------------------------------
+ * Bin indices of a block are computed in float32 SIMD (b = (int)((v - lo) * inv_w), clamped to [0, nb-1] as
+ * integers: NaN/Inf/huge values convert to INT_MIN and land in bin 0, never out of bounds), together with the
+ * block's min/max and a NaN/Inf flag (integer bit test: immune to the finite-math flag the min/max reduction
+ * needs); the increments follow, into 4 interleaved sub-histograms.  An AVX2 copy is chosen at run time. */
+#define HIST_BLOCK 256
+
+#define HIST_INDEX_BODY                                                              \
+    float l = *mn, h = *mx;                                                          \
+    const uint32_t *u = (const uint32_t *)x;                                         \
+    uint32_t bad = 0;                                                                \
+    for (int i = 0; i < m; i++) {                                                    \
+        float v = x[i];                                                              \
+        l = v < l ? v : l;                                                           \
+        h = v > h ? v : h;                                                           \
+        bad |= ((u[i] & 0x7f800000u) == 0x7f800000u);                                \
+        int32_t b = (int32_t)((v - lo) * inv_w);                                     \
+        b = b < 0 ? 0 : b;                                                           \
+        b = b > nb1 ? nb1 : b;                                                       \
+        idx[i] = b;                                                                  \
+    }                                                                                \
+    *mn = l;                                                                         \
+    *mx = h;                                                                         \
+    return (int)bad;
+
+static HIST_REDUCE_ATTR int hist_index_generic(const float *x, int m, float lo, float inv_w, int32_t nb1,
+                                               int32_t *idx, float *mn, float *mx)
+{
+    HIST_INDEX_BODY
+}
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define HIST_HAVE_AVX2 1
+static HIST_REDUCE_ATTR __attribute__((target("avx2"))) int hist_index_avx2(
+    const float *x, int m, float lo, float inv_w, int32_t nb1, int32_t *idx, float *mn, float *mx)
+{
+    HIST_INDEX_BODY
+}
+#endif
+
+typedef int (*hist_index_fn)(const float *, int, float, float, int32_t, int32_t *, float *, float *);
+
+static hist_index_fn hist_pick_index(void)
+{
+#ifdef HIST_HAVE_AVX2
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2")) return hist_index_avx2;
+#endif
+    return hist_index_generic;
+}
+
+static int hist_simd_level(void)
+{
+    return hist_pick_index() == hist_index_generic ? 0 : 2;
+}
+
+/* count n contiguous values into h (4 sub-histograms of nb), folding their min and max into mn, mx;
+ * returns nonzero if any value is NaN/Inf */
+static int hist_count_fused(const float *x, int64_t n, float lo, float inv_w, int64_t nb, uint32_t *h,
+                            float *mn, float *mx)
+{
+    static hist_index_fn fn = 0;
+    if (!fn) fn = hist_pick_index();  /* benign race: every thread stores the same pointer */
+    int32_t idx[HIST_BLOCK];
+    int bad = 0;
+    uint32_t *h0 = h, *h1 = h + nb, *h2 = h + 2 * nb, *h3 = h + 3 * nb;
+    for (int64_t s = 0; s < n; s += HIST_BLOCK) {
+        int m = (int)(n - s < HIST_BLOCK ? n - s : HIST_BLOCK);
+        bad |= fn(x + s, m, lo, inv_w, (int32_t)(nb - 1), idx, mn, mx);
+        int i = 0;
+        for (; i + 4 <= m; i += 4) {
+            h0[idx[i]]++;
+            h1[idx[i + 1]]++;
+            h2[idx[i + 2]]++;
+            h3[idx[i + 3]]++;
+        }
+        for (; i < m; i++) h0[idx[i]]++;
+    }
+    return bad;
+}
+
 /* ---- error model ----------------------------------------------------------------------------------
  * The quantizer maps x to the nearest of the grid points g0 + k*s, k = 0..L (clamping outside).  For
  * data spread uniformly inside each histogram bin, the squared error of a bin [a, b) holding n values is

@@ -168,8 +168,14 @@ def test_memory_does_not_grow_with_batches(name):
 def reference_hist(x3, lo, width, nb):
     out = np.zeros((x3.shape[1], nb))
     for c in range(x3.shape[1]):
-        v = x3[:, c, :].ravel().astype(np.float64)
-        out[c] = np.bincount(np.clip(np.floor((v - lo[c]) / width[c]), 0, nb - 1).astype(np.int64), minlength=nb)
+        if x3.shape[1] == 1:  # the per-tensor kernel computes bins in float32 SIMD: (v - lo) * (1 / width)
+            v = x3.ravel()
+            t = (v - np.float32(lo[c])) * np.float32(1.0 / width[c])
+            b = np.clip(t.astype(np.int64), 0, nb - 1)
+        else:
+            v = x3[:, c, :].ravel().astype(np.float64)
+            b = np.clip(np.floor((v - lo[c]) / width[c]), 0, nb - 1).astype(np.int64)
+        out[c] = np.bincount(b, minlength=nb)
     return out
 
 
@@ -271,6 +277,24 @@ def test_constant_data_comes_back_exactly(name):
     for _ in range(3):
         q.observe(np.full(1000, -2.5, np.float32))
     np.testing.assert_array_equal(q.quantize(np.full(7, -2.5, np.float32)).dequantize(), np.full(7, -2.5, np.float32))
+
+
+@pytest.mark.parametrize("name", HIST_OBSERVERS)
+def test_nonfinite_after_first_batch_per_tensor(name):
+    """Per tensor, later batches are counted in one fused pass: a NaN/Inf there must still be refused, and a
+    batch beyond the range must grow it, leaving no trace of the refused or first-try counts."""
+    obs = qcore.get_observer(name)
+    obs.update(np.linspace(-1, 1, 300_000, dtype=np.float32))
+    before = obs.hist.copy()
+    for bad in (np.nan, np.inf, -np.inf):
+        x = np.zeros(300_000, np.float32)
+        x[123_456] = bad
+        with pytest.raises(qcore.InputError):
+            obs.update(x)
+        np.testing.assert_array_equal(obs.hist, before)
+    obs.update(np.linspace(-3, 0.5, 300_000, dtype=np.float32))
+    assert obs.hist.sum() == 600_000 and obs.min[0] == -3.0 and obs.max[0] == 1.0
+    assert obs.batches == 2
 
 
 @pytest.mark.parametrize("name", HIST_OBSERVERS + ["moving_average"])

@@ -101,10 +101,23 @@ class HistogramObserverBase(qcore.Observer):
     def _update(self, x):
         ax = None if self.axis is None else normalize_axis(self.axis, x.ndim)
         x3 = as_3d(x, ax)
-        bmin, bmax, finite = _hist.minmax(x3)
-        if not finite:
-            bad = int(np.count_nonzero(~np.isfinite(x)))
-            raise InputError(f"batch contains {bad} NaN or Inf value(s); qcore refuses non-finite input (clean or clip it first)")
+        if self.hist is not None and x3.shape[1] == 1:
+            # one pass: count with the current range, keep the counts only if the batch fits in it
+            nb = self.hist.shape[1]
+            lo, w = float(self.lo[0]), float(self.width[0])
+            mn, mx, finite, added = _hist.count_flat(x3.reshape(-1), lo, w, self.hist, lo, lo + nb * w)
+            if not finite:
+                self._refuse(x)
+            if added:
+                self.min = np.minimum(self.min, mn)
+                self.max = np.maximum(self.max, mx)
+                self._cache = {}
+                return
+            bmin, bmax = np.array([mn]), np.array([mx])
+        else:
+            bmin, bmax, finite = _hist.minmax(x3)
+            if not finite:
+                self._refuse(x)
         bmin = bmin.astype(np.float64)
         bmax = bmax.astype(np.float64)
         if self.hist is None:
@@ -124,6 +137,11 @@ class HistogramObserverBase(qcore.Observer):
             self.max = np.maximum(self.max, bmax)
         _hist.accumulate(x3, self.lo, 1.0 / self.width, self.hist)
         self._cache = {}
+
+    @staticmethod
+    def _refuse(x):
+        bad = int(np.count_nonzero(~np.isfinite(x)))
+        raise InputError(f"batch contains {bad} NaN or Inf value(s); qcore refuses non-finite input (clean or clip it first)")
 
     def _grow(self, bmin, bmax):
         nb = self.hist.shape[1]
