@@ -345,3 +345,30 @@ def test_example_scheme_from_the_command_line(site, tmp_path):
     assert "['nf4']" in res.stdout and "l1.weight" in res.stdout
     res = run(site, "", env=EXAMPLE_ENV, args=["inspect", str(out)])
     assert res.returncode == 0 and "nf4" in res.stdout, res.stderr
+
+
+def test_pytest_fixture_keeps_installed_plugins_out(site, tmp_path):
+    """With every broken and duplicate plugin installed, a test using the qcore_plugins fixture still sees the
+    built-ins only (third-party autoload off) plus what it registers."""
+    (tmp_path / "test_isolated.py").write_text(textwrap.dedent('''
+        import numpy as np
+        import qcore
+        from qcore_nf4 import plugin
+
+        def test_builtins_only(qcore_plugins):
+            names = qcore.list_schemes()
+            assert "linear" in names and "goodsign" not in names and "nf4" not in names
+            qcore_plugins.register(plugin)
+            assert qcore.quantize(np.ones((2, 64), np.float32), "nf4").scheme == "nf4"
+
+        def test_default_registry_sees_the_duplicate():
+            import pytest
+            with pytest.raises(qcore.PluginError, match="qcore-dup"):
+                qcore.list_schemes()
+    '''))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QCORE_")}
+    env["PYTHONPATH"] = str(site)
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore::UserWarning", str(tmp_path)],
+                         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    assert "2 passed" in res.stdout

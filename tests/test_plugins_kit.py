@@ -130,8 +130,12 @@ def test_on_fail_none_and_warn():
     cls, check = BROKEN[0]
     results = check_quantizer(cls, on_fail=None)
     assert any(r.check == check and r.status == "failed" for r in results)
-    with pytest.warns(UserWarning, match=check):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         check_quantizer(cls, on_fail="warn")
+    assert any(check in str(w.message) for w in caught)
 
 
 def test_wrong_kind_is_a_type_error():
@@ -201,7 +205,7 @@ def test_unavailable_kernel_is_skipped():
 
 
 # -- pytest integration ----------------------------------------------------------------------------------
-@parametrize_with_checks([Grid, Grid(bits=8)], expected_failed_checks=lambda obj: {"check_thread_safety": "demo"} if not isinstance(obj, type) else {})
+@parametrize_with_checks([Grid, Grid(bits=8)])
 def test_parametrize_with_checks(obj, check):
     check(obj)
 
