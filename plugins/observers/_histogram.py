@@ -197,16 +197,19 @@ class HistogramObserverBase(qcore.Observer):
         """Per channel, the value below which ``mass_lo[c, k]`` values lie (and likewise ``mass_hi``), with
         linear interpolation inside the bin, as two ``(C, K)`` arrays."""
         edges, cum = self._edges(), self._cdf()
+        C, nb1 = cum.shape
+        # one searchsorted for all channels: shift row c by c * (largest total + 1), rows stay sorted
+        off = (np.arange(C, dtype=np.float64) * (cum[:, -1].max() + 1.0))[:, None]
+        flat = (cum + off).ravel()
+        rows = np.arange(C)[:, None]
         out = []
         for mass in (mass_lo, mass_hi):
-            mass = np.asarray(mass, np.float64)
-            res = np.empty_like(mass)
-            for c in range(cum.shape[0]):
-                i = np.clip(np.searchsorted(cum[c], mass[c], side="left"), 1, cum.shape[1] - 1)
-                h = self.hist[c, i - 1]
-                frac = np.where(h > 0, (mass[c] - cum[c, i - 1]) / np.where(h > 0, h, 1.0), 0.0)
-                res[c] = edges[c, i - 1] + np.clip(frac, 0.0, 1.0) * self.width[c]
-            out.append(res)
+            mass = np.clip(np.asarray(mass, np.float64), 0.0, cum[:, -1:])
+            i = np.searchsorted(flat, (mass + off).ravel(), side="left").reshape(mass.shape) - rows * nb1
+            i = np.clip(i, 1, nb1 - 1)
+            h = self.hist[rows, i - 1]
+            frac = np.where(h > 0, (mass - cum[rows, i - 1]) / np.where(h > 0, h, 1.0), 0.0)
+            out.append(edges[rows, i - 1] + np.clip(frac, 0.0, 1.0) * self.width[:, None])
         return out[0], out[1]
 
     def abs_quantile_values(self, tail_mass):

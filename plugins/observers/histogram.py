@@ -34,8 +34,9 @@ class HistogramObserver(HistogramObserverBase):
             raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {m!r}")
 
     def _candidates(self, levels, symmetric):
+        """Candidate ranges for tail-mass fractions ``levels`` (``(K,)`` for all channels, or ``(C, K)``)."""
         total = self.hist.sum(axis=1)[:, None]
-        m = levels[None, :] * total
+        m = (levels if levels.ndim == 2 else levels[None, :]) * total
         if symmetric:
             a = self.abs_quantile_values(m)
             return -a, a
@@ -46,33 +47,22 @@ class HistogramObserver(HistogramObserverBase):
         score = self._kl if self.config["method"] == "entropy" else self._l2
         lo, hi = self._candidates(levels, symmetric)
         err = score(lo, hi, bits, symmetric)
-        b = np.argmin(err, axis=1)
-        blo, bhi, _ = pick(err, lo, hi)
+        blo, bhi, b = pick(err, lo, hi)
         best = err[np.arange(len(b)), b]
-        # refine between the neighbouring tail masses (the same ladder for every channel: loop per channel)
-        for c in range(len(b)):
-            fine = np.linspace(levels[max(b[c] - 1, 0)], levels[min(b[c] + 1, len(levels) - 1)], 33)
-            flo, fhi = self._candidates_one(c, fine, symmetric)
-            ferr = score(flo, fhi, bits, symmetric, channel=c)[0]
-            k = int(np.argmin(ferr))
-            if ferr[k] < best[c]:
-                blo[c], bhi[c] = flo[0, k], fhi[0, k]
+        # refine between the neighbouring tail masses of each channel's best
+        fine = np.linspace(levels[np.maximum(b - 1, 0)], levels[np.minimum(b + 1, len(levels) - 1)], 33, axis=1)
+        flo, fhi = self._candidates(fine, symmetric)
+        ferr = score(flo, fhi, bits, symmetric)
+        rlo, rhi, k = pick(ferr, flo, fhi)
+        better = ferr[np.arange(len(k)), k] < best
+        blo, bhi = np.where(better, rlo, blo), np.where(better, rhi, bhi)
+        best = np.where(better, ferr[np.arange(len(k)), k], best)
         if np.all(~np.isfinite(best)):
             return self.min, self.max
         if symmetric:  # window edges snap to bins: keep the range centred on zero
             a = np.maximum(-blo, bhi)
             return -a, a
         return blo, bhi
-
-    def _candidates_one(self, c, levels, symmetric):
-        sub = HistogramObserverBase.__new__(HistogramObserverBase)
-        sub.hist, sub.lo, sub.width = self.hist[c : c + 1], self.lo[c : c + 1], self.width[c : c + 1]
-        total = sub.hist.sum()
-        m = levels[None, :] * total
-        if symmetric:
-            a = sub.abs_quantile_values(m)
-            return -a, a
-        return sub.quantile_values(m, total - m)
 
     def _rows(self, channel):
         if channel is None:
