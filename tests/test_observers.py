@@ -203,6 +203,15 @@ def test_cython_minmax_flags_nonfinite():
             assert not _hist.minmax(x3)[2]
 
 
+def test_same_range_again_does_not_regrow():
+    x = np.random.default_rng(15).laplace(size=100_000).astype(np.float32)
+    obs = qcore.get_observer("mse")
+    obs.update(x)
+    lo, width = obs.lo.copy(), obs.width.copy()
+    obs.update(x[::-1].copy())
+    assert obs.lo == lo and obs.width == width and obs.hist.sum() == 200_000
+
+
 def test_growth_is_exact_and_keeps_resolution():
     rng = np.random.default_rng(9)
     obs = qcore.get_observer("histogram", bins=512)

@@ -128,7 +128,8 @@ class HistogramObserverBase(qcore.Observer):
             self.lo = bmin.copy()
             span = bmax - bmin
             tiny = np.maximum(np.abs(bmin) * 2.0**-20, 1e-30) / nb
-            self.width = np.where(span > 0, span / nb, tiny)
+            # a hair wider than the data, so a later batch with the same extremes never forces a regrowth
+            self.width = np.where(span > 0, span / nb * (1.0 + 2.0**-30), tiny)
             self.hist = np.zeros((C, nb), np.float64)
             self.min, self.max = bmin, bmax
         else:
