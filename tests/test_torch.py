@@ -124,6 +124,21 @@ def test_weight_only_path_uses_dequantized_weight(scheme, bits):
     assert f"scheme={scheme!r}" in r and f"bits={bits}" in r and "weight-only" in r
 
 
+def test_assigning_a_new_weight_clears_the_caches():
+    lin = nn.Linear(16, 8)
+    q = qtorch.QLinear.from_float(lin, bits=4)
+    x = torch.randn(3, 16)
+    q(x)
+    new = qcore.quantize(lin.weight.detach().numpy(), "linear", bits=2, symmetric=True)
+    q.weight = new
+    torch.testing.assert_close(q(x), F.linear(x, torch.from_numpy(new.dequantize()), lin.bias.detach()),
+                               rtol=0, atol=0)
+    with pytest.raises(ValueError, match="shape"):
+        q.weight = qcore.quantize(np.ones((2, 2), np.float32))
+    with pytest.raises(TypeError, match="QTensor"):
+        q.weight = lin.weight.detach()
+
+
 def test_repr_shows_scheme_and_bits():
     r = repr(qtorch.quantize_dynamic(mlp()))
     assert "QLinear(in_features=64, out_features=48" in r and "scheme='linear'" in r and "bits=8" in r

@@ -178,9 +178,23 @@ class _QWeightModule(nn.Module):
         self.input_quantizer = input_quantizer
 
     # -- weight --------------------------------------------------------------------------------------------
+    @property
+    def weight(self) -> QTensor:
+        """The quantized weight.  Assigning a new QTensor (same shape) clears the cached dequantized weight."""
+        return self._qweight
+
+    @weight.setter
+    def weight(self, qt: QTensor) -> None:
+        if not isinstance(qt, QTensor):
+            raise TypeError(f"weight must be a qcore.QTensor, got {type(qt).__name__}")
+        old = self.__dict__.get("_qweight")
+        if old is not None and tuple(qt.shape) != tuple(old.shape):
+            raise ValueError(f"weight must keep the shape {tuple(old.shape)}, got {tuple(qt.shape)}")
+        self._set_weight(qt)
+
     def _set_weight(self, qt: QTensor) -> None:
-        self.weight = qt
-        self._dequant_cache: dict[tuple, torch.Tensor] = {}
+        self.__dict__["_qweight"] = qt
+        self.__dict__["_dequant_cache"] = {}
 
     def dequantized_weight(self, device=None, dtype=torch.float32) -> torch.Tensor:
         """The dequantized weight as a tensor (cached per device and dtype)."""
