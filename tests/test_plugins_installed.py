@@ -61,6 +61,13 @@ DISTRIBUTIONS = {
             raise RuntimeError("boom from qcore-raises")
     ''')),
     "qcore-dup": ("qcore_dup", "0.9.0", GOOD.replace("GoodSign", "OtherSign")),
+    "qcore-typo": ("qcore_typo", "0.0.1", textwrap.dedent('''
+        import qcore
+
+        @qcore.hookimpl
+        def qcore_quantizer():  # the spec is qcore_quantizers
+            return []
+    ''')),
 }
 
 
@@ -141,7 +148,6 @@ def probe(site, **env) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-THIRD_PARTY = "qcore-good,qcore-broken,qcore-raises,qcore-dup,qcore-plugin-example"
 
 
 # -- loading rules ------------------------------------------------------------------------------------------
@@ -174,7 +180,16 @@ def test_plugin_whose_hook_raises_warns_and_is_skipped(site):
     assert "qcore-raises 2.0.1" in w and "qcore_quantizers raised RuntimeError: boom from qcore-raises" in w
 
 
-@pytest.mark.parametrize("bad, needle", [("qcore-broken", "qcore-broken 0.3.0"), ("qcore-raises", "qcore-raises 2.0.1")])
+def test_misspelled_hook_warns_and_is_skipped(site):
+    out = probe(site, QCORE_LOAD_PLUGINS="qcore-good,qcore-typo")
+    assert "error" not in out and "goodsign" in out["schemes"]
+    [w] = out["warnings"]
+    assert "qcore-typo 0.0.1" in w and "qcore_quantizer" in w
+    assert [r["distribution"] for r in out["plugins"]] == ["qcore-good"]
+
+
+@pytest.mark.parametrize("bad, needle", [("qcore-broken", "qcore-broken 0.3.0"), ("qcore-raises", "qcore-raises 2.0.1"),
+                                         ("qcore-typo", "qcore-typo 0.0.1")])
 def test_strict_mode_makes_failures_errors(site, bad, needle):
     out = probe(site, QCORE_LOAD_PLUGINS=f"qcore-good,{bad}", QCORE_STRICT_PLUGINS="1")
     assert out["error"][0] == "PluginError" and needle in out["error"][1]
@@ -189,11 +204,13 @@ def test_duplicate_scheme_name_is_an_error_naming_both_distributions(site):
     assert "'goodsign'" in msg and "qcore-good" in msg and "qcore-dup" in msg
     res = run(site, "", args=["plugins"])
     assert res.returncode == 2 and "qcore-good" in res.stderr and "qcore-dup" in res.stderr
-    assert len(res.stderr.strip().splitlines()) <= 3 and "Traceback" not in res.stderr
+    lines = res.stderr.strip().splitlines()  # one line per skipped plugin, then the error
+    assert all(ln.startswith("qcore: warning: ") for ln in lines[:-1]) and lines[-1].startswith("qcore: error: ")
+    assert "qcore-dup" in lines[-1] and "Traceback" not in res.stderr
 
 
 def test_deny_list_resolves_the_collision(site):
-    out = probe(site, QCORE_DISABLE_PLUGINS="qcore-dup, qcore_Broken,qcore-raises")
+    out = probe(site, QCORE_DISABLE_PLUGINS="qcore-dup, qcore_Broken,qcore-raises,QCORE.TYPO")
     assert "error" not in out and out["warnings"] == []
     assert {r["distribution"] for r in out["plugins"]} == {"qcore-good", "qcore-plugin-example"}
     assert {"goodsign", "nf4"} <= set(out["schemes"]) and "nsigma" in out["observers"]
@@ -216,14 +233,14 @@ def test_loading_is_lazy(site):
             "print('qcore_good' in sys.modules, 'qcore_nf4' in sys.modules)\n"
             "qcore.list_schemes()\n"
             "print('qcore_good' in sys.modules, 'qcore_nf4' in sys.modules)\n")
-    res = run(site, code, env={"QCORE_DISABLE_PLUGINS": "qcore-dup,qcore-broken,qcore-raises"})
+    res = run(site, code, env={"QCORE_DISABLE_PLUGINS": "qcore-dup,qcore-broken,qcore-raises,qcore-typo"})
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["False", "False", "True", "True"]
 
 
 # -- the `qcore plugins` command ---------------------------------------------------------------------------
 def test_cli_plugins_lists_third_party_with_versions_and_names(site):
-    env = {"QCORE_DISABLE_PLUGINS": "qcore-dup"}
+    env = {"QCORE_DISABLE_PLUGINS": "qcore-dup,qcore-typo"}
     res = run(site, "", env=env, args=["plugins"])
     assert res.returncode == 0, res.stderr
     text = res.stdout

@@ -159,7 +159,10 @@ class PluginManager:
             except Exception as exc:  # noqa: BLE001 - any import failure skips the plugin
                 self._fail(f"qcore plugin {ep.name!r} from {dist_name} {version} failed to import: {type(exc).__name__}: {exc}")
                 continue
-            self._register(plugin, ep.name, dist_name, version, builtin)
+            try:
+                self._register(plugin, ep.name, dist_name, version, builtin)
+            except PluginError as exc:  # e.g. a misspelled hook (check_pending): this plugin only is skipped
+                self._fail(str(exc))
 
     def _register(self, plugin: object, name: str, distribution: str, version: str, builtin: bool) -> None:
         if name in self._records:
