@@ -3,13 +3,17 @@
 Loading is lazy (on first registry use, never at ``import qcore``), happens once, and goes through
 ``importlib.metadata`` with our own loop rather than ``pluggy.load_setuptools_entrypoints`` so that:
 
-* a plugin that fails to import, or whose hook raises, is skipped with a one-line warning naming its
-  distribution, version and the error (``QCORE_STRICT_PLUGINS=1`` turns that into :class:`PluginError`);
+* a plugin that fails to import, has a misspelled ``qcore_*`` hook, or whose hook raises is skipped whole
+  with a one-line warning naming its distribution, version and the error (``QCORE_STRICT_PLUGINS=1`` turns
+  that into :class:`PluginError`); a hook's item that is not a subclass of the right base class is skipped;
 * each hook implementation is called on its own, so one broken plugin never takes down the others;
 * two plugins that provide the same name raise :class:`PluginError` naming both distributions;
 * ``QCORE_LOAD_PLUGINS`` (allow-list of distribution names; empty string: built-ins only) and
   ``QCORE_DISABLE_PLUGINS`` (deny-list of distribution names) choose which third-party distributions load.
-  The built-in plugins (distribution ``qcore``) always load.
+  The built-in plugins (distribution ``qcore``) always load.  ``PluginManager(third_party=False)`` loads the
+  built-ins only (the isolated registry of ``qcore.testing``).
+
+The plugin author's guide, docs/plugins.md, documents these rules.
 """
 from __future__ import annotations
 
