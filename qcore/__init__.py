@@ -19,3 +19,12 @@ __all__ = [
     "QModel", "load_tensors", "quantize_model", "load_quantized",
     "QcoreError", "SchemeNotFound", "FormatError", "PluginError", "InputError",
 ]
+
+
+def __getattr__(name):
+    # ``qcore.testing`` (the conformance kit) works after a plain ``import qcore``, without loading it up front
+    if name == "testing":
+        import importlib
+
+        return importlib.import_module(".testing", __name__)
+    raise AttributeError(f"module 'qcore' has no attribute {name!r}")

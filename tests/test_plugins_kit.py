@@ -291,3 +291,9 @@ def test_pytest_helpers_in_a_fresh_session(tmp_path):
     assert "not below the signal power" in out
     assert "test_conformance[author-bad-check_class_contract] PASSED" in out or "passed" in out.splitlines()[-1]
     assert "failed" in out.splitlines()[-1] and " passed" in out.splitlines()[-1]
+
+
+def test_kit_reachable_as_qcore_testing_after_import_qcore():
+    code = "import sys, qcore; assert 'qcore.testing' not in sys.modules; print(qcore.testing.check_quantizer.__name__)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout.strip() == "check_quantizer", res.stderr
