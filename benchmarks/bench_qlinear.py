@@ -12,6 +12,9 @@ GOP/s counts 2*M*N*K operations.
 * torch: ``torch.ao.quantization.quantize_dynamic`` on ``nn.Linear`` (fbgemm engine): float in, float out.
 * onnxruntime: a one-node ``MatMulInteger`` model (uint8 A with zero point, int8 B as initializer) -> int32.
 * numpy: float32 ``x @ W.T`` (OpenBLAS; run with OPENBLAS_CORETYPE unset, see the command above).
+
+Before each sample the script pauses ``--gap-ms``: OpenBLAS and onnxruntime worker threads keep spinning for
+up to ~0.1 s after a call, and on 2 cores they would slow whichever contender runs next.
 """
 from __future__ import annotations
 
@@ -29,6 +32,9 @@ def parse():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=15, help="interleaved timing samples per implementation")
     p.add_argument("--sample-ms", type=float, default=20.0, help="approximate length of one timing sample")
+    p.add_argument("--gap-ms", type=float, default=200.0,
+                   help="idle pause before each sample, so the previous contender's spinning worker threads "
+                        "(OpenBLAS, onnxruntime, OpenMP) have gone to sleep")
     p.add_argument("--shapes", default=None, help="e.g. 128x384x1536,1x4096x4096 (MxKxN)")
     p.add_argument("--isa", default=None, help="qcore GEMM path (avx512vnni, avx2, portable)")
     return p.parse_args()
@@ -78,6 +84,7 @@ def main():
         print(f"onnxruntime {ort.__version__}")
     print()
 
+    print(f"load average at start: {os.getloadavg()[0]:.2f}")
     rng = np.random.default_rng(0)
     rows = []
     with threadpool_limits(limits=args.threads, user_api="blas"):
@@ -141,6 +148,7 @@ def main():
             for _ in range(args.repeats):
                 for name, f in impls.items():
                     c = counts[name]
+                    time.sleep(args.gap_ms / 1000)
                     t0 = time.perf_counter()
                     for _ in range(c):
                         f()
@@ -149,7 +157,9 @@ def main():
             med = {name: statistics.median(s) for name, s in samples.items()}
             print(f"M x K x N = {m} x {k} x {n}")
             for name, t in med.items():
-                print(f"  {name:28s} {t * 1e6:10.1f} us  {ops_count / t / 1e9:8.1f} GOP/s")
+                best = min(samples[name])
+                print(f"  {name:28s} {t * 1e6:10.1f} us  {ops_count / t / 1e9:8.1f} GOP/s   "
+                      f"(best sample {ops_count / best / 1e9:7.1f} GOP/s)")
             ql = med["qcore qlinear"]
             ratios = []
             for other in ("torch fbgemm", "onnxruntime MatMulInteger", "numpy float32"):
@@ -161,6 +171,7 @@ def main():
             print()
             rows.append(((m, k, n), med))
 
+    print(f"load average at end: {os.getloadavg()[0]:.2f} (a busy machine makes every 2-thread figure unreliable)")
     print("summary (GOP/s; ratio = other's time / qcore qlinear's time):")
     names = list(rows[0][1])
     print("| M x K x N | " + " | ".join(names) + " | vs fbgemm | vs numpy |")

@@ -50,7 +50,7 @@ cdef extern from "gemm_kernels.h" nogil:
     void qc_pack_b(int isa, const uint8_t *b, int64_t N, int64_t K, int64_t ldb, uint8_t flip,
                    int64_t Kp, int64_t p0, int64_t p1, void *out, int32_t *colsum)
     void qc_gemm_unit(const qc_gemm_args *g, int64_t u)
-    void qc_quant_row(int isa, const float *x, int64_t K, int64_t Kp, uint8_t *q, float *scale, int32_t *zp,
+    int qc_quant_row(int isa, const float *x, int64_t K, int64_t Kp, uint8_t *q, float *scale, int32_t *zp,
                       int32_t *rowsum)
     void qc_copy_row_u8(const uint8_t *a, int64_t K, int64_t Kp, uint8_t flip, uint8_t *q, int32_t *rowsum)
     int32_t qc_row_sum_u8(const uint8_t *a, int64_t K)
@@ -284,7 +284,8 @@ def gemm_s32(a, PackedB pb, za, zb, out):
 def qlinear_f32(x, PackedB pb, sw, zb, bias, out):
     """out[M, N] = float32 GEMM of dynamically quantized rows of ``x`` with the packed weights.
 
-    ``x``: C-contiguous finite float32 (M, K); each row is quantized to asymmetric uint8 with its own scale and
+    Returns -1, or the index of the first row of ``x`` holding NaN/Inf (then ``out`` is not written).
+    ``x``: C-contiguous float32 (M, K); each row is quantized to asymmetric uint8 with its own scale and
     zero point.  ``sw``: float32 (np_,) weight scales; ``zb``: int32 (np_,) weight zero points in the packed
     int8 domain or None; ``bias``: float32 (np_,) or None; ``out``: C-contiguous float32 (M, N).
     """
@@ -301,22 +302,30 @@ def qlinear_f32(x, PackedB pb, sw, zb, bias, out):
         raise ValueError("qlinear_f32: parameter arrays of the wrong length")
     cdef float[:, ::1] ov = out
     if M == 0:
-        return out
+        return -1
     cdef uint8_t[:, ::1] qa = np.empty((M, Kp), np.uint8)
     cdef float[::1] sa = np.empty(M, np.float32)
     cdef int32_t[::1] za = np.empty(M, np.int32)
     cdef int32_t[::1] rs = np.empty(M, np.int32)
     cdef int32_t[::1] rr = np.empty(M, np.int32)
+    cdef uint8_t[::1] bad = np.empty(M, np.uint8)
     cdef qc_gemm_args g
-    cdef int64_t i
+    cdef int64_t i, first_bad = -1
     cdef int code = pb.isa_code
     cdef int nt = _threads_for(M, N, K)
     cdef cnp.ndarray bdata = pb.data
     cdef const void *bptr = cnp.PyArray_DATA(bdata)
     with nogil:
         for i in prange(M, schedule="static", num_threads=nt if M * K >= 32768 else 1):
-            qc_quant_row(code, &xv[i, 0], K, Kp, &qa[i, 0], &sa[i], &za[i], &rs[i])
+            bad[i] = qc_quant_row(code, &xv[i, 0], K, Kp, &qa[i, 0], &sa[i], &za[i], &rs[i])
             rr[i] = <int32_t>(<uint32_t>rs[i] - <uint32_t>K * <uint32_t>za[i])
+        for i in range(M):
+            if bad[i]:
+                first_bad = i
+                break
+    if first_bad >= 0:
+        return first_bad
+    with nogil:
         g.isa = code
         g.A = &qa[0, 0]
         g.lda = Kp
@@ -334,7 +343,7 @@ def qlinear_f32(x, PackedB pb, sw, zb, bias, out):
         g.e.sw = &swv[0]
         g.e.bias = &bv[0] if bias is not None else NULL
         _run(&g, nt)
-    return out
+    return -1
 
 
 def quantize_rows(x):

@@ -367,7 +367,7 @@ static void qc_gemm_unit(const qc_gemm_args *g, int64_t u)
  *   lo = min(0, min x), hi = max(0, max x), scale = (hi - lo) / 255 (1 if hi == lo, at least 1e-30),
  *   inv = 1/scale, zp = clamp(rint(-lo * inv), 0, 255), q = clamp(rint(x * inv) + zp, 0, 255),
  * rint rounding half to even (the 1.5*2^23 trick, exact here since |x*inv| <= 256).  Writes q[0..Kp)
- * (zeros after K), and returns scale, zp and sum(q).  x must be finite (checked by the caller). */
+ * (zeros after K), and returns scale, zp and sum(q); the return value flags NaN/Inf in the row. */
 static inline void qc_row_params(float lo, float hi, float *scale, int32_t *zp, float *inv)
 {
     float s = (hi > lo) ? (float)(((double)hi - (double)lo) / 255.0) : 1.0f;
@@ -382,14 +382,15 @@ static inline void qc_row_params(float lo, float hi, float *scale, int32_t *zp, 
 }
 
 #define QC_QUANT_ROW_GENERIC(NAME, ATTR)                                                                    \
-    ATTR static void NAME(const float *x, int64_t K, int64_t Kp, uint8_t *q, float *scale, int32_t *zp,     \
-                          int32_t *rowsum)                                                                 \
+    ATTR static int NAME(const float *x, int64_t K, int64_t Kp, uint8_t *q, float *scale, int32_t *zp,      \
+                         int32_t *rowsum)                                                                  \
     {                                                                                                      \
-        float lo = 0.f, hi = 0.f;                                                                          \
+        float lo = 0.f, hi = 0.f, nf = 0.f;                                                                \
         for (int64_t k = 0; k < K; k++) {                                                                  \
             float v = x[k];                                                                                \
             lo = v < lo ? v : lo;                                                                          \
             hi = v > hi ? v : hi;                                                                          \
+            nf += v - v; /* 0 for finite v, NaN for NaN/Inf */                                             \
         }                                                                                                  \
         float inv; int32_t z;                                                                              \
         qc_row_params(lo, hi, scale, &z, &inv);                                                            \
@@ -405,28 +406,32 @@ static inline void qc_row_params(float lo, float hi, float *scale, int32_t *zp, 
         }                                                                                                  \
         for (int64_t k = K; k < Kp; k++) q[k] = 0;                                                         \
         *rowsum = s;                                                                                       \
+        return nf != nf;                                                                                   \
     }
 
 QC_QUANT_ROW_GENERIC(qc_quant_row_portable, )
 #if QC_X86
 QC_QUANT_ROW_GENERIC(qc_quant_row_avx2, QC_AVX2_T)
 
-QC_VNNI_T static void qc_quant_row_vnni(const float *x, int64_t K, int64_t Kp, uint8_t *q, float *scale, int32_t *zp,
-                                        int32_t *rowsum)
+QC_VNNI_T static int qc_quant_row_vnni(const float *x, int64_t K, int64_t Kp, uint8_t *q, float *scale, int32_t *zp,
+                                       int32_t *rowsum)
 {
-    __m512 vlo = _mm512_setzero_ps(), vhi = _mm512_setzero_ps();
+    __m512 vlo = _mm512_setzero_ps(), vhi = _mm512_setzero_ps(), vnf = _mm512_setzero_ps();
     int64_t k = 0;
     for (; k + 16 <= K; k += 16) {
         __m512 v = _mm512_loadu_ps(x + k);
         vlo = _mm512_min_ps(vlo, v);
         vhi = _mm512_max_ps(vhi, v);
+        vnf = _mm512_add_ps(vnf, _mm512_sub_ps(v, v)); /* 0 for finite, NaN for NaN/Inf */
     }
     if (k < K) {
         __mmask16 m = (__mmask16)((1u << (K - k)) - 1u);
         __m512 v = _mm512_maskz_loadu_ps(m, x + k);
         vlo = _mm512_min_ps(vlo, v);
         vhi = _mm512_max_ps(vhi, v);
+        vnf = _mm512_add_ps(vnf, _mm512_sub_ps(v, v));
     }
+    int bad = _mm512_cmp_ps_mask(vnf, vnf, _CMP_UNORD_Q) != 0;
     float lo = _mm512_reduce_min_ps(vlo), hi = _mm512_reduce_max_ps(vhi);
     float inv; int32_t z;
     qc_row_params(lo, hi, scale, &z, &inv);
@@ -448,17 +453,19 @@ QC_VNNI_T static void qc_quant_row_vnni(const float *x, int64_t K, int64_t Kp, u
         _mm_mask_storeu_epi8(q + k, ms, _mm512_cvtepi32_epi8(c));
     }
     *rowsum = _mm512_reduce_add_epi32(vs);
+    return bad;
 }
 #endif
 
-static void qc_quant_row(int isa, const float *x, int64_t K, int64_t Kp, uint8_t *q, float *scale, int32_t *zp,
-                         int32_t *rowsum)
+/* returns 1 if the row holds NaN or Inf (its outputs are then meaningless but in range) */
+static int qc_quant_row(int isa, const float *x, int64_t K, int64_t Kp, uint8_t *q, float *scale, int32_t *zp,
+                        int32_t *rowsum)
 {
 #if QC_X86
-    if (isa == QC_ISA_VNNI) { qc_quant_row_vnni(x, K, Kp, q, scale, zp, rowsum); return; }
-    if (isa == QC_ISA_AVX2) { qc_quant_row_avx2(x, K, Kp, q, scale, zp, rowsum); return; }
+    if (isa == QC_ISA_VNNI) return qc_quant_row_vnni(x, K, Kp, q, scale, zp, rowsum);
+    if (isa == QC_ISA_AVX2) return qc_quant_row_avx2(x, K, Kp, q, scale, zp, rowsum);
 #endif
-    qc_quant_row_portable(x, K, Kp, q, scale, zp, rowsum);
+    return qc_quant_row_portable(x, K, Kp, q, scale, zp, rowsum);
 }
 
 /* Copy a uint8/int8 row to the padded uint8 layout (flip = 0x80 turns int8 into uint8 = int8 + 128) and sum it. */

@@ -233,3 +233,29 @@ def test_bad_input():
     w3 = qcore.quantize(rng.standard_normal((2, 3, 4)).astype(np.float32), "linear")
     with pytest.raises(ValueError, match="2-D"):
         ops.qlinear(x, w3)
+
+
+@pytest.mark.parametrize("kind", ["sym8-channel", "aff8-tensor"])
+def test_non_finite_detected_in_every_position(isa, kind):
+    rng = np.random.default_rng(10)
+    k = 37  # not a multiple of 16: the masked tail is checked too
+    w = qcore.quantize(rng.standard_normal((9, k)).astype(np.float32), "linear", **WEIGHTS[kind])
+    x = rng.standard_normal((70, k)).astype(np.float32)
+    for row, col in [(0, 0), (69, k - 1), (33, 16), (5, 35)]:
+        for bad in (np.nan, np.inf, -np.inf):
+            xb = x.copy()
+            xb[row, col] = bad
+            with pytest.raises(qcore.InputError, match="NaN or Inf"):
+                ops.qlinear(xb, w)
+            with pytest.raises(qcore.InputError):
+                ops.qlinear(xb.astype(np.float64), w)
+    np.testing.assert_array_equal(ops.qlinear(x, w), ops.qlinear(x.copy(), w))  # clean input still fine
+
+
+def test_non_finite_detected_on_float_path():
+    rng = np.random.default_rng(11)
+    w = qcore.quantize(rng.standard_normal((4, 32)).astype(np.float32), "linear", bits=4, granularity="group", group_size=16)
+    x = rng.standard_normal((3, 32)).astype(np.float32)
+    x[2, 5] = np.nan
+    with pytest.raises(qcore.InputError):
+        ops.qlinear(x, w)

@@ -16,7 +16,7 @@ import weakref
 import numpy as np
 
 from ..errors import InputError
-from ..validation import as_float32
+from ..validation import as_float32, check_all_finite
 
 _INT32_MAX = (1 << 31) - 1
 _CACHE_KEY = "qcore.ops.qlinear"
@@ -253,7 +253,8 @@ def qlinear(x, w, bias=None) -> np.ndarray:
     if len(w.shape) != 2:
         raise ValueError(f"w must be 2-D (N, K) like a torch Linear weight, got shape {w.shape}")
     n, k = w.shape
-    x = as_float32(x, "x")
+    # NaN/Inf are detected inside the kernel's quantization pass (no extra pass over x); see below
+    x = as_float32(x, "x", check_finite=False)
     if x.ndim == 0:
         raise ValueError(f"x must have shape (..., {k}), got a 0-d array")
     if x.shape[-1] != k:
@@ -272,6 +273,7 @@ def qlinear(x, w, bias=None) -> np.ndarray:
             out += bias
         return out.reshape(*lead, n)
     if plan.mode == "float":
+        check_all_finite(x2, "x")
         out = x2 @ plan.wf.T
         if bias is not None:
             out += bias
@@ -281,5 +283,7 @@ def qlinear(x, w, bias=None) -> np.ndarray:
         bias_p = np.zeros(plan.packed.np_, np.float32)
         bias_p[:n] = bias
     out = np.empty((m, n), np.float32)
-    _ext().qlinear_f32(x2, plan.packed, plan.sw, plan.zb, bias_p, out)
+    if _ext().qlinear_f32(x2, plan.packed, plan.sw, plan.zb, bias_p, out) >= 0:
+        check_all_finite(x2, "x")  # raises InputError naming the count
+        raise InputError("x contains NaN or Inf values; qcore refuses non-finite input")  # pragma: no cover
     return out.reshape(*lead, n)
