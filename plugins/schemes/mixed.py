@@ -76,7 +76,7 @@ def sumsq(d: np.ndarray, chunk: int = 1 << 16) -> float:
     total = 0.0
     for i in range(0, flat.size, chunk):
         c = flat[i : i + chunk].astype(np.float64)
-        total += float(np.dot(c, c))
+        total += float(np.einsum("i,i->", c, c))  # not np.dot: BLAS threading on small vectors is slow
     return total
 
 
@@ -93,7 +93,7 @@ def output_error(x: np.ndarray, d: np.ndarray, sensitivity=1.0, calibration=None
             e = X @ d.T
         else:
             raise ValueError(f"calibration inputs of width {X.shape[1]} fit neither axis of weight shape {d.shape}")
-        err = float(np.vdot(e.astype(np.float64).ravel(), e.astype(np.float64).ravel()))
+        err = sumsq(e)
     else:
         if np.ndim(sensitivity) == 0:
             err = sumsq(d)
@@ -188,6 +188,8 @@ class MixedQuantizer(qcore.Quantizer):
     """
 
     name = "mixed"
+    #: a planner, not an encoding: quantize() returns the chosen candidate's QTensor (its scheme, its signedness)
+    planner = True
     signed = True
     bits_range = (1, 8)
     options = {"budget_bits": 4.5, "target_sqnr": None, "candidates": None, "axis": 0,
