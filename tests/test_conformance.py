@@ -15,12 +15,7 @@ from qcore.testing import parametrize_with_checks
 NOT_PER_TENSOR = {"mixed"}
 
 #: Known failures, each with the reason (reported as xfail, so they stay visible until fixed).
-KNOWN_FAILURES: dict[str, dict[str, str]] = {
-    "log": {
-        "check_zero_dim_input": "Quantizer.param_shape indexes x.shape[-1] before layout() refuses a 0-d array "
-                                "for granularity='group' (IndexError instead of ValueError)",
-    },
-}
+KNOWN_FAILURES: dict[str, dict[str, str]] = {}
 
 
 def _builtin_classes():

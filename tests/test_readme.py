@@ -31,7 +31,7 @@ def test_plugin_example_registers_and_quantizes():
     name = m.register(plugin, name="readme-sign")
     try:
         x = np.array([1.0, -3.0, 2.0], np.float32)
-        qt = qcore.quantize(x, "sign", bits=1)
+        qt = qcore.quantize(x, "sign")
         np.testing.assert_allclose(qt.dequantize(), [2.0, -2.0, 2.0])
     finally:
         m.unregister(name)

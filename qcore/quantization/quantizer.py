@@ -47,8 +47,10 @@ class Quantizer:
     #: so the base class can skip its own extra pass over the data (built-in schemes).
     self_checking: ClassVar[bool] = False
 
-    def __init__(self, bits: int = 8, observer: str | None = None, kernel=None, **options):
+    def __init__(self, bits: int | None = None, observer: str | None = None, kernel=None, **options):
         lo, hi = self.bits_range
+        if bits is None:  # 8 bits, or the nearest width the scheme supports
+            bits = min(max(8, lo), hi)
         self.bits = check_int(bits, "bits", lo, hi)
         unknown = set(options) - set(self.options)
         if unknown:
@@ -116,6 +118,8 @@ class Quantizer:
             return (1,)
         if g == "channel":
             return (x.shape[normalize_axis(self.config.get("axis", 0), x.ndim)],)
+        if x.ndim == 0:
+            raise ValueError("granularity='group' needs an array of at least one dimension")
         gs = self.config["group_size"]
         return tuple(x.shape[:-1]) + (x.shape[-1] // gs,)
 
