@@ -51,13 +51,15 @@ def main(argv=None):
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
-    from qcore.model.bench import write_synthetic
-
     mib = 2**20
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "model.safetensors")
-        n = write_synthetic(src, int(args.params))
+        # written by a subprocess: on Linux a child's ru_maxrss starts at its parent's RSS at fork time, so the
+        # parent must stay small for the children's peak-RSS figures to mean anything
+        n = int(subprocess.run([sys.executable, "-c", "import sys; from qcore.model.bench import write_synthetic; "
+                                "print(write_synthetic(sys.argv[1], int(float(sys.argv[2]))))", src, str(args.params)],
+                               capture_output=True, text=True, check=True).stdout.split()[-1])
         size = os.path.getsize(src)
         print(f"synthetic model: {n / 1e6:.1f}M weights in 2-d tensors, file {size / mib:.1f} MiB; "
               f"{os.cpu_count()} CPUs; qcore schemes: {', '.join(__import__('qcore').list_schemes())}")
