@@ -373,3 +373,27 @@ def test_third_party_scheme_is_recorded_and_needed(tmp_path):
         mgr.unregister(reg)
     with pytest.raises(qcore.SchemeNotFound, match="qcore-fancy-test"):
         qcore.load_quantized(tmp_path / "f.safetensors")
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("signed", [False, True])
+def test_packing_matches_the_reference_reader_of_docs_format(bits, signed):
+    """The numpy reader given in docs/format.md §3 decodes what qcore writes."""
+    rng = np.random.default_rng(bits)
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    n = 1000 + bits
+    codes = rng.integers(lo, hi + 1, n).astype(np.int8 if signed else np.uint8)
+    packed = qcore.get_kernel().pack(codes, bits)
+    assert packed.size == (n * bits + 7) // 8
+    bitpos = np.arange(n)[:, None] * bits + np.arange(bits)
+    stream = np.unpackbits(packed, bitorder="little")
+    got = (stream[bitpos].astype(np.int64) << np.arange(bits)).sum(axis=1)
+    if signed:
+        got = np.where(got >= 1 << (bits - 1), got - (1 << bits), got)
+    assert np.array_equal(got, codes.astype(np.int64))
+
+
+def test_worked_packing_examples_of_docs_format():
+    k = qcore.get_kernel()
+    assert k.pack(np.array([1, 2, 15], np.uint8), 4).tolist() == [0x21, 0x0F]
+    assert k.pack(np.array([-1, 2, 0, -4], np.int8), 3).tolist() == [0x17, 0x08]
