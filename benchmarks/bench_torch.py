@@ -67,6 +67,7 @@ def main(argv=None) -> int:
     qq = qtorch.quantize_dynamic(fp32)
     t_qcore_q = time.perf_counter() - t0
 
+    load0 = os.getloadavg()[0]
     x = torch.randn(1, args.tokens, H)
     models = {"fp32 torch": fp32, "torch int8 (ao dynamic)": tq, "qcore int8": qq}
     with torch.inference_mode():
@@ -94,6 +95,8 @@ def main(argv=None) -> int:
         isa = qcore.ops.gemm_isa()
     except Exception:  # noqa: BLE001 - informational only
         pass
+    print(f"load average {load0:.2f} at start, {os.getloadavg()[0]:.2f} now (above ~0.5 other work "
+          f"shares the {os.cpu_count()} cores: compare the 'best' columns)")
     print(f"qcore {qcore.__version__}, torch {torch.__version__} (quantized engine {torch.backends.quantized.engine}), "
           f"qcore GEMM path {isa or '?'}, {args.threads} thread(s)")
     print(f"{args.blocks} blocks x 6 Linear = {n_linear} layers (hidden {H}, intermediate {I}), {args.tokens} tokens; "

@@ -139,6 +139,18 @@ def test_assigning_a_new_weight_clears_the_caches():
         q.weight = lin.weight.detach()
 
 
+def test_caches_made_under_inference_mode_work_with_autograd_later():
+    model = mlp()
+    x = torch.randn(2, 64, requires_grad=True)
+    for m in (qtorch.quantize_dynamic(model, bits=4), qtorch.quantize_dynamic(model),
+              qtorch.prepare_qat(model, bits=4).eval().requires_grad_(False)):
+        with torch.inference_mode():
+            m(torch.randn(2, 64))
+        m(x).sum().backward()
+        assert x.grad is not None and torch.isfinite(x.grad).all()
+        x.grad = None
+
+
 def test_repr_shows_scheme_and_bits():
     r = repr(qtorch.quantize_dynamic(mlp()))
     assert "QLinear(in_features=64, out_features=48" in r and "scheme='linear'" in r and "bits=8" in r

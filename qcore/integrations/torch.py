@@ -202,7 +202,8 @@ class _QWeightModule(nn.Module):
         key = (str(device), dtype)
         w = self._dequant_cache.get(key)
         if w is None:
-            w = torch.from_numpy(np.ascontiguousarray(self.weight.dequantize())).to(device=device, dtype=dtype)
+            with torch.inference_mode(False):  # a normal tensor: usable later in autograd-tracked calls
+                w = torch.from_numpy(np.ascontiguousarray(self.weight.dequantize())).to(device=device, dtype=dtype)
             self._dequant_cache[key] = w
         return w
 
@@ -437,7 +438,8 @@ class _QATMixin:
         key = (w.data_ptr(), w._version, w.device, w.dtype, tuple(w.shape))
         if not torch.is_grad_enabled() or not w.requires_grad:
             if self._fq_key != key:  # eval: reuse while the weight is unchanged
-                self._fq_value = _FakeQuantFn.apply(w.detach(), self._fake_quant_numpy)
+                with torch.inference_mode(False):  # not an inference tensor: reusable with autograd on
+                    self._fq_value = _FakeQuantFn.apply(w.detach(), self._fake_quant_numpy)
                 self._fq_key = key
             return self._fq_value
         return _FakeQuantFn.apply(w, self._fake_quant_numpy)
