@@ -8,7 +8,8 @@ Work timed for every contender (fresh observer each repeat): observe two batches
 * torch: ``HistogramObserver()`` forward on both batches, then ``calculate_qparams()``;
 * onnxruntime (optional): ``HistogramCollector`` ``collect`` on both batches, ``compute_collection_result()``.
 
-Repeats are interleaved (A B C A B C ...) and the median is reported; ratios are torch time / qcore time.
+Repeats are interleaved (A B C A B C ...) and the median is reported; ratios are torch time / qcore time, for
+wall-clock time and for CPU time (all threads; steadier when other processes share the machine).
 The squared error of each range on the data is printed too.
 
     OMP_NUM_THREADS=2 python benchmarks/bench_calibration.py [--repeats 5] [--threads 2] [--no-ort]
@@ -114,13 +115,15 @@ def main(argv=None):
             print("onnxruntime not installed: no onnxruntime comparison")
 
     times = {k: [] for k in contenders}
+    cpu = {k: [] for k in contenders}
     for r in range(args.repeats):
         for name, fn in contenders.items():
             if r > 0 and name.startswith("onnxruntime") and sum(times[name]) > 20:
                 continue  # slow: a couple of runs are enough
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             out = fn()
             times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
             results[name] = out
 
     import statistics
@@ -132,11 +135,14 @@ def main(argv=None):
           f"threads={args.threads} (OMP_NUM_THREADS, torch.set_num_threads); OpenMP runtimes: "
           f"{', '.join(i.get('internal_api', '?') for i in omp) or 'none'}; median of {args.repeats} interleaved repeats")
     base = statistics.median(times["torch HistogramObserver"]) if "torch HistogramObserver" in times else None
-    print(f"{'contender':32s} {'median ms':>10s} {'vs torch':>9s} {'MSE on data':>12s}")
+    cbase = statistics.median(cpu["torch HistogramObserver"]) if base else None
+    print(f"load average at the end: {os.getloadavg()[0]:.2f} (anything above ~0.3 means other processes shared the cores)")
+    print(f"{'contender':32s} {'median ms':>10s} {'vs torch':>9s} {'CPU ms':>8s} {'vs torch':>9s} {'MSE on data':>12s}")
     for name in contenders:
-        med = statistics.median(times[name])
+        med, cmed = statistics.median(times[name]), statistics.median(cpu[name])
         ratio = f"{base / med:8.1f}x" if base else "       -"
-        print(f"{name:32s} {med * 1e3:10.1f} {ratio} {sq_err(*results[name]):12.5g}")
+        cratio = f"{cbase / cmed:8.1f}x" if base else "       -"
+        print(f"{name:32s} {med * 1e3:10.1f} {ratio} {cmed * 1e3:8.1f} {cratio} {sq_err(*results[name]):12.5g}")
     return 0
 
 
