@@ -25,16 +25,57 @@
 #define HIST_REDUCE_ATTR
 #endif
 
-static HIST_REDUCE_ATTR void hist_minmax_block(const float *x, int64_t n, float *lo, float *hi)
+/* min/max of a contiguous run folded into lo/hi, and a NaN/Inf flag (integer bit test), in blocks of 4096 so
+ * the two loops share L1; compiled twice (baseline and AVX2), the copy is chosen at run time */
+#define HIST_MINMAX_BODY                                                             \
+    int bad = 0;                                                                     \
+    float l = *lo, h = *hi;                                                          \
+    const int64_t B = 4096;                                                          \
+    for (int64_t s = 0; s < n; s += B) {                                             \
+        int64_t m = n - s < B ? n - s : B;                                           \
+        const float *xs = x + s;                                                     \
+        const uint32_t *u = (const uint32_t *)xs;                                    \
+        uint32_t b = 0;                                                              \
+        for (int64_t i = 0; i < m; i++)                                              \
+            b |= ((u[i] & 0x7f800000u) == 0x7f800000u);                              \
+        for (int64_t i = 0; i < m; i++) {                                            \
+            float v = xs[i];                                                         \
+            l = v < l ? v : l;                                                       \
+            h = v > h ? v : h;                                                       \
+        }                                                                            \
+        bad |= (int)b;                                                               \
+    }                                                                                \
+    *lo = l;                                                                         \
+    *hi = h;                                                                         \
+    return bad;
+
+static HIST_REDUCE_ATTR int hist_minmax_generic(const float *x, int64_t n, float *lo, float *hi)
 {
-    float l = *lo, h = *hi;
-    for (int64_t i = 0; i < n; i++) {
-        float v = x[i];
-        l = v < l ? v : l;
-        h = v > h ? v : h;
+    HIST_MINMAX_BODY
+}
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define HIST_HAVE_AVX2 1
+static HIST_REDUCE_ATTR __attribute__((target("avx2"))) int hist_minmax_avx2(const float *x, int64_t n,
+                                                                             float *lo, float *hi)
+{
+    HIST_MINMAX_BODY
+}
+#endif
+
+/* minmax of a contiguous run, folded into lo/hi; returns nonzero on NaN/Inf */
+static int hist_minmax_run(const float *x, int64_t n, float *lo, float *hi)
+{
+    static int (*fn)(const float *, int64_t, float *, float *) = 0;
+    if (!fn) {  /* benign race: every thread stores the same pointer */
+#ifdef HIST_HAVE_AVX2
+        __builtin_cpu_init();
+        fn = __builtin_cpu_supports("avx2") ? hist_minmax_avx2 : hist_minmax_generic;
+#else
+        fn = hist_minmax_generic;
+#endif
     }
-    *lo = l;
-    *hi = h;
+    return fn(x, n, lo, hi);
 }
 
 /* nonzero if any of the n floats is NaN or +-Inf (exponent bits all ones) */
@@ -45,19 +86,6 @@ static int hist_nonfinite_block(const float *x, int64_t n)
     for (int64_t i = 0; i < n; i++)
         bad |= ((u[i] & 0x7f800000u) == 0x7f800000u);
     return (int)bad;
-}
-
-/* minmax of a contiguous run, folded into lo/hi; returns nonzero on NaN/Inf */
-static int hist_minmax_run(const float *x, int64_t n, float *lo, float *hi)
-{
-    int bad = 0;
-    const int64_t B = 4096;
-    for (int64_t s = 0; s < n; s += B) {
-        int64_t m = n - s < B ? n - s : B;
-        bad |= hist_nonfinite_block(x + s, m);
-        hist_minmax_block(x + s, m, lo, hi);
-    }
-    return bad;
 }
 
 /* elementwise min/max of a (C, inner) block into per-channel lo/hi (C); returns nonzero on NaN/Inf */
@@ -166,8 +194,7 @@ static HIST_REDUCE_ATTR int hist_index_generic(const float *x, int m, float lo, 
     HIST_INDEX_BODY
 }
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define HIST_HAVE_AVX2 1
+#ifdef HIST_HAVE_AVX2
 static HIST_REDUCE_ATTR __attribute__((target("avx2"))) int hist_index_avx2(
     const float *x, int m, float lo, float inv_w, int32_t nb1, int32_t *idx, float *mn, float *mx)
 {
