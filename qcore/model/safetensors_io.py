@@ -129,7 +129,7 @@ def read_header(path: str | os.PathLike) -> Header:
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
             raise FormatError(f"{where}: tensor {name!r}: entry must have exactly dtype, shape and data_offsets")
         dtype, shape, offs = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if dtype not in DTYPES:
+        if not isinstance(dtype, str) or dtype not in DTYPES:
             raise FormatError(f"{where}: tensor {name!r}: unknown dtype {dtype!r}")
         if not isinstance(shape, list) or len(shape) > MAX_NDIM or not all(_is_int(s) and s >= 0 for s in shape):
             raise FormatError(f"{where}: tensor {name!r}: shape must be a list of at most {MAX_NDIM} non-negative integers, got {shape!r}")
