@@ -64,6 +64,14 @@ class Kernel:
         if zp.dtype.kind not in "iu" and not (zp.dtype.kind == "f" and np.all(zp == np.round(zp))):
             raise TypeError("zero_point must hold integers")
         zp = np.ascontiguousarray(zp.astype(np.int32).reshape(-1))
+        if x3.size == 0:  # nothing to compute: check the counts without broadcasting (channels may be huge)
+            if scale.size not in (1, channels) or zp.size not in (1, channels):
+                raise ValueError(
+                    f"scale and zero_point must have one value per channel ({channels}), got {scale.size} and {zp.size}"
+                )
+            if not (np.isfinite(scale).all() and (scale > 0).all()):
+                raise ValueError("scale must be finite and > 0")
+            return scale, zp
         if scale.size == 1 and channels != 1:
             scale = np.full(channels, scale[0], np.float32)
         if zp.size == 1 and channels != 1:
