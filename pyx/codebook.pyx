@@ -172,6 +172,8 @@ def lut_decode(const uint8_t[:, :, ::1] q, const float[:, ::1] table, float[:, :
     cdef Py_ssize_t R = O * C, k, clen, t, r, s, e, c
     if R == 0 or n == 0:
         return
+    if table.shape[0] != C or table.shape[1] != 256 or out.shape[0] != O or out.shape[1] != C or out.shape[2] != n:
+        raise ValueError("lut_decode: table must be (C, 256) and out shaped like q")
     _split(R, n, &k, &clen)
     cdef int nt = _threads(R * n)
     cdef const uint8_t *qp = &q[0, 0, 0]

@@ -188,6 +188,8 @@ class LogQuantizer(qcore.Quantizer):
         view, axis = self.layout(codes)
         q3 = channels_3d(view, axis)
         scale = np.asarray(params["scale"], np.float32).reshape(-1)
+        if scale.size != q3.shape[1]:  # the table below has one row per scale; the kernel indexes it per channel
+            raise ValueError(f"scale has {scale.size} values, expected {q3.shape[1]}")
         mag = self._magnitudes(scale)  # (C, L+1)
         code = np.arange(256).astype(np.uint8).view(np.int8).astype(np.int32)  # table index u -> int8 code
         m = np.minimum(np.abs(code), self.levels)
