@@ -31,6 +31,8 @@ def main(argv=None) -> int:
     ap.add_argument("--intermediate", type=int, default=1536)
     ap.add_argument("--repeats", type=int, default=30, help="interleaved rounds")
     ap.add_argument("--inner", type=int, default=5, help="forward passes per timing")
+    ap.add_argument("--no-per-layer", dest="per_layer", action="store_false",
+                    help="skip the per-layer table (one Linear of each shape, and qcore.ops.qlinear alone)")
     args = ap.parse_args(argv)
 
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # before the kernels' OpenMP runtime starts
@@ -111,6 +113,36 @@ def main(argv=None) -> int:
     print(f"qcore int8 vs fp32 torch: {r_fp32:.2f}x (target >= 1.3x)   "
           f"vs torch int8: {r_torch:.2f}x (target >= 0.9x)   [medians; best-of ratios: "
           f"{best['fp32 torch'] / best['qcore int8']:.2f}x, {best['torch int8 (ao dynamic)'] / best['qcore int8']:.2f}x]")
+    if args.per_layer:
+        print()
+        print("per layer (one Linear, same input), median / best µs per call, interleaved:")
+        print(f"{'shape M x K x N':18s} {'fp32':>15s} {'torch int8':>15s} {'qcore int8':>15s} {'qcore/ops':>15s} "
+              f"{'vs torch':>8s}")
+        ops = qcore.ops
+        for k, n in ((H, H), (H, I), (I, H)):
+            lin = nn.Linear(k, n).eval()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                tl = torch.ao.quantization.quantize_dynamic(nn.Sequential(lin), {nn.Linear}, dtype=torch.qint8)[0]
+            ql = qtorch.QLinear.from_float(lin)
+            xx = torch.randn(args.tokens, k)
+            xn, bn = xx.numpy(), lin.bias.detach().numpy()
+            fns = {"fp32": lambda: lin(xx), "torch": lambda: tl(xx), "qcore": lambda: ql(xx),
+                   "ops": lambda: ops.qlinear(xn, ql.weight, bn)}
+            ts = {name: [] for name in fns}
+            with torch.inference_mode():
+                for f in fns.values():
+                    f()
+                for _ in range(args.repeats * 4):
+                    for name, f in fns.items():
+                        t = time.perf_counter()
+                        for _ in range(10):
+                            f()
+                        ts[name].append((time.perf_counter() - t) / 10 * 1e6)
+            md = {name: float(np.median(v)) for name, v in ts.items()}
+            bs = {name: float(np.min(v)) for name, v in ts.items()}
+            cells = " ".join(f"{md[nm]:7.1f}/{bs[nm]:<7.1f}" for nm in ("fp32", "torch", "qcore", "ops"))
+            print(f"{args.tokens:>4d} x {k:>4d} x {n:>4d}   {cells} {md['torch'] / md['qcore']:7.2f}x")
     return 0
 
 

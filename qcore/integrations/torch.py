@@ -291,6 +291,9 @@ def _kernel_supported(qt: QTensor) -> bool:
     return qt.scheme == "linear" and qt.bits == 8
 
 
+_OPS: list = []  # qcore.ops once imported (looked up by attribute at each call, so it can be patched in tests)
+
+
 def _ops():
     try:
         from qcore import ops
@@ -299,6 +302,7 @@ def _ops():
             "QLinear with an int8 linear weight runs qcore.ops.qlinear, which this qcore build does not provide "
             f"({exc}); quantize with another scheme or bit width for weight-only quantization"
         ) from exc
+    _OPS[:] = [ops]
     return ops
 
 
@@ -345,21 +349,39 @@ class QLinear(_QWeightModule):
         """True when the forward runs ``qcore.ops.qlinear`` (8-bit linear weight)."""
         return _kernel_supported(self.weight)
 
+    def _set_weight(self, qt: QTensor) -> None:
+        super()._set_weight(qt)
+        self.__dict__["_use_kernel"] = _kernel_supported(qt)
+
+    def _bias_numpy(self):
+        """The bias as float32 numpy (a view of the buffer when it is CPU float32), refreshed when it changes."""
+        b = self.bias
+        if b is None:
+            return None
+        cached = self.__dict__.get("_bias_np")
+        if cached is None or cached[0] is not b or cached[1] != b._version:
+            cached = (b, b._version, _numpy_view(b))
+            self.__dict__["_bias_np"] = cached
+        return cached[2]
+
     def _kernel_forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = _numpy_view(x)  # no copy for contiguous CPU float32 input
-        lead = a.shape[:-1]
-        bias = None if self.bias is None else self.bias.detach().numpy()
-        out = _ops().qlinear(a.reshape(-1, self.in_features), self.weight, bias)
-        return _to_torch(np.asarray(out).reshape(lead + (self.out_features,)), x)
+        fast = (x.dtype is torch.float32 and not x.requires_grad and x.is_contiguous() and x.device.type == "cpu"
+                and not x.is_conj() and not x.is_neg())
+        a = x.numpy() if fast else _numpy_view(x)  # no copy for contiguous CPU float32 input
+        ops = _OPS[0] if _OPS else _ops()
+        out = ops.qlinear(a.reshape(-1, self.in_features), self.weight, self._bias_numpy())
+        y = torch.from_numpy(out.reshape(a.shape[:-1] + (self.out_features,)))
+        return y if fast else y.to(device=x.device, dtype=x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1:] != (self.in_features,):
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"QLinear expects input of shape (..., {self.in_features}), got {tuple(x.shape)}")
-        x = self._apply_input_quantizer(x)
-        if not self.uses_kernel:
+        if self.input_quantizer is not None:
+            x = self.input_quantizer(x)
+        if not self._use_kernel:
             b = None if self.bias is None else self.bias.to(device=x.device, dtype=x.dtype)
             return F.linear(x, self.dequantized_weight(x.device, x.dtype), b)
-        if torch.is_grad_enabled() and x.requires_grad:
+        if x.requires_grad and torch.is_grad_enabled():
             return _QLinearKernelFn.apply(x, self)
         return self._kernel_forward(x)
 
