@@ -19,7 +19,7 @@ from ..errors import FormatError, SchemeNotFound
 from ..kernels.base import packed_size
 from ..tensor import QTensor
 from .qmodel import QModel
-from .safetensors_io import MAX_NDIM, Entry, Header, read_header, read_tensor, st_dtype, write_safetensors
+from .safetensors_io import MAX_NDIM, Entry, Header, read_header, read_tensor, shape_fits, st_dtype, write_safetensors
 
 FORMAT_NAME = "qcore.quantized-model"
 FORMAT_VERSION = 1
@@ -185,6 +185,8 @@ def parse_description(header: Header) -> list[dict[str, Any]]:
             if (not isinstance(shape, list) or len(shape) > MAX_NDIM
                     or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)):
                 raise bad(f"{what}: shape must be a list of non-negative integers, got {shape!r}")
+            if not shape_fits(shape, 4):  # decodes to float32
+                raise bad(f"{what}: shape {shape} is too large for any array")
             if not isinstance(d.get("dtype", "float32"), str):
                 raise bad(f"{what}: dtype must be a string")
             opts = d.get("options")

@@ -88,6 +88,15 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def shape_fits(shape, itemsize: int) -> bool:
+    """True if numpy can hold an array of ``shape`` (zero-length axes included): the product of the non-zero
+    dimensions times ``itemsize`` must fit a signed 64-bit integer, as numpy checks even for empty arrays."""
+    n = itemsize
+    for s in shape:
+        n *= max(s, 1)
+    return n < 2**63
+
+
 def read_header(path: str | os.PathLike) -> Header:
     """Parse and validate the header of ``path``; raises :class:`FormatError` on anything malformed."""
     path = os.fspath(path)
@@ -133,6 +142,8 @@ def read_header(path: str | os.PathLike) -> Header:
             raise FormatError(f"{where}: tensor {name!r}: unknown dtype {dtype!r}")
         if not isinstance(shape, list) or len(shape) > MAX_NDIM or not all(_is_int(s) and s >= 0 for s in shape):
             raise FormatError(f"{where}: tensor {name!r}: shape must be a list of at most {MAX_NDIM} non-negative integers, got {shape!r}")
+        if not shape_fits(shape, DTYPES[dtype].itemsize):
+            raise FormatError(f"{where}: tensor {name!r}: shape {shape} is too large for any array")
         if not (isinstance(offs, list) and len(offs) == 2 and all(_is_int(o) for o in offs)):
             raise FormatError(f"{where}: tensor {name!r}: data_offsets must be two integers, got {offs!r}")
         b, e = offs
