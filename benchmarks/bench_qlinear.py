@@ -14,7 +14,8 @@ GOP/s counts 2*M*N*K operations.
 * numpy: float32 ``x @ W.T`` (OpenBLAS; run with OPENBLAS_CORETYPE unset, see the command above).
 
 The machine this was written on is shared: other jobs come and go. A sample during which other processes used
-more than ~0.1 CPU (from /proc/stat minus this process's own CPU time) is marked noisy, and the medians are taken
+more than ~0.1-0.2 CPU (from /proc/stat minus this process's own CPU time; 10 ms clock ticks, hence
+100 ms samples) is marked noisy, and the medians are taken
 over the quiet samples when every contender has at least 3 (otherwise over all samples, and the header says so).
 
 Before each sample the script pauses ``--gap-ms``: OpenBLAS and onnxruntime worker threads keep spinning for
@@ -53,7 +54,7 @@ def parse():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=15, help="interleaved timing samples per implementation")
-    p.add_argument("--sample-ms", type=float, default=20.0, help="approximate length of one timing sample")
+    p.add_argument("--sample-ms", type=float, default=100.0, help="approximate length of one timing sample")
     p.add_argument("--gap-ms", type=float, default=200.0,
                    help="idle pause before each sample, so the previous contender's spinning worker threads "
                         "(OpenBLAS, onnxruntime, OpenMP) have gone to sleep")
@@ -179,7 +180,7 @@ def main():
                     dt = time.perf_counter() - t0
                     other = (_busy_jiffies() - b0) - (_own_jiffies() - u0)  # CPU used by other processes
                     samples[name].append(dt / c)
-                    if other is not None and other <= max(2, 0.1 * dt * _HZ):
+                    if other <= max(2, 0.1 * dt * _HZ):
                         quiet[name].append(dt / c)
             ops_count = 2.0 * m * n * k
             nq = min(len(v) for v in quiet.values())
