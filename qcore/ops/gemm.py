@@ -64,15 +64,20 @@ def _int_matrix(x, name: str) -> np.ndarray:
     return np.ascontiguousarray(x)  # Fortran-order and strided views are copied
 
 
-def _zero_points(z, n: int, dtype: np.dtype, name: str) -> np.ndarray:
-    """``z`` (scalar or shape (n,)) as int64 (n,), each within the range of ``dtype``."""
-    info = np.iinfo(dtype)
+_RANGE = {np.dtype(np.uint8): (0, 255), np.dtype(np.int8): (-128, 127)}
+
+
+def _zero_points(z, n: int, dtype: np.dtype, name: str):
+    """``z`` as a Python int (scalar) or an int64 array (n,), each within the range of ``dtype``."""
+    lo, hi = _RANGE[np.dtype(dtype)]
     if np.ndim(z) == 0:
         try:
             v = operator.index(z)
         except TypeError:
             raise TypeError(f"{name} must be an integer or a 1-D integer array, got {z!r}") from None
-        arr = np.full(n, v, np.int64)
+        if not lo <= v <= hi:
+            raise ValueError(f"{name} must lie in [{lo}, {hi}] (the range of {np.dtype(dtype).name})")
+        return v
     else:
         arr = np.asarray(z)
         if arr.dtype.kind not in "iu":
@@ -80,17 +85,19 @@ def _zero_points(z, n: int, dtype: np.dtype, name: str) -> np.ndarray:
         if arr.shape != (n,):
             raise ValueError(f"{name} must be a scalar or have shape ({n},), got shape {arr.shape}")
         arr = arr.astype(np.int64)
-    if arr.size and (arr.min() < info.min or arr.max() > info.max):
-        raise ValueError(f"{name} must lie in [{info.min}, {info.max}] (the range of {np.dtype(dtype).name})")
+    if arr.size and (arr.min() < lo or arr.max() > hi):
+        raise ValueError(f"{name} must lie in [{lo}, {hi}] (the range of {np.dtype(dtype).name})")
     return arr
 
 
-def _max_dev(z: np.ndarray, dtype) -> int:
-    """max |v - z| over v in the dtype range and z in the zero points."""
-    info = np.iinfo(dtype)
+def _max_dev(z, dtype) -> int:
+    """max |v - z| over v in the dtype range and z in the zero points (a scalar or an array)."""
+    lo, hi = _RANGE[np.dtype(dtype)]
+    if isinstance(z, int):
+        return max(hi - z, z - lo)
     if z.size == 0:
         return 0
-    return int(max(info.max - z.min(), z.max() - info.min))
+    return int(max(hi - z.min(), z.max() - lo))
 
 
 def pack_weights(b: np.ndarray):
@@ -144,12 +151,13 @@ def qgemm(a, b, a_zero_point=0, b_zero_point=0) -> np.ndarray:
     # shift into the kernel's domains: uint8 activations, int8 weights
     za_u = za + (128 if a.dtype == np.int8 else 0)
     zb_s = zb - (128 if packed.flipped else 0)
+    za_arr = np.full(m, za_u, np.int32) if isinstance(za_u, int) else za_u.astype(np.int32)
     zb_arr = None
     if np.any(zb_s):
         zb_arr = np.zeros(packed.np_, np.int32)
         zb_arr[:n] = zb_s
     out = np.empty((m, n), np.int32)
-    g.gemm_s32(a, packed, za_u.astype(np.int32), zb_arr, out)
+    g.gemm_s32(a, packed, za_arr, zb_arr, out)
     return out
 
 
