@@ -7,7 +7,7 @@
  *   QC_ISA_VNNI      AVX-512F/BW/VL + AVX-512 VNNI: vpdpbusd (u8 x s8 -> s32, exact, no saturation)
  *   QC_ISA_AVX2      AVX2: operands widened to int16, vpmaddwd (exact; vpmaddubsw is never used, so no
  *                    int16 saturation can happen)
- *   QC_ISA_PORTABLE  plain C, same packed layout as VNNI
+ *   QC_ISA_PORTABLE  plain C on a k-major panel layout (vectorizable by the compiler at any ISA)
  *
  * The micro-kernels accumulate raw sum_k a'*b' in int32 (wrapping arithmetic, exact whenever the final result
  * fits in int32, which the Python layer guarantees).  The epilogue applies the gemmlowp zero-point
@@ -73,7 +73,8 @@ static int qc_isa_bpe(int isa) { return isa == QC_ISA_AVX2 ? 2 : 1; }
 /* Pack b (N x K, row stride ldb, bytes xor'ed with `flip`: 0 for int8 input, 0x80 to turn uint8 into
  * int8 = uint8 - 128) into panels for `isa`, and write column sums of the packed (int8) values to colsum.
  * out holds ceil(N/NR) panels of Kp*NR elements (int8, or int16 for AVX2); columns >= N and k >= K are 0.
- *   byte layout (VNNI, portable): panel p, k-group g = k/4: out[((p*Kp/4 + g)*NR + j)*4 + k%4]
+ *   byte layout (VNNI):           panel p, k-group g = k/4: out[((p*Kp/4 + g)*NR + j)*4 + k%4]
+ *   k-major layout (portable):    panel p:                  out[(p*Kp + k)*NR + j]
  *   int16 layout (AVX2):          panel p, k-pair  h = k/2: out[((p*Kp/2 + h)*NR + j)*2 + k%2]
  * Panels are independent: the caller may run it for a range [p0, p1) of panels in parallel. */
 static void qc_pack_b(int isa, const uint8_t *b, int64_t N, int64_t K, int64_t ldb, uint8_t flip,
@@ -100,6 +101,13 @@ static void qc_pack_b(int isa, const uint8_t *b, int64_t N, int64_t K, int64_t l
                     int8_t v = (int8_t)(row[k] ^ flip);
                     s += v;
                     o[((k >> 1) * NR + j) * 2 + (k & 1)] = v;
+                }
+            } else if (isa == QC_ISA_PORTABLE) {
+                int8_t *o = (int8_t *)out + p * Kp * NR;
+                for (int64_t k = 0; k < K; k++) {
+                    int8_t v = (int8_t)(row[k] ^ flip);
+                    s += v;
+                    o[k * NR + j] = v;
                 }
             } else {
                 int8_t *o = (int8_t *)out + p * Kp * NR;
@@ -163,13 +171,14 @@ static void qc_ukr_portable(int64_t kg, const uint8_t *A, int64_t lda, const int
     const uint8_t *ap[QC_P_MR];
     for (int r = 0; r < QC_P_MR; r++) ap[r] = A + (r < mr ? r : mr - 1) * lda;
     memset(acc, 0, sizeof(acc));
-    for (int64_t g = 0; g < kg; g++) {
-        const int8_t *bg = B + g * QC_P_NR * 4;
+    /* k-major panel: NR int8 weights per k.  u8 * s8 always fits in int16 (|.| <= 32640), which lets the
+     * compiler vectorize the column loop at baseline ISA (SSE2 pmullw + widening adds) */
+    for (int64_t k = 0; k < 4 * kg; k++) {
+        const int8_t *bk = B + k * QC_P_NR;
         for (int r = 0; r < QC_P_MR; r++) {
-            const uint8_t *a = ap[r] + 4 * g;
-            int32_t a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
+            int16_t a = (int16_t)ap[r][k];
             for (int j = 0; j < QC_P_NR; j++)
-                acc[r][j] += a0 * bg[4 * j] + a1 * bg[4 * j + 1] + a2 * bg[4 * j + 2] + a3 * bg[4 * j + 3];
+                acc[r][j] += (int16_t)(a * (int16_t)bk[j]);
         }
     }
     for (int r = 0; r < mr; r++) {
