@@ -310,6 +310,8 @@ def count_flat(const float[::1] x, double lo, double width, double[:, ::1] hist,
     cdef float mn, mx
     cdef int bad = 0
     cdef bint add
+    # ranges near float32's limit: (v - lo) in float32 could overflow, so count in float64 there
+    cdef bint wide = not (-1e37 < lo < 1e37 and -1e37 < lo + nb * width < 1e37)
     t = 0
     with nogil:
         with parallel(num_threads=nt):
@@ -319,7 +321,12 @@ def count_flat(const float[::1] x, double lo, double width, double[:, ::1] hist,
                 b = min(n, a + per)
                 cmn[ch] = px[a]
                 cmx[ch] = px[a]
-                cbad[ch] = hist_count_fused(px + a, b - a, flo, finv, nb, part + t * 4 * nb, cmn + ch, cmx + ch)
+                if wide:  # float32 (v - lo) could overflow: scalar float64 bins, separate min/max pass
+                    cbad[ch] = hist_minmax_run(px + a, b - a, cmn + ch, cmx + ch)
+                    if not cbad[ch]:
+                        hist_count_run4(px + a, b - a, lo, 1.0 / width, nb, part + t * 4 * nb)
+                else:
+                    cbad[ch] = hist_count_fused(px + a, b - a, flo, finv, nb, part + t * 4 * nb, cmn + ch, cmx + ch)
                 hist_flush4(part + t * 4 * nb, nb, dpart + t * nb)
         mn = cmn[0]
         mx = cmx[0]

@@ -203,6 +203,20 @@ def test_cython_minmax_flags_nonfinite():
             assert not _hist.minmax(x3)[2]
 
 
+@pytest.mark.parametrize("name", HIST_OBSERVERS)
+def test_values_near_float32_limits(name):
+    big = np.float32(3e38)
+    x = np.array([-big, 0.0, 1.0, big, big / 2], np.float32)
+    obs = qcore.get_observer(name)
+    obs.update(x)
+    obs.update(x[::-1].copy())
+    nb = obs.hist.shape[1]
+    assert obs.hist.sum() == 10 and obs.hist[0, 0] == 2 and obs.hist[0, -1] == 2
+    assert obs.hist[0, nb // 2 - 1 : nb // 2 + 1].sum() == 4  # 0 and 1 sit at the middle edge
+    lo, hi = obs.range(8, False)
+    assert np.isfinite(lo).all() and np.isfinite(hi).all() and -big <= lo[0] <= 0 <= hi[0] <= big
+
+
 def test_same_range_again_does_not_regrow():
     x = np.random.default_rng(15).laplace(size=100_000).astype(np.float32)
     obs = qcore.get_observer("mse")
