@@ -69,6 +69,7 @@ def scheme_grid(lo, hi, bits, symmetric):
 
 
 class HistogramObserverBase(qcore.Observer):
+    self_checking = True  # _hist.count_flat / _hist.minmax report NaN/Inf in their own pass
     """Base of the observers that keep a streaming histogram per channel (option ``bins``)."""
 
     options = {"bins": 2048}

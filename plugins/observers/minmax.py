@@ -8,6 +8,7 @@ import qcore
 
 class MinMaxObserver(qcore.Observer):
     name = "minmax"
+    self_checking = True  # kernel.minmax raises InputError on NaN/Inf
     options = {}
 
     def reset(self):

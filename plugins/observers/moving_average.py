@@ -16,6 +16,7 @@ from ._histogram import check_number
 
 class MovingAverageObserver(qcore.Observer):
     name = "moving_average"
+    self_checking = True  # kernel.minmax raises InputError on NaN/Inf
     options = {"averaging_constant": 0.01}
 
     def __init__(self, axis=None, kernel=None, **options):

@@ -22,6 +22,9 @@ class Observer:
     name: ClassVar[str] = ""
     #: option name -> default value; anything else passed to the constructor is an error
     options: ClassVar[dict[str, Any]] = {}
+    #: True when ``_update`` itself raises :class:`qcore.InputError` on NaN/Inf (inside its own pass over the
+    #: data), so ``update`` skips a separate check pass (built-in observers)
+    self_checking: ClassVar[bool] = False
 
     def __init__(self, axis: int | None = None, kernel=None, **options):
         unknown = set(options) - set(self.options)
@@ -51,7 +54,7 @@ class Observer:
         from ..errors import InputError
         from ..validation import normalize_axis
 
-        x = as_float32(x, "batch", check_finite=False)
+        x = as_float32(x, "batch", check_finite=not self.self_checking)
         if self.axis is not None:
             ax = normalize_axis(self.axis, x.ndim)
             channels = x.shape[ax]

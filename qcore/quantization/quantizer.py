@@ -131,7 +131,7 @@ class Quantizer:
 
     def observe(self, batch) -> "Quantizer":
         """Feed a calibration batch to the observer (any number of times; memory stays bounded)."""
-        x = as_float32(batch, "batch")
+        x = as_float32(batch, "batch", check_finite=False)  # the observer checks NaN/Inf (Observer.update)
         view, axis = self.layout(x)
         if self.observer is None:
             from ..api import get_observer
