@@ -3,7 +3,8 @@
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OMP_NUM_THREADS=2 python benchmarks/bench_qlinear.py
 
 Every implementation runs on 2 threads (override with --threads) on the same data; repeats are interleaved
-(one timing sample of each implementation in turn) and the median of the samples is reported.
+(one timing sample of each implementation in turn, the order rotating from round to round) and the median of
+the samples is reported.
 GOP/s counts 2*M*N*K operations.
 
 * qcore qlinear: float32 in, float32 out (dynamic per-row uint8 activations, int8 per-channel weights
@@ -169,8 +170,11 @@ def main():
                 counts[name] = max(1, int(args.sample_ms / 1000 / per))
             samples = {name: [] for name in impls}
             quiet = {name: [] for name in impls}
-            for _ in range(args.repeats):
-                for name, f in impls.items():
+            names = list(impls)
+            for rep in range(args.repeats):
+                # rotate the order, so no contender always runs right after the same other one
+                for name in names[rep % len(names):] + names[:rep % len(names)]:
+                    f = impls[name]
                     c = counts[name]
                     time.sleep(args.gap_ms / 1000)
                     b0, u0 = _busy_jiffies(), _own_jiffies()
