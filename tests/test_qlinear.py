@@ -259,3 +259,18 @@ def test_non_finite_detected_on_float_path():
     x[2, 5] = np.nan
     with pytest.raises(qcore.InputError):
         ops.qlinear(x, w)
+
+
+def test_non_finite_detected_on_large_input(isa):
+    # large enough for the fused parallel path (rows quantized inside the GEMM's parallel region)
+    rng = np.random.default_rng(12)
+    w = qcore.quantize(rng.standard_normal((64, 600)).astype(np.float32), "linear", **WEIGHTS["sym8-channel"])
+    x = rng.standard_normal((300, 600)).astype(np.float32)
+    y = ops.qlinear(x, w)
+    r, _, _ = exact_ref(x, w, None)
+    np.testing.assert_allclose(y, r, rtol=2e-5, atol=2e-5 * np.abs(r).max())
+    for row in (0, 150, 299):
+        xb = x.copy()
+        xb[row, 599] = np.inf
+        with pytest.raises(qcore.InputError):
+            ops.qlinear(xb, w)
