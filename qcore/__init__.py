@@ -22,9 +22,14 @@ __all__ = [
 
 
 def __getattr__(name):
-    # ``qcore.testing`` (the conformance kit) works after a plain ``import qcore``, without loading it up front
-    if name == "testing":
+    # ``qcore.ops`` (int8 compute) and ``qcore.testing`` (the conformance kit) work after a plain
+    # ``import qcore`` without being loaded up front (ops loads the GEMM extension)
+    if name in ("ops", "testing"):
         import importlib
 
-        return importlib.import_module(".testing", __name__)
+        return importlib.import_module("." + name, __name__)
     raise AttributeError(f"module 'qcore' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | {"ops", "testing"})
