@@ -254,6 +254,34 @@ QC_DEFINE_VARIANT(avx2, __attribute__((target("avx2"))))
 QC_DEFINE_VARIANT(avx512, __attribute__((target("avx2,avx512f,avx512bw,avx512vl"))))
 #endif
 
+#if QC_X86_DISPATCH
+/* Long dequantize runs with non-temporal stores: the float output (4x the input) bypasses the cache and
+ * skips the read-for-ownership of every output line, which is most of the memory traffic.  Same
+ * arithmetic as the scalar body ((float)(q - zp) * scale), so results are identical bit for bit. */
+#include <immintrin.h>
+#define QC_NT_MIN 65536 /* below this the output may still be wanted in cache */
+#define QC_DEQ_RUN_NT(NAME, T, CVT)                                                                      \
+    __attribute__((target("avx2,avx512f,avx512bw,avx512vl"))) static void NAME(                       \
+        const T *q, float *o, ptrdiff_t n, int32_t z, float s)                                          \
+    {                                                                                                   \
+        if (n < QC_NT_MIN || ((uintptr_t)o & 3)) { qc_deq_run_##T##_body(q, o, n, z, s); return; }    \
+        ptrdiff_t head = (ptrdiff_t)(((64 - ((uintptr_t)o & 63)) & 63) / 4), i;                         \
+        qc_deq_run_##T##_body(q, o, head, z, s);                                                        \
+        const __m512i vz = _mm512_set1_epi32(z);                                                        \
+        const __m512 vs = _mm512_set1_ps(s);                                                            \
+        for (i = head; i + 16 <= n; i += 16) {                                                          \
+            __m512i v = CVT(_mm_loadu_si128((const __m128i *)(q + i)));                                 \
+            _mm512_stream_ps(o + i, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(v, vz)), vs));   \
+        }                                                                                               \
+        qc_deq_run_##T##_body(q + i, o + i, n - i, z, s);                                               \
+        _mm_sfence();                                                                                   \
+    }
+#define qc_deq_run_int8_t_body qc_deq_run_s8_body
+#define qc_deq_run_uint8_t_body qc_deq_run_u8_body
+QC_DEQ_RUN_NT(qc_deq_run_s8_avx512_nt, int8_t, _mm512_cvtepi8_epi32)
+QC_DEQ_RUN_NT(qc_deq_run_u8_avx512_nt, uint8_t, _mm512_cvtepu8_epi32)
+#endif
+
 /* the selected variant; written once at import (and by tests through select_isa) */
 static qc_ops_t qc_ops = {qc_quant_run_baseline, qc_quant_vec_baseline, qc_deq_run_s8_baseline,
                           qc_deq_run_u8_baseline, qc_deq_vec_s8_baseline, qc_deq_vec_u8_baseline,
@@ -280,7 +308,12 @@ static int qc_select_isa(int level)
     if (level > top) level = top;
     if (level < 0) level = 0;
 #if QC_X86_DISPATCH
-    if (level == 2) { qc_ops = qc_ops_avx512; return 2; }
+    if (level == 2) {
+        qc_ops = qc_ops_avx512;
+        qc_ops.deq_run_s8 = qc_deq_run_s8_avx512_nt;
+        qc_ops.deq_run_u8 = qc_deq_run_u8_avx512_nt;
+        return 2;
+    }
     if (level == 1) { qc_ops = qc_ops_avx2; return 1; }
 #endif
     qc_ops = qc_ops_baseline;
