@@ -22,9 +22,7 @@ from libc.string cimport memcpy
 import numpy as np
 
 
-cdef extern from "codebook_omp.h" nogil:
-    int cb_omp_max_threads()
-    int cb_have_openmp()
+from qcore_omp cimport qcore_have_openmp, qcore_omp_max_threads
 
 
 cdef Py_ssize_t PAR_MIN = 1 << 15    # below this many elements: one thread
@@ -32,17 +30,17 @@ cdef Py_ssize_t CHUNK = 1 << 14      # elements per task when a run is split
 
 
 def max_threads():
-    return cb_omp_max_threads()
+    return qcore_omp_max_threads()
 
 
 def have_openmp():
-    return bool(cb_have_openmp())
+    return bool(qcore_have_openmp())
 
 
 cdef inline int _threads(Py_ssize_t work) noexcept nogil:
     if work < PAR_MIN:
         return 1
-    cdef int nt = cb_omp_max_threads()
+    cdef int nt = qcore_omp_max_threads()
     return nt if nt > 1 else 1
 
 

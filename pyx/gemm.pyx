@@ -14,6 +14,8 @@ cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint32_t
 
+from qcore_omp cimport qcore_omp_max_threads
+
 cnp.import_array()
 
 cdef extern from "gemm_kernels.h" nogil:
@@ -42,7 +44,6 @@ cdef extern from "gemm_kernels.h" nogil:
         qc_epi e
         int64_t MC, NC, KC
         int64_t units_m, units_n
-    int qc_max_threads()
     int qc_cpu_supports(int isa)
     int qc_isa_nr(int isa)
     int qc_isa_mr(int isa)
@@ -167,7 +168,7 @@ def pack_b(b, isa=None):
     cdef int32_t[::1] cs = colsum
     cdef uint8_t fl = 0x80 if flip else 0
     cdef int64_t p
-    cdef int nt = qc_max_threads() if N * K >= (1 << 20) else 1
+    cdef int nt = qcore_omp_max_threads() if N * K >= (1 << 20) else 1
     with nogil:
         for p in prange(panels, schedule="static", num_threads=nt):
             qc_pack_b(code, &bv[0, 0], N, K, K, fl, Kp, p, p + 1, out, &cs[0])
@@ -204,7 +205,7 @@ cdef void _plan(qc_gemm_args *g, int nthreads) noexcept nogil:
 cdef int _threads_for(int64_t M, int64_t N, int64_t K) noexcept nogil:
     if M * N * K < _PAR_MIN:
         return 1
-    return qc_max_threads()
+    return qcore_omp_max_threads()
 
 
 cdef void _run(qc_gemm_args *g, int nthreads) noexcept nogil:

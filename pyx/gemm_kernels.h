@@ -32,12 +32,6 @@
 #define QC_X86 0
 #endif
 
-#ifdef _OPENMP
-#include <omp.h>
-static int qc_max_threads(void) { return omp_get_max_threads(); }
-#else
-static int qc_max_threads(void) { return 1; }
-#endif
 
 enum { QC_ISA_PORTABLE = 0, QC_ISA_AVX2 = 1, QC_ISA_VNNI = 2 };
 

@@ -14,8 +14,10 @@ from libc.stdlib cimport calloc, malloc, free
 
 cnp.import_array()
 
+from qcore_omp cimport qcore_omp_max_threads
+
+
 cdef extern from "hist_kernels.h" nogil:
-    int HIST_MAX_THREADS()
     int hist_minmax_run(const float *x, int64_t n, float *lo, float *hi)
     int hist_minmax_cols(const float *x, int64_t C, int64_t inner, float *lo, float *hi)
     void hist_count_run4(const float *x, int64_t n, double lo, double inv_w, int64_t nb, uint32_t *h)
@@ -38,13 +40,13 @@ cdef int64_t CHUNK_MIN = 1 << 17
 
 def max_threads():
     """OpenMP threads a call may use (``OMP_NUM_THREADS``, threadpoolctl limits)."""
-    return HIST_MAX_THREADS()
+    return qcore_omp_max_threads()
 
 
 cdef int _threads(int64_t work) noexcept nogil:
     if work < PARALLEL_MIN:
         return 1
-    cdef int t = HIST_MAX_THREADS()
+    cdef int t = qcore_omp_max_threads()
     return t if t > 0 else 1
 
 

@@ -10,12 +10,6 @@
 #include <stdint.h>
 #include <string.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#define HIST_MAX_THREADS() omp_get_max_threads()
-#else
-#define HIST_MAX_THREADS() 1
-#endif
 
 /* min/max reductions only vectorize when gcc may ignore NaN and signed zeros; NaN/Inf are detected
  * separately with integer bit tests, which those flags cannot remove. */

@@ -24,9 +24,7 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
 
-cdef extern from "quant_omp.h" nogil:
-    int qc_omp_max_threads()
-    int qc_have_openmp()
+from qcore_omp cimport qcore_have_openmp, qcore_omp_max_threads
 
 
 cdef extern from "quant_kernels.h" nogil:
@@ -99,17 +97,17 @@ _init_isa()
 
 def max_threads():
     """Threads a large call uses: ``omp_get_max_threads()`` (honours OMP_NUM_THREADS), 1 without OpenMP."""
-    return qc_omp_max_threads()
+    return qcore_omp_max_threads()
 
 
 def have_openmp():
-    return bool(qc_have_openmp())
+    return bool(qcore_have_openmp())
 
 
 cdef inline int _threads(Py_ssize_t work) noexcept nogil:
     if work < PAR_MIN:
         return 1
-    cdef int nt = qc_omp_max_threads()
+    cdef int nt = qcore_omp_max_threads()
     cdef Py_ssize_t cap = work // CHUNK_MIN
     if nt > cap:
         nt = <int>cap
