@@ -2,7 +2,7 @@
 
 Every ``pyx/NAME.pyx`` becomes the extension module ``qcore_plugins._NAME``.  C helpers included by the
 ``.pyx`` files live beside them in ``pyx/``.  OpenMP is used where the compiler accepts ``-fopenmp``; the
-build still succeeds, serially, where it does not.  We never pass ``-march=native``: instruction sets beyond
+build still succeeds, serially, where it does not.  We never tune for the build machine (no native -march flag): instruction sets beyond
 baseline x86-64 are chosen at run time inside the C helpers (``__attribute__((target(...)))`` + cpuid).
 """
 import glob

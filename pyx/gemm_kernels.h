@@ -3,7 +3,7 @@
  *   A  uint8   M x K, row-major, row stride lda >= Kp, zero-padded from K to Kp = roundup(K, 4)
  *   B  int8    N x K (torch Linear layout), packed once into column panels of NR columns (see docs/gemm.md)
  *
- * Three instruction-set paths, chosen at run time (never -march=native):
+ * Three instruction-set paths, chosen at run time (never a native -march build flag):
  *   QC_ISA_VNNI      AVX-512F/BW/VL + AVX-512 VNNI: vpdpbusd (u8 x s8 -> s32, exact, no saturation)
  *   QC_ISA_AVX2      AVX2: operands widened to int16, vpmaddwd (exact; vpmaddubsw is never used, so no
  *                    int16 saturation can happen)
