@@ -142,15 +142,20 @@ def main():
     q = ck.quantize_affine(x, scale, zp, -128, 127)
     qt = torch.quantize_per_tensor(xt, float(scale), zp, torch.qint8)
     assert np.array_equal(qt.int_repr().numpy(), q)
+    reused = np.empty(n, np.float32)
     t = bench({
         "qcore": lambda: ck.dequantize_affine(q, scale, zp),
         "torch": lambda: qt.dequantize(),
+        # not the same work as the others (no new array): shows what the OS's zeroing of fresh pages costs
+        "qcore out=": lambda: ck.dequantize_affine(q, scale, zp, out=reused),
     }, ARGS.repeats)
     table("dequantize, 16M int8 codes -> float32", [
         ("qcore cython dequantize_affine", t["qcore"], 4 * n, 5 * n),
         ("torch .dequantize()", t["torch"], 4 * n, 5 * n),
+        ("qcore, into a reused array (out=)", t["qcore out="], 4 * n, 5 * n),
     ])
     summary.append(("dequantize vs torch .dequantize()", t["torch"] / t["qcore"], 5.0))
+    summary.append(("dequantize out= (reused array) vs torch", t["torch"] / t["qcore out="], None))
 
     print("\nsummary (ratio, target)")
     for name, r, target in summary:

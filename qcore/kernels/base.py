@@ -113,14 +113,34 @@ class Kernel:
         lo, hi = self.minmax(x, axis)
         return np.maximum(-lo, hi)
 
-    def quantize_affine(self, x, scale, zero_point, qmin: int, qmax: int, axis=None) -> np.ndarray:
-        """Integer codes of ``x`` (same shape), ``int8`` if ``qmin < 0`` else ``uint8``."""
+    @staticmethod
+    def _output(out, shape, dtype, source) -> np.ndarray:
+        """A new array, or ``out`` checked to be a writeable C-contiguous array of that shape and dtype that
+        does not overlap ``source`` (the kernels read and write in parallel)."""
+        if out is None:
+            return np.empty(shape, dtype=dtype)
+        if not isinstance(out, np.ndarray):
+            raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
+        if out.dtype != dtype or out.shape != tuple(shape):
+            raise ValueError(f"out must have dtype {np.dtype(dtype)} and shape {tuple(shape)}, got {out.dtype} {out.shape}")
+        if not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError("out must be C-contiguous and writeable")
+        if np.may_share_memory(out, source):
+            raise ValueError("out must not overlap the input")
+        return out
+
+    def quantize_affine(self, x, scale, zero_point, qmin: int, qmax: int, axis=None, out=None) -> np.ndarray:
+        """Integer codes of ``x`` (same shape), ``int8`` if ``qmin < 0`` else ``uint8``.
+
+        ``out``: an existing array to write the codes into (saves allocating, and the OS zeroing, new memory);
+        if the call raises, its contents are unspecified.
+        """
         x = as_float32(x, check_finite=False)
         qmin, qmax = self._code_range(qmin, qmax)
         ax = self._axis(x, axis)
         x3 = as_3d(x, ax)
         scale, zp = self._params(x3, scale, zero_point)
-        out = np.empty(x.shape, dtype=code_dtype(qmin < 0))
+        out = self._output(out, x.shape, code_dtype(qmin < 0), x)
         if x.size == 0:
             return out
         with np.errstate(over="ignore"):
@@ -132,8 +152,12 @@ class Kernel:
             raise InputError("x contains NaN or Inf values; qcore refuses non-finite input")
         return out
 
-    def dequantize_affine(self, codes, scale, zero_point, axis=None) -> np.ndarray:
-        """float32 values ``(codes - zero_point) * scale`` (same shape as ``codes``)."""
+    def dequantize_affine(self, codes, scale, zero_point, axis=None, out=None) -> np.ndarray:
+        """float32 values ``(codes - zero_point) * scale`` (same shape as ``codes``).
+
+        ``out``: an existing float32 array to write into; for large outputs most of the time of a fresh
+        array is the operating system zeroing its pages.
+        """
         codes = np.asarray(codes)
         if codes.dtype not in (np.int8, np.uint8):
             raise TypeError(f"codes must be int8 or uint8, got {codes.dtype}")
@@ -141,7 +165,7 @@ class Kernel:
         ax = self._axis(codes, axis)
         q3 = as_3d(codes, ax)
         scale, zp = self._params(q3, scale, zero_point)
-        out = np.empty(codes.shape, dtype=np.float32)
+        out = self._output(out, codes.shape, np.float32, codes)
         if codes.size:
             self._dequantize_affine(q3, scale, zp, out.reshape(q3.shape))
         return out
