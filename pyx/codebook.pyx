@@ -22,7 +22,7 @@ from libc.string cimport memcpy
 import numpy as np
 
 
-from qcore_omp cimport qcore_have_openmp, qcore_omp_max_threads
+from qcore_omp cimport qcore_have_openmp, qcore_omp_max_threads, qcore_threads_for
 
 
 cdef Py_ssize_t PAR_MIN = 1 << 15    # below this many elements: one thread
@@ -38,10 +38,7 @@ def have_openmp():
 
 
 cdef inline int _threads(Py_ssize_t work) noexcept nogil:
-    if work < PAR_MIN:
-        return 1
-    cdef int nt = qcore_omp_max_threads()
-    return nt if nt > 1 else 1
+    return qcore_threads_for(work, PAR_MIN, CHUNK)
 
 
 cdef inline uint32_t _fbits(float f) noexcept nogil:

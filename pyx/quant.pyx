@@ -24,7 +24,7 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
 
-from qcore_omp cimport qcore_have_openmp, qcore_omp_max_threads
+from qcore_omp cimport qcore_have_openmp, qcore_omp_max_threads, qcore_threads_for
 
 
 cdef extern from "quant_kernels.h" nogil:
@@ -105,13 +105,7 @@ def have_openmp():
 
 
 cdef inline int _threads(Py_ssize_t work) noexcept nogil:
-    if work < PAR_MIN:
-        return 1
-    cdef int nt = qcore_omp_max_threads()
-    cdef Py_ssize_t cap = work // CHUNK_MIN
-    if nt > cap:
-        nt = <int>cap
-    return nt if nt > 1 else 1
+    return qcore_threads_for(work, PAR_MIN, CHUNK_MIN)
 
 
 cdef inline Py_ssize_t _splits(Py_ssize_t units, Py_ssize_t length, int nt) noexcept nogil:
