@@ -23,7 +23,7 @@ import os
 import re
 import threading
 import warnings
-from typing import Any, Iterable
+from typing import Any
 
 import pluggy
 
@@ -342,6 +342,3 @@ def set_manager(manager: PluginManager | None) -> PluginManager | None:
         previous, _MANAGER = _MANAGER, manager
     return previous
 
-
-def iter_names(kind: str) -> Iterable[str]:
-    return sorted(get_manager().registries()[kind])

@@ -124,19 +124,17 @@ class Quantizer:
         return tuple(x.shape[:-1]) + (x.shape[-1] // gs,)
 
     # -- calibration --------------------------------------------------------------------------------
-    def _new_observer(self):
+    def _make_observer(self, axis: int | None):
         from ..api import get_observer
 
-        return get_observer(self.observer_name, axis=None)
+        return get_observer(self.observer_name, axis=axis, kernel=self.kernel)
 
     def observe(self, batch) -> "Quantizer":
         """Feed a calibration batch to the observer (any number of times; memory stays bounded)."""
         x = as_float32(batch, "batch", check_finite=False)  # the observer checks NaN/Inf (Observer.update)
         view, axis = self.layout(x)
         if self.observer is None:
-            from ..api import get_observer
-
-            self.observer = get_observer(self.observer_name, axis=axis, kernel=self.kernel)
+            self.observer = self._make_observer(axis)
         self.observer.update(view)
         return self
 
@@ -150,9 +148,7 @@ class Quantizer:
         if self.calibrated:
             return self.observer.range(self.bits, symmetric)
         view, axis = self.layout(x)
-        from ..api import get_observer
-
-        obs = get_observer(self.observer_name, axis=axis, kernel=self.kernel)
+        obs = self._make_observer(axis)  # a fresh one: fitting weights must not disturb calibration state
         obs.update(view)
         return obs.range(self.bits, symmetric)
 
