@@ -1,4 +1,18 @@
 import os
 
+import pytest
+
 # Tests must not depend on the thread count of the machine they run on; kernels still run in parallel.
+# (Set before anything loads the OpenMP runtime.)
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import qcore.ops as ops  # noqa: E402
+
+
+@pytest.fixture(params=ops.available_isas())
+def isa(request):
+    """Run a test once on every int8 GEMM path this CPU supports, restoring the default after."""
+    old = ops.gemm_isa()
+    ops.set_gemm_isa(request.param)
+    yield request.param
+    ops.set_gemm_isa(old)

@@ -12,14 +12,6 @@ import qcore.ops as ops
 ISAS = ops.available_isas()
 
 
-@pytest.fixture(params=ISAS)
-def isa(request):
-    old = ops.gemm_isa()
-    ops.set_gemm_isa(request.param)
-    yield request.param
-    ops.set_gemm_isa(old)
-
-
 def ref(a, b, za=0, zb=0):
     za = np.asarray(za, np.int64)
     zb = np.asarray(zb, np.int64)

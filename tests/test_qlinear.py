@@ -11,14 +11,6 @@ from qcore.ops import gemm as gemm_mod
 ISAS = ops.available_isas()
 
 
-@pytest.fixture(params=ISAS)
-def isa(request):
-    old = ops.gemm_isa()
-    ops.set_gemm_isa(request.param)
-    yield request.param
-    ops.set_gemm_isa(old)
-
-
 def quantize_rows_ref(x):
     """The documented activation quantization, in numpy: per row, asymmetric uint8, half-to-even."""
     x = np.asarray(x, np.float32)
