@@ -37,7 +37,12 @@ cdef extern from "quant_kernels.h" nogil:
         void (*deq_vec_u8)(const uint8_t *, float *, Py_ssize_t, const int32_t *, const float *) noexcept nogil
         void (*minmax_run)(const float *, Py_ssize_t, float *, float *) noexcept nogil
         void (*minmax_vec)(const float *, Py_ssize_t, float *, float *) noexcept nogil
+        int (*quant_run_stream)(const float *, uint8_t *, Py_ssize_t, float, float, float, float) noexcept nogil
+        void (*deq_run_s8_stream)(const int8_t *, float *, Py_ssize_t, int32_t, float) noexcept nogil
+        void (*deq_run_u8_stream)(const uint8_t *, float *, Py_ssize_t, int32_t, float) noexcept nogil
     qc_ops_t qc_ops
+    int qc_stream_output(const void *out, size_t out_bytes, size_t in_bytes)
+    int qc_stream_mode
     int qc_cpu_level()
     int qc_select_isa(int level)
     int qc_quant_run_exact(const float *, uint8_t *, Py_ssize_t, float, float, float, float)
@@ -95,6 +100,31 @@ def _init_isa():
 _init_isa()
 
 
+_STREAM_MODES = ("auto", "always", "never")
+
+
+def set_streaming(mode):
+    """Streaming (non-temporal) output stores for long quantize/dequantize runs: ``"auto"`` (default: for
+    passes larger than the cache into memory already mapped in), ``"always"`` or ``"never"``.  Only the
+    AVX-512 variant has them; the results are the same bits either way.  Returns the previous mode.
+
+    Not meant to be called while kernels run in other threads (tests and benchmarks only).
+    """
+    global qc_stream_mode
+    if mode not in _STREAM_MODES:
+        raise ValueError(f"mode must be one of {', '.join(_STREAM_MODES)}, got {mode!r}")
+    previous = _STREAM_MODES[qc_stream_mode]
+    qc_stream_mode = _STREAM_MODES.index(mode)
+    return previous
+
+
+def would_stream(out, Py_ssize_t in_bytes):
+    """Would a pass reading ``in_bytes`` and writing all of the numpy array ``out`` use streaming stores
+    (under the current mode)?  For tests."""
+    cdef size_t addr = out.ctypes.data
+    return bool(qc_stream_output(<const void *> addr, <size_t> out.nbytes, <size_t> in_bytes))
+
+
 def max_threads():
     """Threads a large call uses: ``omp_get_max_threads()`` (honours OMP_NUM_THREADS), 1 without OpenMP."""
     return qcore_omp_max_threads()
@@ -136,6 +166,8 @@ def quantize_runs(const float[:, ::1] x, const float[::1] inv, const float[::1] 
     cdef Py_ssize_t clen = (n + k - 1) // k
     cdef Py_ssize_t t, r, s, e, c
     cdef int bad = 0
+    # streaming stores for passes larger than the cache into memory already mapped (quant_kernels.h)
+    cdef bint stream = qc_stream_output(&out[0, 0], <size_t> (R * n), <size_t> (4 * R * n))
     with nogil:
         for t in prange(R * k, schedule='static', num_threads=nt):
             r = t // k
@@ -147,6 +179,8 @@ def quantize_runs(const float[:, ::1] x, const float[::1] inv, const float[::1] 
                 c = r % C
                 if exact:
                     bad += qc_quant_run_exact(&x[r, s], &out[r, s], e - s, inv[c], zpf[c], lo, hi)
+                elif stream:
+                    bad += qc_ops.quant_run_stream(&x[r, s], &out[r, s], e - s, inv[c], zpf[c], lo, hi)
                 else:
                     bad += qc_ops.quant_run(&x[r, s], &out[r, s], e - s, inv[c], zpf[c], lo, hi)
     return bad == 0
@@ -191,6 +225,7 @@ def dequantize_runs(const uint8_t[:, ::1] q, bint is_signed, const float[::1] sc
     cdef Py_ssize_t k = _splits(R, n, nt)
     cdef Py_ssize_t clen = (n + k - 1) // k
     cdef Py_ssize_t t, r, s, e, c
+    cdef bint stream = qc_stream_output(&out[0, 0], <size_t> (4 * R * n), <size_t> (R * n))
     with nogil:
         for t in prange(R * k, schedule='static', num_threads=nt):
             r = t // k
@@ -200,8 +235,12 @@ def dequantize_runs(const uint8_t[:, ::1] q, bint is_signed, const float[::1] sc
                 e = n
             if e > s:
                 c = r % C
-                if is_signed:
+                if is_signed and stream:
+                    qc_ops.deq_run_s8_stream(<const int8_t *> &q[r, s], &out[r, s], e - s, zp[c], scale[c])
+                elif is_signed:
                     qc_ops.deq_run_s8(<const int8_t *> &q[r, s], &out[r, s], e - s, zp[c], scale[c])
+                elif stream:
+                    qc_ops.deq_run_u8_stream(&q[r, s], &out[r, s], e - s, zp[c], scale[c])
                 else:
                     qc_ops.deq_run_u8(&q[r, s], &out[r, s], e - s, zp[c], scale[c])
 

@@ -105,6 +105,60 @@ def test_extreme_zero_points(shape, axis, isa):
         check_all(x, axis, rng, [(-128, 127), (0, 255)], zp_fn=lambda C: rng.choice(zps, C))
 
 
+@pytest.fixture
+def always_stream():
+    before = _quant.set_streaming("always")
+    yield
+    _quant.set_streaming(before)
+
+
+@pytest.mark.parametrize("shape", [(1,), (63,), (64,), (65,), (3, 130), (1000, 7), (200003,), (3, 70001)])
+@pytest.mark.parametrize("offset", [0, 1, 3])
+def test_streaming_stores_equal_reference(shape, offset, isa, always_stream):
+    """The streaming (non-temporal) runs give the plain runs' bits: unaligned heads, 64-wide bodies, tails,
+    per-thread chunk edges; ``offset`` moves the output off its 64-byte alignment."""
+    rng = np.random.default_rng(offset)
+    x = nasty(shape, rng)
+    n = int(np.prod(shape))
+    for axis in (None, 0):
+        C = 1 if axis is None else shape[0]
+        for qmin, qmax in [(-128, 127), (0, 255), (-8, 7)]:
+            scale = rng.uniform(0.001, 3, C).astype(np.float32)
+            zp = rng.integers(qmin, qmax + 1, C)
+            want = NK.quantize_affine(x, scale, zp, qmin, qmax, axis=axis)
+            qbuf = np.empty(n + offset, want.dtype)[offset:].reshape(shape)
+            assert_same(CK.quantize_affine(x, scale, zp, qmin, qmax, axis=axis, out=qbuf), want)
+            fbuf = np.empty(n + offset, np.float32)[offset:].reshape(shape)
+            got = CK.dequantize_affine(want, scale, zp, axis=axis, out=fbuf)
+            assert_same(got, NK.dequantize_affine(want, scale, zp, axis=axis))
+    bad = x.copy()
+    bad.flat[n // 2] = np.nan
+    with pytest.raises(InputError):
+        CK.quantize_affine(bad, 0.1, 0, -128, 127)
+
+
+def test_streaming_decision():
+    """auto: only passes larger than the cache, and only into memory already mapped in (a fresh page is
+    zeroed into cache by the OS, where plain stores are cheaper)."""
+    before = _quant.set_streaming("auto")
+    try:
+        small = np.zeros(1 << 20, np.float32)
+        assert not _quant.would_stream(small, small.nbytes)
+        big = np.empty(1 << 23, np.float32)  # 32 MiB, not touched yet
+        if sys.platform.startswith("linux"):
+            assert not _quant.would_stream(big, big.nbytes // 4)
+            big.fill(0)
+            assert _quant.would_stream(big, big.nbytes // 4)
+        assert _quant.set_streaming("never") == "auto"
+        assert not _quant.would_stream(big, big.nbytes)
+        assert _quant.set_streaming("always") == "never"
+        assert _quant.would_stream(small, 1)
+        with pytest.raises(ValueError, match="mode must be one of"):
+            _quant.set_streaming("sometimes")
+    finally:
+        _quant.set_streaming(before)
+
+
 def test_ties_round_half_to_even(isa):
     x = (np.arange(-300, 300, dtype=np.float32) + np.float32(0.5))
     for axis in (None, 0):
