@@ -47,3 +47,30 @@ def test_out_is_checked(kernel):
     dst = shared[:96].view(np.float32).reshape(4, 6)
     with pytest.raises(ValueError, match="overlap"):
         k.dequantize_affine(src, 0.1, 0, out=dst)
+
+
+@pytest.mark.parametrize("shape,dtype", [((3, 4), np.float32), ((0,), np.int8), ((1 << 20,), np.float32),
+                                         ((1023, 1031, 5), np.uint8), ((3, 1 << 20), np.int8)])
+def test_new_array_is_an_empty_array_large_ones_on_a_huge_page_boundary(shape, dtype):
+    from qcore.kernels.memory import ALIGN_MIN_BYTES, HUGE_PAGE, new_array
+
+    a = new_array(shape, dtype)
+    assert a.shape == shape and a.dtype == dtype
+    assert a.flags.c_contiguous and a.flags.writeable
+    if a.nbytes >= ALIGN_MIN_BYTES:
+        assert a.ctypes.data % HUGE_PAGE == 0
+        assert a.base is not None and a.base.nbytes == a.nbytes + HUGE_PAGE
+    else:
+        assert a.flags.owndata
+    a.reshape(-1)[-1:] = 7  # all of it is usable
+    assert a.size == 0 or a.reshape(-1)[-1] == 7
+
+
+@pytest.mark.parametrize("kernel", ["numpy", "cython"])
+def test_large_kernel_outputs_start_on_a_huge_page(kernel):
+    k = qcore.get_kernel(kernel)
+    x = np.linspace(-3, 3, 1 << 22, dtype=np.float32)  # 16 MiB in, 4 MiB of codes out
+    codes = k.quantize_affine(x, np.float32(6 / 255), 0, -128, 127)
+    values = k.dequantize_affine(codes, np.float32(6 / 255), 0)
+    assert codes.ctypes.data % (2 << 20) == 0 and values.ctypes.data % (2 << 20) == 0
+    np.testing.assert_allclose(values, x, atol=3 / 255 + 1e-6)

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..validation import as_3d, as_float32, check_int, normalize_axis
+from .memory import new_array
 
 
 def code_dtype(signed: bool) -> np.dtype:
@@ -118,7 +119,7 @@ class Kernel:
         """A new array, or ``out`` checked to be a writeable C-contiguous array of that shape and dtype that
         does not overlap ``source`` (the kernels read and write in parallel)."""
         if out is None:
-            return np.empty(shape, dtype=dtype)
+            return new_array(shape, dtype)
         if not isinstance(out, np.ndarray):
             raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
         if out.dtype != dtype or out.shape != tuple(shape):
