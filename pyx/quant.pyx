@@ -16,7 +16,6 @@ Layouts (the Python side reshapes the ``(outer, C, inner)`` views into one of th
 The inner loops are C helpers in ``quant_kernels.h`` (vectorized at baseline SSE2, with AVX2 and
 AVX-512 copies chosen at import; ``QCORE_ISA=baseline|avx2|avx512`` overrides for tests).
 """
-import os
 
 from cython.parallel cimport prange
 from libc.stdint cimport int8_t, int32_t, uint8_t
@@ -24,6 +23,7 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
 
+from qcore_isa cimport qc_cpu_level, qcore_isa_names, qcore_isa_requested
 from qcore_omp cimport qcore_have_openmp, qcore_omp_max_threads, qcore_threads_for
 
 
@@ -43,7 +43,6 @@ cdef extern from "quant_kernels.h" nogil:
     qc_ops_t qc_ops
     int qc_stream_output(const void *out, size_t out_bytes, size_t in_bytes)
     int qc_stream_mode
-    int qc_cpu_level()
     int qc_select_isa(int level)
     int qc_quant_run_exact(const float *, uint8_t *, Py_ssize_t, float, float, float, float)
     int qc_quant_vec_exact(const float *, uint8_t *, Py_ssize_t, const float *, const float *, float, float)
@@ -62,7 +61,7 @@ cdef Py_ssize_t CHUNK_MIN = 1 << 14
 # a run is never split into pieces shorter than this
 cdef Py_ssize_t SPLIT_MIN = 4096
 
-_ISA_NAMES = ("baseline", "avx2", "avx512")
+_ISA_NAMES = qcore_isa_names()
 
 
 def cpu_isa():
@@ -90,14 +89,7 @@ def current_isa():
     return _ISA_NAMES[_isa_level]
 
 
-def _init_isa():
-    want = os.environ.get("QCORE_ISA", "").strip().lower() or _ISA_NAMES[qc_cpu_level()]
-    if want not in _ISA_NAMES:
-        raise ImportError(f"QCORE_ISA must be one of {', '.join(_ISA_NAMES)}, got {want!r}")
-    select_isa(want)
-
-
-_init_isa()
+select_isa(_ISA_NAMES[qcore_isa_requested()])
 
 
 _STREAM_MODES = ("auto", "always", "never")

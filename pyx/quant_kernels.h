@@ -31,17 +31,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#if defined(__GNUC__)
-#define QC_INLINE static inline __attribute__((always_inline))
-#else
-#define QC_INLINE static inline
-#endif
-
-#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
-#define QC_X86_DISPATCH 1
-#else
-#define QC_X86_DISPATCH 0
-#endif
+#include "qcore_isa.h"
 
 /* ------------------------------------------------------------------------------------------------ */
 /* bodies                                                                                           */
@@ -370,20 +360,6 @@ static qc_ops_t qc_ops = {qc_quant_run_baseline, qc_quant_vec_baseline, qc_deq_r
                           qc_deq_run_u8_baseline, qc_deq_vec_s8_baseline, qc_deq_vec_u8_baseline,
                           qc_minmax_run_baseline, qc_minmax_vec_baseline, qc_quant_run_baseline,
                           qc_deq_run_s8_baseline, qc_deq_run_u8_baseline};
-
-/* 0 = baseline, 1 = avx2, 2 = avx512: the best this CPU supports */
-static int qc_cpu_level(void)
-{
-#if QC_X86_DISPATCH
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl"))
-        return 2;
-    if (__builtin_cpu_supports("avx2"))
-        return 1;
-#endif
-    return 0;
-}
 
 /* select variant ``level`` (clipped to what the CPU supports); returns the level in use */
 static int qc_select_isa(int level)
