@@ -22,7 +22,13 @@ from libc.string cimport memcpy
 import numpy as np
 
 
+from qcore_isa cimport qc_cpu_level, qcore_isa_names, qcore_isa_requested
 from qcore_omp cimport qcore_have_openmp, qcore_omp_max_threads, qcore_threads_for
+
+
+cdef extern from "codebook_kernels.h" nogil:
+    double (*qc_log_sse)(const float *, Py_ssize_t, float, int, uint32_t, float) noexcept nogil
+    int qc_codebook_select_isa(int level)
 
 
 cdef Py_ssize_t PAR_MIN = 1 << 15    # below this many elements: one thread
@@ -35,6 +41,34 @@ def max_threads():
 
 def have_openmp():
     return bool(qcore_have_openmp())
+
+
+# instruction-set variant of the C helpers (codebook_kernels.h), as in ``_quant``
+_ISA_NAMES = qcore_isa_names()
+cdef int _isa_level = 0
+
+
+def cpu_isa():
+    """The best instruction-set variant this CPU supports: 'baseline', 'avx2' or 'avx512'."""
+    return _ISA_NAMES[qc_cpu_level()]
+
+
+def select_isa(name):
+    """Use the ``name`` variant (clipped to what the CPU supports); returns the variant in use.
+    Not meant to be called while kernels run in other threads (tests and benchmarks only)."""
+    global _isa_level
+    if name not in _ISA_NAMES:
+        raise ValueError(f"ISA must be one of {_ISA_NAMES}, got {name!r}")
+    _isa_level = qc_codebook_select_isa(_ISA_NAMES.index(name))
+    return _ISA_NAMES[_isa_level]
+
+
+def current_isa():
+    """The instruction-set variant in use."""
+    return _ISA_NAMES[_isa_level]
+
+
+select_isa(_ISA_NAMES[qcore_isa_requested()])
 
 
 cdef inline int _threads(Py_ssize_t work) noexcept nogil:
@@ -81,19 +115,6 @@ cdef inline int _log_run(const float *x, int8_t *q, Py_ssize_t n, float s, int L
     return bad != 0
 
 
-cdef inline double _log_sse_run(const float *x, Py_ssize_t n, float s, int L, uint32_t T, float zthr,
-                                const float *mag) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef double acc = 0.0, d
-    cdef float v, a
-    for i in range(n):
-        v = x[i]
-        a = fabsf(v)
-        d = <double>a - <double>mag[_log_mag(a / s, L, T, zthr)]
-        acc += d * d
-    return acc
-
-
 cdef inline void _split(Py_ssize_t R, Py_ssize_t n, Py_ssize_t *k, Py_ssize_t *clen) noexcept nogil:
     k[0] = (n + CHUNK - 1) // CHUNK if R * n >= PAR_MIN else 1
     if k[0] < 1:
@@ -126,9 +147,11 @@ def log_encode(const float[:, :, ::1] x, const float[::1] scale, int L, uint32_t
     return bad == 0
 
 
-def log_sse(const float[:, :, ::1] x, const float[::1] scale, int L, uint32_t T, float zthr,
-            const float[:, ::1] mag):
-    """Per-channel sum of squared errors of the log quantizer with ``scale`` (``mag[c, m]``: level m)."""
+def log_sse(const float[:, :, ::1] x, const float[::1] scale, int L, uint32_t T, float zthr):
+    """Per-channel sum of squared errors of the log quantizer with ``scale`` (level m of channel c:
+    ``scale[c] * 2^(m-L)``, 0 for m = 0)."""
+    if not 1 <= L <= 127:  # 2^(m-L) must be a normal float (codebook_kernels.h)
+        raise ValueError(f"L must be in [1, 127], got {L}")
     cdef Py_ssize_t O = x.shape[0], C = x.shape[1], n = x.shape[2]
     cdef Py_ssize_t R = O * C, k, clen, t, r, s, e, c
     sse = np.zeros(C, np.float64)
@@ -148,7 +171,7 @@ def log_sse(const float[:, :, ::1] x, const float[::1] scale, int L, uint32_t T,
                 e = n
             if e > s:
                 c = r % C
-                pv[t] = _log_sse_run(xp + r * n + s, e - s, scale[c], L, T, zthr, &mag[c, 0])
+                pv[t] = qc_log_sse(xp + r * n + s, e - s, scale[c], L, T, zthr)
     return part.reshape(O, C, k).sum(axis=(0, 2))
 
 

@@ -325,8 +325,9 @@ def test_plugin_attributes():
     assert _quant.max_threads() >= 1
 
 
-def test_isa_env_override():
-    code = "from qcore_plugins import _quant; print(_quant.current_isa())"
+@pytest.mark.parametrize("module", ["_quant", "_codebook"])
+def test_isa_env_override(module):
+    code = f"from qcore_plugins import {module} as m; print(m.current_isa())"
     for want in ("baseline", "avx512"):
         env = dict(os.environ, QCORE_ISA=want)
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)

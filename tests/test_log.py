@@ -96,6 +96,37 @@ def test_cython_equals_numpy_reference(opts):
     assert np.array_equal(a.dequantize(), b.dequantize())
 
 
+@pytest.mark.parametrize("bits", [2, 4, 5, 8])
+@pytest.mark.parametrize("rounding", ["nearest", "log2"])
+def test_scale_search_error_equals_numpy_reference_on_every_isa(bits, rounding):
+    """The squared error the ``mse`` scale search minimises: the vectorized C helper (levels built from
+    exponent bits, eight fixed lanes) against the numpy reference (table of levels, numpy sum), for ordinary,
+    tiny (levels underflow to subnormals and zero) and huge scales; every ISA variant gives the same bits."""
+    from qcore_plugins import _codebook
+
+    rng = np.random.default_rng(bits)
+    x3 = (rng.laplace(size=(3, 5, 1001)) * rng.choice([1e-38, 1e-3, 1.0, 1e30], (3, 5, 1))).astype(np.float32)
+    x3[0, 0, :7] = [0.0, -0.0, 1e-45, np.float32(3.4e38), -1e-40, 2.0**-126, 7.0]
+    c = qcore.get_quantizer("log", bits=bits, rounding=rounding, kernel="cython")
+    r = qcore.get_quantizer("log", bits=bits, rounding=rounding, kernel="numpy")
+    before = _codebook.current_isa()
+    try:
+        for scale in (rng.uniform(0.1, 10, 5), np.full(5, 2.0**-100), np.full(5, 1e-30), np.full(5, 3e38)):
+            scale = scale.astype(np.float32)
+            want = r._sse(x3, scale)
+            got = []
+            for isa in ["baseline", "avx2", "avx512"][: ["baseline", "avx2", "avx512"].index(_codebook.cpu_isa()) + 1]:
+                assert _codebook.select_isa(isa) == isa
+                got.append(c._sse(x3, scale))
+            for g in got:
+                assert g.tobytes() == got[0].tobytes()
+            np.testing.assert_allclose(got[0], want, rtol=1e-12, atol=0)
+    finally:
+        _codebook.select_isa(before)
+    with pytest.raises(ValueError, match="L must be in"):
+        _codebook.log_sse(x3, np.ones(5, np.float32), 128, 0, np.float32(0.0))
+
+
 def test_per_channel_scales_and_mse_beats_range():
     rng = np.random.default_rng(4)
     x = (rng.standard_normal((8, 512)) * np.exp2(np.arange(8))[:, None]).astype(np.float32)

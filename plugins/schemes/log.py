@@ -142,9 +142,9 @@ class LogQuantizer(qcore.Quantizer):
 
     def _sse(self, x3, scale):
         scale = np.ascontiguousarray(scale, np.float32)
-        mag = self._magnitudes(scale)
         if self._ext:
-            return _codebook.log_sse(x3, scale, self.levels, self._threshold, self._zero_threshold, mag)
+            return _codebook.log_sse(x3, scale, self.levels, self._threshold, self._zero_threshold)
+        mag = self._magnitudes(scale)
         m = self._np_mag(x3, scale)
         a = np.abs(x3).astype(np.float64)
         d = a - mag[np.arange(mag.shape[0])[None, :, None], m].astype(np.float64)
