@@ -22,7 +22,7 @@ from libc.string cimport memcpy
 import numpy as np
 
 
-from qcore_isa cimport qc_cpu_level, qcore_isa_names, qcore_isa_requested
+from qcore_isa cimport qc_cpu_level, qcore_isa_index, qcore_isa_names, qcore_isa_requested
 from qcore_omp cimport qcore_have_openmp, qcore_omp_max_threads, qcore_threads_for
 
 
@@ -57,9 +57,7 @@ def select_isa(name):
     """Use the ``name`` variant (clipped to what the CPU supports); returns the variant in use.
     Not meant to be called while kernels run in other threads (tests and benchmarks only)."""
     global _isa_level
-    if name not in _ISA_NAMES:
-        raise ValueError(f"ISA must be one of {_ISA_NAMES}, got {name!r}")
-    _isa_level = qc_codebook_select_isa(_ISA_NAMES.index(name))
+    _isa_level = qc_codebook_select_isa(qcore_isa_index(name))
     return _ISA_NAMES[_isa_level]
 
 
@@ -68,7 +66,7 @@ def current_isa():
     return _ISA_NAMES[_isa_level]
 
 
-select_isa(_ISA_NAMES[qcore_isa_requested()])
+_isa_level = qc_codebook_select_isa(qcore_isa_requested())
 
 
 cdef inline int _threads(Py_ssize_t work) noexcept nogil:

@@ -15,3 +15,11 @@ cdef inline int qcore_isa_requested() except -1:
     if want not in names:
         raise ImportError(f"QCORE_ISA must be one of {', '.join(names)}, got {want!r}")
     return names.index(want)
+
+
+cdef inline int qcore_isa_index(name) except -1:
+    """The level of the variant called ``name`` (ValueError for an unknown name)."""
+    names = qcore_isa_names()
+    if name not in names:
+        raise ValueError(f"ISA must be one of {names}, got {name!r}")
+    return names.index(name)

@@ -23,7 +23,7 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
 
-from qcore_isa cimport qc_cpu_level, qcore_isa_names, qcore_isa_requested
+from qcore_isa cimport qc_cpu_level, qcore_isa_index, qcore_isa_names, qcore_isa_requested
 from qcore_omp cimport qcore_have_openmp, qcore_omp_max_threads, qcore_threads_for
 
 
@@ -78,9 +78,7 @@ def select_isa(name):
     Not meant to be called while kernels run in other threads (tests and benchmarks only).
     """
     global _isa_level
-    if name not in _ISA_NAMES:
-        raise ValueError(f"ISA must be one of {_ISA_NAMES}, got {name!r}")
-    _isa_level = qc_select_isa(_ISA_NAMES.index(name))
+    _isa_level = qc_select_isa(qcore_isa_index(name))
     return _ISA_NAMES[_isa_level]
 
 
@@ -89,7 +87,7 @@ def current_isa():
     return _ISA_NAMES[_isa_level]
 
 
-select_isa(_ISA_NAMES[qcore_isa_requested()])
+_isa_level = qc_select_isa(qcore_isa_requested())
 
 
 _STREAM_MODES = ("auto", "always", "never")
