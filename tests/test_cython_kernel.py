@@ -144,7 +144,7 @@ def test_streaming_decision():
     try:
         small = np.zeros(1 << 20, np.float32)
         assert not _quant.would_stream(small, small.nbytes)
-        big = np.empty(1 << 23, np.float32)  # 32 MiB, not touched yet
+        big = np.empty(1 << 24, np.float32)  # 64 MiB: a fresh mapping (glibc mmaps anything >= 32 MiB), untouched
         if sys.platform.startswith("linux"):
             assert not _quant.would_stream(big, big.nbytes // 4)
             big.fill(0)
