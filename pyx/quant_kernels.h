@@ -281,9 +281,10 @@ static int qc_page_resident(const void *p)
 static int qc_page_resident(const void *p) { (void)p; return 0; }
 #endif
 
+static int qc_stream_mode = 0; /* 0: decide as below; 1: always; 2: never (tests and benchmarks) */
+
 /* use the streaming runs for a pass reading in_bytes and writing out_bytes at out?  The page checked is
  * the middle one: the first may hold the allocator's header (written, so resident, in a fresh block). */
-static int qc_stream_mode = 0; /* 0: decide as below; 1: always; 2: never (tests and benchmarks) */
 static int qc_stream_output(const void *out, size_t out_bytes, size_t in_bytes)
 {
     if (qc_stream_mode) return qc_stream_mode == 1;
