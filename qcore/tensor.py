@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from . import resolve
 from .kernels.base import packed_size
 
 
@@ -47,11 +48,9 @@ class QTensor:
     def quantizer(self):
         """The quantizer that decodes this tensor (rebuilt from ``scheme`` and ``options`` when needed)."""
         if self._quantizer is None:
-            from .api import get_quantizer
-
             with self._lock:
-                if self._quantizer is None:
-                    self._quantizer = get_quantizer(self.scheme, **self.options)
+                if self._quantizer is None:  # looked up by the API layer (see qcore/resolve.py)
+                    self._quantizer = resolve.quantizer(self.scheme, **self.options)
         return self._quantizer
 
     def dequantize(self) -> np.ndarray:
@@ -71,16 +70,12 @@ class QTensor:
 
     def pack(self, kernel=None) -> np.ndarray:
         """Codes packed at exactly ``bits`` bits each (little-endian bit stream, see docs/format.md)."""
-        from .api import get_kernel
-
-        return get_kernel(kernel).pack(self.codes, self.bits)
+        return resolve.kernel(kernel).pack(self.codes, self.bits)
 
     @classmethod
     def from_packed(cls, packed, shape, scheme, bits, params, options=None, *, signed: bool, kernel=None, **kw) -> "QTensor":
-        from .api import get_kernel
-
         count = int(np.prod(shape, dtype=np.int64))
-        codes = get_kernel(kernel).unpack(packed, bits, count, signed).reshape(shape)
+        codes = resolve.kernel(kernel).unpack(packed, bits, count, signed).reshape(shape)
         return cls(codes, scheme, bits, params, options, signed=signed, **kw)
 
     def __repr__(self) -> str:

@@ -52,11 +52,11 @@ def cmd_plugins(args) -> int:
 
 
 def cmd_schemes(args) -> int:
-    from ..api import get_manager_records_for, list_kernels, list_observers, list_schemes
+    from ..api import provider_of, list_kernels, list_observers, list_schemes
 
     rows = [("scheme", n) for n in list_schemes()] + [("observer", n) for n in list_observers()] + [("kernel", n) for n in list_kernels()]
     for kind, name in rows:
-        owner = get_manager_records_for(kind, name)
+        owner = provider_of(kind, name)
         print(f"{kind:9s} {name:16s} {owner}")
     return 0
 

@@ -27,36 +27,43 @@ from typing import Any
 
 import pluggy
 
-from ..errors import PluginError, SchemeNotFound
+from ..errors import KernelNotFound, PluginError, SchemeNotFound
+from ..kernels.base import Kernel
+from ..quantization.observer import Observer
+from ..quantization.quantizer import Quantizer
 from . import hookspecs
 
 ENTRY_POINT_GROUP = "qcore"
 BUILTIN_DISTRIBUTION = "qcore"
-#: hook name -> (registry kind, base class attribute path) ; the base class is checked lazily
-KINDS = {
-    "qcore_quantizers": "scheme",
-    "qcore_observers": "observer",
-    "qcore_kernels": "kernel",
-}
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """One kind of plugin class: its registry name, the hook that returns it, its base class, its not-found error."""
+
+    name: str  # "scheme": what listings and errors call it
+    hook: str  # the hook spec in qcore/plugin/hookspecs.py
+    base: type  # every class the hook returns must subclass it
+    not_found: type  # raised by PluginManager.get for an unknown name
+
+    @property
+    def plural(self) -> str:
+        """The :class:`PluginRecord` field listing a plugin's names of this kind (``"schemes"``)."""
+        return self.name + "s"
+
+
+#: the kind <-> hook table, written once (listings, the conformance kit and qcore.testing use it too)
+KINDS: tuple[Kind, ...] = (
+    Kind("scheme", "qcore_quantizers", Quantizer, SchemeNotFound),
+    Kind("observer", "qcore_observers", Observer, SchemeNotFound),
+    Kind("kernel", "qcore_kernels", Kernel, KernelNotFound),
+)
+KIND = {k.name: k for k in KINDS}
+KIND_OF_HOOK = {k.hook: k for k in KINDS}
 
 
 class PluginWarning(UserWarning):
     """A plugin was skipped because it failed to import or its hook raised."""
-
-
-def _base_class(kind: str) -> type:
-    """The class every registered ``kind`` must subclass (imported late: those modules import this one's users)."""
-    if kind == "scheme":
-        from ..quantization.quantizer import Quantizer
-
-        return Quantizer
-    if kind == "observer":
-        from ..quantization.observer import Observer
-
-        return Observer
-    from ..kernels.base import Kernel
-
-    return Kernel
 
 
 def _normalize(name: str) -> str:
@@ -231,14 +238,15 @@ class PluginManager:
         with self._lock:
             if self._registries is not None:
                 return self._registries
-            regs = {kind: {} for kind in KINDS.values()}
+            regs = {kind.name: {} for kind in KINDS}
             owners: dict[tuple[str, str], str] = {}
             for record in self._records.values():
                 record.schemes, record.observers, record.kernels = [], [], []
             # 1. call every implementation on its own (registration order, oldest first: built-ins first)
             returned: list[tuple[str, str, str, list]] = []
             skipped: set[str] = set()
-            for hook_name, kind in KINDS.items():
+            for kind in KINDS:
+                hook_name = kind.hook
                 caller = getattr(self._pm.hook, hook_name)
                 for impl in caller.get_hookimpls():
                     record = self._records.get(impl.plugin_name)
@@ -252,14 +260,14 @@ class PluginManager:
                             f"hook {hook_name} raised {type(exc).__name__}: {exc}"
                         )
                         continue
-                    returned.append((impl.plugin_name, hook_name, kind, classes))
+                    returned.append((impl.plugin_name, hook_name, kind.name, classes))
             # 2. register the names of the plugins that did not fail, refusing collisions
             for plugin_name, hook_name, kind, classes in returned:
                 if plugin_name in skipped:
                     continue
                 record = self._records.get(plugin_name)
                 dist = record.distribution if record else plugin_name
-                base = _base_class(kind)
+                base = KIND[kind].base
                 for cls in classes:
                     if not (isinstance(cls, type) and issubclass(cls, base)):
                         self._fail(
@@ -296,7 +304,7 @@ class PluginManager:
             return regs[name]
         except KeyError:
             installed = ", ".join(sorted(regs)) or "none"
-            raise SchemeNotFound(f"no {kind} named {name!r} is installed; installed {kind}s: {installed}") from None
+            raise KIND[kind].not_found(f"no {kind} named {name!r} is installed; installed {kind}s: {installed}") from None
 
     def owner(self, kind: str, name: str) -> PluginRecord | None:
         self.registries()
