@@ -7,14 +7,15 @@ from .errors import FormatError, InputError, KernelNotFound, PluginError, QcoreE
 from .plugin.hookspecs import hookimpl
 from .kernels.base import Kernel
 from .tensor import QTensor
-from .quantization import Observer, Quantizer
-from .api import get_kernel, get_observer, get_quantizer, list_kernels, list_observers, list_schemes, plugins, quantize
+from .quantization import Observer, Planner, Quantizer
+from .api import (get_kernel, get_observer, get_quantizer, list_kernels, list_observers, list_planners, list_schemes,
+                  plugins, quantize)
 from .model import QModel, load_quantized, load_tensors, quantize_model
 
 __all__ = [
     "__version__", "hookimpl",
-    "Quantizer", "Observer", "Kernel", "QTensor",
-    "list_schemes", "list_observers", "list_kernels", "get_quantizer", "get_observer", "get_kernel", "plugins", "quantize",
+    "Quantizer", "Observer", "Kernel", "QTensor", "Planner",
+    "list_schemes", "list_planners", "list_observers", "list_kernels", "get_quantizer", "get_observer", "get_kernel", "plugins", "quantize",
     "QModel", "load_tensors", "quantize_model", "load_quantized",
     "QcoreError", "SchemeNotFound", "KernelNotFound", "FormatError", "PluginError", "InputError",
 ]

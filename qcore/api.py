@@ -11,16 +11,24 @@ from __future__ import annotations
 from typing import Any
 
 from . import resolve
-from .errors import KernelNotFound
+from .errors import KernelNotFound, SchemeNotFound
 from .kernels.base import Kernel, kernel_instance
 from .plugin.manager import PluginRecord, get_manager
 from .quantization.observer import Observer
+from .quantization.planner import Planner
 from .quantization.quantizer import Quantizer
 from .tensor import QTensor
 
 
 def list_schemes() -> list[str]:
-    return sorted(get_manager().registries()["scheme"])
+    """Names accepted as ``scheme=``: the installed schemes (encodings) and planners (``mixed``)."""
+    regs = get_manager().registries()
+    return sorted({*regs["scheme"], *regs["planner"]})
+
+
+def list_planners() -> list[str]:
+    """Names of the installed planners (``mixed``): they choose a scheme per tensor and never decode."""
+    return sorted(get_manager().registries()["planner"])
 
 
 def list_observers() -> list[str]:
@@ -32,12 +40,24 @@ def list_kernels() -> list[str]:
     return sorted(n for n, cls in get_manager().registries()["kernel"].items() if cls.available())
 
 
-def get_quantizer(name: str, **options) -> Quantizer:
-    """An instance of the scheme ``name`` (``qcore.SchemeNotFound`` if no plugin provides it).
+def scheme_class(name: str) -> type[Quantizer] | type[Planner]:
+    """The class behind ``scheme=name``: a scheme, else a planner (``qcore.SchemeNotFound`` if neither)."""
+    regs = get_manager().registries()
+    if not isinstance(name, str):
+        raise TypeError(f"scheme name must be a string, got {type(name).__name__}")
+    cls = regs["scheme"].get(name) or regs["planner"].get(name)
+    if cls is None:
+        raise SchemeNotFound(f"no scheme named {name!r} is installed; installed schemes: {', '.join(list_schemes()) or 'none'}")
+    return cls
+
+
+def get_quantizer(name: str, **options) -> Quantizer | Planner:
+    """An instance of the scheme ``name`` — or of the planner ``name`` (``mixed``), which is used the same way
+    (``quantize(x)``) — ``qcore.SchemeNotFound`` if no plugin provides it.
 
     ``kernel=`` (a name, a :class:`qcore.Kernel` or None) is resolved here and passed down as an instance.
     """
-    cls = get_manager().get("scheme", name)
+    cls = scheme_class(name)
     options["kernel"] = get_kernel(options.get("kernel"))
     return cls(**options)
 
@@ -90,4 +110,11 @@ def _observer_class(name: str) -> type[Observer]:
     return get_manager().get("observer", name)
 
 
-resolve.install(kernel=get_kernel, observer_class=_observer_class, quantizer=get_quantizer)
+def _decoder(scheme: str, **options) -> Quantizer:
+    """The quantizer that decodes a stored tensor: schemes only (a planner never decodes)."""
+    cls = get_manager().get("scheme", scheme)
+    options["kernel"] = get_kernel(options.get("kernel"))
+    return cls(**options)
+
+
+resolve.install(kernel=get_kernel, observer_class=_observer_class, quantizer=_decoder)
