@@ -9,6 +9,7 @@ from .tensor import QTensor
 from .quantization import Observer, Quantizer
 from .api import get_kernel, get_observer, get_quantizer, list_kernels, list_observers, list_schemes, plugins, quantize
 from .model import QModel, load_quantized, load_tensors, quantize_model
+from .ptq import gptq
 
 __version__ = "0.1.0"
 
@@ -16,7 +17,7 @@ __all__ = [
     "__version__", "hookimpl",
     "Quantizer", "Observer", "Kernel", "QTensor",
     "list_schemes", "list_observers", "list_kernels", "get_quantizer", "get_observer", "get_kernel", "plugins", "quantize",
-    "QModel", "load_tensors", "quantize_model", "load_quantized",
+    "QModel", "load_tensors", "quantize_model", "load_quantized", "gptq",
     "QcoreError", "SchemeNotFound", "FormatError", "PluginError", "InputError",
 ]
 
