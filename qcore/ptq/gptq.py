@@ -295,6 +295,7 @@ def gptq(w, hessian, scheme="linear", *, block_size: int = 128, damp: float = 0.
     diagonal or not symmetric: ``TypeError`` / ``ValueError`` (``qcore.InputError`` for NaN/Inf).
     """
     from ..api import get_quantizer
+    from ..quantization.planner import Planner
     from ..quantization.quantizer import Quantizer
 
     wa = _float_matrix(w, "w", "of shape (N, K)")
@@ -309,7 +310,7 @@ def gptq(w, hessian, scheme="linear", *, block_size: int = 128, damp: float = 0.
         raise ValueError(f"damp must be a finite number >= 0, got {damp!r}")
     if not isinstance(act_order, (bool, np.bool_)):
         raise TypeError(f"act_order must be True or False, got {act_order!r}")
-    if isinstance(scheme, Quantizer):
+    if isinstance(scheme, (Quantizer, Planner)):
         if options:
             raise TypeError("pass options either to the quantizer instance or with a scheme name, not both")
         q = scheme
@@ -317,7 +318,7 @@ def gptq(w, hessian, scheme="linear", *, block_size: int = 128, damp: float = 0.
         q = get_quantizer(scheme, **options)
     else:
         raise TypeError(f"scheme must be a scheme name or a qcore.Quantizer, got {type(scheme).__name__}")
-    if getattr(q, "planner", False):
+    if isinstance(q, Planner) or not isinstance(q, Quantizer):
         raise TypeError(f"scheme {q.name!r} chooses among schemes (a planner); gptq needs one encoding scheme — "
                         "use quantize_model(..., method='gptq', hessians=...) to plan with GPTQ")
     codes, params, _ = _gptq_core(wa.astype(np.float32), h, q, block_size, float(damp), bool(act_order))
