@@ -188,22 +188,38 @@ static inline void qc_conv_epi_scalar(const qc_conv_args *g, int64_t i, int64_t 
     ((uint8_t *)g->out)[i * g->ldo + j] = (uint8_t)(b - 0x4B400000 + g->zo);
 }
 
-/* pointers of the T taps of output pixels [m0, m0 + rows) (row-major: P[r * T + t]) */
+/* pointers of the T taps of output pixels [m0, m0 + rows) (row-major: P[r * T + t]); one division per call,
+ * then the pixel position is stepped; pixels whose window lies inside the image use fixed tap offsets */
 static void qc_conv_taps(const qc_conv_args *g, int64_t m0, int64_t rows, const uint8_t **P)
 {
     const int64_t T = g->KH * g->KW, ohw = g->OH * g->OW;
+    const int64_t rowb = g->W * g->Cp;
+    int64_t off[64];
+    const int fast = T <= 64; /* larger kernels: every pixel takes the checked path */
+    if (fast)
+        for (int64_t kh = 0; kh < g->KH; kh++)
+            for (int64_t kw = 0; kw < g->KW; kw++) off[kh * g->KW + kw] = kh * g->dh * rowb + kw * g->dw * g->Cp;
+    int64_t b = m0 / ohw, rem = m0 % ohw, oh = rem / g->OW, ow = rem % g->OW;
     for (int64_t r = 0; r < rows; r++) {
-        int64_t m = m0 + r;
-        int64_t b = m / ohw, rem = m % ohw, oh = rem / g->OW, ow = rem % g->OW;
-        const uint8_t *img = g->in + b * g->H * g->W * g->Cp;
+        const uint8_t *img = g->in + b * g->H * rowb;
         const uint8_t **pr = P + r * T;
-        for (int64_t kh = 0; kh < g->KH; kh++) {
-            int64_t ih = oh * g->sh - g->ph + kh * g->dh;
-            for (int64_t kw = 0; kw < g->KW; kw++) {
-                int64_t iw = ow * g->sw - g->pw + kw * g->dw;
-                int ok = ih >= 0 && ih < g->H && iw >= 0 && iw < g->W;
-                pr[kh * g->KW + kw] = ok ? img + (ih * g->W + iw) * g->Cp : g->zrow;
+        int64_t ih0 = oh * g->sh - g->ph, iw0 = ow * g->sw - g->pw;
+        if (fast && ih0 >= 0 && ih0 + (g->KH - 1) * g->dh < g->H && iw0 >= 0 && iw0 + (g->KW - 1) * g->dw < g->W) {
+            const uint8_t *base = img + ih0 * rowb + iw0 * g->Cp;
+            for (int64_t t = 0; t < T; t++) pr[t] = base + off[t];
+        } else {
+            for (int64_t kh = 0; kh < g->KH; kh++) {
+                int64_t ih = ih0 + kh * g->dh;
+                for (int64_t kw = 0; kw < g->KW; kw++) {
+                    int64_t iw = iw0 + kw * g->dw;
+                    int ok = ih >= 0 && ih < g->H && iw >= 0 && iw < g->W;
+                    pr[kh * g->KW + kw] = ok ? img + ih * rowb + iw * g->Cp : g->zrow;
+                }
             }
+        }
+        if (++ow == g->OW) {
+            ow = 0;
+            if (++oh == g->OH) { oh = 0; b++; }
         }
     }
 }
