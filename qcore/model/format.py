@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import FormatError, SchemeNotFound
 from ..kernels.base import packed_size
 from ..tensor import QTensor
-from .qmodel import QModel
+from .qmodel import QModel, register_format
 from .safetensors_io import DTYPES, MAX_NDIM, Entry, Header, read_header, read_tensor, shape_fits, st_dtype, write_safetensors
 
 FORMAT_NAME = "qcore.quantized-model"
@@ -108,12 +108,17 @@ def describe(model: QModel) -> tuple[list[Entry], dict[str, str]]:
     return entries, meta
 
 
-def save_qmodel(model: QModel, path: str | os.PathLike) -> int:
-    """Write ``model`` atomically (temporary file in the same folder, then rename); returns the file size."""
+def save_qmodel(model: QModel, path: str | os.PathLike, progress=None) -> int:
+    """Write ``model`` atomically (temporary file in the same folder, then rename); returns the file size.
+
+    ``progress``: optional ``callable(bytes_written, total_bytes)`` called after each tensor."""
     if not isinstance(model, QModel):
         raise TypeError(f"expected a QModel, got {type(model).__name__}")
     entries, meta = describe(model)
-    return write_safetensors(path, entries, meta)
+    return write_safetensors(path, entries, meta, progress=progress)
+
+
+register_format("qcore", save_qmodel)
 
 
 # -- reading --------------------------------------------------------------------------------------------
@@ -251,7 +256,8 @@ def _check_schemes(path: str, descs: list[dict]) -> None:
 
 
 def load_quantized(path: str | os.PathLike, *, verify: bool = True) -> QModel:
-    """Read a quantized model written by :meth:`QModel.save`.
+    """Read a quantized model written by :meth:`QModel.save`: a qcore ``.safetensors`` file, or a
+    compressed-tensors ``pack-quantized`` folder (``format="compressed-tensors"``, or llm-compressor's output).
 
     The container header and qcore's description are validated completely before any tensor data is read;
     a scheme that is not installed raises :class:`qcore.SchemeNotFound` naming the plugin distribution the
@@ -264,6 +270,13 @@ def load_quantized(path: str | os.PathLike, *, verify: bool = True) -> QModel:
     p = os.fspath(path)
     if not os.path.exists(p):
         raise FileNotFoundError(f"no such file: {p!r}")
+    if os.path.isdir(p):
+        from .compressed_tensors import is_compressed_tensors, load_compressed_tensors
+
+        if not is_compressed_tensors(p):
+            raise FormatError(f"{p!r} is a folder without a compressed-tensors config.json; a qcore model is a "
+                              f".safetensors file (plain float folders load with qcore.load_tensors)")
+        return load_compressed_tensors(p, verify=verify)
     header = read_header(p)
     descs = parse_description(header)
     _check_schemes(p, descs)

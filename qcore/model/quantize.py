@@ -126,6 +126,9 @@ def progress_bar(total: int, enabled, desc: str):
 
 
 class _NoBar:
+    n = 0
+    total = 0
+
     def update(self, n=1):
         pass
 

@@ -246,8 +246,10 @@ def _write_chunk(f, arr: np.ndarray) -> None:
     f.write(memoryview(arr.reshape(-1)).cast("B"))
 
 
-def write_safetensors(path: str | os.PathLike, entries: Iterable[Entry], metadata: dict[str, str] | None = None) -> int:
-    """Write ``entries`` atomically to ``path``; returns the file size.
+def write_safetensors(path: str | os.PathLike, entries: Iterable[Entry], metadata: dict[str, str] | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> int:
+    """Write ``entries`` atomically to ``path``; returns the file size.  ``progress(done, total)`` (bytes), if
+    given, is called after each tensor.
 
     The data goes to a temporary file in the same folder which replaces ``path`` only once complete, flushed
     and fsync'ed: an error or a crash midway never leaves a partial file under ``path``.
@@ -261,11 +263,16 @@ def write_safetensors(path: str | os.PathLike, entries: Iterable[Entry], metadat
         with os.fdopen(fd, "wb") as f:
             f.write(struct.pack("<Q", len(header)))
             f.write(header)
+            total = sum(e.nbytes for e in entries)
+            done = 0
             for e in entries:
                 arr = np.asarray(e.produce())
                 if arr.nbytes != e.nbytes or tuple(arr.shape) != e.shape:
                     raise RuntimeError(f"tensor {e.name!r} produced {arr.shape}/{arr.nbytes} bytes, announced {e.shape}/{e.nbytes}")
                 _write_chunk(f, arr)
+                done += e.nbytes
+                if progress is not None:
+                    progress(done, total)
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)
