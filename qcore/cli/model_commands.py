@@ -241,6 +241,18 @@ def _check_scheme_options(scheme: str, options: dict, budget) -> Any:
         raise UsageError(f"--group-size applies only with --granularity group (granularity is {g or 'not set'})")
     if "axis" in options and g == "tensor":
         raise UsageError("--axis applies to --granularity channel or group, not tensor")
+    try:
+        probe = get_quantizer(scheme)
+    except KeyError as exc:
+        raise UsageError(str(exc.args[0]) if exc.args else str(exc)) from None
+    except (TypeError, ValueError):
+        probe = None  # a scheme that needs options: the full build below says which
+    if probe is not None and not _is_planner(probe):
+        used = [flag for key, flag in _PLANNER_FLAGS if (budget if key == "budget_bits" else options.get(key)) is not None]
+        if used:
+            verb = "applies" if len(used) == 1 else "apply"
+            raise UsageError(f"{', '.join(used)} {verb} only to a planning scheme (--scheme mixed); "
+                             f"scheme {scheme!r} quantizes every tensor at fixed bits")
     if isinstance(options.get("candidates"), str):
         options["candidates"] = _parse_candidates(options["candidates"])
     try:
@@ -249,11 +261,6 @@ def _check_scheme_options(scheme: str, options: dict, budget) -> Any:
         raise UsageError(str(exc.args[0]) if exc.args else str(exc)) from None
     except (TypeError, ValueError) as exc:
         raise UsageError(f"scheme {scheme!r}: {exc}") from None
-    if not _is_planner(q):
-        used = [flag for key, flag in _PLANNER_FLAGS if (budget if key == "budget_bits" else options.get(key)) is not None]
-        if used:
-            raise UsageError(f"{', '.join(used)} appl{'ies' if len(used) == 1 else 'y'} only to a planning scheme "
-                             f"(--scheme mixed); scheme {scheme!r} quantizes every tensor at fixed bits")
     return q
 
 
