@@ -34,12 +34,10 @@ def cmd_plugins(args) -> int:
                     print(f"qcore: warning: {w.message}", file=sys.stderr)
                 else:
                     warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    disabled = disabled_plugins()
-    if args.json:
-        out = [dict(r.as_dict(), disabled=False) for r in records]
-        out += [{"name": n, "distribution": d, "version": v, "disabled": True, "reason": why} for n, d, v, why in disabled]
-        print(json.dumps(out, indent=2))
+    if args.json:  # loaded plugins only: every record provides names (the table also lists disabled ones)
+        print(json.dumps([r.as_dict() for r in records], indent=2))
         return 0
+    disabled = disabled_plugins()
     if not records and not disabled:
         print("no third-party plugins installed (qcore plugins --all lists the built-ins)")
         return 0
