@@ -1,4 +1,10 @@
-"""``QModel``: many named tensors, some quantized (:class:`qcore.QTensor`), the rest kept as they were."""
+"""``QModel``: many named tensors, some quantized (:class:`qcore.QTensor`), the rest kept as they were.
+
+A plain container: it knows nothing about files.  File formats live in their own modules (qcore/model/format.py
+for qcore's safetensors format) which import this one and register a writer with :func:`register_format`;
+:meth:`QModel.save` only dispatches to the writer registered under the ``format`` name it is given.  Loading
+is the format module's job (``qcore.load_quantized``).
+"""
 from __future__ import annotations
 
 import math
