@@ -200,6 +200,9 @@ def test_article_int8_qat_convert_within_one_point(digits3, fp32_article):
     assert qat.fc.uses_torch_ops and qat.fc.input_quantizer.uses_torch_ops
     out_qat, acc_qat = _eval(qat, digits3)
     int8 = qtorch.convert(qat)
+    if hasattr(qtorch, "StaticLinear"):  # convert gives static int8 modules: int8 activations and weights
+        assert isinstance(int8.fc, qtorch.StaticLinear) and isinstance(int8.conv, qtorch.StaticConv2d)
+        assert int8.fc.input_scale == pytest.approx(qat.fc.input_quantizer.qparams()[0], rel=1e-6)
     out_int8, acc_int8 = _eval(int8, digits3)
     assert abs(acc_int8 - acc_qat) <= 0.01, (acc_qat, acc_int8)
     assert acc_qat >= acc_fp32 - 0.02, (acc_fp32, acc_qat)
@@ -216,7 +219,8 @@ def test_article_low_bit_weights_qat_convert(digits3, fp32_article, bits):
     qat = _train(qtorch.prepare_qat(fp32_article, bits=bits, activations=True), digits3, epochs=4, lr=1e-3, seed=2)
     out_qat, acc_qat = _eval(qat, digits3)
     conv = qtorch.convert(qat)
-    assert conv.fc.weight.bits == bits and conv.conv.weight.bits == bits
+    for m in (conv.fc, conv.conv):  # static int8 modules (int8 activations, low-bit weight codes) or weight-only
+        assert getattr(m, "weight_bits", None) == bits or m.weight.bits == bits
     out_conv, acc_conv = _eval(conv, digits3)
     assert abs(acc_conv - acc_qat) <= 0.01, (acc_qat, acc_conv)
     assert ((out_conv - out_qat).norm() / out_qat.norm()).item() < 0.02
