@@ -32,7 +32,14 @@ _LAYOUTS = ("tensor", "channel", "group")
 def torch_supported(quantizer) -> bool:
     """True when ``quantizer`` (a qcore quantizer) is one whose ``quantize().dequantize()`` of a weight this module
     reproduces exactly: the ``linear`` scheme, ``minmax`` range, options it knows with supported values."""
-    if getattr(quantizer, "name", None) != "linear" or getattr(quantizer, "observer_name", None) != "minmax":
+    if getattr(quantizer, "observer_name", None) != "minmax":
+        return False
+    return linear_options_supported(quantizer)
+
+
+def linear_options_supported(quantizer) -> bool:
+    """True for the ``linear`` scheme with only options whose numerics this module reproduces."""
+    if getattr(quantizer, "name", None) != "linear":
         return False
     cfg = dict(quantizer.config)
     known = {"symmetric", "granularity", "axis", "group_size"}

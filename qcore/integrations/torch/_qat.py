@@ -70,8 +70,7 @@ class ActivationFakeQuant(nn.Module):
             return False
         if q.config.get("granularity", "tensor") != "tensor" or (q.signed and self.bits <= 2):
             return False
-        return set(q.config) <= {"symmetric", "granularity", "axis", "group_size"} or all(
-            q.config.get(k) == v for k, v in {"scale_dtype": "float32"}.items() if k in q.config)
+        return fq.linear_options_supported(q)
 
     @property
     def symmetric(self) -> bool:
@@ -80,6 +79,7 @@ class ActivationFakeQuant(nn.Module):
     def _reset_torch_state(self):
         self._lo = self._hi = None  # running range (float64 tensors, float32 on MPS), as the observer keeps it
         self._scale = self._zp = None  # float32 scalars: the parameters in use
+        self._avg_c = None
 
     @property
     def calibrated(self) -> bool:
@@ -91,17 +91,22 @@ class ActivationFakeQuant(nn.Module):
         wide = torch.float64 if fq._float64_ok(xd.device) else torch.float32
         blo = xd.amin().to(torch.float32).to(wide)
         bhi = xd.amax().to(torch.float32).to(wide)
-        if self._lo is None or self.observer == "minmax" and self._lo is None:
+        if self._lo is None:
             self._lo, self._hi = blo, bhi
         elif self.observer == "minmax":
             self._lo = torch.minimum(self._lo.to(blo.device), blo)
             self._hi = torch.maximum(self._hi.to(bhi.device), bhi)
         else:  # moving_average: min += c * (batch_min - min), as MovingAverageObserver
-            c = float(qcore.get_observer(self.observer).config["averaging_constant"])
+            c = self._averaging_constant()
             lo, hi = self._lo.to(blo.device), self._hi.to(bhi.device)
             self._lo, self._hi = lo + c * (blo - lo), hi + c * (bhi - hi)
         self._scale, self._zp = fq.affine_params(self._lo.to(torch.float32), self._hi.to(torch.float32),
                                                  self.bits, self.symmetric)
+
+    def _averaging_constant(self) -> float:
+        if getattr(self, "_avg_c", None) is None:  # the observer's default (ActivationFakeQuant sets no options)
+            self._avg_c = float(qcore.get_observer(self.observer).config["averaging_constant"])
+        return self._avg_c
 
     def _forward_torch(self, x: torch.Tensor) -> torch.Tensor:
         if self.training or self._scale is None:
