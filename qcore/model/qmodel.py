@@ -13,29 +13,8 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
+from ..metrics import sqnr_db, tensor_row  # noqa: F401 - sqnr_db: qcore.model.sqnr_db
 from ..tensor import QTensor
-
-
-def sqnr_db(ref: np.ndarray, approx: np.ndarray, chunk: int = 1 << 16) -> float:
-    """Signal-to-quantization-noise ratio in dB: ``10 log10(sum x^2 / sum (x - x')^2)``; ``inf`` when exact.
-
-    Sums accumulate in float64 over chunks, so the extra memory is a few MB whatever the tensor size.
-    """
-    ref = np.asarray(ref).reshape(-1)
-    approx = np.asarray(approx).reshape(-1)
-    if ref.shape != approx.shape:
-        raise ValueError(f"sqnr_db: sizes differ ({ref.size} vs {approx.size})")
-    noise = signal = 0.0
-    for i in range(0, ref.size, chunk):
-        r = ref[i : i + chunk].astype(np.float64)
-        d = r - approx[i : i + chunk]
-        noise += float(np.einsum("i,i->", d, d))  # not np.dot: BLAS threads on small vectors cost far more
-        signal += float(np.einsum("i,i->", r, r))
-    if noise == 0.0:
-        return math.inf
-    if signal == 0.0:
-        return -math.inf
-    return 10.0 * math.log10(signal / noise)
 
 
 class QModel:
@@ -116,28 +95,9 @@ class QModel:
         recorded at quantization time (saved in the file; ``None`` if unknown).  Tensors kept as they were
         have ``scheme None``, ``bits`` of their dtype and ``sqnr_db inf``.
         """
-        rows = []
-        for name, t in self.tensors.items():
-            info = self.info.get(name, {})
-            if isinstance(t, QTensor):
-                if reference is not None and name in reference:
-                    snr = sqnr_db(reference[name], t.dequantize())
-                else:
-                    snr = info.get("sqnr_db")
-                    snr = None if snr is None else float(snr)
-                rows.append({
-                    "name": name, "scheme": t.scheme, "bits": t.bits, "shape": list(t.shape),
-                    "bytes_fp32": 4 * t.size, "bytes_q": int(t.nbytes), "sqnr_db": snr,
-                    "options": {k: v for k, v in t.options.items() if k != "bits"},
-                    "planned_by": info.get("planned_by"),
-                })
-            else:
-                rows.append({
-                    "name": name, "scheme": None, "bits": int(t.dtype.itemsize * 8), "shape": list(t.shape),
-                    "bytes_fp32": _bytes_fp32(t), "bytes_q": int(t.nbytes), "sqnr_db": math.inf,
-                    "options": {"dtype": str(t.dtype)}, "planned_by": None,
-                })
-        return rows
+        return [tensor_row(name, t, self.info.get(name, {}),
+                           reference[name] if reference is not None and name in reference else None)
+                for name, t in self.tensors.items()]
 
     # -- files ---------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, format: str = "qcore", **options) -> int:
