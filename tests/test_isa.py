@@ -58,7 +58,7 @@ def test_every_extension_follows_one_variable():
 
 def test_a_mistyped_value_is_an_error_naming_the_valid_ones():
     for code in ("import qcore; qcore.list_kernels()", "import qcore; qcore.quantize([1.0, 2.0])",
-                 "from qcore_plugins import _quant", "import qcore.ops"):
+                 "from qcore_plugins import _quant", "import qcore.ops as o; o.gemm_isa()"):
         out = _run(code, QCORE_ISA="avx3")
         assert out.returncode != 0, f"{code!r} ran with QCORE_ISA=avx3"
         assert "QCORE_ISA='avx3'" in out.stderr and "baseline, avx2, avx512, avx512vnni" in out.stderr

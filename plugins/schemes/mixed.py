@@ -166,7 +166,8 @@ def knapsack(costs: list[np.ndarray], errors: list[np.ndarray], capacity: float,
         ok = (dc <= left) & (de > 0) & np.isfinite(cost)
         if not ok.any():
             break
-        score = np.where(ok, de / np.maximum(dc, 1.0), -np.inf)
+        with np.errstate(invalid="ignore"):  # inf - inf where a tensor has fewer candidates (padding)
+            score = np.where(ok, de / np.maximum(dc, 1.0), -np.inf)
         t, k = np.unravel_index(int(np.argmax(score)), score.shape)
         pick[t] = k
     return [int(k) for k in pick]

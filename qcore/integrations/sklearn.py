@@ -20,8 +20,15 @@ import copy
 from typing import Iterable
 
 import numpy as np
-from sklearn.neural_network._multilayer_perceptron import BaseMultilayerPerceptron  # scikit-learn: a dependency
-from sklearn.utils.validation import check_is_fitted
+
+try:  # an adapter imported without its framework says how to install it (tests/test_sklearn.py)
+    import sklearn  # noqa: F401 - first: submodules already in sys.modules would import without it
+    from sklearn.neural_network._multilayer_perceptron import BaseMultilayerPerceptron
+    from sklearn.utils.validation import check_is_fitted
+except ImportError as exc:
+    raise ImportError(
+        "qcore.integrations.sklearn needs scikit-learn, which is not installed: pip install scikit-learn"
+    ) from exc
 
 import qcore
 
