@@ -1,4 +1,4 @@
-"""Input checks at the Python boundary (DESIGN §5).  Kernels may assume what these functions guarantee.
+"""Input checks at the Python boundary (the input policy of docs/usage.md).  Kernels may assume what these functions guarantee.
 
 Documented policy:
 
