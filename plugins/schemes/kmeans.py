@@ -67,8 +67,9 @@ class KMeansQuantizer(qcore.Quantizer):
     options = {"granularity": "tensor", "axis": 0, "random_state": 0, "bins": None, "max_iter": 300}
     granularities = ("tensor", "channel")
     self_checking = True
+    default_bits = 4
 
-    def __init__(self, bits=4, observer=None, kernel=None, **options):
+    def __init__(self, bits=None, observer=None, kernel=None, **options):
         super().__init__(bits, observer, kernel, **options)
         rs = self.config["random_state"]
         if rs is not None:

@@ -55,8 +55,9 @@ class LogQuantizer(qcore.Quantizer):
     bits_range = (2, 8)
     options = {"granularity": "tensor", "axis": 0, "group_size": 128, "method": "mse", "rounding": "nearest"}
     self_checking = True
+    default_bits = 4
 
-    def __init__(self, bits=4, observer=None, kernel=None, **options):
+    def __init__(self, bits=None, observer=None, kernel=None, **options):
         super().__init__(bits, observer, kernel, **options)
         if self.config["method"] not in ("mse", "range"):
             raise ValueError(f"method must be 'mse' or 'range', got {self.config['method']!r}")

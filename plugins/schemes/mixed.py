@@ -208,7 +208,7 @@ class MixedPlanner(qcore.Planner):
     options = {"budget_bits": 4.5, "target_sqnr": None, "candidates": None, "axis": 0,
                "sensitivity": None, "calibration": None}
 
-    def __init__(self, bits=8, observer=None, kernel=None, **options):
+    def __init__(self, bits=None, observer=None, kernel=None, **options):
         super().__init__(bits, observer, kernel, **options)
         cfg = self.config
         for key in ("budget_bits", "target_sqnr"):
