@@ -14,7 +14,6 @@ import operator
 
 import numpy as np
 
-from ..errors import InputError
 from ..validation import as_float32, check_all_finite, non_finite_error
 
 _INT32_MAX = (1 << 31) - 1
