@@ -7,8 +7,6 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .tensor import QTensor
-
 
 def sumsq(d: np.ndarray, chunk: int = 1 << 16) -> float:
     """``sum(d**2)`` accumulated in float64 over chunks (a few hundred KB extra, whatever the size)."""
@@ -70,22 +68,3 @@ def report_row(name: str, *, scheme: str | None, bits: int | None, shape, bytes_
     return {"name": name, "scheme": scheme, "bits": bits, "shape": [int(s) for s in shape],
             "bytes_fp32": int(bytes_fp32), "bytes_q": int(bytes_q), "sqnr_db": sqnr_db,
             "options": dict(options or {}), "planned_by": planned_by, **extra}
-
-
-def tensor_row(name: str, t, info: dict | None = None, reference=None) -> dict[str, Any]:
-    """The report row of a model tensor: a :class:`qcore.QTensor` (``sqnr_db`` against ``reference`` when given,
-    else ``info["sqnr_db"]``) or an array kept as it was (``sqnr_db`` inf)."""
-    info = info or {}
-    if isinstance(t, QTensor):
-        if reference is not None:
-            snr = sqnr_db(reference, t.dequantize())
-        else:
-            snr = info.get("sqnr_db")
-            snr = None if snr is None else float(snr)
-        return report_row(name, scheme=t.scheme, bits=t.bits, shape=t.shape, bytes_fp32=4 * t.size,
-                          bytes_q=int(t.nbytes), sqnr_db=snr,
-                          options={k: v for k, v in t.options.items() if k != "bits"}, planned_by=info.get("planned_by"))
-    t = np.asarray(t)
-    fp32 = 4 * int(t.size) if t.dtype.kind == "f" else int(t.nbytes)
-    return report_row(name, scheme=None, bits=int(t.dtype.itemsize * 8), shape=t.shape, bytes_fp32=fp32,
-                      bytes_q=int(t.nbytes), sqnr_db=math.inf, options={"dtype": str(t.dtype)})
