@@ -36,3 +36,50 @@ def test_the_grid_ends_are_the_largest_finite_ones():
     assert np.isfinite(span * s) and not np.isfinite(span * np.nextafter(s, np.float32(np.inf)))
     d = qt.dequantize()
     assert np.isfinite(d).all() and d[0] > 3.3e38 and d[1] < -3.3e38
+
+
+# -- the rounding differences docs/usage.md states -------------------------------------------------------------
+def test_torch_adds_the_zero_point_before_rounding():
+    torch = pytest.importorskip("torch")
+    import warnings
+
+    s = np.float32(0.25)
+    x = (np.array([0.5, 2.5, -1.5, 7.5], np.float32) * s).astype(np.float32)  # exact ties x/s = k + 1/2
+    k = qcore.get_kernel()
+    for zp, differs in ((1, True), (77, True), (2, False), (128, False)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            t = torch.quantize_per_tensor(torch.from_numpy(x), float(s), zp, torch.quint8).int_repr().numpy()
+        q = k.quantize_affine(x, np.array([s], np.float32), np.array([zp], np.int32), 0, 255, axis=None)
+        assert (t.astype(int) != q.astype(int)).any() == differs, (zp, t, q)
+        assert np.abs(t.astype(int) - q.astype(int)).max() <= 1
+    # away from ties, and with the same scale, torch multiplies by the float32 reciprocal exactly as qcore does
+    rng = np.random.default_rng(0)
+    y = (rng.standard_normal(1 << 16) * 40 * s).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = torch.quantize_per_tensor(torch.from_numpy(y), float(s), 0, torch.qint8).int_repr().numpy()
+    assert np.array_equal(t, k.quantize_affine(y, np.array([s], np.float32), np.array([0], np.int32), -128, 127, axis=None))
+
+
+def test_onnx_quantize_linear_divides_where_qcore_multiplies():
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    s = np.float32(0.472294)
+    rng = np.random.default_rng(1)
+    x = ((rng.integers(-100, 100, 1 << 14).astype(np.float32) + np.float32(0.5)) * s).astype(np.float32)
+    node = helper.make_node("QuantizeLinear", ["x", "s", "z"], ["y"])
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [x.size])],
+                          [helper.make_tensor_value_info("y", TensorProto.INT8, [x.size])],
+                          initializer=[helper.make_tensor("s", TensorProto.FLOAT, [], [float(s)]),
+                                       helper.make_tensor("z", TensorProto.INT8, [], [0])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    y = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    div = np.clip(np.rint(x / s), -128, 127)
+    mul = np.clip(np.rint(x * (np.float32(1) / s)), -128, 127)
+    q = qcore.get_kernel().quantize_affine(x, np.array([s], np.float32), np.array([0], np.int32), -128, 127, axis=None)
+    assert (div != mul).mean() > 0.01  # the two roundings really disagree on these values
+    assert np.array_equal(y, div) and np.array_equal(q, mul)
