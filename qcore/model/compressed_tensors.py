@@ -360,16 +360,14 @@ def load_compressed_tensors(path: str | os.PathLike, verify: bool = True) -> QMo
         ngroups = 1 if strategy == "channel" else cols // int(gs)
         if scale.shape != (rows, ngroups):
             raise FormatError(f"{p!r}: module {mod!r}: weight_scale shape {scale.shape}, expected {(rows, ngroups)}")
-        if not np.isfinite(scale).all() or (scale <= 0).any():
-            raise FormatError(f"{p!r}: module {mod!r}: weight_scale holds non-positive, NaN or Inf values")
+        if not np.isfinite(scale).all() or (scale == 0).any():
+            raise FormatError(f"{p!r}: module {mod!r}: weight_scale holds zero, NaN or Inf values")
         opts: dict[str, Any] = {"granularity": strategy, "axis": 0, "symmetric": sym}
         if strategy == "group":
             opts["group_size"] = int(gs)
         half = 1 << (bits - 1)
         pshape = (rows, ngroups) if strategy == "group" else (rows,)
-        if sym:
-            if (codes < -(half - 1)).any():
-                raise FormatError(f"{p!r}: module {mod!r}: symmetric codes use -{half}, outside qcore's narrow range")
+        if sym:  # the full signed range: x = code * scale
             qcodes = codes
             params = {"scale": scale.reshape(pshape), "zero_point": np.zeros(pshape, np.int32)}
         else:
