@@ -170,3 +170,34 @@ def test_apply_quantized_puts_saved_weights_into_torch(hf_folder, tmp_path):
     bad = qcore.QModel({"nope.weight": qm["model.layers.0.self_attn.q_proj.weight"]})
     with pytest.raises(ValueError, match="no submodule 'nope'"):
         qtorch.apply_quantized(fresh, bad)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_reads_checkpoints_the_package_writes(tmp_path, symmetric):
+    """A folder made with the package's own compressor (full signed code range, its packing) loads in qcore with
+    the values the package's decompression gives."""
+    from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    w = torch.randn(24, 64)
+    args = QuantizationArgs(num_bits=4, type="int", symmetric=symmetric, strategy="group", group_size=16)
+    scheme = QuantizationScheme(targets=["Linear"], weights=args)
+    g = w.reshape(24, 4, 16)
+    if symmetric:
+        scale = (g.abs().amax(-1) / 7.5).clamp(min=1e-6)
+        zp = torch.zeros(24, 4, dtype=torch.int8)
+    else:
+        lo, hi = g.amin(-1).clamp(max=0), g.amax(-1).clamp(min=0)
+        scale = (hi - lo) / 15
+        zp = (-8 - torch.round(lo / scale)).clamp(-8, 7).to(torch.int8)
+    sd = PackedQuantizationCompressor.compress({"weight": w, "weight_scale": scale, "weight_zero_point": zp}, scheme)
+    save_file({f"m.{k}": v.contiguous() for k, v in sd.items()}, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    qc = {"quant_method": "compressed-tensors", "format": "pack-quantized", "quantization_status": "compressed",
+          "config_groups": {"group_0": scheme.model_dump()}, "ignore": [], "version": ct.__version__}
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": qc}))
+    expect = PackedQuantizationCompressor.decompress(dict(sd), scheme)["weight"].numpy()
+    qm = qcore.load_quantized(tmp_path)
+    assert np.allclose(qm["m.weight"].dequantize(), expect, rtol=0, atol=1e-6)
+    assert qm["m.weight"].bits == 4 and qm["m.weight"].options["group_size"] == 16
