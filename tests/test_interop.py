@@ -201,3 +201,18 @@ def test_reads_checkpoints_the_package_writes(tmp_path, symmetric):
     qm = qcore.load_quantized(tmp_path)
     assert np.allclose(qm["m.weight"].dequantize(), expect, rtol=0, atol=1e-6)
     assert qm["m.weight"].bits == 4 and qm["m.weight"].options["group_size"] == 16
+
+
+def test_mixed_precision_folders_load_in_transformers(hf_folder, tmp_path):
+    """Several config groups, each targeting its modules by name: transformers builds each with its own bits."""
+    cands = [{"scheme": "linear", "bits": 4, "granularity": "group", "group_size": 32, "symmetric": True},
+             {"scheme": "linear", "bits": 8, "granularity": "channel", "symmetric": True}]
+    qm = qcore.quantize_model(hf_folder, "mixed", budget_bits=7.5, candidates=cands, exclude=EXCLUDE, progress=False)
+    assert {qm[n].bits for n in qm.quantized} == {4, 8}
+    out = tmp_path / "ct-mixed"
+    qm.save(out, format="compressed-tensors", source=hf_folder)
+    groups = json.loads((out / "config.json").read_text())["quantization_config"]["config_groups"]
+    assert sorted(g["weights"]["num_bits"] for g in groups.values()) == [4, 8]
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(IDS).logits, _reference_logits(qm, IDS), atol=1e-5, rtol=0)
