@@ -216,3 +216,26 @@ def test_mixed_precision_folders_load_in_transformers(hf_folder, tmp_path):
     loaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     with torch.no_grad():
         assert torch.allclose(loaded(IDS).logits, _reference_logits(qm, IDS), atol=1e-5, rtol=0)
+
+
+def test_bfloat16_models_stay_bfloat16(hf_folder, tmp_path):
+    from qcore.model.safetensors_io import read_header
+
+    src = tmp_path / "bf16"
+    transformers.LlamaForCausalLM.from_pretrained(hf_folder).to(torch.bfloat16).save_pretrained(src)
+    qm = qcore.quantize_model(src, "linear", bits=4, granularity="group", group_size=32, symmetric=True,
+                              exclude=EXCLUDE, progress=False)
+    assert qm.dtype_of("model.norm.weight") == "bfloat16" and qm["model.layers.0.mlp.up_proj.weight"].dtype == "bfloat16"
+    out = tmp_path / "ct-bf16"
+    qm.save(out, format="compressed-tensors", source=src)
+    h = read_header(out / "model.safetensors")
+    assert h.tensors["model.norm.weight"].dtype == "BF16" and h.tensors["lm_head.weight"].dtype == "BF16"
+    assert h.tensors["model.layers.0.mlp.up_proj.weight_scale"].dtype == "BF16"  # scales in the model's dtype
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    ref = transformers.LlamaForCausalLM.from_pretrained(src).eval()
+    ref.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(qm.values(k))).to(torch.bfloat16) for k in qm},
+                        strict=False)
+    with torch.no_grad():
+        got, want = loaded(IDS).logits.float(), ref(IDS).logits.float()
+    assert loaded.model.norm.weight.dtype == torch.bfloat16
+    assert (got - want).abs().max() < 0.02 * want.abs().max()  # bfloat16 arithmetic, scales rounded to bfloat16
