@@ -20,12 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-try:  # qcore.hookimpl is the public name; the hookspecs module holds the same object
-    from qcore import hookimpl
-except ImportError:  # pragma: no cover - while qcore/__init__ is incomplete
-    from qcore.plugin.hookspecs import hookimpl
-
-from qcore.kernels import Kernel
+from qcore import Kernel, hookimpl
 
 try:
     from qcore_plugins import _quant
