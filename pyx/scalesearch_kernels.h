@@ -1,6 +1,7 @@
 /* Scale search for symmetric low-bit linear quantization (qcore_plugins._scalesearch).
  *
- * For one row of n floats (a group, a channel or the whole tensor) pick the scale s that minimises
+ * For one row of n floats (a group, a channel or the whole tensor) pick the scale s that minimises (computed
+ * in units of amax, so rows near the float32 maximum do not overflow)
  *     sum_i (clamp(rint(x_i / s), qmin, qmax) * s - x_i)^2
  * over the candidates s = sign * amax / d for d in dgrid[0..nd) and sign in {+1, -1}, amax = max |x_i|.
  * A negative scale is what lets the value of largest magnitude take the extra negative code (llama.cpp's
@@ -26,7 +27,9 @@ static inline float ss_absmax(const float *x, int64_t n)
     return m;
 }
 
-static inline float ss_error(const float *x, int64_t n, float s, float inv, float qmin, float qmax)
+/* squared error of one candidate in units of amax (so nothing overflows near the float32 maximum):
+ * sum_i (q_i * sn - x_i * ia)^2 with q_i = clamp(rint(x_i * inv)), sn = s / amax, ia = 1 / amax */
+static inline float ss_error(const float *x, int64_t n, float inv, float sn, float ia, float qmin, float qmax)
 {
     const float magic = 12582912.0f;
     float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -37,7 +40,7 @@ static inline float ss_error(const float *x, int64_t n, float s, float inv, floa
             float q = (v + magic) - magic;
             q = q < qmin ? qmin : q;
             q = q > qmax ? qmax : q;
-            float e = q * s - x[i + j];
+            float e = q * sn - x[i + j] * ia;
             acc[j] += e * e;
         }
     }
@@ -47,13 +50,13 @@ static inline float ss_error(const float *x, int64_t n, float s, float inv, floa
         float q = (v + magic) - magic;
         q = q < qmin ? qmin : q;
         q = q > qmax ? qmax : q;
-        float e = q * s - x[i];
+        float e = q * sn - x[i] * ia;
         tail += e * e;
     }
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail;
 }
 
-/* the best scale of one row; *err_out gets its squared error */
+/* the best scale of one row; *err_out gets its squared error in units of amax^2 */
 static float ss_row(const float *x, int64_t n, const float *dgrid, int nd, float qmin, float qmax, float *err_out)
 {
     float amax = ss_absmax(x, n);
@@ -61,12 +64,16 @@ static float ss_row(const float *x, int64_t n, const float *dgrid, int nd, float
         *err_out = 0.0f;
         return 1.0f;
     }
-    float best_s = 1.0f, best_e = INFINITY;
+    float best_s = 1.0f, best_e = INFINITY, ia = 1.0f / amax;
     for (int c = 0; c < nd; c++) {
         for (int sg = 0; sg < 2; sg++) {
             float s = amax / dgrid[c];
-            if (sg) s = -s;
-            float e = ss_error(x, n, s, 1.0f / s, qmin, qmax);
+            float sn = 1.0f / dgrid[c];
+            if (sg) {
+                s = -s;
+                sn = -sn;
+            }
+            float e = ss_error(x, n, 1.0f / s, sn, ia, qmin, qmax);
             if (e < best_e) {
                 best_e = e;
                 best_s = s;

@@ -46,11 +46,11 @@ def scale_divisors(bits: int) -> np.ndarray:
     return np.linspace(top - 1.5, top + 0.5, 9).astype(np.float32)
 
 
-def _row_errors(rows, s, qmin, qmax):
-    """Squared error per row in float32, summed in the C kernel's order (8 lanes, then the tail)."""
+def _row_errors(rows, s, sn, ia, qmin, qmax):
+    """Squared error per row in units of amax^2, float32, summed in the C kernel's order (8 lanes, then the tail)."""
     inv = (np.float32(1) / s).astype(np.float32)
     q = np.clip(np.rint(rows * inv[:, None]), qmin, qmax).astype(np.float32)
-    e = (q * s[:, None] - rows).astype(np.float32)
+    e = (q * sn[:, None] - rows * ia[:, None]).astype(np.float32)
     e = (e * e).astype(np.float32)
     n8 = (rows.shape[1] // 8) * 8
     acc = np.zeros((rows.shape[0], 8), np.float32)
@@ -66,20 +66,23 @@ def _row_errors(rows, s, qmin, qmax):
 def search_scales_reference(rows: np.ndarray, dgrid: np.ndarray, qmin: int, qmax: int):
     """numpy reference of ``qcore_plugins._scalesearch.search_scales`` (bit for bit): per row of ``rows`` (R, L),
     the scale ``±max|row| / d`` of least squared error (candidates ``+d0, -d0, +d1, ...``, a later one only if
-    strictly better); an all-zero row gets scale 1.  Returns float32 ``(scale, err)``."""
+    strictly better); an all-zero row gets scale 1.  Returns float32 ``(scale, err)``, ``err`` in units of
+    ``max|row|^2`` (computed that way so rows near the float32 maximum do not overflow)."""
     rows = np.ascontiguousarray(rows, np.float32)
     amax = np.abs(rows).max(axis=1) if rows.shape[1] else np.zeros(rows.shape[0], np.float32)
     best_s = np.ones(rows.shape[0], np.float32)
     best_e = np.full(rows.shape[0], np.inf, np.float32)
     live = amax > 0
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        ia = (np.float32(1) / np.where(live, amax, np.float32(1))).astype(np.float32)
         for d in np.asarray(dgrid, np.float32):
             for negative in (False, True):
                 s = (amax / d).astype(np.float32)
+                sn = np.full(rows.shape[0], np.float32(1) / d, np.float32)
                 if negative:
-                    s = -s
+                    s, sn = -s, -sn
                 s = np.where(live, s, np.float32(1))
-                e = _row_errors(rows, s, qmin, qmax)
+                e = _row_errors(rows, s, sn, ia, qmin, qmax)
                 better = live & (e < best_e)
                 best_s = np.where(better, s, best_s)
                 best_e = np.where(better, e, best_e)
@@ -202,7 +205,9 @@ class LinearQuantizer(qcore.Quantizer):
         const = lo == hi  # a constant comes back exactly: code 1 times |c| (as the narrow rule)
         scale = np.where(const, np.abs(lo), scale)
         scale = np.where(scale == 0, np.float32(1), np.copysign(np.maximum(np.abs(scale), MIN_SCALE), scale))
-        return scale.astype(np.float32)
+        # near the float32 maximum both ends of the grid must stay finite (code -2^(k-1) times the scale)
+        mag = finite_grid(np.abs(scale).astype(np.float32), np.zeros(scale.shape, np.int32), self.qmin, self.qmax)
+        return np.copysign(mag, scale).astype(np.float32)
 
     def _affine_params(self, lo, hi, given_scale=None):
         const = lo == hi
