@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FormatError
+from ..metrics import report_row
 from ..tensor import QTensor
 from .qmodel import QModel, register_format
 from .safetensors_io import Entry, float32_to_bf16, read_header, write_safetensors
@@ -360,16 +361,21 @@ def load_compressed_tensors(path: str | os.PathLike, verify: bool = True) -> QMo
         ngroups = 1 if strategy == "channel" else cols // int(gs)
         if scale.shape != (rows, ngroups):
             raise FormatError(f"{p!r}: module {mod!r}: weight_scale shape {scale.shape}, expected {(rows, ngroups)}")
-        if not np.isfinite(scale).all() or (scale <= 0).any():
-            raise FormatError(f"{p!r}: module {mod!r}: weight_scale holds non-positive, NaN or Inf values")
+        if not np.isfinite(scale).all() or (scale == 0).any() or (not sym and (scale < 0).any()):
+            # symmetric scales may be negative: qcore's 3-/4-bit search gives the largest magnitude code -2^(b-1)
+            raise FormatError(f"{p!r}: module {mod!r}: weight_scale holds zero, negative (affine), NaN or Inf values")
         opts: dict[str, Any] = {"granularity": strategy, "axis": 0, "symmetric": sym}
         if strategy == "group":
             opts["group_size"] = int(gs)
         half = 1 << (bits - 1)
         pshape = (rows, ngroups) if strategy == "group" else (rows,)
         if sym:
-            if (codes < -(half - 1)).any():
-                raise FormatError(f"{p!r}: module {mod!r}: symmetric codes use -{half}, outside qcore's narrow range")
+            from .. import resolve
+
+            qmin = resolve.quantizer("linear", bits=bits, symmetric=True).qmin  # full range at 3/4 bits
+            if (codes < qmin).any():
+                raise FormatError(f"{p!r}: module {mod!r}: symmetric codes use -{half}, outside qcore's range "
+                                  f"[{qmin}, {half - 1}] for {bits} bits")
             qcodes = codes
             params = {"scale": scale.reshape(pshape), "zero_point": np.zeros(pshape, np.int32)}
         else:
@@ -421,17 +427,16 @@ def inspect_folder(path: str | os.PathLike) -> dict:
             opts = {"granularity": w.get("strategy"), "symmetric": bool(w.get("symmetric"))}
             if w.get("strategy") == "group":
                 opts["group_size"] = w.get("group_size")
-            rows.append({"name": f"{mod}.weight", "scheme": "linear", "bits": int(w.get("num_bits")), "shape": shape,
-                         "bytes_fp32": 4 * count, "bytes_orig": isz * count, "dtype": sdt, "bytes_q": nbytes,
-                         "sqnr_db": None, "options": opts, "plugin": {}, "planned_by": None})
+            rows.append(report_row(f"{mod}.weight", scheme="linear", bits=int(w.get("num_bits")), shape=shape,
+                                   bytes_fp32=4 * count, bytes_q=nbytes, sqnr_db=None, options=opts,
+                                   bytes_orig=isz * count, dtype=sdt, plugin={}))
         else:
             dt = tf.source_dtype(name)
             nb = tf.nbytes_of(name)
             shape = list(tf.shape_of(name))
             fp32 = 4 * math.prod(shape) if dt in ("bfloat16", "float16", "float32", "float64") else nb
-            rows.append({"name": name, "scheme": None, "bits": None, "shape": shape, "bytes_fp32": fp32,
-                         "bytes_orig": nb, "dtype": dt, "bytes_q": nb, "sqnr_db": None, "options": {"dtype": dt},
-                         "plugin": {}, "planned_by": None})
+            rows.append(report_row(name, scheme=None, bits=None, shape=shape, bytes_fp32=fp32, bytes_q=nb, sqnr_db=None,
+                                   options={"dtype": dt}, bytes_orig=nb, dtype=dt, plugin={}))
     tf.close()
     return {"path": p, "file_size": size, "format": qc.get("format"), "version": qc.get("version"),
             "quantization_config": qc, "tensors": rows}
