@@ -366,7 +366,7 @@ def test_qat_activation_fake_quant_through_qcore_observers():
     x = torch.rand(8, 1, 8, 8)
     qat.train()
     qat(x)
-    assert aq.quantizer.calibrated and aq.params is not None
+    assert aq.calibrated and aq.params is not None and aq.uses_torch_ops  # linear/minmax: on torch ops
     # eval: frozen parameters; the input of fc is quantized to 4 bits (at most 16 distinct values)
     qat.eval()
     seen = {}
