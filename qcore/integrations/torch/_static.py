@@ -214,7 +214,13 @@ def _affine_qtensor_parts(qt):
         return None
     if "zero_point" in qt.params and np.any(np.asarray(qt.params["zero_point"]) != 0):
         return None
-    return qt.codes, scale
+    codes = qt.codes
+    neg = scale < 0  # 3/4-bit full-range weights may carry a negative scale: q * s == (-q) * (-s), -q fits int8
+    if neg.any():
+        codes = codes.copy()
+        codes[neg] = -codes[neg]
+        scale = np.where(neg, -scale, scale).astype(np.float32)
+    return codes, scale
 
 
 class _StaticBase(nn.Module):
