@@ -35,10 +35,11 @@ except ImportError as exc:  # pragma: no cover - exercised by simulating a missi
 
 from ._model import convert, prepare_qat, quantize_dynamic
 from ._modules import QConv2d, QLinear
+from ._ptq import collect_hessians
 from ._qat import ActivationFakeQuant, QATConv2d, QATLinear
 from ._tensors import fake_quantize
 
 __all__ = [
-    "quantize_dynamic", "prepare_qat", "convert",
+    "quantize_dynamic", "prepare_qat", "convert", "collect_hessians",
     "QLinear", "QConv2d", "QATLinear", "QATConv2d", "ActivationFakeQuant", "fake_quantize",
 ]
