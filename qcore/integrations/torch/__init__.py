@@ -33,6 +33,7 @@ except ImportError as exc:  # pragma: no cover - exercised by simulating a missi
         'pip install "qcore[torch]"  (or directly: pip install torch==2.13.0)'
     ) from exc
 
+from ._apply import apply_quantized
 from ._model import convert, prepare_qat, quantize_dynamic
 from ._modules import QConv2d, QLinear
 from ._ptq import collect_hessians
@@ -40,6 +41,6 @@ from ._qat import ActivationFakeQuant, QATConv2d, QATLinear
 from ._tensors import fake_quantize
 
 __all__ = [
-    "quantize_dynamic", "prepare_qat", "convert", "collect_hessians",
+    "quantize_dynamic", "prepare_qat", "convert", "apply_quantized", "collect_hessians",
     "QLinear", "QConv2d", "QATLinear", "QATConv2d", "ActivationFakeQuant", "fake_quantize",
 ]
