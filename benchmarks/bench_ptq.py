@@ -57,12 +57,19 @@ def bits_per_weight(model) -> float:
     return bits / max(count, 1)
 
 
+#: candidates of the mixed rows: linear at 3-8 bits per group of 128 or per channel
+MIXED_CANDIDATES = ("linear:3:group:128,linear:4:group:128,linear:5:group:128,linear:4:channel,linear:5:channel,"
+                    "linear:6:channel,linear:8:channel")
+
 ROWS = {
     # name: (label, scheme, bits, method, options)
     "rtn4": ("RTN 4-bit g128 affine", "linear", 4, "rtn", dict(granularity="group", group_size=128, symmetric=False)),
     "gptq4": ("GPTQ 4-bit g128 affine", "linear", 4, "gptq", dict(granularity="group", group_size=128, symmetric=False)),
     "rtn3": ("RTN 3-bit g128 affine", "linear", 3, "rtn", dict(granularity="group", group_size=128, symmetric=False)),
     "gptq3": ("GPTQ 3-bit g128 affine", "linear", 3, "gptq", dict(granularity="group", group_size=128, symmetric=False)),
+    "mixed-w": ("mixed 4.5, weight error", "mixed", 8, "rtn", dict(budget_bits=4.5, candidates=None)),
+    "mixed-o": ("mixed 4.5, output error", "mixed", 8, "rtn", dict(budget_bits=4.5, candidates=None, calibrated=True)),
+    "mixed-g": ("mixed 4.5, output, GPTQ", "mixed", 8, "gptq", dict(budget_bits=4.5, candidates=None)),
     "rtn4c": ("RTN 4-bit channel sym", "linear", 4, "rtn", dict(granularity="channel", symmetric=True)),
     "gptq4c": ("GPTQ 4-bit channel sym", "linear", 4, "gptq", dict(granularity="channel", symmetric=True)),
 }
@@ -72,6 +79,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows of: {', '.join(ROWS)}")
     ap.add_argument("--calibration", type=int, default=256, help="number of calibration sentences")
+    ap.add_argument("--candidates", default=MIXED_CANDIDATES, help="the mixed rows' candidates")
     args = ap.parse_args(argv)
     calib = load_texts("ptq_calibration.txt")[: args.calibration]
     held = load_texts("ptq_heldout.txt")
@@ -83,8 +91,11 @@ def main(argv=None):
     calibrate = lambda m: m.encode(calib, batch_size=64, show_progress_bar=False)  # noqa: E731
     for key in [r.strip() for r in args.rows.split(",") if r.strip()]:
         label, scheme, bits, method, opts = ROWS[key]
+        opts = dict(opts)
+        if scheme == "mixed":
+            opts["candidates"] = opts["candidates"] or args.candidates
         t = time.perf_counter()
-        kw = dict(method=method, calibrate=calibrate) if method != "rtn" else {}
+        kw = dict(method=method, calibrate=calibrate) if method != "rtn" or opts.pop("calibrated", False) else {}
         qm = qtorch.quantize_dynamic(base, scheme, bits, progress=False, **kw, **opts)
         dt = time.perf_counter() - t
         cos = np.sum(embed(qm, held) * ref, axis=1)

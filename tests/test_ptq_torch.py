@@ -209,3 +209,35 @@ def test_minilm_one_layer_output_error():
         eg = float(((g.get_submodule(name)(x) - ref) ** 2).sum())
         er = float(((r.get_submodule(name)(x) - ref) ** 2).sum())
     assert eg < 0.8 * er  # on held-out sentences
+
+
+# -- mixed precision judged by the layers' outputs ------------------------------------------------------------
+MIXED = dict(budget_bits=4.0, candidates="linear:2:channel,linear:3:channel,linear:4:channel,linear:8:channel")
+
+
+def _bits(model):
+    qs = [m.weight for m in model.modules() if isinstance(m, qtorch.QLinear)]
+    return sum(8 * q.nbytes for q in qs) / sum(q.size for q in qs)
+
+
+def test_mixed_with_calibrate_plans_by_output_error():
+    net = Net().eval()
+    g = qtorch.quantize_dynamic(net, "mixed", 8, calibrate=calibrate, **MIXED)
+    assert _bits(g) <= 4.0
+    # the same plan by hand: every candidate scored by trace((W - W') H (W - W')^T) with the float Hessians
+    hs = qtorch.collect_hessians(net, calibrate)
+    planner = qcore.get_quantizer("mixed", bits=8, axis=0, **MIXED)
+    names = [n for n, m in net.named_modules() if isinstance(m, nn.Linear)]
+    ms = [planner.measure(net.get_submodule(n).weight.detach().numpy(), hessian=hs[n + ".weight"]) for n in names]
+    total = sum(net.get_submodule(n).weight.numel() for n in names)
+    picks = planner.plan(ms, capacity_bits=4.0 * total)
+    for n, m, k in zip(names, ms, picks):
+        assert g.get_submodule(n).weight.bits == m[k]["spec"]["bits"], n
+
+
+def test_mixed_with_gptq_keeps_the_budget_and_beats_rtn_mixed():
+    net = Net().eval()
+    r = qtorch.quantize_dynamic(net, "mixed", 8, calibrate=calibrate, **MIXED)
+    g = qtorch.quantize_dynamic(net, "mixed", 8, calibrate=calibrate, method="gptq", **MIXED)
+    assert _bits(g) <= 4.0
+    assert out_err(g, net) < out_err(r, net)
