@@ -65,6 +65,12 @@ ROWS = {
     # name: (label, scheme, bits, method, options)
     "rtn4": ("RTN 4-bit g128 affine", "linear", 4, "rtn", dict(granularity="group", group_size=128, symmetric=False)),
     "gptq4": ("GPTQ 4-bit g128 affine", "linear", 4, "gptq", dict(granularity="group", group_size=128, symmetric=False)),
+    "gptq4x": ("GPTQ 4-bit g128 + clip", "linear", 4, "gptq",
+               dict(granularity="group", group_size=128, symmetric=False, gptq_options={"clip_search": True})),
+    "gptq3x": ("GPTQ 3-bit g128 + clip", "linear", 3, "gptq",
+               dict(granularity="group", group_size=128, symmetric=False, gptq_options={"clip_search": True})),
+    "gptq3n": ("GPTQ 3-bit g128, no act-order", "linear", 3, "gptq",
+               dict(granularity="group", group_size=128, symmetric=False, gptq_options={"act_order": False})),
     "rtn3": ("RTN 3-bit g128 affine", "linear", 3, "rtn", dict(granularity="group", group_size=128, symmetric=False)),
     "gptq3": ("GPTQ 3-bit g128 affine", "linear", 3, "gptq", dict(granularity="group", group_size=128, symmetric=False)),
     "mixed-w": ("mixed 4.5, weight error", "mixed", 8, "rtn", dict(budget_bits=4.5, candidates=None)),

@@ -247,3 +247,17 @@ def test_float16_and_float64_weights():
     np.testing.assert_array_equal(a.codes, b.codes)
     assert a.dtype == "float64"
     assert qcore.gptq(w.astype(np.float16), h.astype(np.float32), bits=4).dtype == "float16"
+
+
+def test_clip_search_lowers_the_output_error():
+    x = anisotropic_inputs(256)
+    w = weights(64, 256)
+    h = hessian(x)
+    for opts in (dict(bits=3, granularity="group", group_size=64), dict(bits=4, granularity="channel", symmetric=True)):
+        plain = out_err(x, w, qcore.gptq(w, h, **opts).dequantize())
+        clipped = qcore.gptq(w, h, clip_search=True, **opts)
+        assert out_err(x, w, clipped.dequantize()) < 0.95 * plain
+        again = qcore.get_quantizer("linear", **opts).decode(clipped.codes, clipped.params)
+        np.testing.assert_array_equal(again, clipped.dequantize())
+    with pytest.raises(TypeError, match="clip_search"):
+        qcore.gptq(w, h, clip_search="yes")

@@ -157,11 +157,16 @@ def _inverse_cholesky(h: np.ndarray, damp: float) -> np.ndarray:
                                 "check it (a mean of x x^T) or raise damp")
 
 
+#: range shrink factors tried by ``clip_search``
+CLIP_GRID = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7)
+
+
 class _Units:
     """How the scheme's parameter sets map onto the input columns of W (see the module docstring)."""
 
-    def __init__(self, q, n: int, k: int):
+    def __init__(self, q, n: int, k: int, clip: bool = False):
         self.q = q
+        self.clip = clip
         g = q.granularity if "granularity" in q.config else "tensor"
         axis = q.config.get("axis", 0)
         if g == "channel":
@@ -185,7 +190,39 @@ class _Units:
         self.n, self.k = n, k
         self.count = k // self.size if k else 0
 
-    def fit(self, block: np.ndarray) -> dict[str, np.ndarray]:
+    def fit(self, block: np.ndarray, hdiag: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        params = self._fit(block)
+        if self.clip and hdiag is not None:
+            params = self._clip_search(block, hdiag, params)
+        return params
+
+    def _clip_search(self, block, hdiag, params):
+        """Per row (or for the tensor), the range shrink ``a`` whose parameters ``fit(a * block)`` give the least
+        ``sum_j H_jj (w - w')^2`` on the block itself (MSE-optimal clipping, weighted by input activity)."""
+        q = self.q
+        block = np.ascontiguousarray(block, np.float32)
+        wgt = np.asarray(hdiag, np.float64)[None, :]
+
+        def err(p):
+            d = block - np.asarray(q.decode(q.encode(block, p), p), np.float32)
+            return ((d.astype(np.float64) ** 2) * wgt).sum(axis=1)
+
+        best, best_err = params, err(params)
+        per_row = self.kind != "whole" or q.granularity == "channel"
+        for a in CLIP_GRID:
+            cand = self._fit(block * np.float32(a))
+            e = err(cand)
+            if per_row:
+                better = e < best_err
+                if better.any():
+                    best = {k: np.where(better.reshape((-1,) + (1,) * (v.ndim - 1)), cand[k], v)
+                            for k, v in best.items()}
+                    best_err = np.where(better, e, best_err)
+            elif e.sum() < best_err.sum():
+                best, best_err = cand, e
+        return best
+
+    def _fit(self, block: np.ndarray) -> dict[str, np.ndarray]:
         params = {name: np.asarray(v) for name, v in self.q.fit(np.ascontiguousarray(block, np.float32)).items()}
         lead = {"whole": None, "group": (self.n, 1), "column": (1,)}[self.kind]
         if lead is not None:
@@ -239,7 +276,7 @@ def _code_table(units: _Units, params, n: int):
     return np.ascontiguousarray(table), lo
 
 
-def _gptq_core(w: np.ndarray, h: np.ndarray, q, block_size: int, damp: float, act_order: bool):
+def _gptq_core(w: np.ndarray, h: np.ndarray, q, block_size: int, damp: float, act_order: bool, clip: bool = False):
     """The sweep. Returns ``(codes, params, w_hat)`` in the original column order.
 
     Speed: rounding one column through ``encode``/``decode`` costs a few Python-level calls per column.  When
@@ -251,7 +288,7 @@ def _gptq_core(w: np.ndarray, h: np.ndarray, q, block_size: int, damp: float, ac
     the result is always that of the scheme's own encode.
     """
     n, k = w.shape
-    units = _Units(q, n, k)
+    units = _Units(q, n, k, clip)
     W = np.array(w, dtype=np.float32, order="C")
     h = h.copy()
     diag = np.diag(h).copy()
@@ -263,7 +300,7 @@ def _gptq_core(w: np.ndarray, h: np.ndarray, q, block_size: int, damp: float, ac
     perm = _order(diag, units, act_order)
     inv = np.argsort(perm)
     U = _inverse_cholesky(h[np.ix_(perm, perm)], damp).astype(np.float32)
-    unit_params = [units.fit(W)] if units.kind == "whole" else [None] * units.count
+    unit_params = [units.fit(W, diag)] if units.kind == "whole" else [None] * units.count
     W = np.ascontiguousarray(W[:, perm])
     code_dt = np.int8 if q.signed else np.uint8
     codes = np.zeros((n, k), code_dt)
@@ -293,7 +330,7 @@ def _gptq_core(w: np.ndarray, h: np.ndarray, q, block_size: int, damp: float, ac
             if units.kind != "whole" and col % usz == 0:
                 orig = perm[col:col + usz]
                 back = np.argsort(orig)  # the unit's columns in their stored order
-                params = units.fit(W1[:, j:j + usz][:, back])
+                params = units.fit(W1[:, j:j + usz][:, back], diag[orig[back]])
                 unit_params[orig[0] // usz if units.kind == "group" else orig[0]] = params
                 if fast:
                     t = _code_table(units, params, n)
@@ -361,7 +398,7 @@ def _gptq_core(w: np.ndarray, h: np.ndarray, q, block_size: int, damp: float, ac
 
 
 def gptq(w, hessian, scheme="linear", *, block_size: int = 128, damp: float = 0.01, act_order: bool = True,
-         **options: Any) -> QTensor:
+         clip_search: bool = False, **options: Any) -> QTensor:
     """Quantize the weight ``w`` (``(N, K)``, torch ``Linear`` layout) minimising the output error on the
     calibration inputs summarised by ``hessian`` (``(K, K)``, the mean of ``x x^T``).
 
@@ -371,6 +408,9 @@ def gptq(w, hessian, scheme="linear", *, block_size: int = 128, damp: float = 0.
         float rounding)
     :param damp: fraction of the mean Hessian diagonal added to the diagonal (see the module docstring)
     :param act_order: quantize the most active input columns first (respecting groups)
+    :param clip_search: fit each unit's parameters on the unit shrunk by the factor of :data:`CLIP_GRID` (or 1)
+        that gives the least activity-weighted error ``sum_j H_jj (w - w')^2`` — MSE-optimal clipping through
+        ``fit``, per row where the parameters are per row
     :returns: a :class:`qcore.QTensor` of the scheme, decodable like any other (its parameters are one set per
         row, group or column as the scheme's granularity says)
 
@@ -404,7 +444,10 @@ def gptq(w, hessian, scheme="linear", *, block_size: int = 128, damp: float = 0.
     if isinstance(q, Planner) or not isinstance(q, Quantizer):
         raise TypeError(f"scheme {q.name!r} chooses among schemes (a planner); gptq needs one encoding scheme — "
                         "use quantize_model(..., method='gptq', hessians=...) to plan with GPTQ")
-    codes, params, _ = _gptq_core(wa.astype(np.float32), h, q, block_size, float(damp), bool(act_order))
+    if not isinstance(clip_search, (bool, np.bool_)):
+        raise TypeError(f"clip_search must be True or False, got {clip_search!r}")
+    codes, params, _ = _gptq_core(wa.astype(np.float32), h, q, block_size, float(damp), bool(act_order),
+                                  bool(clip_search))
     codes = q._checked_codes(np.asarray(codes), wa.shape)
     return QTensor(codes, q.name, q.bits, params, q.export_options(), signed=q.signed, dtype=orig_dtype, quantizer=q)
 

@@ -359,7 +359,7 @@ def gptq_layers(model: nn.Module, calibrate: Callable[[nn.Module], object], quan
     return _Layerwise(model, targets, quantize_layer, calibrate, progress).run()
 
 
-GPTQ_OPTIONS = ("block_size", "damp", "act_order")
+GPTQ_OPTIONS = ("block_size", "damp", "act_order", "clip_search")
 
 
 def quantize_calibrated(model: nn.Module, scheme: str, wopts: dict, calibrate, *, method: str = "gptq",
