@@ -78,7 +78,14 @@ def quantize_dynamic(module: nn.Module, scheme: str = "linear", bits: int = 8, *
     model = module if inplace else copy.deepcopy(module)
     wopts = weight_options(scheme, bits, options, channel_axis=0)
     qcore.get_quantizer(scheme, **wopts)  # bad options fail here, before any layer is touched
-    if method == "gptq" or (calibrate is not None and _is_planner(scheme)):
+    if calibrate is not None and _is_planner(scheme):
+        from ._ptq import check_gptq_options
+        from ._ptq_mixed import quantize_mixed
+
+        return quantize_mixed(model, qcore.get_quantizer(scheme, **wopts), calibrate, method=method,
+                              include=include, exclude=exclude, gptq_options=check_gptq_options(gptq_options),
+                              progress=progress)
+    if method == "gptq":
         from ._ptq import quantize_calibrated
 
         return quantize_calibrated(model, scheme, wopts, calibrate, method=method, include=include,

@@ -362,22 +362,24 @@ def gptq_layers(model: nn.Module, calibrate: Callable[[nn.Module], object], quan
 GPTQ_OPTIONS = ("block_size", "damp", "act_order", "clip_search")
 
 
+def check_gptq_options(gptq_options) -> dict:
+    gopts = dict(gptq_options or {})
+    unknown = set(gopts) - set(GPTQ_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown gptq_options {', '.join(sorted(unknown))}; they are {', '.join(GPTQ_OPTIONS)}")
+    return gopts
+
+
 def quantize_calibrated(model: nn.Module, scheme: str, wopts: dict, calibrate, *, method: str = "gptq",
                         include=None, exclude=None, gptq_options=None, progress: bool = True) -> nn.Module:
     """``quantize_dynamic``'s calibrated path (``method="gptq"``; ``scheme="mixed"`` with ``calibrate``)."""
     from ._modules import QLinear
     from ._tensors import _numpy_view
 
-    gopts = dict(gptq_options or {})
-    unknown = set(gopts) - set(GPTQ_OPTIONS)
-    if unknown:
-        raise TypeError(f"unknown gptq_options {', '.join(sorted(unknown))}; they are {', '.join(GPTQ_OPTIONS)}")
+    gopts = check_gptq_options(gptq_options)
     quantizer = qcore.get_quantizer(scheme, **wopts)
-    if isinstance(quantizer, qcore.Planner):
-        from ._ptq_mixed import quantize_mixed
-
-        return quantize_mixed(model, quantizer, calibrate, method=method, include=include, exclude=exclude,
-                              gptq_options=gopts, progress=progress)
+    if isinstance(quantizer, qcore.Planner):  # pragma: no cover - _model sends planners to _ptq_mixed
+        raise TypeError("a planner goes through quantize_mixed")
 
     def quantize_layer(name, lin, h):
         w = _numpy_view(lin.weight)

@@ -57,9 +57,13 @@ def quantize_mixed(model: nn.Module, planner, calibrate, *, method="rtn", includ
     if method == "gptq":
         model = gptq_layers(model, calibrate, quantize_layer, include=include, exclude=exclude, progress=progress)
     else:
-        from ._model import _swap
-
-        _swap(model, lambda n, child: quantize_layer(n, child, None) if n in spec and child is targets[n] else None)
+        new = {id(lin): quantize_layer(n, lin, None) for n, lin in targets.items()}
+        if isinstance(model, nn.Linear) and id(model) in new:
+            model = new[id(model)]
+        for parent in list(model.modules()):
+            for cname, child in list(parent._modules.items()):
+                if child is not None and id(child) in new:
+                    parent._modules[cname] = new[id(child)]
     if capacity is not None:
         used = sum(8 * m.weight.nbytes for m in model.modules() if isinstance(m, QLinear))
         if used > capacity + 1e-6:  # pragma: no cover - the planner guarantees it and GPTQ keeps storage
