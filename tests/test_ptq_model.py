@@ -121,3 +121,22 @@ def test_mixed_with_gptq_candidates():
     assert err["gptq"] < err["rtn"]
     assert all(gq.info[n]["method"] == "gptq" for n in w)
     assert sum(8 * gq[n].nbytes for n in w) <= 5.0 * sum(v.size for v in w.values())
+
+
+def test_relative_output_error():
+    from qcore_plugins.schemes.mixed import score_candidate
+
+    x = anisotropic_inputs(32, seed=5)
+    h = hessian(x)
+    w = np.random.default_rng(0).normal(size=(8, 32)).astype(np.float32)
+    qt = qcore.quantize(w, bits=3)
+    rel = score_candidate(w, qt, hessian=h, relative=True)["error"]
+    assert rel == pytest.approx(output_error(w, qt.dequantize(), h) / output_error(w, np.zeros_like(w), h), rel=1e-6)
+    # scale-free: a layer with 30x larger inputs has the same relative error
+    assert score_candidate(w, qt, hessian=900 * h, relative=True)["error"] == pytest.approx(rel, rel=1e-6)
+    p = qcore.get_quantizer("mixed", output_error="relative", candidates="linear:3:channel,linear:4:channel")
+    m = p.measure(w, hessian=h)
+    assert m[0]["error"] == pytest.approx(score_candidate(w, qcore.quantize(w, bits=3, granularity="channel"),
+                                                         hessian=h, relative=True)["error"])
+    with pytest.raises(ValueError, match="output_error"):
+        qcore.get_quantizer("mixed", output_error="loud")

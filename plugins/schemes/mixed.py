@@ -182,15 +182,17 @@ def knapsack(costs: list[np.ndarray], errors: list[np.ndarray], capacity: float,
 
 
 def score_candidate(x: np.ndarray, qt: qcore.QTensor, *, sensitivity=1.0, calibration=None, signal=None,
-                    hessian=None) -> dict:
+                    hessian=None, relative=False) -> dict:
     """How good one candidate is on ``x``: ``{"error", "sse", "sqnr_db"}``.
 
     The one place the planner measures error (the plan minimises ``error``): the squared error ``sse`` of the
     weights, times ``sensitivity`` (a number, or per-element weights), or with ``calibration`` inputs ``X``
     the output error ``||X (W - W')||^2`` (:func:`output_error`), or with the layer's input Hessian
     ``H = mean(x x^T)`` (``(K, K)`` for a ``(N, K)`` weight) the mean output error
-    ``trace((W - W') H (W - W')^T)`` — what the model's output feels, not the weight error.  ``sqnr_db`` is
-    the weight SQNR (``signal``: ``sum x^2`` when the caller has it already).
+    ``trace((W - W') H (W - W')^T)`` — what the model's output feels, not the weight error; ``relative=True``
+    divides it by the layer's output energy ``trace(W H W^T)`` (a noise-to-signal ratio, comparable between
+    layers whose outputs have different scales).  ``sqnr_db`` is the weight SQNR (``signal``: ``sum x^2`` when
+    the caller has it already).
     """
     d = qt.dequantize()
     np.subtract(x, d, out=d)
@@ -203,6 +205,10 @@ def score_candidate(x: np.ndarray, qt: qcore.QTensor, *, sensitivity=1.0, calibr
         h = check_hessian(hessian, d.shape[1])
         d64 = d.astype(np.float64)
         error = float(np.einsum("nk,nk->", d64 @ h, d64))
+        if relative:
+            x64 = np.asarray(x, np.float64)
+            energy = float(np.einsum("nk,nk->", x64 @ h, x64))
+            error = error / energy if energy > 0 else (0.0 if error == 0 else math.inf)
     elif np.ndim(sensitivity) == 0 and calibration is None:
         if not (math.isfinite(float(sensitivity)) and float(sensitivity) >= 0):
             raise ValueError(f"sensitivity must be a finite number >= 0, got {sensitivity!r}")
@@ -232,7 +238,7 @@ class MixedPlanner(qcore.Planner):
 
     name = "mixed"
     options = {"budget_bits": 4.5, "target_sqnr": None, "candidates": None, "axis": 0,
-               "sensitivity": None, "calibration": None}
+               "sensitivity": None, "calibration": None, "output_error": "absolute"}
 
     def __init__(self, bits=8, observer=None, kernel=None, **options):
         super().__init__(bits, observer, kernel, **options)
@@ -244,6 +250,8 @@ class MixedPlanner(qcore.Planner):
                     raise TypeError(f"{key} must be a number, got {v!r}")
                 if not math.isfinite(v) or (key == "budget_bits" and v <= 0):
                     raise ValueError(f"{key} must be a finite{' positive' if key == 'budget_bits' else ''} number, got {v}")
+        if cfg["output_error"] not in ("absolute", "relative"):
+            raise ValueError(f"output_error must be 'absolute' or 'relative', got {cfg['output_error']!r}")
         cands = cfg["candidates"]
         explicit = cands is not None
         if cands is None:
@@ -328,7 +336,7 @@ class MixedPlanner(qcore.Planner):
             except ValueError:
                 continue  # the candidate cannot take this tensor (e.g. a shape it does not support)
             score = score_candidate(x, qt, sensitivity=sensitivity, calibration=calibration, signal=signal,
-                                    hessian=hessian)
+                                    hessian=hessian, relative=self.config["output_error"] == "relative")
             out.append({"spec": s, "label": label_of(s), "bits": qt.bits, "nbytes": int(qt.nbytes), **score})
             del qt
         return out
