@@ -2,6 +2,7 @@
 
 See ``docs/gemm.md`` for the kernel design (layouts, zero-point correction, dispatch).
 """
+from .conv import PackedConv2d
 from .gemm import available_isas, gemm_isa, pack_weights, qgemm, qlinear, set_gemm_isa
 
-__all__ = ["qlinear", "qgemm", "pack_weights", "available_isas", "gemm_isa", "set_gemm_isa"]
+__all__ = ["qlinear", "qgemm", "pack_weights", "available_isas", "gemm_isa", "set_gemm_isa", "PackedConv2d"]

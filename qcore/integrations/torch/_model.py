@@ -1,47 +1,24 @@
-"""Model-level functions: quantize_dynamic, prepare_qat, convert."""
+"""Model-level functions: quantize_dynamic, prepare_qat, convert (prepare: see _static)."""
 from __future__ import annotations
 
 from torch import nn
 
 import copy
 import warnings
-from typing import Callable, Iterable
+from typing import Iterable
 
 import qcore
 
 from .._common import name_selected, scheme_class, weight_options
 from ._modules import QConv2d, QLinear
 from ._qat import ActivationFakeQuant, QATConv2d, QATLinear, _activation_spec
+from ._static import ObservedConv2d, ObservedLinear, _StaticBase, fuse_static, static_from_observed, static_from_qat
 from ._tensors import _qtensor_of
+from ._walk import _check_module, _swap  # noqa: F401 - _swap: also imported from here by _apply
 
 
 def _is_planner(scheme: str) -> bool:
     return isinstance(scheme_class(scheme), type) and issubclass(scheme_class(scheme), qcore.Planner)
-
-
-def _check_module(module) -> None:
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
-
-
-def _swap(model: nn.Module, make: Callable[[str, nn.Module], nn.Module | None]) -> int:
-    """Replace every submodule for which ``make(name, child)`` returns a module; shared modules stay shared."""
-    done: dict[int, nn.Module] = {}
-    count = 0
-    for parent_name, parent in list(model.named_modules(remove_duplicate=False)):
-        for name, child in list(parent._modules.items()):
-            if child is None:
-                continue
-            full = f"{parent_name}.{name}" if parent_name else name
-            if id(child) in done:
-                parent._modules[name] = done[id(child)]
-                continue
-            new = make(full, child)
-            if new is not None:
-                done[id(child)] = new
-                parent._modules[name] = new
-                count += 1
-    return count
 
 
 def quantize_dynamic(module: nn.Module, scheme: str = "linear", bits: int = 8, *,
@@ -155,14 +132,31 @@ def _frozen(aq: ActivationFakeQuant | None) -> ActivationFakeQuant | None:
 
 
 def convert(module: nn.Module, *, inplace: bool = False) -> nn.Module:
-    """The quantized model of a QAT model: :class:`QATLinear` → :class:`QLinear`, :class:`QATConv2d` →
-    :class:`QConv2d`, weights quantized by the same scheme and options as during training (so the converted
-    model computes with exactly the weights the QAT model saw).  Activation fake-quantizers are kept, frozen.
+    """The quantized model of a prepared (:func:`prepare`) or QAT (:func:`prepare_qat`) model.
+
+    * Layers prepared for static quantization (observers on their inputs, calibrated by running batches)
+      become :class:`StaticLinear` / :class:`StaticConv2d`: int8 input quantized with the calibrated per-tensor
+      parameters, int8 per-channel weights, int32 accumulation.
+    * QAT layers whose input was fake-quantized by an 8-bit ``linear`` per-tensor :class:`ActivationFakeQuant`
+      (``prepare_qat(..., activations=True)``) and whose weight is ``linear`` symmetric (the default) become the
+      same static modules, with the fake quantizer's scale and zero point and the weight codes the QAT model
+      trained with.
+    * Other QAT layers: :class:`QATLinear` → :class:`QLinear`, :class:`QATConv2d` → :class:`QConv2d`, weights
+      quantized by the same scheme and options as during training.  Activation fake-quantizers are kept, frozen.
+
+    Afterwards, inside every ``nn.Sequential``, an ``nn.ReLU`` right after a static layer is fused into it, and
+    consecutive static layers of one kind pass uint8 codes instead of float (see ``docs/integrations.md``).
     """
     _check_module(module)
     model = module if inplace else copy.deepcopy(module)
 
     def make(name, child):
+        if isinstance(child, (ObservedLinear, ObservedConv2d)):
+            return static_from_observed(child)
+        if isinstance(child, (QATLinear, QATConv2d)):
+            static = static_from_qat(child)
+            if static is not None:
+                return static
         if isinstance(child, QATLinear):
             return QLinear(child.in_features, child.out_features, child.quantized_weight(), child.bias,
                            _frozen(child.input_quantizer))
@@ -170,9 +164,11 @@ def convert(module: nn.Module, *, inplace: bool = False) -> nn.Module:
             return QConv2d._like(child, child.quantized_weight(), _frozen(child.input_quantizer))
         return None
 
-    if isinstance(model, (QATLinear, QATConv2d)):
+    if isinstance(model, (QATLinear, QATConv2d, ObservedLinear, ObservedConv2d)):
         return make("", model)
     if _swap(model, make) == 0:
-        warnings.warn("convert: the model has no QAT layers (use prepare_qat first, or quantize_dynamic)",
-                      stacklevel=2)
+        warnings.warn("convert: the model has no prepared or QAT layers (use prepare or prepare_qat first, or "
+                      "quantize_dynamic)", stacklevel=2)
+    if any(isinstance(m, _StaticBase) for m in model.modules()):
+        fuse_static(model)
     return model
