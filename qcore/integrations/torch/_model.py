@@ -5,7 +5,7 @@ from torch import nn
 
 import copy
 import warnings
-from typing import Iterable
+from typing import Callable, Iterable
 
 import qcore
 
