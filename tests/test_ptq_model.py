@@ -97,7 +97,7 @@ def test_mixed_with_hessians_spends_bits_where_the_output_feels_them():
     hs = {"quiet.weight": hessian(anisotropic_inputs(64, seed=1)),
           "loud.weight": 900.0 * hessian(anisotropic_inputs(64, seed=2))}
     opts = dict(candidates="linear:2:channel,linear:3:channel,linear:4:channel,linear:6:channel", budget_bits=4.2,
-                progress=False)
+                progress=False, output_error="absolute")
     by_weight = qcore.quantize_model(w, "mixed", **opts)
     by_output = qcore.quantize_model(w, "mixed", hessians=hs, **opts)
     bits = {n: by_output[n].bits for n in w}

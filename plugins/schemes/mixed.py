@@ -217,13 +217,14 @@ class MixedPlanner(qcore.Planner):
     overrides the budget), ``candidates`` (list of ``"scheme:bits[:granularity[:group_size]]"`` strings or
     dicts; a comma-separated string works too; default :data:`DEFAULT_CANDIDATES`, skipping schemes that are
     not installed), ``axis`` (channel axis for per-channel candidates, default 0), ``sensitivity`` and
-    ``calibration`` (the error measure, see :func:`score_candidate`).  ``bits`` (default 8) is the widest code
+    ``calibration`` (the error measure, see :func:`score_candidate`), ``output_error`` (with Hessians:
+    ``"relative"`` (default; each layer's output error over its output energy) or ``"absolute"``).  ``bits`` (default 8) is the widest code
     a candidate may use.
     """
 
     name = "mixed"
     options = {"budget_bits": 4.5, "target_sqnr": None, "candidates": None, "axis": 0,
-               "sensitivity": None, "calibration": None, "output_error": "absolute"}
+               "sensitivity": None, "calibration": None, "output_error": "relative"}
 
     def __init__(self, bits=None, observer=None, kernel=None, **options):
         super().__init__(bits, observer, kernel, **options)
