@@ -361,16 +361,21 @@ def load_compressed_tensors(path: str | os.PathLike, verify: bool = True) -> QMo
         ngroups = 1 if strategy == "channel" else cols // int(gs)
         if scale.shape != (rows, ngroups):
             raise FormatError(f"{p!r}: module {mod!r}: weight_scale shape {scale.shape}, expected {(rows, ngroups)}")
-        if not np.isfinite(scale).all() or (scale <= 0).any():
-            raise FormatError(f"{p!r}: module {mod!r}: weight_scale holds non-positive, NaN or Inf values")
+        if not np.isfinite(scale).all() or (scale == 0).any() or (not sym and (scale < 0).any()):
+            # symmetric scales may be negative: qcore's 3-/4-bit search gives the largest magnitude code -2^(b-1)
+            raise FormatError(f"{p!r}: module {mod!r}: weight_scale holds zero, negative (affine), NaN or Inf values")
         opts: dict[str, Any] = {"granularity": strategy, "axis": 0, "symmetric": sym}
         if strategy == "group":
             opts["group_size"] = int(gs)
         half = 1 << (bits - 1)
         pshape = (rows, ngroups) if strategy == "group" else (rows,)
         if sym:
-            if (codes < -(half - 1)).any():
-                raise FormatError(f"{p!r}: module {mod!r}: symmetric codes use -{half}, outside qcore's narrow range")
+            from .. import resolve
+
+            qmin = resolve.quantizer("linear", bits=bits, symmetric=True).qmin  # full range at 3/4 bits
+            if (codes < qmin).any():
+                raise FormatError(f"{p!r}: module {mod!r}: symmetric codes use -{half}, outside qcore's range "
+                                  f"[{qmin}, {half - 1}] for {bits} bits")
             qcodes = codes
             params = {"scale": scale.reshape(pshape), "zero_point": np.zeros(pshape, np.int32)}
         else:
