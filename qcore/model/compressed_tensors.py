@@ -396,6 +396,14 @@ def _make_qtensor(codes, bits, params, opts, symmetric, dtype) -> QTensor:
     from ..api import get_quantizer
 
     q = get_quantizer("linear", bits=bits, **opts)
+    # the parameters the installed linear scheme itself makes for this layout (a symmetric scheme may store no
+    # zero point): fitted on a tiny array of the same granularity, then the file's values under those names
+    probe = np.ones((2, int(opts.get("group_size", 2))), np.float32)
+    wanted = set(q.fit(probe))
+    missing = wanted - set(params)
+    if missing:
+        raise FormatError(f"the linear scheme needs parameters {sorted(missing)} that pack-quantized does not store")
+    params = {k: v for k, v in params.items() if k in wanted}
     return QTensor(codes, "linear", bits, params, dict(opts, bits=bits), signed=symmetric, dtype=dtype, quantizer=q)
 
 
