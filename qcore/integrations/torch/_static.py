@@ -215,11 +215,13 @@ def _affine_qtensor_parts(qt):
     if "zero_point" in qt.params and np.any(np.asarray(qt.params["zero_point"]) != 0):
         return None
     codes = qt.codes
-    neg = scale < 0  # 3/4-bit full-range weights may carry a negative scale: q * s == (-q) * (-s), -q fits int8
-    if neg.any():
-        codes = codes.copy()
-        codes[neg] = -codes[neg]
-        scale = np.where(neg, -scale, scale).astype(np.float32)
+    neg = scale < 0
+    if neg.any():  # symmetric 3-/4-bit scales may be negative (docs/schemes.md): codes*scale == (-codes)*(-scale)
+        rows = codes.reshape(n, -1)
+        if (rows[neg] == -128).any():
+            return None
+        codes = np.where(neg.reshape((n,) + (1,) * (codes.ndim - 1)), -codes.astype(np.int16), codes).astype(np.int8)
+        scale = np.abs(scale).astype(np.float32)
     return codes, scale
 
 
