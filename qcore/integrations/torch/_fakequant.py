@@ -49,8 +49,6 @@ def linear_options_supported(quantizer) -> bool:
     benign = {"scale_dtype": "float32"}
     if any(k not in benign or cfg[k] != benign[k] for k in extra):
         return False
-    if getattr(quantizer, "full_range", False):  # symmetric 3/4 bits: a searched scale (numpy/C path)
-        return False
     return cfg.get("granularity", "tensor") in _LAYOUTS
 
 
