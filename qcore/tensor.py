@@ -1,4 +1,11 @@
-"""``QTensor``: integer codes plus the few parameters needed to get floats back."""
+"""``QTensor``: integer codes plus the few parameters needed to get floats back.
+
+Storage: codes below 8 bits are kept **packed** in memory, in the file format's little-endian bit stream
+(docs/format.md §3: code ``i`` in stream bits ``i*bits .. i*bits+bits-1``; at 4 bits element ``2j`` is the low
+nibble and ``2j+1`` the high nibble of byte ``j``).  ``qt.packed`` is that byte stream (read-only);
+``qt.codes`` unpacks it on demand into a fresh int8/uint8 array each time it is read (nothing is cached).
+8-bit codes need no packing: they are stored as the int8/uint8 array itself.
+"""
 from __future__ import annotations
 
 import threading
@@ -6,13 +13,29 @@ from typing import Any
 
 import numpy as np
 
-from .kernels.base import packed_size
+from .kernels.base import code_dtype, packed_size
+
+
+def _kernel(name=None):
+    """The kernel that packs and unpacks codes (``None``: the fastest installed)."""
+    from .api import get_kernel
+
+    return get_kernel(name)
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
 
 
 class QTensor:
     """A quantized tensor.
 
-    :ivar codes: integer codes, unpacked, ``int8`` for signed schemes and ``uint8`` for unsigned, shape ``shape``
+    :ivar codes: integer codes, unpacked, ``int8`` for signed schemes and ``uint8`` for unsigned, shape ``shape``;
+        for ``bits < 8`` a fresh array unpacked from :attr:`packed` at every read (writing into it does not
+        change the tensor)
+    :ivar packed: the codes packed at exactly ``bits`` bits each (1-d ``uint8``, read-only; at 8 bits a byte
+        view of the codes), the storage that :attr:`nbytes` counts
     :ivar scheme: the name of the scheme that made it (a plugin name)
     :ivar bits: bits per code, sign included
     :ivar shape: the original shape
@@ -22,25 +45,55 @@ class QTensor:
     :ivar cache: per-tensor scratch space for kernels (e.g. GEMM-packed weights); never saved
     """
 
-    __slots__ = ("codes", "scheme", "bits", "shape", "params", "options", "signed", "dtype", "cache", "_quantizer", "_lock", "__weakref__")
+    __slots__ = ("_store", "scheme", "bits", "shape", "params", "options", "signed", "dtype", "cache", "_quantizer",
+                 "_lock", "__weakref__")
 
     def __init__(self, codes, scheme: str, bits: int, params: dict[str, np.ndarray], options: dict[str, Any] | None = None,
                  *, signed: bool | None = None, dtype: str = "float32", quantizer=None):
         codes = np.asarray(codes)
         if codes.dtype not in (np.int8, np.uint8):
             raise TypeError(f"codes must be int8 or uint8, got {codes.dtype}")
-        self.codes = codes
+        self._setup(scheme, bits, tuple(int(s) for s in codes.shape), params, options,
+                    bool(codes.dtype == np.int8) if signed is None else bool(signed), dtype, quantizer)
+        if codes.dtype != code_dtype(self.signed):
+            raise TypeError(f"signed={self.signed} needs {code_dtype(self.signed)} codes, got {codes.dtype}")
+        if self.bits == 8:
+            self._store = np.ascontiguousarray(codes)
+        else:  # pack once; the kernel checks every code fits in `bits` bits
+            kernel = getattr(quantizer, "kernel", None) or _kernel()
+            self._store = _read_only(kernel.pack(codes, self.bits))
+
+    def _setup(self, scheme, bits, shape, params, options, signed, dtype, quantizer) -> None:
+        if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= int(bits) <= 8:
+            raise ValueError(f"bits must be an integer in [1, 8], got {bits!r}")
         self.scheme = str(scheme)
         self.bits = int(bits)
-        self.shape = tuple(int(s) for s in codes.shape)
+        self.shape = shape
         self.params = {k: np.asarray(v) for k, v in params.items()}
         self.options = dict(options or {})
         self.options.setdefault("bits", self.bits)
-        self.signed = bool(codes.dtype == np.int8) if signed is None else bool(signed)
+        self.signed = signed
         self.dtype = dtype  # dtype of the original input, for information
         self.cache: dict[str, Any] = {}
         self._quantizer = quantizer
         self._lock = threading.Lock()
+
+    # -- codes ---------------------------------------------------------------------------------------
+    @property
+    def codes(self) -> np.ndarray:
+        """The codes, unpacked (int8 if signed else uint8, shape ``shape``); made on demand below 8 bits."""
+        if self.bits == 8:
+            return self._store
+        kernel = getattr(self._quantizer, "kernel", None) or _kernel()
+        return kernel.unpack(self._store, self.bits, self.size, self.signed).reshape(self.shape)
+
+    @property
+    def packed(self) -> np.ndarray:
+        """The codes as the packed bit stream (1-d uint8, ``ceil(size*bits/8)`` bytes, read-only)."""
+        if self.bits == 8:
+            flat = np.ascontiguousarray(self._store).reshape(-1).view(np.uint8)
+            return _read_only(flat.view()) if flat.flags.writeable else flat
+        return self._store
 
     # -- values --------------------------------------------------------------------------------------
     @property
@@ -55,7 +108,7 @@ class QTensor:
         return self._quantizer
 
     def dequantize(self) -> np.ndarray:
-        """float32 values of the original shape."""
+        """float32 values of the original shape (codes are unpacked transiently for the decode)."""
         out = np.asarray(self.quantizer.decode(self.codes, self.params), dtype=np.float32)
         return out.reshape(self.shape)
 
@@ -70,26 +123,62 @@ class QTensor:
         return packed_size(self.size, self.bits) + sum(int(p.nbytes) for p in self.params.values())
 
     def pack(self, kernel=None) -> np.ndarray:
-        """Codes packed at exactly ``bits`` bits each (little-endian bit stream, see docs/format.md)."""
-        from .api import get_kernel
+        """Codes packed at exactly ``bits`` bits each (little-endian bit stream, see docs/format.md).
 
-        return get_kernel(kernel).pack(self.codes, self.bits)
+        Without ``kernel`` this is the stored stream itself (read-only, no work); naming a kernel re-packs the
+        codes with it (to compare kernels).
+        """
+        if kernel is None:
+            return self.packed
+        return _kernel(kernel).pack(self.codes, self.bits)
 
     @classmethod
-    def from_packed(cls, packed, shape, scheme, bits, params, options=None, *, signed: bool, kernel=None, **kw) -> "QTensor":
-        from .api import get_kernel
+    def from_packed(cls, packed, shape, scheme, bits, params, options=None, *, signed: bool, kernel=None,
+                    copy: bool = True, **kw) -> "QTensor":
+        """A QTensor over codes already packed at ``bits`` bits (the :meth:`pack` / file layout).
 
-        count = int(np.prod(shape, dtype=np.int64))
-        codes = get_kernel(kernel).unpack(packed, bits, count, signed).reshape(shape)
-        return cls(codes, scheme, bits, params, options, signed=signed, **kw)
+        The codes are never unpacked: ``packed`` (1-d uint8 of exactly ``ceil(prod(shape)*bits/8)`` bytes) becomes
+        the storage — a copy of it unless ``copy=False`` (then the caller must not modify it).  The unused high
+        bits of the last byte are cleared.  ``kernel`` is accepted for compatibility (nothing is unpacked).
+        """
+        shape = tuple(int(s) for s in shape)
+        if any(s < 0 for s in shape):
+            raise ValueError(f"shape must hold non-negative sizes, got {shape}")
+        packed = np.asarray(packed)
+        if packed.dtype != np.uint8 or packed.ndim != 1:
+            raise TypeError(f"packed must be a 1-d uint8 array, got {packed.dtype} of shape {packed.shape}")
+        self = cls.__new__(cls)
+        self._setup(scheme, bits, shape, params, options, bool(signed), kw.pop("dtype", "float32"), kw.pop("quantizer", None))
+        if kw:
+            raise TypeError(f"from_packed got unexpected keyword argument(s) {', '.join(sorted(kw))}")
+        need = packed_size(self.size, self.bits)
+        if packed.size != need:
+            raise ValueError(f"{self.size} codes of {self.bits} bits need {need} bytes, got {packed.size}")
+        tail = (self.size * self.bits) % 8
+        dirty = bool(tail and packed[-1] >> tail)
+        if copy or dirty or not packed.flags.c_contiguous:
+            packed = np.array(packed, copy=True)
+        if dirty:
+            packed[-1] &= (1 << tail) - 1
+        if self.bits == 8:
+            self._store = packed.view(code_dtype(self.signed)).reshape(shape)
+        else:
+            self._store = _read_only(packed)
+        return self
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items() if k != "bits")
         return f"QTensor(scheme={self.scheme!r}, bits={self.bits}, shape={self.shape}{', ' + opts if opts else ''}, nbytes={self.nbytes})"
 
     def __reduce__(self):
-        return (_rebuild, (self.codes, self.scheme, self.bits, self.params, self.options, self.signed, self.dtype))
+        return (_rebuild_packed, (np.array(self.packed), self.shape, self.scheme, self.bits, self.params, self.options,
+                                  self.signed, self.dtype))
 
 
 def _rebuild(codes, scheme, bits, params, options, signed, dtype):
+    """Unpickles QTensors pickled by qcore before codes were kept packed (they stored unpacked codes)."""
     return QTensor(codes, scheme, bits, params, options, signed=signed, dtype=dtype)
+
+
+def _rebuild_packed(packed, shape, scheme, bits, params, options, signed, dtype):
+    return QTensor.from_packed(packed, shape, scheme, bits, params, options, signed=signed, dtype=dtype, copy=False)

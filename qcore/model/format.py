@@ -295,7 +295,8 @@ def load_quantized(path: str | os.PathLike, *, verify: bool = True) -> QModel:
             shape = tuple(d["shape"])
             try:
                 qt = QTensor.from_packed(packed, shape, d["scheme"], d["bits"], params, dict(d["options"]),
-                                         signed=d["signed"], dtype=d.get("dtype", "float32"), quantizer=q)
+                                         signed=d["signed"], dtype=d.get("dtype", "float32"), quantizer=q,
+                                         copy=False)  # the packed bytes become the storage: never unpacked
             except (TypeError, ValueError) as exc:
                 raise bad(f"tensor {name!r}: codes do not unpack: {exc}") from None
             if verify:

@@ -1,0 +1,44 @@
+"""PyTorch integration: post-training quantization on qcore's int8 kernels, and quantization-aware training.
+
+::
+
+    from qcore.integrations import torch as qtorch
+
+    qmodel = qtorch.quantize_dynamic(model)                  # a copy: every nn.Linear -> qtorch.QLinear (int8)
+    qat = qtorch.prepare_qat(model, bits=4)                  # a copy with fake-quantized Linear/Conv2d weights
+    ...train qat with any optimizer...
+    qmodel = qtorch.convert(qat)                             # QLinear / QConv2d holding QTensor weights
+
+Weights are quantized by any installed qcore scheme (``scheme=``, ``bits=``, scheme options as keywords).  Unless
+told otherwise the adapter quantizes weights per output channel (``granularity="channel"``, ``axis=0``) and, for
+schemes with the option, symmetrically (``symmetric=True``) — the main case of ``qcore.ops.qlinear``.
+
+``QLinear`` with an 8-bit ``linear`` weight runs ``qcore.ops.qlinear`` (dynamic int8 activations, int8 GEMM) on
+the input tensor's own memory: contiguous CPU float32 input is viewed through ``Tensor.numpy()``, never copied.
+Other schemes and bit widths are weight-only: the dequantized weight (computed once, cached) and ``F.linear``.
+
+The package is split by concern: ``_tensors`` (torch <-> numpy, fake quantization), ``_qat`` (QAT modules
+and activation fake quantization), ``_modules`` (``QLinear``, ``QConv2d``), ``_model`` (the model-level functions).
+New features go in modules of their own, imported here.
+
+Importing this module without PyTorch raises an ``ImportError`` saying how to install it.
+"""
+from __future__ import annotations
+
+try:
+    import torch  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised by simulating a missing torch
+    raise ImportError(
+        "qcore.integrations.torch needs PyTorch, which is not installed. Install it with "
+        'pip install "qcore[torch]"  (or directly: pip install torch==2.13.0)'
+    ) from exc
+
+from ._model import convert, prepare_qat, quantize_dynamic
+from ._modules import QConv2d, QLinear
+from ._qat import ActivationFakeQuant, QATConv2d, QATLinear
+from ._tensors import fake_quantize
+
+__all__ = [
+    "quantize_dynamic", "prepare_qat", "convert",
+    "QLinear", "QConv2d", "QATLinear", "QATConv2d", "ActivationFakeQuant", "fake_quantize",
+]

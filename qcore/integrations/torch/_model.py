@@ -1,0 +1,146 @@
+"""Model-level functions: quantize_dynamic, prepare_qat, convert."""
+from __future__ import annotations
+
+from torch import nn
+
+import copy
+import warnings
+from typing import Callable, Iterable
+
+import qcore
+
+from .._common import name_selected, weight_options
+from ._modules import QConv2d, QLinear
+from ._qat import ActivationFakeQuant, QATConv2d, QATLinear, _activation_spec
+from ._tensors import _qtensor_of
+
+
+def _check_module(module) -> None:
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+
+
+def _swap(model: nn.Module, make: Callable[[str, nn.Module], nn.Module | None]) -> int:
+    """Replace every submodule for which ``make(name, child)`` returns a module; shared modules stay shared."""
+    done: dict[int, nn.Module] = {}
+    count = 0
+    for parent_name, parent in list(model.named_modules(remove_duplicate=False)):
+        for name, child in list(parent._modules.items()):
+            if child is None:
+                continue
+            full = f"{parent_name}.{name}" if parent_name else name
+            if id(child) in done:
+                parent._modules[name] = done[id(child)]
+                continue
+            new = make(full, child)
+            if new is not None:
+                done[id(child)] = new
+                parent._modules[name] = new
+                count += 1
+    return count
+
+
+def quantize_dynamic(module: nn.Module, scheme: str = "linear", bits: int = 8, *,
+                     include: Iterable[str] | str | None = None, exclude: Iterable[str] | str | None = None,
+                     inplace: bool = False, **options) -> nn.Module:
+    """A copy of ``module`` with every ``nn.Linear`` (exactly that type) replaced by :class:`QLinear`.
+
+    :param scheme: any installed qcore scheme; ``bits`` and ``options`` go to it.  Adapter defaults (when the
+        scheme has the option and it is not given): ``granularity="channel"``, ``axis=0``, ``symmetric=True``.
+    :param include: glob pattern(s) on qualified module names (``"encoder.*.fc?"``); only those are quantized
+    :param exclude: glob pattern(s) of names left in float
+    :param inplace: modify ``module`` itself instead of a deep copy
+
+    8-bit ``linear`` weights run ``qcore.ops.qlinear``; other schemes and bit widths are weight-only.
+    Subclasses of ``nn.Linear`` (e.g. attention's ``out_proj``, whose weight is read directly) are left alone.
+    """
+    _check_module(module)
+    model = module if inplace else copy.deepcopy(module)
+    wopts = weight_options(scheme, bits, options, channel_axis=0)
+    qcore.get_quantizer(scheme, **wopts)  # bad options fail here, before any layer is touched
+
+    def make(name, child):
+        if type(child) is nn.Linear and name_selected(name, include, exclude):
+            q = qcore.get_quantizer(scheme, **wopts)
+            return QLinear(child.in_features, child.out_features, _qtensor_of(child.weight, q), child.bias)
+        return None
+
+    if isinstance(model, nn.Linear) and type(model) is nn.Linear:
+        if name_selected("", include, exclude):
+            return make("", model)
+        return model
+    if _swap(model, make) == 0:
+        warnings.warn("quantize_dynamic: no nn.Linear module was selected; the model is unchanged", stacklevel=2)
+    return model
+
+
+def prepare_qat(module: nn.Module, scheme: str = "linear", bits: int = 8, *, activations=False,
+                include: Iterable[str] | str | None = None, exclude: Iterable[str] | str | None = None,
+                inplace: bool = False, **options) -> nn.Module:
+    """A copy of ``module`` ready for quantization-aware training.
+
+    Every ``nn.Linear`` and ``nn.Conv2d`` (exactly those types, chosen by ``include``/``exclude`` glob patterns)
+    becomes :class:`QATLinear` / :class:`QATConv2d`: the forward uses ``decode(encode(weight))`` of the qcore
+    scheme (refitted on the current weight at every step), the backward is straight-through, so any optimizer
+    trains the float weights.  ``activations=True`` (or a dict of :class:`ActivationFakeQuant` options such as
+    ``{"bits": 8, "observer": "minmax"}``) also fake-quantizes the input of each of those layers, calibrated by a
+    qcore observer while training.
+
+    With ``inplace=False`` (default) the copy has its own parameters: build the optimizer on the returned model.
+    With ``inplace=True`` the layers are swapped inside ``module`` and keep the very same ``Parameter`` objects.
+    """
+    _check_module(module)
+    model = module if inplace else copy.deepcopy(module)
+    act = _activation_spec(activations)
+    if act is not None:
+        ActivationFakeQuant(**act)  # bad activation options fail here
+    wopts = weight_options(scheme, bits, options, channel_axis=0)
+    qcore.get_quantizer(scheme, **wopts)
+
+    def make(name, child):
+        if not name_selected(name, include, exclude):
+            return None
+        if type(child) is nn.Linear:
+            return QATLinear.from_float(child, scheme, wopts, act)
+        if type(child) is nn.Conv2d:
+            return QATConv2d.from_float(child, scheme, wopts, act)
+        return None
+
+    if type(model) in (nn.Linear, nn.Conv2d):
+        return make("", model) or model
+    if _swap(model, make) == 0:
+        warnings.warn("prepare_qat: no nn.Linear or nn.Conv2d module was selected; the model is unchanged",
+                      stacklevel=2)
+    return model
+
+
+def _frozen(aq: ActivationFakeQuant | None) -> ActivationFakeQuant | None:
+    if aq is None:
+        return None
+    aq = copy.deepcopy(aq)
+    aq.eval()
+    return aq
+
+
+def convert(module: nn.Module, *, inplace: bool = False) -> nn.Module:
+    """The quantized model of a QAT model: :class:`QATLinear` → :class:`QLinear`, :class:`QATConv2d` →
+    :class:`QConv2d`, weights quantized by the same scheme and options as during training (so the converted
+    model computes with exactly the weights the QAT model saw).  Activation fake-quantizers are kept, frozen.
+    """
+    _check_module(module)
+    model = module if inplace else copy.deepcopy(module)
+
+    def make(name, child):
+        if isinstance(child, QATLinear):
+            return QLinear(child.in_features, child.out_features, child.quantized_weight(), child.bias,
+                           _frozen(child.input_quantizer))
+        if isinstance(child, QATConv2d):
+            return QConv2d._like(child, child.quantized_weight(), _frozen(child.input_quantizer))
+        return None
+
+    if isinstance(model, (QATLinear, QATConv2d)):
+        return make("", model)
+    if _swap(model, make) == 0:
+        warnings.warn("convert: the model has no QAT layers (use prepare_qat first, or quantize_dynamic)",
+                      stacklevel=2)
+    return model
