@@ -247,6 +247,10 @@ class KMeansQuantizer(qcore.Quantizer):
             raise qcore.InputError("x contains NaN or Inf values; qcore refuses non-finite input")
         return out.reshape(x.shape)
 
+    def lookup_table(self, params):
+        """The codebook is the table: ``param_shape + (2**bits,)``, entry ``c`` for code ``c``."""
+        return np.asarray(params["codebook"], np.float32)
+
     def decode(self, codes, params):
         codes = np.asarray(codes)
         view, axis = self.layout(codes)

@@ -1,7 +1,9 @@
-"""Integer compute: ``qlinear`` (float in, float out, int8 GEMM inside) and ``qgemm`` (the raw int32 product).
+"""Integer compute: ``qlinear`` (float in, float out, int8 / low-bit GEMM inside) and ``qgemm`` (the raw int32 product).
 
 See ``docs/gemm.md`` for the kernel design (layouts, zero-point correction, dispatch).
 """
 from .gemm import available_isas, gemm_isa, pack_weights, qgemm, qlinear, set_gemm_isa
+from .lowbit import lowbit_isa, lowbit_isas, set_lowbit_isa
 
-__all__ = ["qlinear", "qgemm", "pack_weights", "available_isas", "gemm_isa", "set_gemm_isa"]
+__all__ = ["qlinear", "qgemm", "pack_weights", "available_isas", "gemm_isa", "set_gemm_isa",
+           "lowbit_isas", "lowbit_isa", "set_lowbit_isa"]
