@@ -2,22 +2,22 @@
 
 Plugins load lazily on first registry use, never at import.
 """
-from .errors import FormatError, InputError, PluginError, QcoreError, SchemeNotFound
+from ._version import __version__
+from .errors import FormatError, InputError, KernelNotFound, PluginError, QcoreError, SchemeNotFound
 from .plugin.hookspecs import hookimpl
 from .kernels.base import Kernel
 from .tensor import QTensor
-from .quantization import Observer, Quantizer
-from .api import get_kernel, get_observer, get_quantizer, list_kernels, list_observers, list_schemes, plugins, quantize
+from .quantization import Observer, Planner, Quantizer
+from .api import (get_kernel, get_observer, get_quantizer, list_kernels, list_observers, list_planners, list_schemes,
+                  plugins, quantize)
 from .model import QModel, load_quantized, load_tensors, quantize_model
-
-__version__ = "0.1.0"
 
 __all__ = [
     "__version__", "hookimpl",
-    "Quantizer", "Observer", "Kernel", "QTensor",
-    "list_schemes", "list_observers", "list_kernels", "get_quantizer", "get_observer", "get_kernel", "plugins", "quantize",
+    "Quantizer", "Observer", "Kernel", "QTensor", "Planner",
+    "list_schemes", "list_planners", "list_observers", "list_kernels", "get_quantizer", "get_observer", "get_kernel", "plugins", "quantize",
     "QModel", "load_tensors", "quantize_model", "load_quantized",
-    "QcoreError", "SchemeNotFound", "FormatError", "PluginError", "InputError",
+    "QcoreError", "SchemeNotFound", "KernelNotFound", "FormatError", "PluginError", "InputError",
 ]
 
 

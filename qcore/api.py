@@ -1,15 +1,34 @@
-"""The registry-facing public functions: look plugins up by name and quantize."""
+"""The API layer: the public functions that look plugins up by name, above the base classes.
+
+This is the only layer that turns names into plugin classes (through the registry, qcore/plugin/manager.py).
+It resolves names before constructing: :func:`get_quantizer` hands the scheme a :class:`qcore.Kernel`
+instance, and the base classes receive objects, not names.  For base-class objects built directly by user
+code (``MyScheme(bits=4)``, a :class:`qcore.QTensor` read from a file) it installs its lookups into
+qcore/resolve.py when this module is imported (``import qcore`` does).
+"""
 from __future__ import annotations
 
 from typing import Any
 
-from .errors import SchemeNotFound
+from . import resolve
+from .errors import KernelNotFound, SchemeNotFound
 from .kernels.base import Kernel, kernel_instance
 from .plugin.manager import PluginRecord, get_manager
+from .quantization.observer import Observer
+from .quantization.planner import Planner
+from .quantization.quantizer import Quantizer
+from .tensor import QTensor
 
 
 def list_schemes() -> list[str]:
-    return sorted(get_manager().registries()["scheme"])
+    """Names accepted as ``scheme=``: the installed schemes (encodings) and planners (``mixed``)."""
+    regs = get_manager().registries()
+    return sorted({*regs["scheme"], *regs["planner"]})
+
+
+def list_planners() -> list[str]:
+    """Names of the installed planners (``mixed``): they choose a scheme per tensor and never decode."""
+    return sorted(get_manager().registries()["planner"])
 
 
 def list_observers() -> list[str]:
@@ -21,43 +40,81 @@ def list_kernels() -> list[str]:
     return sorted(n for n, cls in get_manager().registries()["kernel"].items() if cls.available())
 
 
-def get_quantizer(name: str, **options):
-    """An instance of the scheme ``name`` (``qcore.SchemeNotFound`` if no plugin provides it)."""
-    return get_manager().get("scheme", name)(**options)
+def scheme_class(name: str) -> type[Quantizer] | type[Planner]:
+    """The class behind ``scheme=name``: a scheme, else a planner (``qcore.SchemeNotFound`` if neither)."""
+    regs = get_manager().registries()
+    if not isinstance(name, str):
+        raise TypeError(f"scheme name must be a string, got {type(name).__name__}")
+    cls = regs["scheme"].get(name) or regs["planner"].get(name)
+    if cls is None:
+        raise SchemeNotFound(f"no scheme named {name!r} is installed; installed schemes: {', '.join(list_schemes()) or 'none'}")
+    return cls
 
 
-def get_observer(name: str, **options):
-    return get_manager().get("observer", name)(**options)
+def get_quantizer(name: str, **options) -> Quantizer | Planner:
+    """An instance of the scheme ``name`` — or of the planner ``name`` (``mixed``), which is used the same way
+    (``quantize(x)``) — ``qcore.SchemeNotFound`` if no plugin provides it.
+
+    ``kernel=`` (a name, a :class:`qcore.Kernel` or None) is resolved here and passed down as an instance.
+    """
+    cls = scheme_class(name)
+    options["kernel"] = get_kernel(options.get("kernel"))
+    return cls(**options)
+
+
+def get_observer(name: str, **options) -> Observer:
+    """An instance of the observer ``name``; ``kernel=`` is resolved here as in :func:`get_quantizer`."""
+    cls = get_manager().get("observer", name)
+    options["kernel"] = get_kernel(options.get("kernel"))
+    return cls(**options)
 
 
 def get_kernel(name: str | Kernel | None = None) -> Kernel:
-    """A kernel: ``None`` picks the available kernel of highest priority (``cython``); ``"numpy"`` is the reference."""
+    """A kernel: ``None`` picks the available kernel of highest priority (``cython``); ``"numpy"`` is the reference.
+
+    An unknown name, or a kernel whose extension cannot run here, raises :class:`qcore.KernelNotFound`.
+    """
     if isinstance(name, Kernel):
         return name
     kernels = get_manager().registries()["kernel"]
     if name is None:
         usable = [cls for cls in kernels.values() if cls.available()]
         if not usable:
-            raise SchemeNotFound("no kernel is available; reinstall qcore")
+            raise KernelNotFound("no kernel is available; reinstall qcore")
         return kernel_instance(max(usable, key=lambda c: (c.priority, c.name)))
     cls = get_manager().get("kernel", name)
     if not cls.available():
-        raise SchemeNotFound(f"kernel {name!r} is installed but cannot run here (its extension did not load)")
+        raise KernelNotFound(f"kernel {name!r} is installed but cannot run here (its extension did not load)")
     return kernel_instance(cls)
 
 
-def plugins(all: bool = True) -> list[PluginRecord]:
-    """The registered plugins as records (distribution, version, hooks, names provided)."""
+def plugins(all: bool = False) -> list[PluginRecord]:
+    """The registered plugins as records (distribution, version, hooks, names provided): what ``qcore plugins``
+    prints.  Like the command, third-party plugins only unless ``all=True`` (built-ins too)."""
     recs = get_manager().records()
     return [r for r in recs if all or not r.builtin]
 
 
-def quantize(x, scheme: str = "linear", **options: Any):
+def quantize(x, scheme: str = "linear", **options: Any) -> QTensor:
     """Shorthand for ``get_quantizer(scheme, **options).quantize(x)``."""
     return get_quantizer(scheme, **options).quantize(x)
 
 
-def get_manager_records_for(kind: str, name: str) -> str:
-    """``"distribution version"`` of the plugin providing ``name`` of ``kind`` (for listings)."""
+def provider_of(kind: str, name: str) -> str:
+    """``"distribution version"`` of the plugin providing ``name`` of ``kind`` (for listings; ``"?"`` if unknown)."""
     rec = get_manager().owner(kind, name)
     return f"{rec.distribution} {rec.version}" if rec else "?"
+
+
+def _observer_class(name: str) -> type[Observer]:
+    return get_manager().get("observer", name)
+
+
+def _decoder(scheme: str, **options) -> Quantizer:
+    """The quantizer that decodes a stored tensor: schemes only (a planner never decodes)."""
+    cls = get_manager().get("scheme", scheme)
+    options["kernel"] = get_kernel(options.get("kernel"))
+    return cls(**options)
+
+
+resolve.install(kernel=get_kernel, observer_class=_observer_class, quantizer=_decoder)

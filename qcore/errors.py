@@ -9,11 +9,17 @@ class PluginError(QcoreError):
     """A plugin could not be loaded (strict mode), or two plugins claim the same name."""
 
 
-class SchemeNotFound(QcoreError, KeyError):
-    """A scheme, observer or kernel name that no installed plugin provides."""
-
+class _NameNotFound(QcoreError, KeyError):
     def __str__(self):  # KeyError quotes its message; show it plainly
         return str(self.args[0]) if self.args else ""
+
+
+class SchemeNotFound(_NameNotFound):
+    """A scheme (or observer) name that no installed plugin provides (a ``KeyError``)."""
+
+
+class KernelNotFound(_NameNotFound):
+    """A kernel name that no installed plugin provides, or a kernel that cannot run here (a ``KeyError``)."""
 
 
 class FormatError(QcoreError, ValueError):

@@ -13,14 +13,14 @@ from typing import Any
 
 import numpy as np
 
+from . import resolve
 from .kernels.base import code_dtype, packed_size
 
 
 def _kernel(name=None):
-    """The kernel that packs and unpacks codes (``None``: the fastest installed)."""
-    from .api import get_kernel
-
-    return get_kernel(name)
+    """The kernel that packs and unpacks codes (``None``: the fastest installed), looked up by the API layer
+    (see qcore/resolve.py)."""
+    return resolve.kernel(name)
 
 
 def _read_only(a: np.ndarray) -> np.ndarray:
@@ -100,11 +100,9 @@ class QTensor:
     def quantizer(self):
         """The quantizer that decodes this tensor (rebuilt from ``scheme`` and ``options`` when needed)."""
         if self._quantizer is None:
-            from .api import get_quantizer
-
             with self._lock:
                 if self._quantizer is None:
-                    self._quantizer = get_quantizer(self.scheme, **self.options)
+                    self._quantizer = resolve.quantizer(self.scheme, **self.options)  # see qcore/resolve.py
         return self._quantizer
 
     def dequantize(self) -> np.ndarray:

@@ -80,8 +80,13 @@ def test_unknown_scheme_lists_installed():
     assert "linear" in str(info.value) and "nosuchscheme" in str(info.value)
     with pytest.raises(qcore.SchemeNotFound):
         qcore.get_quantizer("linear", observer="nosuchobserver")
-    with pytest.raises(qcore.SchemeNotFound):
+    # kernels have their own not-found error (still a KeyError), not SchemeNotFound
+    with pytest.raises(qcore.KernelNotFound) as info:
         qcore.get_kernel("nosuchkernel")
+    assert isinstance(info.value, KeyError) and not isinstance(info.value, qcore.SchemeNotFound)
+    assert "nosuchkernel" in str(info.value) and "numpy" in str(info.value)
+    with pytest.raises(qcore.KernelNotFound):
+        qcore.get_quantizer("linear", kernel="nosuchkernel")
 
 
 @pytest.mark.parametrize("kernel", ["numpy", "cython"])

@@ -10,10 +10,6 @@ import pytest
 from qcore.plugin.manager import PluginManager
 from qcore.testing import parametrize_with_checks
 
-#: Built-ins that are not per-tensor schemes in the kit's sense.  ``mixed`` delegates each tensor to another
-#: scheme (DESIGN §3): its QTensors carry the chosen scheme's name and bits, and it needs a budget or a target.
-NOT_PER_TENSOR = {"mixed"}
-
 #: Known failures, each with the reason (reported as xfail, so they stay visible until fixed).
 KNOWN_FAILURES: dict[str, dict[str, str]] = {}
 
@@ -21,10 +17,8 @@ KNOWN_FAILURES: dict[str, dict[str, str]] = {}
 def _builtin_classes():
     regs = PluginManager(third_party=False).registries()
     out = []
-    for kind in ("scheme", "observer", "kernel"):
+    for kind in ("scheme", "observer", "kernel", "planner"):
         for name in sorted(regs[kind]):
-            if kind == "scheme" and name in NOT_PER_TENSOR:
-                continue
             out.append(regs[kind][name])
     return out
 
@@ -34,16 +28,9 @@ BUILTINS = _builtin_classes()
 
 def test_every_builtin_is_covered():
     names = {c.name for c in BUILTINS}
-    assert {"linear", "minmax", "numpy", "cython"} <= names
+    assert {"linear", "minmax", "numpy", "cython", "mixed"} <= names
 
 
 @parametrize_with_checks(BUILTINS, expected_failed_checks=lambda cls: KNOWN_FAILURES.get(cls.name, {}))
 def test_builtin_conformance(obj, check):
     check(obj)
-
-
-@pytest.mark.parametrize("name", sorted(NOT_PER_TENSOR & set(PluginManager(third_party=False).registries()["scheme"])))
-def test_delegating_schemes_pass_the_class_contract(name):
-    from qcore.testing._quantizer import check_class_contract
-
-    check_class_contract(PluginManager(third_party=False).registries()["scheme"][name])

@@ -146,13 +146,22 @@ def test_single_tensor_mixed(tensors):
         qcore.get_quantizer("mixed", granularity="channel")
 
 
-def test_mixed_contract_fit_encode_decode(tensors):
+def test_mixed_is_a_planner_not_a_scheme(tensors):
+    """``mixed`` registers through ``qcore_planners``: no fit/encode/decode, and files never name it."""
     w = tensors["layer1.weight"]
     q = qcore.get_quantizer("mixed", budget_bits=4.0)
-    params = q.fit(w)
-    codes = q.encode(w, params)
-    back = q.decode(codes, params)
-    assert np.allclose(back, q.quantize(w).dequantize())
+    assert isinstance(q, qcore.Planner) and not isinstance(q, qcore.Quantizer)
+    assert not any(hasattr(q, m) for m in ("fit", "encode", "decode"))
+    assert "mixed" in qcore.list_planners() and "mixed" in qcore.list_schemes()
+    qt = q.quantize(w)
+    chosen = q.choose(w)
+    assert qt.scheme == chosen["spec"]["scheme"] and qt.nbytes == chosen["nbytes"]
+    # the QTensor decodes through its own scheme, exactly as that scheme quantizes it
+    again = qcore.get_quantizer(qt.scheme, **qt.options).quantize(w)
+    assert np.array_equal(again.codes, qt.codes)
+    # a stored tensor claiming the planner as its scheme cannot be decoded by it: the planner is no decoder
+    with pytest.raises(qcore.SchemeNotFound):
+        qcore.QTensor(qt.codes, "mixed", qt.bits, qt.params, {}).dequantize()
 
 
 def test_mixed_file_round_trip(tensors, tmp_path):

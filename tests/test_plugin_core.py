@@ -75,7 +75,9 @@ def manager_with(monkeypatch):
 def test_builtins_come_through_entry_points():
     names = {ep.name for ep in builtin_entry_points()}
     assert {"linear", "minmax", "numpy", "cython"} <= names
-    recs = {r.name: r for r in qcore.plugins()}
+    # qcore.plugins() lists what `qcore plugins` prints (third-party only); all=True adds the built-ins
+    assert not any(r.builtin for r in qcore.plugins())
+    recs = {r.name: r for r in qcore.plugins(all=True)}
     assert recs["linear"].builtin and recs["linear"].schemes == ["linear"]
     assert recs["linear"].distribution == "qcore" and recs["linear"].version == qcore.__version__
 

@@ -20,13 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-try:  # qcore.hookimpl is the public name; the hookspecs module holds the same object
-    from qcore import hookimpl
-except ImportError:  # pragma: no cover - while qcore/__init__ is incomplete
-    from qcore.plugin.hookspecs import hookimpl
-
+from qcore import Kernel, hookimpl
 from qcore.errors import InputError
-from qcore.kernels import Kernel
 
 try:
     from qcore_plugins import _quant

@@ -1,4 +1,7 @@
-"""The ``mixed`` scheme: choose a scheme and bit width per tensor from *measured* error, under a bit budget.
+"""The ``mixed`` planner: choose a scheme and bit width per tensor from *measured* error, under a bit budget.
+
+A :class:`qcore.Planner` (registered with the ``qcore_planners`` hook), not a scheme: it never encodes or
+decodes; it measures candidates, plans, and returns the chosen candidate's QTensor.
 
 For every tensor it quantizes with each candidate (by default linear 2/3/4/8 bits per channel and per group,
 kmeans 2/3/4 and log 4/5 when those plugins are installed), and records the true storage (packed codes plus
@@ -12,13 +15,14 @@ parameters, in bits) and the error.  Then:
 * ``target_sqnr=T`` (dB): per tensor, the smallest candidate whose SQNR reaches ``T`` (the most accurate
   one when none does).
 
-Error: squared error ``sum (w - w')^2``, times a ``sensitivity`` weight (a number, or an array of the tensor's
-shape, e.g. a Fisher diagonal), or, given ``calibration`` inputs ``X``, the output error ``||X (W - W')||^2``.
+Error (:func:`score_candidate`, the one function that scores a candidate): squared error ``sum (w - w')^2``,
+times a ``sensitivity`` weight (a number, or an array of the tensor's shape, e.g. a Fisher diagonal), or, given
+``calibration`` inputs ``X``, the output error ``||X (W - W')||^2``.
 
 On a single tensor (``qcore.quantize(w, "mixed", budget_bits=4)``) the budget applies to that tensor.  The
 result is the :class:`qcore.QTensor` of the chosen candidate: its ``scheme`` is the scheme that decodes it
 (``"linear"``, ``"kmeans"``, ...), so a saved file needs only that scheme's plugin.  ``qcore.quantize_model``
-uses :meth:`MixedQuantizer.measure` / :meth:`plan` / :meth:`quantize_candidate` to plan a whole model.
+uses :meth:`MixedPlanner.measure` / :meth:`plan` / :meth:`quantize_candidate` to plan a whole model.
 """
 from __future__ import annotations
 
@@ -177,21 +181,45 @@ def knapsack(costs: list[np.ndarray], errors: list[np.ndarray], capacity: float,
     return [int(k) for k in pick]
 
 
-class MixedQuantizer(qcore.Quantizer):
+def score_candidate(x: np.ndarray, qt: qcore.QTensor, *, sensitivity=1.0, calibration=None, signal=None) -> dict:
+    """How good one candidate is on ``x``: ``{"error", "sse", "sqnr_db"}``.
+
+    The one place the planner measures error (the plan minimises ``error``): the squared error ``sse`` of the
+    weights, times ``sensitivity`` (a number, or per-element weights), or with ``calibration`` inputs ``X``
+    the output error ``||X (W - W')||^2`` (:func:`output_error`).  ``sqnr_db`` is the weight SQNR
+    (``signal``: ``sum x^2`` when the caller has it already).
+    """
+    d = qt.dequantize()
+    np.subtract(x, d, out=d)
+    sse = sumsq(d)
+    if np.ndim(sensitivity) == 0 and calibration is None:
+        if not (math.isfinite(float(sensitivity)) and float(sensitivity) >= 0):
+            raise ValueError(f"sensitivity must be a finite number >= 0, got {sensitivity!r}")
+        error = sse * float(sensitivity)
+    else:
+        error = output_error(x, d, sensitivity, calibration)
+    return {"error": error, "sse": sse, "sqnr_db": sqnr_from_sums(sumsq(x) if signal is None else signal, sse)}
+
+
+def sqnr_from_sums(signal: float, noise: float) -> float:
+    """``10 log10(signal / noise)`` in dB; ``inf`` when exact, ``-inf`` for a zero signal with noise."""
+    if noise == 0:
+        return math.inf
+    return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
+
+
+class MixedPlanner(qcore.Planner):
     """Chooses scheme and bits per tensor among measured candidates, under ``budget_bits`` or ``target_sqnr``.
 
     Options: ``budget_bits`` (average bits per weight, parameters counted; default 4.5), ``target_sqnr`` (dB;
     overrides the budget), ``candidates`` (list of ``"scheme:bits[:granularity[:group_size]]"`` strings or
     dicts; a comma-separated string works too; default :data:`DEFAULT_CANDIDATES`, skipping schemes that are
     not installed), ``axis`` (channel axis for per-channel candidates, default 0), ``sensitivity`` and
-    ``calibration`` (the error measure).  ``bits`` (default 8) is the widest code a candidate may use.
+    ``calibration`` (the error measure, see :func:`score_candidate`).  ``bits`` (default 8) is the widest code
+    a candidate may use.
     """
 
     name = "mixed"
-    #: a planner, not an encoding: quantize() returns the chosen candidate's QTensor (its scheme, its signedness)
-    planner = True
-    signed = True
-    bits_range = (1, 8)
     options = {"budget_bits": 4.5, "target_sqnr": None, "candidates": None, "axis": 0,
                "sensitivity": None, "calibration": None}
 
@@ -205,7 +233,6 @@ class MixedQuantizer(qcore.Quantizer):
                     raise TypeError(f"{key} must be a number, got {v!r}")
                 if not math.isfinite(v) or (key == "budget_bits" and v <= 0):
                     raise ValueError(f"{key} must be a finite{' positive' if key == 'budget_bits' else ''} number, got {v}")
-        self._kernel_opt = kernel
         cands = cfg["candidates"]
         explicit = cands is not None
         if cands is None:
@@ -257,8 +284,10 @@ class MixedQuantizer(qcore.Quantizer):
         key = tuple(sorted((k, repr(v)) for k, v in spec.items()))
         if key not in self._cache:
             opts = {k: v for k, v in spec.items() if k != "scheme"}
+            if self.observer_name is not None:
+                opts.setdefault("observer", self.observer_name)
             try:
-                self._cache[key] = qcore.get_quantizer(spec["scheme"], kernel=self._kernel_opt, **opts)
+                self._cache[key] = qcore.get_quantizer(spec["scheme"], kernel=self.kernel, **opts)
             except (TypeError, ValueError):
                 self._cache[key] = None  # e.g. a scheme without granularity options: candidate skipped
         return self._cache[key]
@@ -283,19 +312,9 @@ class MixedQuantizer(qcore.Quantizer):
                 qt = q.quantize(x)
             except ValueError:
                 continue  # the candidate cannot take this tensor (e.g. a shape it does not support)
-            bits, nbytes = qt.bits, int(qt.nbytes)
-            d = qt.dequantize()
-            np.subtract(x, d, out=d)
+            score = score_candidate(x, qt, sensitivity=sensitivity, calibration=calibration, signal=signal)
+            out.append({"spec": s, "label": label_of(s), "bits": qt.bits, "nbytes": int(qt.nbytes), **score})
             del qt
-            sse = sumsq(d)
-            error = sse * float(sensitivity) if np.ndim(sensitivity) == 0 and calibration is None else None
-            if error is None:
-                error = output_error(x, d, sensitivity, calibration)
-            elif not (math.isfinite(float(sensitivity)) and float(sensitivity) >= 0):
-                raise ValueError(f"sensitivity must be a finite number >= 0, got {sensitivity!r}")
-            out.append({"spec": s, "label": label_of(s), "bits": bits, "nbytes": nbytes, "error": error, "sse": sse,
-                        "sqnr_db": (math.inf if sse == 0 else (10 * math.log10(signal / sse) if signal > 0 else -math.inf))})
-            del d
         return out
 
     def plan(self, measurements: list[list[dict]], *, capacity_bits: float | None = None,
@@ -327,41 +346,11 @@ class MixedQuantizer(qcore.Quantizer):
             raise ValueError(f"candidate {label_of(spec)!r} cannot be built")
         return q.quantize(x)
 
-    # -- single tensor ----------------------------------------------------------------------------------
-    def _choose(self, x) -> dict:
-        m = self.measure(x)
-        if not m:
-            raise ValueError(f"no mixed candidate applies to an array of shape {x.shape}")
-        if x.size == 0:
-            return min(m, key=lambda c: c["nbytes"])
-        cap = None if self.config["budget_bits"] is None else self.config["budget_bits"] * x.size
-        return m[self.plan([m], capacity_bits=cap)[0]]
-
-    def quantize(self, x) -> qcore.QTensor:
-        """The chosen candidate's ``QTensor`` (its scheme is the candidate's)."""
-        x = as_float32(x)
-        return self.quantize_candidate(x, self._choose(x)["spec"])
-
-    def fit(self, x):
-        c = self._choose(as_float32(x))
-        qt = self.quantize_candidate(x, c["spec"])
-        idx = self.specs.index(next(s for s in self.specs if label_of(self._concrete(s, x.shape) or {"scheme": ""}) == c["label"]))
-        return {**qt.params, "mixed_candidate": np.array([idx], np.int32)}
-
-    def _inner(self, params, shape):
-        idx = int(np.asarray(params["mixed_candidate"]).reshape(-1)[0])
-        spec = self._concrete(self.specs[idx], shape)
-        return self._quantizer(spec), {k: v for k, v in params.items() if k != "mixed_candidate"}
-
-    def encode(self, x, params):
-        q, p = self._inner(params, x.shape)
-        return q.encode(x, p)
-
-    def decode(self, codes, params):
-        q, p = self._inner(params, np.shape(codes))
-        return q.decode(codes, p)
+    def capacity_bits(self, size: int):
+        # target_sqnr overrides the budget (plan() ignores the capacity then)
+        return None if self.config["target_sqnr"] is not None else super().capacity_bits(size)
 
 
 @qcore.hookimpl
-def qcore_quantizers():
-    return [MixedQuantizer]
+def qcore_planners():
+    return [MixedPlanner]

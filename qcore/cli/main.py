@@ -22,7 +22,7 @@ def cmd_plugins(args) -> int:
     import warnings
 
     from ..api import plugins
-    from ..plugin.manager import PluginWarning
+    from ..plugin.manager import KINDS, PluginWarning
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PluginWarning)
@@ -42,7 +42,7 @@ def cmd_plugins(args) -> int:
         return 0
     rows = [("PLUGIN", "DISTRIBUTION", "VERSION", "HOOKS", "PROVIDES")]
     for r in records:
-        provided = [f"{kind}: {', '.join(getattr(r, kind))}" for kind in ("schemes", "observers", "kernels") if getattr(r, kind)]
+        provided = [f"{k.plural}: {', '.join(getattr(r, k.plural))}" for k in KINDS if getattr(r, k.plural)]
         dist = r.distribution + (" (built-in)" if r.builtin else "")
         rows.append((r.name, dist, r.version, ", ".join(r.hooks) or "-", "; ".join(provided) or "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
@@ -52,11 +52,13 @@ def cmd_plugins(args) -> int:
 
 
 def cmd_schemes(args) -> int:
-    from ..api import get_manager_records_for, list_kernels, list_observers, list_schemes
+    from ..api import list_kernels, list_observers, list_planners, list_schemes, provider_of
 
-    rows = [("scheme", n) for n in list_schemes()] + [("observer", n) for n in list_observers()] + [("kernel", n) for n in list_kernels()]
+    planners = set(list_planners())
+    rows = ([("scheme", n) for n in list_schemes() if n not in planners] + [("planner", n) for n in sorted(planners)]
+            + [("observer", n) for n in list_observers()] + [("kernel", n) for n in list_kernels()])
     for kind, name in rows:
-        owner = get_manager_records_for(kind, name)
+        owner = provider_of(kind, name)
         print(f"{kind:9s} {name:16s} {owner}")
     return 0
 

@@ -6,13 +6,12 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from ..api import scheme_class as _scheme_class
 
 
 def scheme_class(scheme: str):
-    """The registered class of ``scheme`` (``qcore.SchemeNotFound`` if no plugin provides it)."""
-    from ..plugin.manager import get_manager
-
-    return get_manager().get("scheme", scheme)
+    """The registered class of ``scheme``, a scheme or a planner (``qcore.SchemeNotFound`` if none)."""
+    return _scheme_class(scheme)
 
 
 #: schemes whose parameters are a codebook: one per tensor is already adaptive, so they keep their own default

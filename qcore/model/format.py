@@ -15,10 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from .._version import __version__
+from ..api import get_quantizer
 from ..errors import FormatError, SchemeNotFound
 from ..kernels.base import packed_size
+from ..plugin.manager import get_manager
 from ..tensor import QTensor
-from .qmodel import QModel
+from .qmodel import QModel, register_format
 from .safetensors_io import MAX_NDIM, Entry, Header, read_header, read_tensor, shape_fits, st_dtype, write_safetensors
 
 FORMAT_NAME = "qcore.quantized-model"
@@ -36,8 +39,6 @@ def param_key(name: str, param: str) -> str:
 
 
 def _plugin_of(scheme: str) -> dict[str, str]:
-    from ..plugin.manager import get_manager
-
     try:
         rec = get_manager().owner("scheme", scheme)
     except Exception:  # noqa: BLE001 - a description, never a reason to fail a save
@@ -61,8 +62,6 @@ def _json_value(v):
 
 def describe(model: QModel) -> tuple[list[Entry], dict[str, str]]:
     """The safetensors entries and metadata that store ``model``."""
-    from .. import __version__
-
     entries: list[Entry] = []
     described: list[dict[str, Any]] = []
     for name, t in model.tensors.items():
@@ -109,6 +108,9 @@ def save_qmodel(model: QModel, path: str | os.PathLike) -> int:
         raise TypeError(f"expected a QModel, got {type(model).__name__}")
     entries, meta = describe(model)
     return write_safetensors(path, entries, meta)
+
+
+register_format("qcore", save_qmodel)
 
 
 # -- reading --------------------------------------------------------------------------------------------
@@ -229,9 +231,7 @@ def _refuse_constant(name):
 
 
 def _check_schemes(path: str, descs: list[dict]) -> None:
-    from ..api import list_schemes
-
-    installed = set(list_schemes())
+    installed = set(get_manager().registries()["scheme"])  # encodings: a planner never decodes
     for d in descs:
         if d["kind"] == "quantized" and d["scheme"] not in installed:
             plugin = d.get("plugin") or {}
@@ -254,8 +254,6 @@ def load_quantized(path: str | os.PathLike, *, verify: bool = True) -> QModel:
     ``verify=True`` (default) every tensor is decoded once to check that its parameters fit its codes.
     Anything wrong raises :class:`qcore.FormatError` with the reason.  Nothing is ever unpickled.
     """
-    from ..api import get_quantizer
-
     p = os.fspath(path)
     if not os.path.exists(p):
         raise FileNotFoundError(f"no such file: {p!r}")

@@ -1,9 +1,15 @@
-"""``QModel``: many named tensors, some quantized (:class:`qcore.QTensor`), the rest kept as they were."""
+"""``QModel``: many named tensors, some quantized (:class:`qcore.QTensor`), the rest kept as they were.
+
+A plain container: it knows nothing about files.  File formats live in their own modules (qcore/model/format.py
+for qcore's safetensors format) which import this one and register a writer with :func:`register_format`;
+:meth:`QModel.save` only dispatches to the writer registered under the ``format`` name it is given.  Loading
+is the format module's job (``qcore.load_quantized``).
+"""
 from __future__ import annotations
 
 import math
 import os
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -134,16 +140,28 @@ class QModel:
         return rows
 
     # -- files ---------------------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> int:
-        """Write the model to a ``.safetensors`` file (see docs/format.md), atomically; returns the file size."""
-        from .format import save_qmodel
-
-        return save_qmodel(self, path)
+    def save(self, path: str | os.PathLike, format: str = "qcore", **options) -> int:
+        """Write the model with the writer registered for ``format`` (default ``"qcore"``: one ``.safetensors``
+        file, see docs/format.md, written atomically); returns the size written in bytes."""
+        writer = _WRITERS.get(format)
+        if writer is None:
+            known = ", ".join(map(repr, sorted(_WRITERS))) or "none"
+            raise ValueError(f"unknown model file format {format!r}; known formats: {known}")
+        return writer(self, path, **options)
 
     def __repr__(self) -> str:
         nq = len(self.quantized)
         return (f"QModel({len(self)} tensors, {nq} quantized, {self.nbytes} bytes "
                 f"vs {self.nbytes_fp32} in float32, {self.average_bits:.2f} bits/weight)")
+
+
+#: format name -> ``writer(model, path, **options) -> bytes written``; filled by the format modules
+_WRITERS: dict[str, Callable[..., int]] = {}
+
+
+def register_format(name: str, writer: Callable[..., int]) -> None:
+    """Make ``QModel.save(path, format=name)`` call ``writer(model, path, **options)`` (used by format modules)."""
+    _WRITERS[name] = writer
 
 
 def _bytes_fp32(t) -> int:

@@ -10,6 +10,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from ..api import get_quantizer
+from ..quantization.planner import Planner
 from ..tensor import QTensor
 from .qmodel import QModel, sqnr_db
 from .tensors import TensorFile, load_tensors, shape_and_dtype
@@ -162,8 +164,6 @@ def quantize_model(tensors, scheme: str = "linear", *, include=None, exclude=Non
     largest tensor plus the output.  ``mixed`` makes two passes (measure every candidate, then quantize the
     chosen one) to keep that bound.
     """
-    from ..api import get_quantizer
-
     own_file = None
     if isinstance(tensors, (str, os.PathLike)):
         tensors = own_file = load_tensors(tensors)
@@ -195,7 +195,7 @@ def quantize_model(tensors, scheme: str = "linear", *, include=None, exclude=Non
         if s is None:
             continue
         q = quantizer_for(s, {k: v for k, v in opts.items() if k != "__rule__"})
-        (planned if hasattr(q, "plan") and hasattr(q, "measure") else fixed).append((name, q, opts.get("__rule__")))
+        (planned if isinstance(q, Planner) else fixed).append((name, q, opts.get("__rule__")))
     if (sensitivity is not None or calibration is not None) and not planned:
         raise TypeError("sensitivity and calibration are options of a planning scheme (scheme='mixed')")
     if budget_bits is not None and not planned:

@@ -20,6 +20,7 @@ import pluggy
 if TYPE_CHECKING:  # pragma: no cover
     from ..kernels.base import Kernel
     from ..quantization.observer import Observer
+    from ..quantization.planner import Planner
     from ..quantization.quantizer import Quantizer
 
 PROJECT_NAME = "qcore"
@@ -52,4 +53,14 @@ def qcore_kernels() -> Iterable[type[Kernel]]:
     :return: an iterable of :class:`qcore.Kernel` subclasses; each one's ``name`` is what users pass as
         ``kernel=``.  :func:`qcore.get_kernel` with no name picks the available kernel of highest
         ``priority``.
+    """
+
+
+@hookspec
+def qcore_planners() -> Iterable[type[Planner]]:
+    """Return the planners this plugin provides: plugins that choose a scheme and options per tensor.
+
+    :return: an iterable of :class:`qcore.Planner` subclasses; each one's ``name`` is used like a scheme name
+        (``qcore.quantize(w, "mixed", budget_bits=4)``, ``qcore.quantize_model(..., scheme="mixed")``) and must
+        not clash with any scheme's.  A planner returns the chosen candidate's QTensor, so files never record it.
     """

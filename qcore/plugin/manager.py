@@ -1,4 +1,4 @@
-"""Entry-point loading and the registries of schemes, observers and kernels.
+"""Entry-point loading and the registries of schemes, observers, kernels and planners.
 
 Loading is lazy (on first registry use, never at ``import qcore``), happens once, and goes through
 ``importlib.metadata`` with our own loop rather than ``pluggy.load_setuptools_entrypoints`` so that:
@@ -6,7 +6,9 @@ Loading is lazy (on first registry use, never at ``import qcore``), happens once
 * a plugin that fails to import, has a misspelled ``qcore_*`` hook, or whose hook raises is skipped whole
   with a one-line warning naming its distribution, version and the error (``QCORE_STRICT_PLUGINS=1`` turns
   that into :class:`PluginError`); a hook's item that is not a subclass of the right base class is skipped;
-* each hook implementation is called on its own, so one broken plugin never takes down the others;
+* pluggy calls each plugin's hooks on their own (``subset_hook_caller``), so one broken plugin never takes
+  down the others; a plugin left out by the allow/deny lists or whose hook raised is blocked in pluggy
+  (``set_blocked``, as pytest's ``-p no:NAME``);
 * two plugins that provide the same name raise :class:`PluginError` naming both distributions;
 * ``QCORE_LOAD_PLUGINS`` (allow-list of distribution names; empty string: built-ins only) and
   ``QCORE_DISABLE_PLUGINS`` (deny-list of distribution names) choose which third-party distributions load.
@@ -22,41 +24,53 @@ import importlib.metadata as metadata
 import os
 import re
 import threading
+import types
 import warnings
 from typing import Any
 
 import pluggy
 
-from ..errors import PluginError, SchemeNotFound
+from ..errors import KernelNotFound, PluginError, SchemeNotFound
+from ..kernels.base import Kernel
+from ..quantization.observer import Observer
+from ..quantization.planner import Planner
+from ..quantization.quantizer import Quantizer
 from . import hookspecs
 
 ENTRY_POINT_GROUP = "qcore"
 BUILTIN_DISTRIBUTION = "qcore"
-#: hook name -> (registry kind, base class attribute path) ; the base class is checked lazily
-KINDS = {
-    "qcore_quantizers": "scheme",
-    "qcore_observers": "observer",
-    "qcore_kernels": "kernel",
-}
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """One kind of plugin class: its registry name, the hook that returns it, its base class, its not-found error."""
+
+    name: str  # "scheme": what listings and errors call it
+    hook: str  # the hook spec in qcore/plugin/hookspecs.py
+    base: type  # every class the hook returns must subclass it
+    not_found: type  # raised by PluginManager.get for an unknown name
+
+    @property
+    def plural(self) -> str:
+        """The :class:`PluginRecord` field listing a plugin's names of this kind (``"schemes"``)."""
+        return self.name + "s"
+
+
+#: the kind <-> hook table, written once (listings, the conformance kit and qcore.testing use it too)
+KINDS: tuple[Kind, ...] = (
+    Kind("scheme", "qcore_quantizers", Quantizer, SchemeNotFound),
+    Kind("observer", "qcore_observers", Observer, SchemeNotFound),
+    Kind("kernel", "qcore_kernels", Kernel, KernelNotFound),
+    Kind("planner", "qcore_planners", Planner, SchemeNotFound),
+)
+#: kinds whose names share one namespace (``scheme="mixed"`` may name a scheme or a planner)
+SHARED_NAMES = {"scheme": ("planner",), "planner": ("scheme",)}
+KIND = {k.name: k for k in KINDS}
+KIND_OF_HOOK = {k.hook: k for k in KINDS}
 
 
 class PluginWarning(UserWarning):
     """A plugin was skipped because it failed to import or its hook raised."""
-
-
-def _base_class(kind: str) -> type:
-    """The class every registered ``kind`` must subclass (imported late: those modules import this one's users)."""
-    if kind == "scheme":
-        from ..quantization.quantizer import Quantizer
-
-        return Quantizer
-    if kind == "observer":
-        from ..quantization.observer import Observer
-
-        return Observer
-    from ..kernels.base import Kernel
-
-    return Kernel
 
 
 def _normalize(name: str) -> str:
@@ -87,13 +101,14 @@ class PluginRecord:
     schemes: list[str] = dataclasses.field(default_factory=list)
     observers: list[str] = dataclasses.field(default_factory=list)
     kernels: list[str] = dataclasses.field(default_factory=list)
+    planners: list[str] = dataclasses.field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 class PluginManager:
-    """Wraps a ``pluggy.PluginManager`` with qcore's loading rules and its three registries."""
+    """Wraps a ``pluggy.PluginManager`` with qcore's loading rules and its registries (one per :data:`KINDS`)."""
 
     def __init__(self, autoload: bool = True, entry_points=None, third_party: bool = True):
         """
@@ -113,10 +128,10 @@ class PluginManager:
         self._pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self._pm.add_hookspecs(hookspecs)
         self._records: dict[str, PluginRecord] = {}  # plugin name -> record
+        self._proxies: dict[int, tuple[object, types.ModuleType]] = {}  # see _hashable
         self._loaded = False
         self._registries: dict[str, dict[str, type]] | None = None
         self._owners: dict[tuple[str, str], str] = {}  # (kind, name) -> plugin name
-        self._skipped: set[str] = set()  # plugins one of whose hooks raised
 
     # -- loading -----------------------------------------------------------------------------------
     def _fail(self, what: str) -> None:
@@ -139,38 +154,61 @@ class PluginManager:
             self._registries = None
 
     def _load_entry_points(self) -> None:
+        """Import and register every wanted entry point; the unwanted ones are blocked in pluggy, unimported.
+
+        Plugin names are entry-point names, the built-ins' first; a later entry point reusing a name is registered
+        as ``"<distribution>:<name>"``, so blocking one never blocks another.
+        """
         allow = _env_list("QCORE_LOAD_PLUGINS")
         deny = _env_list("QCORE_DISABLE_PLUGINS") or set()
-        seen_dists: set[tuple[str, str]] = set()
+        found = []
         for ep in self._entry_points():
             dist = ep.dist
             dist_name = dist.metadata["Name"] if dist is not None else "<unknown>"
             version = dist.version if dist is not None else "?"
-            builtin = _normalize(dist_name) == BUILTIN_DISTRIBUTION
-            if not builtin:
-                if not self.third_party:
-                    continue
-                if allow is not None and _normalize(dist_name) not in allow:
-                    continue
-                if _normalize(dist_name) in deny:
-                    continue
-            key = (dist_name, ep.name)
-            if key in seen_dists:  # the same distribution found twice on sys.path
+            found.append((ep, dist_name, version, _normalize(dist_name) == BUILTIN_DISTRIBUTION))
+        found.sort(key=lambda f: not f[3])  # built-ins first (stable: otherwise importlib.metadata's order)
+        loaded: set[tuple[str, str]] = set()
+        taken: set[str] = set()
+        for ep, dist_name, version, builtin in found:
+            if (dist_name, ep.name) in loaded:  # the same distribution found twice on sys.path
                 continue
-            seen_dists.add(key)
+            loaded.add((dist_name, ep.name))
+            name = ep.name if ep.name not in taken else f"{dist_name}:{ep.name}"
+            taken.add(name)
+            if not builtin and (not self.third_party or (allow is not None and _normalize(dist_name) not in allow)
+                                or _normalize(dist_name) in deny):
+                self._pm.set_blocked(name)  # as pytest's `-p no:NAME`: pluggy refuses it from now on
+            if self._pm.is_blocked(name):
+                continue
             try:
                 plugin = ep.load()
             except Exception as exc:  # noqa: BLE001 - any import failure skips the plugin
                 self._fail(f"qcore plugin {ep.name!r} from {dist_name} {version} failed to import: {type(exc).__name__}: {exc}")
                 continue
             try:
-                self._register(plugin, ep.name, dist_name, version, builtin)
+                self._register(plugin, name, dist_name, version, builtin)
             except PluginError as exc:  # e.g. a misspelled hook (check_pending): this plugin only is skipped
                 self._fail(str(exc))
 
+    def _hashable(self, plugin: object) -> object:
+        """``plugin``, or for an unhashable object (a ``types.SimpleNamespace``) one module holding its attributes:
+        pluggy's ``subset_hook_caller`` keeps plugins in a set."""
+        try:
+            hash(plugin)
+            return plugin
+        except TypeError:
+            pass
+        entry = self._proxies.get(id(plugin))
+        if entry is None:
+            proxy = types.ModuleType(str(getattr(plugin, "__name__", "qcore-plugin")))
+            proxy.__dict__.update(vars(plugin))
+            entry = self._proxies[id(plugin)] = (plugin, proxy)  # the original kept alive: its id stays unique
+        return entry[1]
+
     def _register(self, plugin: object, name: str, distribution: str, version: str, builtin: bool) -> None:
+        plugin = self._hashable(plugin)
         if name in self._records:
-            prev = self._records[name]
             if self._pm.get_plugin(name) is plugin:
                 return
             name = f"{distribution}:{name}"
@@ -194,9 +232,9 @@ class PluginManager:
         with self._lock:
             self.load()
             name = name or getattr(plugin, "__name__", None) or f"plugin-{id(plugin):x}"
-            if self._pm.is_registered(plugin):
+            if self._pm.is_registered(self._hashable(plugin)):
                 raise PluginError(
-                    f"this plugin object is already registered as {self._pm.get_name(plugin)!r} "
+                    f"this plugin object is already registered as {self._pm.get_name(self._hashable(plugin))!r} "
                     f"(an installed plugin? test it with entry-point loading off: qcore.testing.isolated_plugins)"
                 )
             if name in self._records:
@@ -214,15 +252,20 @@ class PluginManager:
             plugin = self._pm.get_plugin(name)
             if plugin is not None:
                 self._pm.unregister(plugin)
+            if self._pm.is_blocked(name):  # blocked after its hook raised: the name may be used again
+                self._pm.unblock(name)
             self._records.pop(name, None)
             self._registries = None
 
     # -- registries --------------------------------------------------------------------------------
     def registries(self) -> dict[str, dict[str, type]]:
-        """``{"scheme": {...}, "observer": {...}, "kernel": {...}}`` built by calling each hook impl alone.
+        """``{"scheme": {...}, "observer": {...}, "kernel": {...}, "planner": {...}}``: name -> class per kind.
 
-        A plugin any of whose hooks raises is skipped whole (none of its names are registered, and it is not
-        listed by :meth:`records`), so a half-working plugin never provides half of its names.
+        pluggy calls the hooks, one plugin at a time (``subset_hook_caller`` without the other plugins) so
+        that one broken plugin never takes the others down.  A plugin any of whose hooks raises is
+        unregistered and blocked in pluggy (``set_blocked``): skipped whole — none of its names are
+        registered and :meth:`records` does not list it — so a half-working plugin never provides half of
+        its names.
         """
         self.load()
         regs = self._registries
@@ -231,59 +274,63 @@ class PluginManager:
         with self._lock:
             if self._registries is not None:
                 return self._registries
-            regs = {kind: {} for kind in KINDS.values()}
-            owners: dict[tuple[str, str], str] = {}
-            for record in self._records.values():
-                record.schemes, record.observers, record.kernels = [], [], []
-            # 1. call every implementation on its own (registration order, oldest first: built-ins first)
-            returned: list[tuple[str, str, str, list]] = []
-            skipped: set[str] = set()
-            for hook_name, kind in KINDS.items():
-                caller = getattr(self._pm.hook, hook_name)
-                for impl in caller.get_hookimpls():
-                    record = self._records.get(impl.plugin_name)
-                    dist = record.distribution if record else impl.plugin_name
+            # 1. call every plugin's implementations on their own (registration order: built-ins first)
+            returned: list[tuple[str, Kind, list]] = []
+            for kind in KINDS:
+                impls = getattr(self._pm.hook, kind.hook).get_hookimpls()
+                for impl in impls:
+                    if not self._pm.is_registered(impl.plugin):  # unregistered below: a hook of it raised
+                        continue
+                    others = [i.plugin for i in impls if i.plugin is not impl.plugin]
                     try:
-                        classes = list(impl.function() or ())
-                    except Exception as exc:  # noqa: BLE001
-                        skipped.add(impl.plugin_name)
+                        results = self._pm.subset_hook_caller(kind.hook, remove_plugins=others)()
+                        classes = [c for r in results for c in (r or ())]
+                    except Exception as exc:  # noqa: BLE001 - one plugin's failure skips that plugin only
+                        record = self._records.get(impl.plugin_name)
+                        self._pm.unregister(impl.plugin)
+                        self._pm.set_blocked(impl.plugin_name)
                         self._fail(
-                            f"qcore plugin {impl.plugin_name!r} from {dist} {record.version if record else '?'}: "
-                            f"hook {hook_name} raised {type(exc).__name__}: {exc}"
+                            f"qcore plugin {impl.plugin_name!r} from {record.distribution if record else impl.plugin_name} "
+                            f"{record.version if record else '?'}: hook {kind.hook} raised {type(exc).__name__}: {exc}"
                         )
                         continue
-                    returned.append((impl.plugin_name, hook_name, kind, classes))
+                    returned.append((impl.plugin_name, kind, classes))
             # 2. register the names of the plugins that did not fail, refusing collisions
-            for plugin_name, hook_name, kind, classes in returned:
-                if plugin_name in skipped:
+            regs = {kind.name: {} for kind in KINDS}
+            owners: dict[tuple[str, str], str] = {}
+            for record in self._records.values():
+                for kind in KINDS:
+                    setattr(record, kind.plural, [])
+            for plugin_name, kind, classes in returned:
+                if self._pm.is_blocked(plugin_name):
                     continue
                 record = self._records.get(plugin_name)
                 dist = record.distribution if record else plugin_name
-                base = _base_class(kind)
                 for cls in classes:
-                    if not (isinstance(cls, type) and issubclass(cls, base)):
+                    if not (isinstance(cls, type) and issubclass(cls, kind.base)):
                         self._fail(
-                            f"qcore plugin {plugin_name!r} from {dist}: {hook_name} returned {cls!r}, "
-                            f"which is not a subclass of qcore.{base.__name__}"
+                            f"qcore plugin {plugin_name!r} from {dist}: {kind.hook} returned {cls!r}, "
+                            f"which is not a subclass of qcore.{kind.base.__name__}"
                         )
                         continue
                     cname = getattr(cls, "name", None)
                     if not isinstance(cname, str) or not cname:
-                        self._fail(f"qcore plugin {plugin_name!r} from {dist}: {hook_name} returned {cls!r} without a string `name`")
+                        self._fail(f"qcore plugin {plugin_name!r} from {dist}: {kind.hook} returned {cls!r} without a string `name`")
                         continue
-                    if cname in regs[kind] and regs[kind][cname] is not cls:
-                        other = self._records.get(owners[(kind, cname)])
-                        other_dist = other.distribution if other else owners[(kind, cname)]
+                    # schemes and planners share one namespace: both are what `scheme=` names
+                    clash = [k for k in (kind.name, *SHARED_NAMES.get(kind.name, ())) if cname in regs[k] and regs[k][cname] is not cls]
+                    if clash:
+                        owner = owners[(clash[0], cname)]
+                        other = self._records.get(owner)
                         raise PluginError(
-                            f"two plugins provide the {kind} {cname!r}: {other_dist} "
-                            f"(plugin {owners[(kind, cname)]!r}) and {dist} (plugin {plugin_name!r}); "
+                            f"two plugins provide the {kind.name if clash[0] == kind.name else 'scheme name'} {cname!r}: "
+                            f"{other.distribution if other else owner} (plugin {owner!r}) and {dist} (plugin {plugin_name!r}); "
                             f"uninstall one or exclude it with QCORE_DISABLE_PLUGINS"
                         )
-                    regs[kind][cname] = cls
-                    owners[(kind, cname)] = plugin_name
+                    regs[kind.name][cname] = cls
+                    owners[(kind.name, cname)] = plugin_name
                     if record is not None:
-                        getattr(record, kind + "s").append(cname)
-            self._skipped = skipped
+                        getattr(record, kind.plural).append(cname)
             self._owners = owners
             self._registries = regs
             return regs
@@ -296,7 +343,7 @@ class PluginManager:
             return regs[name]
         except KeyError:
             installed = ", ".join(sorted(regs)) or "none"
-            raise SchemeNotFound(f"no {kind} named {name!r} is installed; installed {kind}s: {installed}") from None
+            raise KIND[kind].not_found(f"no {kind} named {name!r} is installed; installed {kind}s: {installed}") from None
 
     def owner(self, kind: str, name: str) -> PluginRecord | None:
         self.registries()
@@ -306,7 +353,7 @@ class PluginManager:
     def records(self) -> list[PluginRecord]:
         """The registered plugins, in registration order, less those skipped because a hook raised."""
         self.registries()
-        return [r for name, r in self._records.items() if name not in self._skipped]
+        return [r for name, r in self._records.items() if not self._pm.is_blocked(name)]
 
     @property
     def pluggy_manager(self) -> pluggy.PluginManager:

@@ -1,5 +1,6 @@
-"""Scheme and observer interfaces.  Implementations are plugins."""
+"""Scheme, observer and planner interfaces.  Implementations are plugins."""
 from .observer import Observer
+from .planner import Planner
 from .quantizer import GRANULARITIES, Quantizer
 
-__all__ = ["Observer", "Quantizer", "GRANULARITIES"]
+__all__ = ["Observer", "Planner", "Quantizer", "GRANULARITIES"]

@@ -5,7 +5,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..validation import as_float32
+from .. import resolve
+from ..errors import InputError, QcoreError
+from ..kernels.base import Kernel
+from ..validation import as_float32, normalize_axis
 
 
 class Observer:
@@ -33,9 +36,8 @@ class Observer:
             raise TypeError(f"observer {self.name!r} got unknown option(s) {', '.join(sorted(unknown))}; known: {known}")
         self.axis = axis
         self.config = {**self.options, **options}
-        from ..api import get_kernel
-
-        self.kernel = get_kernel(kernel)
+        # the quantizer passes its Kernel instance; a name or None is looked up (see qcore/resolve.py)
+        self.kernel = kernel if isinstance(kernel, Kernel) else resolve.kernel(kernel)
         self.batches = 0
         self.channels: int | None = None
         self.reset()
@@ -51,9 +53,6 @@ class Observer:
 
     def update(self, x) -> None:
         """Add a batch.  Per-channel observers need the same size along ``axis`` in every batch."""
-        from ..errors import InputError
-        from ..validation import normalize_axis
-
         x = as_float32(x, "batch", check_finite=not self.self_checking)
         if self.axis is not None:
             ax = normalize_axis(self.axis, x.ndim)
@@ -71,8 +70,6 @@ class Observer:
     def range(self, bits: int = 8, symmetric: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``(lo, hi)`` float32 arrays of shape ``(C,)`` (``(1,)`` per tensor) with ``lo <= 0 <= hi`` not required."""
         if not self.observed:
-            from ..errors import QcoreError
-
             raise QcoreError(f"observer {self.name!r} has not observed any data yet: call observe() first")
         lo, hi = self._range(bits, symmetric)
         return np.asarray(lo, np.float32).reshape(-1), np.asarray(hi, np.float32).reshape(-1)

@@ -15,7 +15,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..kernels.base import code_dtype
+from .. import resolve
+from ..kernels.base import Kernel, code_dtype
 from ..tensor import QTensor
 from ..validation import as_float32, check_int, normalize_axis
 
@@ -62,11 +63,10 @@ class Quantizer:
         self.config: dict[str, Any] = {**self.options, **options}
         if "granularity" in self.config:
             self._check_layout_options()
-        from ..api import get_kernel, get_observer  # late: the registry layer sits beside this one
-
-        self.kernel = get_kernel(kernel)
+        # qcore.get_quantizer passes a Kernel instance; a name or None is looked up (see qcore/resolve.py)
+        self.kernel = kernel if isinstance(kernel, Kernel) else resolve.kernel(kernel)
         self.observer_name = observer if observer is not None else self.default_observer
-        get_observer(self.observer_name)  # fail early on an unknown observer name
+        self._observer_cls = resolve.observer_class(self.observer_name)  # fails early on an unknown name
         self.observer = None  # created by the first observe()
 
     # -- options and layout -------------------------------------------------------------------------
@@ -125,9 +125,7 @@ class Quantizer:
 
     # -- calibration --------------------------------------------------------------------------------
     def _make_observer(self, axis: int | None):
-        from ..api import get_observer
-
-        return get_observer(self.observer_name, axis=axis, kernel=self.kernel)
+        return self._observer_cls(axis=axis, kernel=self.kernel)
 
     def observe(self, batch) -> "Quantizer":
         """Feed a calibration batch to the observer (any number of times; memory stays bounded)."""

@@ -2,10 +2,11 @@
 
 ::
 
-    from qcore.testing import check_quantizer, check_observer, check_kernel
+    from qcore.testing import check_quantizer, check_observer, check_kernel, check_planner
     check_quantizer(MyScheme)            # a class (tried with several option sets) or a configured instance
     check_observer(MyObserver)
     check_kernel(MyKernel)               # bit-for-bit against the ``numpy`` reference kernel
+    check_planner(MyPlanner)             # measure / plan within capacity / quantize to a candidate scheme
 
 Each runs every check, then raises :class:`ConformanceError` (an ``AssertionError``) listing each failed
 check by name with what was expected; it returns the list of :class:`CheckResult` otherwise.  A check that
@@ -33,39 +34,38 @@ from ..plugin import manager as _mgr
 from ._common import Check, CheckResult, ConformanceError, SkipCheck, run_checks
 from ._kernel import KERNEL_CHECKS, kernel_checks
 from ._observer import OBSERVER_CHECKS, observer_checks
+from ._planner import PLANNER_CHECKS, planner_checks
 from ._quantizer import QUANTIZER_CHECKS, quantizer_checks
 
 __all__ = [
-    "check_quantizer", "check_observer", "check_kernel", "parametrize_with_checks", "checks_for",
+    "check_quantizer", "check_observer", "check_kernel", "check_planner", "parametrize_with_checks", "checks_for",
     "isolated_plugins", "plugin_from_classes",
     "Check", "CheckResult", "ConformanceError", "SkipCheck",
-    "QUANTIZER_CHECKS", "OBSERVER_CHECKS", "KERNEL_CHECKS",
+    "QUANTIZER_CHECKS", "OBSERVER_CHECKS", "KERNEL_CHECKS", "PLANNER_CHECKS",
 ]
+
+#: kind -> the checks of that kind (the kinds themselves come from the registry's table, qcore/plugin/manager.py)
+_CHECKS_OF = {"scheme": quantizer_checks, "observer": observer_checks, "kernel": kernel_checks, "planner": planner_checks}
 
 
 def _kind_of(obj) -> str:
-    from ..kernels.base import Kernel
-    from ..quantization.observer import Observer
-    from ..quantization.quantizer import Quantizer
-
     cls = obj if isinstance(obj, type) else type(obj)
     if isinstance(cls, type):
-        for base, kind in ((Quantizer, "scheme"), (Observer, "observer"), (Kernel, "kernel")):
-            if issubclass(cls, base):
-                return kind
-    raise TypeError(f"expected a qcore.Quantizer, qcore.Observer or qcore.Kernel subclass or instance, got {obj!r}")
+        for kind in _mgr.KINDS:
+            if issubclass(cls, kind.base):
+                return kind.name
+    bases = ", ".join(f"qcore.{k.base.__name__}" for k in _mgr.KINDS)
+    raise TypeError(f"expected a subclass or instance of one of {bases}, got {obj!r}")
 
 
 def checks_for(obj) -> list[Check]:
-    """The checks that apply to ``obj`` (a scheme, observer or kernel class or instance), in run order."""
-    kind = _kind_of(obj)
-    return {"scheme": quantizer_checks, "observer": observer_checks, "kernel": kernel_checks}[kind](obj)
+    """The checks that apply to ``obj`` (a scheme, observer, kernel or planner class or instance), in run order."""
+    return _CHECKS_OF[_kind_of(obj)](obj)
 
 
 def _check(obj, kind, expected_failed_checks, on_fail) -> list[CheckResult]:
     if _kind_of(obj) != kind:
-        raise TypeError(f"expected a qcore.{ {'scheme': 'Quantizer', 'observer': 'Observer', 'kernel': 'Kernel'}[kind]} "
-                        f"subclass or instance, got {obj!r}")
+        raise TypeError(f"expected a qcore.{_mgr.KIND[kind].base.__name__} subclass or instance, got {obj!r}")
     return run_checks(obj, checks_for(obj), expected_failed_checks=expected_failed_checks, on_fail=on_fail,
                       kind_label=kind)
 
@@ -99,6 +99,13 @@ def check_kernel(kernel, *, expected_failed_checks: dict[str, str] | None = None
     quantize with ties and clamping, dequantize, packing at 1..8 bits, NaN refusal, threads).  A kernel whose
     ``available()`` is False has its checks skipped.  Same arguments as :func:`check_quantizer`."""
     return _check(kernel, "kernel", expected_failed_checks, on_fail)
+
+
+def check_planner(planner, *, expected_failed_checks: dict[str, str] | None = None, on_fail: str | None = "raise") -> list[CheckResult]:
+    """Check a planner class or instance: class contract, option validation, candidate records, plans within
+    capacity, ``quantize`` returning a candidate scheme's QTensor, whole-model planning and the file round trip.
+    Same arguments as :func:`check_quantizer`."""
+    return _check(planner, "planner", expected_failed_checks, on_fail)
 
 
 def _obj_id(obj) -> str:
@@ -147,13 +154,12 @@ class _PytestCheck:
 
 
 def plugin_from_classes(*classes, name: str | None = None) -> types.SimpleNamespace:
-    """A plugin object whose hooks return ``classes`` (schemes, observers and kernels sorted by base class)."""
+    """A plugin object whose hooks return ``classes`` (schemes, observers, kernels, planners sorted by base class)."""
     from ..plugin.hookspecs import hookimpl
 
-    by_hook: dict[str, list] = {"qcore_quantizers": [], "qcore_observers": [], "qcore_kernels": []}
-    hook_of = {"scheme": "qcore_quantizers", "observer": "qcore_observers", "kernel": "qcore_kernels"}
+    by_hook: dict[str, list] = {k.hook: [] for k in _mgr.KINDS}
     for cls in classes:
-        by_hook[hook_of[_kind_of(cls)]].append(cls)
+        by_hook[_mgr.KIND[_kind_of(cls)].hook].append(cls)
     ns = types.SimpleNamespace(__name__=name or "qcore.testing:" + ",".join(getattr(c, "name", "?") for c in classes))
     for hook, items in by_hook.items():
         if items:
@@ -171,8 +177,8 @@ def isolated_plugins(*plugins, third_party: bool = False) -> Iterator[_mgr.Plugi
 
     The fresh manager loads the built-in plugins (distribution ``qcore``) but no third-party entry points
     (``third_party=True`` loads them too, honouring ``QCORE_LOAD_PLUGINS``/``QCORE_DISABLE_PLUGINS``).
-    Each of ``plugins`` — a module, a namespace with ``@qcore.hookimpl`` functions, or a scheme/observer/kernel
-    class — is registered in it.  Yields the manager (``.register()`` adds more).
+    Each of ``plugins`` — a module, a namespace with ``@qcore.hookimpl`` functions, or a scheme/observer/kernel/
+    planner class — is registered in it.  Yields the manager (``.register()`` adds more).
     """
     manager = _mgr.PluginManager(third_party=third_party)
     previous = _mgr.set_manager(manager)

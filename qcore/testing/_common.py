@@ -51,7 +51,7 @@ class Check:
 
     name: str
     func: Callable[[Any], None]
-    kind: str  # "scheme", "observer" or "kernel"
+    kind: str  # a kind of qcore/plugin/manager.py's KINDS: "scheme", "observer", "kernel" or "planner"
 
     def __call__(self, obj) -> None:
         spec_cls = obj if isinstance(obj, type) else type(obj)
@@ -130,7 +130,7 @@ def registered(kind: str, cls: type) -> Iterator[None]:
     if not isinstance(name, str) or not name:
         yield  # the class contract check reports this
         return
-    hook = {"scheme": "qcore_quantizers", "observer": "qcore_observers", "kernel": "qcore_kernels"}[kind]
+    hook = _mgr.KIND[kind].hook
     plugin = types.SimpleNamespace(**{hook: _hookimpl(lambda: [cls], hook)})
     manager = _mgr.get_manager()
     try:
