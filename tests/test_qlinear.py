@@ -204,7 +204,10 @@ def test_bad_input():
         ops.qlinear(x, w.dequantize())
     with pytest.raises(TypeError):
         ops.qlinear(x.astype(np.complex64), w)
-    other = qcore.QTensor(w.codes, "mixed", 8, w.params, {})  # a scheme without lookup_table()
+    class NoTable(qcore.Quantizer):  # a scheme without lookup_table()
+        name = "no-table"
+
+    other = qcore.QTensor(w.codes, "no-table", 8, w.params, {}, quantizer=NoTable(bits=8))
     with pytest.raises(ValueError, match="lookup_table"):
         ops.qlinear(x, other)
     with pytest.raises(ValueError, match="bias"):
