@@ -267,7 +267,7 @@ def gemm(x, LowbitWeight W, bias, out):
     W.fill(&w)
     cdef int mrv = qlb_mrv(code, M)
     cdef int nv = qlb_nv(code, mrv)
-    cdef int64_t mc = ROWS_PER_UNIT
+    cdef int64_t mc = mrv * (ROWS_PER_UNIT // mrv) if mrv < ROWS_PER_UNIT else mrv
     with nogil:
         for i in prange(M, schedule="static", num_threads=nt if M * K >= 32768 else 1):
             bad[i] = qlb_quant_row(code, &xv[i, 0], K, nb, &q[i, 0], &sa[i, 0], &asum[i, 0])
@@ -305,7 +305,8 @@ def gemm(x, LowbitWeight W, bias, out):
                 q1 = q0 + nv if q0 + nv < W.panels else W.panels
                 qlb_unit(code, &w, &a, r0, r1, q0, q1)
         else:
-            for u in prange(units, schedule="static", num_threads=nt):
+            # dynamic: on a busy machine a descheduled thread's share is taken by the others
+            for u in prange(units, schedule="dynamic", num_threads=nt):
                 ci = u // ru
                 ri = u % ru
                 r0 = ri * mc

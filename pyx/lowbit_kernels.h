@@ -399,8 +399,8 @@ qlb_tile_vnni_body(const qlb_w *w, const qlb_a *a, int64_t i0, int mr, int64_t p
 {
     const int64_t BB = 64 * BITS, nb = w->nb, Kp = w->Kp, ng = w->ng, gblk = w->gblk;
     /* fixed-size arrays (the largest tile): sized by MRV/NV they would be VLAs and live in memory */
-    __m512 Y[4][4];
-    const int8_t *ap[4];
+    __m512 Y[6][4];
+    const int8_t *ap[6];
     const uint8_t *pp[4];
     int64_t pi[4];
 #pragma GCC unroll 8
@@ -425,7 +425,7 @@ qlb_tile_vnni_body(const qlb_w *w, const qlb_a *a, int64_t i0, int mr, int64_t p
 #pragma GCC unroll 8
             for (int v = 0; v < NV; v++)
                 tp[v] = LUT == QLB_LUT_COLUMN ? w->tab + (pi[v] * w->ngt + b / w->tblk) * 256 : tabs;
-            __m512i acc[4][4];
+            __m512i acc[6][4];
 #pragma GCC unroll 8
             for (int r = 0; r < MRV; r++)
 #pragma GCC unroll 8
@@ -482,7 +482,7 @@ qlb_tile_vnni_body(const qlb_w *w, const qlb_a *a, int64_t i0, int mr, int64_t p
     {                                                                                                          \
         qlb_tile_vnni_body(w, a, i0, mr, p0, np, BITS, LUT, MRV, NV);                                          \
     }
-#define QLB_VNNI_BITS(BITS, LUT) QLB_VNNI_FN(BITS, LUT, 1, 4) QLB_VNNI_FN(BITS, LUT, 4, 2)
+#define QLB_VNNI_BITS(BITS, LUT) QLB_VNNI_FN(BITS, LUT, 1, 4) QLB_VNNI_FN(BITS, LUT, 6, 2)
 QLB_VNNI_BITS(1, 0) QLB_VNNI_BITS(2, 0) QLB_VNNI_BITS(3, 0) QLB_VNNI_BITS(4, 0)
 QLB_VNNI_BITS(5, 0) QLB_VNNI_BITS(6, 0) QLB_VNNI_BITS(7, 0) QLB_VNNI_BITS(8, 0)
 QLB_VNNI_BITS(1, 1) QLB_VNNI_BITS(2, 1) QLB_VNNI_BITS(3, 1) QLB_VNNI_BITS(4, 1)
@@ -490,7 +490,7 @@ QLB_VNNI_BITS(1, 2) QLB_VNNI_BITS(2, 2) QLB_VNNI_BITS(3, 2) QLB_VNNI_BITS(4, 2)
 
 typedef void (*qlb_tile_fn)(const qlb_w *, const qlb_a *, int64_t, int, int64_t, int);
 
-#define QLB_VNNI_PICK(BITS, LUT) (mrv == 1 ? qlb_vnni_##BITS##_##LUT##_1 : qlb_vnni_##BITS##_##LUT##_4)
+#define QLB_VNNI_PICK(BITS, LUT) (mrv == 1 ? qlb_vnni_##BITS##_##LUT##_1 : qlb_vnni_##BITS##_##LUT##_6)
 static qlb_tile_fn qlb_vnni_pick(int bits, int lut, int mrv)
 {
     switch (lut * 16 + bits) {
@@ -705,10 +705,11 @@ static qlb_tile_fn qlb_avx2_pick(int bits, int lut, int mrv)
 
 /* ------------------------------------------------------------------------------------------------ driver */
 
-/* tile geometry per path: rows per tile (MRV) and panels per tile for a given row count */
+/* tile geometry per path: rows per tile (MRV) and panels per tile for a given row count (VNNI 6 x 2 panels:
+ * 12 int32 + 12 float accumulators, 2 decoded vectors, 2 scales in 32 zmm registers) */
 static int qlb_mrv(int isa, int64_t M)
 {
-    if (isa == QLB_VNNI) return M == 1 ? 1 : 4;
+    if (isa == QLB_VNNI) return M == 1 ? 1 : 6;
     if (isa == QLB_AVX2) return M == 1 ? 1 : 2;
     return 4;
 }
