@@ -11,12 +11,13 @@ from .quantization import Observer, Planner, Quantizer
 from .api import (get_kernel, get_observer, get_quantizer, list_kernels, list_observers, list_planners, list_schemes,
                   plugins, quantize)
 from .model import QModel, load_quantized, load_tensors, quantize_model
+from .ptq import gptq
 
 __all__ = [
     "__version__", "hookimpl",
     "Quantizer", "Observer", "Kernel", "QTensor", "Planner",
     "list_schemes", "list_planners", "list_observers", "list_kernels", "get_quantizer", "get_observer", "get_kernel", "plugins", "quantize",
-    "QModel", "load_tensors", "quantize_model", "load_quantized",
+    "QModel", "load_tensors", "quantize_model", "load_quantized", "gptq",
     "QcoreError", "SchemeNotFound", "KernelNotFound", "FormatError", "PluginError", "InputError",
 ]
 

@@ -19,6 +19,7 @@ import numpy as np
 import qcore
 
 from ._histogram import HistogramObserverBase, pick
+from .mse import sq_error_search
 from .. import _hist
 
 METHODS = ("entropy", "l2")
@@ -59,6 +60,19 @@ class HistogramObserver(HistogramObserverBase):
         best = np.where(better, ferr[np.arange(len(k)), k], best)
         if np.all(~np.isfinite(best)):
             return self.min, self.max
+        if self.config["method"] == "l2":
+            # the tail-mass ladder clips equal masses on both sides (or one |x| mass): lopsided data (GELU/ReLU
+            # outputs, one-sided outliers) needs unequal ones, so the continuous search of ``mse`` competes too
+            clo, chi = sq_error_search(self, bits, symmetric, 3)
+            clo, chi = np.clip(clo, self.min, self.max), np.clip(chi, self.min, self.max)
+            cerr = self.sq_errors(clo[:, None], chi[:, None], bits, symmetric)[:, 0]
+            if symmetric:
+                a = np.maximum(-blo, bhi)
+                blo, bhi = -a, a
+            berr = self.sq_errors(np.clip(blo, self.min, self.max)[:, None], np.clip(bhi, self.min, self.max)[:, None],
+                                  bits, symmetric)[:, 0]
+            better = cerr < berr
+            blo, bhi = np.where(better, clo, blo), np.where(better, chi, bhi)
         if symmetric:  # window edges snap to bins: keep the range centred on zero
             a = np.maximum(-blo, bhi)
             return -a, a

@@ -7,8 +7,8 @@ raw data:
 
 * symmetric: ``amax`` on a geometric grid of 64 points in ``[2^-12, 1] * max|x|``, then a zoom (17-point
   grids between the neighbours of the best point, ``rounds`` times);
-* affine: the same grid on ``(t * min, t * max)``, then coordinate descent, zooming on ``hi`` with ``lo``
-  fixed and on ``lo`` with ``hi`` fixed, twice.
+* affine: over the grids themselves — integer zero point ``zp`` and scale ``s`` — a ladder of zero points each
+  with its best scale, refined to every zero point near the best (``_affine_search``).
 
 The full ``[min, max]`` is always a candidate, so the range found is never worse than ``minmax`` on the
 histogram model.  Options: ``bins`` (2048), ``rounds`` (3, zoom steps per 1-D search, 0..10).
@@ -22,6 +22,8 @@ import qcore
 from ._histogram import HistogramObserverBase, check_number
 
 COARSE = np.geomspace(2.0**-12, 1.0, 64)
+#: the scale ladder of each zero point while the zero point is still being searched
+ZP_COARSE = np.geomspace(2.0**-8, 1.0, 24)
 
 
 def minimize_1d(f, grid, rounds, points=17):
@@ -53,22 +55,86 @@ class MSEObserver(HistogramObserverBase):
         self.config["rounds"] = check_number(self.config["rounds"], "rounds", 0, 10, integer=True)
 
     def _search(self, bits, symmetric):
-        rounds = self.config["rounds"]
-        dmin, dmax = self.min, self.max
-        if symmetric:
-            absmax = np.maximum(-dmin, dmax)
-            a, _ = minimize_1d(lambda g: self.sq_errors(-g, g, bits, True), absmax[:, None] * COARSE[None, :], rounds)
-            return -a, a
-        t, _ = minimize_1d(lambda g: self.sq_errors(g * dmin[:, None], g * dmax[:, None], bits, False),
-                           np.broadcast_to(COARSE, (len(dmin), len(COARSE))).copy(), rounds)
-        lo, hi = t * dmin, t * dmax
-        for _ in range(2):  # coordinate descent: the error is nearly separable in lo and hi
-            span = np.geomspace(0.5, 2.0, 17)[None, :]
-            g = np.minimum(hi[:, None] * span, dmax[:, None])
-            hi, _ = minimize_1d(lambda g: self.sq_errors(np.broadcast_to(lo[:, None], g.shape), g, bits, False), g, rounds)
-            g = np.maximum(lo[:, None] * span, dmin[:, None])[:, ::-1].copy()  # increasing
-            lo, _ = minimize_1d(lambda g: self.sq_errors(g, np.broadcast_to(hi[:, None], g.shape), bits, False), g, rounds)
-        return lo, hi
+        return sq_error_search(self, bits, symmetric, self.config["rounds"])
+
+
+def sq_error_search(obs, bits, symmetric, rounds):
+    """The range of least squared error of the linear grid on ``obs``'s histogram: ``(lo, hi)`` per channel."""
+    dmin, dmax = obs.min, obs.max
+    if symmetric:
+        absmax = np.maximum(-dmin, dmax)
+        a, _ = minimize_1d(lambda g: obs.sq_errors(-g, g, bits, True), absmax[:, None] * COARSE[None, :], rounds)
+        return -a, a
+    return _affine_search(obs, bits, rounds)
+
+
+def _coarse_view(obs, factor):
+    """``obs``'s histogram with ``factor`` bins merged into one (same range), to rank zero points cheaply."""
+    C, nb = obs.hist.shape
+    if nb < 256 * factor:
+        return obs
+    pad = (-nb) % factor
+    view = object.__new__(HistogramObserverBase)
+    view.__dict__.update(obs.__dict__)
+    view.hist = np.pad(obs.hist, ((0, 0), (0, pad))).reshape(C, -1, factor).sum(axis=2)
+    view.width = obs.width * factor
+    view._cache = {}
+    return view
+
+
+def _affine_search(obs, bits, rounds):
+    """Affine: every grid of the scheme is ``(j - zp) * s`` for an integer zero point ``zp`` in ``[0, qmax]``.
+
+    Zero points on a coarse ladder (all of them up to 33 levels), each with its best scale (1-D zoom from the
+    scale that just covers the data), then every other zero point within one ladder step of the best — both on
+    the histogram with 4 bins merged into one — then the best and its two neighbours on the full histogram,
+    zooming their scales ``rounds`` times.  Candidates are clipped to ``[min, max]`` as :meth:`_range` will clip them and scored
+    as clipped, so the error compared is the error the quantizer makes.  The full ``[min, max]`` is a candidate
+    too.
+    """
+    qmax = (1 << bits) - 1
+    dmin, dmax = obs.min, obs.max
+    C = len(dmin)
+    lo0, hi0 = np.minimum(dmin, 0.0), np.maximum(dmax, 0.0)
+
+    coarse = _coarse_view(obs, 4)
+
+    def best_for(zps, zoom, ladder, hist=obs):
+        """``zps``: ``(C, Z)`` zero points; per channel the best ``(lo, hi, err)`` over them, scored on ``hist``."""
+        Z = zps.shape[1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cover = np.maximum(np.where(zps > 0, -lo0[:, None] / zps, 0.0),
+                               np.where(zps < qmax, hi0[:, None] / (qmax - zps), 0.0))
+        cover = np.where(cover > 0, cover, 1.0)
+        zrow = zps.reshape(-1)
+
+        def candidates(s):  # s: (C * Z, K) scales -> clipped (C, Z * K) lo, hi
+            lo = np.maximum(-zrow[:, None] * s, np.repeat(dmin, Z)[:, None])
+            hi = np.minimum((qmax - zrow[:, None]) * s, np.repeat(dmax, Z)[:, None])
+            return lo.reshape(C, -1), hi.reshape(C, -1)
+
+        def f(s):
+            lo, hi = candidates(s)
+            return hist.sq_errors(lo, hi, bits, False).reshape(C * Z, -1)
+
+        s, err = minimize_1d(f, cover.reshape(-1)[:, None] * ladder[None, :], zoom, 9 if ladder is ZP_COARSE else 17)
+        lo, hi = candidates(s[:, None])
+        err = err.reshape(C, Z)
+        b = np.argmin(err, axis=1)
+        rows = np.arange(C)
+        return lo.reshape(C, Z)[rows, b], hi.reshape(C, Z)[rows, b], err[rows, b], zps[rows, b]
+
+    ladder = np.unique(np.rint(np.linspace(0, qmax, min(qmax + 1, 33))))
+    _, _, _, zb = best_for(np.broadcast_to(ladder, (C, len(ladder))).astype(np.float64), 1, ZP_COARSE, coarse)
+    step = int(np.ceil(qmax / 32))
+    if step > 1:  # every other zero point within a ladder step, then the two beside the best
+        near = np.clip(zb[:, None] + np.arange(-step, step + 1, 2)[None, :], 0, qmax).astype(np.float64)
+        _, _, _, zb = best_for(near, 2, ZP_COARSE, coarse)
+    near = np.clip(zb[:, None] + np.arange(-1, 2)[None, :], 0, qmax).astype(np.float64)
+    lo, hi, err, _ = best_for(near, rounds, COARSE)
+    full = obs.sq_errors(dmin[:, None], dmax[:, None], bits, False)[:, 0]
+    keep_full = full <= err
+    return np.where(keep_full, dmin, lo), np.where(keep_full, dmax, hi)
 
 
 @qcore.hookimpl

@@ -12,25 +12,51 @@ import sys
 import time
 from typing import Any
 
+from .checks import (UsageError, check_exists, check_output_file, check_output_folder, check_patterns_match,
+                     input_files, quantized_kind)
+
 #: top-level keys of a rules file that are not scheme options
 _CONFIG_KEYS = ("scheme", "budget_bits", "include", "exclude", "rules")
 
 
+FORMATS = ("qcore", "compressed-tensors")
+DTYPE_CHOICES = ("float32", "float16", "bfloat16")
+
+
+def _installed_schemes() -> str:
+    try:
+        from ..api import list_schemes
+
+        return ", ".join(list_schemes())
+    except Exception as exc:  # noqa: BLE001 - help must print even when a plugin is broken
+        return f"(could not list: {exc})"
+
+
 def register(sub) -> None:
-    sp = sub.add_parser("quantize", help="quantize a .safetensors/.npz model into a qcore .safetensors file",
+    sp = sub.add_parser("quantize", help="quantize a model (file, Hugging Face folder or shard index) into a qcore file "
+                                          "or a compressed-tensors folder",
                         description="Quantize every float tensor of 2+ dimensions (or those chosen by --include/--exclude "
-                                    "and rules) and write a qcore quantized-model file.")
-    sp.add_argument("input", help="model file (.safetensors or .npz)")
-    sp.add_argument("-o", "--output", required=True, help="quantized model to write (.safetensors)")
-    sp.add_argument("--scheme", help="scheme for every tensor (default linear; 'mixed' plans bits per tensor)")
-    sp.add_argument("--bits", type=int, help="bits per code (fixed schemes; for mixed: the widest candidate)")
-    sp.add_argument("--granularity", choices=("tensor", "channel", "group"), help="linear: default channel")
-    sp.add_argument("--group-size", type=int, help="group size for --granularity group")
-    sp.add_argument("--axis", type=int, help="channel axis (default 0)")
-    sp.add_argument("--symmetric", action="store_true", default=None, help="linear: signed codes, no zero point")
-    sp.add_argument("--budget-bits", type=float, help="mixed: average bits per weight, parameters counted")
-    sp.add_argument("--target-sqnr", type=float, help="mixed: smallest candidate reaching this SQNR (dB) per tensor")
-    sp.add_argument("--candidates", help="mixed: comma-separated 'scheme:bits[:granularity[:group_size]]'")
+                                    "and rules) and write a qcore quantized-model file (--format qcore) or a "
+                                    "compressed-tensors folder that transformers loads (--format compressed-tensors). "
+                                    "Every option is checked before any work starts.")
+    sp.epilog_fn = lambda: f"installed schemes: {_installed_schemes()}"
+    sp.add_argument("input", help="model: .safetensors or .npz file, Hugging Face model folder, or model.safetensors.index.json")
+    sp.add_argument("-o", "--output", required=True,
+                    help="--format qcore: the .safetensors file to write; compressed-tensors: the folder to write")
+    sp.add_argument("--format", choices=FORMATS, default="qcore", help="output format (default: qcore)")
+    sp.add_argument("--scheme", help="scheme for every tensor (default: linear; 'mixed' plans bits per tensor)")
+    sp.add_argument("--bits", type=int, help="bits per code (default: 8; for mixed: the widest candidate)")
+    sp.add_argument("--granularity", choices=("tensor", "channel", "group"), help="linear (default: channel)")
+    sp.add_argument("--group-size", type=int, help="group size; only with --granularity group (default: 128)")
+    sp.add_argument("--axis", type=int, help="channel axis for --granularity channel (default: 0)")
+    sp.add_argument("--symmetric", action="store_true", default=None,
+                    help="linear: signed codes, no zero point (default: affine)")
+    sp.add_argument("--budget-bits", type=float,
+                    help="mixed only: average bits per weight, parameters counted (default for mixed: 4.5)")
+    sp.add_argument("--target-sqnr", type=float,
+                    help="mixed only, instead of --budget-bits: smallest candidate reaching this SQNR (dB) per tensor")
+    sp.add_argument("--candidates", help="mixed only: comma-separated 'scheme:bits[:granularity[:group_size]]' "
+                                          "(default: linear 2/3/4/8 per channel and group, kmeans 2-4, log 4-5)")
     sp.add_argument("--include", action="append", metavar="GLOB", help="quantize only matching tensors (repeatable)")
     sp.add_argument("--exclude", action="append", metavar="GLOB", help="keep matching tensors as they are (repeatable)")
     sp.add_argument("--config", metavar="RULES.toml", help="options and [rules.\"GLOB\"] tables (see docs/models.md)")
@@ -38,28 +64,31 @@ def register(sub) -> None:
     sp.add_argument("--quiet", action="store_true", help="no progress bar, no table")
     sp.set_defaults(func=cmd_quantize)
 
-    sp = sub.add_parser("inspect", help="per-tensor table of a quantized model file (header only, no plugin needed)")
-    sp.add_argument("file")
+    sp = sub.add_parser("inspect", help="per-tensor table of a quantized model (qcore file or compressed-tensors folder; "
+                                         "header only, no plugin needed)")
+    sp.add_argument("file", help="qcore .safetensors file, or a compressed-tensors folder")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=cmd_inspect)
 
     sp = sub.add_parser("dequantize", help="write a quantized model back as plain float safetensors")
-    sp.add_argument("file")
+    sp.add_argument("file", help="qcore .safetensors file, or a compressed-tensors folder")
     sp.add_argument("-o", "--output", required=True, help="plain .safetensors file to write")
+    sp.add_argument("--dtype", choices=DTYPE_CHOICES,
+                    help="dtype of every float tensor written (default: each tensor's original dtype)")
     sp.set_defaults(func=cmd_dequantize)
 
     sp = sub.add_parser("report", help="size and SQNR per layer of a quantized model against its float original")
-    sp.add_argument("original", help="the float model (.safetensors or .npz)")
-    sp.add_argument("quantized", help="the quantized model (.safetensors written by qcore quantize)")
+    sp.add_argument("original", help="the float model (.safetensors, .npz, Hugging Face folder or shard index)")
+    sp.add_argument("quantized", help="the quantized model (qcore file or compressed-tensors folder)")
     sp.add_argument("--plot", metavar="FILE.png", help="also draw bits and SQNR per layer (matplotlib)")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=cmd_report)
 
     sp = sub.add_parser("bench", help="time and peak memory of quantizing a synthetic model (int8 per channel, mixed)")
-    sp.add_argument("--params", type=float, default=4e6, help="model size in float32 parameters (default 4e6)")
-    sp.add_argument("--budget-bits", type=float, default=4.5, help="budget of the mixed run (default 4.5)")
+    sp.add_argument("--params", type=float, default=4e6, help="model size in float32 parameters (default: 4e6)")
+    sp.add_argument("--budget-bits", type=float, default=4.5, help="budget of the mixed run (default: 4.5)")
     sp.add_argument("--candidates", help="mixed candidates (default: the built-in list)")
-    sp.add_argument("--only", choices=("int8", "mixed"), help="run one configuration")
+    sp.add_argument("--only", choices=("int8", "mixed"), help="run one configuration (default: both)")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=cmd_bench)
 
@@ -81,10 +110,15 @@ def _fmt_snr(v) -> str:
     return f"{v:.2f}"
 
 
+def _orig(row: dict) -> int:
+    """Bytes of the tensor in its original dtype (bfloat16 models compare against 2 bytes per weight)."""
+    return int(row.get("bytes_orig", row["bytes_fp32"]))
+
+
 def _describe(row: dict) -> str:
     opts = row.get("options") or {}
     if row.get("scheme") is None:
-        return str(opts.get("dtype", ""))
+        return ""
     g = opts.get("granularity")
     if g == "group":
         return f"group{opts.get('group_size')}"
@@ -95,16 +129,17 @@ def format_table(rows: list[dict]) -> str:
     """The per-tensor table printed by quantize/inspect/report, with a total line."""
     name_w = max([len(r["name"]) for r in rows] + [6])
     name_w = min(name_w, 48)
-    head = f"{'tensor':{name_w}s} {'scheme':8s} {'bits':>4s} {'layout':>10s} {'shape':>14s} {'fp32':>10s} {'quantized':>10s} {'ratio':>6s} {'SQNR dB':>8s}"
+    head = f"{'tensor':{name_w}s} {'scheme':8s} {'bits':>4s} {'layout':>10s} {'shape':>14s} {'dtype':>8s} {'original':>10s} {'quantized':>10s} {'ratio':>6s} {'SQNR dB':>8s}"
     lines = [head, "-" * len(head)]
     for r in rows:
         name = r["name"] if len(r["name"]) <= name_w else "…" + r["name"][-(name_w - 1):]
         shape = "x".join(str(s) for s in r["shape"]) or "()"
-        ratio = r["bytes_fp32"] / r["bytes_q"] if r["bytes_q"] else float("inf")
+        orig = _orig(r)
+        ratio = orig / r["bytes_q"] if r["bytes_q"] else float("inf")
         lines.append(f"{name:{name_w}s} {str(r['scheme'] or 'kept'):8s} {str(r['bits'] if r['bits'] is not None else '-'):>4s} "
-                     f"{_describe(r):>10s} {shape:>14s} {_fmt_bytes(r['bytes_fp32']):>10s} {_fmt_bytes(r['bytes_q']):>10s} "
+                     f"{_describe(r):>10s} {shape:>14s} {str(r.get('dtype', '')):>8s} {_fmt_bytes(orig):>10s} {_fmt_bytes(r['bytes_q']):>10s} "
                      f"{ratio:6.2f} {_fmt_snr(r['sqnr_db']):>8s}")
-    fp = sum(r["bytes_fp32"] for r in rows)
+    fp = sum(_orig(r) for r in rows)
     q = sum(r["bytes_q"] for r in rows)
     quant = [r for r in rows if r["scheme"] is not None]
     count = sum(r["bytes_fp32"] // 4 for r in quant)
@@ -143,10 +178,46 @@ def load_config(path: str) -> dict[str, Any]:
 
 
 # -- commands --------------------------------------------------------------------------------------------
-def cmd_quantize(args) -> int:
-    from ..model import quantize_model
+_PLANNER_FLAGS = (("budget_bits", "--budget-bits"), ("target_sqnr", "--target-sqnr"), ("candidates", "--candidates"))
 
-    cfg: dict[str, Any] = load_config(args.config) if args.config else {}
+
+def _is_planner(q) -> bool:
+    return bool(getattr(q, "planner", False)) or (hasattr(q, "plan") and hasattr(q, "measure"))
+
+
+def _parse_candidates(text: str) -> list[dict]:
+    """``"linear:4:channel,kmeans:3"`` -> candidate dicts, each checked against its scheme now (a misspelled
+    granularity or scheme is named as such, not reported later as 'no candidate applies')."""
+    from ..api import get_quantizer
+
+    out = []
+    for spec in [c.strip() for c in text.split(",") if c.strip()]:
+        parts = spec.split(":")
+        if not 2 <= len(parts) <= 4 or not parts[0]:
+            raise UsageError(f"--candidates: {spec!r} is not 'scheme:bits[:granularity[:group_size]]' (e.g. linear:4:channel)")
+        try:
+            d: dict[str, Any] = {"scheme": parts[0], "bits": int(parts[1])}
+            if len(parts) >= 3:
+                d["granularity"] = parts[2]
+            if len(parts) == 4:
+                d["group_size"] = int(parts[3])
+        except ValueError:
+            raise UsageError(f"--candidates: {spec!r}: bits and group size must be integers") from None
+        try:
+            get_quantizer(d["scheme"], **{k: v for k, v in d.items() if k != "scheme"})
+        except KeyError as exc:
+            raise UsageError(f"--candidates: {spec!r}: {exc.args[0] if exc.args else exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"--candidates: {spec!r} is not a valid candidate: {exc}") from None
+        out.append(d)
+    if not out:
+        raise UsageError("--candidates is empty")
+    return out
+
+
+def _options_from(args, cfg) -> tuple[str, dict, Any]:
+    """The scheme, its options and the budget, from flags over the rules file; options that do not apply are
+    refused here, before anything is read."""
     scheme = args.scheme or cfg.get("scheme", "linear")
     options = {k: v for k, v in cfg.items() if k not in _CONFIG_KEYS}
     for key, val in (("bits", args.bits), ("granularity", args.granularity), ("group_size", args.group_size),
@@ -154,40 +225,150 @@ def cmd_quantize(args) -> int:
                      ("candidates", args.candidates)):
         if val is not None:
             options[key] = val
+    budget = args.budget_bits if args.budget_bits is not None else cfg.get("budget_bits")
+    if budget is not None and options.get("target_sqnr") is not None:
+        raise UsageError("--budget-bits and --target-sqnr exclude each other: a mixed plan meets a size budget or an "
+                         "error target, not both")
+    return scheme, options, budget
+
+
+def _check_scheme_options(scheme: str, options: dict, budget) -> Any:
+    """Build the quantizer now: an unknown scheme, an option it does not take, a flag that does not apply."""
+    from ..api import get_quantizer
+
+    g = options.get("granularity")
+    if "group_size" in options and g != "group":
+        raise UsageError(f"--group-size applies only with --granularity group (granularity is {g or 'not set'})")
+    if "axis" in options and g == "tensor":
+        raise UsageError("--axis applies to --granularity channel or group, not tensor")
+    try:
+        probe = get_quantizer(scheme)
+    except KeyError as exc:
+        raise UsageError(str(exc.args[0]) if exc.args else str(exc)) from None
+    except (TypeError, ValueError):
+        probe = None  # a scheme that needs options: the full build below says which
+    if probe is not None and not _is_planner(probe):
+        used = [flag for key, flag in _PLANNER_FLAGS if (budget if key == "budget_bits" else options.get(key)) is not None]
+        if used:
+            verb = "applies" if len(used) == 1 else "apply"
+            raise UsageError(f"{', '.join(used)} {verb} only to a planning scheme (--scheme mixed); "
+                             f"scheme {scheme!r} quantizes every tensor at fixed bits")
+    if isinstance(options.get("candidates"), str):
+        options["candidates"] = _parse_candidates(options["candidates"])
+    try:
+        q = get_quantizer(scheme, **options)
+    except KeyError as exc:
+        raise UsageError(str(exc.args[0]) if exc.args else str(exc)) from None
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"scheme {scheme!r}: {exc}") from None
+    return q
+
+
+def _check_compressed_tensors_plan(plan) -> None:
+    from ..model.compressed_tensors import check_plan
+
+    check_plan(plan)
+
+
+def cmd_quantize(args) -> int:
+    from ..model import load_tensors, quantize_model
+    from ..model.quantize import plan_tensors, progress_bar
+
+    # 1. the input: exists, is not quantized already
+    check_exists(args.input, "input")
+    kind = quantized_kind(args.input)
+    if kind:
+        raise UsageError(f"{args.input!r} is already quantized ({kind}); quantize the float model it came from "
+                         f"(qcore dequantize writes a float copy, but quantizing that again compounds the error)")
+    if args.config:
+        check_exists(args.config, "--config file")
+    cfg: dict[str, Any] = load_config(args.config) if args.config else {}
+    # 2. the output: right kind of name, not an input, in a folder we can write
+    inputs = input_files(args.input) + ([args.config] if args.config else [])
+    if args.format == "qcore":
+        check_output_file(args.output, inputs, (".safetensors",), "a qcore quantized model")
+    else:
+        check_output_folder(args.output, inputs, "a compressed-tensors model")
+    # 3. scheme and options
+    scheme, options, budget = _options_from(args, cfg)
     if scheme == "linear" and "granularity" not in options:
         options["granularity"] = "channel"
-    if options.get("granularity") == "group" and "group_size" in options and scheme == "linear":
-        pass
-    budget = args.budget_bits if args.budget_bits is not None else cfg.get("budget_bits")
-    if scheme == "mixed" and budget is None and options.get("target_sqnr") is None:
+    q = _check_scheme_options(scheme, options, budget)
+    if _is_planner(q) and budget is None and options.get("target_sqnr") is None:
         budget = 4.5
+    # 4. names: every pattern, rule and per-tensor key must match a tensor (headers only)
+    tensors = load_tensors(args.input)
+    names = list(tensors)
     include = args.include if args.include else cfg.get("include")
     exclude = args.exclude if args.exclude else cfg.get("exclude")
+    for flag, pats in (("--include", include), ("--exclude", exclude)):
+        check_patterns_match(f"{flag} pattern" + ("s" if pats and len(pats) > 1 else ""), [pats] if isinstance(pats, str) else pats, names)
+    rules = cfg.get("rules")
+    if rules:
+        check_patterns_match("rule" + ("s" if len(rules) > 1 else ""), list(rules), names)
+    for key in ("sensitivity", "calibration"):
+        if isinstance(options.get(key), dict):
+            check_patterns_match(f"{key} key" + ("s" if len(options[key]) > 1 else ""), list(options[key]), names)
+    plan = plan_tensors(tensors, scheme, include, exclude, rules, options)
+    if not any(s is not None for _, s, _ in plan):
+        raise UsageError(f"no tensor of {args.input!r} would be quantized (only float tensors of 2+ dimensions are, "
+                         f"unless a rule names them); check --include/--exclude and the rules")
+    if args.format == "compressed-tensors":
+        _check_compressed_tensors_plan([(n, s, o) for n, s, o in plan])
+    # 5. the work
     t0 = time.perf_counter()
-    qm = quantize_model(args.input, scheme, include=include, exclude=exclude, rules=cfg.get("rules"),
+    qm = quantize_model(tensors, scheme, include=include, exclude=exclude, rules=rules,
                         budget_bits=budget, progress=not args.quiet, **options)
     t1 = time.perf_counter()
-    size = qm.save(args.output)
+    bar = progress_bar(1, not args.quiet, "writing")
+
+    def on_write(done, total):
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        if args.format == "qcore":
+            size = qm.save(args.output, progress=on_write)
+        else:
+            size = qm.save(args.output, format="compressed-tensors", source=args.input, progress=on_write)
+    finally:
+        bar.close()
     rows = qm.report()
     if args.json:
-        print(json.dumps({"output": args.output, "file_size": size, "seconds": t1 - t0, "tensors": _jsonable(rows)}, indent=2))
+        print(json.dumps({"output": args.output, "format": args.format, "file_size": size, "seconds": t1 - t0,
+                          "tensors": _jsonable(rows)}, indent=2))
     elif not args.quiet:
         print(format_table(rows))
         print(f"wrote {args.output} ({_fmt_bytes(size)}) in {t1 - t0:.2f} s")
     return 0
 
 
+def _is_compressed_tensors(path: str) -> bool:
+    from ..model.compressed_tensors import is_compressed_tensors
+
+    return is_compressed_tensors(path)
+
+
 def cmd_inspect(args) -> int:
     from ..model import inspect_file
 
-    desc = inspect_file(args.file)
+    check_exists(args.file, "model")
+    if _is_compressed_tensors(args.file):
+        from ..model.compressed_tensors import inspect_folder
+
+        desc = inspect_folder(args.file)
+        title = f"{desc['path']}: compressed-tensors model ({desc['format']}, version {desc['version']}), {_fmt_bytes(desc['file_size'])}"
+    else:
+        desc = inspect_file(args.file)
+        title = (f"{desc['path']}: qcore quantized model, format version {desc['format_version']}, "
+                 f"written by qcore {desc['qcore_version']}, {_fmt_bytes(desc['file_size'])}")
     if args.json:
         desc = dict(desc, tensors=_jsonable(desc["tensors"]))
         print(json.dumps(desc, indent=2))
         return 0
-    print(f"{desc['path']}: qcore quantized model, format version {desc['format_version']}, "
-          f"written by qcore {desc['qcore_version']}, {_fmt_bytes(desc['file_size'])}")
-    plugins = sorted({f"{r['plugin'].get('distribution')} (scheme {r['scheme']})" for r in desc["tensors"] if r["scheme"]})
+    print(title)
+    plugins = sorted({f"{r['plugin'].get('distribution')} (scheme {r['scheme']})" for r in desc["tensors"]
+                      if r["scheme"] and r.get("plugin")})
     if plugins:
         print("needs: " + ", ".join(plugins))
     print(format_table(desc["tensors"]))
@@ -198,24 +379,49 @@ def cmd_dequantize(args) -> int:
     import numpy as np
 
     from ..model import load_quantized
-    from ..model.safetensors_io import Entry, write_safetensors
+    from ..model.safetensors_io import Entry, float32_to_bf16, write_safetensors
     from ..tensor import QTensor
 
+    check_exists(args.file, "model")
+    check_output_file(args.output, input_files(args.file), (".safetensors",), "a float model")
     qm = load_quantized(args.file)
+    st = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+
+    def convert(values: np.ndarray, dtype: str) -> np.ndarray:
+        if dtype == "bfloat16":
+            return float32_to_bf16(values)
+        return np.ascontiguousarray(values, dtype=dtype)
+
     entries = []
     for name, t in qm.items():
+        orig = qm.dtype_of(name)
         if isinstance(t, QTensor):
-            entries.append(Entry(name, "F32", t.shape, 4 * t.size, lambda t=t: t.dequantize()))
+            want = args.dtype or (orig if orig in st else "float32")
+            isz = 2 if want != "float32" else 4
+            entries.append(Entry(name, st[want], t.shape, isz * t.size, lambda t=t, w=want: convert(t.dequantize(), w)))
+        elif args.dtype and (t.dtype.kind == "f" or orig == "bfloat16") and orig != args.dtype:
+            vals = qm.values(name)
+            entries.append(Entry(name, st[args.dtype], vals.shape, (2 if args.dtype != "float32" else 4) * vals.size,
+                                 lambda v=vals, w=args.dtype: convert(v, w)))
+        elif orig == "bfloat16":
+            e = Entry.of(name, np.ascontiguousarray(t))
+            e.dtype = "BF16"
+            entries.append(e)
         else:
             entries.append(Entry.of(name, np.ascontiguousarray(t)))
-    size = write_safetensors(args.output, entries, {"format": "np", "dequantized_from": os.path.basename(args.file)})
-    print(f"wrote {args.output}: {len(entries)} float tensors, {_fmt_bytes(size)}")
+    # "format": "pt" is what transformers 4.x requires of safetensors metadata (5.x accepts it too)
+    size = write_safetensors(args.output, entries, {"format": "pt", "dequantized_from": os.path.basename(os.path.normpath(args.file))})
+    print(f"wrote {args.output}: {len(entries)} tensors, {_fmt_bytes(size)}")
     return 0
 
 
 def cmd_report(args) -> int:
     from ..model import load_quantized, load_tensors
 
+    check_exists(args.original, "float model")
+    check_exists(args.quantized, "quantized model")
+    if args.plot:
+        check_output_file(args.plot, input_files(args.original) + input_files(args.quantized), (".png",), "the plot")
     ref = load_tensors(args.original)
     qm = load_quantized(args.quantized)
     missing = [n for n in qm.quantized if n not in ref]

@@ -22,7 +22,7 @@ from ..kernels.base import packed_size
 from ..plugin.manager import get_manager
 from ..tensor import QTensor
 from .qmodel import QModel, register_format
-from .safetensors_io import MAX_NDIM, Entry, Header, read_header, read_tensor, shape_fits, st_dtype, write_safetensors
+from .safetensors_io import DTYPES, MAX_NDIM, Entry, Header, read_header, read_tensor, shape_fits, st_dtype, write_safetensors
 
 FORMAT_NAME = "qcore.quantized-model"
 FORMAT_VERSION = 1
@@ -90,7 +90,12 @@ def describe(model: QModel) -> tuple[list[Entry], dict[str, str]]:
             described.append(d)
         else:
             arr = np.ascontiguousarray(t)
-            entries.append(Entry.of(name, arr))
+            e = Entry.of(name, arr)
+            if model.dtype_of(name) == "bfloat16":  # bit patterns held as uint16: stored as what they are
+                if arr.dtype != np.uint16:
+                    raise TypeError(f"tensor {name!r} is recorded as bfloat16 but holds {arr.dtype}, not its uint16 bit patterns")
+                e.dtype = "BF16"
+            entries.append(e)
             described.append({"name": name, "kind": "tensor", "tensor": name})
     names = [e.name for e in entries]
     if len(set(names)) != len(names):
@@ -102,12 +107,14 @@ def describe(model: QModel) -> tuple[list[Entry], dict[str, str]]:
     return entries, meta
 
 
-def save_qmodel(model: QModel, path: str | os.PathLike) -> int:
-    """Write ``model`` atomically (temporary file in the same folder, then rename); returns the file size."""
+def save_qmodel(model: QModel, path: str | os.PathLike, progress=None) -> int:
+    """Write ``model`` atomically (temporary file in the same folder, then rename); returns the file size.
+
+    ``progress``: optional ``callable(bytes_written, total_bytes)`` called after each tensor."""
     if not isinstance(model, QModel):
         raise TypeError(f"expected a QModel, got {type(model).__name__}")
     entries, meta = describe(model)
-    return write_safetensors(path, entries, meta)
+    return write_safetensors(path, entries, meta, progress=progress)
 
 
 register_format("qcore", save_qmodel)
@@ -246,7 +253,8 @@ def _check_schemes(path: str, descs: list[dict]) -> None:
 
 
 def load_quantized(path: str | os.PathLike, *, verify: bool = True) -> QModel:
-    """Read a quantized model written by :meth:`QModel.save`.
+    """Read a quantized model written by :meth:`QModel.save`: a qcore ``.safetensors`` file, or a
+    compressed-tensors ``pack-quantized`` folder (``format="compressed-tensors"``, or llm-compressor's output).
 
     The container header and qcore's description are validated completely before any tensor data is read;
     a scheme that is not installed raises :class:`qcore.SchemeNotFound` naming the plugin distribution the
@@ -257,6 +265,13 @@ def load_quantized(path: str | os.PathLike, *, verify: bool = True) -> QModel:
     p = os.fspath(path)
     if not os.path.exists(p):
         raise FileNotFoundError(f"no such file: {p!r}")
+    if os.path.isdir(p):
+        from .compressed_tensors import is_compressed_tensors, load_compressed_tensors
+
+        if not is_compressed_tensors(p):
+            raise FormatError(f"{p!r} is a folder without a compressed-tensors config.json; a qcore model is a "
+                              f".safetensors file (plain float folders load with qcore.load_tensors)")
+        return load_compressed_tensors(p, verify=verify)
     header = read_header(p)
     descs = parse_description(header)
     _check_schemes(p, descs)
@@ -280,7 +295,10 @@ def load_quantized(path: str | os.PathLike, *, verify: bool = True) -> QModel:
         for d in descs:
             name = d["name"]
             if d["kind"] == "tensor":
-                model[name] = read_tensor(f, header, d["tensor"])
+                bf16 = header.tensors[d["tensor"]].dtype == "BF16"
+                model[name] = read_tensor(f, header, d["tensor"], raw=bf16)
+                if bf16:
+                    model.info[name] = {"dtype": "bfloat16"}
                 continue
             params = {}
             for pname, key in d["params"].items():
@@ -328,14 +346,19 @@ def inspect_file(path: str | os.PathLike) -> dict[str, Any]:
         if d["kind"] == "quantized":
             count = int(np.prod(d["shape"], dtype=np.int64))
             nbytes = header.tensors[d["codes"]].nbytes + sum(header.tensors[k].nbytes for k in d["params"].values())
+            dt = str(d.get("dtype", "float32"))
+            isz = 2 if dt == "bfloat16" else (np.dtype(dt).itemsize if dt in ("float16", "float32", "float64") else 4)
             rows.append({"name": d["name"], "scheme": d["scheme"], "bits": d["bits"], "shape": d["shape"],
-                         "bytes_fp32": 4 * count, "bytes_q": nbytes, "sqnr_db": d.get("sqnr_db"),
+                         "bytes_fp32": 4 * count, "bytes_orig": isz * count, "dtype": dt,
+                         "bytes_q": nbytes, "sqnr_db": d.get("sqnr_db"),
                          "options": {k: v for k, v in d["options"].items() if k != "bits"},
                          "plugin": d.get("plugin", {}), "planned_by": d.get("planned_by")})
         else:
             info = header.tensors[d["tensor"]]
+            dt = "bfloat16" if info.dtype == "BF16" else str(DTYPES[info.dtype])
+            fp32 = 4 * info.count if info.dtype in ("BF16", "F16", "F32", "F64") else info.nbytes
             rows.append({"name": d["name"], "scheme": None, "bits": None, "shape": list(info.shape),
-                         "bytes_fp32": info.nbytes, "bytes_q": info.nbytes, "sqnr_db": None,
-                         "options": {"dtype": info.dtype}, "plugin": {}, "planned_by": None})
+                         "bytes_fp32": fp32, "bytes_orig": info.nbytes, "dtype": dt, "bytes_q": info.nbytes, "sqnr_db": None,
+                         "options": {"dtype": dt}, "plugin": {}, "planned_by": None})
     return {"path": p, "file_size": header.file_size, "format_version": doc["format_version"],
             "qcore_version": doc.get("qcore_version"), "metadata": doc.get("metadata", {}), "tensors": rows}

@@ -95,7 +95,19 @@ class QModel:
     @property
     def nbytes_fp32(self) -> int:
         """The same model with every float tensor in float32 (non-float tensors as they are)."""
-        return sum(_bytes_fp32(t) for t in self.tensors.values())
+        return sum(_bytes_fp32(t, self.dtype_of(n)) for n, t in self.tensors.items())
+
+    @property
+    def nbytes_original(self) -> int:
+        """The model as it was before quantization: each tensor in its original dtype (bfloat16: 2 bytes)."""
+        return sum(_bytes_orig(t, self.dtype_of(n)) for n, t in self.tensors.items())
+
+    def dtype_of(self, name: str) -> str:
+        """The original dtype of ``name`` (``"bfloat16"`` for bf16 tensors, which are held as uint16 bit patterns)."""
+        t = self.tensors[name]
+        if isinstance(t, QTensor):
+            return str(t.dtype)
+        return str(self.info.get(name, {}).get("dtype") or t.dtype)
 
     @property
     def average_bits(self) -> float:
@@ -106,8 +118,20 @@ class QModel:
 
     # -- values --------------------------------------------------------------------------------------------
     def dequantize(self) -> dict[str, np.ndarray]:
-        """``{name: array}``: quantized tensors decoded to float32 (original shape), the others unchanged."""
-        return {n: (t.dequantize() if isinstance(t, QTensor) else t) for n, t in self.tensors.items()}
+        """``{name: array}``: quantized tensors decoded to float32 (original shape), the others unchanged
+        (bfloat16 ones, held as bit patterns, as float32 values)."""
+        return {n: self.values(n) for n in self.tensors}
+
+    def values(self, name: str) -> np.ndarray:
+        """One tensor's values: decoded to float32 if quantized; kept bfloat16 as float32; others as stored."""
+        t = self.tensors[name]
+        if isinstance(t, QTensor):
+            return t.dequantize()
+        if self.dtype_of(name) == "bfloat16":
+            from .safetensors_io import bf16_to_float32
+
+            return bf16_to_float32(t)
+        return t
 
     def report(self, reference: Mapping[str, np.ndarray] | None = None) -> list[dict]:
         """One dict per tensor: ``name, scheme, bits, shape, bytes_fp32, bytes_q, sqnr_db`` (+ ``options``, ``planned_by``).
@@ -127,15 +151,18 @@ class QModel:
                     snr = None if snr is None else float(snr)
                 rows.append({
                     "name": name, "scheme": t.scheme, "bits": t.bits, "shape": list(t.shape),
-                    "bytes_fp32": 4 * t.size, "bytes_q": int(t.nbytes), "sqnr_db": snr,
+                    "bytes_fp32": 4 * t.size, "bytes_orig": _bytes_orig(t, str(t.dtype)), "dtype": str(t.dtype),
+                    "bytes_q": int(t.nbytes), "sqnr_db": snr,
                     "options": {k: v for k, v in t.options.items() if k != "bits"},
                     "planned_by": info.get("planned_by"),
                 })
             else:
+                dt = self.dtype_of(name)
                 rows.append({
                     "name": name, "scheme": None, "bits": int(t.dtype.itemsize * 8), "shape": list(t.shape),
-                    "bytes_fp32": _bytes_fp32(t), "bytes_q": int(t.nbytes), "sqnr_db": math.inf,
-                    "options": {"dtype": str(t.dtype)}, "planned_by": None,
+                    "bytes_fp32": _bytes_fp32(t, dt), "bytes_orig": int(t.nbytes), "dtype": dt,
+                    "bytes_q": int(t.nbytes), "sqnr_db": math.inf,
+                    "options": {"dtype": dt}, "planned_by": None,
                 })
         return rows
 
@@ -164,7 +191,18 @@ def register_format(name: str, writer: Callable[..., int]) -> None:
     _WRITERS[name] = writer
 
 
-def _bytes_fp32(t) -> int:
+def _bytes_fp32(t, dtype: str | None = None) -> int:
     if isinstance(t, QTensor):
         return 4 * t.size
-    return 4 * int(t.size) if t.dtype.kind == "f" else int(t.nbytes)
+    return 4 * int(t.size) if (t.dtype.kind == "f" or dtype == "bfloat16") else int(t.nbytes)
+
+
+def _bytes_orig(t, dtype: str) -> int:
+    """Bytes of ``t`` in its original dtype (bfloat16: 2 per element; a QTensor: its input's dtype)."""
+    if isinstance(t, QTensor):
+        try:
+            size = 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
+        except TypeError:
+            size = 4
+        return size * t.size
+    return int(t.nbytes)

@@ -110,7 +110,13 @@ def plan_tensors(tensors: Mapping, scheme: str, include=None, exclude=None, rule
     return out
 
 
-def _progress(total: int, enabled: bool, desc: str):
+def progress_bar(total: int, enabled, desc: str):
+    """A tqdm bar on stderr counting weights (``total`` of them), only when stderr is a terminal.
+
+    ``enabled`` may also be a callable ``(phase, done, total)``: it is called instead of drawing a bar (tests
+    and embedding applications watch progress that way)."""
+    if callable(enabled):
+        return _CallbackBar(total, enabled, desc)
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover - tqdm is a dependency
@@ -118,18 +124,75 @@ def _progress(total: int, enabled: bool, desc: str):
     on = bool(enabled) and sys.stderr.isatty()
     if tqdm is None or not on:
         return _NoBar()
-    return tqdm(total=total, desc=desc, unit="tensor", leave=False, file=sys.stderr)
+    return tqdm(total=total, desc=desc, unit="weight", unit_scale=True, leave=False, file=sys.stderr)
 
 
 class _NoBar:
+    n = 0
+    total = 0
+
     def update(self, n=1):
         pass
 
     def set_postfix_str(self, s):
         pass
 
+    def set_description_str(self, s):
+        pass
+
+    def reset(self, total=None):
+        pass
+
     def close(self):
         pass
+
+
+class _CallbackBar(_NoBar):
+    def __init__(self, total, fn, desc):
+        self.total, self.fn, self.desc, self.n = total, fn, desc, 0
+
+    def update(self, n=1):
+        self.n += n
+        self.fn(self.desc, self.n, self.total)
+
+    def set_description_str(self, s):
+        self.desc = s
+
+    def reset(self, total=None):
+        self.n = 0
+        if total is not None:
+            self.total = total
+
+
+def _source_dtype(tensors, name: str) -> str:
+    """The dtype ``name`` has at its source (``"bfloat16"`` for bf16 tensors of a file)."""
+    if isinstance(tensors, TensorFile):
+        return tensors.source_dtype(name)
+    return str(shape_and_dtype(tensors, name)[1])
+
+
+def _set_source_dtype(qt: QTensor, tensors, name: str) -> None:
+    """Record the input's dtype in the QTensor (``qcore dequantize`` writes that dtype back by default)."""
+    src = _source_dtype(tensors, name)
+    if src in ("float16", "bfloat16", "float32", "float64"):
+        qt.dtype = src
+
+
+def _check_budget_floor(planned, fixed, counts, total_weights, budget_bits) -> None:
+    """Refuse, before measuring anything, a budget below what the narrowest candidate's codes alone need."""
+    floor = 0.0
+    for name, q, _ in planned:
+        specs = getattr(q, "specs", None) or []
+        bits = [int(s["bits"]) for s in specs if isinstance(s, dict) and "bits" in s]
+        if not bits:
+            return  # a planner that does not list its candidates: only the measured check applies
+        floor += min(bits) * counts[name]
+    # fixed-scheme tensors count against the same budget, at their own code width
+    floor += sum(int(getattr(q, "bits", 1)) * counts[name] for name, q, _ in fixed)
+    floor /= max(total_weights, 1)
+    if budget_bits < floor:
+        raise ValueError(f"budget_bits={budget_bits:g} is below the minimum: the narrowest candidates' codes alone take "
+                         f"{floor:.3f} bits per weight, before their parameters; raise the budget or add narrower candidates")
 
 
 def _named(exc: Exception, name: str) -> Exception:
@@ -155,7 +218,8 @@ def quantize_model(tensors, scheme: str = "linear", *, include=None, exclude=Non
         A rule also quantizes 1-d tensors (biases, norms), which otherwise stay float.
     :param budget_bits: with ``scheme="mixed"``: average bits per quantized weight, parameters counted, over
         all quantized tensors (those with fixed schemes count too); never exceeded
-    :param progress: a tqdm bar on stderr when it is a terminal
+    :param progress: a tqdm bar on stderr when it is a terminal, counting weights and naming the phase
+        (``measuring`` the mixed candidates, ``quantizing``); or a callable ``(phase, done, total)``
     :param options: scheme options (``bits``, ``granularity``, ...).  For ``mixed``: ``candidates``,
         ``target_sqnr``, ``sensitivity`` (a number, or ``{name or pattern: weight or per-element array}``) and
         ``calibration`` (``{name or pattern: input activations X}``: error becomes ``||X (W - W')||^2``)
@@ -201,7 +265,17 @@ def quantize_model(tensors, scheme: str = "linear", *, include=None, exclude=Non
     if budget_bits is not None and not planned:
         raise ValueError(f"budget_bits needs a planning scheme (scheme='mixed'); scheme {scheme!r} quantizes every tensor at fixed bits")
 
-    bar = _progress(len(fixed) + 2 * len(planned), progress, "quantizing")
+    def count(name):
+        n = 1
+        for d in shape_and_dtype(tensors, name)[0]:
+            n *= int(d)
+        return n
+
+    counts = {name: count(name) for name, _, _ in fixed + planned}
+    total_weights = sum(counts.values())
+    if planned and budget_bits is not None:
+        _check_budget_floor(planned, fixed, counts, total_weights, budget_bits)
+    bar = progress_bar(sum(counts[n] for n, _, _ in fixed), progress, "quantizing")
     results: dict[str, tuple[QTensor, float, dict]] = {}
     try:
         fixed_bits = 0
@@ -212,22 +286,26 @@ def quantize_model(tensors, scheme: str = "linear", *, include=None, exclude=Non
                 qt = q.quantize(x)
             except (ValueError, TypeError) as exc:
                 raise _named(exc, name) from exc
+            _set_source_dtype(qt, tensors, name)
             results[name] = (qt, sqnr_db(x, qt.dequantize()), {"rule": rule} if rule else {})
             fixed_bits += 8 * qt.nbytes
             del x
-            bar.update()
+            bar.update(counts[name])
         if planned:
-            _quantize_planned(tensors, planned, fixed, results, fixed_bits, budget_bits, sensitivity, calibration, bar)
+            _quantize_planned(tensors, planned, fixed, results, fixed_bits, budget_bits, sensitivity, calibration, bar, counts)
         for name, s, opts in plan:
             if name in results:
                 qt, snr, info = results[name]
                 model[name] = qt
                 model.info[name] = {"sqnr_db": snr, **info}
             else:
-                arr = tensors[name]
+                src = _source_dtype(tensors, name)
+                arr = tensors.raw(name) if src == "bfloat16" else tensors[name]
                 model[name] = np.array(arr, copy=True) if isinstance(tensors, TensorFile) and not arr.flags.writeable else arr
+                if src == "bfloat16":  # kept as its 16-bit patterns: written back as bfloat16, unchanged
+                    model.info.setdefault(name, {})["dtype"] = "bfloat16"
                 if opts.get("rule"):
-                    model.info[name] = {"rule": opts["rule"]}
+                    model.info.setdefault(name, {})["rule"] = opts["rule"]
     finally:
         bar.close()
         if own_file is not None and hasattr(own_file, "close"):
@@ -235,11 +313,13 @@ def quantize_model(tensors, scheme: str = "linear", *, include=None, exclude=Non
     return model
 
 
-def _quantize_planned(tensors, planned, fixed, results, fixed_bits, budget_bits, sensitivity, calibration, bar):
+def _quantize_planned(tensors, planned, fixed, results, fixed_bits, budget_bits, sensitivity, calibration, bar, counts):
     # pass 1: measure every candidate of every planned tensor
+    bar.reset(total=sum(counts[n] for n, _, _ in planned))
+    bar.set_description_str("measuring")
     measured = []
     for name, q, rule in planned:
-        bar.set_postfix_str("measuring " + name[-30:])
+        bar.set_postfix_str(name[-40:])
         x = tensors[name]
         try:
             m = q.measure(x, sensitivity=_per_tensor(sensitivity, name, 1.0), calibration=_per_tensor(calibration, name))
@@ -249,7 +329,7 @@ def _quantize_planned(tensors, planned, fixed, results, fixed_bits, budget_bits,
             raise ValueError(f"tensor {name!r}: no candidate of the mixed scheme applies to shape {np.shape(x)}")
         measured.append(m)
         del x
-        bar.update()
+        bar.update(counts[name])
     # plan: one planner decides for all tensors that share it (normally one mixed quantizer)
     groups: dict[int, list[int]] = {}
     for i, (_, q, _) in enumerate(planned):
@@ -267,22 +347,32 @@ def _quantize_planned(tensors, planned, fixed, results, fixed_bits, budget_bits,
             for j, other in enumerate(measured):
                 if j not in idxs:
                     capacity -= min(8 * c["nbytes"] for c in other)
+        if capacity is not None:
+            need = sum(min(8 * c["nbytes"] for c in measured[i]) for i in idxs)
+            if need > capacity:
+                floor = (need + fixed_bits + (budget * total_count - fixed_bits - capacity)) / total_count
+                raise ValueError(f"budget_bits={budget:g} is too small: the cheapest candidates need {floor:.3f} bits per "
+                                 f"weight (parameters counted); raise the budget to at least {math.ceil(floor * 1000) / 1000:.3f} "
+                                 f"or add cheaper candidates")
         picks = q.plan([measured[i] for i in idxs], capacity_bits=capacity, target_sqnr=target,
                        names=[planned[i][0] for i in idxs])
         for i, k in zip(idxs, picks):
             choice[i] = k
     # pass 2: quantize each tensor with its chosen candidate
+    bar.reset(total=sum(counts[n] for n, _, _ in planned))
+    bar.set_description_str("quantizing")
     for i, (name, q, rule) in enumerate(planned):
         bar.set_postfix_str(name[-40:])
         x = tensors[name]
         cand = measured[i][choice[i]]
         qt = q.quantize_candidate(x, cand["spec"])
+        _set_source_dtype(qt, tensors, name)
         info = {"planned_by": q.name, "candidate": cand["label"]}
         if rule:
             info["rule"] = rule
         results[name] = (qt, sqnr_db(x, qt.dequantize()), info)
         del x
-        bar.update()
+        bar.update(counts[name])
     if budget_bits is not None:
         used = sum(8 * r[0].nbytes for r in results.values())
         if used > budget_bits * total_count + 1e-6:  # pragma: no cover - the planner guarantees this

@@ -177,17 +177,35 @@ def _no_constant(name):
     raise ValueError(f"{name} is not allowed")
 
 
-def read_tensor(f, header: Header, name: str) -> np.ndarray:
-    """The array ``name`` read from the open binary file ``f`` (a fresh, writable copy)."""
+def read_tensor(f, header: Header, name: str, raw: bool = False) -> np.ndarray:
+    """The array ``name`` read from the open binary file ``f`` (a fresh, writable copy).
+
+    bfloat16 tensors come back as float32 (exact), or with ``raw=True`` as their 16-bit patterns (``uint16``)."""
     info = header.tensors[name]
     f.seek(header.data_start + info.begin)
-    raw = f.read(info.nbytes)
-    if len(raw) != info.nbytes:
-        raise FormatError(f"{header.path!r}: tensor {name!r}: expected {info.nbytes} bytes, read {len(raw)} (file truncated while reading?)")
-    arr = np.frombuffer(raw, dtype=DTYPES[info.dtype]).copy().reshape(info.shape)
-    if info.dtype == "BF16":
-        arr = (arr.astype(np.uint32) << 16).view(np.float32)
+    data = f.read(info.nbytes)
+    if len(data) != info.nbytes:
+        raise FormatError(f"{header.path!r}: tensor {name!r}: expected {info.nbytes} bytes, read {len(data)} (file truncated while reading?)")
+    arr = np.frombuffer(data, dtype=DTYPES[info.dtype]).copy().reshape(info.shape)
+    if info.dtype == "BF16" and not raw:
+        arr = bf16_to_float32(arr)
     return arr.astype(arr.dtype.newbyteorder("="), copy=False)
+
+
+def bf16_to_float32(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns (``uint16``) -> float32 values (exact: bfloat16 is float32's upper half)."""
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def float32_to_bf16(x: np.ndarray) -> np.ndarray:
+    """float32 values -> bfloat16 bit patterns (``uint16``), rounded to nearest even as torch does; NaN stays NaN."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    u = x.view(np.uint32)
+    rounded = ((u.astype(np.uint64) + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    nan = np.isnan(x)
+    if nan.any():
+        rounded = np.where(nan, ((u >> 16) | 0x40).astype(np.uint16), rounded)
+    return rounded
 
 
 # -- writing -------------------------------------------------------------------------------------------
@@ -228,8 +246,10 @@ def _write_chunk(f, arr: np.ndarray) -> None:
     f.write(memoryview(arr.reshape(-1)).cast("B"))
 
 
-def write_safetensors(path: str | os.PathLike, entries: Iterable[Entry], metadata: dict[str, str] | None = None) -> int:
-    """Write ``entries`` atomically to ``path``; returns the file size.
+def write_safetensors(path: str | os.PathLike, entries: Iterable[Entry], metadata: dict[str, str] | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> int:
+    """Write ``entries`` atomically to ``path``; returns the file size.  ``progress(done, total)`` (bytes), if
+    given, is called after each tensor.
 
     The data goes to a temporary file in the same folder which replaces ``path`` only once complete, flushed
     and fsync'ed: an error or a crash midway never leaves a partial file under ``path``.
@@ -243,11 +263,16 @@ def write_safetensors(path: str | os.PathLike, entries: Iterable[Entry], metadat
         with os.fdopen(fd, "wb") as f:
             f.write(struct.pack("<Q", len(header)))
             f.write(header)
+            total = sum(e.nbytes for e in entries)
+            done = 0
             for e in entries:
                 arr = np.asarray(e.produce())
                 if arr.nbytes != e.nbytes or tuple(arr.shape) != e.shape:
                     raise RuntimeError(f"tensor {e.name!r} produced {arr.shape}/{arr.nbytes} bytes, announced {e.shape}/{e.nbytes}")
                 _write_chunk(f, arr)
+                done += e.nbytes
+                if progress is not None:
+                    progress(done, total)
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)

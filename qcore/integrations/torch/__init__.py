@@ -9,6 +9,10 @@
     ...train qat with any optimizer...
     qmodel = qtorch.convert(qat)                             # QLinear / QConv2d holding QTensor weights
 
+    prepared = qtorch.prepare(model)                         # static int8: observers on Linear/Conv2d inputs
+    ...run calibration batches: prepared(x)...
+    qmodel = qtorch.convert(prepared)                        # StaticLinear / StaticConv2d: int8 compute
+
 Weights are quantized by any installed qcore scheme (``scheme=``, ``bits=``, scheme options as keywords).  Unless
 told otherwise the adapter quantizes weights per output channel (``granularity="channel"``, ``axis=0``) and, for
 schemes with the option, symmetrically (``symmetric=True``) — the main case of ``qcore.ops.qlinear``.
@@ -18,7 +22,7 @@ the input tensor's own memory: contiguous CPU float32 input is viewed through ``
 Other schemes and bit widths are weight-only: the dequantized weight (computed once, cached) and ``F.linear``.
 
 The package is split by concern: ``_tensors`` (torch <-> numpy, fake quantization), ``_qat`` (QAT modules
-and activation fake quantization), ``_modules`` (``QLinear``, ``QConv2d``), ``_model`` (the model-level functions).
+and activation fake quantization), ``_modules`` (``QLinear``, ``QConv2d``), ``_model`` (the model-level functions), ``_static`` (static int8: prepare, StaticLinear, StaticConv2d).
 New features go in modules of their own, imported here.
 
 Importing this module without PyTorch raises an ``ImportError`` saying how to install it.
@@ -33,12 +37,15 @@ except ImportError as exc:  # pragma: no cover - exercised by simulating a missi
         'pip install "qcore[torch]"  (or directly: pip install torch==2.13.0)'
     ) from exc
 
+from ._apply import apply_quantized
 from ._model import convert, prepare_qat, quantize_dynamic
 from ._modules import QConv2d, QLinear
 from ._qat import ActivationFakeQuant, QATConv2d, QATLinear
+from ._static import ObservedConv2d, ObservedLinear, QuantizedActivation, StaticConv2d, StaticLinear, prepare
 from ._tensors import fake_quantize
 
 __all__ = [
-    "quantize_dynamic", "prepare_qat", "convert",
+    "quantize_dynamic", "prepare_qat", "convert", "apply_quantized",
     "QLinear", "QConv2d", "QATLinear", "QATConv2d", "ActivationFakeQuant", "fake_quantize",
+    "prepare", "StaticLinear", "StaticConv2d", "ObservedLinear", "ObservedConv2d", "QuantizedActivation",
 ]

@@ -1,4 +1,4 @@
-"""Model-level functions: quantize_dynamic, prepare_qat, convert."""
+"""Model-level functions: quantize_dynamic, prepare_qat, convert (prepare: see _static)."""
 from __future__ import annotations
 
 from torch import nn
@@ -12,6 +12,7 @@ import qcore
 from .._common import name_selected, weight_options
 from ._modules import QConv2d, QLinear
 from ._qat import ActivationFakeQuant, QATConv2d, QATLinear, _activation_spec
+from ._static import ObservedConv2d, ObservedLinear, _StaticBase, fuse_static, static_from_observed, static_from_qat
 from ._tensors import _qtensor_of
 
 
@@ -123,14 +124,31 @@ def _frozen(aq: ActivationFakeQuant | None) -> ActivationFakeQuant | None:
 
 
 def convert(module: nn.Module, *, inplace: bool = False) -> nn.Module:
-    """The quantized model of a QAT model: :class:`QATLinear` → :class:`QLinear`, :class:`QATConv2d` →
-    :class:`QConv2d`, weights quantized by the same scheme and options as during training (so the converted
-    model computes with exactly the weights the QAT model saw).  Activation fake-quantizers are kept, frozen.
+    """The quantized model of a prepared (:func:`prepare`) or QAT (:func:`prepare_qat`) model.
+
+    * Layers prepared for static quantization (observers on their inputs, calibrated by running batches)
+      become :class:`StaticLinear` / :class:`StaticConv2d`: int8 input quantized with the calibrated per-tensor
+      parameters, int8 per-channel weights, int32 accumulation.
+    * QAT layers whose input was fake-quantized by an 8-bit ``linear`` per-tensor :class:`ActivationFakeQuant`
+      (``prepare_qat(..., activations=True)``) and whose weight is ``linear`` symmetric (the default) become the
+      same static modules, with the fake quantizer's scale and zero point and the weight codes the QAT model
+      trained with.
+    * Other QAT layers: :class:`QATLinear` → :class:`QLinear`, :class:`QATConv2d` → :class:`QConv2d`, weights
+      quantized by the same scheme and options as during training.  Activation fake-quantizers are kept, frozen.
+
+    Afterwards, inside every ``nn.Sequential``, an ``nn.ReLU`` right after a static layer is fused into it, and
+    consecutive static layers of one kind pass uint8 codes instead of float (see ``docs/integrations.md``).
     """
     _check_module(module)
     model = module if inplace else copy.deepcopy(module)
 
     def make(name, child):
+        if isinstance(child, (ObservedLinear, ObservedConv2d)):
+            return static_from_observed(child)
+        if isinstance(child, (QATLinear, QATConv2d)):
+            static = static_from_qat(child)
+            if static is not None:
+                return static
         if isinstance(child, QATLinear):
             return QLinear(child.in_features, child.out_features, child.quantized_weight(), child.bias,
                            _frozen(child.input_quantizer))
@@ -138,9 +156,11 @@ def convert(module: nn.Module, *, inplace: bool = False) -> nn.Module:
             return QConv2d._like(child, child.quantized_weight(), _frozen(child.input_quantizer))
         return None
 
-    if isinstance(model, (QATLinear, QATConv2d)):
+    if isinstance(model, (QATLinear, QATConv2d, ObservedLinear, ObservedConv2d)):
         return make("", model)
     if _swap(model, make) == 0:
-        warnings.warn("convert: the model has no QAT layers (use prepare_qat first, or quantize_dynamic)",
-                      stacklevel=2)
+        warnings.warn("convert: the model has no prepared or QAT layers (use prepare or prepare_qat first, or "
+                      "quantize_dynamic)", stacklevel=2)
+    if any(isinstance(m, _StaticBase) for m in model.modules()):
+        fuse_static(model)
     return model

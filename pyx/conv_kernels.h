@@ -1,0 +1,462 @@
+/* qcore static int8 convolution kernels (qcore_plugins._conv): uint8 NHWC activations x int8 weights.
+ *
+ * Activations are uint8, NHWC, channels padded to Cp = roundup(C, 4) (the padding channels meet zero weights).
+ * A convolution is the GEMM  C[m, n] = sum_{t, c} (a[pix(m, t), c] - za) * w[n, t, c]  over the taps
+ * t = (kh, kw) and channels c, M = batch * OH * OW output pixels, N output channels, K = KH * KW * Cp.  The
+ * weights are packed once by gemm_kernels.h's qc_pack_b (K ordered (kh, kw, c)); activations are NOT copied
+ * into an im2col matrix: each tile gathers, per output pixel and tap, a pointer to the Cp input bytes of that
+ * pixel ("indirect convolution"), or to a row of Cp bytes holding the zero point za where the tap falls into
+ * the padding, so padding contributes (za - za) * w = 0 exactly like a float zero.
+ *
+ * Weights are symmetric (no weight zero point), so the correction is  C = acc - za * colsum[n].
+ * Epilogue per output (float32 arithmetic, in this order, no fused multiply-add):
+ *   mode 0 (int32):  out = C
+ *   mode 1 (float):  y = float(C) * mult[n] + bias[n];  relu: y = max(y, 0)
+ *   mode 2 (uint8):  y = float(C) * mult[n] + bias[n];  relu: y = max(y, 0);
+ *                    out = rint(min(max(y, -zo), 255 - zo)) + zo      (rint: half to even)
+ * mult = sa * sw[n] for float output and sa * sw[n] / so for uint8 output (bias likewise divided by so).
+ *
+ * groups > 1 runs a direct loop (qc_conv_grouped_rows) on unpacked weights (N, KH*KW, Cg) instead of the GEMM.
+ */
+#ifndef QCORE_CONV_KERNELS_H
+#define QCORE_CONV_KERNELS_H
+
+#include "gemm_kernels.h"
+
+typedef struct {
+    int isa;
+    const uint8_t *in;        /* (B, H, W, Cp) uint8 */
+    int64_t H, W, Cp;
+    int64_t OH, OW, KH, KW, sh, sw, ph, pw, dh, dw;
+    int64_t M, N;             /* M = B * OH * OW */
+    const void *Bp;           /* packed weights (groups == 1): K = KH*KW*Cp, Kp = K */
+    const int8_t *wg;         /* grouped weights (N, KH*KW, Cg) (groups > 1) */
+    int64_t groups, Cg;
+    const uint8_t *zrow;      /* Cp bytes, all za */
+    int32_t za;
+    const int32_t *cs;        /* per column, padded to Np: sum of the weights of column n */
+    const float *mult;        /* per column, padded */
+    const float *bias;        /* per column, padded, or NULL */
+    int mode;                 /* 0 int32, 1 float32, 2 uint8 */
+    int relu;
+    int32_t zo;               /* output zero point (mode 2) */
+    void *out; int64_t ldo;   /* row stride in elements */
+    int64_t MC;               /* rows per work unit */
+} qc_conv_args;
+
+/* -------------------------------------------------------------------------------------- static quantization */
+
+/* Static quantization of rows: x (R rows of C float32, row stride ldx) -> q (R rows of Cp bytes, stride Cp),
+ * padding channels [C, Cp) set to z.  Returns nonzero if any value is NaN or Inf.  (NHWC / Linear input.) */
+#define QC_SQ_ROWS(NAME, ATTR)                                                                               \
+    ATTR static int NAME(const float *x, int64_t R, int64_t C, int64_t ldx, float inv, int32_t z, int32_t lo,  \
+                         int32_t hi, uint8_t *q, int64_t Cp)                                                 \
+    {                                                                                                        \
+        const float flo = (float)(lo - z), fhi = (float)(hi - z);                                            \
+        float nf = 0.f;                                                                                      \
+        for (int64_t r = 0; r < R; r++) {                                                                    \
+            const float *xr = x + r * ldx;                                                                   \
+            uint8_t *qr = q + r * Cp;                                                                        \
+            for (int64_t c = 0; c < C; c++) {                                                                \
+                float v = xr[c];                                                                             \
+                nf += v - v;                                                                                 \
+                float t = v * inv;                                                                           \
+                t = t < flo ? flo : t;                                                                       \
+                t = t > fhi ? fhi : t;                                                                       \
+                float m = t + 12582912.0f;                                                                   \
+                int32_t b; memcpy(&b, &m, 4);                                                                \
+                qr[c] = (uint8_t)(b - 0x4B400000 + z);                                                       \
+            }                                                                                                \
+            for (int64_t c = C; c < Cp; c++) qr[c] = (uint8_t)z;                                             \
+        }                                                                                                    \
+        return nf != nf;                                                                                     \
+    }
+
+/* Static quantization of one NCHW image plane set: x (C, HW) float32 -> q (HW, Cp) uint8 (NHWC), pad = z. */
+#define QC_SQ_NCHW(NAME, ATTR)                                                                               \
+    ATTR static int NAME(const float *x, int64_t C, int64_t HW, float inv, int32_t z, int32_t lo, int32_t hi,  \
+                         uint8_t *q, int64_t Cp)                                                             \
+    {                                                                                                        \
+        const float flo = (float)(lo - z), fhi = (float)(hi - z);                                            \
+        float nf = 0.f;                                                                                      \
+        enum { BLK = 64 };                                                                                   \
+        uint8_t tmp[BLK];                                                                                    \
+        for (int64_t p0 = 0; p0 < HW; p0 += BLK) {                                                           \
+            int64_t np_ = HW - p0 < BLK ? HW - p0 : BLK;                                                     \
+            for (int64_t c = 0; c < Cp; c++) {                                                               \
+                if (c < C) {                                                                                 \
+                    const float *xc = x + c * HW + p0;                                                       \
+                    for (int64_t p = 0; p < np_; p++) {                                                      \
+                        float v = xc[p];                                                                     \
+                        nf += v - v;                                                                         \
+                        float t = v * inv;                                                                   \
+                        t = t < flo ? flo : t;                                                               \
+                        t = t > fhi ? fhi : t;                                                               \
+                        float m = t + 12582912.0f;                                                           \
+                        int32_t b; memcpy(&b, &m, 4);                                                        \
+                        tmp[p] = (uint8_t)(b - 0x4B400000 + z);                                              \
+                    }                                                                                        \
+                } else {                                                                                     \
+                    for (int64_t p = 0; p < np_; p++) tmp[p] = (uint8_t)z;                                   \
+                }                                                                                            \
+                uint8_t *qc = q + p0 * Cp + c;                                                               \
+                for (int64_t p = 0; p < np_; p++) qc[p * Cp] = tmp[p];                                       \
+            }                                                                                                \
+        }                                                                                                    \
+        return nf != nf;                                                                                     \
+    }
+
+QC_SQ_ROWS(qc_sq_rows_portable, )
+QC_SQ_NCHW(qc_sq_nchw_portable, )
+#if QC_X86
+QC_SQ_ROWS(qc_sq_rows_avx2, QC_AVX2_T)
+QC_SQ_ROWS(qc_sq_rows_avx512, QC_VNNI_T)
+QC_SQ_NCHW(qc_sq_nchw_avx2, QC_AVX2_T)
+
+/* AVX-512 NCHW -> NHWC for Cp == 4 (RGB input): 16 pixels per step, four channel vectors interleaved
+ * into 16 int32 = 64 bytes */
+QC_VNNI_T static int qc_sq_nchw_c4_avx512(const float *x, int64_t C, int64_t HW, float inv, int32_t z, int32_t lo,
+                                          int32_t hi, uint8_t *q)
+{
+    const __m512 vinv = _mm512_set1_ps(inv), flo = _mm512_set1_ps((float)(lo - z)),
+                 fhi = _mm512_set1_ps((float)(hi - z)), magic = _mm512_set1_ps(12582912.0f);
+    const __m512i off = _mm512_set1_epi32(z - 0x4B400000);
+    __m512 nf = _mm512_setzero_ps();
+    for (int64_t p = 0; p < HW; p += 16) {
+        int64_t n = HW - p;
+        __mmask16 m = n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u);
+        __m512i acc = _mm512_setzero_si512();
+        for (int c = 0; c < 4; c++) {
+            __m512i code;
+            if (c < C) {
+                __m512 v = _mm512_maskz_loadu_ps(m, x + c * HW + p);
+                nf = _mm512_add_ps(nf, _mm512_sub_ps(v, v));
+                __m512 t = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v, vinv), flo), fhi);
+                code = _mm512_add_epi32(_mm512_castps_si512(_mm512_add_ps(t, magic)), off);
+            } else {
+                code = _mm512_set1_epi32(z);
+            }
+            acc = _mm512_or_si512(acc, _mm512_slli_epi32(_mm512_and_si512(code, _mm512_set1_epi32(255)), 8 * c));
+        }
+        _mm512_mask_storeu_epi32(q + 4 * p, m, acc);
+    }
+    return _mm512_cmp_ps_mask(nf, nf, _CMP_UNORD_Q) != 0;
+}
+#endif
+
+static int qc_sq_rows(int isa, const float *x, int64_t R, int64_t C, int64_t ldx, float inv, int32_t z, int32_t lo,
+                      int32_t hi, uint8_t *q, int64_t Cp)
+{
+#if QC_X86
+    if (isa == QC_ISA_VNNI) return qc_sq_rows_avx512(x, R, C, ldx, inv, z, lo, hi, q, Cp);
+    if (isa == QC_ISA_AVX2) return qc_sq_rows_avx2(x, R, C, ldx, inv, z, lo, hi, q, Cp);
+#endif
+    return qc_sq_rows_portable(x, R, C, ldx, inv, z, lo, hi, q, Cp);
+}
+
+static int qc_sq_nchw(int isa, const float *x, int64_t C, int64_t HW, float inv, int32_t z, int32_t lo, int32_t hi,
+                      uint8_t *q, int64_t Cp)
+{
+#if QC_X86
+    if (isa == QC_ISA_VNNI && Cp == 4) return qc_sq_nchw_c4_avx512(x, C, HW, inv, z, lo, hi, q);
+    if (isa != QC_ISA_PORTABLE) return qc_sq_nchw_avx2(x, C, HW, inv, z, lo, hi, q, Cp);
+#endif
+    return qc_sq_nchw_portable(x, C, HW, inv, z, lo, hi, q, Cp);
+}
+
+/* -------------------------------------------------------------------------------------- epilogue */
+
+static inline void qc_conv_epi_scalar(const qc_conv_args *g, int64_t i, int64_t j, int32_t acc)
+{
+    int32_t x = (int32_t)((uint32_t)acc - (uint32_t)g->za * (uint32_t)g->cs[j]);
+    if (g->mode == 0) {
+        ((int32_t *)g->out)[i * g->ldo + j] = x;
+        return;
+    }
+    float y = (float)x * g->mult[j];
+    if (g->bias) y = y + g->bias[j];
+    if (g->relu) y = y > 0.f ? y : 0.f;
+    if (g->mode == 1) {
+        ((float *)g->out)[i * g->ldo + j] = y;
+        return;
+    }
+    float flo = (float)(-g->zo), fhi = (float)(255 - g->zo);
+    y = y < flo ? flo : y;
+    y = y > fhi ? fhi : y;
+    float m = y + 12582912.0f;
+    int32_t b; memcpy(&b, &m, 4);
+    ((uint8_t *)g->out)[i * g->ldo + j] = (uint8_t)(b - 0x4B400000 + g->zo);
+}
+
+/* pointers of the T taps of output pixels [m0, m0 + rows) (row-major: P[r * T + t]); one division per call,
+ * then the pixel position is stepped; pixels whose window lies inside the image use fixed tap offsets */
+static void qc_conv_taps(const qc_conv_args *g, int64_t m0, int64_t rows, const uint8_t **P)
+{
+    const int64_t T = g->KH * g->KW, ohw = g->OH * g->OW;
+    const int64_t rowb = g->W * g->Cp;
+    int64_t off[64];
+    const int fast = T <= 64; /* larger kernels: every pixel takes the checked path */
+    if (fast)
+        for (int64_t kh = 0; kh < g->KH; kh++)
+            for (int64_t kw = 0; kw < g->KW; kw++) off[kh * g->KW + kw] = kh * g->dh * rowb + kw * g->dw * g->Cp;
+    int64_t b = m0 / ohw, rem = m0 % ohw, oh = rem / g->OW, ow = rem % g->OW;
+    for (int64_t r = 0; r < rows; r++) {
+        const uint8_t *img = g->in + b * g->H * rowb;
+        const uint8_t **pr = P + r * T;
+        int64_t ih0 = oh * g->sh - g->ph, iw0 = ow * g->sw - g->pw;
+        if (fast && ih0 >= 0 && ih0 + (g->KH - 1) * g->dh < g->H && iw0 >= 0 && iw0 + (g->KW - 1) * g->dw < g->W) {
+            const uint8_t *base = img + ih0 * rowb + iw0 * g->Cp;
+            for (int64_t t = 0; t < T; t++) pr[t] = base + off[t];
+        } else {
+            for (int64_t kh = 0; kh < g->KH; kh++) {
+                int64_t ih = ih0 + kh * g->dh;
+                for (int64_t kw = 0; kw < g->KW; kw++) {
+                    int64_t iw = iw0 + kw * g->dw;
+                    int ok = ih >= 0 && ih < g->H && iw >= 0 && iw < g->W;
+                    pr[kh * g->KW + kw] = ok ? img + ih * rowb + iw * g->Cp : g->zrow;
+                }
+            }
+        }
+        if (++ow == g->OW) {
+            ow = 0;
+            if (++oh == g->OH) { oh = 0; b++; }
+        }
+    }
+}
+
+/* -------------------------------------------------------------------------------------- portable micro-kernel */
+
+/* k-major panel layout: B[(t*Cp + c) * NR + j] */
+static void qc_cukr_portable(int64_t T, int64_t Cp, const uint8_t *const *P, const int8_t *B, int mr, int nr,
+                             const qc_conv_args *g, int64_t i0, int64_t j0)
+{
+    int32_t acc[QC_P_MR][QC_P_NR];
+    memset(acc, 0, sizeof(acc));
+    for (int64_t t = 0; t < T; t++) {
+        for (int r = 0; r < mr; r++) {
+            const uint8_t *a = P[r * T + t];
+            const int8_t *bk = B + t * Cp * QC_P_NR;
+            for (int64_t c = 0; c < Cp; c++) {
+                int16_t av = (int16_t)a[c];
+                for (int j = 0; j < QC_P_NR; j++) acc[r][j] += (int16_t)(av * (int16_t)bk[c * QC_P_NR + j]);
+            }
+        }
+    }
+    for (int r = 0; r < mr; r++)
+        for (int j = 0; j < nr; j++) qc_conv_epi_scalar(g, i0 + r, j0 + j, acc[r][j]);
+}
+
+#if QC_X86
+/* -------------------------------------------------------------------------------------- AVX2 micro-kernel */
+
+/* int16 layout: k-pair h = k/2: B[(h * NR + j) * 2 + k%2], NR = 16 */
+QC_AVX2_T static void qc_cukr_avx2(int64_t T, int64_t Cp, const uint8_t *const *P, const int16_t *B, int mr, int nr,
+                                   const qc_conv_args *g, int64_t i0, int64_t j0)
+{
+    __m256i acc[QC_A_MR][2];
+    const int64_t cg = Cp / 4;
+#pragma GCC unroll 8
+    for (int r = 0; r < QC_A_MR; r++) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+    for (int64_t t = 0; t < T; t++) {
+        const uint8_t *ap[QC_A_MR];
+#pragma GCC unroll 8
+        for (int r = 0; r < QC_A_MR; r++) ap[r] = P[(r < mr ? r : mr - 1) * T + t];
+        for (int64_t q = 0; q < cg; q++) {
+            __m256i b00 = _mm256_loadu_si256((const __m256i *)(B + 0));
+            __m256i b01 = _mm256_loadu_si256((const __m256i *)(B + 16));
+            __m256i b10 = _mm256_loadu_si256((const __m256i *)(B + 32));
+            __m256i b11 = _mm256_loadu_si256((const __m256i *)(B + 48));
+#pragma GCC unroll 8
+            for (int r = 0; r < QC_A_MR; r++) {
+                int32_t a4;
+                memcpy(&a4, ap[r] + 4 * q, 4);
+                __m128i w = _mm_cvtepu8_epi16(_mm_cvtsi32_si128(a4));
+                __m256i p0 = _mm256_broadcastd_epi32(w);
+                __m256i p1 = _mm256_broadcastd_epi32(_mm_srli_epi64(w, 32));
+                acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(p0, b00));
+                acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(p0, b01));
+                acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(p1, b10));
+                acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(p1, b11));
+            }
+            B += QC_A_NR * 4;
+        }
+    }
+    int32_t tile[QC_A_MR][QC_A_NR];
+#pragma GCC unroll 8
+    for (int r = 0; r < QC_A_MR; r++) {
+        _mm256_storeu_si256((__m256i *)&tile[r][0], acc[r][0]);
+        _mm256_storeu_si256((__m256i *)&tile[r][8], acc[r][1]);
+    }
+    for (int r = 0; r < mr; r++)
+        for (int j = 0; j < nr; j++) qc_conv_epi_scalar(g, i0 + r, j0 + j, tile[r][j]);
+}
+
+/* -------------------------------------------------------------------------------------- AVX-512 VNNI micro-kernel */
+
+QC_VNNI_T static inline __attribute__((always_inline)) void
+qc_cukr_vnni_body(int64_t T, int64_t Cp, const uint8_t *const *P, const int8_t *B, int mr, int nr,
+                  const qc_conv_args *g, int64_t i0, int64_t j0, const int MRV)
+{
+    __m512i acc[QC_V_MR][QC_V_NV];
+    const int64_t cg = Cp / 4;
+#pragma GCC unroll 16
+    for (int r = 0; r < MRV; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < QC_V_NV; v++) acc[r][v] = _mm512_setzero_si512();
+    for (int64_t t = 0; t < T; t++) {
+        const uint8_t *ap[QC_V_MR];
+#pragma GCC unroll 16
+        for (int r = 0; r < MRV; r++) ap[r] = P[(r < mr ? r : mr - 1) * T + t];
+        for (int64_t q = 0; q < cg; q++) {
+            __m512i b[QC_V_NV];
+#pragma GCC unroll 4
+            for (int v = 0; v < QC_V_NV; v++) b[v] = _mm512_loadu_si512(B + 64 * v);
+#pragma GCC unroll 16
+            for (int r = 0; r < MRV; r++) {
+                int32_t a4;
+                memcpy(&a4, ap[r] + 4 * q, 4);
+                __m512i a = _mm512_set1_epi32(a4);
+#pragma GCC unroll 4
+                for (int v = 0; v < QC_V_NV; v++) acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], a, b[v]);
+            }
+            B += QC_V_NR * 4;
+        }
+    }
+    __mmask16 m[QC_V_NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < QC_V_NV; v++) {
+        int w = nr - 16 * v;
+        w = w < 0 ? 0 : (w > 16 ? 16 : w);
+        m[v] = (__mmask16)((1u << w) - 1u);
+    }
+    const __m512i vza = _mm512_set1_epi32(g->za);
+    const __m512 zero = _mm512_setzero_ps();
+    const __m512 flo = _mm512_set1_ps((float)(-g->zo)), fhi = _mm512_set1_ps((float)(255 - g->zo));
+    const __m512 magic = _mm512_set1_ps(12582912.0f);
+    const __m512i off = _mm512_set1_epi32(g->zo - 0x4B400000);
+#pragma GCC unroll 16
+    for (int r = 0; r < MRV; r++) {
+        if (r >= mr) break;
+        int64_t i = i0 + r;
+#pragma GCC unroll 4
+        for (int v = 0; v < QC_V_NV; v++) {
+            int64_t j = j0 + 16 * v;
+            __m512i x = _mm512_sub_epi32(acc[r][v], _mm512_mullo_epi32(vza, _mm512_loadu_si512(g->cs + j)));
+            if (g->mode == 0) {
+                _mm512_mask_storeu_epi32((int32_t *)g->out + i * g->ldo + j, m[v], x);
+                continue;
+            }
+            __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(x), _mm512_loadu_ps(g->mult + j));
+            if (g->bias) y = _mm512_add_ps(y, _mm512_loadu_ps(g->bias + j));
+            if (g->relu) y = _mm512_max_ps(y, zero);
+            if (g->mode == 1) {
+                _mm512_mask_storeu_ps((float *)g->out + i * g->ldo + j, m[v], y);
+            } else {
+                y = _mm512_min_ps(_mm512_max_ps(y, flo), fhi);
+                __m512i c = _mm512_add_epi32(_mm512_castps_si512(_mm512_add_ps(y, magic)), off);
+                _mm_mask_storeu_epi8((uint8_t *)g->out + i * g->ldo + j, m[v], _mm512_cvtepi32_epi8(c));
+            }
+        }
+    }
+}
+
+#define QC_CVNNI_UKR(NAME, MRV)                                                                              \
+    QC_VNNI_T static void NAME(int64_t T, int64_t Cp, const uint8_t *const *P, const int8_t *B, int mr, int nr, \
+                               const qc_conv_args *g, int64_t i0, int64_t j0)                                \
+    {                                                                                                        \
+        qc_cukr_vnni_body(T, Cp, P, B, mr, nr, g, i0, j0, MRV);                                              \
+    }
+QC_CVNNI_UKR(qc_cukr_vnni8, 8)
+QC_CVNNI_UKR(qc_cukr_vnni4, 4)
+QC_CVNNI_UKR(qc_cukr_vnni2, 2)
+QC_CVNNI_UKR(qc_cukr_vnni1, 1)
+#endif /* QC_X86 */
+
+/* -------------------------------------------------------------------------------------- grouped (direct) */
+
+/* groups > 1: direct loop on unpacked weights wg (N, T, Cg); input channels of group k: [k*Cg, (k+1)*Cg).
+ * The loops are written so that gcc vectorizes the channel dot product (and, for depthwise, nothing is lost:
+ * T * Cg multiply-adds per output). */
+#define QC_CONV_GROUPED(NAME, ATTR)                                                                          \
+    ATTR static void NAME(const qc_conv_args *g, int64_t m0, int64_t rows, const uint8_t **P)                \
+    {                                                                                                        \
+        const int64_t T = g->KH * g->KW, Cg = g->Cg, Ng = g->N / g->groups;                                  \
+        for (int64_t r = 0; r < rows; r++) {                                                                 \
+            const uint8_t **pr = P + r * T;                                                                  \
+            for (int64_t n = 0; n < g->N; n++) {                                                             \
+                const int64_t c0 = (n / Ng) * Cg;                                                            \
+                const int8_t *w = g->wg + n * T * Cg;                                                        \
+                int32_t acc = 0;                                                                             \
+                for (int64_t t = 0; t < T; t++) {                                                            \
+                    const uint8_t *a = pr[t] + c0;                                                           \
+                    const int8_t *wt = w + t * Cg;                                                           \
+                    for (int64_t c = 0; c < Cg; c++) acc += (int32_t)a[c] * (int32_t)wt[c];                  \
+                }                                                                                            \
+                qc_conv_epi_scalar(g, m0 + r, n, acc);                                                       \
+            }                                                                                                \
+        }                                                                                                    \
+    }
+QC_CONV_GROUPED(qc_conv_grouped_portable, )
+#if QC_X86
+QC_CONV_GROUPED(qc_conv_grouped_avx2, QC_AVX2_T)
+QC_CONV_GROUPED(qc_conv_grouped_avx512, QC_VNNI_T)
+#endif
+
+/* -------------------------------------------------------------------------------------- driver */
+
+/* rows of the zero-point padding channels of a uint8 output ([N, ldo) bytes of each row) */
+static void qc_conv_pad_out(const qc_conv_args *g, int64_t m0, int64_t rows)
+{
+    if (g->mode != 2 || g->ldo == g->N) return;
+    for (int64_t r = 0; r < rows; r++)
+        memset((uint8_t *)g->out + (m0 + r) * g->ldo + g->N, g->zo, (size_t)(g->ldo - g->N));
+}
+
+/* One work unit: output pixels [u*MC, (u+1)*MC), all output channels.  Returns nonzero if out of memory. */
+static int qc_conv_unit(const qc_conv_args *g, int64_t u)
+{
+    const int64_t T = g->KH * g->KW;
+    const int64_t m0 = u * g->MC, rows = g->M - m0 < g->MC ? g->M - m0 : g->MC;
+    const uint8_t *stackP[1024];
+    const uint8_t **P = stackP;
+    if (rows * T > 1024) {
+        P = (const uint8_t **)malloc((size_t)(rows * T) * sizeof(*P));
+        if (!P) return 1;
+    }
+    qc_conv_taps(g, m0, rows, P);
+    if (g->groups > 1) {
+#if QC_X86
+        if (g->isa == QC_ISA_VNNI) qc_conv_grouped_avx512(g, m0, rows, P);
+        else if (g->isa == QC_ISA_AVX2) qc_conv_grouped_avx2(g, m0, rows, P);
+        else
+#endif
+            qc_conv_grouped_portable(g, m0, rows, P);
+    } else {
+        const int MR = qc_isa_mr(g->isa), NR = qc_isa_nr(g->isa), bpe = qc_isa_bpe(g->isa);
+        const int64_t Kp = T * g->Cp;
+        for (int64_t j = 0; j < g->N; j += NR) {
+            const char *bp = (const char *)g->Bp + (j / NR) * Kp * NR * bpe;
+            int nr = (int)(g->N - j < NR ? g->N - j : NR);
+            for (int64_t i = 0; i < rows; i += MR) {
+                int mr = (int)(rows - i < MR ? rows - i : MR);
+                const uint8_t *const *pi = P + i * T;
+#if QC_X86
+                if (g->isa == QC_ISA_VNNI) {
+                    if (mr > 4) qc_cukr_vnni8(T, g->Cp, pi, (const int8_t *)bp, mr, nr, g, m0 + i, j);
+                    else if (mr > 2) qc_cukr_vnni4(T, g->Cp, pi, (const int8_t *)bp, mr, nr, g, m0 + i, j);
+                    else if (mr > 1) qc_cukr_vnni2(T, g->Cp, pi, (const int8_t *)bp, mr, nr, g, m0 + i, j);
+                    else qc_cukr_vnni1(T, g->Cp, pi, (const int8_t *)bp, mr, nr, g, m0 + i, j);
+                } else if (g->isa == QC_ISA_AVX2) {
+                    qc_cukr_avx2(T, g->Cp, pi, (const int16_t *)bp, mr, nr, g, m0 + i, j);
+                } else
+#endif
+                    qc_cukr_portable(T, g->Cp, pi, (const int8_t *)bp, mr, nr, g, m0 + i, j);
+            }
+        }
+    }
+    qc_conv_pad_out(g, m0, rows);
+    if (P != stackP) free(P);
+    return 0;
+}
+
+#endif /* QCORE_CONV_KERNELS_H */

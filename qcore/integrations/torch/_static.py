@@ -1,0 +1,497 @@
+"""Static int8 quantization: ``prepare`` (observers on the inputs of Linear/Conv2d) -> calibration ->
+``convert`` (``StaticLinear`` / ``StaticConv2d`` computing in int8 on qcore's kernels).
+
+The arithmetic is :class:`qcore.ops.PackedConv2d`'s (docs/gemm.md, "Static int8 convolution"): the input is
+quantized per tensor with the calibrated scale and zero point, weights are int8 per output channel
+(symmetric), products accumulate in int32, and the output is float32 — or, between two static layers that
+follow each other in an ``nn.Sequential``, uint8 codes already requantized for the next layer
+(:class:`QuantizedActivation`), so a conv -> ReLU -> conv chain never goes back to float.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from typing import Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+import qcore
+
+from .._common import name_selected
+from ._tensors import _numpy_view
+
+_ACT_SCHEME = "linear"
+
+
+def _ops():
+    from qcore import ops
+
+    return ops
+
+
+# ------------------------------------------------------------------------------------------------ codes
+
+
+class QuantizedActivation:
+    """uint8 activation codes handed from one static layer to the next (inside an ``nn.Sequential``).
+
+    ``codes``: numpy uint8, NHWC ``(B, H, W, Cp)`` for convolutions or ``(M, Cp)`` rows for Linear (channels
+    padded to a multiple of 4); ``scale`` and ``zero_point`` are the consumer's calibrated input parameters.
+    Any other consumer can call :meth:`dequantize` (float32, NCHW / ``(..., N)``, as the float model would see).
+    """
+
+    __slots__ = ("codes", "scale", "zero_point", "channels", "lead", "device", "dtype")
+
+    def __init__(self, codes: np.ndarray, scale: float, zero_point: int, channels: int, lead=None,
+                 device=None, dtype=torch.float32):
+        self.codes, self.scale, self.zero_point, self.channels = codes, float(scale), int(zero_point), int(channels)
+        self.lead = tuple(lead) if lead is not None else None  # Linear: the leading shape of the float input
+        # of the float tensor that entered the chain: float outputs further on are given back on it
+        self.device, self.dtype = torch.device("cpu") if device is None else device, dtype
+
+    @property
+    def shape(self) -> tuple:
+        if self.lead is not None:
+            return self.lead + (self.channels,)
+        b, h, w, _ = self.codes.shape
+        return (b, self.channels, h, w)
+
+    def dequantize(self) -> torch.Tensor:
+        v = (self.codes[..., : self.channels].astype(np.float32) - np.float32(self.zero_point)) * np.float32(self.scale)
+        t = torch.from_numpy(v)
+        t = t.reshape(self.shape) if self.lead is not None else t.permute(0, 3, 1, 2)
+        return t if (self.device.type == "cpu" and self.dtype == torch.float32) else t.to(self.device, self.dtype)
+
+    def __repr__(self) -> str:
+        return f"QuantizedActivation(shape={self.shape}, scale={self.scale:.6g}, zero_point={self.zero_point})"
+
+
+# ------------------------------------------------------------------------------------------------ prepare
+
+
+class _ObservedMixin:
+    def _init_observer(self, bits: int, observer: str, symmetric: bool) -> None:
+        self.activation_bits, self.activation_observer, self.activation_symmetric = int(bits), observer, bool(symmetric)
+        self.input_quantizer = qcore.get_quantizer(_ACT_SCHEME, bits=self.activation_bits, observer=observer,
+                                                   symmetric=self.activation_symmetric)
+        self.observed_batches = 0
+
+    def _observe(self, x: torch.Tensor) -> None:
+        a = _numpy_view(x)
+        if a.size:
+            self.input_quantizer.observe(a)
+            self.observed_batches += 1
+
+    def input_params(self) -> tuple[float, int]:
+        """The calibrated per-tensor ``(scale, zero_point)`` of this layer's input."""
+        q = self.input_quantizer
+        if not q.calibrated:
+            raise RuntimeError(f"{type(self).__name__} has not seen any calibration batch: run representative inputs "
+                               "through the prepared model (model(x)) before qtorch.convert")
+        p = q.fit(np.zeros(1, np.float32))  # from the observer's range (calibrated)
+        return float(np.asarray(p["scale"]).reshape(-1)[0]), int(np.asarray(p["zero_point"]).reshape(-1)[0])
+
+    def _observer_repr(self) -> str:
+        return (f"activations: bits={self.activation_bits}, observer={self.activation_observer!r}, "
+                f"symmetric={self.activation_symmetric}, observed_batches={self.observed_batches}")
+
+
+class ObservedLinear(_ObservedMixin, nn.Linear):
+    """``nn.Linear`` (same parameters) whose input is fed to a qcore observer at every forward."""
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, bits, observer, symmetric, weight_bits):
+        new = cls(linear.in_features, linear.out_features, linear.bias is not None, device="meta")
+        new.weight, new.bias = linear.weight, linear.bias
+        new._init_observer(bits, observer, symmetric)
+        new.weight_bits = weight_bits
+        new.train(linear.training)
+        return new
+
+    def forward(self, x):
+        self._observe(x)
+        return nn.Linear.forward(self, x)
+
+    def extra_repr(self):
+        return f"{nn.Linear.extra_repr(self)}, {self._observer_repr()}"
+
+
+class ObservedConv2d(_ObservedMixin, nn.Conv2d):
+    """``nn.Conv2d`` (same parameters) whose input is fed to a qcore observer at every forward."""
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, bits, observer, symmetric, weight_bits):
+        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                  conv.groups, conv.bias is not None, conv.padding_mode, device="meta")
+        new.weight, new.bias = conv.weight, conv.bias
+        new._init_observer(bits, observer, symmetric)
+        new.weight_bits = weight_bits
+        new.train(conv.training)
+        return new
+
+    def forward(self, x):
+        self._observe(x)
+        return nn.Conv2d.forward(self, x)
+
+    def extra_repr(self):
+        return f"{nn.Conv2d.extra_repr(self)}, {self._observer_repr()}"
+
+
+def _conv_supported(conv: nn.Conv2d) -> bool:
+    """Convolutions the static path computes: zero padding given as numbers, "valid", or a symmetric "same"."""
+    if conv.padding_mode != "zeros":
+        return False
+    if conv.padding == "same":
+        return all(d * (k - 1) % 2 == 0 for k, d in zip(conv.kernel_size, conv.dilation))
+    return True
+
+
+def prepare(model: nn.Module, bits: int = 8, observer: str = "histogram", symmetric: bool = False, *,
+            include: Iterable[str] | str | None = None, exclude: Iterable[str] | str | None = None,
+            weight_bits: int = 8, inplace: bool = False, **options) -> nn.Module:
+    """A copy of ``model`` with a qcore observer on the input of every ``nn.Linear`` and ``nn.Conv2d``.
+
+    Run calibration batches through the result (``prepared(x)``; outputs are the float model's), then
+    :func:`convert` it.  ``bits``/``observer``/``symmetric``: the activation quantization (``linear`` scheme,
+    per tensor; affine uint8 by default).  ``weight_bits``: 2..8, symmetric per output channel.
+    ``include``/``exclude``: glob patterns on qualified module names.  Layers with ``padding_mode`` other
+    than ``"zeros"`` are left in float.
+    """
+    from ._model import _check_module, _swap
+
+    _check_module(model)
+    if options:
+        raise TypeError(f"prepare got unknown option(s) {sorted(options)}; it takes bits, observer, symmetric, "
+                        "include, exclude, weight_bits and inplace")
+    bits, weight_bits = int(bits), int(weight_bits)
+    if not 2 <= bits <= 8:
+        raise ValueError(f"bits (activations) must be in 2..8, got {bits}")
+    if not 2 <= weight_bits <= 8:
+        raise ValueError(f"weight_bits must be in 2..8, got {weight_bits}")
+    qcore.get_quantizer(_ACT_SCHEME, bits=bits, observer=observer, symmetric=bool(symmetric))  # unknown observer
+    model = model if inplace else copy.deepcopy(model)
+
+    def make(name, child):
+        if not name_selected(name, include, exclude):
+            return None
+        if type(child) is nn.Linear:
+            return ObservedLinear.from_float(child, bits, observer, symmetric, weight_bits)
+        if type(child) is nn.Conv2d and _conv_supported(child):
+            return ObservedConv2d.from_float(child, bits, observer, symmetric, weight_bits)
+        return None
+
+    if type(model) in (nn.Linear, nn.Conv2d):
+        new = make("", model)
+        return new if new is not None else model
+    if _swap(model, make) == 0:
+        warnings.warn("prepare: no nn.Linear or nn.Conv2d module was selected; the model is unchanged", stacklevel=2)
+    return model
+
+
+# ------------------------------------------------------------------------------------------------ static modules
+
+
+def _weight_codes(w: torch.Tensor, bits: int):
+    """Symmetric per-output-channel codes of a float weight with qcore's linear scheme (int8, scale (N,))."""
+    q = qcore.get_quantizer("linear", bits=bits, symmetric=True, granularity="channel", axis=0)
+    qt = q.quantize(_numpy_view(w))
+    return qt
+
+
+def _affine_qtensor_parts(qt):
+    """(codes int8, scale (N,)) of a symmetric linear QTensor whose codes decode as codes * scale, else None."""
+    if qt.scheme != "linear" or qt.codes.dtype != np.int8 or not qt.options.get("symmetric", False) or qt.bits < 2:
+        return None
+    gran = qt.options.get("granularity", "tensor")
+    n = qt.shape[0]
+    scale = np.asarray(qt.params["scale"], np.float32).reshape(-1)
+    if gran == "tensor" and scale.size == 1:
+        scale = np.full(n, scale[0], np.float32)
+    elif not (gran == "channel" and qt.options.get("axis", 0) in (0, -len(qt.shape)) and scale.size == n):
+        return None
+    if "zero_point" in qt.params and np.any(np.asarray(qt.params["zero_point"]) != 0):
+        return None
+    return qt.codes, scale
+
+
+class _StaticBase(nn.Module):
+    """Shared by StaticLinear and StaticConv2d: buffers, the packed plan, input/output code handling."""
+
+    def _init_static(self, codes: np.ndarray, wscale: np.ndarray, bias, in_scale: float, in_zp: int, bits: int,
+                     signed: bool, weight_bits: int, relu: bool):
+        self.register_buffer("weight_codes", torch.from_numpy(np.ascontiguousarray(codes, np.int8)))
+        self.register_buffer("weight_scale", torch.from_numpy(np.ascontiguousarray(wscale, np.float32)))
+        b = None if bias is None else bias.detach().to(device="cpu", dtype=torch.float32).contiguous().clone()
+        self.register_buffer("bias", b)
+        self.input_scale, self.input_zero_point = float(in_scale), int(in_zp)
+        self.activation_bits, self.activation_signed, self.weight_bits = int(bits), bool(signed), int(weight_bits)
+        self.relu = bool(relu)
+        self.output_scale: float | None = None  # set by convert when the next layer takes uint8 codes
+        self.output_zero_point = 0
+        self.__dict__["_plan"] = None
+        self._build()
+
+    def _build(self):
+        raise NotImplementedError
+
+    def _plan_kwargs(self):
+        return dict(input_scale=self.input_scale, input_zero_point=self.input_zero_point,
+                    input_bits=self.activation_bits, input_signed=self.activation_signed, relu=self.relu)
+
+    @property
+    def plan(self):
+        """The :class:`qcore.ops.PackedConv2d` this layer runs (rebuilt after ``load_state_dict``)."""
+        if self.__dict__.get("_plan") is None or self.__dict__.get("_plan_relu") != self.relu:
+            self._build()
+        return self.__dict__["_plan"]
+
+    def _set_plan(self, plan):
+        self.__dict__["_plan"] = plan
+        self.__dict__["_plan_relu"] = self.relu
+
+    def get_extra_state(self):
+        return {"input_scale": self.input_scale, "input_zero_point": self.input_zero_point,
+                "activation_bits": self.activation_bits, "activation_signed": self.activation_signed,
+                "weight_bits": self.weight_bits, "relu": self.relu, "output_scale": self.output_scale,
+                "output_zero_point": self.output_zero_point}
+
+    def set_extra_state(self, state):
+        if not isinstance(state, dict) or "input_scale" not in state:
+            raise ValueError(f"{type(self).__name__}: extra state must be the dict written by get_extra_state()")
+        self.input_scale, self.input_zero_point = float(state["input_scale"]), int(state["input_zero_point"])
+        self.activation_bits, self.activation_signed = int(state["activation_bits"]), bool(state["activation_signed"])
+        self.weight_bits, self.relu = int(state["weight_bits"]), bool(state["relu"])
+        self.output_scale = state.get("output_scale")
+        self.output_zero_point = int(state.get("output_zero_point", 0))
+        self.__dict__["_plan"] = None
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self.__dict__["_plan"] = None
+
+    def _accepts(self, x: QuantizedActivation) -> bool:
+        p = self.plan
+        return (x.scale == float(p.input_scale) and x.zero_point == p._za and p._qlo == 0 and p._qhi == 255
+                and x.codes.shape[-1] == p.cp)
+
+    def _link(self, consumer: "_StaticBase | None") -> None:
+        """Hand uint8 codes to ``consumer`` (its input parameters) instead of float output; None: float output."""
+        if consumer is None:
+            self.output_scale, self.output_zero_point = None, 0
+        else:
+            cp = consumer.plan
+            self.output_scale, self.output_zero_point = float(cp.input_scale), int(cp._za)
+
+    def _weight_repr(self):
+        return (f"weight_bits={self.weight_bits}, input_scale={self.input_scale:.6g}, "
+                f"input_zero_point={self.input_zero_point}, relu={self.relu}"
+                + ("" if self.output_scale is None else ", output='uint8 codes'"))
+
+
+def _check_input_tensor(x, name):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} expects a torch.Tensor (or the QuantizedActivation of a previous static layer), "
+                        f"got {type(x).__name__}")
+
+
+class StaticLinear(_StaticBase):
+    """A Linear layer with static int8 input quantization, int8 per-channel weights and int32 accumulation."""
+
+    def __init__(self, in_features: int, out_features: int, codes, wscale, bias, in_scale, in_zp, *, bits=8,
+                 signed=False, weight_bits=8, relu=False):
+        super().__init__()
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        if tuple(np.shape(codes)) != (self.out_features, self.in_features):
+            raise ValueError(f"weight codes must have shape ({out_features}, {in_features}), got {np.shape(codes)}")
+        self._init_static(codes, wscale, bias, in_scale, in_zp, bits, signed, weight_bits, relu)
+
+    def _build(self):
+        p = _ops().PackedConv2d.linear(self.weight_codes.numpy(), self.weight_scale.numpy(),
+                                       None if self.bias is None else self.bias.numpy(), **self._plan_kwargs())
+        self._set_plan(p)
+
+    def forward(self, x):
+        p = self.plan
+        if isinstance(x, QuantizedActivation):
+            if x.lead is not None and self._accepts(x):
+                return self._run(x.codes, x.lead, x.device, x.dtype)
+            x = x.dequantize()
+        _check_input_tensor(x, "StaticLinear")
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"StaticLinear expects input of shape (..., {self.in_features}), got {tuple(x.shape)}")
+        lead = tuple(x.shape[:-1])
+        a = _numpy_view(x).reshape(-1, self.in_features)
+        return self._run(p.quantize_rows(a), lead, x.device, x.dtype)
+
+    def _run(self, codes, lead, device, dtype):
+        p = self.plan
+        if self.output_scale is not None:
+            out = p.forward_rows(codes, "uint8", self.output_scale, self.output_zero_point)
+            return QuantizedActivation(out, self.output_scale, self.output_zero_point, self.out_features, lead,
+                                       device, dtype)
+        y = torch.from_numpy(p.forward_rows(codes)).reshape(lead + (self.out_features,))
+        return y if (device.type == "cpu" and dtype == torch.float32) else y.to(device=device, dtype=dtype)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, " \
+               f"{self._weight_repr()}"
+
+
+class StaticConv2d(_StaticBase):
+    """A Conv2d layer (any stride, padding, dilation, groups) computing in int8: static input quantization,
+    int8 per-channel weights, int32 accumulation, float32 (channels-last) or uint8-code output."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, codes, wscale, bias, in_scale, in_zp, *, stride=1,
+                 padding=0, dilation=1, groups=1, bits=8, signed=False, weight_bits=8, relu=False):
+        super().__init__()
+        pair = torch.nn.modules.utils._pair
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size, self.stride, self.dilation = pair(kernel_size), pair(stride), pair(dilation)
+        self.padding, self.groups = pair(padding), int(groups)
+        want = (self.out_channels, self.in_channels // self.groups) + self.kernel_size
+        if tuple(np.shape(codes)) != want:
+            raise ValueError(f"weight codes must have shape {want}, got {np.shape(codes)}")
+        self._init_static(codes, wscale, bias, in_scale, in_zp, bits, signed, weight_bits, relu)
+
+    @staticmethod
+    def _padding_of(conv: nn.Conv2d):
+        if isinstance(conv.padding, str):  # "same" (stride 1) / "valid"
+            if conv.padding == "valid":
+                return (0, 0)
+            pads = []
+            for k, d in zip(conv.kernel_size, conv.dilation):
+                total = d * (k - 1)
+                if total % 2:
+                    raise ValueError("padding='same' with an even dilated kernel is asymmetric; not supported")
+                pads.append(total // 2)
+            return tuple(pads)
+        return tuple(conv.padding)
+
+    def _build(self):
+        p = _ops().PackedConv2d(self.weight_codes.numpy(), self.weight_scale.numpy(),
+                                None if self.bias is None else self.bias.numpy(), stride=self.stride,
+                                padding=self.padding, dilation=self.dilation, groups=self.groups,
+                                **self._plan_kwargs())
+        self._set_plan(p)
+
+    def forward(self, x):
+        p = self.plan
+        if isinstance(x, QuantizedActivation):
+            if x.lead is None and self._accepts(x):
+                return self._run(x.codes, x.device, x.dtype)
+            x = x.dequantize()
+        _check_input_tensor(x, "StaticConv2d")
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"StaticConv2d expects input of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        xd = x.detach()
+        if xd.device.type == "cpu" and xd.dtype == torch.float32 and not xd.is_contiguous() \
+                and xd.is_contiguous(memory_format=torch.channels_last):
+            b, c, h, w = xd.shape  # NHWC memory: quantize pixel rows in place
+            rows = xd.permute(0, 2, 3, 1).numpy().reshape(b * h * w, c)
+            codes = p.quantize_rows(rows).reshape(b, h, w, p.cp)
+        else:
+            codes = p.quantize_input(_numpy_view(xd))
+        return self._run(codes, x.device, x.dtype)
+
+    def _run(self, codes, device, dtype):
+        p = self.plan
+        if self.output_scale is not None:
+            out = p.run_codes(codes, "uint8", self.output_scale, self.output_zero_point)
+            return QuantizedActivation(out, self.output_scale, self.output_zero_point, self.out_channels,
+                                       device=device, dtype=dtype)
+        y = torch.from_numpy(p.run_codes(codes)).permute(0, 3, 1, 2)  # NCHW shape, channels-last memory
+        return y if (device.type == "cpu" and dtype == torch.float32) else y.to(device=device, dtype=dtype)
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
+                f"bias={self.bias is not None}, {self._weight_repr()}")
+
+
+# ------------------------------------------------------------------------------------------------ convert
+
+
+def _fake_quant_params(aq):
+    """(scale, zero_point, bits, signed) of an ActivationFakeQuant that is 8-bit linear per tensor and
+    calibrated, else None."""
+    if aq is None or getattr(aq, "scheme", None) != "linear" or int(getattr(aq, "bits", 0)) != 8:
+        return None
+    opts = dict(getattr(aq, "options", {}) or {})
+    if opts.get("granularity", "tensor") != "tensor":
+        return None
+    scale = getattr(aq, "scale", None)
+    zp = getattr(aq, "zero_point", None)
+    if scale is None or isinstance(scale, nn.Module):
+        params = getattr(aq, "params", None)
+        if not params:
+            return None
+        scale, zp = params.get("scale"), params.get("zero_point", 0)
+    scale = np.asarray(scale.detach().cpu() if isinstance(scale, torch.Tensor) else scale, np.float64).reshape(-1)
+    zp = np.asarray(zp.detach().cpu() if isinstance(zp, torch.Tensor) else zp).reshape(-1)
+    if scale.size != 1 or zp.size != 1 or not math.isfinite(scale[0]) or scale[0] <= 0:
+        return None
+    return float(scale[0]), int(np.rint(zp[0])), 8, bool(opts.get("symmetric", False))
+
+
+def static_from_observed(child) -> _StaticBase:
+    scale, zp = child.input_params()
+    qt = _weight_codes(child.weight, child.weight_bits)
+    codes, wscale = _affine_qtensor_parts(qt)
+    return _static_module(child, codes, wscale, scale, zp, child.activation_bits, child.activation_symmetric,
+                          child.weight_bits)
+
+
+def static_from_qat(child) -> _StaticBase | None:
+    """The static int8 module of a QAT layer with an 8-bit linear per-tensor activation fake quantizer and a
+    symmetric linear weight (per tensor or per output channel); None if it does not qualify."""
+    act = _fake_quant_params(getattr(child, "input_quantizer", None))
+    if act is None:
+        return None
+    parts = _affine_qtensor_parts(child.quantized_weight())
+    if parts is None:
+        return None
+    scale, zp, bits, signed = act
+    return _static_module(child, parts[0], parts[1], scale, zp, bits, signed, int(child.weight_options.get("bits", 8)))
+
+
+def _static_module(child, codes, wscale, scale, zp, bits, signed, weight_bits):
+    if isinstance(child, nn.Linear):
+        return StaticLinear(child.in_features, child.out_features, codes, wscale, child.bias, scale, zp, bits=bits,
+                            signed=signed, weight_bits=weight_bits)
+    return StaticConv2d(child.in_channels, child.out_channels, child.kernel_size, codes, wscale, child.bias, scale,
+                        zp, stride=child.stride, padding=StaticConv2d._padding_of(child), dilation=child.dilation,
+                        groups=child.groups, bits=bits, signed=signed, weight_bits=weight_bits)
+
+
+def fuse_static(model: nn.Module) -> None:
+    """Inside every ``nn.Sequential``: fold an ``nn.ReLU`` that follows a static layer into it (the ReLU becomes
+    ``nn.Identity``), and let a static layer whose next non-identity sibling is a static layer of the same kind
+    (conv -> conv, linear -> linear) with 8-bit unsigned input hand it uint8 codes directly."""
+    for seq in model.modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        keys = list(seq._modules.keys())
+        for i, k in enumerate(keys):
+            m = seq._modules[k]
+            if isinstance(m, _StaticBase) and i + 1 < len(keys) and type(seq._modules[keys[i + 1]]) is nn.ReLU:
+                m.relu = True
+                seq._modules[keys[i + 1]] = nn.Identity()
+        for i, k in enumerate(keys):
+            m = seq._modules[k]
+            if not isinstance(m, _StaticBase):
+                continue
+            nxt = None
+            for k2 in keys[i + 1:]:
+                c = seq._modules[k2]
+                if type(c) is nn.Identity:
+                    continue
+                nxt = c
+                break
+            same_kind = isinstance(nxt, _StaticBase) and type(nxt) is type(m)
+            if same_kind and nxt.activation_bits == 8 and not nxt.activation_signed:
+                m._link(nxt)
+            else:
+                m._link(None)

@@ -1,0 +1,274 @@
+"""Static int8 convolution (and Linear as a 1x1 convolution): validation, weight packing, the ``_conv`` kernels.
+
+:class:`PackedConv2d` holds one layer: int8 weights (symmetric, one scale per output channel) packed once,
+the calibrated input quantization parameters (per tensor) and, optionally, a fused ReLU.  It runs
+
+    input (float32 NCHW / rows, or uint8 NHWC codes)  ->  uint8 NHWC codes (static scale / zero point)
+    ->  int32 accumulation  sum (a - za) * w  over KH*KW*C  (indirect GEMM, AVX-512 VNNI / AVX2 / portable)
+    ->  float32 output (NHWC), or uint8 codes requantized for the next layer, or the raw int32 (tests)
+
+Arithmetic (documented in docs/gemm.md, "Static int8 convolution"; the tests reproduce it exactly in numpy):
+
+* input codes: ``q = clamp(rint(x * float32(1/sa)) + za, qmin, qmax)`` (half to even; the linear scheme's rule)
+* ``C[m, n] = sum_{kh, kw, c} (q[pixel, c] - za) * w[n, c, kh, kw]`` exactly (int32; padding reads ``za``)
+* float output: ``y = float32(C) * M[n] + bias[n]`` then ``max(y, 0)`` with ReLU, ``M[n] = float32(sa * sw[n])``
+* uint8 output: the same with ``M[n] = float32(sa * sw[n] / so)``, ``bias[n] / so``, then
+  ``rint(clip(y, -zo, 255 - zo)) + zo`` — the next layer's input codes, NHWC, channels padded to 4
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InputError
+from ..validation import as_float32
+
+_INT32_MAX = (1 << 31) - 1
+
+
+def _ext():
+    try:
+        from qcore_plugins import _conv, _gemm
+    except ImportError as exc:  # pragma: no cover - only without a built extension
+        raise ImportError(
+            "qcore.ops.PackedConv2d needs the compiled extensions qcore_plugins._conv and _gemm; build them with "
+            "`python setup.py build_ext --inplace` or `pip install .`"
+        ) from exc
+    return _conv, _gemm
+
+
+def _pair(v, name, minimum):
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        v = (int(v), int(v))
+    try:
+        a, b = (int(x) for x in v)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}") from None
+    if a < minimum or b < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {(a, b)}")
+    return a, b
+
+
+def roundup4(c: int) -> int:
+    return (int(c) + 3) // 4 * 4
+
+
+def activation_range(bits: int, signed: bool) -> tuple[int, int, int]:
+    """(qmin, qmax, shift) of activation codes in the kernel's uint8 domain: signed codes are stored + 128."""
+    bits = int(bits)
+    if not 2 <= bits <= 8:
+        raise ValueError(f"activation bits must be in 2..8, got {bits}")
+    if signed:
+        q = (1 << (bits - 1)) - 1
+        return 128 - q, 128 + q, 128
+    return 0, (1 << bits) - 1, 0
+
+
+class PackedConv2d:
+    """One static int8 convolution layer (``groups`` any; Linear is the 1x1 case, see :meth:`linear`).
+
+    :param weight_codes: int8 ``(N, C // groups, KH, KW)`` symmetric weight codes (``w ~ codes * scale[n]``)
+    :param weight_scale: float32 ``(N,)`` (or a scalar) per-output-channel scales, positive and finite
+    :param bias: ``None`` or float ``(N,)``
+    :param input_scale, input_zero_point: the calibrated per-tensor activation parameters
+    :param input_bits, input_signed: the activation codes' width and signedness (affine: unsigned)
+    :param relu: fuse ``max(., 0)`` into the output
+    """
+
+    def __init__(self, weight_codes, weight_scale, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
+                 input_scale, input_zero_point=0, input_bits=8, input_signed=False, relu=False):
+        w = np.asarray(weight_codes)
+        if w.dtype != np.int8:
+            raise TypeError(f"weight_codes must be int8 (symmetric codes), got dtype {w.dtype}")
+        if w.ndim != 4:
+            raise ValueError(f"weight_codes must be 4-D (N, C/groups, KH, KW), got shape {w.shape}")
+        n, cg, kh, kw = (int(s) for s in w.shape)
+        if min(n, cg, kh, kw) < 1:
+            raise ValueError(f"weight_codes must be non-empty, got shape {w.shape}")
+        self.groups = int(groups)
+        if self.groups < 1 or n % self.groups:
+            raise ValueError(f"groups={groups} must be >= 1 and divide the {n} output channels")
+        self.stride = _pair(stride, "stride", 1)
+        self.padding = _pair(padding, "padding", 0)
+        self.dilation = _pair(dilation, "dilation", 1)
+        self.out_channels, self.kernel_size = n, (kh, kw)
+        self.in_channels = cg * self.groups
+        self.cp = roundup4(self.in_channels)
+        sw = np.asarray(weight_scale, dtype=np.float64).reshape(-1)
+        if sw.size == 1:
+            sw = np.full(n, sw[0])
+        if sw.shape != (n,):
+            raise ValueError(f"weight_scale must be a scalar or have shape ({n},), got {np.shape(weight_scale)}")
+        if not np.all(np.isfinite(sw)) or np.any(sw <= 0):
+            raise ValueError("weight_scale must be positive and finite")
+        self.weight_scale = sw.astype(np.float32)
+        if bias is not None:
+            bias = as_float32(bias, "bias").reshape(-1)
+            if bias.shape != (n,):
+                raise ValueError(f"bias must have shape ({n},), got {bias.shape}")
+        self.bias = bias
+        self.set_input_params(input_scale, input_zero_point, input_bits, input_signed)
+        self.relu = bool(relu)
+        t = kh * kw
+        wmax = int(np.abs(w.astype(np.int32)).max())
+        if t * (self.cp if self.groups == 1 else cg) * 255 * max(wmax, 1) > _INT32_MAX:
+            raise ValueError(f"the reduction KH*KW*C = {t * cg} is too large for an exact int32 accumulator")
+        wt = np.ascontiguousarray(w.transpose(0, 2, 3, 1))  # (N, KH, KW, Cg): K ordered (kh, kw, c)
+        self.weight_codes = w
+        if self.groups == 1:
+            full = np.zeros((n, kh, kw, self.cp), np.int8)
+            full[..., :cg] = wt
+            self._w2d = full.reshape(n, t * self.cp)
+            self._wg = None
+        else:
+            self._w2d = None
+            self._wg = wt.reshape(n, t, cg)
+            self._wg_colsum = self._wg.astype(np.int32).sum(axis=(1, 2)).astype(np.int32)
+        self._packed: dict[str, object] = {}
+        self._epi: dict = {}
+
+    @classmethod
+    def linear(cls, weight_codes, weight_scale, bias=None, **kwargs) -> "PackedConv2d":
+        """A Linear layer ``(N, K)`` as a 1x1 convolution on a 1x1 image; call :meth:`forward_rows`."""
+        w = np.asarray(weight_codes)
+        if w.ndim != 2:
+            raise ValueError(f"weight_codes must be 2-D (N, K), got shape {w.shape}")
+        return cls(w.reshape(w.shape + (1, 1)), weight_scale, bias, **kwargs)
+
+    # -- parameters --------------------------------------------------------------------------------------
+    def set_input_params(self, scale, zero_point=0, bits=8, signed=False) -> None:
+        s = float(np.asarray(scale, dtype=np.float64).reshape(-1)[0]) if np.size(scale) == 1 else None
+        if s is None:
+            raise ValueError("input_scale must be one value (per-tensor activation quantization)")
+        if not np.isfinite(s) or s <= 0:
+            raise ValueError(f"input_scale must be positive and finite, got {s}")
+        inv = np.float32(1.0) / np.float32(s)
+        if not np.isfinite(inv):
+            raise ValueError("input_scale is too small: 1/scale overflows float32")
+        if np.size(zero_point) != 1:
+            raise ValueError("input_zero_point must be one integer")
+        zp = int(np.asarray(zero_point).reshape(-1)[0])
+        lo, hi, shift = activation_range(bits, signed)
+        zu = zp + shift
+        if not lo <= zu <= hi:
+            raise ValueError(f"input_zero_point {zp} is outside the code range of {bits}-bit activations")
+        self.input_scale, self.input_zero_point = np.float32(s), zp
+        self.input_bits, self.input_signed = int(bits), bool(signed)
+        self._inv, self._za, self._qlo, self._qhi = float(inv), zu, lo, hi
+        self._epi = {}
+
+    def output_size(self, h: int, w: int) -> tuple[int, int]:
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        return oh, ow
+
+    def _packed_for(self, isa: str):
+        p = self._packed.get(isa)
+        if p is None:
+            _, g = _ext()
+            p = self._packed.setdefault(isa, g.pack_b(self._w2d, isa))
+        return p
+
+    def _epilogue(self, np_: int, mode: int, out_scale, out_zp):
+        key = (np_, mode, out_scale, out_zp)
+        e = self._epi.get(key)
+        if e is None:
+            n = self.out_channels
+            m = np.zeros(np_, np.float32)
+            b = None
+            if mode == 2:
+                m[:n] = (np.float64(self.input_scale) * self.weight_scale.astype(np.float64) / out_scale)
+                if self.bias is not None:
+                    b = np.zeros(np_, np.float32)
+                    b[:n] = self.bias.astype(np.float64) / out_scale
+            else:
+                m[:n] = np.float64(self.input_scale) * self.weight_scale.astype(np.float64)
+                if self.bias is not None:
+                    b = np.zeros(np_, np.float32)
+                    b[:n] = self.bias
+            e = self._epi.setdefault(key, (m, b))
+        return e
+
+    # -- input quantization ------------------------------------------------------------------------------
+    def quantize_input(self, x) -> np.ndarray:
+        """float NCHW ``(B, C, H, W)`` -> uint8 NHWC codes ``(B, H, W, Cp)`` (InputError on NaN/Inf)."""
+        conv, g = _ext()
+        x = as_float32(x, "x", check_finite=False)
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"x must have shape (B, {self.in_channels}, H, W), got {x.shape}")
+        b, _, h, w = x.shape
+        out = np.empty((b, h, w, self.cp), np.uint8)
+        if conv.quantize_nchw(np.ascontiguousarray(x), self._inv, self._za, self._qlo, self._qhi, out, g.get_isa()):
+            raise InputError("x contains NaN or Inf values; qcore refuses non-finite input")
+        return out
+
+    def quantize_rows(self, x) -> np.ndarray:
+        """float ``(R, C)`` rows (NHWC pixels or Linear inputs) -> uint8 ``(R, Cp)``."""
+        conv, g = _ext()
+        x = as_float32(x, "x", check_finite=False)
+        if x.ndim != 2 or x.shape[1] != self.in_channels:
+            raise ValueError(f"x must have shape (R, {self.in_channels}), got {x.shape}")
+        out = np.empty((x.shape[0], self.cp), np.uint8)
+        if conv.quantize_rows(np.ascontiguousarray(x), self._inv, self._za, self._qlo, self._qhi, out, g.get_isa()):
+            raise InputError("x contains NaN or Inf values; qcore refuses non-finite input")
+        return out
+
+    # -- the convolution ---------------------------------------------------------------------------------
+    def run_codes(self, a, output: str = "float", out_scale=None, out_zero_point=0) -> np.ndarray:
+        """The convolution of uint8 NHWC input codes ``a`` ``(B, H, W, Cp)`` (zero point = the input's).
+
+        ``output``: ``"float"`` -> float32 ``(B, OH, OW, N)``; ``"uint8"`` -> codes ``(B, OH, OW, roundup4(N))``
+        requantized with ``out_scale``/``out_zero_point`` (ReLU applied first if fused); ``"int32"`` -> the exact
+        ``sum (a - za) * w`` ``(B, OH, OW, N)`` (no bias, no ReLU).
+        """
+        conv, g = _ext()
+        if not isinstance(a, np.ndarray) or a.dtype != np.uint8 or a.ndim != 4 or a.shape[3] != self.cp:
+            raise ValueError(f"a must be uint8 NHWC codes of shape (B, H, W, {self.cp})")
+        a = np.ascontiguousarray(a)
+        bsz, h, w, _ = a.shape
+        oh, ow = self.output_size(h, w)
+        if oh < 1 or ow < 1:
+            raise ValueError(f"input {h}x{w} is smaller than the (dilated) kernel {self.kernel_size} with padding "
+                             f"{self.padding}: the output would be {oh}x{ow}")
+        mode = {"int32": 0, "float": 1, "uint8": 2}.get(output)
+        if mode is None:
+            raise ValueError(f"output must be 'float', 'uint8' or 'int32', got {output!r}")
+        so, zo = None, 0
+        if mode == 2:
+            so = float(out_scale)
+            zo = int(out_zero_point)
+            if not np.isfinite(so) or so <= 0 or not 0 <= zo <= 255:
+                raise ValueError("out_scale must be positive and finite and out_zero_point in [0, 255]")
+        n = self.out_channels
+        isa = g.get_isa()
+        if self.groups == 1:
+            packed = self._packed_for(isa)
+            np_, cs, wg = packed.np_, packed.colsum, None
+        else:
+            packed, np_, cs, wg = None, n, self._wg_colsum, self._wg
+        mult, bias = self._epilogue(np_, mode, so, zo)
+        if mode == 0:
+            bias = None
+        cols = roundup4(n) if mode == 2 else n
+        out = np.empty((bsz * oh * ow, cols), (np.int32, np.float32, np.uint8)[mode])
+        geom = (oh, ow) + self.kernel_size + self.stride + self.padding + self.dilation + (
+            n, self.groups, self.in_channels // self.groups)
+        conv.conv(a, geom, self._za, packed, wg, cs, mult, bias, mode, self.relu and mode != 0, zo, out, isa)
+        return out.reshape(bsz, oh, ow, cols)
+
+    def __call__(self, x) -> np.ndarray:
+        """float NCHW ``(B, C, H, W)`` -> float32 NHWC ``(B, OH, OW, N)``."""
+        return self.run_codes(self.quantize_input(x))
+
+    def forward_rows(self, x, output: str = "float", out_scale=None, out_zero_point=0) -> np.ndarray:
+        """Linear: float ``(M, K)`` (or uint8 codes ``(M, Kp)``) -> ``(M, N)`` (uint8: ``(M, roundup4(N))``)."""
+        if self.kernel_size != (1, 1) or self.groups != 1:
+            raise ValueError("forward_rows is for Linear layers (1x1, groups=1)")
+        if isinstance(x, np.ndarray) and x.dtype == np.uint8:
+            if x.ndim != 2 or x.shape[1] != self.cp:
+                raise ValueError(f"codes must have shape (M, {self.cp})")
+            a = x
+        else:
+            a = self.quantize_rows(x)
+        out = self.run_codes(a.reshape(a.shape[0], 1, 1, self.cp), output, out_scale, out_zero_point)
+        return out.reshape(a.shape[0], out.shape[3])

@@ -1,0 +1,329 @@
+"""GPTQ (Frantar et al., 2022) for any installed scheme, through the Quantizer contract.
+
+The problem, for one linear layer ``y = x @ W.T`` with ``W`` of shape ``(N, K)`` (torch ``Linear`` layout) and
+``H = mean(x x^T)`` over calibration inputs (``K x K``)::
+
+    minimise  trace((W - W') H (W - W')^T)  =  mean ||x (W - W')^T||^2     over quantized W'
+
+GPTQ quantizes the columns of ``W`` one at a time; after column ``j`` is rounded, its error is spread onto the
+columns not yet quantized, in proportion to the rows of the upper Cholesky factor ``U`` of ``H^-1`` (the
+optimal-brain-surgeon update restricted to the remaining columns).  The updates are applied lazily: inside a
+block of ``block_size`` columns immediately, to the rest of the matrix once per block as one matrix product
+(BLAS).
+
+**Any scheme.**  The scheme is used only through ``fit`` / ``encode`` / ``decode``.  Its parameters are fitted
+on the columns of one *parameter unit* when the sweep reaches the unit, with the error updates of the columns
+before it already applied:
+
+* ``granularity="tensor"``, or ``"channel"`` along the output axis (``axis=0``, one parameter set per row):
+  one unit, the whole matrix, fitted before the sweep (the reference implementation's choice);
+* ``granularity="group"``: each block of ``group_size`` consecutive input columns is a unit, fitted on the
+  ``(N, group_size)`` block when the sweep reaches it; a column is then encoded with those parameters through a
+  quantizer of the same scheme and options with ``group_size=1`` (the same parameters, one column wide);
+* ``granularity="channel"`` with ``axis=1`` (one parameter set per input column): each column is a unit.
+
+Sweep blocks are aligned to units, so a unit is fitted on values that carry every update so far.
+
+**Act-order** (``act_order=True``): columns with the largest ``H`` diagonal (the most active inputs) are
+quantized first, while most columns are still free to absorb their error.  With groups, the order respects the
+groups: groups are taken by decreasing total diagonal, columns within a group by decreasing diagonal, so a
+group's parameters are still one set per stored group (no reordering index needs to be stored).
+
+**Damping and singular Hessians.**  ``H`` gets ``damp * mean(diag H)`` added to its diagonal (``damp=0.01``:
+1 %, the reference default).  A column whose input is always zero (``H[i, i] == 0``, a *dead* column) gets a
+diagonal entry (the mean of the others) and zeros elsewhere: it is rounded to nearest and no error is spread onto it or from it, since it never
+contributes to the output.  If the damped matrix is still not positive definite (rounding in a nearly singular
+``H``), the damping is multiplied by 10, up to four times, before a ``numpy.linalg.LinAlgError`` is raised.
+An all-zero ``H`` (no information) gives round to nearest.
+
+The sweep runs in float32 (the lazy block update as one ``matmul``), the Cholesky factorisation in float64.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..tensor import QTensor
+from ..validation import check_int
+
+
+def _float_matrix(a, name: str, dims: str) -> np.ndarray:
+    if hasattr(a, "detach") and hasattr(a, "cpu"):  # a torch tensor
+        a = a.detach().cpu().numpy()
+    arr = np.asarray(a)
+    if arr.dtype.kind != "f":
+        raise TypeError(f"{name} must be a float array {dims}, got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-d array {dims}, got shape {arr.shape}")
+    if arr.size and not np.isfinite(arr).all():
+        bad = int(np.count_nonzero(~np.isfinite(arr)))
+        raise InputError(f"{name} contains {bad} NaN or Inf value(s)")
+    return arr
+
+
+def check_hessian(hessian, k: int, name: str = "hessian") -> np.ndarray:
+    """``hessian`` as a symmetric float64 ``(k, k)`` array, or a clear error."""
+    h = _float_matrix(hessian, name, f"of shape ({k}, {k})")
+    if h.shape != (k, k):
+        raise ValueError(f"{name} must have shape ({k}, {k}) for a weight with {k} input columns, got {h.shape}")
+    h = h.astype(np.float64)
+    d = np.diag(h)
+    if (d < 0).any():
+        raise ValueError(f"{name} has negative diagonal entries: it must be a mean of x x^T (positive semi-definite)")
+    scale = max(float(np.abs(h).max()), 1e-300)
+    if float(np.abs(h - h.T).max()) > 1e-3 * scale:
+        raise ValueError(f"{name} must be symmetric (a mean of x x^T over calibration inputs)")
+    return (h + h.T) * 0.5
+
+
+def hessian(x) -> np.ndarray:
+    """``mean(x x^T)`` over the rows of ``x`` (any leading shape, last axis = input features), float64.
+
+    For many batches use :class:`HessianAccumulator`.
+    """
+    acc = HessianAccumulator()
+    acc.update(x)
+    return acc.value()
+
+
+class HessianAccumulator:
+    """Streaming ``mean(x x^T)``: ``update(batch)`` any number of times (``K x K`` memory), ``value()``."""
+
+    def __init__(self):
+        self.sum = None
+        self.count = 0
+
+    def update(self, x) -> "HessianAccumulator":
+        x = np.asarray(x)
+        if x.ndim == 0:
+            raise ValueError("activations must have at least one dimension (the input features)")
+        if x.dtype.kind not in "fiu":
+            raise TypeError(f"activations must be numbers, got dtype {x.dtype}")
+        x = x.reshape(-1, x.shape[-1]).astype(np.float32, copy=False)
+        if x.size and not np.isfinite(x).all():
+            raise InputError("activations contain NaN or Inf values")
+        g = x.T @ x  # BLAS, float32 products
+        if self.sum is None:
+            self.sum = np.zeros(g.shape, np.float64)
+        elif self.sum.shape != g.shape:
+            raise ValueError(f"activations of width {g.shape[0]} after width {self.sum.shape[0]}")
+        self.sum += g
+        self.count += x.shape[0]
+        return self
+
+    def value(self) -> np.ndarray:
+        if self.sum is None:
+            raise ValueError("no activations were added")
+        return self.sum / max(self.count, 1)
+
+
+def output_error(w, w_hat, hessian) -> float:
+    """``trace((W - W') H (W - W')^T)``: the mean squared output error of ``W'`` on the calibration inputs."""
+    d = np.asarray(w, np.float64) - np.asarray(w_hat, np.float64)
+    h = np.asarray(hessian, np.float64)
+    return float(np.einsum("nk,nk->", d @ h, d))
+
+
+def _inverse_cholesky(h: np.ndarray, damp: float) -> np.ndarray:
+    """Upper Cholesky factor ``U`` of ``(H + damping)^-1`` (``U^T U = H^-1``), float64."""
+    k = h.shape[0]
+    mean_diag = float(np.mean(np.diag(h))) if k else 0.0
+    if mean_diag <= 0:
+        return np.eye(k)
+    from scipy.linalg import lapack
+    from threadpoolctl import threadpool_limits
+
+    lam = damp * mean_diag
+    idx = np.arange(k)
+    # LAPACK on one thread: for K of a few thousand, OpenBLAS's threaded potrf is slower than serial
+    # (much slower on a busy machine); the O(N K^2) sweep products keep every BLAS thread
+    with threadpool_limits(limits=1, user_api="blas"):
+        for _ in range(5):
+            a = h.copy()
+            a[idx, idx] += lam
+            c, info = lapack.dpotrf(a, lower=0, clean=1)  # a = c^T c, c upper
+            if info == 0:
+                hinv, info = lapack.dpotri(c, lower=0)  # upper triangle of a^-1
+                if info == 0:
+                    hinv = np.triu(hinv) + np.triu(hinv, 1).T
+                    u, info = lapack.dpotrf(hinv, lower=0, clean=1)
+                    if info == 0:
+                        return u
+            lam = max(lam * 10, 1e-8 * mean_diag)
+    raise np.linalg.LinAlgError("the Hessian is not positive definite even after damping it 10^4 times more; "
+                                "check it (a mean of x x^T) or raise damp")
+
+
+class _Units:
+    """How the scheme's parameter sets map onto the input columns of W (see the module docstring)."""
+
+    def __init__(self, q, n: int, k: int):
+        self.q = q
+        g = q.granularity if "granularity" in q.config else "tensor"
+        axis = q.config.get("axis", 0)
+        if g == "channel":
+            if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -2 <= int(axis) < 2:
+                raise ValueError(f"axis={axis!r} is out of range for a 2-d weight")
+            axis = int(axis) % 2
+        self.kind = {"tensor": "whole", "channel": "whole" if axis == 0 else "column", "group": "group"}[g]
+        if self.kind == "group":
+            gs = int(q.config["group_size"])
+            if k % gs:
+                raise ValueError(f"group_size={gs} does not divide the {k} input columns of the weight")
+            self.size = gs
+            opts = {**q.config, "group_size": 1}
+            self.col_q = type(q)(bits=q.bits, observer=q.observer_name, kernel=q.kernel, **opts)
+        elif self.kind == "column":
+            self.size = 1
+            self.col_q = q
+        else:
+            self.size = k
+            self.col_q = q
+        self.n, self.k = n, k
+        self.count = k // self.size if k else 0
+
+    def fit(self, block: np.ndarray) -> dict[str, np.ndarray]:
+        params = {name: np.asarray(v) for name, v in self.q.fit(np.ascontiguousarray(block, np.float32)).items()}
+        lead = {"whole": None, "group": (self.n, 1), "column": (1,)}[self.kind]
+        if lead is not None:
+            for name, v in params.items():
+                if v.shape[: len(lead)] != lead:
+                    raise ValueError(f"scheme {self.q.name!r}: parameter {name!r} of shape {v.shape} is not one "
+                                     f"set per {'group' if self.kind == 'group' else 'column'}; GPTQ cannot "
+                                     "assemble it")
+        return params
+
+    def assemble(self, per_unit: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        if self.kind == "whole":
+            return per_unit[0]
+        axis = 1 if self.kind == "group" else 0
+        return {name: np.concatenate([p[name] for p in per_unit], axis=axis) for name in per_unit[0]}
+
+
+def _order(diag: np.ndarray, units: _Units, act_order: bool) -> np.ndarray:
+    k = diag.size
+    if not act_order:
+        return np.arange(k)
+    if units.kind == "group":
+        gs = units.size
+        d = diag.reshape(-1, gs)
+        groups = np.argsort(-d.sum(axis=1), kind="stable")
+        within = np.argsort(-d, axis=1, kind="stable")
+        return (groups[:, None] * gs + within[groups]).reshape(-1)
+    return np.argsort(-diag, kind="stable")
+
+
+def _gptq_core(w: np.ndarray, h: np.ndarray, q, block_size: int, damp: float, act_order: bool):
+    """The sweep. Returns ``(codes, params, w_hat)`` in the original column order."""
+    n, k = w.shape
+    units = _Units(q, n, k)
+    W = np.array(w, dtype=np.float32, order="C")
+    h = h.copy()
+    diag = np.diag(h).copy()
+    dead = diag == 0
+    if dead.any():
+        h[dead, :] = 0.0
+        h[:, dead] = 0.0
+        h[dead, dead] = 1.0 if diag.max() <= 0 else float(diag[~dead].mean()) if (~dead).any() else 1.0
+    perm = _order(diag, units, act_order)
+    inv = np.argsort(perm)
+    U = _inverse_cholesky(h[np.ix_(perm, perm)], damp).astype(np.float32)
+    if units.kind == "whole":
+        unit_params = [units.fit(W)]
+    else:
+        unit_params = [None] * units.count
+    W = np.ascontiguousarray(W[:, perm])
+    codes = None
+    Q = np.empty_like(W)
+    usz = units.size
+    bs = max(block_size, 1)
+    if units.kind != "whole":  # align sweep blocks to parameter units
+        bs = max(bs // usz, 1) * usz
+    col_q = units.col_q
+    cur_params = unit_params[0] if units.kind == "whole" else None
+    for i1 in range(0, k, bs):
+        i2 = min(i1 + bs, k)
+        W1 = W[:, i1:i2].copy()
+        E1 = np.empty_like(W1)
+        U1 = U[i1:i2, i1:i2]
+        for j in range(i2 - i1):
+            col = i1 + j
+            if units.kind != "whole" and col % usz == 0:
+                orig = perm[col:col + usz]
+                back = np.argsort(orig)  # the unit's columns in their stored order
+                cur_params = units.fit(W1[:, j:j + usz][:, back])
+                unit_params[orig[0] // usz if units.kind == "group" else orig[0]] = cur_params
+            wcol = W1[:, j:j + 1]
+            c = np.asarray(col_q.encode(np.ascontiguousarray(wcol), cur_params))
+            qcol = np.asarray(col_q.decode(c, cur_params), dtype=np.float32).reshape(n)
+            if codes is None:
+                codes = np.empty((n, k), dtype=c.dtype)
+            codes[:, col] = c.reshape(n)
+            Q[:, col] = qcol
+            err = (wcol[:, 0] - qcol) / U1[j, j]
+            E1[:, j] = err
+            if j + 1 < i2 - i1:
+                W1[:, j + 1:] -= np.outer(err, U1[j, j + 1:])
+        if i2 < k:
+            W[:, i2:] -= E1 @ U[i1:i2, i2:]
+    if codes is None:
+        codes = np.zeros((n, k), np.int8 if q.signed else np.uint8)
+    codes = np.ascontiguousarray(codes[:, inv])
+    Q = np.ascontiguousarray(Q[:, inv])
+    params = units.assemble(unit_params) if k else q.fit(np.zeros((n, 0), np.float32))
+    return codes, params, Q
+
+
+def gptq(w, hessian, scheme="linear", *, block_size: int = 128, damp: float = 0.01, act_order: bool = True,
+         **options: Any) -> QTensor:
+    """Quantize the weight ``w`` (``(N, K)``, torch ``Linear`` layout) minimising the output error on the
+    calibration inputs summarised by ``hessian`` (``(K, K)``, the mean of ``x x^T``).
+
+    :param scheme: any installed scheme name (``options`` go to it, as for :func:`qcore.quantize`), or a
+        :class:`qcore.Quantizer` instance
+    :param block_size: columns per lazy batch update (128 as in the paper; only speed depends on it, up to
+        float rounding)
+    :param damp: fraction of the mean Hessian diagonal added to the diagonal (see the module docstring)
+    :param act_order: quantize the most active input columns first (respecting groups)
+    :returns: a :class:`qcore.QTensor` of the scheme, decodable like any other (its parameters are one set per
+        row, group or column as the scheme's granularity says)
+
+    Bad input: a non-float or non-2-d ``w`` or ``hessian``, NaN/Inf, a Hessian of the wrong shape, negative
+    diagonal or not symmetric: ``TypeError`` / ``ValueError`` (``qcore.InputError`` for NaN/Inf).
+    """
+    from ..api import get_quantizer
+    from ..quantization.planner import Planner
+    from ..quantization.quantizer import Quantizer
+
+    wa = _float_matrix(w, "w", "of shape (N, K)")
+    orig_dtype = str(wa.dtype)
+    if np.abs(wa).max(initial=0.0) > np.finfo(np.float32).max:
+        raise InputError("w holds values beyond float32's range")
+    n, k = wa.shape
+    h = check_hessian(hessian, k)
+    block_size = check_int(block_size, "block_size", 1, 1 << 20)
+    if isinstance(damp, bool) or not isinstance(damp, (int, float, np.floating, np.integer)) or not (
+            math.isfinite(damp) and damp >= 0):
+        raise ValueError(f"damp must be a finite number >= 0, got {damp!r}")
+    if not isinstance(act_order, (bool, np.bool_)):
+        raise TypeError(f"act_order must be True or False, got {act_order!r}")
+    if isinstance(scheme, (Quantizer, Planner)):
+        if options:
+            raise TypeError("pass options either to the quantizer instance or with a scheme name, not both")
+        q = scheme
+    elif isinstance(scheme, str):
+        q = get_quantizer(scheme, **options)
+    else:
+        raise TypeError(f"scheme must be a scheme name or a qcore.Quantizer, got {type(scheme).__name__}")
+    if isinstance(q, Planner) or not isinstance(q, Quantizer):
+        raise TypeError(f"scheme {q.name!r} chooses among schemes (a planner); gptq needs one encoding scheme — "
+                        "use quantize_model(..., method='gptq', hessians=...) to plan with GPTQ")
+    codes, params, _ = _gptq_core(wa.astype(np.float32), h, q, block_size, float(damp), bool(act_order))
+    codes = q._checked_codes(np.asarray(codes), wa.shape)
+    return QTensor(codes, q.name, q.bits, params, q.export_options(), signed=q.signed, dtype=orig_dtype, quantizer=q)
+
+
+__all__ = ["gptq", "hessian", "HessianAccumulator", "output_error", "check_hessian"]

@@ -1,0 +1,198 @@
+"""qcore.ops.PackedConv2d: the static int8 convolution against an int64 numpy reference of the same arithmetic,
+on every GEMM path (the ``isa`` fixture), plus input checks and threads.  numpy only (runs under the sanitizers)."""
+import threading
+
+import numpy as np
+import pytest
+
+import qcore
+from qcore.ops import PackedConv2d
+
+
+def ref_codes(x, scale, za, lo=0, hi=255, cp=None):
+    """Static input codes, NHWC, channels padded to cp with za: rint(clip(x * f32(1/s), lo-za, hi-za)) + za."""
+    inv = np.float32(1.0) / np.float32(scale)
+    t = np.clip(x.astype(np.float32) * inv, np.float32(lo - za), np.float32(hi - za))
+    q = np.rint(t).astype(np.int64) + za
+    b, c, h, w = x.shape
+    cp = cp or (c + 3) // 4 * 4
+    out = np.full((b, h, w, cp), za, np.int64)
+    out[..., :c] = q.transpose(0, 2, 3, 1)
+    return out
+
+
+def ref_conv_int(a, za, w, stride, pad, dil, groups):
+    """sum over taps and channels of (a - za) * w in int64; padding holds za (i.e. a float zero)."""
+    b, h, wd, cp = a.shape
+    n, cg, kh, kw = w.shape
+    ap = np.full((b, h + 2 * pad[0], wd + 2 * pad[1], cp), za, np.int64)
+    ap[:, pad[0]:pad[0] + h, pad[1]:pad[1] + wd] = a
+    oh = (h + 2 * pad[0] - dil[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (wd + 2 * pad[1] - dil[1] * (kw - 1) - 1) // stride[1] + 1
+    out = np.zeros((b, oh, ow, n), np.int64)
+    ng = n // groups
+    for i in range(kh):
+        for j in range(kw):
+            patch = ap[:, i * dil[0]: i * dil[0] + (oh - 1) * stride[0] + 1: stride[0],
+                       j * dil[1]: j * dil[1] + (ow - 1) * stride[1] + 1: stride[1], :] - za
+            for g in range(groups):
+                out[..., g * ng:(g + 1) * ng] += patch[..., g * cg:(g + 1) * cg] @ \
+                    w[g * ng:(g + 1) * ng, :, i, j].astype(np.int64).T
+    return out
+
+
+def ref_float(acc, sa, sw, bias, relu):
+    m = (np.float64(np.float32(sa)) * sw.astype(np.float64)).astype(np.float32)
+    y = acc.astype(np.float32) * m
+    if bias is not None:
+        y = y + bias
+    return np.maximum(y, np.float32(0)) if relu else y
+
+
+def ref_uint8(acc, sa, sw, bias, relu, so, zo):
+    m = (np.float64(np.float32(sa)) * sw.astype(np.float64) / so).astype(np.float32)
+    y = acc.astype(np.float32) * m
+    if bias is not None:
+        y = y + (bias.astype(np.float64) / so).astype(np.float32)
+    if relu:
+        y = np.maximum(y, np.float32(0))
+    return np.rint(np.clip(y, np.float32(-zo), np.float32(255 - zo))).astype(np.int64) + zo
+
+
+# (C_in, C_out, kernel, stride, padding, dilation, groups, H, W)
+CASES = [
+    (3, 32, (3, 3), (1, 1), (1, 1), (1, 1), 1, 9, 10),     # RGB first layer (Cp = 4)
+    (5, 40, (3, 3), (2, 2), (1, 1), (1, 1), 1, 8, 9),      # C not a multiple of 4, N not of 32
+    (16, 64, (3, 3), (1, 1), (2, 2), (2, 2), 1, 7, 8),     # dilation
+    (6, 33, (5, 3), (3, 1), (2, 0), (1, 2), 1, 11, 9),     # rectangular kernel, mixed stride/dilation
+    (64, 64, (3, 3), (2, 2), (1, 1), (1, 1), 1, 8, 8),     # the benchmark's third layer
+    (8, 8, (3, 3), (1, 1), (1, 1), (1, 1), 8, 6, 7),       # depthwise
+    (8, 12, (1, 1), (1, 1), (0, 0), (1, 1), 4, 5, 5),      # grouped 1x1
+    (6, 4, (2, 2), (2, 2), (0, 0), (1, 1), 2, 6, 6),       # grouped, C/groups = 3
+    (4, 20, (9, 9), (1, 1), (4, 4), (1, 1), 1, 10, 10),    # 81 taps: the checked (non-table) tap path
+    (12, 7, (1, 1), (1, 1), (0, 0), (1, 1), 1, 1, 1),      # a Linear as a 1x1 convolution
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"c{c[0]}n{c[1]}k{c[2][0]}x{c[2][1]}s{c[3][0]}p{c[4][0]}d{c[5][0]}g{c[6]}"
+                                              for c in CASES])
+def test_conv_equals_int64_reference(isa, case):
+    c, n, k, s, p, d, g, h, w = case
+    rng = np.random.default_rng(abs(hash(case)) % 2**32)
+    wc = rng.integers(-127, 128, (n, c // g) + k).astype(np.int8)
+    wc.flat[0] = -128  # the full int8 range is accepted
+    sw = rng.uniform(0.005, 0.05, n).astype(np.float32)
+    bias = rng.normal(size=n).astype(np.float32)
+    x = rng.normal(size=(3, c, h, w)).astype(np.float32) * 2
+    sa, za = 0.02, int(rng.integers(0, 256))
+    for relu in (False, True):
+        pc = PackedConv2d(wc, sw, bias, stride=s, padding=p, dilation=d, groups=g, input_scale=sa,
+                          input_zero_point=za, relu=relu)
+        a = pc.quantize_input(x)
+        ra = ref_codes(x, sa, za)
+        np.testing.assert_array_equal(a, ra)
+        acc = pc.run_codes(a, "int32")
+        racc = ref_conv_int(ra, za, wc, s, p, d, g)
+        assert acc.shape == racc.shape and acc.dtype == np.int32
+        np.testing.assert_array_equal(acc, racc)
+        np.testing.assert_array_equal(pc.run_codes(a, "float"), ref_float(racc, sa, sw, bias, relu))
+        so, zo = 0.07, 5
+        u = pc.run_codes(a, "uint8", so, zo)
+        assert u.shape[-1] == (n + 3) // 4 * 4
+        np.testing.assert_array_equal(u[..., :n], ref_uint8(racc, sa, sw, bias, relu, so, zo))
+        assert (u[..., n:] == zo).all()  # padding channels hold the zero point
+        np.testing.assert_array_equal(pc(x), ref_float(racc, sa, sw, bias, relu))
+
+
+def test_extreme_operands_do_not_saturate(isa):
+    """255 x -128 everywhere: the int32 accumulator is exact on every path (no int16 saturation)."""
+    wc = np.full((32, 64, 3, 3), -128, np.int8)
+    pc = PackedConv2d(wc, np.ones(32), input_scale=1.0, input_zero_point=0)
+    a = np.full((2, 5, 5, 64), 255, np.uint8)
+    acc = pc.run_codes(a, "int32")
+    np.testing.assert_array_equal(acc, ref_conv_int(a.astype(np.int64), 0, wc, (1, 1), (0, 0), (1, 1), 1))
+    assert acc[0, 0, 0, 0] == 255 * -128 * 9 * 64
+
+
+def test_linear_rows_and_signed_activations(isa):
+    rng = np.random.default_rng(1)
+    wc = rng.integers(-127, 128, (10, 37)).astype(np.int8)
+    sw = rng.uniform(0.01, 0.1, 10).astype(np.float32)
+    x = rng.normal(size=(9, 37)).astype(np.float32)
+    pc = PackedConv2d.linear(wc, sw, None, input_scale=0.03, input_zero_point=0, input_signed=True)
+    a = pc.quantize_rows(x)
+    # symmetric int8 codes clamp(rint(x/s), -127, 127), stored + 128
+    q = np.clip(np.rint(x * (np.float32(1) / np.float32(0.03))), -127, 127).astype(np.int64)
+    np.testing.assert_array_equal(a[:, :37], q + 128)
+    acc = (q @ wc.astype(np.int64).T)
+    np.testing.assert_array_equal(pc.forward_rows(x, "int32"), acc)
+    np.testing.assert_array_equal(pc.forward_rows(x), ref_float(acc, 0.03, sw, None, False))
+    # NHWC rows and NCHW images quantize identically
+    pc2 = PackedConv2d(rng.integers(-127, 128, (8, 6, 3, 3)).astype(np.int8), np.ones(8), input_scale=0.1,
+                       input_zero_point=17)
+    img = rng.normal(size=(2, 6, 5, 4)).astype(np.float32)
+    rows = np.ascontiguousarray(img.transpose(0, 2, 3, 1)).reshape(-1, 6)
+    np.testing.assert_array_equal(pc2.quantize_rows(rows).reshape(2, 5, 4, 8), pc2.quantize_input(img))
+
+
+def test_bad_input_is_refused_before_the_kernel():
+    wc = np.ones((4, 3, 3, 3), np.int8)
+    pc = PackedConv2d(wc, np.ones(4), input_scale=0.1, input_zero_point=0)
+    x = np.zeros((1, 3, 5, 5), np.float32)
+    for bad in (np.nan, np.inf, -np.inf):
+        y = x.copy()
+        y[0, 2, 4, 4] = bad
+        with pytest.raises(qcore.InputError, match="NaN or Inf"):
+            pc(y)
+        with pytest.raises(qcore.InputError, match="NaN or Inf"):
+            pc.quantize_rows(y.reshape(-1, 3)[:25].copy())
+    with pytest.raises(ValueError, match=r"shape \(B, 3, H, W\)"):
+        pc(np.zeros((1, 4, 5, 5), np.float32))
+    with pytest.raises(ValueError, match="smaller than the"):
+        pc(np.zeros((1, 3, 2, 2), np.float32))
+    with pytest.raises(ValueError, match="uint8 NHWC"):
+        pc.run_codes(np.zeros((1, 5, 5, 3), np.uint8))
+    with pytest.raises(ValueError, match="output must be"):
+        pc.run_codes(np.zeros((1, 5, 5, 4), np.uint8), "int8")
+    with pytest.raises(ValueError, match="out_scale"):
+        pc.run_codes(np.zeros((1, 5, 5, 4), np.uint8), "uint8", float("nan"))
+    with pytest.raises(TypeError, match="int8"):
+        PackedConv2d(wc.astype(np.int16), np.ones(4), input_scale=0.1)
+    with pytest.raises(ValueError, match="weight_scale"):
+        PackedConv2d(wc, -np.ones(4), input_scale=0.1)
+    with pytest.raises(ValueError, match="input_scale"):
+        PackedConv2d(wc, np.ones(4), input_scale=float("inf"))
+    with pytest.raises(ValueError, match="input_scale"):
+        PackedConv2d(wc, np.ones(4), input_scale=0.0)
+    with pytest.raises(ValueError, match="outside the code range"):
+        PackedConv2d(wc, np.ones(4), input_scale=0.1, input_zero_point=256)
+    with pytest.raises(ValueError, match="groups"):
+        PackedConv2d(wc, np.ones(4), input_scale=0.1, groups=3)
+    with pytest.raises(ValueError, match="stride"):
+        PackedConv2d(wc, np.ones(4), input_scale=0.1, stride=0)
+    with pytest.raises(ValueError, match="too large"):
+        PackedConv2d(np.full((1, 8192, 3, 3), 127, np.int8), np.ones(1), input_scale=0.1)
+
+
+def test_threads_share_one_layer(isa):
+    rng = np.random.default_rng(2)
+    pc = PackedConv2d(rng.integers(-127, 128, (64, 32, 3, 3)).astype(np.int8), rng.uniform(0.01, 0.02, 64),
+                      rng.normal(size=64), stride=2, padding=1, input_scale=0.05, input_zero_point=3, relu=True)
+    xs = [rng.normal(size=(4, 32, 16, 16)).astype(np.float32) for _ in range(4)]
+    want = [pc(x) for x in xs]
+    errors = []
+
+    def work(i):
+        try:
+            for _ in range(5):
+                if not np.array_equal(pc(xs[i]), want[i]):
+                    errors.append(i)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
