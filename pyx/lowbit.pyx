@@ -12,7 +12,7 @@ import numpy as np
 
 cimport numpy as cnp
 from cython.parallel cimport prange
-from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t
 
 from qcore_isa cimport qcore_isa_requested
 from qcore_omp cimport qcore_omp_max_threads
@@ -37,7 +37,11 @@ cdef extern from "lowbit_kernels.h" nogil:
         const uint8_t *planes
         int64_t gblk, ng
         const float *sw
+        const uint16_t *sw16
+        int f16
         const float *swz
+        int zconst
+        float zval
         int64_t tblk, ngt
         const uint8_t *tab
     ctypedef struct qlb_a:
@@ -117,16 +121,20 @@ cdef class LowbitWeight:
     """A weight (N x K) packed once into the bit-plane panel layout (see pyx/lowbit_kernels.h).
 
     ``planes``: the codes at exactly ``bits`` bits each (K padded to a multiple of 32, N to a multiple of 16);
-    ``sw``/``swz``: float32 (P, ng, 16) scale and scale*zero point per panel column and scale group;
+    ``sw``: (P, ng, 16) scale per panel column and scale group, float16 when every scale is exactly a float16
+    value (half the bytes to stream), else float32; ``swz``: float32 scale * zero point, or None when every zero
+    point is the same (``zval``: then the kernels compute it from ``sw``);
     ``tab``: the byte tables of a codebook weight (``lut`` 1: one shared table, 2: per column and table group).
     """
-    cdef readonly int bits, lut
+    cdef readonly int bits, lut, zconst
+    cdef readonly float zval
     cdef readonly int64_t n, k, kp, nb, panels, gblk, ng, tblk, ngt
     cdef readonly object planes, sw, swz, tab
 
     @property
     def nbytes(self):
-        return self.planes.nbytes + self.sw.nbytes + self.swz.nbytes + (self.tab.nbytes if self.tab is not None else 0)
+        return self.planes.nbytes + self.sw.nbytes + (self.swz.nbytes if self.swz is not None else 0) \
+            + (self.tab.nbytes if self.tab is not None else 0)
 
     @property
     def group_blocks(self):
@@ -137,15 +145,26 @@ cdef class LowbitWeight:
         return f"<LowbitWeight {self.n}x{self.k} bits={self.bits} {kind} group={32 * self.gblk} nbytes={self.nbytes}>"
 
     cdef void fill(self, qlb_w *w):
-        cdef cnp.ndarray pl = self.planes, s = self.sw, z = self.swz, t
+        cdef cnp.ndarray pl = self.planes, s = self.sw, z, t
         w.bits = self.bits
         w.lut = self.lut
         w.wide = 1 if (self.bits == 8 or self.lut != QLB_LUT_NONE) else 0
         w.N, w.K, w.Kp, w.nb, w.P = self.n, self.k, self.kp, self.nb, self.panels
         w.planes = <const uint8_t *>cnp.PyArray_DATA(pl)
         w.gblk, w.ng = self.gblk, self.ng
-        w.sw = <const float *>cnp.PyArray_DATA(s)
-        w.swz = <const float *>cnp.PyArray_DATA(z)
+        w.f16 = 1 if self.sw.dtype == np.float16 else 0
+        w.sw = NULL
+        w.sw16 = NULL
+        if w.f16:
+            w.sw16 = <const uint16_t *>cnp.PyArray_DATA(s)
+        else:
+            w.sw = <const float *>cnp.PyArray_DATA(s)
+        w.zconst, w.zval = self.zconst, self.zval
+        if self.swz is not None:
+            z = self.swz
+            w.swz = <const float *>cnp.PyArray_DATA(z)
+        else:
+            w.swz = NULL
         w.tblk, w.ngt = self.tblk, self.ngt
         if self.tab is not None:
             t = self.tab
@@ -154,9 +173,9 @@ cdef class LowbitWeight:
             w.tab = NULL
 
 
-def pack(u, int bits, sw, swz, int64_t gblk, tables=None, int64_t tblk=0):
-    """Pack values ``u`` (C-contiguous uint8 (N, K), each < 2**bits) with scales ``sw`` and ``swz`` (float32
-    (N, ng), ng = ceil(ceil(K/32)/gblk)); ``tables``: None, uint8 (1, 16) (shared) or (N*ngt, 16) (row
+def pack(u, int bits, sw, zero, int64_t gblk, tables=None, int64_t tblk=0):
+    """Pack values ``u`` (C-contiguous uint8 (N, K), each < 2**bits) with scales ``sw`` and zero points ``zero``
+    (float32 (N, ng), ng = ceil(ceil(K/32)/gblk)); ``tables``: None, uint8 (1, 16) (shared) or (N*ngt, 16) (row
     n*ngt + gt for column n, table group gt of ``tblk`` blocks).  The caller has validated everything."""
     cdef const uint8_t[:, ::1] uv = u
     cdef int64_t N = uv.shape[0], K = uv.shape[1]
@@ -168,14 +187,24 @@ def pack(u, int bits, sw, swz, int64_t gblk, tables=None, int64_t tblk=0):
     with nogil:
         for p in prange(P, schedule="static", num_threads=nt):
             qlb_pack(&uv[0, 0], N, K, K, bits, nb, p, p + 1, pl)
+    sw = np.asarray(sw, np.float32)
+    zero = np.asarray(zero, np.float32)
     swp = np.zeros((P * QLB_NP, ng), np.float32)
-    swzp = np.zeros((P * QLB_NP, ng), np.float32)
     swp[:N] = sw
-    swzp[:N] = swz
     swp = np.ascontiguousarray(swp.reshape(P, QLB_NP, ng).transpose(0, 2, 1))
-    swzp = np.ascontiguousarray(swzp.reshape(P, QLB_NP, ng).transpose(0, 2, 1))
+    with np.errstate(over="ignore", under="ignore"):
+        sw16 = swp.astype(np.float16)
+    if np.isfinite(sw16).all() and np.array_equal(sw16.astype(np.float32), swp):
+        swp = sw16  # exactly float16 values (e.g. scale_dtype="float16"): stored as such
+    zconst = bool((zero == zero.flat[0]).all())
+    swzp = None
+    if not zconst:
+        swzp = np.zeros((P * QLB_NP, ng), np.float32)
+        swzp[:N] = (sw * zero).astype(np.float32)
+        swzp = np.ascontiguousarray(swzp.reshape(P, QLB_NP, ng).transpose(0, 2, 1))
     cdef LowbitWeight W = LowbitWeight.__new__(LowbitWeight)
     W.bits, W.lut = bits, QLB_LUT_NONE
+    W.zconst, W.zval = zconst, float(zero.flat[0])
     W.n, W.k, W.kp, W.nb, W.panels = N, K, nb * 32, nb, P
     W.gblk, W.ng, W.tblk, W.ngt = gblk, ng, 1, 1
     W.planes, W.sw, W.swz, W.tab = planes, swp, swzp, None

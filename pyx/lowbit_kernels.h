@@ -39,7 +39,7 @@
 #include <immintrin.h>
 #define QLB_X86 1
 #define QLB_VNNI_T __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
-#define QLB_AVX2_T __attribute__((target("avx2,fma")))
+#define QLB_AVX2_T __attribute__((target("avx2,fma,f16c")))
 #else
 #define QLB_X86 0
 #endif
@@ -58,7 +58,7 @@ static int qlb_cpu_supports(int isa)
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
     if (isa == QLB_AVX2)
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 #endif
     return isa == QLB_PORTABLE;
 }
@@ -71,8 +71,12 @@ typedef struct {
     int64_t P;              /* panels = ceil(N / 16) */
     const uint8_t *planes;  /* P * nb * 64 * bits bytes */
     int64_t gblk, ng;       /* blocks per scale group, scale groups (ceil(nb / gblk)) */
-    const float *sw;        /* P * ng * 16 */
-    const float *swz;       /* P * ng * 16: sw * z */
+    const float *sw;        /* P * ng * 16 (float32), or NULL when f16 */
+    const uint16_t *sw16;   /* P * ng * 16 (float16 bits) when f16: the scales are exactly float16 values */
+    int f16;
+    const float *swz;       /* P * ng * 16: sw * z, or NULL when zconst */
+    int zconst;             /* every zero point is zval: sw * z is computed from sw (a float32 product) */
+    float zval;
     int64_t tblk, ngt;      /* blocks per table group, table groups (QLB_LUT_COLUMN) */
     const uint8_t *tab;     /* SHARED: 64 bytes (16 entries, 4 times); COLUMN: P * ngt * 256 (see qlb_tab_index) */
 } qlb_w;
@@ -91,6 +95,35 @@ typedef struct {
 static inline int qlb_tab_index(int c, int e) { return 64 * (c & 3) + 16 * (c >> 2) + e; }
 
 static inline int64_t qlb_block_bytes(int bits) { return 64 * (int64_t)bits; }
+
+/* IEEE half -> float (exact) */
+static inline float qlb_h2f(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 31u, m = h & 0x3FFu, bits;
+    if (e == 0) {
+        if (m == 0) bits = sign;
+        else { /* subnormal: normalise */
+            e = 113;
+            while (!(m & 0x400u)) { m <<= 1; e--; }
+            bits = sign | (e << 23) | ((m & 0x3FFu) << 13);
+        }
+    } else if (e == 31) bits = sign | 0x7F800000u | (m << 13);
+    else bits = sign | ((e + 112) << 23) | (m << 13);
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+/* scale and scale * zero of column c of panel p, group g */
+static inline float qlb_sw(const qlb_w *w, int64_t p, int64_t g, int c)
+{
+    int64_t i = (p * w->ng + g) * 16 + c;
+    return w->f16 ? qlb_h2f(w->sw16[i]) : w->sw[i];
+}
+static inline float qlb_swz(const qlb_w *w, int64_t p, int64_t g, int c)
+{
+    return w->zconst ? qlb_sw(w, p, g, c) * w->zval : w->swz[(p * w->ng + g) * 16 + c];
+}
 
 /* ------------------------------------------------------------------------------------------------ packing */
 
@@ -315,7 +348,8 @@ static void qlb_tile_portable(const qlb_w *w, const qlb_a *a, int64_t i0, int mr
             float Y[QLB_NP];
             for (int c = 0; c < QLB_NP; c++) Y[c] = 0.f;
             for (int64_t g = 0; g < w->ng; g++) {
-                const float *sw = w->sw + (p * w->ng + g) * QLB_NP, *swz = w->swz + (p * w->ng + g) * QLB_NP;
+                float sw[QLB_NP], swz[QLB_NP];
+                for (int c = 0; c < QLB_NP; c++) { sw[c] = qlb_sw(w, p, g, c); swz[c] = qlb_swz(w, p, g, c); }
                 int64_t b1 = (g + 1) * w->gblk < nb ? (g + 1) * w->gblk : nb;
                 for (int64_t b = g * w->gblk; b < b1; b++) {
                     const uint8_t *blk = w->planes + (p * nb + b) * BB;
@@ -418,7 +452,9 @@ qlb_tile_vnni_body(const qlb_w *w, const qlb_a *a, int64_t i0, int mr, int64_t p
     for (int64_t g = 0; g < ng; g++) {
         __m512 sw[4];
 #pragma GCC unroll 8
-        for (int v = 0; v < NV; v++) sw[v] = _mm512_loadu_ps(w->sw + (pi[v] * ng + g) * QLB_NP);
+        for (int v = 0; v < NV; v++)
+            sw[v] = w->f16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w->sw16 + (pi[v] * ng + g) * QLB_NP)))
+                           : _mm512_loadu_ps(w->sw + (pi[v] * ng + g) * QLB_NP);
         int64_t b1 = (g + 1) * gblk < nb ? (g + 1) * gblk : nb;
         for (int64_t b = g * gblk; b < b1; b++) {
             const uint8_t *tp[4];
@@ -457,7 +493,8 @@ qlb_tile_vnni_body(const qlb_w *w, const qlb_a *a, int64_t i0, int mr, int64_t p
             __m512 S = _mm512_set1_ps(a->S[(i0 + (r < mr ? r : mr - 1)) * ng + g]);
 #pragma GCC unroll 8
             for (int v = 0; v < NV; v++)
-                Y[r][v] = _mm512_fnmadd_ps(S, _mm512_loadu_ps(w->swz + (pi[v] * ng + g) * QLB_NP), Y[r][v]);
+                Y[r][v] = _mm512_fnmadd_ps(S, w->zconst ? _mm512_mul_ps(sw[v], _mm512_set1_ps(w->zval))
+                                                        : _mm512_loadu_ps(w->swz + (pi[v] * ng + g) * QLB_NP), Y[r][v]);
         }
     }
 #pragma GCC unroll 8
@@ -600,6 +637,12 @@ qlb_tile_avx2_body(const qlb_w *w, const qlb_a *a, int64_t i0, int mr, int64_t p
 #pragma GCC unroll 8
         for (int v = 0; v < 2 * NV; v++) Y[r][v] = _mm256_setzero_ps();
     for (int64_t g = 0; g < ng; g++) {
+        __m256 swv[4];
+#pragma GCC unroll 8
+        for (int v = 0; v < 2 * NV; v++) {
+            int64_t o = (pi[v >> 1] * ng + g) * QLB_NP + 8 * (v & 1);
+            swv[v] = w->f16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w->sw16 + o))) : _mm256_loadu_ps(w->sw + o);
+        }
         int64_t b1 = (g + 1) * gblk < nb ? (g + 1) * gblk : nb;
         for (int64_t b = g * gblk; b < b1; b++) {
             const uint8_t *tp[2];
@@ -631,8 +674,7 @@ qlb_tile_avx2_body(const qlb_w *w, const qlb_a *a, int64_t i0, int mr, int64_t p
                 __m256 sa = _mm256_set1_ps(a->sa[(i0 + (r < mr ? r : mr - 1)) * nb + b]);
 #pragma GCC unroll 8
                 for (int v = 0; v < 2 * NV; v++) {
-                    __m256 sw = _mm256_loadu_ps(w->sw + (pi[v >> 1] * ng + g) * QLB_NP + 8 * (v & 1));
-                    Y[r][v] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][v]), _mm256_mul_ps(sa, sw), Y[r][v]);
+                    Y[r][v] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][v]), _mm256_mul_ps(sa, swv[v]), Y[r][v]);
                 }
             }
         }
@@ -641,7 +683,8 @@ qlb_tile_avx2_body(const qlb_w *w, const qlb_a *a, int64_t i0, int mr, int64_t p
             __m256 S = _mm256_set1_ps(a->S[(i0 + (r < mr ? r : mr - 1)) * ng + g]);
 #pragma GCC unroll 8
             for (int v = 0; v < 2 * NV; v++)
-                Y[r][v] = _mm256_fnmadd_ps(S, _mm256_loadu_ps(w->swz + (pi[v >> 1] * ng + g) * QLB_NP + 8 * (v & 1)), Y[r][v]);
+                Y[r][v] = _mm256_fnmadd_ps(S, w->zconst ? _mm256_mul_ps(swv[v], _mm256_set1_ps(w->zval))
+                                                        : _mm256_loadu_ps(w->swz + (pi[v >> 1] * ng + g) * QLB_NP + 8 * (v & 1)), Y[r][v]);
         }
     }
 #pragma GCC unroll 8

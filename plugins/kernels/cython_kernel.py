@@ -152,11 +152,10 @@ class CythonKernel(Kernel):
         n, k = values.shape
         nb = -(-k // 32)
         gblk = nb if group_size == k else group_size // 32
-        swz = (scale * zero).astype(np.float32)
         tables = None
         if table_bytes is not None:
             tables = np.ascontiguousarray(table_bytes.reshape(-1, 16))
-        return _lowbit.pack(values, int(bits), scale, swz, gblk, tables, gblk)
+        return _lowbit.pack(values, int(bits), scale, zero, gblk, tables, gblk)
 
     def _lowbit_shape(self, packed):
         if _lowbit is None or not isinstance(packed, _lowbit.LowbitWeight):
