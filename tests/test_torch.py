@@ -228,7 +228,7 @@ def test_quantized_model_deepcopies_and_pickles():
 # ---------------------------------------------------------------------------------------- QAT
 
 class ArticleModel(nn.Module):
-    """reference-article.md §5, adapted to digits: 1 input channel, 8x8 -> conv 3x3 -> 6x6."""
+    """A small CNN on digits: 1 input channel, 8x8 -> conv 3x3 -> 6x6."""
 
     def __init__(self, in_ch=1):
         super().__init__()
