@@ -230,7 +230,8 @@ def test_qtensor_variants():
     # float16 scales, the full signed range -8..7, and (where the scheme decodes without one) no zero point
     codes = np.asarray(w.codes).copy()
     codes[0, :5] = -8
-    for params in ({"scale": np.asarray(w.params["scale"]).astype(np.float16), "zero_point": w.params["zero_point"]},
+    zp = w.params.get("zero_point", np.zeros(np.shape(w.params["scale"]), np.int32))
+    for params in ({"scale": np.asarray(w.params["scale"]).astype(np.float16), "zero_point": zp},
                    {"scale": np.asarray(w.params["scale"]).astype(np.float16)}):
         w2 = qcore.QTensor(codes, "linear", 4, params, dict(w.options), signed=True)
         try:
