@@ -44,6 +44,7 @@ cdef extern from "conv_kernels.h" nogil:
         void *out
         int64_t ldo
         int64_t MC
+        int nchw
         int64_t opad_h, opad_w
     int qc_sq_rows(int isa, const float *x, int64_t R, int64_t C, int64_t ldx, float inv, int32_t z, int32_t lo,
                    int32_t hi, uint8_t *q, int64_t Cp)
@@ -130,7 +131,8 @@ def quantize_rows(x, float inv, int z, int lo, int hi, out, isa):
     return bool(np.any(np.asarray(bad)))
 
 
-def conv(a, geom, int za, packed, wg, zc, mult, bias, int mode, bint relu, int zo, out, isa, opad=(0, 0)):
+def conv(a, geom, int za, packed, wg, zc, mult, bias, int mode, bint relu, int zo, out, isa, opad=(0, 0),
+         bint nchw=False):
     """The int8 convolution of uint8 NHWC ``a`` (B, H, W, Cp) into ``out`` (B*OH*OW rows of ``ldo`` elements).
 
     ``geom``: (OH, OW, KH, KW, sh, sw, ph, pw, dh, dw, N, groups, Cg).  groups == 1: ``packed`` is the
@@ -139,7 +141,7 @@ def conv(a, geom, int za, packed, wg, zc, mult, bias, int mode, bint relu, int z
     weights, int32 wrapping), ``mult``, ``bias`` (or None): int32 / float32 / float32 arrays of length >= the
     padded column count.  ``opad`` (uint8 output only): ``out`` holds (B, OH + 2*opad[0], OW + 2*opad[1])
     pixel rows — the next layer's zero padding, filled with ``zo`` by the caller — and only the interior is
-    written.  ``mode``: 0 int32, 1 float32,
+    written.  ``nchw`` (float output only): ``out`` is (B*N, OH*OW), i.e. float32 NCHW.  ``mode``: 0 int32, 1 float32,
     2 uint8 output.
     """
     _check(a, np.uint8, 4, "a")
@@ -181,10 +183,16 @@ def conv(a, geom, int za, packed, wg, zc, mult, bias, int mode, bint relu, int z
     if mode not in (0, 1, 2) or not (0 <= za <= 255) or not (0 <= zo <= 255):
         raise ValueError("conv: bad mode or zero point")
     want = (np.int32, np.float32, np.uint8)[mode]
-    if not isinstance(out, np.ndarray) or out.dtype != want or out.ndim != 2 or not out.flags.c_contiguous \
-            or out.shape[0] != B * (OH + 2 * oph) * (OW + 2 * opw) or out.shape[1] < N:
+    if not isinstance(out, np.ndarray) or out.dtype != want or out.ndim != 2 or not out.flags.c_contiguous:
         raise ValueError("conv: bad output array")
-    ldo = out.shape[1]
+    if nchw:
+        if mode != 1 or out.shape != (B * N, OH * OW) or N * OH * OW >= 2**31:
+            raise ValueError("conv: NCHW output needs float mode, shape (B*N, OH*OW) and N*OH*OW < 2**31")
+        ldo = N
+    else:
+        if out.shape[0] != B * (OH + 2 * oph) * (OW + 2 * opw) or out.shape[1] < N:
+            raise ValueError("conv: bad output array")
+        ldo = out.shape[1]
     if M == 0:
         return out
     zrow = np.full(Cp, za, np.uint8)
@@ -210,6 +218,7 @@ def conv(a, geom, int za, packed, wg, zc, mult, bias, int mode, bint relu, int z
     g.ldo = ldo
     g.MC = 64
     g.opad_h, g.opad_w = oph, opw
+    g.nchw = nchw
     cdef int64_t units = (M + g.MC - 1) // g.MC, u
     cdef int nt = qcore_omp_max_threads() if M * N * T * Cp >= PARALLEL_MIN_MACS and units > 1 else 1
     cdef uint8_t[::1] fail = np.zeros(units, np.uint8)

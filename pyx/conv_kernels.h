@@ -43,6 +43,8 @@ typedef struct {
     int32_t zo;               /* output zero point (mode 2) */
     void *out; int64_t ldo;   /* row stride in elements */
     int64_t MC;               /* rows per work unit */
+    int nchw;                 /* float output (mode 1) in NCHW order: element (b, n, oh, ow) at
+                                 (b*N + n)*OH*OW + oh*OW + ow (a column stride of OH*OW) */
     int64_t opad_h, opad_w;   /* uint8 output into a buffer padded by (opad_h, opad_w) pixels per side (the next
                                  layer's zero padding, pre-filled with zo by the caller); 0 for float/int32 */
 } qc_conv_args;
@@ -204,7 +206,7 @@ static inline void qc_conv_epi_scalar(const qc_conv_args *g, int64_t ro, int64_t
     if (g->bias) y = y + g->bias[j];
     if (g->mode == 1) {
         if (g->relu) y = y > 0.f ? y : 0.f;
-        ((float *)g->out)[ro + j] = y;
+        ((float *)g->out)[ro + (g->nchw ? j * g->OH * g->OW : j)] = y;
         return;
     }
     /* ReLU then clip to [-zo, 255 - zo]: since -zo <= 0, the lower bound is 0 with ReLU */
@@ -361,6 +363,8 @@ qc_cukr_vnni_body(int64_t T, int64_t Cp, const uint8_t *const *P, const int8_t *
     const __m512 flo = _mm512_set1_ps(g->relu ? 0.f : (float)(-g->zo)), fhi = _mm512_set1_ps((float)(255 - g->zo));
     const __m512 magic = _mm512_set1_ps(12582912.0f);
     const __m512i off = _mm512_set1_epi32(g->zo - 0x4B400000);
+    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i vplane = _mm512_set1_epi32((int32_t)(g->OH * g->OW));
 #pragma GCC unroll 16
     for (int r = 0; r < MRV; r++) {
         if (r >= mr) break;
@@ -377,7 +381,12 @@ qc_cukr_vnni_body(int64_t T, int64_t Cp, const uint8_t *const *P, const int8_t *
             if (g->bias) y = _mm512_add_ps(y, _mm512_loadu_ps(g->bias + j));
             if (g->mode == 1) {
                 if (g->relu) y = _mm512_max_ps(y, zero);
-                _mm512_mask_storeu_ps((float *)g->out + o + j, m[v], y);
+                if (g->nchw) /* one pixel's 16 channels go to 16 planes */
+                    _mm512_mask_i32scatter_ps((float *)g->out + o, m[v],
+                                              _mm512_mullo_epi32(_mm512_add_epi32(_mm512_set1_epi32((int32_t)j),
+                                                                                  lane), vplane), y, 4);
+                else
+                    _mm512_mask_storeu_ps((float *)g->out + o + j, m[v], y);
             } else {
                 y = _mm512_min_ps(_mm512_max_ps(y, flo), fhi);
                 __m512i c = _mm512_add_epi32(_mm512_castps_si512(_mm512_add_ps(y, magic)), off);
@@ -442,6 +451,11 @@ static void qc_conv_pad_out(const qc_conv_args *g, int64_t rows, const int64_t *
 /* element offsets of the output rows of pixels [m0, m0 + rows): m * ldo, or the padded position (stepped) */
 static void qc_conv_out_rows(const qc_conv_args *g, int64_t m0, int64_t rows, int64_t *orow)
 {
+    if (g->nchw) { /* pixel m = b*OH*OW + p starts at b*N*OH*OW + p */
+        const int64_t ohw = g->OH * g->OW;
+        for (int64_t r = 0; r < rows; r++) orow[r] = (m0 + r) / ohw * g->N * ohw + (m0 + r) % ohw;
+        return;
+    }
     if (!g->opad_h && !g->opad_w) {
         for (int64_t r = 0; r < rows; r++) orow[r] = (m0 + r) * g->ldo;
         return;

@@ -96,6 +96,8 @@ def test_conv_equals_int64_reference(isa, case):
         assert acc.shape == racc.shape and acc.dtype == np.int32
         np.testing.assert_array_equal(acc, racc)
         np.testing.assert_array_equal(pc.run_codes(a, "float"), ref_float(racc, sa, sw, bias, relu))
+        np.testing.assert_array_equal(pc.run_codes(a, "float", nchw=True),
+                                      ref_float(racc, sa, sw, bias, relu).transpose(0, 3, 1, 2))
         so, zo = 0.07, 5
         u = pc.run_codes(a, "uint8", so, zo)
         assert u.shape[-1] == (n + 3) // 4 * 4

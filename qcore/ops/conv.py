@@ -235,7 +235,7 @@ class PackedConv2d:
 
     # -- the convolution ---------------------------------------------------------------------------------
     def run_codes(self, a, output: str = "float", out_scale=None, out_zero_point=0, *, padded_input: bool = False,
-                  out_padding=(0, 0)) -> np.ndarray:
+                  out_padding=(0, 0), nchw: bool = False) -> np.ndarray:
         """The convolution of uint8 NHWC input codes ``a`` ``(B, H, W, Cp)`` (zero point = the input's).
 
         ``output``: ``"float"`` -> float32 ``(B, OH, OW, N)``; ``"uint8"`` -> codes ``(B, OH, OW, roundup4(N))``
@@ -244,7 +244,7 @@ class PackedConv2d:
         ``padded_input``: ``a`` already holds this layer's zero padding (:meth:`quantize_input` with
         ``padded=True``): every window lies inside it, the fastest path.  ``out_padding`` (uint8 output): write
         the codes into ``(B, OH + 2*p, OW + 2*q, Cp')`` with a border of ``out_zero_point`` — the padded input of
-        a next layer whose padding is ``(p, q)``.
+        a next layer whose padding is ``(p, q)``.  ``nchw`` (float output): float32 ``(B, N, OH, OW)`` instead.
         """
         conv, g = _ext()
         if not isinstance(a, np.ndarray) or a.dtype != np.uint8 or a.ndim != 4 or a.shape[3] != self.cp:
@@ -272,6 +272,8 @@ class PackedConv2d:
                 raise ValueError("out_scale must be positive and finite and out_zero_point in [0, 255]")
         elif opad != (0, 0):
             raise ValueError("out_padding is for uint8 output only")
+        if nchw and mode != 1:
+            raise ValueError("nchw is for float output only")
         n = self.out_channels
         isa = g.get_isa()
         if self.groups == 1:
@@ -288,13 +290,16 @@ class PackedConv2d:
         cols = roundup4(n) if mode == 2 else n
         if mode == 2:
             out = _padded_empty(bsz, oh, ow, cols, opad[0], opad[1], zo)
+        elif nchw:
+            out = np.empty((bsz, n, oh, ow), np.float32)
         else:
             out = np.empty((bsz, oh, ow, cols), (np.int32, np.float32)[mode])
         kpad = (0, 0) if padded_input else pad
         geom = (oh, ow) + self.kernel_size + self.stride + kpad + self.dilation + (
             n, self.groups, self.in_channels // self.groups)
-        conv.conv(a, geom, self._za, packed, wg, zc, mult, bias, mode, self.relu and mode != 0, zo,
-                  out.reshape(-1, cols), isa, opad)
+        flat = out.reshape(bsz * n, oh * ow) if nchw else out.reshape(-1, cols)
+        conv.conv(a, geom, self._za, packed, wg, zc, mult, bias, mode, self.relu and mode != 0, zo, flat, isa, opad,
+                  nchw)
         return out
 
     def __call__(self, x) -> np.ndarray:

@@ -414,7 +414,7 @@ class StaticConv2d(_StaticBase):
                               out_padding=self.output_padding)
             return QuantizedActivation(out, self.output_scale, self.output_zero_point, self.out_channels,
                                        device=device, dtype=dtype, pad=self.output_padding)
-        y = torch.from_numpy(p.run_codes(codes, padded_input=True)).permute(0, 3, 1, 2)  # channels-last memory
+        y = torch.from_numpy(p.run_codes(codes, padded_input=True, nchw=True))  # contiguous NCHW
         return y if (device.type == "cpu" and dtype == torch.float32) else y.to(device=device, dtype=dtype)
 
     def extra_repr(self):
