@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=2 python benchmarks/bench_quantize.py [--threads 2] [--repeats 15]
 
-Cases (DESIGN §6), all on the same data, measured alternately in one run (each repeat times every
+Cases (the targets of docs/benchmarks.md), all on the same data, measured alternately in one run (each repeat times every
 contender once, in turn), medians reported:
 
 * per-tensor int8 quantize of 16M floats: torch.quantize_per_tensor, numpy rint/clip/astype, np.copyto,

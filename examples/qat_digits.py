@@ -32,7 +32,7 @@ from qcore.integrations import torch as qtorch
 
 
 class Model(nn.Module):
-    """reference-article.md §5, with one input channel."""
+    """A small CNN (conv 3x3, ReLU, linear) with one input channel."""
 
     def __init__(self):
         super().__init__()

@@ -1,8 +1,10 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
-"""Kernels of the ``log`` and ``kmeans`` schemes (``qcore_plugins._codebook``).
+"""Codebook kernels (``qcore_plugins._codebook``): the ``cython`` kernel's ``lut_decode``, ``nearest_entry``,
+``nearest_entry_sse``, ``log_encode`` and ``log_sse`` (plugins/kernels/cython_kernel.py), which the ``log``
+and ``kmeans`` schemes use.
 
-Called by ``qcore_plugins.schemes.log`` / ``.kmeans`` with arguments already validated at the Python
-boundary: C-contiguous float32 / uint8 / int8 arrays of consistent shapes.  Every function releases the
+Called with arguments already validated by :class:`qcore.Kernel`'s public methods (qcore/kernels/base.py):
+C-contiguous float32 / uint8 / int8 arrays of consistent shapes.  Every function releases the
 GIL, splits its work into chunks run by OpenMP threads (``prange(schedule='static')``, thread count from
 ``omp_get_max_threads()``, one thread below ``PAR_MIN`` elements) and shares no mutable state, so
 several Python threads may call it at once.  Per-chunk partial sums are reduced in a fixed order, so
@@ -293,41 +295,3 @@ def cb_sse(const float[:, :, ::1] x, const double[:, ::1] mid, const float[:, ::
                 c = r % C
                 pv[t] = _cb_sse_run(xp + r * n + s, e - s, &mid[c, 0], half, &codebook[c, 0])
     return part.reshape(O, C, k).sum(axis=(0, 2))
-
-
-# ----------------------------------------------------------------------------------------------------
-# histogram with per-bin count, sum, min and max (the weighted points k-means is fitted on)
-
-cdef inline void _hist_row(const float *x, Py_ssize_t n, double lo, double sc, Py_ssize_t nb,
-                           int64_t *cnt, double *sm, float *bmin, float *bmax) noexcept nogil:
-    cdef Py_ssize_t i, b
-    cdef float v
-    cdef double t
-    for i in range(n):
-        v = x[i]
-        t = (<double>v - lo) * sc
-        b = <Py_ssize_t>t if t > 0 else 0
-        if b >= nb:
-            b = nb - 1
-        cnt[b] += 1
-        sm[b] += v
-        if v < bmin[b]:
-            bmin[b] = v
-        if v > bmax[b]:
-            bmax[b] = v
-
-
-def hist_rows(const float[:, ::1] x, const double[::1] lo, const double[::1] sc,
-              int64_t[:, ::1] cnt, double[:, ::1] sm, float[:, ::1] bmin, float[:, ::1] bmax):
-    """Row ``r`` of ``x`` into ``nb = cnt.shape[1]`` equal bins starting at ``lo[r]``, ``sc[r]`` bins per unit.
-
-    Accumulates into the outputs (initialise counts/sums with 0, bmin with +inf, bmax with -inf).
-    Values are clamped into the first/last bin.
-    """
-    cdef Py_ssize_t R = x.shape[0], n = x.shape[1], nb = cnt.shape[1], r
-    if R == 0 or n == 0:
-        return
-    cdef int nt = _threads(R * n)
-    with nogil:
-        for r in prange(R, schedule='static', num_threads=nt):
-            _hist_row(&x[r, 0], n, lo[r], sc[r], nb, &cnt[r, 0], &sm[r, 0], &bmin[r, 0], &bmax[r, 0])

@@ -53,8 +53,9 @@ cdef extern from "conv_kernels.h" nogil:
     int qc_conv_unit(const qc_conv_args *g, int64_t u)
 
 
-ISA_NAMES = ("portable", "avx2", "avx512vnni")
-_ISA_CODES = {"portable": QC_ISA_PORTABLE, "avx2": QC_ISA_AVX2, "avx512vnni": QC_ISA_VNNI}
+# the GEMM's path names (pyx/gemm.pyx, QCORE_ISA's values); "portable" is the old name of "baseline"
+ISA_NAMES = ("baseline", "avx2", "avx512vnni")
+_ISA_CODES = {"baseline": QC_ISA_PORTABLE, "portable": QC_ISA_PORTABLE, "avx2": QC_ISA_AVX2, "avx512vnni": QC_ISA_VNNI}
 
 #: below this many multiply-adds a convolution runs on one thread
 PARALLEL_MIN_MACS = 1 << 19

@@ -5,8 +5,6 @@ Low-level and unchecked beyond what is needed for memory safety: the public, val
 ``qcore.ops.qgemm`` and ``qcore.ops.qlinear``.  The C core is ``pyx/gemm_kernels.h``; the design is in
 ``docs/gemm.md``.
 """
-import os
-import warnings
 
 import numpy as np
 
@@ -57,8 +55,9 @@ cdef extern from "gemm_kernels.h" nogil:
     int32_t qc_row_sum_u8(const uint8_t *a, int64_t K)
 
 
-ISA_NAMES = ("portable", "avx2", "avx512vnni")
-_ISA_CODES = {"portable": QC_ISA_PORTABLE, "avx2": QC_ISA_AVX2, "avx512vnni": QC_ISA_VNNI}
+# the GEMM's paths, named with QCORE_ISA's values (qcore/isa.py); "portable" is the old name of "baseline"
+ISA_NAMES = ("baseline", "avx2", "avx512vnni")
+_ISA_CODES = {"baseline": QC_ISA_PORTABLE, "avx2": QC_ISA_AVX2, "avx512vnni": QC_ISA_VNNI}
 
 #: below this many multiply-adds a GEMM runs on one thread (starting a parallel region costs microseconds)
 PARALLEL_MIN_MACS = 1 << 19
@@ -81,11 +80,14 @@ def get_isa():
 
 
 def set_isa(name):
-    """Select the instruction-set path (``"avx512vnni"``, ``"avx2"`` or ``"portable"``).
+    """Select the instruction-set path (``"avx512vnni"``, ``"avx2"`` or ``"baseline"``; ``"portable"`` is still
+    accepted for ``"baseline"``).
 
     Weights packed earlier keep the layout of the path they were packed for and keep running on it.
     """
     global _isa
+    if name == "portable":
+        name = "baseline"
     if name not in _ISA_CODES:
         raise ValueError(f"unknown GEMM instruction set {name!r}; expected one of {', '.join(ISA_NAMES)}")
     code = _ISA_CODES[name]
@@ -101,15 +103,10 @@ def _set_blocking(mc=0, nc=0, kc=0):
 
 
 def _init_isa():
-    env = os.environ.get("QCORE_GEMM_ISA", "").strip().lower()
-    best = available_isas()[0]
-    if env:
-        try:
-            set_isa(env)
-            return
-        except ValueError as exc:
-            warnings.warn(f"QCORE_GEMM_ISA={env!r} ignored: {exc}; using {best!r}", RuntimeWarning, stacklevel=2)
-    set_isa(best)
+    # QCORE_ISA (or the deprecated QCORE_GEMM_ISA) through qcore/isa.py: the best path not above it
+    from qcore.isa import choose
+    i = choose(ISA_NAMES, [bool(qc_cpu_supports(_ISA_CODES[n])) for n in ISA_NAMES], gemm=True)
+    set_isa(ISA_NAMES[i])
 
 
 _init_isa()

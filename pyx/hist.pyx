@@ -1,8 +1,10 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
-"""Streaming-histogram calibration kernels (``qcore_plugins._hist``), used by the histogram observers.
+"""Histogram kernels (``qcore_plugins._hist``): the ``cython`` kernel's ``histogram``, ``minmax_histogram``,
+``bin_stats``, ``histogram_sq_error`` and ``histogram_kl`` (plugins/kernels/cython_kernel.py), used by the
+histogram observers and the ``kmeans`` scheme.  The one histogram implementation in C (pyx/hist_kernels.h).
 
-Arrays arrive validated by the Python side (``plugins/observers/_histogram.py``): float32 input viewed as
-C-contiguous ``(outer, C, inner)``, per-channel parameters as float64 ``(C,)``, histograms as float64
+Arrays arrive validated by :class:`qcore.Kernel`'s public methods (qcore/kernels/base.py): float32 input viewed
+as C-contiguous ``(outer, C, inner)``, per-channel parameters as float64 ``(C,)``, histograms as float64
 ``(C, bins)``.  Every loop releases the GIL and runs on OpenMP threads: per-thread partial histograms of
 ``uint32`` counts are merged once per call.
 """
@@ -19,7 +21,9 @@ from qcore_omp cimport qcore_omp_max_threads
 
 cdef extern from "hist_kernels.h" nogil:
     int hist_minmax_run(const float *x, int64_t n, float *lo, float *hi)
-    int hist_minmax_cols(const float *x, int64_t C, int64_t inner, float *lo, float *hi)
+    int64_t hist_bin(float v, double lo, double inv_w, int64_t nb)
+    int hist_cpu_level()
+    int hist_select_isa(int level)
     void hist_count_run4(const float *x, int64_t n, double lo, double inv_w, int64_t nb, uint32_t *h)
     void hist_count_rows4(const float *x, int64_t rows, int64_t len, int64_t stride,
                           double lo, double inv_w, int64_t nb, uint32_t *h)
@@ -28,7 +32,6 @@ cdef extern from "hist_kernels.h" nogil:
     double hist_kl(const double *h, int64_t nb, int64_t s, int64_t e, int64_t nq)
     int hist_count_fused(const float *x, int64_t n, float lo, float inv_w, int64_t nb, uint32_t *h,
                          float *mn, float *mx)
-    int hist_simd_level()
 
 # below this many elements a call runs on one thread (starting a parallel region costs microseconds)
 cdef int64_t PARALLEL_MIN = 1 << 16
@@ -48,101 +51,6 @@ cdef int _threads(int64_t work) noexcept nogil:
         return 1
     cdef int t = qcore_omp_max_threads()
     return t if t > 0 else 1
-
-
-def minmax(const float[:, :, ::1] x3):
-    """Per-channel ``(lo, hi, finite)`` of ``x3`` viewed as ``(outer, C, inner)``: float32 ``(C,)`` arrays and
-    False if any value was NaN or Inf (then lo/hi are meaningless)."""
-    cdef int64_t outer = x3.shape[0], C = x3.shape[1], inner = x3.shape[2]
-    cdef int64_t n = outer * C * inner
-    if n == 0:
-        raise ValueError("minmax of an empty array")
-    cdef const float *x = &x3[0, 0, 0]
-    cdef int nt = _threads(n)
-    cdef float[::1] lo = np.empty(C, np.float32)
-    cdef float[::1] hi = np.empty(C, np.float32)
-    cdef float *plo
-    cdef float *phi
-    cdef int *pbad
-    cdef int bad = 0
-    cdef int64_t c, t, chunk, a, b, o, per, nch
-    cdef float l, h
-    if C == 1:
-        # many contiguous chunks handed out dynamically (a thread delayed by another process does less),
-        # one partial result per chunk
-        nch = max(1, min(64, n // CHUNK_MIN)) if nt > 1 else 1
-        per = (n + nch - 1) // nch
-        plo = <float *> malloc(nch * sizeof(float))
-        phi = <float *> malloc(nch * sizeof(float))
-        pbad = <int *> calloc(nch, sizeof(int))
-        if plo == NULL or phi == NULL or pbad == NULL:
-            free(plo); free(phi); free(pbad)
-            raise MemoryError()
-        with nogil:
-            for t in prange(nch, num_threads=nt, schedule='dynamic'):
-                a = t * per
-                b = min(n, a + per)
-                plo[t] = x[min(a, n - 1)]
-                phi[t] = plo[t]
-                if a < b:
-                    pbad[t] = hist_minmax_run(x + a, b - a, plo + t, phi + t)
-            l = plo[0]
-            h = phi[0]
-            for t in range(nch):
-                if plo[t] < l:
-                    l = plo[t]
-                if phi[t] > h:
-                    h = phi[t]
-                bad |= pbad[t]
-            lo[0] = l
-            hi[0] = h
-        free(plo); free(phi); free(pbad)
-    elif inner < 32 and C * nt <= (1 << 20):
-        # split `outer` into one piece per thread, one partial (C,) result per piece
-        per = (outer + nt - 1) // nt
-        plo = <float *> malloc(nt * C * sizeof(float))
-        phi = <float *> malloc(nt * C * sizeof(float))
-        pbad = <int *> calloc(nt, sizeof(int))
-        if plo == NULL or phi == NULL or pbad == NULL:
-            free(plo); free(phi); free(pbad)
-            raise MemoryError()
-        with nogil:
-            for t in prange(nt, num_threads=nt, schedule='static'):
-                a = t * per
-                b = min(outer, a + per)
-                for c in range(C):
-                    plo[t * C + c] = x[c * inner]
-                    phi[t * C + c] = x[c * inner]
-                for o in range(a, b):
-                    pbad[t] |= hist_minmax_cols(x + o * C * inner, C, inner, plo + t * C, phi + t * C)
-            for c in range(C):
-                l = plo[c]
-                h = phi[c]
-                for t in range(1, nt):
-                    if plo[t * C + c] < l:
-                        l = plo[t * C + c]
-                    if phi[t * C + c] > h:
-                        h = phi[t * C + c]
-                lo[c] = l
-                hi[c] = h
-            for t in range(nt):
-                bad |= pbad[t]
-        free(plo); free(phi); free(pbad)
-    else:
-        # one channel per iteration: rows of `inner` contiguous values, `outer` of them
-        pbad = <int *> calloc(C, sizeof(int))
-        if pbad == NULL:
-            raise MemoryError()
-        with nogil:
-            for c in prange(C, num_threads=nt, schedule='static'):
-                lo[c] = x[c * inner]
-                hi[c] = x[c * inner]
-                for o in range(outer):
-                    pbad[c] |= hist_minmax_run(x + (o * C + c) * inner, inner, &lo[c], &hi[c])
-            for c in range(C):
-                bad |= pbad[c]
-        free(pbad)
-    return np.asarray(lo), np.asarray(hi), not bad
 
 
 def accumulate(const float[:, :, ::1] x3, const double[::1] lo, const double[::1] inv_w, double[:, ::1] hist):
@@ -214,11 +122,13 @@ cdef inline void hist_count_run_1(const float *x, int64_t n, double lo, double i
     cdef double v
     for i in range(n):
         v = (x[i] - lo) * inv_w
-        bb = <int64_t> v
-        if v < 0:
+        # clamp before converting: NaN and values beyond int64 (Inf) must never index outside [0, nb)
+        if not (v >= 0):
             bb = 0
-        if bb > nb - 1:
+        elif v >= nb - 1:
             bb = nb - 1
+        else:
+            bb = <int64_t> v
         h[bb] += 1
 
 
@@ -272,9 +182,64 @@ def kl_divergence(const double[:, ::1] hist, const int64_t[:, ::1] start, const 
     return out_arr
 
 
-def simd_level():
-    """0: baseline x86-64 / portable code; 2: the AVX2 copy of the per-tensor counting loop is used."""
-    return hist_simd_level()
+# instruction-set copies (QCORE_ISA through qcore/isa.py, like the other extensions): baseline or AVX2
+_ISA_NAMES = ("baseline", "avx2")
+cdef int _isa_level = 0
+
+
+def cpu_isa():
+    """The best copy this CPU runs: 'baseline' or 'avx2'."""
+    return _ISA_NAMES[hist_cpu_level()]
+
+
+def select_isa(name):
+    """Use the ``name`` copy (clipped to what the CPU runs); returns the copy in use (tests and benchmarks)."""
+    global _isa_level
+    if name not in _ISA_NAMES:
+        raise ValueError(f"ISA must be one of {_ISA_NAMES}, got {name!r}")
+    _isa_level = hist_select_isa(_ISA_NAMES.index(name))
+    return _ISA_NAMES[_isa_level]
+
+
+def current_isa():
+    """The copy in use."""
+    return _ISA_NAMES[_isa_level]
+
+
+def _init_isa():
+    from qcore.isa import choose
+    return hist_select_isa(choose(_ISA_NAMES, [True, hist_cpu_level() >= 1]))
+
+
+_isa_level = _init_isa()
+
+
+def bin_stats(const float[:, ::1] x, const double[::1] lo, const double[::1] sc,
+              int64_t[:, ::1] cnt, double[:, ::1] sm, float[:, ::1] bmin, float[:, ::1] bmax):
+    """Row ``r`` of ``x`` into ``nb = cnt.shape[1]`` equal bins starting at ``lo[r]``, ``sc[r]`` bins per unit
+    (``hist_bin``, the binning of every histogram here): per bin the count, sum, minimum and maximum (the
+    weighted points k-means is fitted on).  Accumulates into the outputs (initialise counts/sums with 0, bmin
+    with +inf, bmax with -inf); values beyond the range land in the first/last bin."""
+    cdef Py_ssize_t R = x.shape[0], n = x.shape[1], nb = cnt.shape[1], r, i
+    cdef int64_t b
+    cdef float v
+    if R == 0 or n == 0:
+        return
+    if (lo.shape[0] != R or sc.shape[0] != R or cnt.shape[0] != R or sm.shape[0] != R or bmin.shape[0] != R
+            or bmax.shape[0] != R or sm.shape[1] != nb or bmin.shape[1] != nb or bmax.shape[1] != nb or nb == 0):
+        raise ValueError("bin_stats: shapes do not match")
+    cdef int nt = _threads(R * n)
+    with nogil:
+        for r in prange(R, schedule='static', num_threads=nt):
+            for i in range(n):
+                v = x[r, i]
+                b = hist_bin(v, lo[r], sc[r], nb)
+                cnt[r, b] += 1
+                sm[r, b] += v
+                if v < bmin[r, b]:
+                    bmin[r, b] = v
+                if v > bmax[r, b]:
+                    bmax[r, b] = v
 
 
 def count_flat(const float[::1] x, double lo, double width, double[:, ::1] hist,

@@ -10,6 +10,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "qcore_minmax.h"
+
 
 /* min/max reductions only vectorize when gcc may ignore NaN and signed zeros; NaN/Inf are detected
  * separately with integer bit tests, which those flags cannot remove. */
@@ -19,94 +21,44 @@
 #define HIST_REDUCE_ATTR
 #endif
 
-/* min/max of a contiguous run folded into lo/hi, and a NaN/Inf flag (integer bit test), in blocks of 4096 so
- * the two loops share L1; compiled twice (baseline and AVX2), the copy is chosen at run time */
+/* min/max of a contiguous run folded into lo/hi; nonzero on NaN/Inf.  The reduction is qcore_minmax.h's (the
+ * one min/max in C), in a baseline and an AVX2 copy chosen by hist_select_isa. */
 #define HIST_MINMAX_BODY                                                             \
-    int bad = 0;                                                                     \
-    float l = *lo, h = *hi;                                                          \
-    const int64_t B = 4096;                                                          \
-    for (int64_t s = 0; s < n; s += B) {                                             \
-        int64_t m = n - s < B ? n - s : B;                                           \
-        const float *xs = x + s;                                                     \
-        const uint32_t *u = (const uint32_t *)xs;                                    \
-        uint32_t b = 0;                                                              \
-        for (int64_t i = 0; i < m; i++)                                              \
-            b |= ((u[i] & 0x7f800000u) == 0x7f800000u);                              \
-        for (int64_t i = 0; i < m; i++) {                                            \
-            float v = xs[i];                                                         \
-            l = v < l ? v : l;                                                       \
-            h = v > h ? v : h;                                                       \
-        }                                                                            \
-        bad |= (int)b;                                                               \
-    }                                                                                \
-    *lo = l;                                                                         \
-    *hi = h;                                                                         \
-    return bad;
+    float a, b;                                                                      \
+    qc_minmax_run_body(x, n, &a, &b);                                                \
+    if (!(a - a == 0.0f) || !(b - b == 0.0f)) return 1; /* NaN or Inf */             \
+    *lo = a < *lo ? a : *lo;                                                         \
+    *hi = b > *hi ? b : *hi;                                                         \
+    return 0;
 
-static HIST_REDUCE_ATTR int hist_minmax_generic(const float *x, int64_t n, float *lo, float *hi)
+static int hist_minmax_generic(const float *x, int64_t n, float *lo, float *hi)
 {
     HIST_MINMAX_BODY
 }
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define HIST_HAVE_AVX2 1
-static HIST_REDUCE_ATTR __attribute__((target("avx2"))) int hist_minmax_avx2(const float *x, int64_t n,
-                                                                             float *lo, float *hi)
+static __attribute__((target("avx2"))) int hist_minmax_avx2(const float *x, int64_t n, float *lo, float *hi)
 {
     HIST_MINMAX_BODY
 }
 #endif
 
+static int (*hist_minmax_fn)(const float *, int64_t, float *, float *) = hist_minmax_generic;
+
 /* minmax of a contiguous run, folded into lo/hi; returns nonzero on NaN/Inf */
 static int hist_minmax_run(const float *x, int64_t n, float *lo, float *hi)
 {
-    static int (*fn)(const float *, int64_t, float *, float *) = 0;
-    if (!fn) {  /* benign race: every thread stores the same pointer */
-#ifdef HIST_HAVE_AVX2
-        __builtin_cpu_init();
-        fn = __builtin_cpu_supports("avx2") ? hist_minmax_avx2 : hist_minmax_generic;
-#else
-        fn = hist_minmax_generic;
-#endif
-    }
-    return fn(x, n, lo, hi);
-}
-
-/* nonzero if any of the n floats is NaN or +-Inf (exponent bits all ones) */
-static int hist_nonfinite_block(const float *x, int64_t n)
-{
-    const uint32_t *u = (const uint32_t *)x;
-    uint32_t bad = 0;
-    for (int64_t i = 0; i < n; i++)
-        bad |= ((u[i] & 0x7f800000u) == 0x7f800000u);
-    return (int)bad;
-}
-
-/* elementwise min/max of a (C, inner) block into per-channel lo/hi (C); returns nonzero on NaN/Inf */
-static int hist_minmax_cols(const float *x, int64_t C, int64_t inner, float *lo, float *hi)
-{
-    int bad = hist_nonfinite_block(x, C * inner);
-    for (int64_t c = 0; c < C; c++) {
-        const float *r = x + c * inner;
-        float l = lo[c], h = hi[c];
-        for (int64_t i = 0; i < inner; i++) {
-            float v = r[i];
-            l = v < l ? v : l;
-            h = v > h ? v : h;
-        }
-        lo[c] = l;
-        hi[c] = h;
-    }
-    return bad;
+    return hist_minmax_fn(x, n, lo, hi);
 }
 
 static inline int64_t hist_bin(float v, double lo, double inv_w, int64_t nb)
 {
     double t = ((double)v - lo) * inv_w;
-    int64_t b = (int64_t)t;               /* t >= -1 here in practice; clamp both ways anyway */
-    if (t < 0.0) b = 0;
-    if (b > nb - 1) b = nb - 1;
-    return b;
+    /* clamp before converting: NaN and values beyond int64 (Inf) must never index outside [0, nb) */
+    if (!(t >= 0.0)) return 0;
+    if (t >= (double)(nb - 1)) return nb - 1;
+    return (int64_t)t;
 }
 
 /* count n contiguous values into four interleaved sub-histograms h[0..4*nb) (breaks the store-to-load
@@ -198,18 +150,32 @@ static HIST_REDUCE_ATTR __attribute__((target("avx2"))) int hist_index_avx2(
 
 typedef int (*hist_index_fn)(const float *, int, float, float, int32_t, int32_t *, float *, float *);
 
-static hist_index_fn hist_pick_index(void)
+static hist_index_fn hist_index_impl = hist_index_generic;
+
+/* 0: baseline, 1: AVX2 copies of the min/max and of the fused counting loop; clipped to what the CPU runs.
+ * Returns the level in use.  Set at import (QCORE_ISA, qcore/isa.py) and by select_isa (tests). */
+static int hist_cpu_level(void)
 {
 #ifdef HIST_HAVE_AVX2
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2")) return hist_index_avx2;
+    if (__builtin_cpu_supports("avx2")) return 1;
 #endif
-    return hist_index_generic;
+    return 0;
 }
 
-static int hist_simd_level(void)
+static int hist_select_isa(int level)
 {
-    return hist_pick_index() == hist_index_generic ? 0 : 2;
+    if (level > hist_cpu_level()) level = hist_cpu_level();
+#ifdef HIST_HAVE_AVX2
+    if (level >= 1) {
+        hist_index_impl = hist_index_avx2;
+        hist_minmax_fn = hist_minmax_avx2;
+        return 1;
+    }
+#endif
+    hist_index_impl = hist_index_generic;
+    hist_minmax_fn = hist_minmax_generic;
+    return 0;
 }
 
 /* count n contiguous values into h (4 sub-histograms of nb), folding their min and max into mn, mx;
@@ -217,8 +183,7 @@ static int hist_simd_level(void)
 static int hist_count_fused(const float *x, int64_t n, float lo, float inv_w, int64_t nb, uint32_t *h,
                             float *mn, float *mx)
 {
-    static hist_index_fn fn = 0;
-    if (!fn) fn = hist_pick_index();  /* benign race: every thread stores the same pointer */
+    hist_index_fn fn = hist_index_impl;
     int32_t idx[HIST_BLOCK];
     int bad = 0;
     uint32_t *h0 = h, *h1 = h + nb, *h2 = h + 2 * nb, *h3 = h + 3 * nb;

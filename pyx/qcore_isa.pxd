@@ -1,20 +1,20 @@
-# Instruction-set variants shared by the kernel extensions (see qcore_isa.h).
+# Instruction-set variants shared by the kernel extensions (see qcore_isa.h); the choice follows QCORE_ISA
+# through qcore/isa.py, the one place that reads it.
 cdef extern from "qcore_isa.h" nogil:
     int qc_cpu_level()
 
 
 cdef inline tuple qcore_isa_names():
+    """The copies of the affine and codebook kernels (qc_cpu_level's levels 0, 1, 2)."""
     return ("baseline", "avx2", "avx512")
 
 
 cdef inline int qcore_isa_requested() except -1:
-    """The level to start with: ``QCORE_ISA`` if set (for tests), else the best the CPU supports."""
-    import os
-    names = qcore_isa_names()
-    want = os.environ.get("QCORE_ISA", "").strip().lower() or names[qc_cpu_level()]
-    if want not in names:
-        raise ImportError(f"QCORE_ISA must be one of {', '.join(names)}, got {want!r}")
-    return names.index(want)
+    """The copy to start with: the best this CPU runs, not above ``QCORE_ISA`` (qcore/isa.py; ValueError if
+    QCORE_ISA is mistyped)."""
+    from qcore.isa import choose
+    top = qc_cpu_level()
+    return choose(qcore_isa_names(), [i <= top for i in range(3)])
 
 
 cdef inline int qcore_isa_index(name) except -1:

@@ -1,4 +1,4 @@
-"""Input checks at the Python boundary (DESIGN §5).  Kernels may assume what these functions guarantee.
+"""Input checks at the Python boundary (the input policy of docs/usage.md).  Kernels may assume what these functions guarantee.
 
 Documented policy:
 
@@ -11,6 +11,7 @@ Documented policy:
 """
 from __future__ import annotations
 
+import numbers
 import operator
 
 import numpy as np
@@ -44,10 +45,15 @@ def as_float32(x, name: str = "x", check_finite: bool = True) -> np.ndarray:
     return arr
 
 
+def non_finite_error(arr, name: str = "x") -> InputError:
+    """The one NaN/Inf message: ``InputError`` naming the argument and how many values are not finite."""
+    bad = int(np.count_nonzero(~np.isfinite(np.asarray(arr))))
+    return InputError(f"{name} contains {bad} NaN or Inf value(s); qcore refuses non-finite input (clean or clip it first)")
+
+
 def check_all_finite(arr: np.ndarray, name: str = "x") -> None:
     if arr.size and not np.isfinite(arr).all():
-        bad = int(np.count_nonzero(~np.isfinite(arr)))
-        raise InputError(f"{name} contains {bad} NaN or Inf value(s); qcore refuses non-finite input (clean or clip it first)")
+        raise non_finite_error(arr, name)
 
 
 def normalize_axis(axis, ndim: int, name: str = "axis") -> int:
@@ -78,3 +84,18 @@ def check_int(value, name: str, lo: int, hi: int) -> int:
     if not lo <= int(value) <= hi:
         raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
     return int(value)
+
+
+def check_number(value, name, lo, hi, *, lo_open=False, hi_open=False, integer=False):
+    """Validate a numeric option: ``TypeError`` for a non-number, ``ValueError`` out of ``[lo, hi]`` (or open ends)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or (integer and not isinstance(value, numbers.Integral)):
+        kind = "an integer" if integer else "a number"
+        raise TypeError(f"{name} must be {kind}, got {value!r}")
+    v = int(value) if integer else float(value)
+    bad_lo = v <= lo if lo_open else v < lo
+    bad_hi = v >= hi if hi_open else v > hi
+    if bad_lo or bad_hi or v != v:
+        raise ValueError(
+            f"{name} must be in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}, got {value!r}"
+        )
+    return v

@@ -1,4 +1,4 @@
-"""DESIGN §5: every bad input gets a clear exception at the Python boundary, never a crash or garbage."""
+"""The input policy (docs/usage.md): every bad input gets a clear exception at the Python boundary, never a crash or garbage."""
 import numpy as np
 import pytest
 

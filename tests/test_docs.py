@@ -11,7 +11,7 @@ import pytest
 
 import qcore
 from qcore.plugin import hookspecs
-from qcore.testing import KERNEL_CHECKS, OBSERVER_CHECKS, QUANTIZER_CHECKS
+from qcore.testing import KERNEL_CHECKS, OBSERVER_CHECKS, PLANNER_CHECKS, QUANTIZER_CHECKS
 
 DOC = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text(encoding="utf-8")
 
@@ -41,7 +41,7 @@ def test_environment_variables_are_documented(var):
     assert re.search(rf"^\| `{var}` \|", DOC, re.M), f"{var} is missing from the environment-variable table"
 
 
-@pytest.mark.parametrize("check", [f.__name__ for f in QUANTIZER_CHECKS + OBSERVER_CHECKS + KERNEL_CHECKS])
+@pytest.mark.parametrize("check", [f.__name__ for f in QUANTIZER_CHECKS + OBSERVER_CHECKS + KERNEL_CHECKS + PLANNER_CHECKS])
 def test_every_conformance_check_is_documented(check):
     assert f"`{check}`" in DOC
 

@@ -1,4 +1,4 @@
-"""Fuzzing the quantized-model loader (DESIGN §4, docs/format.md, issue 9).
+"""Fuzzing the quantized-model loader (docs/format.md, docs/reliability.md).
 
 Valid files are mutated at three levels and handed to ``qcore.load_quantized``:
 

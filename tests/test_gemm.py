@@ -166,14 +166,18 @@ def test_threads_share_packed_weights():
 @pytest.mark.parametrize("name", ISAS)
 def test_env_var_selects_path(name):
     code = "import qcore.ops as o; print(o.gemm_isa())"
-    env = dict(os.environ, QCORE_GEMM_ISA=name)
+    env = dict(os.environ, QCORE_ISA=name)  # one variable for every extension (tests/test_isa.py)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == name
 
 
-def test_env_var_unsupported_warns():
+def test_old_env_var_still_selects_the_path_with_a_deprecation_warning():
     code = "import warnings; warnings.simplefilter('always'); import qcore.ops as o; print(o.gemm_isa())"
-    env = dict(os.environ, QCORE_GEMM_ISA="nonsense")
+    env = {k: v for k, v in os.environ.items() if k != "QCORE_ISA"}
+    env["QCORE_GEMM_ISA"] = "portable"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == ISAS[0]
-    assert "QCORE_GEMM_ISA" in out.stderr
+    assert out.stdout.strip() == "baseline"
+    assert "DeprecationWarning" in out.stderr and "QCORE_GEMM_ISA" in out.stderr
+    env["QCORE_GEMM_ISA"] = "nonsense"  # a mistyped value is an error, not silently the best path
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode != 0 and "QCORE_GEMM_ISA" in out.stderr and "baseline" in out.stderr

@@ -221,5 +221,6 @@ def test_no_import_cycles():
         lines = []
         for cyc in cycles:
             steps = [f"    {a} -> {b}  ({_where(a, b)})" for a, b in zip(cyc, cyc[1:])]
-            lines.append("import cycle: " + " -> ".join(cyc) + "\n" + "\n".join(steps))
+            lines.append("import cycle: " + " -> ".join(cyc) + "\n" + "\n".join(steps)
+                         + "\n    break it by moving what both need into a module below them, or import under TYPE_CHECKING")
         pytest.fail("imports must flow one way (a layer imports only from layers below it):\n" + "\n".join(lines))

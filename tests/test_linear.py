@@ -22,7 +22,7 @@ def test_cython_kernel_is_the_default():
 
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_reference_article_worked_example(kernel):
-    # reference-article.md §4.2, with the article's arithmetic slips corrected: Q(2.1) is 255, never 256
+    # the textbook worked example [0.2, -0.5, 1.3, 2.1, -1.6] at 8-bit affine, arithmetic slips corrected: Q(2.1) is 255, never 256
     x = np.array([0.2, -0.5, 1.3, 2.1, -1.6], np.float32)
     qt = qcore.quantize(x, "linear", bits=8, kernel=kernel)
     assert qt.params["scale"][0] == np.float32(3.7 / 255)

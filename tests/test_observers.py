@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import qcore
-from qcore_plugins import _hist
 from qcore_plugins.observers._histogram import scheme_grid
 
 HIST_OBSERVERS = ["percentile", "histogram", "mse"]
@@ -179,28 +178,43 @@ def reference_hist(x3, lo, width, nb):
     return out
 
 
+@pytest.mark.parametrize("kernel", ["cython", "numpy"])
 @pytest.mark.parametrize("shape", [(1, 1, 300_001), (4000, 7, 1), (3, 5, 70_000), (5, 3000, 2), (2, 300, 100), (1, 1, 5)])
-def test_cython_histogram_and_minmax_match_numpy(shape):
+def test_kernel_histogram_and_minmax_match_numpy(shape, kernel):
+    """What the histogram observers count with: the kernel's minmax and histogram (qcore/kernels/base.py)."""
+    k = qcore.get_kernel(kernel)
     rng = np.random.default_rng(8)
     x3 = rng.laplace(size=shape).astype(np.float32)
-    lo, hi, finite = _hist.minmax(x3)
-    assert finite
+    lo, hi = k.minmax(x3, 1)
     np.testing.assert_array_equal(lo, x3.min(axis=(0, 2)))
     np.testing.assert_array_equal(hi, x3.max(axis=(0, 2)))
     nb = 257
     L = lo.astype(np.float64)
     W = (hi.astype(np.float64) - L) / nb
     h = np.zeros((shape[1], nb))
-    _hist.accumulate(x3, L, 1.0 / W, h)
+    k.histogram(x3, L, W, h, axis=1)
     np.testing.assert_array_equal(h, reference_hist(x3, L, W, nb))
+    if shape[1] == 1:  # the fused per-tensor pass: min, max and the same counts
+        h2 = np.zeros((1, nb))
+        mn, mx, added = k.minmax_histogram(x3, L[0], W[0], h2)
+        assert (mn, mx, added) == (lo[0], hi[0], True)
+        np.testing.assert_array_equal(h2, h)
 
 
-def test_cython_minmax_flags_nonfinite():
-    for bad in (np.nan, np.inf, -np.inf):
-        for shape, where in [((1, 1, 10_000), (0, 0, 7777)), ((500, 4, 1), (250, 2, 0)), ((2, 3, 100), (1, 1, 99))]:
-            x3 = np.ones(shape, np.float32)
-            x3[where] = bad
-            assert not _hist.minmax(x3)[2]
+def test_kernel_minmax_flags_nonfinite():
+    for kernel in ("cython", "numpy"):
+        k = qcore.get_kernel(kernel)
+        for bad in (np.nan, np.inf, -np.inf):
+            for shape, where in [((1, 1, 10_000), (0, 0, 7777)), ((500, 4, 1), (250, 2, 0)), ((2, 3, 100), (1, 1, 99))]:
+                x3 = np.ones(shape, np.float32)
+                x3[where] = bad
+                with pytest.raises(qcore.InputError, match="NaN or Inf"):
+                    k.minmax(x3, 1)
+                if shape[1] == 1:
+                    h = np.zeros((1, 16))
+                    with pytest.raises(qcore.InputError):
+                        k.minmax_histogram(x3, 0.0, 1.0, h)
+                    assert not h.any()  # refused: nothing counted
 
 
 @pytest.mark.parametrize("name", HIST_OBSERVERS)
@@ -249,8 +263,9 @@ def test_sq_error_matches_monte_carlo():
     q = np.clip(np.rint((vals - g0[0, 0]) / step[0, 0]), 0, levels) * step[0, 0] + g0[0, 0]
     mc = np.mean((vals - q) ** 2) * counts.sum()
     idx = np.arange(nb, dtype=np.int64)[None, :]
-    got = _hist.sq_error(idx, counts[None, :], np.array([lo]), np.array([w]), g0, step, levels)[0, 0]
-    assert got == pytest.approx(mc, rel=0.02)
+    for kernel in ("cython", "numpy"):
+        got = qcore.get_kernel(kernel).histogram_sq_error(idx, counts[None, :], [lo], [w], g0, step, levels)[0, 0]
+        assert got == pytest.approx(mc, rel=0.02)
 
 
 # -- per channel, any axis ---------------------------------------------------------------------------------

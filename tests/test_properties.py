@@ -138,7 +138,7 @@ def test_every_configuration_on_odd_shapes(config):
         v = check_invariants(q, x, qt)
         check_error_bound(scheme, bits, o, x, qt, v)
         check_same_as_reference(scheme, bits, o, x, qt)
-        # constants come back exactly (DESIGN §5)
+        # constants come back exactly (docs/usage.md)
         for c in (0.0, 2.5, -0.75):
             const = np.full(shape, c, np.float32)
             np.testing.assert_array_equal(quantizer(scheme, bits, o).quantize(const).dequantize(), const)

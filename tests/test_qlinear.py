@@ -162,14 +162,16 @@ def test_cache_reused_and_per_isa():
     assert len([key for key in w.cache if key.startswith("qcore.ops.qlinear")]) == len(ISAS)
 
 
-def test_cache_without_cache_attribute():
+def test_the_plan_is_cached_on_the_qtensor():
+    """The packed weights live in ``w.cache`` (every QTensor has one) and a second call reuses them."""
     rng = np.random.default_rng(7)
     w = qcore.quantize(rng.standard_normal((8, 16)).astype(np.float32), "linear", **WEIGHTS["sym8-channel"])
-    del w.cache
     x = rng.standard_normal((2, 16)).astype(np.float32)
     y = ops.qlinear(x, w)
-    assert w in gemm_mod._fallback_cache
+    key = f"{gemm_mod._CACHE_KEY}/{ops.gemm_isa()}"
+    plan = w.cache[key]
     np.testing.assert_array_equal(ops.qlinear(x, w), y)
+    assert w.cache[key] is plan
 
 
 def test_threads():

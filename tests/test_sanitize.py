@@ -2,7 +2,7 @@
 
 They pass in any build; under the sanitizers they make every Cython/C kernel touch its boundaries: sizes around
 the SIMD widths (tails of 1..63 elements), around the OpenMP split thresholds, every instruction-set variant
-(baseline / AVX2 / AVX-512 for quantize, portable / AVX2 / AVX-512 VNNI for the GEMM), unaligned views and
+(baseline / AVX2 / AVX-512 for quantize, baseline / AVX2 / AVX-512 VNNI for the GEMM), unaligned views and
 extreme values, so an out-of-bounds read or write, a misaligned access or signed overflow aborts the run.
 
 With ``QCORE_EXPECT_SANITIZER=1`` (set by the tox env) the first test also checks that the extension modules
@@ -106,7 +106,7 @@ def test_pack_unpack_at_every_size():
             np.testing.assert_array_equal(cy.unpack(p, bits, n, True), codes)
 
 
-@pytest.mark.parametrize("isa", ["portable", "avx2", "avx512vnni"])
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512vnni"])
 def test_gemm_at_tile_boundaries(isa):
     if isa not in ops.available_isas():
         pytest.skip(f"CPU has no {isa}")

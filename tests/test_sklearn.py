@@ -142,15 +142,3 @@ def test_bad_input():
         qsk.quantize_estimator(clf, "no-such-scheme")
     with pytest.raises(ValueError):
         qsk.quantize_estimator(clf, "linear", bits=9)
-
-
-def test_report_without_the_model_layer_matches_quantize_model(digits_mlp, monkeypatch):
-    clf = digits_mlp[0]
-    with_model = qsk.quantize_estimator(clf, "linear", bits=4, exclude="coefs_.1")
-    monkeypatch.setattr(qcore, "quantize_model", None, raising=False)
-    without = qsk.quantize_estimator(clf, "linear", bits=4, exclude="coefs_.1")
-    for a, b in zip(with_model.qcore_report_, without.qcore_report_):
-        assert {k: a[k] for k in REPORT_KEYS - {"sqnr_db"}} == {k: b[k] for k in REPORT_KEYS - {"sqnr_db"}}
-        assert a["sqnr_db"] == pytest.approx(b["sqnr_db"], rel=1e-4)
-    for a, b in zip(with_model.coefs_, without.coefs_):
-        np.testing.assert_array_equal(a, b)

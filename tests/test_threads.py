@@ -1,4 +1,4 @@
-"""Thread stress (DESIGN §5: kernels release the GIL and are safe to call from several threads at once).
+"""Thread stress (docs/usage.md: kernels release the GIL and are safe to call from several threads at once).
 
 Several threads quantize (every scheme), calibrate (every observer), pack/unpack, run ``qcore.ops.qlinear`` on a
 *shared* weight (whose packed form is cached on first use, possibly by two threads at once) and ``qgemm``, all at

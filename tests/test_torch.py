@@ -228,7 +228,7 @@ def test_quantized_model_deepcopies_and_pickles():
 # ---------------------------------------------------------------------------------------- QAT
 
 class ArticleModel(nn.Module):
-    """reference-article.md §5, adapted to digits: 1 input channel, 8x8 -> conv 3x3 -> 6x6."""
+    """A small CNN on digits: 1 input channel, 8x8 -> conv 3x3 -> 6x6."""
 
     def __init__(self, in_ch=1):
         super().__init__()
@@ -350,7 +350,7 @@ def test_qat_activation_fake_quant_through_qcore_observers():
     x = torch.rand(8, 1, 8, 8)
     qat.train()
     qat(x)
-    assert aq.quantizer.calibrated and aq.params is not None
+    assert aq.calibrated and aq.params is not None and aq.uses_torch_ops  # linear/minmax: on torch ops
     # eval: frozen parameters; the input of fc is quantized to 4 bits (at most 16 distinct values)
     qat.eval()
     seen = {}

@@ -1,9 +1,17 @@
 """The ``cython`` kernel: the fast default, equal bit for bit to the ``numpy`` reference.
 
-The work happens in the extension ``qcore_plugins._quant`` (``pyx/quant.pyx`` and its C helpers
-``pyx/quant_kernels.h``): one fused pass per operation, GIL released, OpenMP threads over rows/chunks
-(``OMP_NUM_THREADS`` honoured; small calls stay on one thread), inner loops vectorized at baseline x86-64
-with AVX2 / AVX-512 copies chosen at import (``QCORE_ISA=baseline|avx2|avx512`` to force one).
+The work happens in three extensions, each a plain set of functions on validated arrays:
+
+* ``qcore_plugins._quant`` (``pyx/quant.pyx``, ``pyx/quant_kernels.h``): min/max, affine quantize and
+  dequantize, bit packing;
+* ``qcore_plugins._codebook`` (``pyx/codebook.pyx``, ``pyx/codebook_kernels.h``): table decode, nearest
+  codebook entry, log levels and their squared errors (the ``log`` and ``kmeans`` schemes);
+* ``qcore_plugins._hist`` (``pyx/hist.pyx``, ``pyx/hist_kernels.h``): histograms — streaming counts, per-bin
+  statistics (``kmeans``) — and the error models evaluated on them (the histogram observers).
+
+One fused pass per operation, GIL released, OpenMP threads over rows/chunks (``OMP_NUM_THREADS`` honoured;
+small calls stay on one thread), inner loops vectorized at baseline x86-64 with AVX2 / AVX-512 copies chosen
+at import (``QCORE_ISA``, see docs/usage.md).  The schemes and observers reach these only through this kernel.
 
 This module only maps the ``(outer, C, inner)`` views the :class:`qcore.Kernel` base class hands over
 onto the two layouts the extension knows:
@@ -23,9 +31,9 @@ import numpy as np
 from qcore import Kernel, hookimpl
 
 try:
-    from qcore_plugins import _quant
-except ImportError as exc:  # extension not built: the kernel reports itself unavailable
-    _quant = None
+    from qcore_plugins import _codebook, _hist, _quant
+except ImportError as exc:  # extensions not built: the kernel reports itself unavailable (the numpy one remains)
+    _quant = _codebook = _hist = None
     _IMPORT_ERROR: Exception | None = exc
 else:
     _IMPORT_ERROR = None
@@ -36,6 +44,8 @@ _RUN_MIN = 16
 _ROW_MIN = 512
 # zero points up to this magnitude take the fast quantize loop (see pyx/quant_kernels.h)
 _FAST_ZP_MAX = 1 << 21
+# bin_stats rows longer than this are split between threads
+_SPLIT_MIN = 1 << 16
 
 
 def _row_tiling(outer: int, width: int) -> tuple[int, int]:
@@ -139,6 +149,59 @@ class CythonKernel(Kernel):
 
     def _unpack(self, packed, bits, count, signed, out):
         _quant.unpack(packed, int(bits), bool(signed), out.view(np.uint8))
+
+    # -- codebooks ---------------------------------------------------------------------------------------
+    def _lut_decode(self, q3_u8, table256, out3):
+        _codebook.lut_decode(q3_u8, table256, out3)
+
+    def _nearest_entry(self, x3, mid, out3):
+        return bool(_codebook.cb_assign(x3, mid, out3))
+
+    def _nearest_entry_sse(self, x3, mid, codebook):
+        return _codebook.cb_sse(x3, mid, codebook)
+
+    def _log_encode(self, x3, scale, L, T, zthr, out3):
+        return bool(_codebook.log_encode(x3, scale, L, T, zthr, out3))
+
+    def _log_sse(self, x3, scale, L, T, zthr):
+        return _codebook.log_sse(x3, scale, L, T, zthr)
+
+    # -- histograms --------------------------------------------------------------------------------------
+    def _histogram(self, x3, lo, width, out):
+        _hist.accumulate(x3, lo, 1.0 / width, out)
+
+    def _minmax_histogram(self, x, lo, width, out):
+        nb = out.shape[1]
+        return _hist.count_flat(x, lo, width, out, lo, lo + nb * width)
+
+    def _bin_stats(self, rows, lo, sc, cnt, sm, bmin, bmax):
+        C, N = rows.shape
+        nb = cnt.shape[1]
+        nt = _hist.max_threads()
+        parts = 1 if (C >= nt or N < _SPLIT_MIN) else nt
+        if parts == 1:
+            _hist.bin_stats(rows, lo, sc, cnt, sm, bmin, bmax)
+            return
+        m = N // parts
+        # each row cut into `parts` pieces, each piece binned by one thread, then merged
+        pieces = rows[:, : m * parts].reshape(C * parts, m)
+        pc = np.zeros((C * parts, nb), np.int64)
+        ps = np.zeros((C * parts, nb), np.float64)
+        pmin = np.full((C * parts, nb), np.inf, np.float32)
+        pmax = np.full((C * parts, nb), -np.inf, np.float32)
+        _hist.bin_stats(pieces, np.repeat(lo, parts), np.repeat(sc, parts), pc, ps, pmin, pmax)
+        if N > m * parts:
+            _hist.bin_stats(np.ascontiguousarray(rows[:, m * parts:]), lo, sc, cnt, sm, bmin, bmax)
+        cnt += pc.reshape(C, parts, nb).sum(axis=1)
+        sm += ps.reshape(C, parts, nb).sum(axis=1)
+        np.minimum(bmin, pmin.reshape(C, parts, nb).min(axis=1), out=bmin)
+        np.maximum(bmax, pmax.reshape(C, parts, nb).max(axis=1), out=bmax)
+
+    def _histogram_sq_error(self, idx, cnt, lo, width, g0, step, levels):
+        return _hist.sq_error(idx, cnt, lo, width, g0, step, levels)
+
+    def _histogram_kl(self, hist, start, end, levels):
+        return _hist.kl_divergence(hist, start, end, levels)
 
 
 @hookimpl

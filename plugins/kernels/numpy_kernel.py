@@ -1,6 +1,8 @@
 """The ``numpy`` kernel: the reference implementation of every kernel operation.
 
-Written for clarity, not speed: it is the oracle the ``cython`` kernel is tested against bit for bit.
+Written for clarity, not speed: it is the oracle the ``cython`` kernel is tested against bit for bit.  The
+affine and packing operations are here; the codebook and histogram operations are the :class:`qcore.Kernel`
+base class's own numpy code (qcore/kernels/reference.py), which this kernel uses as it is.
 """
 from __future__ import annotations
 

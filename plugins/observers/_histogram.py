@@ -10,40 +10,20 @@ interpolation, so no error accumulates however often the range grows).  The old 
 of the new one, which leaves headroom on both sides, so the width at most doubles each time the data range
 outgrows the histogram and at least half the bins always cover data.
 
-The counting runs in ``qcore_plugins._hist`` (Cython, OpenMP threads with per-thread partial histograms,
-GIL released).  Range searches evaluate, for each candidate clipping range, the **exact** squared error of the
-quantizer's own grid on the histogram (values uniform inside each bin): see ``hist_sq_error`` in
-``pyx/hist_kernels.h``.
+The counting is the observer's kernel's (``self.kernel``: ``minmax``, ``histogram``, ``minmax_histogram``; the
+``cython`` kernel runs them with OpenMP threads and per-thread partial histograms, GIL released).  Range searches
+evaluate, for each candidate clipping range, the **exact** squared error of the quantizer's own grid on the
+histogram (values uniform inside each bin): the kernel's ``histogram_sq_error`` (qcore/kernels/base.py).
 """
 from __future__ import annotations
-
-import numbers
 
 import numpy as np
 
 import qcore
-from qcore.errors import InputError
-from qcore.validation import as_3d, normalize_axis
-
-from .. import _hist
+from qcore.validation import as_3d, check_number, normalize_axis  # noqa: F401 - check_number: used by the observers
 
 #: a histogram observer holds at most this many counts (C * bins); ``bins`` is lowered for more channels
 MAX_ENTRIES = 1 << 24
-
-
-def check_number(value, name, lo, hi, *, lo_open=False, hi_open=False, integer=False):
-    """Validate a numeric option: TypeError for a non-number, ValueError out of range."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or (integer and not isinstance(value, numbers.Integral)):
-        kind = "an integer" if integer else "a number"
-        raise TypeError(f"{name} must be {kind}, got {value!r}")
-    v = int(value) if integer else float(value)
-    bad_lo = v <= lo if lo_open else v < lo
-    bad_hi = v >= hi if hi_open else v > hi
-    if bad_lo or bad_hi or v != v:
-        raise ValueError(
-            f"{name} must be in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}, got {value!r}"
-        )
-    return v
 
 
 def scheme_grid(lo, hi, bits, symmetric):
@@ -69,7 +49,7 @@ def scheme_grid(lo, hi, bits, symmetric):
 
 
 class HistogramObserverBase(qcore.Observer):
-    self_checking = True  # _hist.count_flat / _hist.minmax report NaN/Inf in their own pass
+    self_checking = True  # kernel.minmax_histogram / kernel.minmax refuse NaN/Inf in their own pass
     """Base of the observers that keep a streaming histogram per channel (option ``bins``)."""
 
     options = {"bins": 2048}
@@ -106,9 +86,7 @@ class HistogramObserverBase(qcore.Observer):
             # one pass: count with the current range, keep the counts only if the batch fits in it
             nb = self.hist.shape[1]
             lo, w = float(self.lo[0]), float(self.width[0])
-            mn, mx, finite, added = _hist.count_flat(x3.reshape(-1), lo, w, self.hist, lo, lo + nb * w)
-            if not finite:
-                self._refuse(x)
+            mn, mx, added = self.kernel.minmax_histogram(x3.reshape(-1), lo, w, self.hist)  # InputError on NaN/Inf
             if added:
                 self.min = np.minimum(self.min, mn)
                 self.max = np.maximum(self.max, mx)
@@ -116,9 +94,7 @@ class HistogramObserverBase(qcore.Observer):
                 return
             bmin, bmax = np.array([mn]), np.array([mx])
         else:
-            bmin, bmax, finite = _hist.minmax(x3)
-            if not finite:
-                self._refuse(x)
+            bmin, bmax = self.kernel.minmax(x3, 1)  # InputError on NaN/Inf
         bmin = bmin.astype(np.float64)
         bmax = bmax.astype(np.float64)
         if self.hist is None:
@@ -137,13 +113,8 @@ class HistogramObserverBase(qcore.Observer):
             self._grow(bmin, bmax)
             self.min = np.minimum(self.min, bmin)
             self.max = np.maximum(self.max, bmax)
-        _hist.accumulate(x3, self.lo, 1.0 / self.width, self.hist)
+        self.kernel.histogram(x3, self.lo, self.width, self.hist, axis=1)
         self._cache = {}
-
-    @staticmethod
-    def _refuse(x):
-        bad = int(np.count_nonzero(~np.isfinite(x)))
-        raise InputError(f"batch contains {bad} NaN or Inf value(s); qcore refuses non-finite input (clean or clip it first)")
 
     def _grow(self, bmin, bmax):
         nb = self.hist.shape[1]
@@ -238,7 +209,7 @@ class HistogramObserverBase(qcore.Observer):
         """``(C, K)`` squared errors of the linear grid for candidate ranges ``lo``, ``hi`` (``(C, K)`` each)."""
         g0, step, levels = scheme_grid(lo, hi, bits, symmetric)
         idx, cnt = self.compact()
-        return _hist.sq_error(idx, cnt, self.lo, self.width, np.ascontiguousarray(g0), np.ascontiguousarray(step), levels)
+        return self.kernel.histogram_sq_error(idx, cnt, self.lo, self.width, g0, step, levels)
 
     def compact(self, channel=None):
         """The non-empty bins, per channel, as ``(idx, cnt)`` ``(C, M)`` arrays padded with zero counts."""

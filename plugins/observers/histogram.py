@@ -20,7 +20,6 @@ import qcore
 
 from ._histogram import HistogramObserverBase, pick
 from .mse import sq_error_search
-from .. import _hist
 
 METHODS = ("entropy", "l2")
 
@@ -90,7 +89,7 @@ class HistogramObserver(HistogramObserverBase):
         _, hlo, w = self._rows(channel)
         g0, step, levels = scheme_grid(lo, hi, bits, symmetric)
         idx, cnt = self.compact(channel)
-        return _hist.sq_error(idx, cnt, hlo, w, np.ascontiguousarray(g0), np.ascontiguousarray(step), levels)
+        return self.kernel.histogram_sq_error(idx, cnt, hlo, w, g0, step, levels)
 
     def _kl(self, lo, hi, bits, symmetric, channel=None):
         hist, hlo, w = self._rows(channel)
@@ -100,7 +99,7 @@ class HistogramObserver(HistogramObserverBase):
         e = np.ceil((hi - hlo[:, None]) / w[:, None] - 1e-9).astype(np.int64)
         nb = hist.shape[1]
         s, e = np.clip(s, 0, nb), np.clip(e, 0, nb)
-        kl = _hist.kl_divergence(hist, np.ascontiguousarray(s), np.ascontiguousarray(e), nq)
+        kl = self.kernel.histogram_kl(hist, s, e, nq)
         full = (s == 0) & (e == nb)
         kl = np.where((e - s >= min(nq, nb)) | full, kl, np.inf)
         # report the window that was scored: bin edges

@@ -11,7 +11,7 @@ import numpy as np
 
 import qcore
 
-from ._histogram import check_number
+from qcore.validation import check_number
 
 
 class MovingAverageObserver(qcore.Observer):

@@ -19,7 +19,9 @@ import numpy as np
 
 import qcore
 
-from ._histogram import HistogramObserverBase, check_number
+from qcore.validation import check_number
+
+from ._histogram import HistogramObserverBase
 
 COARSE = np.geomspace(2.0**-12, 1.0, 64)
 #: the scale ladder of each zero point while the zero point is still being searched

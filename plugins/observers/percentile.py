@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import qcore
 
-from ._histogram import HistogramObserverBase, check_number
+from qcore.validation import check_number
+
+from ._histogram import HistogramObserverBase
 
 
 class PercentileObserver(HistogramObserverBase):

@@ -28,10 +28,11 @@ points scikit-learn's ``k-means++`` (with ``random_state``) is used instead.
 * ``observe()`` calibration: the values are clipped to the observed range before fitting (and the
   ``linear`` comparison is skipped); k-means is meant for weights, fitted on the tensor itself.
 
-**Assign** — Cython kernel (``qcore_plugins._codebook.cb_assign``): the ``K-1`` midpoints of the sorted
-codebook (exact, in double), then a branchless binary search per value; a value exactly on a midpoint
-takes the lower entry.  GIL released, OpenMP over chunks.  ``kernel="numpy"`` uses ``np.searchsorted``
-(same codes).  Decode is a table lookup.
+**Assign** — the kernel's ``nearest_entry`` (qcore/kernels/base.py): the ``K-1`` midpoints of the sorted
+codebook (exact, in double); a value exactly on a midpoint takes the lower entry.  The ``cython`` kernel runs
+a branchless binary search per value (GIL released, OpenMP over chunks), ``kernel="numpy"`` uses
+``np.searchsorted`` (same codes).  The histogram of the fit is the kernel's ``bin_stats``, the comparison
+with ``linear`` its ``nearest_entry_sse``, and decode its ``lut_decode`` (a table lookup).
 
 NaN/Inf raise :class:`qcore.InputError`.  Granularity ``tensor`` or ``channel`` (one sklearn fit per channel).
 """
@@ -45,9 +46,6 @@ from threadpoolctl import threadpool_limits
 import qcore
 from qcore.validation import as_float32, check_int
 
-from .log import _codebook, channels_3d, lut_decode, use_extension
-
-_SPLIT_MIN = 1 << 16  # histogram rows longer than this are split between threads
 
 
 def _rows(view: np.ndarray, axis) -> np.ndarray:
@@ -57,54 +55,9 @@ def _rows(view: np.ndarray, axis) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(view, axis, 0)).reshape(view.shape[axis], -1)
 
 
-def _histogram(rows, lo, hi, nb, ext):
-    """Per row: counts, sums, minima, maxima of ``nb`` equal bins over ``[lo, hi]``."""
-    C, N = rows.shape
-    lo = lo.astype(np.float64)
-    width = hi.astype(np.float64) - lo
-    sc = np.where(width > 0, nb / np.where(width > 0, width, 1.0), 0.0)
-    cnt = np.zeros((C, nb), np.int64)
-    sm = np.zeros((C, nb), np.float64)
-    bmin = np.full((C, nb), np.inf, np.float32)
-    bmax = np.full((C, nb), -np.inf, np.float32)
-    if not ext:
-        for c in range(C):
-            b = np.clip(np.floor((rows[c].astype(np.float64) - lo[c]) * sc[c]), 0, nb - 1).astype(np.int64)
-            cnt[c] = np.bincount(b, minlength=nb)
-            sm[c] = np.bincount(b, weights=rows[c].astype(np.float64), minlength=nb)
-            np.minimum.at(bmin[c], b, rows[c])
-            np.maximum.at(bmax[c], b, rows[c])
-        return cnt, sm, bmin, bmax
-    nt = _codebook.max_threads()
-    parts = 1 if (C >= nt or N < _SPLIT_MIN) else nt
-    if parts == 1:
-        _codebook.hist_rows(rows, lo, sc, cnt, sm, bmin, bmax)
-        return cnt, sm, bmin, bmax
-    m = N // parts
-    # each row cut into `parts` pieces, each piece histogrammed by one thread, then merged
-    pieces = rows[:, : m * parts].reshape(C * parts, m)
-    pc = np.zeros((C * parts, nb), np.int64)
-    ps = np.zeros((C * parts, nb), np.float64)
-    pmin = np.full((C * parts, nb), np.inf, np.float32)
-    pmax = np.full((C * parts, nb), -np.inf, np.float32)
-    _codebook.hist_rows(pieces, np.repeat(lo, parts), np.repeat(sc, parts), pc, ps, pmin, pmax)
-    if N > m * parts:
-        _codebook.hist_rows(np.ascontiguousarray(rows[:, m * parts:]), lo, sc, cnt, sm, bmin, bmax)
-    cnt += pc.reshape(C, parts, nb).sum(axis=1)
-    sm += ps.reshape(C, parts, nb).sum(axis=1)
-    np.minimum(bmin, pmin.reshape(C, parts, nb).min(axis=1), out=bmin)
-    np.maximum(bmax, pmax.reshape(C, parts, nb).max(axis=1), out=bmax)
-    return cnt, sm, bmin, bmax
-
-
 def _pad(values: np.ndarray, K: int) -> np.ndarray:
     values = np.sort(np.asarray(values, np.float32))
     return np.concatenate([values, np.full(K - values.size, values[-1], np.float32)])
-
-
-def _midpoints(codebook: np.ndarray) -> np.ndarray:
-    cb = codebook.astype(np.float64)
-    return np.ascontiguousarray((cb[:, 1:] + cb[:, :-1]) * 0.5)
 
 
 class KMeansQuantizer(qcore.Quantizer):
@@ -114,8 +67,9 @@ class KMeansQuantizer(qcore.Quantizer):
     options = {"granularity": "tensor", "axis": 0, "random_state": 0, "bins": None, "max_iter": 300}
     granularities = ("tensor", "channel")
     self_checking = True
+    default_bits = 4
 
-    def __init__(self, bits=4, observer=None, kernel=None, **options):
+    def __init__(self, bits=None, observer=None, kernel=None, **options):
         super().__init__(bits, observer, kernel, **options)
         rs = self.config["random_state"]
         if rs is not None:
@@ -124,7 +78,6 @@ class KMeansQuantizer(qcore.Quantizer):
             self.config["bins"] = check_int(self.config["bins"], "bins", 16, 1 << 24)
         self.config["max_iter"] = check_int(self.config["max_iter"], "max_iter", 1, 100000)
         self.K = 1 << self.bits
-        self._ext = use_extension(self.kernel)
 
     @property
     def n_bins(self) -> int:
@@ -142,7 +95,7 @@ class KMeansQuantizer(qcore.Quantizer):
         rows = _rows(view, axis)
         if self.calibrated:
             rows = np.clip(rows, lo[:, None], hi[:, None])
-        cnt, sm, bmin, bmax = _histogram(rows, lo, hi, self.n_bins, self._ext)
+        cnt, sm, bmin, bmax = self.kernel.bin_stats(rows, lo, hi, self.n_bins)
         codebook = np.empty((rows.shape[0], K), np.float32)
         # k-means runs on at most `bins` points: too little work per Lloyd iteration for OpenMP threads to pay
         # (on a busy machine, waiting for a descheduled thread costs more than the iteration itself)
@@ -197,28 +150,12 @@ class KMeansQuantizer(qcore.Quantizer):
         scale = lin["scale"].reshape(-1, 1).astype(np.float32)
         zp = lin["zero_point"].reshape(-1, 1).astype(np.int64)
         grid = (np.arange(self.K)[None, :] - zp).astype(np.float32) * scale  # as linear's dequantize
-        x3 = channels_3d(view, axis)
-        mine = self._sse(x3, codebook)
-        theirs = self._sse(x3, grid)
+        view = np.ascontiguousarray(view)
+        mine = self.kernel.nearest_entry_sse(view, codebook, axis)
+        theirs = self.kernel.nearest_entry_sse(view, grid, axis)
         return np.where((theirs < mine)[:, None], grid, codebook).astype(np.float32)
 
-    def _sse(self, x3, codebook):
-        codebook = np.ascontiguousarray(codebook, np.float32)
-        mid = _midpoints(codebook)
-        if self._ext:
-            return _codebook.cb_sse(x3, mid, codebook)
-        q = self._np_assign(x3, mid)
-        d = x3.astype(np.float64) - codebook[np.arange(codebook.shape[0])[None, :, None], q]
-        return (d * d).sum(axis=(0, 2))
-
     # -- codes -----------------------------------------------------------------------------------------
-    @staticmethod
-    def _np_assign(x3, mid):
-        out = np.empty(x3.shape, np.uint8)
-        for c in range(x3.shape[1]):
-            out[:, c, :] = np.searchsorted(mid[c], x3[:, c, :].astype(np.float64), side="left")
-        return out
-
     def _codebook(self, params, channels):
         cb = np.ascontiguousarray(params["codebook"], np.float32).reshape(-1, self.K)
         if cb.shape[0] != channels:
@@ -228,32 +165,16 @@ class KMeansQuantizer(qcore.Quantizer):
     def encode(self, x, params):
         x = as_float32(x, check_finite=False)
         view, axis = self.layout(x)
-        x3 = channels_3d(view, axis)
-        cb = self._codebook(params, x3.shape[1])
-        if not np.isfinite(cb).all():
-            raise ValueError("codebook must be finite")
-        if np.any(np.diff(cb, axis=1) < 0):
-            raise ValueError("codebook rows must be sorted ascending")
-        mid = _midpoints(cb)
-        out = np.empty(x3.shape, np.uint8)
-        if x.size == 0:
-            return out.reshape(x.shape)
-        if self._ext:
-            ok = _codebook.cb_assign(x3, mid, out)
-        else:
-            ok = bool(np.isfinite(x3).all())
-            out[...] = self._np_assign(x3, mid)
-        if not ok:
-            raise qcore.InputError("x contains NaN or Inf values; qcore refuses non-finite input")
-        return out.reshape(x.shape)
+        view = np.ascontiguousarray(view)
+        cb = self._codebook(params, 1 if axis is None else view.shape[axis])
+        return self.kernel.nearest_entry(view, cb, axis).reshape(x.shape)
 
     def decode(self, codes, params):
         codes = np.asarray(codes)
         view, axis = self.layout(codes)
-        q3 = channels_3d(view, axis)
-        cb = self._codebook(params, q3.shape[1])
-        table = np.concatenate([cb, np.repeat(cb[:, -1:], 256 - self.K, axis=1)], axis=1)
-        return lut_decode(q3, table, self._ext).reshape(codes.shape)
+        view = np.ascontiguousarray(view)
+        cb = self._codebook(params, 1 if axis is None else view.shape[axis])
+        return self.kernel.lut_decode(view, cb, axis).reshape(codes.shape)
 
 
 @qcore.hookimpl

@@ -23,6 +23,31 @@ import qcore
 MIN_SCALE = np.float32(2.0**-100)
 
 
+def finite_grid(scale: np.ndarray, zp: np.ndarray, qmin: int, qmax: int) -> np.ndarray:
+    """``scale``, lowered where needed so both ends of the grid, ``(qmin - zp)·scale`` and ``(qmax - zp)·scale``,
+    are finite float32 products.
+
+    Near the float32 maximum (|x| ~ 3.4e38) the rounding of the zero point, or of the scale to float32, can put
+    an end of the grid past float32's range, and finite input would dequantize to inf.  Such scales become the
+    largest float32 keeping that end finite; values beyond it clamp to the last code (an error of at most one
+    step of the grid, instead of inf)."""
+    span = np.maximum(qmax - zp.astype(np.float64), zp.astype(np.float64) - qmin).astype(np.float32)
+    with np.errstate(over="ignore"):
+        bad = ~np.isfinite(span * scale)
+    if not bad.any():
+        return scale
+    scale = scale.copy()
+    s = (np.finfo(np.float32).max / span[bad].astype(np.float64)).astype(np.float32)
+    with np.errstate(over="ignore"):
+        while True:
+            over = ~np.isfinite(span[bad] * s)
+            if not over.any():
+                break
+            s[over] = np.nextafter(s[over], np.float32(0))
+    scale[bad] = s
+    return scale
+
+
 class LinearQuantizer(qcore.Quantizer):
     name = "linear"
     bits_range = (1, 8)
@@ -76,7 +101,7 @@ class LinearQuantizer(qcore.Quantizer):
             zp = np.clip(zp, 0, self.qmax).astype(np.int32)
         scale = scale.astype(np.float32)
         scale = np.where(scale == 0, np.float32(1.0), np.maximum(scale, MIN_SCALE)).astype(np.float32)
-        return scale, zp
+        return finite_grid(scale, zp, self.qmin, self.qmax), zp
 
     def _channels_first(self, view, axis):
         if axis is None:

@@ -31,6 +31,7 @@ import math
 import numpy as np
 
 import qcore
+from qcore.metrics import sqnr_from_sums, sumsq
 from qcore.validation import as_float32
 
 DEFAULT_CANDIDATES = (
@@ -72,16 +73,6 @@ def label_of(spec: dict) -> str:
     if g:
         s += f":{g}" + (f"{spec['group_size']}" if g == "group" and "group_size" in spec else "")
     return s
-
-
-def sumsq(d: np.ndarray, chunk: int = 1 << 16) -> float:
-    """``sum(d**2)`` accumulated in float64 over chunks (a few hundred KB extra, whatever the size)."""
-    flat = d.reshape(-1)
-    total = 0.0
-    for i in range(0, flat.size, chunk):
-        c = flat[i : i + chunk].astype(np.float64)
-        total += float(np.einsum("i,i->", c, c))  # not np.dot: BLAS threading on small vectors is slow
-    return total
 
 
 def output_error(x: np.ndarray, d: np.ndarray, sensitivity=1.0, calibration=None) -> float:
@@ -175,7 +166,8 @@ def knapsack(costs: list[np.ndarray], errors: list[np.ndarray], capacity: float,
         ok = (dc <= left) & (de > 0) & np.isfinite(cost)
         if not ok.any():
             break
-        score = np.where(ok, de / np.maximum(dc, 1.0), -np.inf)
+        with np.errstate(invalid="ignore"):  # inf - inf where a tensor has fewer candidates (padding)
+            score = np.where(ok, de / np.maximum(dc, 1.0), -np.inf)
         t, k = np.unravel_index(int(np.argmax(score)), score.shape)
         pick[t] = k
     return [int(k) for k in pick]
@@ -201,13 +193,6 @@ def score_candidate(x: np.ndarray, qt: qcore.QTensor, *, sensitivity=1.0, calibr
     return {"error": error, "sse": sse, "sqnr_db": sqnr_from_sums(sumsq(x) if signal is None else signal, sse)}
 
 
-def sqnr_from_sums(signal: float, noise: float) -> float:
-    """``10 log10(signal / noise)`` in dB; ``inf`` when exact, ``-inf`` for a zero signal with noise."""
-    if noise == 0:
-        return math.inf
-    return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
-
-
 class MixedPlanner(qcore.Planner):
     """Chooses scheme and bits per tensor among measured candidates, under ``budget_bits`` or ``target_sqnr``.
 
@@ -223,7 +208,7 @@ class MixedPlanner(qcore.Planner):
     options = {"budget_bits": 4.5, "target_sqnr": None, "candidates": None, "axis": 0,
                "sensitivity": None, "calibration": None}
 
-    def __init__(self, bits=8, observer=None, kernel=None, **options):
+    def __init__(self, bits=None, observer=None, kernel=None, **options):
         super().__init__(bits, observer, kernel, **options)
         cfg = self.config
         for key in ("budget_bits", "target_sqnr"):

@@ -14,12 +14,7 @@ import time
 import numpy as np
 
 
-def sqnr_db(ref: np.ndarray, approx: np.ndarray) -> float:
-    noise = float(np.sum((ref.astype(np.float64) - approx) ** 2))
-    signal = float(np.sum(ref.astype(np.float64) ** 2))
-    if noise == 0:
-        return float("inf")
-    return 10.0 * np.log10(signal / noise) if signal > 0 else float("-inf")
+from ..metrics import sqnr_db
 
 
 @functools.lru_cache(maxsize=4)

@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Any
 
+from ..quantization.planner import Planner
 from .checks import (UsageError, check_exists, check_output_file, check_output_folder, check_patterns_match,
                      input_files, quantized_kind)
 
@@ -182,7 +183,7 @@ _PLANNER_FLAGS = (("budget_bits", "--budget-bits"), ("target_sqnr", "--target-sq
 
 
 def _is_planner(q) -> bool:
-    return bool(getattr(q, "planner", False)) or (hasattr(q, "plan") and hasattr(q, "measure"))
+    return isinstance(q, Planner)
 
 
 def _parse_candidates(text: str) -> list[dict]:

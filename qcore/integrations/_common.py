@@ -1,12 +1,12 @@
 """Helpers shared by the framework adapters (no framework imports here)."""
 from __future__ import annotations
 
-import fnmatch
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
 from ..api import scheme_class as _scheme_class
+from ..metrics import selected as name_selected  # noqa: F401 - the adapters use it under this name
 
 
 def scheme_class(scheme: str):
@@ -39,29 +39,6 @@ def weight_options(scheme: str, bits: int, options: dict[str, Any], channel_axis
         if gran == "channel" or "granularity" not in declared:
             out["axis"] = channel_axis
     return {"bits": bits, **out}
-
-
-def name_selected(name: str, include: Iterable[str] | str | None, exclude: Iterable[str] | str | None) -> bool:
-    """True if ``name`` matches one of the ``include`` glob patterns (all names if None) and none of ``exclude``."""
-    if isinstance(include, str):
-        include = [include]
-    if isinstance(exclude, str):
-        exclude = [exclude]
-    if include is not None and not any(fnmatch.fnmatchcase(name, p) for p in include):
-        return False
-    if exclude is not None and any(fnmatch.fnmatchcase(name, p) for p in exclude):
-        return False
-    return True
-
-
-def sqnr_db(ref: np.ndarray, approx: np.ndarray) -> float:
-    """Signal-to-quantization-noise ratio in dB (``inf`` when exact)."""
-    ref = np.asarray(ref, np.float64)
-    noise = float(np.sum((ref - np.asarray(approx, np.float64)) ** 2))
-    signal = float(np.sum(ref**2))
-    if noise == 0:
-        return float("inf")
-    return 10.0 * float(np.log10(signal / noise)) if signal > 0 else float("-inf")
 
 
 def plain(value: Any) -> Any:

@@ -16,41 +16,25 @@ weights as ``(n_in, n_out)``) and ``symmetric=True``.
 """
 from __future__ import annotations
 
-try:
-    import sklearn  # noqa: F401
+import copy
+from typing import Iterable
+
+import numpy as np
+
+try:  # an adapter imported without its framework says how to install it (tests/test_sklearn.py)
+    import sklearn  # noqa: F401 - first: submodules already in sys.modules would import without it
     from sklearn.neural_network._multilayer_perceptron import BaseMultilayerPerceptron
     from sklearn.utils.validation import check_is_fitted
-except ImportError as exc:  # pragma: no cover - scikit-learn is a dependency of qcore
+except ImportError as exc:
     raise ImportError(
         "qcore.integrations.sklearn needs scikit-learn, which is not installed: pip install scikit-learn"
     ) from exc
 
-import copy
-from typing import Any, Iterable
-
-import numpy as np
-
 import qcore
 
-from ._common import name_selected, sqnr_db, weight_options
+from ._common import weight_options
 
 __all__ = ["quantize_estimator"]
-
-
-def _fallback_quantize(tensors: dict[str, np.ndarray], scheme: str, opts: dict[str, Any], include, exclude):
-    """What ``qcore.quantize_model`` does for these few 2-D tensors: (dequantized, report, qtensors)."""
-    deq, report, qts = {}, [], {}
-    for name, w in tensors.items():
-        if not name_selected(name, include, exclude):  # kept in float, reported like QModel.report() does
-            report.append({"name": name, "scheme": None, "bits": 32, "shape": list(w.shape),
-                           "bytes_fp32": int(w.size * 4), "bytes_q": int(w.size * 4), "sqnr_db": float("inf")})
-            continue
-        qt = qcore.get_quantizer(scheme, **opts).quantize(w)
-        d = qt.dequantize()
-        deq[name], qts[name] = d, qt
-        report.append({"name": name, "scheme": qt.scheme, "bits": qt.bits, "shape": list(qt.shape),
-                       "bytes_fp32": int(w.size * 4), "bytes_q": int(qt.nbytes), "sqnr_db": sqnr_db(w, d)})
-    return deq, report, qts
 
 
 def quantize_estimator(estimator, scheme: str = "linear", *, include: Iterable[str] | str | None = None,
@@ -65,8 +49,8 @@ def quantize_estimator(estimator, scheme: str = "linear", *, include: Iterable[s
     :param options: scheme options: ``bits`` (default 8), ``granularity``, ... and, for ``mixed``, ``budget_bits``
 
     The copy carries ``qcore_report_`` (per weight: ``name, scheme, bits, shape, bytes_fp32, bytes_q, sqnr_db``,
-    the :meth:`qcore.QModel.report` format; weights left in float have ``scheme`` None and ``bits`` 32), ``qcore_model_`` (the :class:`qcore.QModel` of its weights, when
-    this qcore has the model layer; else a ``{name: QTensor}`` dict) and ``qcore_scheme_``.
+    the :meth:`qcore.QModel.report` format; weights left in float have ``scheme`` None and ``bits`` 32),
+    ``qcore_model_`` (the :class:`qcore.QModel` of its weights) and ``qcore_scheme_``.
     """
     if not isinstance(estimator, BaseMultilayerPerceptron):
         raise TypeError(
@@ -81,18 +65,10 @@ def quantize_estimator(estimator, scheme: str = "linear", *, include: Iterable[s
     opts = weight_options(scheme, bits, options, channel_axis=1)
 
     tensors = {f"coefs_.{i}": np.ascontiguousarray(w, dtype=np.float32) for i, w in enumerate(estimator.coefs_)}
-    quantize_model = getattr(qcore, "quantize_model", None)
-    if quantize_model is not None:
-        extra = {} if budget_bits is None else {"budget_bits": budget_bits}
-        qm = quantize_model(tensors, scheme, include=include, exclude=exclude, progress=False, **extra, **opts)
-        deq = qm.dequantize()
-        report = [dict(r) for r in qm.report()]
-        model = qm
-    else:
-        if budget_bits is not None:
-            raise TypeError("budget_bits needs qcore.quantize_model (the model layer), which this qcore lacks")
-        qcore.get_quantizer(scheme, **opts)  # bad options fail before any work
-        deq, report, model = _fallback_quantize(tensors, scheme, opts, include, exclude)
+    extra = {} if budget_bits is None else {"budget_bits": budget_bits}
+    model = qcore.quantize_model(tensors, scheme, include=include, exclude=exclude, progress=False, **extra, **opts)
+    deq = model.dequantize()
+    report = [dict(r) for r in model.report()]
 
     quantized = {r["name"] for r in report if r.get("scheme") is not None}
     est = copy.deepcopy(estimator)

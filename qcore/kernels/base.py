@@ -16,6 +16,23 @@ Numerics every implementation must follow bit for bit (the ``numpy`` kernel is t
 * ``pack``: codes as a little-endian bit stream of exactly ``bits`` bits each (code ``i`` occupies bits
   ``i*bits .. i*bits+bits-1`` counting from bit 0 of byte 0); signed codes are stored in two's complement
   and sign-extended by ``unpack``.  ``pack`` gives ``ceil(n*bits/8)`` bytes; unused high bits are zero.
+* ``lut_decode`` (table decode, the ``log`` and ``kmeans`` schemes): ``x = table[c, code & 0xFF]``;
+* ``nearest_entry`` (``kmeans``): the index of the nearest entry of a sorted codebook row — the number of
+  midpoints ``(e[j] + e[j+1]) / 2`` (in float64, exact) strictly below ``x``, so a tie takes the lower entry;
+* ``log_encode`` (``log``): with ``y = fl32(|x| / scale)`` and its float bits ``y = 1.f * 2^E``, the level
+  ``m = clamp(E + (f >= T) + L, 1, L)`` (``T``: mantissa ``0.5`` for ``rounding="nearest"``, the first
+  mantissa above ``sqrt(2) - 1`` for ``"log2"``), 0 when ``y`` is below the zero threshold (``2^-L``, resp.
+  ``2^(0.5-L)``), the code ``-m`` for negative ``x`` (sign bit) and ``m`` otherwise; level ``m`` decodes as
+  ``fl32(scale * 2^(m-L))``;
+* ``histogram``: value ``v`` of channel ``c`` counts in bin ``trunc((v - lo[c]) * (1 / width[c]))`` clamped
+  to ``[0, bins-1]``, computed in float64 — except per tensor (``C == 1``), where it is computed in float32
+  (``(v - float32(lo)) * float32(1 / width)``) unless the range reaches beyond ``±1e37``;
+* the ``*_sse`` / ``histogram_*`` reductions are sums in float64; they equal the reference up to the order of
+  additions (relative ``1e-12``), not bit for bit.
+
+Every operation a scheme or an observer needs goes through these methods, so a third-party kernel can take
+any of them over; the conformance kit (``qcore.testing.check_kernel``) checks each against the ``numpy``
+reference kernel.
 """
 from __future__ import annotations
 
@@ -25,7 +42,8 @@ from typing import ClassVar
 import numpy as np
 
 from ..errors import InputError
-from ..validation import as_3d, as_float32, check_int, normalize_axis
+from ..validation import as_3d, as_float32, check_int, non_finite_error, normalize_axis
+from . import reference
 from .memory import new_array
 
 
@@ -38,7 +56,14 @@ def packed_size(count: int, bits: int) -> int:
 
 
 class Kernel:
-    """Base class of compute kernels.  Subclasses set ``name`` and implement the ``_`` methods."""
+    """Base class of compute kernels.
+
+    Subclasses set ``name`` and implement the five ``_`` methods of the affine and packing operations
+    (``_minmax``, ``_quantize_affine``, ``_dequantize_affine``, ``_pack``, ``_unpack``).  The codebook and
+    histogram operations (``_lut_decode``, ``_nearest_entry``, ``_nearest_entry_sse``, ``_log_encode``,
+    ``_log_sse``, ``_histogram``, ``_minmax_histogram``, ``_bin_stats``, ``_histogram_sq_error``,
+    ``_histogram_kl``) have numpy defaults (qcore/kernels/reference.py); override those you accelerate.
+    """
 
     name: ClassVar[str] = ""
     #: get_kernel() without a name picks the available kernel with the highest priority
@@ -106,7 +131,7 @@ class Kernel:
             raise ValueError("minmax of an empty array (or an empty reduction) is undefined")
         lo, hi = self._minmax(x3)
         if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
-            raise InputError("x contains NaN or Inf values; qcore refuses non-finite input")
+            raise non_finite_error(x)
         return lo, hi
 
     def absmax(self, x, axis=None) -> np.ndarray:
@@ -150,7 +175,7 @@ class Kernel:
             raise ValueError("scale is too small: 1/scale overflows float32")
         finite = self._quantize_affine(x3, inv, zp, qmin, qmax, out.reshape(x3.shape))
         if not finite:
-            raise InputError("x contains NaN or Inf values; qcore refuses non-finite input")
+            raise non_finite_error(x)
         return out
 
     def dequantize_affine(self, codes, scale, zero_point, axis=None, out=None) -> np.ndarray:
@@ -208,6 +233,213 @@ class Kernel:
             self._unpack(np.ascontiguousarray(packed), bits, count, bool(signed), out)
         return out
 
+    # -- codebooks: table decode, nearest entry, log levels -------------------------------------------
+    @staticmethod
+    def _per_channel(values, channels: int, name: str, dtype=np.float32) -> np.ndarray:
+        v = np.ascontiguousarray(np.asarray(values, dtype=dtype).reshape(-1))
+        if v.size != channels:
+            raise ValueError(f"{name} has {v.size} values, expected one per channel ({channels})")
+        return v
+
+    def _codes3(self, codes, axis):
+        codes = np.asarray(codes)
+        if codes.dtype not in (np.int8, np.uint8):
+            raise TypeError(f"codes must be int8 or uint8, got {codes.dtype}")
+        codes = np.ascontiguousarray(codes)
+        return codes, as_3d(codes, self._axis(codes, axis))
+
+    def lut_decode(self, codes, table, axis=None, out=None) -> np.ndarray:
+        """float32 ``table[c, code]`` for every code (``(C, T)`` table, ``T <= 256``; int8 codes index as
+        ``code & 0xFF``, two's complement); codes ``>= T`` are a ``ValueError``."""
+        codes, q3 = self._codes3(codes, axis)
+        table = np.asarray(table, dtype=np.float32)
+        if table.ndim != 2 or table.shape[0] != q3.shape[1] or not 1 <= table.shape[1] <= 256:
+            raise ValueError(f"table must have shape (C, T) with C = {q3.shape[1]} channels and 1 <= T <= 256, got {table.shape}")
+        if table.shape[1] < 256:
+            if codes.size and int(codes.view(np.uint8).max()) >= table.shape[1]:
+                raise ValueError(f"codes index beyond the table's {table.shape[1]} entries")
+            table = np.concatenate([table, np.zeros((table.shape[0], 256 - table.shape[1]), np.float32)], axis=1)
+        out = self._output(out, codes.shape, np.float32, codes)
+        if codes.size:
+            self._lut_decode(q3.view(np.uint8), np.ascontiguousarray(table), out.reshape(q3.shape))
+        return out
+
+    def _codebook_rows(self, codebook, channels: int):
+        cb = np.ascontiguousarray(np.asarray(codebook, dtype=np.float32))
+        if cb.ndim != 2 or cb.shape[0] != channels or cb.shape[1] < 2 or cb.shape[1] > 256 or cb.shape[1] & (cb.shape[1] - 1):
+            raise ValueError(f"codebook must have shape (C, K) with C = {channels} and K a power of two in 2..256, got {cb.shape}")
+        if not np.isfinite(cb).all():
+            raise ValueError("codebook must be finite")
+        if np.any(np.diff(cb, axis=1) < 0):
+            raise ValueError("codebook rows must be sorted ascending")
+        mid = (cb[:, :-1].astype(np.float64) + cb[:, 1:].astype(np.float64)) * 0.5
+        return cb, np.ascontiguousarray(mid)
+
+    def nearest_entry(self, x, codebook, axis=None, out=None) -> np.ndarray:
+        """uint8 index of the nearest entry of codebook row ``c`` (``(C, K)``, sorted ascending, ``K`` a power of
+        two) for every value of channel ``c``; a tie takes the lower entry.  NaN/Inf raise ``qcore.InputError``."""
+        x = as_float32(x, check_finite=False)
+        x3 = as_3d(x, self._axis(x, axis))
+        cb, mid = self._codebook_rows(codebook, x3.shape[1])
+        out = self._output(out, x.shape, np.uint8, x)
+        if x.size and not self._nearest_entry(x3, mid, out.reshape(x3.shape)):
+            raise non_finite_error(x)
+        return out
+
+    def nearest_entry_sse(self, x, codebook, axis=None) -> np.ndarray:
+        """float64 ``(C,)``: per channel, the sum of squared errors when every value takes its nearest entry (a
+        channel holding NaN/Inf gets a NaN/Inf sum)."""
+        x = as_float32(x, check_finite=False)
+        x3 = as_3d(x, self._axis(x, axis))
+        cb, mid = self._codebook_rows(codebook, x3.shape[1])
+        if x.size == 0:
+            return np.zeros(x3.shape[1], np.float64)
+        return np.asarray(self._nearest_entry_sse(x3, mid, cb), np.float64)
+
+    @staticmethod
+    def log_thresholds(levels: int, rounding: str) -> tuple[np.uint32, np.float32]:
+        """``(T, zero threshold)`` of :meth:`log_encode` (see the module docstring)."""
+        if rounding == "nearest":
+            return np.uint32(0x400000), np.float32(2.0**-levels)
+        if rounding == "log2":
+            # first float32 mantissa with 1.f > sqrt(2) (float32(sqrt 2) = 1 + 0x3504F3/2^23 < sqrt 2)
+            return np.uint32(0x3504F4), np.float32(2.0 ** (0.5 - levels))
+        raise ValueError(f"rounding must be 'nearest' or 'log2', got {rounding!r}")
+
+    def _log_args(self, x, scale, levels, rounding, axis):
+        x = as_float32(x, check_finite=False)
+        x3 = as_3d(x, self._axis(x, axis))
+        levels = check_int(levels, "levels", 1, 127)  # 2^(m-L) must stay a normal float32
+        scale = self._per_channel(scale, x3.shape[1], "scale")
+        if not (np.isfinite(scale).all() and (scale > 0).all()):
+            raise ValueError("scale must be finite and > 0")
+        T, zthr = self.log_thresholds(levels, rounding)
+        return x, x3, scale, levels, T, zthr
+
+    def log_encode(self, x, scale, levels: int, rounding: str = "nearest", axis=None, out=None) -> np.ndarray:
+        """int8 log codes ``±m`` (``m`` in ``0..levels``) of ``x`` with one ``scale`` per channel (the top level).
+        NaN/Inf raise ``qcore.InputError``."""
+        x, x3, scale, L, T, zthr = self._log_args(x, scale, levels, rounding, axis)
+        out = self._output(out, x.shape, np.int8, x)
+        if x.size and not self._log_encode(x3, scale, L, T, zthr, out.reshape(x3.shape)):
+            raise non_finite_error(x)
+        return out
+
+    def log_sse(self, x, scale, levels: int, rounding: str = "nearest", axis=None) -> np.ndarray:
+        """float64 ``(C,)``: per channel, ``sum (|x| - level(|x|))^2`` of :meth:`log_encode`'s levels.  Not a check
+        of the input: a channel holding NaN/Inf gets a NaN/Inf sum."""
+        x, x3, scale, L, T, zthr = self._log_args(x, scale, levels, rounding, axis)
+        if x.size == 0:
+            return np.zeros(x3.shape[1], np.float64)
+        return np.asarray(self._log_sse(x3, scale, L, T, zthr), np.float64)
+
+    # -- histograms --------------------------------------------------------------------------------------
+    @staticmethod
+    def _hist_out(out, channels: int) -> np.ndarray:
+        if not isinstance(out, np.ndarray) or out.dtype != np.float64 or out.ndim != 2 or out.shape[0] != channels:
+            raise ValueError(f"out must be a float64 (C, bins) array with C = {channels}")
+        if not out.flags.c_contiguous or not out.flags.writeable or out.shape[1] < 1:
+            raise ValueError("out must be C-contiguous, writeable and have at least one bin")
+        return out
+
+    def histogram(self, x, lo, width, out, axis=None) -> np.ndarray:
+        """Add the counts of ``x``'s values to ``out`` (float64 ``(C, bins)``): bin ``i`` of channel ``c`` is
+        ``[lo[c] + i * width[c], ...)``, values outside land in the first or last bin.  Returns ``out``.
+        Not a check of the input (observers call :meth:`minmax` first, which refuses NaN/Inf): a NaN or Inf value
+        is counted in some bin, never outside ``out``."""
+        x = as_float32(x, check_finite=False)
+        x3 = as_3d(x, self._axis(x, axis))
+        C = x3.shape[1]
+        out = self._hist_out(out, C)
+        lo = self._per_channel(lo, C, "lo", np.float64)
+        width = self._per_channel(width, C, "width", np.float64)
+        if not (np.isfinite(lo).all() and np.isfinite(width).all() and (width > 0).all()):
+            raise ValueError("lo must be finite and width finite and > 0")
+        if x.size:
+            self._histogram(x3, lo, width, out)
+        return out
+
+    def minmax_histogram(self, x, lo: float, width: float, out) -> tuple[float, float, bool]:
+        """One pass over ``x`` (per tensor): its min and max, and its counts added to ``out`` (``(1, bins)``, as
+        :meth:`histogram`) only if every value lies in ``[lo, lo + bins * width]``.  ``(min, max, added)``;
+        NaN/Inf raise ``qcore.InputError`` with ``out`` untouched."""
+        x = as_float32(x, check_finite=False).reshape(-1)
+        out = self._hist_out(out, 1)
+        lo, width = float(lo), float(width)
+        if not (np.isfinite(lo) and np.isfinite(width) and width > 0):
+            raise ValueError("lo must be finite and width finite and > 0")
+        if x.size == 0:
+            raise ValueError("minmax_histogram of an empty array is undefined")
+        mn, mx, finite, added = self._minmax_histogram(x, lo, width, out)
+        if not finite:
+            raise non_finite_error(x)
+        return float(mn), float(mx), bool(added)
+
+    def bin_stats(self, rows, lo, hi, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per row of ``rows`` (``(C, N)`` float32, finite): ``bins`` equal bins over ``[lo[c], hi[c]]`` (bin
+        ``trunc((v - lo) * bins / (hi - lo))`` in float64, clamped; everything in bin 0 when ``hi == lo``) and per
+        bin the count (int64), the sum (float64), the minimum and the maximum (float32, ``±inf`` when empty)."""
+        rows = as_float32(rows)
+        if rows.ndim != 2:
+            raise ValueError(f"rows must be 2-d (C, N), got shape {rows.shape}")
+        C = rows.shape[0]
+        bins = check_int(bins, "bins", 1, 1 << 24)
+        lo = self._per_channel(lo, C, "lo", np.float64)
+        hi = self._per_channel(hi, C, "hi", np.float64)
+        width = hi - lo
+        if not (np.isfinite(width).all() and (width >= 0).all()):
+            raise ValueError("lo and hi must be finite with hi >= lo")
+        sc = np.where(width > 0, bins / np.where(width > 0, width, 1.0), 0.0)
+        cnt = np.zeros((C, bins), np.int64)
+        sm = np.zeros((C, bins), np.float64)
+        bmin = np.full((C, bins), np.inf, np.float32)
+        bmax = np.full((C, bins), -np.inf, np.float32)
+        if rows.size:
+            self._bin_stats(rows, lo, sc, cnt, sm, bmin, bmax)
+        return cnt, sm, bmin, bmax
+
+    def histogram_sq_error(self, idx, cnt, lo, width, g0, step, levels: float) -> np.ndarray:
+        """float64 ``(C, K)``: the squared error of grid ``k`` (points ``g0[c, k] + j * step[c, k]``, ``j = 0..levels``,
+        values beyond clamp) on channel ``c``'s histogram, values spread uniformly inside each bin.  The
+        histogram comes compacted: ``cnt[c, m]`` values in bin ``idx[c, m]`` (``(C, M)``; ``cnt == 0`` pads)."""
+        idx = np.ascontiguousarray(idx, np.int64)
+        cnt = np.ascontiguousarray(cnt, np.float64)
+        g0 = np.ascontiguousarray(g0, np.float64)
+        step = np.ascontiguousarray(step, np.float64)
+        if idx.ndim != 2 or cnt.shape != idx.shape or g0.ndim != 2 or step.shape != g0.shape or g0.shape[0] != idx.shape[0]:
+            raise ValueError(f"shapes do not match: idx {idx.shape}, cnt {cnt.shape}, g0 {g0.shape}, step {step.shape}")
+        C = idx.shape[0]
+        lo = self._per_channel(lo, C, "lo", np.float64)
+        width = self._per_channel(width, C, "width", np.float64)
+        if not ((width > 0).all() and np.isfinite(g0).all() and np.isfinite(step).all() and (step >= 0).all()):
+            raise ValueError("width must be > 0 and the grids finite with step >= 0")
+        if idx.size and (idx.min() < 0):
+            raise ValueError("bin indices must be >= 0")
+        levels = float(levels)
+        if not (np.isfinite(levels) and levels >= 0):
+            raise ValueError(f"levels must be a finite number >= 0, got {levels}")
+        if g0.size == 0:
+            return np.zeros(g0.shape, np.float64)
+        if idx.shape[1] == 0:
+            return np.zeros(g0.shape, np.float64)
+        return np.asarray(self._histogram_sq_error(idx, cnt, lo, width, g0, step, levels), np.float64)
+
+    def histogram_kl(self, hist, start, end, levels: int) -> np.ndarray:
+        """float64 ``(C, K)``: the KL divergence (TensorRT's entropy calibration) of clipping channel ``c``'s
+        histogram ``hist`` (``(C, bins)``) to bins ``[start[c, k], end[c, k])`` and quantizing them to ``levels``
+        levels; ``inf`` for windows holding nothing."""
+        hist = np.ascontiguousarray(hist, np.float64)
+        start = np.ascontiguousarray(start, np.int64)
+        end = np.ascontiguousarray(end, np.int64)
+        if hist.ndim != 2 or start.ndim != 2 or end.shape != start.shape or start.shape[0] != hist.shape[0]:
+            raise ValueError(f"shapes do not match: hist {hist.shape}, start {start.shape}, end {end.shape}")
+        levels = check_int(levels, "levels", 1, 1 << 30)
+        if start.size == 0:
+            return np.zeros(start.shape, np.float64)
+        nb = hist.shape[1]
+        start, end = np.clip(start, 0, nb), np.clip(end, 0, nb)
+        return np.asarray(self._histogram_kl(hist, np.ascontiguousarray(start), np.ascontiguousarray(end), levels), np.float64)
+
     # -- what a kernel implements ---------------------------------------------------------------------
     def _minmax(self, x3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
@@ -224,6 +456,41 @@ class Kernel:
 
     def _unpack(self, packed: np.ndarray, bits: int, count: int, signed: bool, out: np.ndarray) -> None:
         raise NotImplementedError
+
+    # The codebook and histogram operations default to the numpy reference (qcore/kernels/reference.py): a
+    # kernel overrides those it accelerates; the conformance kit checks the overrides against the reference.
+    def _lut_decode(self, q3_u8, table256, out3) -> None:
+        reference.lut_decode(q3_u8, table256, out3)
+
+    def _nearest_entry(self, x3, mid, out3) -> bool:
+        """Write codes into ``out3`` (``mid``: ``(C, K-1)`` float64 midpoints); False if a value was NaN/Inf."""
+        return reference.nearest_entry(x3, mid, out3)
+
+    def _nearest_entry_sse(self, x3, mid, codebook) -> np.ndarray:
+        return reference.nearest_entry_sse(x3, mid, codebook)
+
+    def _log_encode(self, x3, scale, levels, T, zthr, out3) -> bool:
+        return reference.log_encode(x3, scale, levels, T, zthr, out3)
+
+    def _log_sse(self, x3, scale, levels, T, zthr) -> np.ndarray:
+        return reference.log_sse(x3, scale, levels, T, zthr)
+
+    def _histogram(self, x3, lo, width, out) -> None:
+        reference.histogram(x3, lo, width, out)
+
+    def _minmax_histogram(self, x, lo, width, out) -> tuple[float, float, bool, bool]:
+        """``(min, max, finite, added)``; ``out`` unchanged unless ``added``."""
+        return reference.minmax_histogram(x, lo, width, out)
+
+    def _bin_stats(self, rows, lo, sc, cnt, sm, bmin, bmax) -> None:
+        """Accumulate into the outputs; bin ``trunc((v - lo[c]) * sc[c])`` clamped to ``[0, bins-1]``."""
+        reference.bin_stats(rows, lo, sc, cnt, sm, bmin, bmax)
+
+    def _histogram_sq_error(self, idx, cnt, lo, width, g0, step, levels) -> np.ndarray:
+        return reference.histogram_sq_error(idx, cnt, lo, width, g0, step, levels)
+
+    def _histogram_kl(self, hist, start, end, levels) -> np.ndarray:
+        return reference.histogram_kl(hist, start, end, levels)
 
 
 _instances: dict[type, Kernel] = {}

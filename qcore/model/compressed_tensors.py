@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FormatError
+from ..metrics import report_row
 from ..tensor import QTensor
 from .qmodel import QModel, register_format
 from .safetensors_io import Entry, float32_to_bf16, read_header, write_safetensors
@@ -421,17 +422,16 @@ def inspect_folder(path: str | os.PathLike) -> dict:
             opts = {"granularity": w.get("strategy"), "symmetric": bool(w.get("symmetric"))}
             if w.get("strategy") == "group":
                 opts["group_size"] = w.get("group_size")
-            rows.append({"name": f"{mod}.weight", "scheme": "linear", "bits": int(w.get("num_bits")), "shape": shape,
-                         "bytes_fp32": 4 * count, "bytes_orig": isz * count, "dtype": sdt, "bytes_q": nbytes,
-                         "sqnr_db": None, "options": opts, "plugin": {}, "planned_by": None})
+            rows.append(report_row(f"{mod}.weight", scheme="linear", bits=int(w.get("num_bits")), shape=shape,
+                                   bytes_fp32=4 * count, bytes_q=nbytes, sqnr_db=None, options=opts,
+                                   bytes_orig=isz * count, dtype=sdt, plugin={}))
         else:
             dt = tf.source_dtype(name)
             nb = tf.nbytes_of(name)
             shape = list(tf.shape_of(name))
             fp32 = 4 * math.prod(shape) if dt in ("bfloat16", "float16", "float32", "float64") else nb
-            rows.append({"name": name, "scheme": None, "bits": None, "shape": shape, "bytes_fp32": fp32,
-                         "bytes_orig": nb, "dtype": dt, "bytes_q": nb, "sqnr_db": None, "options": {"dtype": dt},
-                         "plugin": {}, "planned_by": None})
+            rows.append(report_row(name, scheme=None, bits=None, shape=shape, bytes_fp32=fp32, bytes_q=nb, sqnr_db=None,
+                                   options={"dtype": dt}, bytes_orig=nb, dtype=dt, plugin={}))
     tf.close()
     return {"path": p, "file_size": size, "format": qc.get("format"), "version": qc.get("version"),
             "quantization_config": qc, "tensors": rows}

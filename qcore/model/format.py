@@ -22,7 +22,9 @@ from ..kernels.base import packed_size
 from ..plugin.manager import get_manager
 from ..tensor import QTensor
 from .qmodel import QModel, register_format
-from .safetensors_io import DTYPES, MAX_NDIM, Entry, Header, read_header, read_tensor, shape_fits, st_dtype, write_safetensors
+from ..metrics import report_row
+from .safetensors_io import (DTYPES, MAX_NDIM, Entry, Header, read_header, read_tensor, refuse_json_constant, shape_fits,
+                             st_dtype, write_safetensors)
 
 FORMAT_NAME = "qcore.quantized-model"
 FORMAT_VERSION = 1
@@ -140,7 +142,7 @@ def parse_description(header: Header) -> list[dict[str, Any]]:
         raise bad("not a qcore quantized-model file (no 'qcore' entry in the safetensors metadata); "
                   "plain tensors load with qcore.load_tensors")
     try:
-        doc = json.loads(raw, parse_constant=_refuse_constant)
+        doc = json.loads(raw, parse_constant=refuse_json_constant)
     except (ValueError, RecursionError) as exc:
         raise bad(f"the qcore metadata is not valid JSON ({exc})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
@@ -231,10 +233,6 @@ def parse_description(header: Header) -> list[dict[str, Any]]:
     if extra:
         raise bad(f"tensors {extra[:5]} are in the file but described by no entry")
     return out
-
-
-def _refuse_constant(name):
-    raise ValueError(f"{name} is not allowed")
 
 
 def _check_schemes(path: str, descs: list[dict]) -> None:
@@ -348,17 +346,17 @@ def inspect_file(path: str | os.PathLike) -> dict[str, Any]:
             nbytes = header.tensors[d["codes"]].nbytes + sum(header.tensors[k].nbytes for k in d["params"].values())
             dt = str(d.get("dtype", "float32"))
             isz = 2 if dt == "bfloat16" else (np.dtype(dt).itemsize if dt in ("float16", "float32", "float64") else 4)
-            rows.append({"name": d["name"], "scheme": d["scheme"], "bits": d["bits"], "shape": d["shape"],
-                         "bytes_fp32": 4 * count, "bytes_orig": isz * count, "dtype": dt,
-                         "bytes_q": nbytes, "sqnr_db": d.get("sqnr_db"),
-                         "options": {k: v for k, v in d["options"].items() if k != "bits"},
-                         "plugin": d.get("plugin", {}), "planned_by": d.get("planned_by")})
+            rows.append(report_row(d["name"], scheme=d["scheme"], bits=d["bits"], shape=d["shape"], bytes_fp32=4 * count,
+                                   bytes_q=nbytes, sqnr_db=d.get("sqnr_db"),
+                                   options={k: v for k, v in d["options"].items() if k != "bits"},
+                                   planned_by=d.get("planned_by"), bytes_orig=isz * count, dtype=dt,
+                                   plugin=d.get("plugin", {})))
         else:
             info = header.tensors[d["tensor"]]
             dt = "bfloat16" if info.dtype == "BF16" else str(DTYPES[info.dtype])
             fp32 = 4 * info.count if info.dtype in ("BF16", "F16", "F32", "F64") else info.nbytes
-            rows.append({"name": d["name"], "scheme": None, "bits": None, "shape": list(info.shape),
-                         "bytes_fp32": fp32, "bytes_orig": info.nbytes, "dtype": dt, "bytes_q": info.nbytes, "sqnr_db": None,
-                         "options": {"dtype": dt}, "plugin": {}, "planned_by": None})
+            rows.append(report_row(d["name"], scheme=None, bits=None, shape=info.shape, bytes_fp32=fp32,
+                                   bytes_q=info.nbytes, sqnr_db=None, options={"dtype": dt}, bytes_orig=info.nbytes,
+                                   dtype=dt, plugin={}))
     return {"path": p, "file_size": header.file_size, "format_version": doc["format_version"],
             "qcore_version": doc.get("qcore_version"), "metadata": doc.get("metadata", {}), "tensors": rows}

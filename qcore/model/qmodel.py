@@ -13,29 +13,8 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
+from ..metrics import report_row, sqnr_db  # sqnr_db is also qcore.model.sqnr_db
 from ..tensor import QTensor
-
-
-def sqnr_db(ref: np.ndarray, approx: np.ndarray, chunk: int = 1 << 16) -> float:
-    """Signal-to-quantization-noise ratio in dB: ``10 log10(sum x^2 / sum (x - x')^2)``; ``inf`` when exact.
-
-    Sums accumulate in float64 over chunks, so the extra memory is a few MB whatever the tensor size.
-    """
-    ref = np.asarray(ref).reshape(-1)
-    approx = np.asarray(approx).reshape(-1)
-    if ref.shape != approx.shape:
-        raise ValueError(f"sqnr_db: sizes differ ({ref.size} vs {approx.size})")
-    noise = signal = 0.0
-    for i in range(0, ref.size, chunk):
-        r = ref[i : i + chunk].astype(np.float64)
-        d = r - approx[i : i + chunk]
-        noise += float(np.einsum("i,i->", d, d))  # not np.dot: BLAS threads on small vectors cost far more
-        signal += float(np.einsum("i,i->", r, r))
-    if noise == 0.0:
-        return math.inf
-    if signal == 0.0:
-        return -math.inf
-    return 10.0 * math.log10(signal / noise)
 
 
 class QModel:
@@ -149,21 +128,15 @@ class QModel:
                 else:
                     snr = info.get("sqnr_db")
                     snr = None if snr is None else float(snr)
-                rows.append({
-                    "name": name, "scheme": t.scheme, "bits": t.bits, "shape": list(t.shape),
-                    "bytes_fp32": 4 * t.size, "bytes_orig": _bytes_orig(t, str(t.dtype)), "dtype": str(t.dtype),
-                    "bytes_q": int(t.nbytes), "sqnr_db": snr,
-                    "options": {k: v for k, v in t.options.items() if k != "bits"},
-                    "planned_by": info.get("planned_by"),
-                })
+                rows.append(report_row(
+                    name, scheme=t.scheme, bits=t.bits, shape=t.shape, bytes_fp32=4 * t.size, bytes_q=int(t.nbytes),
+                    sqnr_db=snr, options={k: v for k, v in t.options.items() if k != "bits"},
+                    planned_by=info.get("planned_by"), bytes_orig=_bytes_orig(t, str(t.dtype)), dtype=str(t.dtype)))
             else:
                 dt = self.dtype_of(name)
-                rows.append({
-                    "name": name, "scheme": None, "bits": int(t.dtype.itemsize * 8), "shape": list(t.shape),
-                    "bytes_fp32": _bytes_fp32(t, dt), "bytes_orig": int(t.nbytes), "dtype": dt,
-                    "bytes_q": int(t.nbytes), "sqnr_db": math.inf,
-                    "options": {"dtype": dt}, "planned_by": None,
-                })
+                rows.append(report_row(
+                    name, scheme=None, bits=int(t.dtype.itemsize * 8), shape=t.shape, bytes_fp32=_bytes_fp32(t, dt),
+                    bytes_q=int(t.nbytes), sqnr_db=math.inf, options={"dtype": dt}, bytes_orig=int(t.nbytes), dtype=dt))
         return rows
 
     # -- files ---------------------------------------------------------------------------------------------

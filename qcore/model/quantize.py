@@ -1,7 +1,6 @@
 """``qcore.quantize_model``: quantize many named tensors by glob patterns and rules, optionally under a bit budget."""
 from __future__ import annotations
 
-import fnmatch
 import math
 import os
 import sys
@@ -11,9 +10,10 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..api import get_quantizer
+from ..metrics import matches, sqnr_db
 from ..quantization.planner import Planner
 from ..tensor import QTensor
-from .qmodel import QModel, sqnr_db
+from .qmodel import QModel
 from .tensors import TensorFile, load_tensors, shape_and_dtype
 
 #: keys of a rule that are not scheme options
@@ -32,10 +32,6 @@ def _patterns(value, what: str) -> list[str] | None:
     if not all(isinstance(p, str) for p in pats):
         raise TypeError(f"{what} must hold strings (glob patterns), got {pats!r}")
     return pats
-
-
-def _matches(name: str, pats: Iterable[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in pats)
 
 
 def _normalize_rules(rules) -> list[tuple[str, dict | None]]:
@@ -69,7 +65,7 @@ def _per_tensor(value, name: str, default=None):
         if name in value:
             return value[name]
         for pat, v in value.items():
-            if isinstance(pat, str) and fnmatch.fnmatchcase(name, pat):
+            if isinstance(pat, str) and matches(name, pat):
                 return v
         return default
     return default if value is None else value
@@ -92,7 +88,7 @@ def plan_tensors(tensors: Mapping, scheme: str, include=None, exclude=None, rule
         if dtype.kind != "f":
             out.append((name, None, {}))
             continue
-        rule = next(((p, o) for p, o in rls if fnmatch.fnmatchcase(name, p)), None)
+        rule = next(((p, o) for p, o in rls if matches(name, p)), None)
         if rule is not None:
             pat, ropts = rule
             if ropts is None:
@@ -103,7 +99,7 @@ def plan_tensors(tensors: Mapping, scheme: str, include=None, exclude=None, rule
             merged = {**base, **{k: v for k, v in ropts.items() if k != "scheme"}}
             out.append((name, rs, {**merged, "__rule__": pat}))
             continue
-        if len(shape) < 2 or (inc is not None and not _matches(name, inc)) or (exc and _matches(name, exc)):
+        if len(shape) < 2 or (inc is not None and not matches(name, inc)) or (exc and matches(name, exc)):
             out.append((name, None, {}))
             continue
         out.append((name, scheme, dict(options)))
@@ -117,13 +113,10 @@ def progress_bar(total: int, enabled, desc: str):
     and embedding applications watch progress that way)."""
     if callable(enabled):
         return _CallbackBar(total, enabled, desc)
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        tqdm = None
-    on = bool(enabled) and sys.stderr.isatty()
-    if tqdm is None or not on:
+    if not (bool(enabled) and sys.stderr.isatty()):
         return _NoBar()
+    from tqdm.auto import tqdm  # a dependency (setup.py); imported only when a bar is drawn
+
     return tqdm(total=total, desc=desc, unit="weight", unit_scale=True, leave=False, file=sys.stderr)
 
 

@@ -122,7 +122,7 @@ def read_header(path: str | os.PathLike) -> Header:
     if not text.startswith("{"):
         raise FormatError(f"{where}: header does not start with a JSON object")
     try:
-        obj = json.loads(text, parse_constant=_no_constant)
+        obj = json.loads(text, parse_constant=refuse_json_constant)
     except (ValueError, RecursionError) as exc:
         raise FormatError(f"{where}: header is not valid JSON ({exc})") from None
     if not isinstance(obj, dict):
@@ -173,7 +173,8 @@ def read_header(path: str | os.PathLike) -> Header:
     return Header(path, {i.name: i for i in infos}, metadata, 8 + n, file_size)
 
 
-def _no_constant(name):
+def refuse_json_constant(name):
+    """``json.loads(..., parse_constant=)``: NaN and Infinity are not JSON; files holding them are refused."""
     raise ValueError(f"{name} is not allowed")
 
 

@@ -115,14 +115,12 @@ class SafetensorsFile(TensorFile):
     def _read(self, name: str) -> np.ndarray:
         info = self._header.tensors[name]
         if info.dtype != "BF16":
-            try:
-                from safetensors import safe_open
+            from safetensors import safe_open  # a dependency (setup.py)
 
+            try:
                 with safe_open(self.path, framework="numpy") as f:
                     arr = f.get_tensor(name)
                 return np.array(arr, copy=True) if not arr.flags.writeable else arr
-            except ImportError:  # pragma: no cover - safetensors is a dependency; fall back to our reader
-                pass
             except Exception as exc:  # noqa: BLE001 - the library's own error type
                 raise FormatError(f"{self.path!r}: cannot read tensor {name!r}: {exc}") from None
         from .safetensors_io import read_tensor

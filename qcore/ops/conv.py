@@ -4,7 +4,7 @@
 the calibrated input quantization parameters (per tensor) and, optionally, a fused ReLU.  It runs
 
     input (float32 NCHW / rows, or uint8 NHWC codes)  ->  uint8 NHWC codes (static scale / zero point)
-    ->  int32 accumulation  sum (a - za) * w  over KH*KW*C  (indirect GEMM, AVX-512 VNNI / AVX2 / portable)
+    ->  int32 accumulation  sum (a - za) * w  over KH*KW*C  (indirect GEMM, AVX-512 VNNI / AVX2 / baseline)
     ->  float32 output (NHWC), or uint8 codes requantized for the next layer, or the raw int32 (tests)
 
 Arithmetic (documented in docs/gemm.md, "Static int8 convolution"; the tests reproduce it exactly in numpy):

@@ -11,16 +11,13 @@ Conventions (documented in docs/gemm.md):
 from __future__ import annotations
 
 import operator
-import weakref
 
 import numpy as np
 
-from ..errors import InputError
-from ..validation import as_float32, check_all_finite
+from ..validation import as_float32, check_all_finite, non_finite_error
 
 _INT32_MAX = (1 << 31) - 1
 _CACHE_KEY = "qcore.ops.qlinear"
-_fallback_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _ext():
@@ -35,12 +32,12 @@ def _ext():
 
 
 def available_isas() -> list[str]:
-    """The GEMM instruction-set paths this CPU can run, best first (``avx512vnni``, ``avx2``, ``portable``)."""
+    """The GEMM instruction-set paths this CPU can run, best first (``avx512vnni``, ``avx2``, ``baseline``)."""
     return list(_ext().available_isas())
 
 
 def gemm_isa() -> str:
-    """The path new packed weights are built for: the best available, or ``$QCORE_GEMM_ISA`` at import."""
+    """The path new packed weights are built for: the best available not above ``$QCORE_ISA`` (qcore/isa.py)."""
     return _ext().get_isa()
 
 
@@ -174,10 +171,7 @@ class _Plan:
 
 
 def _weight_cache(w) -> dict:
-    cache = getattr(w, "cache", None)
-    if isinstance(cache, dict):
-        return cache
-    return _fallback_cache.setdefault(w, {})
+    return w.cache  # every QTensor has one (qcore/tensor.py); qlinear accepts only QTensors
 
 
 def _build_plan(w, isa: str) -> _Plan:
@@ -292,6 +286,5 @@ def qlinear(x, w, bias=None) -> np.ndarray:
         bias_p[:n] = bias
     out = np.empty((m, n), np.float32)
     if _ext().qlinear_f32(x2, plan.packed, plan.sw, plan.zb, bias_p, out) >= 0:
-        check_all_finite(x2, "x")  # raises InputError naming the count
-        raise InputError("x contains NaN or Inf values; qcore refuses non-finite input")  # pragma: no cover
+        raise non_finite_error(x2, "x")  # the kernel saw NaN/Inf (the one message, qcore/validation.py)
     return out.reshape(*lead, n)

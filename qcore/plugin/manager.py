@@ -30,6 +30,7 @@ from typing import Any
 
 import pluggy
 
+from .. import isa
 from ..errors import KernelNotFound, PluginError, SchemeNotFound
 from ..kernels.base import Kernel
 from ..quantization.observer import Observer
@@ -148,6 +149,8 @@ class PluginManager:
         with self._lock:
             if self._loaded:
                 return
+            # a mistyped QCORE_ISA is an error here, before any kernel loads: never a kernel silently left out
+            isa.check()
             if self.autoload:
                 self._load_entry_points()
             self._loaded = True

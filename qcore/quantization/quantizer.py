@@ -35,7 +35,8 @@ class Quantizer:
     * ``options`` — ``{option: default}`` of the scheme's own options.  Declaring ``granularity`` (with
       ``axis`` and ``group_size``) opts into the standard per-tensor / per-channel / per-group layout;
     * ``granularities`` — which of ``"tensor"``, ``"channel"``, ``"group"`` the scheme supports;
-    * ``default_observer`` — the observer used when none is named.
+    * ``default_observer`` — the observer used when none is named;
+    * ``default_bits`` — ``bits`` when none is given (8; clipped into ``bits_range``).
     """
 
     name: ClassVar[str] = ""
@@ -44,14 +45,15 @@ class Quantizer:
     options: ClassVar[dict[str, Any]] = {}
     granularities: ClassVar[tuple[str, ...]] = GRANULARITIES
     default_observer: ClassVar[str] = "minmax"
+    default_bits: ClassVar[int] = 8
     #: True when fit()/encode() themselves reject NaN/Inf and produce in-range codes of the right dtype,
     #: so the base class can skip its own extra pass over the data (built-in schemes).
     self_checking: ClassVar[bool] = False
 
     def __init__(self, bits: int | None = None, observer: str | None = None, kernel=None, **options):
         lo, hi = self.bits_range
-        if bits is None:  # 8 bits, or the nearest width the scheme supports
-            bits = min(max(8, lo), hi)
+        if bits is None:  # the scheme's default, or the nearest width it supports
+            bits = min(max(self.default_bits, lo), hi)
         self.bits = check_int(bits, "bits", lo, hi)
         unknown = set(options) - set(self.options)
         if unknown:

@@ -206,12 +206,142 @@ def check_kernel_thread_safety(obj):
         _eq(out[i], serial[i], f"threaded quantize_affine #{i}")
 
 
+def _close(a, b, what, rtol=1e-12):
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape, f"{what}: shape {a.shape}, the numpy reference gives {b.shape}"
+    assert np.allclose(a, b, rtol=rtol, atol=0, equal_nan=True), (
+        f"{what}: differs from the numpy reference beyond rtol {rtol} (max |diff| {np.nanmax(np.abs(a - b))})")
+
+
+def check_kernel_table_decode(obj):
+    """``lut_decode`` equals the reference for int8 and uint8 codes, full and short tables, every axis."""
+    k, ref = Spec(obj).make(), _reference()
+    rng = np.random.default_rng(11)
+    for shape in SHAPES:
+        for axis in _axes(shape):
+            C = 1 if axis is None else shape[axis]
+            for dtype, T in ((np.uint8, 256), (np.int8, 256), (np.uint8, 16)):
+                codes = rng.integers(0, T, shape).astype(np.uint8).view(dtype)
+                table = rng.normal(size=(C, T)).astype(np.float32)
+                _eq(k.lut_decode(codes, table, axis), ref.lut_decode(codes, table, axis), f"lut_decode {dtype.__name__} T={T} {shape} axis={axis}")
+
+
+def check_kernel_nearest_entry(obj):
+    """``nearest_entry`` equals the reference (values exactly on a midpoint take the lower entry), its squared
+    error agrees, and NaN/Inf raise ``qcore.InputError``."""
+    k, ref = Spec(obj).make(), _reference()
+    rng = np.random.default_rng(12)
+    for shape in SHAPES:
+        for axis in _axes(shape):
+            C = 1 if axis is None else shape[axis]
+            for K in (2, 16, 256):
+                cb = np.sort(rng.normal(size=(C, K)).astype(np.float32) * 3, axis=1)
+                x = _x(shape, K)
+                if x.size > 4:  # midpoints exactly (when representable) and the entries themselves
+                    x.reshape(-1)[:2] = [(cb[0, 0] + cb[0, 1]) / 2, cb[0, -1]]
+                _eq(k.nearest_entry(x, cb, axis), ref.nearest_entry(x, cb, axis), f"nearest_entry K={K} {shape} axis={axis}")
+                _close(k.nearest_entry_sse(x, cb, axis), ref.nearest_entry_sse(x, cb, axis), f"nearest_entry_sse K={K} {shape}")
+    x = _x((4, 33), 3)
+    x[1, 2] = np.nan
+    try:
+        k.nearest_entry(x, np.sort(rng.normal(size=(1, 4)).astype(np.float32), axis=1))
+    except InputError:
+        pass
+    else:
+        raise AssertionError("nearest_entry accepted NaN input")
+
+
+def check_kernel_log_levels(obj):
+    """``log_encode`` equals the reference for both roundings and several level counts (values on the level
+    thresholds included), ``log_sse`` agrees, and NaN/Inf raise ``qcore.InputError``."""
+    k, ref = Spec(obj).make(), _reference()
+    rng = np.random.default_rng(13)
+    for shape in SHAPES:
+        for axis in _axes(shape):
+            C = 1 if axis is None else shape[axis]
+            scale = rng.uniform(0.5, 4.0, C).astype(np.float32)
+            x = _x(shape, 5)
+            flat = x.reshape(-1)
+            flat[: min(4, flat.size)] = np.array([0.0, -0.0, 1.5, 2.0**-3], np.float32)[: min(4, flat.size)]
+            for L in (1, 3, 7, 127):
+                for rounding in ("nearest", "log2"):
+                    _eq(k.log_encode(x, scale, L, rounding, axis), ref.log_encode(x, scale, L, rounding, axis),
+                        f"log_encode L={L} {rounding} {shape} axis={axis}")
+                    _close(k.log_sse(x, scale, L, rounding, axis), ref.log_sse(x, scale, L, rounding, axis),
+                           f"log_sse L={L} {rounding} {shape} axis={axis}")
+    x = _x((4, 33), 3)
+    x[0, 0] = np.inf
+    try:
+        k.log_encode(x, [1.0], 7)
+    except InputError:
+        pass
+    else:
+        raise AssertionError("log_encode accepted Inf input")
+
+
+def check_kernel_histograms(obj):
+    """``histogram`` and ``minmax_histogram`` count like the reference (values at bin centres, per tensor and per
+    channel), ``bin_stats`` gives the same counts, minima and maxima (sums agree), and ``histogram_sq_error`` and
+    ``histogram_kl`` agree with the reference."""
+    k, ref = Spec(obj).make(), _reference()
+    rng = np.random.default_rng(14)
+    nb = 64
+    for shape, axis in (((5000,), None), ((300, 7), 1), ((6, 3, 50), 1), ((40, 9), 0)):
+        C = 1 if axis is None else shape[axis]
+        lo = rng.uniform(-2, 0, C)
+        width = rng.uniform(0.01, 0.1, C)
+        j = rng.integers(-3, nb + 3, shape)  # bin indices, a few beyond either end (they clamp)
+        ax = None if axis is None else axis
+        bshape = [1] * len(shape)
+        if ax is not None:
+            bshape[ax] = C
+        x = (lo.reshape(bshape) + (j + 0.5) * width.reshape(bshape)).astype(np.float32)
+        got, want = np.zeros((C, nb)), np.zeros((C, nb))
+        k.histogram(x, lo, width, got, axis=ax)
+        ref.histogram(x, lo, width, want, axis=ax)
+        _eq(got, want, f"histogram {shape} axis={axis}")
+        assert got.sum() == x.size, f"histogram {shape}: {got.sum()} counts for {x.size} values"
+        rows = np.ascontiguousarray(np.moveaxis(x, ax, 0)).reshape(C, -1) if ax is not None else x.reshape(1, -1)
+        rlo, rhi = rows.min(axis=1).astype(np.float64), rows.max(axis=1).astype(np.float64)
+        a, b = k.bin_stats(rows, rlo, rhi, 97), ref.bin_stats(rows, rlo, rhi, 97)
+        for name, u, v in zip(("counts", "sums", "minima", "maxima"), a, b):
+            (_close if name == "sums" else _eq)(u, v, f"bin_stats {name} {shape}")
+    x = (np.float32(-1.0) + (rng.integers(0, nb, 4000) + 0.5) * np.float32(0.05)).astype(np.float32)
+    for lo, width in ((-1.0, 0.05), (-0.5, 0.05)):  # all inside, then not all inside (nothing added)
+        got, want = np.zeros((1, nb)), np.zeros((1, nb))
+        r1, r2 = k.minmax_histogram(x, lo, width, got), ref.minmax_histogram(x, lo, width, want)
+        assert r1 == r2, f"minmax_histogram lo={lo}: {r1}, the numpy reference gives {r2}"
+        _eq(got, want, f"minmax_histogram counts lo={lo}")
+    hist = np.zeros((3, nb))
+    for c in range(3):
+        ref.histogram(_x((2000,), 30 + c), [-8.0], [16.0 / nb], hist[c:c + 1])
+    rows_, cols = np.nonzero(hist)
+    M = int(np.bincount(rows_, minlength=3).max())
+    idx = np.zeros((3, M), np.int64)
+    cnt = np.zeros((3, M))
+    for c in range(3):
+        nz = np.flatnonzero(hist[c])
+        idx[c, : nz.size], cnt[c, : nz.size] = nz, hist[c, nz]
+    g0 = -rng.uniform(1, 6, (3, 5))
+    step = -2 * g0 / 15
+    step[0, 0] = 0.0  # a single grid point
+    args = (idx, cnt, np.full(3, -8.0), np.full(3, 16.0 / nb), g0, step, 15.0)
+    _close(k.histogram_sq_error(*args), ref.histogram_sq_error(*args), "histogram_sq_error", rtol=1e-9)
+    start = rng.integers(0, nb // 2, (3, 6))
+    end = start + rng.integers(0, nb // 2, (3, 6))
+    _close(k.histogram_kl(hist, start, end, 7), ref.histogram_kl(hist, start, end, 7), "histogram_kl", rtol=1e-9)
+
+
 KERNEL_CHECKS = [
     check_kernel_class_contract,
     check_kernel_minmax,
     check_kernel_quantize_affine,
     check_kernel_dequantize_affine,
     check_kernel_pack_unpack,
+    check_kernel_table_decode,
+    check_kernel_nearest_entry,
+    check_kernel_log_levels,
+    check_kernel_histograms,
     check_kernel_input_unchanged,
     check_kernel_thread_safety,
 ]

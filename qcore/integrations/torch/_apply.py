@@ -12,7 +12,7 @@ from torch import nn
 import qcore
 from qcore.tensor import QTensor
 
-from ._model import _swap
+from ._walk import _swap
 from ._modules import QLinear
 
 

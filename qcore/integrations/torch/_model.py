@@ -5,7 +5,7 @@ from torch import nn
 
 import copy
 import warnings
-from typing import Callable, Iterable
+from typing import Iterable
 
 import qcore
 
@@ -14,31 +14,7 @@ from ._modules import QConv2d, QLinear
 from ._qat import ActivationFakeQuant, QATConv2d, QATLinear, _activation_spec
 from ._static import ObservedConv2d, ObservedLinear, _StaticBase, fuse_static, static_from_observed, static_from_qat
 from ._tensors import _qtensor_of
-
-
-def _check_module(module) -> None:
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
-
-
-def _swap(model: nn.Module, make: Callable[[str, nn.Module], nn.Module | None]) -> int:
-    """Replace every submodule for which ``make(name, child)`` returns a module; shared modules stay shared."""
-    done: dict[int, nn.Module] = {}
-    count = 0
-    for parent_name, parent in list(model.named_modules(remove_duplicate=False)):
-        for name, child in list(parent._modules.items()):
-            if child is None:
-                continue
-            full = f"{parent_name}.{name}" if parent_name else name
-            if id(child) in done:
-                parent._modules[name] = done[id(child)]
-                continue
-            new = make(full, child)
-            if new is not None:
-                done[id(child)] = new
-                parent._modules[name] = new
-                count += 1
-    return count
+from ._walk import _check_module, _swap  # noqa: F401 - _swap: also imported from here by _apply
 
 
 def quantize_dynamic(module: nn.Module, scheme: str = "linear", bits: int = 8, *,

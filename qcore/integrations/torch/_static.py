@@ -165,7 +165,7 @@ def prepare(model: nn.Module, bits: int = 8, observer: str = "histogram", symmet
     ``include``/``exclude``: glob patterns on qualified module names.  Layers with ``padding_mode`` other
     than ``"zeros"`` are left in float.
     """
-    from ._model import _check_module, _swap
+    from ._walk import _check_module, _swap
 
     _check_module(model)
     if options:
