@@ -434,18 +434,24 @@ def _fake_quant_params(aq):
     opts = dict(getattr(aq, "options", {}) or {})
     if opts.get("granularity", "tensor") != "tensor":
         return None
-    scale = getattr(aq, "scale", None)
-    zp = getattr(aq, "zero_point", None)
-    if scale is None or isinstance(scale, nn.Module):
+    signed = bool(getattr(aq, "symmetric", opts.get("symmetric", False)))
+    if hasattr(aq, "qparams"):  # the calibrated (scale, zero_point) of the fake quantizer
+        try:
+            scale, zp = aq.qparams()
+        except (qcore.QcoreError, ValueError):
+            return None
+    else:
         params = getattr(aq, "params", None)
         if not params:
             return None
-        scale, zp = params.get("scale"), params.get("zero_point", 0)
-    scale = np.asarray(scale.detach().cpu() if isinstance(scale, torch.Tensor) else scale, np.float64).reshape(-1)
-    zp = np.asarray(zp.detach().cpu() if isinstance(zp, torch.Tensor) else zp).reshape(-1)
-    if scale.size != 1 or zp.size != 1 or not math.isfinite(scale[0]) or scale[0] <= 0:
+        scale = np.asarray(params.get("scale"), np.float64).reshape(-1)
+        zp = np.asarray(params.get("zero_point", 0)).reshape(-1)
+        if scale.size != 1 or zp.size != 1:
+            return None
+        scale, zp = float(scale[0]), int(zp[0])
+    if not math.isfinite(scale) or scale <= 0:
         return None
-    return float(scale[0]), int(np.rint(zp[0])), 8, bool(opts.get("symmetric", False))
+    return float(scale), int(zp), 8, signed
 
 
 def static_from_observed(child) -> _StaticBase:
