@@ -60,7 +60,7 @@ def parse():
                    help="idle pause before each sample, so the previous contender's spinning worker threads "
                         "(OpenBLAS, onnxruntime, OpenMP) have gone to sleep")
     p.add_argument("--shapes", default=None, help="e.g. 128x384x1536,1x4096x4096 (MxKxN)")
-    p.add_argument("--isa", default=None, help="qcore GEMM path (avx512vnni, avx2, portable)")
+    p.add_argument("--isa", default=None, help="qcore GEMM path (avx512vnni, avx2, baseline)")
     return p.parse_args()
 
 

@@ -39,7 +39,7 @@ def test_quantize_inspect_dequantize_report(model_file, tmp_path, capsys):
     assert qm["position_ids"].dtype == np.int64
 
     code, out, err = run(capsys, "inspect", out_q)
-    assert code == 0 and "format version 1" in out and "layer1.weight" in out
+    assert code == 0 and "format version 2" in out and "layer1.weight" in out
     code, out, _ = run(capsys, "inspect", out_q, "--json")
     desc = json.loads(out)
     assert {t["name"] for t in desc["tensors"]} >= {"layer0.weight", "position_ids"}

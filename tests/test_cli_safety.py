@@ -177,7 +177,6 @@ def test_closed_pipe_ends_quietly(model, tmp_path):
     assert r.stderr == "", r.stderr
 
 
-@pytest.mark.skipif(True, reason="enabled once issue 14's QCORE_ISA check is on main")
 def test_bad_qcore_isa_is_an_error_naming_the_valid_values(model, tmp_path):
     env = dict(os.environ, QCORE_ISA="avx3")
     r = subprocess.run([sys.executable, "-m", "qcore", "quantize", str(model), "-o", str(tmp_path / "q.safetensors"),

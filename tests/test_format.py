@@ -99,7 +99,7 @@ def test_file_is_readable_by_the_safetensors_library(saved, model):
 
     with safe_open(str(saved), framework="numpy") as f:
         meta = f.metadata()
-        assert meta["format"] == "qcore" and meta["qcore_format_version"] == "1"
+        assert meta["format"] == "qcore" and meta["qcore_format_version"] == str(fmt.FORMAT_VERSION)
         assert np.array_equal(f.get_tensor("layer0.bias"), model["layer0.bias"])
         packed = f.get_tensor("qcore:layer0.weight:codes")
     assert np.array_equal(packed, model["layer0.weight"].pack())

@@ -170,3 +170,72 @@ def test_apply_quantized_puts_saved_weights_into_torch(hf_folder, tmp_path):
     bad = qcore.QModel({"nope.weight": qm["model.layers.0.self_attn.q_proj.weight"]})
     with pytest.raises(ValueError, match="no submodule 'nope'"):
         qtorch.apply_quantized(fresh, bad)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_reads_checkpoints_the_package_writes(tmp_path, symmetric):
+    """A folder made with the package's own compressor (full signed code range, its packing) loads in qcore with
+    the values the package's decompression gives."""
+    from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    w = torch.randn(24, 64)
+    args = QuantizationArgs(num_bits=4, type="int", symmetric=symmetric, strategy="group", group_size=16)
+    scheme = QuantizationScheme(targets=["Linear"], weights=args)
+    g = w.reshape(24, 4, 16)
+    if symmetric:
+        scale = (g.abs().amax(-1) / 7.5).clamp(min=1e-6)
+        zp = torch.zeros(24, 4, dtype=torch.int8)
+    else:
+        lo, hi = g.amin(-1).clamp(max=0), g.amax(-1).clamp(min=0)
+        scale = (hi - lo) / 15
+        zp = (-8 - torch.round(lo / scale)).clamp(-8, 7).to(torch.int8)
+    sd = PackedQuantizationCompressor.compress({"weight": w, "weight_scale": scale, "weight_zero_point": zp}, scheme)
+    save_file({f"m.{k}": v.contiguous() for k, v in sd.items()}, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    qc = {"quant_method": "compressed-tensors", "format": "pack-quantized", "quantization_status": "compressed",
+          "config_groups": {"group_0": scheme.model_dump()}, "ignore": [], "version": ct.__version__}
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": qc}))
+    expect = PackedQuantizationCompressor.decompress(dict(sd), scheme)["weight"].numpy()
+    qm = qcore.load_quantized(tmp_path)
+    assert np.allclose(qm["m.weight"].dequantize(), expect, rtol=0, atol=1e-6)
+    assert qm["m.weight"].bits == 4 and qm["m.weight"].options["group_size"] == 16
+
+
+def test_mixed_precision_folders_load_in_transformers(hf_folder, tmp_path):
+    """Several config groups, each targeting its modules by name: transformers builds each with its own bits."""
+    cands = [{"scheme": "linear", "bits": 4, "granularity": "group", "group_size": 32, "symmetric": True},
+             {"scheme": "linear", "bits": 8, "granularity": "channel", "symmetric": True}]
+    qm = qcore.quantize_model(hf_folder, "mixed", budget_bits=7.5, candidates=cands, exclude=EXCLUDE, progress=False)
+    assert {qm[n].bits for n in qm.quantized} == {4, 8}
+    out = tmp_path / "ct-mixed"
+    qm.save(out, format="compressed-tensors", source=hf_folder)
+    groups = json.loads((out / "config.json").read_text())["quantization_config"]["config_groups"]
+    assert sorted(g["weights"]["num_bits"] for g in groups.values()) == [4, 8]
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(IDS).logits, _reference_logits(qm, IDS), atol=1e-5, rtol=0)
+
+
+def test_bfloat16_models_stay_bfloat16(hf_folder, tmp_path):
+    from qcore.model.safetensors_io import read_header
+
+    src = tmp_path / "bf16"
+    transformers.LlamaForCausalLM.from_pretrained(hf_folder).to(torch.bfloat16).save_pretrained(src)
+    qm = qcore.quantize_model(src, "linear", bits=4, granularity="group", group_size=32, symmetric=True,
+                              exclude=EXCLUDE, progress=False)
+    assert qm.dtype_of("model.norm.weight") == "bfloat16" and qm["model.layers.0.mlp.up_proj.weight"].dtype == "bfloat16"
+    out = tmp_path / "ct-bf16"
+    qm.save(out, format="compressed-tensors", source=src)
+    h = read_header(out / "model.safetensors")
+    assert h.tensors["model.norm.weight"].dtype == "BF16" and h.tensors["lm_head.weight"].dtype == "BF16"
+    assert h.tensors["model.layers.0.mlp.up_proj.weight_scale"].dtype == "BF16"  # scales in the model's dtype
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    ref = transformers.LlamaForCausalLM.from_pretrained(src).eval()
+    ref.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(qm.values(k))).to(torch.bfloat16) for k in qm},
+                        strict=False)
+    with torch.no_grad():
+        got, want = loaded(IDS).logits.float(), ref(IDS).logits.float()
+    assert loaded.model.norm.weight.dtype == torch.bfloat16
+    assert (got - want).abs().max() < 0.02 * want.abs().max()  # bfloat16 arithmetic, scales rounded to bfloat16

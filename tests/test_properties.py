@@ -99,8 +99,14 @@ def check_error_bound(scheme, bits, opts, x, qt, v):
             shp = [1] * view.ndim
             shp[axis] = -1
             step = np.broadcast_to(scale.reshape(shp), view.shape).reshape(x.shape)
-        # half a step, plus float32 rounding of the scale products
-        assert (err <= 0.5 * step * (1 + 1e-5) + 1e-6 * np.abs(x64) + 1e-30).all(), err.max()
+        # half a step, plus float32 rounding of the scale products; symmetric 3/4-bit scales are searched for
+        # least squared error and may be negative or clip the largest values: add the distance to the range
+        clip = 0.0
+        if opts.get("symmetric") and bits in (3, 4):
+            a, b = q.qmin * step, q.qmax * step
+            clip = np.maximum(0, np.maximum(x64 - np.maximum(a, b), np.minimum(a, b) - x64))
+        step = np.abs(step)
+        assert (err <= 0.5 * step * (1 + 1e-5) + clip + 1e-6 * np.abs(x64) + 1e-30).all(), err.max()
     elif scheme == "log":
         assert (err <= np.abs(x64) * (1 + 1e-6)).all()  # nearest level in value (or in log2): never past zero
     elif scheme == "kmeans":

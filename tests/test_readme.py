@@ -19,8 +19,9 @@ def test_library_example_runs():
     exec(compile(BLOCKS[0], "README.md", "exec"), ns)
     qt = ns["qt"]
     assert qt.bits == 4 and qt.params["scale"].shape == (1024, 32)
-    assert qt.nbytes == 1024 * 4096 // 2 + 1024 * 32 * 4 * 2
-    assert np.abs(ns["w_hat"] - ns["w"]).max() <= qt.params["scale"].max() / 2 + 1e-6
+    assert qt.nbytes == 1024 * 4096 // 2 + 1024 * 32 * 4  # symmetric: float32 scales, no zero point
+    # the searched full-range scale (docs/schemes.md) may clip a group's largest value by up to 1.5 steps
+    assert np.abs(ns["w_hat"] - ns["w"]).max() <= 1.5 * np.abs(qt.params["scale"]).max() + 1e-6
 
 
 def test_plugin_example_registers_and_quantizes():

@@ -88,20 +88,29 @@ def test_qlinear_gradient_flows_to_the_input():
     torch.testing.assert_close(x.grad, torch.ones(5, 8) @ w)
 
 
+def low_bit_tolerance(q, ref):
+    """qlinear quantizes activations to int8 (per row / per 32-block): about 1% of the output's scale; the
+    packed-rows path multiplies decoded float32 rows: float rounding only."""
+    return 0.02 * float(ref.abs().max()) if q.uses_kernel else 1e-5 * max(1.0, float(ref.abs().max()))
+
+
 @pytest.mark.parametrize("scheme,bits", [("linear", 4), ("linear", 2), ("kmeans", 4), ("log", 4)])
-def test_weight_only_path_uses_dequantized_weight(scheme, bits):
+def test_low_bit_path_computes_with_the_dequantized_weight(scheme, bits):
     if scheme not in qcore.list_schemes():
         pytest.skip(f"scheme {scheme!r} is not installed")
     lin = nn.Linear(64, 24)
     q = qtorch.QLinear.from_float(lin, scheme, bits=bits)
-    assert not q.uses_kernel and q.weight.scheme == scheme and q.weight.bits == bits
+    assert q.weight.scheme == scheme and q.weight.bits == bits
     x = torch.randn(3, 2, 64)
     with torch.inference_mode():
         y = q(x)
-    ref = F.linear(x, torch.from_numpy(q.weight.dequantize()), lin.bias.detach())
-    torch.testing.assert_close(y, ref, rtol=0, atol=0)
+    ref = F.linear(x.double(), torch.from_numpy(q.weight.dequantize()).double(), lin.bias.detach().double()).float()
+    torch.testing.assert_close(y, ref, rtol=0, atol=low_bit_tolerance(q, ref))
     r = repr(q)
-    assert f"scheme={scheme!r}" in r and f"bits={bits}" in r and "weight-only" in r
+    assert f"scheme={scheme!r}" in r and f"bits={bits}" in r and ("qlinear" in r or "packed rows" in r)
+    # only the packed weight is held: no float tensor of the weight's size anywhere on the module
+    assert not any(isinstance(v, torch.Tensor) and v.numel() >= 64 * 24 for v in vars(q).values())
+    assert not any(b.numel() >= 64 * 24 for b in q.buffers())
 
 
 def test_assigning_a_new_weight_clears_the_caches():
@@ -188,7 +197,8 @@ def test_state_dict_round_trip_through_torch_save():
     x = torch.randn(4, 64)
     assert not torch.equal(a(x), b(x))
     sd = a.state_dict()
-    assert sd["0.weight.codes"].dtype == torch.int8 and sd["0.weight.scale"].shape == (48,)
+    assert sd["0.weight.packed"].dtype == torch.uint8 and sd["0.weight.scale"].shape == (48,)
+    assert "0.weight.codes" not in sd and "0.weight.zero_point" not in sd  # symmetric: no zero point
     buf = io.BytesIO()
     torch.save(sd, buf)
     buf.seek(0)
@@ -198,17 +208,22 @@ def test_state_dict_round_trip_through_torch_save():
     # a 4-bit state dict changes the module to 4 bits
     c = qtorch.quantize_dynamic(mlp(), bits=4)
     b.load_state_dict(c.state_dict())
-    assert b[0].weight.bits == 4 and not b[0].uses_kernel
+    assert b[0].weight.bits == 4 and c.state_dict()["0.weight.packed"].numel() == 48 * 64 // 2
     assert torch.equal(b(x), c(x))
     # strict loading reports what is missing or unexpected
     bad = dict(a.state_dict())
-    del bad["0.weight.codes"]
+    del bad["0.weight.packed"]
     bad["0.extra"] = torch.zeros(1)
-    with pytest.raises(RuntimeError, match="Missing key.*0.weight.codes.*|Unexpected key"):
+    with pytest.raises(RuntimeError, match="Missing key.*0.weight.packed.*|Unexpected key"):
         b.load_state_dict(bad)
     res = b.load_state_dict(bad, strict=False)
-    assert "0.weight.codes" in res.missing_keys
+    assert "0.weight.packed" in res.missing_keys
     wrong = dict(a.state_dict())
+    wrong["0.weight.packed"] = torch.zeros(7, dtype=torch.uint8)
+    with pytest.raises(RuntimeError, match="need 3072 bytes"):
+        b.load_state_dict(wrong)
+    wrong = dict(a.state_dict())
+    del wrong["0.weight.packed"]
     wrong["0.weight.codes"] = torch.zeros(3, 3, dtype=torch.int8)
     with pytest.raises(RuntimeError, match="size mismatch"):
         b.load_state_dict(wrong)
@@ -330,7 +345,8 @@ def test_convert_gives_quantized_modules_with_the_trained_weights():
     assert isinstance(qat.fc, qtorch.QATLinear)  # convert copies by default
     x = torch.rand(5, 1, 8, 8)
     with torch.no_grad():
-        torch.testing.assert_close(conv(x), qat(x), rtol=0, atol=0)  # weight-only at 2 bits: identical
+        ref = qat(x)
+        torch.testing.assert_close(conv(x), ref, rtol=0, atol=low_bit_tolerance(conv.fc, ref))
     qat8 = qtorch.prepare_qat(model, bits=8).eval()
     conv8 = qtorch.convert(qat8)
     assert conv8.fc.uses_kernel

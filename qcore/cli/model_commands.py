@@ -354,6 +354,9 @@ def cmd_inspect(args) -> int:
     from ..model import inspect_file
 
     check_exists(args.file, "model")
+    if os.path.isdir(args.file) and not _is_compressed_tensors(args.file):
+        raise UsageError(f"{args.file!r} is a folder without a compressed-tensors config.json; qcore inspect reads "
+                         f"quantized models (a qcore .safetensors file or a compressed-tensors folder)")
     if _is_compressed_tensors(args.file):
         from ..model.compressed_tensors import inspect_folder
 

@@ -9,8 +9,11 @@
     qclf.qcore_report_                                           # per layer: name, scheme, bits, shape, bytes, SQNR
 
 The weight matrices ``coefs_[i]`` (named ``"coefs_.0"``, ``"coefs_.1"``, ...) are quantized by any installed
-qcore scheme and replaced by their dequantized values, so ``predict``/``predict_proba``/``score`` compute with
-exactly the quantized weights; biases (``intercepts_``) stay float.  Adapter defaults, for schemes that have the
+qcore scheme and replaced by :class:`qcore.integrations._packed.PackedMatrix` objects that hold only the packed
+``QTensor``: ``predict``/``predict_proba``/``score`` multiply by them a block of decoded rows at a time
+(at most 1M floats of workspace, in the estimator's float dtype), so they compute with exactly the quantized
+weights and no float copy of a weight is kept; ``np.asarray(qclf.coefs_[i])`` decodes one on demand.  The copy
+is for inference: refitting it (``fit``/``partial_fit``) is not supported.  Biases (``intercepts_``) stay float.  Adapter defaults, for schemes that have the
 options and unless given: one scale per output unit (``granularity="channel"``, ``axis=1`` — scikit-learn stores
 weights as ``(n_in, n_out)``) and ``symmetric=True``.
 """
@@ -33,6 +36,7 @@ except ImportError as exc:
 import qcore
 
 from ._common import weight_options
+from ._packed import PackedMatrix
 
 __all__ = ["quantize_estimator"]
 
@@ -67,15 +71,15 @@ def quantize_estimator(estimator, scheme: str = "linear", *, include: Iterable[s
     tensors = {f"coefs_.{i}": np.ascontiguousarray(w, dtype=np.float32) for i, w in enumerate(estimator.coefs_)}
     extra = {} if budget_bits is None else {"budget_bits": budget_bits}
     model = qcore.quantize_model(tensors, scheme, include=include, exclude=exclude, progress=False, **extra, **opts)
-    deq = model.dequantize()
     report = [dict(r) for r in model.report()]
+    qts = {r["name"]: model[r["name"]] for r in report if r.get("scheme") is not None}
 
     quantized = {r["name"] for r in report if r.get("scheme") is not None}
     est = copy.deepcopy(estimator)
     for i, w in enumerate(estimator.coefs_):
         name = f"coefs_.{i}"
         if name in quantized:
-            est.coefs_[i] = np.asarray(deq[name], dtype=w.dtype).reshape(w.shape)
+            est.coefs_[i] = PackedMatrix(qts[name], dtype=w.dtype)
     est.qcore_report_ = report
     est.qcore_model_ = model
     est.qcore_scheme_ = scheme

@@ -11,7 +11,8 @@ underscore methods a kernel plugin implements.  Those receive only valid input:
 Numerics every implementation must follow bit for bit (the ``numpy`` kernel is the reference):
 
 * ``quantize_affine``: ``q = clamp(rint(x * inv_scale) + zero_point, qmin, qmax)`` in float32, with
-  ``inv_scale = float32(1) / scale`` and ``rint`` rounding half to even;
+  ``inv_scale = float32(1) / scale`` and ``rint`` rounding half to even (a scale may be negative: the
+  symmetric low-bit linear scheme uses one to give the largest magnitude the extra negative code);
 * ``dequantize_affine``: ``x = float32(q - zero_point) * scale``;
 * ``pack``: codes as a little-endian bit stream of exactly ``bits`` bits each (code ``i`` occupies bits
   ``i*bits .. i*bits+bits-1`` counting from bit 0 of byte 0); signed codes are stored in two's complement
@@ -95,8 +96,8 @@ class Kernel:
                 raise ValueError(
                     f"scale and zero_point must have one value per channel ({channels}), got {scale.size} and {zp.size}"
                 )
-            if not (np.isfinite(scale).all() and (scale > 0).all()):
-                raise ValueError("scale must be finite and > 0")
+            if not (np.isfinite(scale).all() and (scale != 0).all()):
+                raise ValueError("scale must be finite and non-zero")
             return scale, zp
         if scale.size == 1 and channels != 1:
             scale = np.full(channels, scale[0], np.float32)
@@ -106,8 +107,8 @@ class Kernel:
             raise ValueError(
                 f"scale and zero_point must have one value per channel ({channels}), got {scale.size} and {zp.size}"
             )
-        if not (np.isfinite(scale).all() and (scale > 0).all()):
-            raise ValueError("scale must be finite and > 0")
+        if not (np.isfinite(scale).all() and (scale != 0).all()):
+            raise ValueError("scale must be finite and non-zero")
         return scale, zp
 
     @staticmethod

@@ -361,16 +361,21 @@ def load_compressed_tensors(path: str | os.PathLike, verify: bool = True) -> QMo
         ngroups = 1 if strategy == "channel" else cols // int(gs)
         if scale.shape != (rows, ngroups):
             raise FormatError(f"{p!r}: module {mod!r}: weight_scale shape {scale.shape}, expected {(rows, ngroups)}")
-        if not np.isfinite(scale).all() or (scale <= 0).any():
-            raise FormatError(f"{p!r}: module {mod!r}: weight_scale holds non-positive, NaN or Inf values")
+        if not np.isfinite(scale).all() or (scale == 0).any() or (not sym and (scale < 0).any()):
+            # symmetric scales may be negative: qcore's 3-/4-bit search gives the largest magnitude code -2^(b-1)
+            raise FormatError(f"{p!r}: module {mod!r}: weight_scale holds zero, negative (affine), NaN or Inf values")
         opts: dict[str, Any] = {"granularity": strategy, "axis": 0, "symmetric": sym}
         if strategy == "group":
             opts["group_size"] = int(gs)
         half = 1 << (bits - 1)
         pshape = (rows, ngroups) if strategy == "group" else (rows,)
         if sym:
-            if (codes < -(half - 1)).any():
-                raise FormatError(f"{p!r}: module {mod!r}: symmetric codes use -{half}, outside qcore's narrow range")
+            from .. import resolve
+
+            qmin = resolve.quantizer("linear", bits=bits, symmetric=True).qmin  # full range at 3/4 bits
+            if (codes < qmin).any():
+                raise FormatError(f"{p!r}: module {mod!r}: symmetric codes use -{half}, outside qcore's range "
+                                  f"[{qmin}, {half - 1}] for {bits} bits")
             qcodes = codes
             params = {"scale": scale.reshape(pshape), "zero_point": np.zeros(pshape, np.int32)}
         else:
@@ -391,6 +396,14 @@ def _make_qtensor(codes, bits, params, opts, symmetric, dtype) -> QTensor:
     from ..api import get_quantizer
 
     q = get_quantizer("linear", bits=bits, **opts)
+    # the parameters the installed linear scheme itself makes for this layout (a symmetric scheme may store no
+    # zero point): fitted on a tiny array of the same granularity, then the file's values under those names
+    probe = np.ones((2, int(opts.get("group_size", 2))), np.float32)
+    wanted = set(q.fit(probe))
+    missing = wanted - set(params)
+    if missing:
+        raise FormatError(f"the linear scheme needs parameters {sorted(missing)} that pack-quantized does not store")
+    params = {k: v for k, v in params.items() if k in wanted}
     return QTensor(codes, "linear", bits, params, dict(opts, bits=bits), signed=symmetric, dtype=dtype, quantizer=q)
 
 

@@ -27,7 +27,7 @@ from .safetensors_io import (DTYPES, MAX_NDIM, Entry, Header, read_header, read_
                              st_dtype, write_safetensors)
 
 FORMAT_NAME = "qcore.quantized-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: symmetric linear without zero_point, float16 scales (scale_dtype); 1 still reads
 META_KEY = "qcore"
 _SCALARS = (str, int, float, bool, type(None))
 

@@ -11,6 +11,7 @@ import qcore
 from qcore.tensor import QTensor
 
 from .._common import plain, weight_options
+from .._packed import linear_rows
 from ._qat import ActivationFakeQuant
 from ._tensors import _numpy_view, _qtensor_of
 
@@ -18,9 +19,12 @@ from ._tensors import _numpy_view, _qtensor_of
 class _QWeightModule(nn.Module):
     """A module whose weight is a :class:`qcore.QTensor` and whose bias is float32.
 
-    ``state_dict`` holds ``weight.codes`` (int8/uint8), one ``weight.<param>`` tensor per quantization parameter
-    (``scale``, ``zero_point``, ``codebook`` ...), ``bias`` and ``_extra_state`` (scheme, bits, options) — enough
-    to rebuild the QTensor exactly; ``load_state_dict`` restores it (and may change scheme or bits).
+    The module holds only the packed weight (``QTensor.packed``, ``bits`` bits per code) and its parameters: no
+    float copy of the weight is cached.  ``state_dict`` holds ``weight.packed`` (uint8, the codes packed at
+    ``bits`` bits, docs/format.md §3), one ``weight.<param>`` tensor per quantization parameter (``scale``,
+    ``zero_point``, ``codebook`` ...), ``bias`` and ``_extra_state`` (scheme, bits, options, shape) — enough to
+    rebuild the QTensor exactly; ``load_state_dict`` restores it (and may change scheme or bits), and also loads
+    state dicts written before packing, which held unpacked ``weight.codes``.
     """
 
     def __init__(self, weight: QTensor, bias: torch.Tensor | None, input_quantizer: ActivationFakeQuant | None = None):
@@ -38,7 +42,7 @@ class _QWeightModule(nn.Module):
     # -- weight --------------------------------------------------------------------------------------------
     @property
     def weight(self) -> QTensor:
-        """The quantized weight.  Assigning a new QTensor (same shape) clears the cached dequantized weight."""
+        """The quantized weight.  Assigning a new QTensor (same shape) replaces it (kernel caches live on it)."""
         return self._qweight
 
     @weight.setter
@@ -52,18 +56,13 @@ class _QWeightModule(nn.Module):
 
     def _set_weight(self, qt: QTensor) -> None:
         self.__dict__["_qweight"] = qt
-        self.__dict__["_dequant_cache"] = {}
 
     def dequantized_weight(self, device=None, dtype=torch.float32) -> torch.Tensor:
-        """The dequantized weight as a tensor (cached per device and dtype)."""
+        """The dequantized weight as a new tensor, decoded now and **not cached** (the module keeps only the
+        packed weight): use it transiently."""
         device = torch.device("cpu") if device is None else torch.device(device)
-        key = (str(device), dtype)
-        w = self._dequant_cache.get(key)
-        if w is None:
-            with torch.inference_mode(False):  # a normal tensor: usable later in autograd-tracked calls
-                w = torch.from_numpy(np.ascontiguousarray(self.weight.dequantize())).to(device=device, dtype=dtype)
-            self._dequant_cache[key] = w
-        return w
+        with torch.inference_mode(False):  # a normal tensor: usable in autograd-tracked calls
+            return torch.from_numpy(np.ascontiguousarray(self.weight.dequantize())).to(device=device, dtype=dtype)
 
     def _weight_repr(self) -> str:
         opts = "".join(f", {k}={v!r}" for k, v in self.weight.options.items() if k not in ("bits", "axis", "group_size")
@@ -75,15 +74,14 @@ class _QWeightModule(nn.Module):
     def get_extra_state(self):
         qt = self.weight
         return {"scheme": qt.scheme, "bits": qt.bits, "options": plain(qt.options), "signed": qt.signed,
-                "shape": list(qt.shape), "dtype": qt.dtype}
+                "shape": list(qt.shape), "dtype": qt.dtype, "packed": True}
 
     def set_extra_state(self, state):  # state is applied in _load_from_state_dict, with the codes
         pass
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         qt = self.weight
-        codes = qt.codes
-        destination[prefix + "weight.codes"] = torch.from_numpy(codes) if codes.flags.writeable else torch.tensor(codes)
+        destination[prefix + "weight.packed"] = torch.from_numpy(np.array(qt.packed))  # bits per code, not bytes
         for k, v in qt.params.items():
             destination[prefix + "weight." + k] = torch.tensor(np.asarray(v))
         if self.bias is not None:
@@ -95,31 +93,43 @@ class _QWeightModule(nn.Module):
         meta = state_dict.get(prefix + "_extra_state")
         if meta is None:
             meta = self.get_extra_state()
-        ckey = prefix + "weight.codes"
-        used = {prefix + "_extra_state", ckey}
-        if ckey not in state_dict:
-            missing_keys.append(ckey)
+        pkey, ckey = prefix + "weight.packed", prefix + "weight.codes"  # packed (now) or unpacked (older dicts)
+        used = {prefix + "_extra_state", pkey, ckey}
+        want = tuple(self.weight.shape)
+        if pkey not in state_dict and ckey not in state_dict:
+            missing_keys.append(pkey)
         else:
-            codes = state_dict[ckey].detach().cpu().numpy().copy()
             params = {}
             for key, value in state_dict.items():
-                if key.startswith(prefix + "weight.") and key != ckey:
+                if key.startswith(prefix + "weight.") and key not in (pkey, ckey):
                     params[key[len(prefix) + len("weight."):]] = value.detach().cpu().numpy().copy()
                     used.add(key)
-            want = tuple(self.weight.shape)
-            if codes.shape != want:
-                error_msgs.append(f"size mismatch for {ckey}: copying codes of shape {codes.shape}, "
-                                  f"the module's weight has shape {want}")
-            else:
-                try:
-                    qt = QTensor(codes, meta["scheme"], int(meta["bits"]), params, dict(meta.get("options") or {}),
-                                 signed=bool(meta.get("signed", codes.dtype == np.int8)),
-                                 dtype=str(meta.get("dtype", "float32")))
-                    qt.dequantize()  # validates the parameters against the scheme now, not at the first forward
-                except Exception as exc:  # noqa: BLE001 - reported through load_state_dict's error list
-                    error_msgs.append(f"cannot rebuild the quantized weight {prefix}weight: {exc}")
+            try:
+                opts, bits = dict(meta.get("options") or {}), int(meta["bits"])
+                dtype = str(meta.get("dtype", "float32"))
+                if pkey in state_dict:
+                    shape = tuple(int(s) for s in meta.get("shape", want))
+                    if shape != want:
+                        raise ValueError(f"size mismatch for {pkey}: the state holds a weight of shape {shape}, "
+                                         f"the module's weight has shape {want}")
+                    packed = state_dict[pkey].detach().cpu().numpy()
+                    if packed.dtype != np.uint8 or packed.ndim != 1:
+                        raise TypeError(f"{pkey} must be a 1-d uint8 tensor, got {packed.dtype} of shape {packed.shape}")
+                    qt = QTensor.from_packed(packed, shape, meta["scheme"], bits, params, opts,
+                                             signed=bool(meta["signed"]), dtype=dtype)  # copied: never unpacked
                 else:
-                    self._set_weight(qt)
+                    codes = state_dict[ckey].detach().cpu().numpy()
+                    if codes.shape != want:
+                        raise ValueError(f"size mismatch for {ckey}: copying codes of shape {codes.shape}, "
+                                         f"the module's weight has shape {want}")
+                    qt = QTensor(codes, meta["scheme"], bits, params, opts,
+                                 signed=bool(meta.get("signed", codes.dtype == np.int8)), dtype=dtype)
+                # validates the parameters against the scheme now, not at the first forward (a few rows)
+                _check_decodes(qt)
+            except Exception as exc:  # noqa: BLE001 - reported through load_state_dict's error list
+                error_msgs.append(f"cannot rebuild the quantized weight {prefix}weight: {exc}")
+            else:
+                self._set_weight(qt)
         bkey = prefix + "bias"
         if self.bias is not None:
             if bkey in state_dict:
@@ -144,9 +154,38 @@ class _QWeightModule(nn.Module):
         return x if self.input_quantizer is None else self.input_quantizer(x)
 
 
+def _check_decodes(qt: QTensor) -> None:
+    """Decode the weight (a block of rows of it when 2-D) to check its parameters fit its codes."""
+    if len(qt.shape) == 2 and qt.shape[0] > 8:
+        from .._packed import decode_rows
+
+        values = decode_rows(qt, 0, 8)
+    else:
+        values = qt.dequantize()
+    if not np.isfinite(values).all():
+        raise ValueError("the weight decodes to NaN or Inf values")
+
+
+def _int8_gemm_weight(qt: QTensor) -> bool:
+    opts = qt.options or {}
+    gran = opts.get("granularity", "tensor")
+    return (qt.scheme == "linear" and qt.bits == 8 and gran in ("tensor", "channel")
+            and (gran == "tensor" or opts.get("axis", 0) in (0, -2)))
+
+
 def _kernel_supported(qt: QTensor) -> bool:
-    """Weights ``qcore.ops.qlinear`` runs in integers: the 8-bit linear scheme."""
-    return qt.scheme == "linear" and qt.bits == 8
+    """Weights the forward runs through ``qcore.ops.qlinear``: every 2-D weight when this qcore has the low-bit
+    ``qlinear`` (``qcore.ops.lowbit``: linear 1-8 bits of any granularity, lookup-table schemes, and a
+    rows-at-a-time path for the rest, never a float copy), else the 8-bit linear weights of the int8 GEMM."""
+    if len(qt.shape) != 2:
+        return False
+    if _int8_gemm_weight(qt):
+        return True
+    try:
+        from qcore.ops import lowbit  # noqa: F401 - the low-bit qlinear
+    except ImportError:
+        return False
+    return True
 
 
 _OPS: list = []  # qcore.ops once imported (looked up by attribute at each call, so it can be patched in tests)
@@ -174,16 +213,19 @@ class _QLinearKernelFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        w = ctx.module.dequantized_weight(grad.device, grad.dtype)
+        w = ctx.module.dequantized_weight(grad.device, grad.dtype)  # transient: freed after this product
         return grad @ w, None
 
 
 class QLinear(_QWeightModule):
     """Drop-in ``nn.Linear`` with a quantized weight (a :class:`qcore.QTensor` of shape ``(out, in)``).
 
-    8-bit ``linear`` weights: ``qcore.ops.qlinear`` (int8 GEMM, activations quantized dynamically inside); any
-    other scheme or bit width: weight-only, ``F.linear`` with the dequantized weight.  Any leading batch shape,
-    ``torch.inference_mode``/``no_grad``; gradients flow to the input (never to the weight).
+    The forward runs ``qcore.ops.qlinear`` on the packed weight (8-bit linear: the int8 GEMM; lower bit widths,
+    groups, k-means/log/lookup-table schemes: the low-bit kernels; activations quantized dynamically inside).
+    On a qcore whose ``qlinear`` lacks the low-bit path, other weights are multiplied a block of decoded rows
+    at a time (at most 1M floats of workspace).  No float copy of the weight is ever kept.  Any leading batch
+    shape, ``torch.inference_mode``/``no_grad``; gradients flow to the input (never to the weight), through a
+    weight decoded transiently in the backward.
     """
 
     def __init__(self, in_features: int, out_features: int, weight: QTensor, bias: torch.Tensor | None = None,
@@ -226,8 +268,11 @@ class QLinear(_QWeightModule):
         fast = (x.dtype is torch.float32 and not x.requires_grad and x.is_contiguous() and x.device.type == "cpu"
                 and not x.is_conj() and not x.is_neg())
         a = x.numpy() if fast else _numpy_view(x)  # no copy for contiguous CPU float32 input
-        ops = _OPS[0] if _OPS else _ops()
-        out = ops.qlinear(a.reshape(-1, self.in_features), self.weight, self._bias_numpy())
+        if self._use_kernel:
+            ops = _OPS[0] if _OPS else _ops()
+            out = ops.qlinear(a.reshape(-1, self.in_features), self.weight, self._bias_numpy())
+        else:  # blocks of decoded rows, one at a time
+            out = linear_rows(a.reshape(-1, self.in_features), self.weight, self._bias_numpy())
         y = torch.from_numpy(out.reshape(a.shape[:-1] + (self.out_features,)))
         return y if fast else y.to(device=x.device, dtype=x.dtype)
 
@@ -236,22 +281,20 @@ class QLinear(_QWeightModule):
             raise ValueError(f"QLinear expects input of shape (..., {self.in_features}), got {tuple(x.shape)}")
         if self.input_quantizer is not None:
             x = self.input_quantizer(x)
-        if not self._use_kernel:
-            b = None if self.bias is None else self.bias.to(device=x.device, dtype=x.dtype)
-            return F.linear(x, self.dequantized_weight(x.device, x.dtype), b)
         if x.requires_grad and torch.is_grad_enabled():
             return _QLinearKernelFn.apply(x, self)
         return self._kernel_forward(x)
 
     def extra_repr(self) -> str:
-        path = "int8 qlinear" if self.uses_kernel else "weight-only"
+        path = ("int8 qlinear" if _int8_gemm_weight(self.weight) else "qlinear") if self.uses_kernel else "packed rows"
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"{self._weight_repr()}, compute={path!r}")
 
 
 class QConv2d(_QWeightModule):
-    """``nn.Conv2d`` with a quantized weight (a :class:`qcore.QTensor`); weight-only: the forward convolves with
-    the dequantized weight (cached)."""
+    """``nn.Conv2d`` with a quantized weight (a :class:`qcore.QTensor`), held packed; weight-only: each forward
+    decodes the weight transiently (a float tensor of the weight's size while ``F.conv2d`` runs, freed after;
+    there is no fused low-bit convolution) — nothing float is cached between calls."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, weight: QTensor, bias=None, stride=1,
                  padding=0, dilation=1, groups: int = 1, padding_mode: str = "zeros",
@@ -284,7 +327,7 @@ class QConv2d(_QWeightModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._apply_input_quantizer(x)
         b = None if self.bias is None else self.bias.to(device=x.device, dtype=x.dtype)
-        w = self.dequantized_weight(x.device, x.dtype)
+        w = self.dequantized_weight(x.device, x.dtype)  # transient
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             return F.conv2d(x, w, b, self.stride, 0, self.dilation, self.groups)

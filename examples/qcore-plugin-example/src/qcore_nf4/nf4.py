@@ -80,6 +80,14 @@ class NF4Quantizer(qcore.Quantizer):
         codes = np.searchsorted(self._midpoints, normed, side="left")  # nearest level; ties to the lower one
         return codes.astype(np.uint8).reshape(x.shape)
 
+    def lookup_table(self, params) -> np.ndarray:
+        """The decode as a table (qcore's lookup-table contract, docs/plugins.md): float32 of shape
+        ``absmax.shape + (2**bits,)`` with ``table[p, c] = level[c] * absmax[p]``, so ``decode(codes)`` is
+        ``table[<block of the element>, code]``.  ``qcore.ops.qlinear`` uses it to run NF4 weights on its fused
+        low-bit kernel (a 16-entry table decode in the inner loop)."""
+        absmax = np.asarray(params["absmax"], np.float32)
+        return (self.codebook * absmax[..., None]).astype(np.float32)
+
     def decode(self, codes, params):
         codes = np.asarray(codes)
         view, axis = self.layout(codes)
