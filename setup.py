@@ -117,6 +117,7 @@ setup(
         "pluggy>=1.3",
         "safetensors>=0.4",
         "scikit-learn>=1.3",
+        "scipy>=1.9",  # LAPACK potrf/trtri and BLAS syrk for GPTQ (scikit-learn needs it anyway)
         "tqdm>=4.60",
         "matplotlib>=3.7",
         "threadpoolctl>=3.1",

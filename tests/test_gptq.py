@@ -247,3 +247,20 @@ def test_float16_and_float64_weights():
     np.testing.assert_array_equal(a.codes, b.codes)
     assert a.dtype == "float64"
     assert qcore.gptq(w.astype(np.float16), h.astype(np.float32), bits=4).dtype == "float16"
+
+
+def test_clip_search_lowers_the_output_error():
+    x = anisotropic_inputs(256)
+    w = weights(64, 256)
+    h = hessian(x)
+    # affine min/max ranges gain most; symmetric 3-/4-bit linear already searches its scale (the factor 1 is
+    # among the candidates, so it is never worse there)
+    for opts, gain in ((dict(bits=3, granularity="group", group_size=64), 0.95),
+                       (dict(bits=4, granularity="channel", symmetric=True), 1.0)):
+        plain = out_err(x, w, qcore.gptq(w, h, **opts).dequantize())
+        clipped = qcore.gptq(w, h, clip_search=True, **opts)
+        assert out_err(x, w, clipped.dequantize()) < gain * plain
+        again = qcore.get_quantizer("linear", **opts).decode(clipped.codes, clipped.params)
+        np.testing.assert_array_equal(again, clipped.dequantize())
+    with pytest.raises(TypeError, match="clip_search"):
+        qcore.gptq(w, h, clip_search="yes")

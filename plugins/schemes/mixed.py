@@ -173,18 +173,35 @@ def knapsack(costs: list[np.ndarray], errors: list[np.ndarray], capacity: float,
     return [int(k) for k in pick]
 
 
-def score_candidate(x: np.ndarray, qt: qcore.QTensor, *, sensitivity=1.0, calibration=None, signal=None) -> dict:
+def score_candidate(x: np.ndarray, qt: qcore.QTensor, *, sensitivity=1.0, calibration=None, signal=None,
+                    hessian=None, relative=False) -> dict:
     """How good one candidate is on ``x``: ``{"error", "sse", "sqnr_db"}``.
 
     The one place the planner measures error (the plan minimises ``error``): the squared error ``sse`` of the
     weights, times ``sensitivity`` (a number, or per-element weights), or with ``calibration`` inputs ``X``
-    the output error ``||X (W - W')||^2`` (:func:`output_error`).  ``sqnr_db`` is the weight SQNR
-    (``signal``: ``sum x^2`` when the caller has it already).
+    the output error ``||X (W - W')||^2`` (:func:`output_error`), or with the layer's input Hessian
+    ``H = mean(x x^T)`` (``(K, K)`` for a ``(N, K)`` weight) the mean output error
+    ``trace((W - W') H (W - W')^T)`` — what the model's output feels, not the weight error; ``relative=True``
+    divides it by the layer's output energy ``trace(W H W^T)`` (a noise-to-signal ratio, comparable between
+    layers whose outputs have different scales).  ``sqnr_db`` is the weight SQNR (``signal``: ``sum x^2`` when
+    the caller has it already).
     """
     d = qt.dequantize()
     np.subtract(x, d, out=d)
     sse = sumsq(d)
-    if np.ndim(sensitivity) == 0 and calibration is None:
+    if hessian is not None:
+        from qcore.ptq import check_hessian
+
+        if d.ndim != 2:
+            raise ValueError(f"a Hessian needs a 2-d weight, got shape {d.shape}")
+        h = check_hessian(hessian, d.shape[1])
+        d64 = d.astype(np.float64)
+        error = float(np.einsum("nk,nk->", d64 @ h, d64))
+        if relative:
+            x64 = np.asarray(x, np.float64)
+            energy = float(np.einsum("nk,nk->", x64 @ h, x64))
+            error = error / energy if energy > 0 else (0.0 if error == 0 else math.inf)
+    elif np.ndim(sensitivity) == 0 and calibration is None:
         if not (math.isfinite(float(sensitivity)) and float(sensitivity) >= 0):
             raise ValueError(f"sensitivity must be a finite number >= 0, got {sensitivity!r}")
         error = sse * float(sensitivity)
@@ -200,13 +217,14 @@ class MixedPlanner(qcore.Planner):
     overrides the budget), ``candidates`` (list of ``"scheme:bits[:granularity[:group_size]]"`` strings or
     dicts; a comma-separated string works too; default :data:`DEFAULT_CANDIDATES`, skipping schemes that are
     not installed), ``axis`` (channel axis for per-channel candidates, default 0), ``sensitivity`` and
-    ``calibration`` (the error measure, see :func:`score_candidate`).  ``bits`` (default 8) is the widest code
+    ``calibration`` (the error measure, see :func:`score_candidate`), ``output_error`` (with Hessians:
+    ``"relative"`` (default; each layer's output error over its output energy) or ``"absolute"``).  ``bits`` (default 8) is the widest code
     a candidate may use.
     """
 
     name = "mixed"
     options = {"budget_bits": 4.5, "target_sqnr": None, "candidates": None, "axis": 0,
-               "sensitivity": None, "calibration": None}
+               "sensitivity": None, "calibration": None, "output_error": "relative"}
 
     def __init__(self, bits=None, observer=None, kernel=None, **options):
         super().__init__(bits, observer, kernel, **options)
@@ -218,6 +236,8 @@ class MixedPlanner(qcore.Planner):
                     raise TypeError(f"{key} must be a number, got {v!r}")
                 if not math.isfinite(v) or (key == "budget_bits" and v <= 0):
                     raise ValueError(f"{key} must be a finite{' positive' if key == 'budget_bits' else ''} number, got {v}")
+        if cfg["output_error"] not in ("absolute", "relative"):
+            raise ValueError(f"output_error must be 'absolute' or 'relative', got {cfg['output_error']!r}")
         cands = cfg["candidates"]
         explicit = cands is not None
         if cands is None:
@@ -277,8 +297,12 @@ class MixedPlanner(qcore.Planner):
                 self._cache[key] = None  # e.g. a scheme without granularity options: candidate skipped
         return self._cache[key]
 
-    def measure(self, x, *, sensitivity=None, calibration=None) -> list[dict]:
-        """Quantize ``x`` with every applicable candidate: ``[{"spec", "label", "bits", "nbytes", "error", "sse", "sqnr_db"}]``."""
+    def measure(self, x, *, sensitivity=None, calibration=None, hessian=None, method="rtn") -> list[dict]:
+        """Quantize ``x`` with every applicable candidate: ``[{"spec", "label", "bits", "nbytes", "error", "sse", "sqnr_db"}]``.
+
+        ``hessian`` (the layer's ``mean(x x^T)``): errors are output errors (:func:`score_candidate`);
+        ``method="gptq"`` (with ``hessian``): each candidate is quantized by :func:`qcore.gptq`.
+        """
         x = as_float32(x)
         sensitivity = self.config["sensitivity"] if sensitivity is None else sensitivity
         calibration = self.config["calibration"] if calibration is None else calibration
@@ -294,10 +318,11 @@ class MixedPlanner(qcore.Planner):
             if q is None:
                 continue
             try:
-                qt = q.quantize(x)
+                qt = self._encode(q, x, hessian, method)
             except ValueError:
                 continue  # the candidate cannot take this tensor (e.g. a shape it does not support)
-            score = score_candidate(x, qt, sensitivity=sensitivity, calibration=calibration, signal=signal)
+            score = score_candidate(x, qt, sensitivity=sensitivity, calibration=calibration, signal=signal,
+                                    hessian=hessian, relative=self.config["output_error"] == "relative")
             out.append({"spec": s, "label": label_of(s), "bits": qt.bits, "nbytes": int(qt.nbytes), **score})
             del qt
         return out
@@ -325,11 +350,21 @@ class MixedPlanner(qcore.Planner):
         except ValueError as exc:
             raise ValueError(f"mixed: {exc}; raise budget_bits or add cheaper candidates") from None
 
-    def quantize_candidate(self, x, spec: dict) -> qcore.QTensor:
+    @staticmethod
+    def _encode(q, x, hessian, method):
+        if method not in ("rtn", "gptq"):
+            raise ValueError(f"method must be 'rtn' or 'gptq', got {method!r}")
+        if method == "gptq":
+            if hessian is None:
+                raise TypeError("method='gptq' needs the layer's hessian")
+            return qcore.gptq(x, hessian, q)
+        return q.quantize(x)
+
+    def quantize_candidate(self, x, spec: dict, *, hessian=None, method="rtn") -> qcore.QTensor:
         q = self._quantizer(spec)
         if q is None:  # pragma: no cover - measure() only returns candidates that built
             raise ValueError(f"candidate {label_of(spec)!r} cannot be built")
-        return q.quantize(x)
+        return self._encode(q, as_float32(x), hessian, method)
 
     def capacity_bits(self, size: int):
         # target_sqnr overrides the budget (plan() ignores the capacity then)

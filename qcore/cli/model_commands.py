@@ -58,6 +58,12 @@ def register(sub) -> None:
                     help="mixed only, instead of --budget-bits: smallest candidate reaching this SQNR (dB) per tensor")
     sp.add_argument("--candidates", help="mixed only: comma-separated 'scheme:bits[:granularity[:group_size]]' "
                                           "(default: linear 2/3/4/8 per channel and group, kmeans 2-4, log 4-5)")
+    sp.add_argument("--method", choices=("rtn", "gptq"), default="rtn",
+                    help="rtn: round to nearest (default); gptq: minimise each layer's output error with the "
+                         "Hessians of --calibration (docs/ptq.md)")
+    sp.add_argument("--calibration", metavar="HESSIANS.safetensors",
+                    help="per-layer input Hessians (qtorch.collect_hessians); needed by --method gptq, and with "
+                         "--scheme mixed the candidates are judged by their output error")
     sp.add_argument("--include", action="append", metavar="GLOB", help="quantize only matching tensors (repeatable)")
     sp.add_argument("--exclude", action="append", metavar="GLOB", help="keep matching tensors as they are (repeatable)")
     sp.add_argument("--config", metavar="RULES.toml", help="options and [rules.\"GLOB\"] tables (see docs/models.md)")
@@ -283,9 +289,15 @@ def cmd_quantize(args) -> int:
                          f"(qcore dequantize writes a float copy, but quantizing that again compounds the error)")
     if args.config:
         check_exists(args.config, "--config file")
+    if args.method == "gptq" and not args.calibration:
+        raise UsageError("--method gptq needs --calibration HESSIANS.safetensors (per-layer Hessians written by "
+                         "qtorch.collect_hessians, see docs/ptq.md)")
+    if args.calibration:
+        check_exists(args.calibration, "--calibration file")
     cfg: dict[str, Any] = load_config(args.config) if args.config else {}
     # 2. the output: right kind of name, not an input, in a folder we can write
-    inputs = input_files(args.input) + ([args.config] if args.config else [])
+    inputs = input_files(args.input) + ([args.config] if args.config else []) + (
+        [args.calibration] if args.calibration else [])
     if args.format == "qcore":
         check_output_file(args.output, inputs, (".safetensors",), "a qcore quantized model")
     else:
@@ -318,8 +330,16 @@ def cmd_quantize(args) -> int:
         _check_compressed_tensors_plan([(n, s, o) for n, s, o in plan])
     # 5. the work
     t0 = time.perf_counter()
-    qm = quantize_model(tensors, scheme, include=include, exclude=exclude, rules=rules,
-                        budget_bits=budget, progress=not args.quiet, **options)
+    ptq = {"method": args.method, "hessians": args.calibration} if args.calibration else {}
+    if ptq and args.method == "rtn" and not _is_planner(q):
+        raise UsageError("--calibration is used by --method gptq or --scheme mixed")
+    try:
+        qm = quantize_model(tensors, scheme, include=include, exclude=exclude, rules=rules,
+                            budget_bits=budget, progress=not args.quiet, **ptq, **options)
+    except (ValueError, TypeError) as exc:
+        if not ptq:
+            raise
+        raise UsageError(f"--calibration {args.calibration}: {exc}") from None
     t1 = time.perf_counter()
     bar = progress_bar(1, not args.quiet, "writing")
 

@@ -12,6 +12,7 @@ import numpy as np
 from ..api import get_quantizer
 from ..metrics import matches, sqnr_db
 from ..quantization.planner import Planner
+from ..ptq import gptq
 from ..tensor import QTensor
 from .qmodel import QModel
 from .tensors import TensorFile, load_tensors, shape_and_dtype
@@ -197,8 +198,38 @@ def _named(exc: Exception, name: str) -> Exception:
     return new
 
 
+def _hessian_source(hessians):
+    """``hessians`` as a mapping (a path is opened lazily with :func:`load_tensors`)."""
+    if hessians is None:
+        return None, None
+    if isinstance(hessians, (str, os.PathLike)):
+        f = load_tensors(hessians)
+        return f, f
+    if not isinstance(hessians, Mapping):
+        raise TypeError(f"hessians must be a mapping name -> (K, K) array or a path to a file of them, "
+                        f"got {type(hessians).__name__}")
+    return hessians, None
+
+
+def hessian_for(hessians, name: str):
+    """The Hessian of tensor ``name``: the exact key, else the one key that ends the name (or that the name
+    ends) at a dot boundary — e.g. ``"0.model.encoder.layer.0.attention.self.query.weight"`` collected from
+    a sentence-transformers wrapper matches the checkpoint's ``"encoder.layer.0.attention.self.query.weight"``.
+    ``None`` if there is none (an ambiguous match is a ``ValueError``)."""
+    if hessians is None:
+        return None
+    if name in hessians:
+        return hessians[name]
+    hits = [k for k in hessians if isinstance(k, str) and (k.endswith("." + name) or name.endswith("." + k))]
+    if len(hits) > 1:
+        raise ValueError(f"tensor {name!r}: several Hessians match ({', '.join(sorted(hits)[:4])}); "
+                         "name them exactly")
+    return hessians[hits[0]] if hits else None
+
+
 def quantize_model(tensors, scheme: str = "linear", *, include=None, exclude=None, rules=None,
-                   budget_bits: float | None = None, progress: bool = True, **options: Any) -> QModel:
+                   budget_bits: float | None = None, progress: bool = True, method: str = "rtn", hessians=None,
+                   **options: Any) -> QModel:
     """Quantize a model's named tensors into a :class:`qcore.QModel`.
 
     :param tensors: ``{name: array}`` (a dict, ``qcore.load_tensors(...)``'s lazy mapping), or a path to a
@@ -213,6 +244,13 @@ def quantize_model(tensors, scheme: str = "linear", *, include=None, exclude=Non
         all quantized tensors (those with fixed schemes count too); never exceeded
     :param progress: a tqdm bar on stderr when it is a terminal, counting weights and naming the phase
         (``measuring`` the mixed candidates, ``quantizing``); or a callable ``(phase, done, total)``
+    :param method: ``"rtn"`` (round to nearest) or ``"gptq"`` (:func:`qcore.gptq` with each tensor's Hessian;
+        tensors without one — embeddings, say — are rounded to nearest, and ``qm.info[name]["method"]`` says
+        which method each tensor got)
+    :param hessians: ``{tensor name: H}`` (``H = mean(x x^T)`` of the layer's inputs, ``(K, K)`` for a ``(N, K)``
+        weight) or the path of a safetensors file of them (``qtorch.collect_hessians``); names match exactly or
+        by a dotted suffix.  Needed by ``method="gptq"``; with ``scheme="mixed"`` the candidates are also judged
+        by their output error ``trace((W - W') H (W - W')^T)`` instead of the weight error
     :param options: scheme options (``bits``, ``granularity``, ...).  For ``mixed``: ``candidates``,
         ``target_sqnr``, ``sensitivity`` (a number, or ``{name or pattern: weight or per-element array}``) and
         ``calibration`` (``{name or pattern: input activations X}``: error becomes ``||X (W - W')||^2``)
@@ -233,9 +271,15 @@ def quantize_model(tensors, scheme: str = "linear", *, include=None, exclude=Non
             raise TypeError(f"budget_bits must be a number, got {budget_bits!r}")
         if not (math.isfinite(budget_bits) and budget_bits > 0):
             raise ValueError(f"budget_bits must be a positive number, got {budget_bits}")
+    if method not in ("rtn", "gptq"):
+        raise ValueError(f"method must be 'rtn' or 'gptq', got {method!r}")
+    if method == "gptq" and hessians is None:
+        raise TypeError("method='gptq' needs hessians= (a mapping or a file of per-tensor Hessians, "
+                        "e.g. from qtorch.collect_hessians)")
     sensitivity = options.pop("sensitivity", None)
     calibration = options.pop("calibration", None)
     plan = plan_tensors(tensors, scheme, include, exclude, rules, options)
+    hess, own_hess = _hessian_source(hessians)
 
     model = QModel()
     quantizers: dict[tuple, Any] = {}
@@ -253,6 +297,8 @@ def quantize_model(tensors, scheme: str = "linear", *, include=None, exclude=Non
             continue
         q = quantizer_for(s, {k: v for k, v in opts.items() if k != "__rule__"})
         (planned if isinstance(q, Planner) else fixed).append((name, q, opts.get("__rule__")))
+    if hess is not None and method == "rtn" and not planned:
+        raise TypeError("hessians are used by method='gptq' or by a planning scheme (scheme='mixed')")
     if (sensitivity is not None or calibration is not None) and not planned:
         raise TypeError("sensitivity and calibration are options of a planning scheme (scheme='mixed')")
     if budget_bits is not None and not planned:
@@ -275,17 +321,22 @@ def quantize_model(tensors, scheme: str = "linear", *, include=None, exclude=Non
         for name, q, rule in fixed:
             bar.set_postfix_str(name[-40:])
             x = tensors[name]
+            h = hessian_for(hess, name) if method == "gptq" and np.ndim(x) == 2 else None
             try:
-                qt = q.quantize(x)
+                qt = q.quantize(x) if h is None else gptq(x, h, q)
             except (ValueError, TypeError) as exc:
                 raise _named(exc, name) from exc
             _set_source_dtype(qt, tensors, name)
-            results[name] = (qt, sqnr_db(x, qt.dequantize()), {"rule": rule} if rule else {})
+            info = {"rule": rule} if rule else {}
+            if method == "gptq":
+                info["method"] = "rtn" if h is None else "gptq"
+            results[name] = (qt, sqnr_db(x, qt.dequantize()), info)
             fixed_bits += 8 * qt.nbytes
             del x
             bar.update(counts[name])
         if planned:
-            _quantize_planned(tensors, planned, fixed, results, fixed_bits, budget_bits, sensitivity, calibration, bar, counts)
+            _quantize_planned(tensors, planned, fixed, results, fixed_bits, budget_bits, sensitivity, calibration, bar,
+                              counts, hess, method)
         for name, s, opts in plan:
             if name in results:
                 qt, snr, info = results[name]
@@ -301,12 +352,14 @@ def quantize_model(tensors, scheme: str = "linear", *, include=None, exclude=Non
                     model.info.setdefault(name, {})["rule"] = opts["rule"]
     finally:
         bar.close()
-        if own_file is not None and hasattr(own_file, "close"):
-            own_file.close()
+        for f in (own_file, own_hess):
+            if f is not None and hasattr(f, "close"):
+                f.close()
     return model
 
 
-def _quantize_planned(tensors, planned, fixed, results, fixed_bits, budget_bits, sensitivity, calibration, bar, counts):
+def _quantize_planned(tensors, planned, fixed, results, fixed_bits, budget_bits, sensitivity, calibration, bar,
+                      counts, hess=None, method="rtn"):
     # pass 1: measure every candidate of every planned tensor
     bar.reset(total=sum(counts[n] for n, _, _ in planned))
     bar.set_description_str("measuring")
@@ -314,8 +367,10 @@ def _quantize_planned(tensors, planned, fixed, results, fixed_bits, budget_bits,
     for name, q, rule in planned:
         bar.set_postfix_str(name[-40:])
         x = tensors[name]
+        extra = _planner_extra(hess, method, name, x)
         try:
-            m = q.measure(x, sensitivity=_per_tensor(sensitivity, name, 1.0), calibration=_per_tensor(calibration, name))
+            m = q.measure(x, sensitivity=_per_tensor(sensitivity, name, 1.0), calibration=_per_tensor(calibration, name),
+                          **extra)
         except (ValueError, TypeError) as exc:
             raise _named(exc, name) from exc
         if not m:
@@ -358,9 +413,12 @@ def _quantize_planned(tensors, planned, fixed, results, fixed_bits, budget_bits,
         bar.set_postfix_str(name[-40:])
         x = tensors[name]
         cand = measured[i][choice[i]]
-        qt = q.quantize_candidate(x, cand["spec"])
+        extra = _planner_extra(hess, method, name, x)
+        qt = q.quantize_candidate(x, cand["spec"], **extra)
         _set_source_dtype(qt, tensors, name)
         info = {"planned_by": q.name, "candidate": cand["label"]}
+        if method == "gptq":
+            info["method"] = "gptq" if extra.get("hessian") is not None else "rtn"
         if rule:
             info["rule"] = rule
         results[name] = (qt, sqnr_db(x, qt.dequantize()), info)
@@ -370,3 +428,14 @@ def _quantize_planned(tensors, planned, fixed, results, fixed_bits, budget_bits,
         used = sum(8 * r[0].nbytes for r in results.values())
         if used > budget_bits * total_count + 1e-6:  # pragma: no cover - the planner guarantees this
             raise RuntimeError(f"mixed plan exceeds its budget: {used / total_count:.4f} > {budget_bits} bits per weight")
+
+
+def _planner_extra(hess, method, name, x) -> dict:
+    """Keyword arguments for a planner's measure/quantize_candidate: the tensor's Hessian and the method."""
+    h = hessian_for(hess, name) if hess is not None and np.ndim(x) == 2 else None
+    extra = {}
+    if h is not None:
+        extra["hessian"] = h
+        if method != "rtn":
+            extra["method"] = method
+    return extra

@@ -141,27 +141,32 @@ def _inverse_cholesky(h: np.ndarray, damp: float) -> np.ndarray:
     # LAPACK on one thread: for K of a few thousand, OpenBLAS's threaded potrf is slower than serial
     # (much slower on a busy machine); the O(N K^2) sweep products keep every BLAS thread
     with threadpool_limits(limits=1, user_api="blas"):
+        # U = J inv(L) J with L L^T = J H J (J reverses the order) satisfies U^T U = H^-1, U upper:
+        # one factorisation and one triangular inverse
+        rev = idx[::-1]
         for _ in range(5):
-            a = h.copy()
+            a = h[np.ix_(rev, rev)]
             a[idx, idx] += lam
-            c, info = lapack.dpotrf(a, lower=0, clean=1)  # a = c^T c, c upper
+            c, info = lapack.dpotrf(a, lower=1, clean=1)
             if info == 0:
-                hinv, info = lapack.dpotri(c, lower=0)  # upper triangle of a^-1
+                linv, info = lapack.dtrtri(c, lower=1)
                 if info == 0:
-                    hinv = np.triu(hinv) + np.triu(hinv, 1).T
-                    u, info = lapack.dpotrf(hinv, lower=0, clean=1)
-                    if info == 0:
-                        return u
+                    return np.ascontiguousarray(linv[np.ix_(rev, rev)])
             lam = max(lam * 10, 1e-8 * mean_diag)
     raise np.linalg.LinAlgError("the Hessian is not positive definite even after damping it 10^4 times more; "
                                 "check it (a mean of x x^T) or raise damp")
 
 
+#: range shrink factors tried by ``clip_search``
+CLIP_GRID = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7)
+
+
 class _Units:
     """How the scheme's parameter sets map onto the input columns of W (see the module docstring)."""
 
-    def __init__(self, q, n: int, k: int):
+    def __init__(self, q, n: int, k: int, clip: bool = False):
         self.q = q
+        self.clip = clip
         g = q.granularity if "granularity" in q.config else "tensor"
         axis = q.config.get("axis", 0)
         if g == "channel":
@@ -185,7 +190,39 @@ class _Units:
         self.n, self.k = n, k
         self.count = k // self.size if k else 0
 
-    def fit(self, block: np.ndarray) -> dict[str, np.ndarray]:
+    def fit(self, block: np.ndarray, hdiag: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        params = self._fit(block)
+        if self.clip and hdiag is not None:
+            params = self._clip_search(block, hdiag, params)
+        return params
+
+    def _clip_search(self, block, hdiag, params):
+        """Per row (or for the tensor), the range shrink ``a`` whose parameters ``fit(a * block)`` give the least
+        ``sum_j H_jj (w - w')^2`` on the block itself (MSE-optimal clipping, weighted by input activity)."""
+        q = self.q
+        block = np.ascontiguousarray(block, np.float32)
+        wgt = np.asarray(hdiag, np.float64)[None, :]
+
+        def err(p):
+            d = block - np.asarray(q.decode(q.encode(block, p), p), np.float32)
+            return ((d.astype(np.float64) ** 2) * wgt).sum(axis=1)
+
+        best, best_err = params, err(params)
+        per_row = self.kind != "whole" or q.granularity == "channel"
+        for a in CLIP_GRID:
+            cand = self._fit(block * np.float32(a))
+            e = err(cand)
+            if per_row:
+                better = e < best_err
+                if better.any():
+                    best = {k: np.where(better.reshape((-1,) + (1,) * (v.ndim - 1)), cand[k], v)
+                            for k, v in best.items()}
+                    best_err = np.where(better, e, best_err)
+            elif e.sum() < best_err.sum():
+                best, best_err = cand, e
+        return best
+
+    def _fit(self, block: np.ndarray) -> dict[str, np.ndarray]:
         params = {name: np.asarray(v) for name, v in self.q.fit(np.ascontiguousarray(block, np.float32)).items()}
         lead = {"whole": None, "group": (self.n, 1), "column": (1,)}[self.kind]
         if lead is not None:
@@ -216,10 +253,42 @@ def _order(diag: np.ndarray, units: _Units, act_order: bool) -> np.ndarray:
     return np.argsort(-diag, kind="stable")
 
 
-def _gptq_core(w: np.ndarray, h: np.ndarray, q, block_size: int, damp: float, act_order: bool):
-    """The sweep. Returns ``(codes, params, w_hat)`` in the original column order."""
+#: the decode-table fast path is used up to this many codes (4-5 bits); wider codes take the exact path only
+_TABLE_MAX_CODES = 32
+
+
+def _code_table(units: _Units, params, n: int):
+    """``(rows, L)`` float32 values of every code under ``params`` (rows ``n``, or 1 when shared), or None."""
+    q, col_q = units.q, units.col_q
+    lo, hi = int(q.qmin), int(q.qmax)
+    count = hi - lo + 1
+    if count > _TABLE_MAX_CODES or units.kind == "column":
+        return None
+    dtype = np.int8 if q.signed else np.uint8
+    try:
+        cols = [np.asarray(col_q.decode(np.full((n, 1), c, dtype), params), np.float32).reshape(n)
+                for c in range(lo, hi + 1)]
+    except Exception:  # noqa: BLE001 - a scheme whose decode refuses some code values: exact path
+        return None
+    table = np.stack(cols, axis=1)
+    if not np.isfinite(table).all():
+        return None
+    return np.ascontiguousarray(table), lo
+
+
+def _gptq_core(w: np.ndarray, h: np.ndarray, q, block_size: int, damp: float, act_order: bool, clip: bool = False):
+    """The sweep. Returns ``(codes, params, w_hat)`` in the original column order.
+
+    Speed: rounding one column through ``encode``/``decode`` costs a few Python-level calls per column.  When
+    a scheme has at most 32 codes, the sweep instead rounds each column to the nearest value of a table made
+    by ``decode`` of every code under the unit's parameters; at the end of each sweep block the scheme's own
+    ``encode`` (one call per unit) runs on the values the sweep rounded, and its ``decode`` must give exactly
+    the values the sweep used.  Where it does not (a scheme whose encode is not round-to-nearest, or an exact
+    tie), the block is swept again column by column through ``encode``/``decode``, from the same state — so
+    the result is always that of the scheme's own encode.
+    """
     n, k = w.shape
-    units = _Units(q, n, k)
+    units = _Units(q, n, k, clip)
     W = np.array(w, dtype=np.float32, order="C")
     h = h.copy()
     diag = np.diag(h).copy()
@@ -227,50 +296,101 @@ def _gptq_core(w: np.ndarray, h: np.ndarray, q, block_size: int, damp: float, ac
     if dead.any():
         h[dead, :] = 0.0
         h[:, dead] = 0.0
-        h[dead, dead] = 1.0 if diag.max() <= 0 else float(diag[~dead].mean()) if (~dead).any() else 1.0
+        h[dead, dead] = float(diag[~dead].mean()) if (~dead).any() else 1.0
     perm = _order(diag, units, act_order)
     inv = np.argsort(perm)
     U = _inverse_cholesky(h[np.ix_(perm, perm)], damp).astype(np.float32)
-    if units.kind == "whole":
-        unit_params = [units.fit(W)]
-    else:
-        unit_params = [None] * units.count
+    unit_params = [units.fit(W, diag)] if units.kind == "whole" else [None] * units.count
     W = np.ascontiguousarray(W[:, perm])
-    codes = None
+    code_dt = np.int8 if q.signed else np.uint8
+    codes = np.zeros((n, k), code_dt)
     Q = np.empty_like(W)
     usz = units.size
     bs = max(block_size, 1)
     if units.kind != "whole":  # align sweep blocks to parameter units
         bs = max(bs // usz, 1) * usz
     col_q = units.col_q
-    cur_params = unit_params[0] if units.kind == "whole" else None
-    for i1 in range(0, k, bs):
-        i2 = min(i1 + bs, k)
+    # sub-blocks of 16 columns inside a sweep block (two-level lazy updates); unit starts are sub-block starts
+    sub = 16 if (units.kind == "whole" or usz % 16 == 0) else (usz if usz < 16 else 1)
+    whole_table = _code_table(units, unit_params[0], n) if units.kind == "whole" else None
+    rows = np.arange(n)
+
+    def sweep(i1, i2, fast):
+        """One block; returns (E1, pre-rounding values P1, table-rounded Q1, codes or None) — or None when the
+        fast path could not build a table."""
         W1 = W[:, i1:i2].copy()
         E1 = np.empty_like(W1)
+        P1 = np.empty_like(W1)
+        Q1 = np.empty_like(W1)
+        C1 = None if fast else np.empty(W1.shape, code_dt)
         U1 = U[i1:i2, i1:i2]
+        params, table = unit_params[0], whole_table
         for j in range(i2 - i1):
             col = i1 + j
             if units.kind != "whole" and col % usz == 0:
                 orig = perm[col:col + usz]
                 back = np.argsort(orig)  # the unit's columns in their stored order
-                cur_params = units.fit(W1[:, j:j + usz][:, back])
-                unit_params[orig[0] // usz if units.kind == "group" else orig[0]] = cur_params
-            wcol = W1[:, j:j + 1]
-            c = np.asarray(col_q.encode(np.ascontiguousarray(wcol), cur_params))
-            qcol = np.asarray(col_q.decode(c, cur_params), dtype=np.float32).reshape(n)
-            if codes is None:
-                codes = np.empty((n, k), dtype=c.dtype)
-            codes[:, col] = c.reshape(n)
-            Q[:, col] = qcol
-            err = (wcol[:, 0] - qcol) / U1[j, j]
+                params = units.fit(W1[:, j:j + usz][:, back], diag[orig[back]])
+                unit_params[orig[0] // usz if units.kind == "group" else orig[0]] = params
+                if fast:
+                    t = _code_table(units, params, n)
+                    if t is None:
+                        return None
+                    table = t
+            wcol = W1[:, j]
+            P1[:, j] = wcol
+            if fast:
+                vals = table[0]
+                idx = np.abs(vals - wcol[:, None]).argmin(axis=1)
+                qcol = vals[rows, idx]
+            else:
+                c = np.asarray(col_q.encode(np.ascontiguousarray(W1[:, j:j + 1]), params))
+                qcol = np.asarray(col_q.decode(c, params), dtype=np.float32).reshape(n)
+                C1[:, j] = c.reshape(n)
+            Q1[:, j] = qcol
+            err = (wcol - qcol) / U1[j, j]
             E1[:, j] = err
-            if j + 1 < i2 - i1:
-                W1[:, j + 1:] -= np.outer(err, U1[j, j + 1:])
+            s_end = min((j // sub + 1) * sub, i2 - i1)  # rank-1 updates inside the sub-block only
+            if j + 1 < s_end:
+                W1[:, j + 1:s_end] -= err[:, None] * U1[j, j + 1:s_end][None, :]
+            if j + 1 == s_end and s_end < i2 - i1:  # the sub-block's errors onto the rest of the block: BLAS
+                s0 = s_end - sub if s_end % sub == 0 else (s_end // sub) * sub
+                W1[:, s_end:] -= E1[:, s0:s_end] @ U1[s0:s_end, s_end:]
+        return E1, P1, Q1, C1
+
+    def verify(i1, i2, P1, Q1):
+        """The scheme's own codes for the block's pre-rounding values, or None if they decode differently."""
+        C1 = np.empty(P1.shape, code_dt)
+        if units.kind == "whole":
+            spans = [(0, i2 - i1, unit_params[0], q)]
+        else:
+            spans = [(a - i1, a - i1 + usz, unit_params[perm[a] // usz], q) for a in range(i1, i2, usz)]
+        for a, b, params, qq in spans:
+            blk = P1[:, a:b]
+            back = np.argsort(perm[i1 + a:i1 + b])
+            c = np.asarray(qq.encode(np.ascontiguousarray(blk[:, back]), params))
+            d = np.asarray(qq.decode(c, params), dtype=np.float32)
+            fwd = np.argsort(back)
+            c, d = c[:, fwd], d[:, fwd]
+            if not np.array_equal(d, Q1[:, a:b]):
+                return None
+            C1[:, a:b] = c
+        return C1
+
+    use_fast = units.kind != "column" and (units.kind != "whole" or whole_table is not None)
+    for i1 in range(0, k, bs):
+        i2 = min(i1 + bs, k)
+        res = sweep(i1, i2, True) if use_fast else None
+        C1 = None
+        if res is not None:
+            E1, P1, Q1, _ = res
+            C1 = verify(i1, i2, P1, Q1)
+        if C1 is None:
+            E1, P1, Q1, C1 = sweep(i1, i2, False)
+        Q[:, i1:i2] = Q1
+        codes[:, i1:i2] = C1
         if i2 < k:
             W[:, i2:] -= E1 @ U[i1:i2, i2:]
-    if codes is None:
-        codes = np.zeros((n, k), np.int8 if q.signed else np.uint8)
     codes = np.ascontiguousarray(codes[:, inv])
     Q = np.ascontiguousarray(Q[:, inv])
     params = units.assemble(unit_params) if k else q.fit(np.zeros((n, 0), np.float32))
@@ -278,7 +398,7 @@ def _gptq_core(w: np.ndarray, h: np.ndarray, q, block_size: int, damp: float, ac
 
 
 def gptq(w, hessian, scheme="linear", *, block_size: int = 128, damp: float = 0.01, act_order: bool = True,
-         **options: Any) -> QTensor:
+         clip_search: bool = False, **options: Any) -> QTensor:
     """Quantize the weight ``w`` (``(N, K)``, torch ``Linear`` layout) minimising the output error on the
     calibration inputs summarised by ``hessian`` (``(K, K)``, the mean of ``x x^T``).
 
@@ -288,6 +408,9 @@ def gptq(w, hessian, scheme="linear", *, block_size: int = 128, damp: float = 0.
         float rounding)
     :param damp: fraction of the mean Hessian diagonal added to the diagonal (see the module docstring)
     :param act_order: quantize the most active input columns first (respecting groups)
+    :param clip_search: fit each unit's parameters on the unit shrunk by the factor of :data:`CLIP_GRID` (or 1)
+        that gives the least activity-weighted error ``sum_j H_jj (w - w')^2`` — MSE-optimal clipping through
+        ``fit``, per row where the parameters are per row
     :returns: a :class:`qcore.QTensor` of the scheme, decodable like any other (its parameters are one set per
         row, group or column as the scheme's granularity says)
 
@@ -321,7 +444,10 @@ def gptq(w, hessian, scheme="linear", *, block_size: int = 128, damp: float = 0.
     if isinstance(q, Planner) or not isinstance(q, Quantizer):
         raise TypeError(f"scheme {q.name!r} chooses among schemes (a planner); gptq needs one encoding scheme — "
                         "use quantize_model(..., method='gptq', hessians=...) to plan with GPTQ")
-    codes, params, _ = _gptq_core(wa.astype(np.float32), h, q, block_size, float(damp), bool(act_order))
+    if not isinstance(clip_search, (bool, np.bool_)):
+        raise TypeError(f"clip_search must be True or False, got {clip_search!r}")
+    codes, params, _ = _gptq_core(wa.astype(np.float32), h, q, block_size, float(damp), bool(act_order),
+                                  bool(clip_search))
     codes = q._checked_codes(np.asarray(codes), wa.shape)
     return QTensor(codes, q.name, q.bits, params, q.export_options(), signed=q.signed, dtype=orig_dtype, quantizer=q)
 

@@ -40,12 +40,13 @@ except ImportError as exc:  # pragma: no cover - exercised by simulating a missi
 from ._apply import apply_quantized
 from ._model import convert, prepare_qat, quantize_dynamic
 from ._modules import QConv2d, QLinear
+from ._ptq import collect_hessians
 from ._qat import ActivationFakeQuant, QATConv2d, QATLinear
 from ._static import ObservedConv2d, ObservedLinear, QuantizedActivation, StaticConv2d, StaticLinear, prepare
 from ._tensors import fake_quantize
 
 __all__ = [
-    "quantize_dynamic", "prepare_qat", "convert", "apply_quantized",
+    "quantize_dynamic", "prepare_qat", "convert", "apply_quantized", "collect_hessians",
     "QLinear", "QConv2d", "QATLinear", "QATConv2d", "ActivationFakeQuant", "fake_quantize",
     "prepare", "StaticLinear", "StaticConv2d", "ObservedLinear", "ObservedConv2d", "QuantizedActivation",
 ]

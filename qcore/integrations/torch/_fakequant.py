@@ -12,7 +12,8 @@ QAT model saw; ``tests/test_qat_torch.py`` checks it):
 * 1-bit symmetric: ``alpha = mean|x|`` (float64), codes ``-1``/``0`` decoded to ``-alpha``/``+alpha``;
   2-bit symmetric: ternary, ``alpha`` and the threshold by least squares on the sorted ``|x|`` (float64);
 * codes ``q = clamp(rint(x * float32(1 / scale)) + zp, qmin, qmax)`` (``torch.round`` rounds half to even, as
-  ``rint``), values ``float32(q - zp) * scale``; symmetric codes use the narrow range ``[-qmax, qmax]``.
+  ``rint``), values ``float32(q - zp) * scale``; symmetric codes use the narrow range ``[-qmax, qmax]``, except
+  at 3 and 4 bits: the full signed range with the scheme's searched scale (``_searched_scale``).
 
 Gradients are straight-through (identity): ``fq(x) + (x - x.detach())``, whose value is exactly ``fq(x)``.
 """
@@ -140,6 +141,50 @@ def _alpha_least_squares(rows: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.where(alpha > 0, torch.clamp(alpha, min=MIN_SCALE), torch.ones_like(alpha))
 
 
+def _searched_scale(r: torch.Tensor, bits: int) -> torch.Tensor:
+    """The linear scheme's symmetric 3-/4-bit scale per row (``plugins/schemes/linear.py``: least squared error among
+    ``±max|x| / d``, errors in units of ``max|x|`` summed in its C kernel's order), float32 ``(R,)``."""
+    top = 1 << (bits - 1)
+    qmin, qmax = -top, top - 1
+    amax = r.abs().amax(dim=1)
+    live = amax > 0
+    one = torch.ones((), dtype=torch.float32, device=r.device)
+    ia = torch.reciprocal(torch.where(live, amax, one))
+    best_s = torch.ones_like(amax)
+    best_e = torch.full_like(amax, float("inf"))
+    n = r.shape[1]
+    n8 = n // 8 * 8
+    for i in range(9):
+        d = torch.tensor(top - 1.5 + 0.25 * i, dtype=torch.float32, device=r.device)  # exact in float32
+        for negative in (False, True):
+            sc = amax / d
+            sn = (one / d).expand_as(amax)
+            if negative:
+                sc, sn = -sc, -sn
+            sc = torch.where(live, sc, one)
+            q = torch.clamp(torch.round(r * torch.reciprocal(sc)[:, None]), qmin, qmax)
+            e = q * sn[:, None] - r * ia[:, None]
+            e = e * e
+            acc = torch.zeros(r.shape[0], 8, dtype=torch.float32, device=r.device)
+            for j in range(0, n8, 8):
+                acc = acc + e[:, j:j + 8]
+            tail = torch.zeros_like(amax)
+            for j in range(n8, n):
+                tail = tail + e[:, j]
+            a = acc
+            err = (((a[:, 0] + a[:, 1]) + (a[:, 2] + a[:, 3])) + ((a[:, 4] + a[:, 5]) + (a[:, 6] + a[:, 7]))) + tail
+            better = live & (err < best_e)
+            best_s = torch.where(better, sc, best_s)
+            best_e = torch.where(better, err, best_e)
+    lo, hi = r.amin(dim=1), r.amax(dim=1)
+    scale = torch.where(lo == hi, lo.abs(), best_s)
+    mag = torch.clamp(scale.abs(), min=MIN_SCALE)
+    # both ends of the grid finite (the scheme's finite_grid): |qmin * scale| <= float32 max
+    fmax = torch.finfo(torch.float32).max
+    mag = torch.where(torch.isfinite(mag * top), mag, torch.full_like(mag, fmax / top))
+    return torch.where(scale == 0, one, torch.copysign(mag, scale))
+
+
 def linear_fake_quant_values(x: torch.Tensor, bits: int, symmetric: bool, granularity: str = "tensor",
                              axis: int = 0, group_size: int = 128) -> torch.Tensor:
     """``decode(encode(x))`` of the linear scheme, parameters fitted on ``x`` itself (min/max), no gradient."""
@@ -155,6 +200,11 @@ def linear_fake_quant_values(x: torch.Tensor, bits: int, symmetric: bool, granul
         elif symmetric and bits == 2:
             alpha = _alpha_least_squares(r, 2)[:, None]
             out = dequantize_codes(quantize_codes(r, alpha, torch.zeros_like(alpha), -1, 1), alpha, 0.0)
+        elif symmetric and bits in (3, 4):  # full signed range, searched scale (docs/schemes.md)
+            scale = _searched_scale(r, bits)[:, None]
+            zero = torch.zeros_like(scale)
+            top = 1 << (bits - 1)
+            out = dequantize_codes(quantize_codes(r, scale, zero, -top, top - 1), scale, zero)
         else:
             lo, hi = r.amin(dim=1), r.amax(dim=1)
             scale, zp = affine_params(lo, hi, bits, symmetric)

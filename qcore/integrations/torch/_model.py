@@ -5,11 +5,11 @@ from torch import nn
 
 import copy
 import warnings
-from typing import Iterable
+from typing import Callable, Iterable
 
 import qcore
 
-from .._common import name_selected, weight_options
+from .._common import name_selected, scheme_class, weight_options
 from ._modules import QConv2d, QLinear
 from ._qat import ActivationFakeQuant, QATConv2d, QATLinear, _activation_spec
 from ._static import ObservedConv2d, ObservedLinear, _StaticBase, fuse_static, static_from_observed, static_from_qat
@@ -17,9 +17,14 @@ from ._tensors import _qtensor_of
 from ._walk import _check_module, _swap  # noqa: F401 - _swap: also imported from here by _apply
 
 
+def _is_planner(scheme: str) -> bool:
+    return isinstance(scheme_class(scheme), type) and issubclass(scheme_class(scheme), qcore.Planner)
+
+
 def quantize_dynamic(module: nn.Module, scheme: str = "linear", bits: int = 8, *,
                      include: Iterable[str] | str | None = None, exclude: Iterable[str] | str | None = None,
-                     inplace: bool = False, **options) -> nn.Module:
+                     inplace: bool = False, method: str = "rtn", calibrate: Callable[[nn.Module], object] | None = None,
+                     gptq_options: dict | None = None, progress: bool = True, **options) -> nn.Module:
     """A copy of ``module`` with every ``nn.Linear`` (exactly that type) replaced by :class:`QLinear`.
 
     :param scheme: any installed qcore scheme; ``bits`` and ``options`` go to it.  Adapter defaults (when the
@@ -27,14 +32,41 @@ def quantize_dynamic(module: nn.Module, scheme: str = "linear", bits: int = 8, *
     :param include: glob pattern(s) on qualified module names (``"encoder.*.fc?"``); only those are quantized
     :param exclude: glob pattern(s) of names left in float
     :param inplace: modify ``module`` itself instead of a deep copy
+    :param method: ``"rtn"`` (round to nearest) or ``"gptq"``: each layer quantized by :func:`qcore.gptq` with the
+        Hessian of its inputs while ``calibrate(model)`` runs, layer after layer, each seeing the earlier layers
+        already quantized (see ``qcore.integrations.torch._ptq``)
+    :param calibrate: ``fn(model)`` running forward passes on calibration data (needed by ``method="gptq"``
+        and by ``scheme="mixed"`` to measure candidates on the layers' outputs)
+    :param gptq_options: ``block_size``, ``damp``, ``act_order`` for :func:`qcore.gptq`
+    :param progress: a progress bar over layers (on a terminal) while calibrating
 
     8-bit ``linear`` weights run ``qcore.ops.qlinear``; other schemes and bit widths are weight-only.
     Subclasses of ``nn.Linear`` (e.g. attention's ``out_proj``, whose weight is read directly) are left alone.
     """
     _check_module(module)
+    if method not in ("rtn", "gptq"):
+        raise ValueError(f"method must be 'rtn' or 'gptq', got {method!r}")
+    if method == "gptq" and calibrate is None:
+        raise TypeError("method='gptq' needs calibrate=fn, a function running calibration forwards on the model")
+    if calibrate is not None and not callable(calibrate):
+        raise TypeError(f"calibrate must be a function fn(model), got {calibrate!r}")
+    if gptq_options is not None and method != "gptq":
+        raise TypeError("gptq_options are for method='gptq'")
     model = module if inplace else copy.deepcopy(module)
     wopts = weight_options(scheme, bits, options, channel_axis=0)
     qcore.get_quantizer(scheme, **wopts)  # bad options fail here, before any layer is touched
+    if calibrate is not None and _is_planner(scheme):
+        from ._ptq import check_gptq_options
+        from ._ptq_mixed import quantize_mixed
+
+        return quantize_mixed(model, qcore.get_quantizer(scheme, **wopts), calibrate, method=method,
+                              include=include, exclude=exclude, gptq_options=check_gptq_options(gptq_options),
+                              progress=progress)
+    if method == "gptq":
+        from ._ptq import quantize_calibrated
+
+        return quantize_calibrated(model, scheme, wopts, calibrate, method=method, include=include,
+                                   exclude=exclude, gptq_options=gptq_options, progress=progress)
 
     def make(name, child):
         if type(child) is nn.Linear and name_selected(name, include, exclude):

@@ -219,7 +219,15 @@ def _affine_qtensor_parts(qt):
         return None
     if "zero_point" in qt.params and np.any(np.asarray(qt.params["zero_point"]) != 0):
         return None
-    return qt.codes, scale
+    codes = qt.codes
+    neg = scale < 0
+    if neg.any():  # symmetric 3-/4-bit scales may be negative (docs/schemes.md): codes*scale == (-codes)*(-scale)
+        rows = codes.reshape(n, -1)
+        if (rows[neg] == -128).any():
+            return None
+        codes = np.where(neg.reshape((n,) + (1,) * (codes.ndim - 1)), -codes.astype(np.int16), codes).astype(np.int8)
+        scale = np.abs(scale).astype(np.float32)
+    return codes, scale
 
 
 class _StaticBase(nn.Module):

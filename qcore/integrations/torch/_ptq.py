@@ -1,0 +1,443 @@
+"""Data-aware post-training quantization of torch models: GPTQ layer by layer, and Hessian collection.
+
+``quantize_dynamic(model, ..., method="gptq", calibrate=fn)`` lands here (:func:`gptq_layers`).  ``fn(model)``
+runs forward passes on calibration data.  Each selected ``nn.Linear`` gets ``H = mean(x x^T)`` of its inputs
+(forward pre-hooks, ``X^T X`` accumulated by ``torch.addmm`` in float32) and is quantized by :func:`qcore.gptq`;
+the layers are quantized **in order**, each one's Hessian measured with every earlier layer already quantized.
+
+How the forward passes are organised (the cost is a few forward passes over the calibration data, not one per
+layer):
+
+* **Repeated blocks** (a transformer's ``nn.ModuleList`` of layers, found automatically: the ``ModuleList``
+  holding most of the selected layers): one run of ``fn`` captures the inputs of the first block, every call
+  (the other arguments — masks and the like — are kept by reference for every block).  Then block by block:
+  the block is replayed on the captured inputs, once per *wave* of layers (the next layer in execution order
+  plus every other layer fed the very same input tensor, such as query/key/value), stopping each replay as
+  soon as the wave's layers have seen their inputs; the wave is quantized; at the end the quantized block's
+  outputs become the next block's inputs.  Memory: the captured inputs (twice, in and out) plus one wave's
+  Hessians.
+* **Other layers** (outside the blocks, or a model without such a list): one run of ``fn`` per wave, with the
+  layers quantized so far in place.
+
+A layer that never runs during calibration is quantized by round to nearest, with a warning.
+
+``collect_hessians(model, fn, path)`` runs ``fn`` once on the float model and writes ``{"<layer>.weight": H}``
+(float32) to a safetensors file — the ``--calibration`` file of ``qcore quantize --method gptq``.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+import qcore
+
+from .._common import name_selected
+
+
+class _StopForward(Exception):
+    """Raised inside a replay once the current wave has seen its inputs: the rest of the block is skipped."""
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    if not enabled or not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return None
+    return tqdm(total=total, desc=desc, unit="layer", leave=False, file=sys.stderr)
+
+
+def _targets(model: nn.Module, include, exclude) -> dict[str, nn.Linear]:
+    out, seen = {}, set()
+    for name, mod in model.named_modules():
+        if type(mod) is nn.Linear and name_selected(name, include, exclude) and id(mod) not in seen:
+            seen.add(id(mod))
+            out[name] = mod
+    return out
+
+
+class _Hess:
+    """``sum x x^T`` and the row count of one input (shared by the layers that receive that same input).
+
+    Accumulated with BLAS ``ssyrk`` (the upper triangle only: half the work of ``X^T X``) into a float32
+    matrix; the float64 mean is formed once at the end.
+    """
+
+    def __init__(self, k: int):
+        from scipy.linalg import blas
+
+        self._syrk = blas.ssyrk
+        self.sum = np.zeros((k, k), np.float32, order="F")
+        self.count = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1])
+        if x.device.type != "cpu" or x.dtype != torch.float32:
+            x = x.to(device="cpu", dtype=torch.float32)
+        a = np.ascontiguousarray(x.numpy())  # (M, K) C order == (K, M) Fortran order: a.T is x^T
+        if a.shape[0] == 0:
+            return
+        self.sum = self._syrk(1.0, a.T, beta=1.0, c=self.sum, trans=0, lower=0, overwrite_c=1)
+        self.count += a.shape[0]
+
+    def value(self) -> np.ndarray:
+        u = np.triu(self.sum.astype(np.float64))
+        return (u + np.triu(u, 1).T) / max(self.count, 1)
+
+
+def _hidden_slot(args, kwargs):
+    """Where a block call's hidden-state input is: ``0`` (first positional argument), a keyword, or None."""
+    if args and isinstance(args[0], torch.Tensor):
+        return 0
+    for key in ("hidden_states", "input", "x"):
+        if isinstance(kwargs.get(key), torch.Tensor):
+            return key
+    return None
+
+
+def _get_hidden(slot, args, kwargs):
+    return args[0] if slot == 0 else kwargs[slot]
+
+
+def _with_hidden(slot, args, kwargs, h):
+    if slot == 0:
+        return (h,) + tuple(args[1:]), kwargs
+    return args, {**kwargs, slot: h}
+
+
+def _main_output(out):
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    if hasattr(out, "last_hidden_state"):
+        return out.last_hidden_state
+    return None
+
+
+def _find_blocks(model: nn.Module, targets: dict[str, nn.Linear]):
+    """``(list_name, [(block_name, block)])`` of the ModuleList holding most target layers (or None)."""
+    best, best_n = None, 1
+    tnames = list(targets)
+    for name, mod in model.named_modules():
+        if not isinstance(mod, nn.ModuleList) or len(mod) < 2:
+            continue
+        prefix = f"{name}." if name else ""
+        n = sum(1 for t in tnames if t.startswith(prefix))
+        if n > best_n:
+            best, best_n = (name, mod), n
+    if best is None:
+        return None
+    name, ml = best
+    prefix = f"{name}." if name else ""
+    return name, [(f"{prefix}{i}", blk) for i, blk in enumerate(ml)]
+
+
+class _Layerwise:
+    """The sequential GPTQ driver (see the module docstring)."""
+
+    def __init__(self, model, targets, quantize_layer, calibrate, progress):
+        self.model = model
+        self.targets = dict(targets)  # name -> nn.Linear, not yet quantized
+        self.quantize_layer = quantize_layer  # (name, linear, H or None) -> new module
+        self.calibrate = calibrate
+        self.bar = _progress(len(targets), progress, "gptq")
+        self.parent = {}
+        for pname, parent in model.named_modules():
+            for cname, child in parent._modules.items():
+                if child is not None:
+                    full = f"{pname}.{cname}" if pname else cname
+                    self.parent[full] = (parent, cname)
+
+    # -- bookkeeping ------------------------------------------------------------------------------------
+    def _replace(self, names: Iterable[str], hess: dict[str, _Hess]) -> None:
+        for name in names:
+            lin = self.targets.pop(name)
+            h = hess.get(name)
+            if h is None or h.count == 0:
+                warnings.warn(f"gptq: layer {name!r} did not run during calibration; rounded to nearest",
+                              stacklevel=4)
+                new = self.quantize_layer(name, lin, None)
+            else:
+                new = self.quantize_layer(name, lin, h.value())
+            if name == "":
+                self.model = new
+            else:
+                parent, cname = self.parent[name]
+                for pn, (p, cn) in self.parent.items():  # the same Linear registered under several names
+                    if p._modules.get(cn) is lin:
+                        p._modules[cn] = new
+                parent._modules[cname] = new
+            if self.bar is not None:
+                self.bar.update()
+                self.bar.set_postfix_str(name[-40:])
+
+    def _wave_hooks(self, names: list[str], stop_after_wave: bool):
+        """Hooks on ``names``.  On the first call (``state["calls"] == 0``) the first of them to run leads the
+        wave and every other one fed the very same tensor joins it (they share one Hessian); on later calls a
+        replay stops (``_StopForward``) once every wave member has run."""
+        state = {"leader_x": None, "wave": [], "seen": set(), "shared": None, "calls": 0}
+        handles = []
+
+        def pre(name):
+            def hook(mod, args):
+                x = args[0] if args else None
+                if not isinstance(x, torch.Tensor):
+                    return None
+                wave = state["wave"]
+                if state["calls"] == 0 and name not in wave:
+                    if state["leader_x"] is None:
+                        state["leader_x"] = x
+                        state["shared"] = _Hess(mod.in_features)
+                        wave.append(name)
+                    elif x is state["leader_x"]:
+                        wave.append(name)
+                if name in wave:
+                    if name == wave[0]:
+                        state["shared"].add(x)
+                    state["seen"].add(name)
+                    if stop_after_wave and state["calls"] > 0 and len(state["seen"]) == len(wave):
+                        raise _StopForward
+                return None
+            return hook
+
+        for n in names:
+            handles.append(self._module(n).register_forward_pre_hook(pre(n)))
+        return state, handles
+
+    def _module(self, name):
+        return self.model if name == "" else self.model.get_submodule(name)
+
+    # -- drivers --------------------------------------------------------------------------------------------
+    def run_waves_with_calibrate(self, names: list[str]) -> None:
+        """One ``calibrate`` run per wave, until ``names`` are all quantized."""
+        names = [n for n in names if n in self.targets]
+        while names:
+            state, handles = self._wave_hooks(names, stop_after_wave=False)
+            # every call is a "first call" here: one fn run may hold many forwards; decide on the first
+            try:
+                with torch.no_grad():
+                    self.calibrate(self.model)
+            finally:
+                for hd in handles:
+                    hd.remove()
+            wave = state["wave"]
+            if not wave:  # none of them ran
+                self._replace(names, {})
+                return
+            self._replace(wave, {n: state["shared"] for n in wave})
+            names = [n for n in names if n in self.targets]
+
+    def run(self) -> nn.Module:
+        try:
+            found = _find_blocks(self.model, self.targets)
+            if found is not None and not self._run_blocks(found):
+                found = None
+            self.run_waves_with_calibrate(list(self.targets))
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+        return self.model
+
+    def _capture(self, blocks):
+        """One calibrate run: per block, its calls' (args, kwargs) with the hidden input of block 0 kept."""
+        calls = [[] for _ in blocks]
+        chain_ok = [True] * len(blocks)
+        last_out = [None]
+        handles = []
+
+        def pre(i):
+            def hook(mod, args, kwargs):
+                slot = _hidden_slot(args, kwargs)
+                if slot is None:
+                    chain_ok[i] = False
+                    return None
+                h = _get_hidden(slot, args, kwargs)
+                if i > 0 and not (last_out[0] is h or (last_out[0] is not None and last_out[0].shape == h.shape
+                                                        and torch.equal(last_out[0], h))):
+                    chain_ok[i] = False
+                a, k = _with_hidden(slot, args, kwargs, h if i == 0 else None)
+                calls[i].append((slot, a, k))
+                return None
+            return hook
+
+        def post(i):
+            def hook(mod, args, kwargs, out):
+                last_out[0] = _main_output(out)
+                return None
+            return hook
+
+        for i, (_, blk) in enumerate(blocks):
+            handles.append(blk.register_forward_pre_hook(pre(i), with_kwargs=True))
+            handles.append(blk.register_forward_hook(post(i), with_kwargs=True))
+        try:
+            with torch.no_grad():
+                self.calibrate(self.model)
+        finally:
+            for hd in handles:
+                hd.remove()
+        n = len(calls[0])
+        ok = n > 0 and all(chain_ok) and all(len(c) == n for c in calls)
+        return calls, ok
+
+    def _run_blocks(self, found) -> bool:
+        list_name, blocks = found
+        inside = {i: [n for n in self.targets if n.startswith(bname + ".")] for i, (bname, _) in enumerate(blocks)}
+        if not any(inside.values()):
+            return False
+        # layers outside the blocks that run before the first block (e.g. an input projection) come first
+        order = self._execution_order()
+        first_block = min((order[n] for i in inside for n in inside[i] if n in order), default=None)
+        before = [n for n in self.targets if not any(n in v for v in inside.values())
+                  and n in order and first_block is not None and order[n] < first_block]
+        if before:
+            self.run_waves_with_calibrate(sorted(before, key=order.get))
+        calls, ok = self._capture(blocks)
+        if not ok:
+            return False
+        hidden = [_get_hidden(slot, a, k) for slot, a, k in calls[0]]
+        for i, (bname, blk) in enumerate(blocks):
+            names = [n for n in inside[i] if n in self.targets]
+            while names:
+                state, handles = self._wave_hooks(names, stop_after_wave=True)
+                try:
+                    with torch.no_grad():
+                        for c, (slot, a, k) in enumerate(calls[i]):
+                            state["calls"] = c
+                            state["seen"] = set()
+                            aa, kk = _with_hidden(slot, a, k, hidden[c])
+                            try:
+                                blk(*aa, **kk)
+                            except _StopForward:
+                                pass
+                finally:
+                    for hd in handles:
+                        hd.remove()
+                wave = state["wave"]
+                if not wave:
+                    self._replace(names, {})
+                    break
+                self._replace(wave, {n: state["shared"] for n in wave})
+                names = [n for n in names if n in self.targets]
+            blk = self._module(bname)
+            if i + 1 < len(blocks):
+                with torch.no_grad():
+                    outs = []
+                    for c, (slot, a, k) in enumerate(calls[i]):
+                        aa, kk = _with_hidden(slot, a, k, hidden[c])
+                        outs.append(_main_output(blk(*aa, **kk)))
+                hidden = outs
+        return True
+
+    def _execution_order(self) -> dict[str, int]:
+        """First-call order of the target layers, from one calibrate run (only when needed: cheap models)."""
+        # cheap shortcut: module registration order matches execution order in the usual models; a run of
+        # ``calibrate`` just for this would cost a full forward pass, so it is taken from registration order
+        return {n: i for i, n in enumerate(self.targets)}
+
+
+def gptq_layers(model: nn.Module, calibrate: Callable[[nn.Module], object], quantize_layer, *,
+                include=None, exclude=None, progress: bool = True) -> nn.Module:
+    """Quantize the selected ``nn.Linear`` layers of ``model`` in place, in order, with their calibration Hessians.
+
+    ``quantize_layer(name, linear, H)`` returns the replacement module (``H`` is ``None`` for a layer that never
+    ran).  Returns the model.
+    """
+    if not callable(calibrate):
+        raise TypeError(f"calibrate must be a function fn(model) running calibration forwards, got {calibrate!r}")
+    targets = _targets(model, include, exclude)
+    if not targets:
+        warnings.warn("quantize_dynamic: no nn.Linear module was selected; the model is unchanged", stacklevel=3)
+        return model
+    return _Layerwise(model, targets, quantize_layer, calibrate, progress).run()
+
+
+GPTQ_OPTIONS = ("block_size", "damp", "act_order", "clip_search")
+
+
+def check_gptq_options(gptq_options) -> dict:
+    gopts = dict(gptq_options or {})
+    unknown = set(gopts) - set(GPTQ_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown gptq_options {', '.join(sorted(unknown))}; they are {', '.join(GPTQ_OPTIONS)}")
+    return gopts
+
+
+def quantize_calibrated(model: nn.Module, scheme: str, wopts: dict, calibrate, *, method: str = "gptq",
+                        include=None, exclude=None, gptq_options=None, progress: bool = True) -> nn.Module:
+    """``quantize_dynamic``'s calibrated path (``method="gptq"``; ``scheme="mixed"`` with ``calibrate``)."""
+    from ._modules import QLinear
+    from ._tensors import _numpy_view
+
+    gopts = check_gptq_options(gptq_options)
+    quantizer = qcore.get_quantizer(scheme, **wopts)
+    if isinstance(quantizer, qcore.Planner):  # pragma: no cover - _model sends planners to _ptq_mixed
+        raise TypeError("a planner goes through quantize_mixed")
+
+    def quantize_layer(name, lin, h):
+        w = _numpy_view(lin.weight)
+        qt = qcore.gptq(w, h, quantizer, **gopts) if h is not None else quantizer.quantize(w)
+        return QLinear(lin.in_features, lin.out_features, qt, lin.bias)
+
+    return gptq_layers(model, calibrate, quantize_layer, include=include, exclude=exclude, progress=progress)
+
+
+def collect_hessians(model: nn.Module, fn: Callable[[nn.Module], object], path: str | os.PathLike | None = None, *,
+                     include: Iterable[str] | str | None = None, exclude: Iterable[str] | str | None = None,
+                     prefix: str = "") -> dict[str, np.ndarray]:
+    """Run ``fn(model)`` once and return (and write to ``path``, a ``.safetensors`` file) the input Hessian
+    ``H = mean(x x^T)`` of every selected ``nn.Linear``, keyed ``"<prefix><layer name>.weight"`` — the name of the
+    layer's weight in the model's own state dict, so ``qcore quantize --calibration`` matches it to the weight.
+
+    Layers that never ran are left out.  Memory: one ``K x K`` float32 matrix per distinct layer input (layers fed
+    the same tensor, such as query/key/value, share one while collecting).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not callable(fn):
+        raise TypeError(f"fn must be a function fn(model) running calibration forwards, got {fn!r}")
+    targets = _targets(model, include, exclude)
+    hess: dict[str, _Hess] = {}
+    handles = []
+
+    def pre(name):
+        def hook(mod, args):
+            x = args[0] if args else None
+            if isinstance(x, torch.Tensor):
+                hess.setdefault(name, _Hess(mod.in_features)).add(x)
+        return hook
+
+    for name, mod in targets.items():
+        handles.append(mod.register_forward_pre_hook(pre(name)))
+    try:
+        with torch.no_grad():
+            fn(model)
+    finally:
+        for hd in handles:
+            hd.remove()
+    out = {f"{prefix}{name}.weight" if name else f"{prefix}weight": h.value().astype(np.float32)
+           for name, h in hess.items() if h.count}
+    if path is not None:
+        _write(path, out, {name: h.count for name, h in hess.items() if h.count}, prefix)
+    return out
+
+
+def _write(path, hessians: dict[str, np.ndarray], counts: dict[str, int], prefix: str) -> None:
+    import json
+
+    from qcore.model import safetensors_io
+
+    meta = {"format": "qcore-hessians", "version": "1",
+            "samples": json.dumps({f"{prefix}{n}.weight" if n else f"{prefix}weight": c for n, c in counts.items()})}
+    entries = [safetensors_io.Entry.of(n, np.ascontiguousarray(h)) for n, h in hessians.items()]
+    safetensors_io.write_safetensors(path, entries, meta)
+
+
+__all__ = ["collect_hessians", "gptq_layers"]

