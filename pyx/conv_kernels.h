@@ -8,7 +8,8 @@
  * pixel ("indirect convolution"), or to a row of Cp bytes holding the zero point za where the tap falls into
  * the padding, so padding contributes (za - za) * w = 0 exactly like a float zero.
  *
- * Weights are symmetric (no weight zero point), so the correction is  C = acc - za * colsum[n].
+ * Weights are symmetric (no weight zero point), so the correction is  C = acc - zc[n], zc[n] = za * colsum[n]
+ * (precomputed per layer, wrapping int32 arithmetic).
  * Epilogue per output (float32 arithmetic, in this order, no fused multiply-add):
  *   mode 0 (int32):  out = C
  *   mode 1 (float):  y = float(C) * mult[n] + bias[n];  relu: y = max(y, 0)
@@ -34,7 +35,7 @@ typedef struct {
     int64_t groups, Cg;
     const uint8_t *zrow;      /* Cp bytes, all za */
     int32_t za;
-    const int32_t *cs;        /* per column, padded to Np: sum of the weights of column n */
+    const int32_t *zc;        /* per column, padded to Np: za * (sum of the weights of column n), wrapping */
     const float *mult;        /* per column, padded */
     const float *bias;        /* per column, padded, or NULL */
     int mode;                 /* 0 int32, 1 float32, 2 uint8 */
@@ -42,6 +43,10 @@ typedef struct {
     int32_t zo;               /* output zero point (mode 2) */
     void *out; int64_t ldo;   /* row stride in elements */
     int64_t MC;               /* rows per work unit */
+    int nchw;                 /* float output (mode 1) in NCHW order: element (b, n, oh, ow) at
+                                 (b*N + n)*OH*OW + oh*OW + ow (a column stride of OH*OW) */
+    int64_t opad_h, opad_w;   /* uint8 output into a buffer padded by (opad_h, opad_w) pixels per side (the next
+                                 layer's zero padding, pre-filled with zo by the caller); 0 for float/int32 */
 } qc_conv_args;
 
 /* -------------------------------------------------------------------------------------- static quantization */
@@ -74,8 +79,8 @@ typedef struct {
 
 /* Static quantization of one NCHW image plane set: x (C, HW) float32 -> q (HW, Cp) uint8 (NHWC), pad = z. */
 #define QC_SQ_NCHW(NAME, ATTR)                                                                               \
-    ATTR static int NAME(const float *x, int64_t C, int64_t HW, float inv, int32_t z, int32_t lo, int32_t hi,  \
-                         uint8_t *q, int64_t Cp)                                                             \
+    ATTR static int NAME(const float *x, int64_t C, int64_t HW, int64_t cstride, float inv, int32_t z,         \
+                         int32_t lo, int32_t hi, uint8_t *q, int64_t Cp)                                     \
     {                                                                                                        \
         const float flo = (float)(lo - z), fhi = (float)(hi - z);                                            \
         float nf = 0.f;                                                                                      \
@@ -85,7 +90,7 @@ typedef struct {
             int64_t np_ = HW - p0 < BLK ? HW - p0 : BLK;                                                     \
             for (int64_t c = 0; c < Cp; c++) {                                                               \
                 if (c < C) {                                                                                 \
-                    const float *xc = x + c * HW + p0;                                                       \
+                    const float *xc = x + c * cstride + p0;                                                  \
                     for (int64_t p = 0; p < np_; p++) {                                                      \
                         float v = xc[p];                                                                     \
                         nf += v - v;                                                                         \
@@ -110,13 +115,36 @@ QC_SQ_ROWS(qc_sq_rows_portable, )
 QC_SQ_NCHW(qc_sq_nchw_portable, )
 #if QC_X86
 QC_SQ_ROWS(qc_sq_rows_avx2, QC_AVX2_T)
-QC_SQ_ROWS(qc_sq_rows_avx512, QC_VNNI_T)
+QC_VNNI_T static int qc_sq_rows_avx512(const float *x, int64_t R, int64_t C, int64_t ldx, float inv, int32_t z,
+                                      int32_t lo, int32_t hi, uint8_t *q, int64_t Cp)
+{
+    const __m512 vinv = _mm512_set1_ps(inv), flo = _mm512_set1_ps((float)(lo - z)),
+                 fhi = _mm512_set1_ps((float)(hi - z)), magic = _mm512_set1_ps(12582912.0f);
+    const __m512i off = _mm512_set1_epi32(z - 0x4B400000), vz = _mm512_set1_epi32(z);
+    __m512 nf = _mm512_setzero_ps();
+    for (int64_t r = 0; r < R; r++) {
+        const float *xr = x + r * ldx;
+        uint8_t *qr = q + r * Cp;
+        for (int64_t c = 0; c < Cp; c += 16) {
+            int64_t n = C - c, w = Cp - c;
+            __mmask16 m = n >= 16 ? (__mmask16)0xFFFF : (n > 0 ? (__mmask16)((1u << n) - 1u) : (__mmask16)0);
+            __mmask16 ms = w >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << w) - 1u);
+            __m512 v = _mm512_maskz_loadu_ps(m, xr + c);
+            nf = _mm512_add_ps(nf, _mm512_sub_ps(v, v));
+            __m512 t = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v, vinv), flo), fhi);
+            __m512i code = _mm512_add_epi32(_mm512_castps_si512(_mm512_add_ps(t, magic)), off);
+            code = _mm512_mask_mov_epi32(vz, m, code); /* padding channels: z */
+            _mm_mask_storeu_epi8(qr + c, ms, _mm512_cvtepi32_epi8(code));
+        }
+    }
+    return _mm512_cmp_ps_mask(nf, nf, _CMP_UNORD_Q) != 0;
+}
 QC_SQ_NCHW(qc_sq_nchw_avx2, QC_AVX2_T)
 
 /* AVX-512 NCHW -> NHWC for Cp == 4 (RGB input): 16 pixels per step, four channel vectors interleaved
  * into 16 int32 = 64 bytes */
-QC_VNNI_T static int qc_sq_nchw_c4_avx512(const float *x, int64_t C, int64_t HW, float inv, int32_t z, int32_t lo,
-                                          int32_t hi, uint8_t *q)
+QC_VNNI_T static int qc_sq_nchw_c4_avx512(const float *x, int64_t C, int64_t HW, int64_t cstride, float inv,
+                                          int32_t z, int32_t lo, int32_t hi, uint8_t *q)
 {
     const __m512 vinv = _mm512_set1_ps(inv), flo = _mm512_set1_ps((float)(lo - z)),
                  fhi = _mm512_set1_ps((float)(hi - z)), magic = _mm512_set1_ps(12582912.0f);
@@ -129,7 +157,7 @@ QC_VNNI_T static int qc_sq_nchw_c4_avx512(const float *x, int64_t C, int64_t HW,
         for (int c = 0; c < 4; c++) {
             __m512i code;
             if (c < C) {
-                __m512 v = _mm512_maskz_loadu_ps(m, x + c * HW + p);
+                __m512 v = _mm512_maskz_loadu_ps(m, x + c * cstride + p);
                 nf = _mm512_add_ps(nf, _mm512_sub_ps(v, v));
                 __m512 t = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v, vinv), flo), fhi);
                 code = _mm512_add_epi32(_mm512_castps_si512(_mm512_add_ps(t, magic)), off);
@@ -154,38 +182,40 @@ static int qc_sq_rows(int isa, const float *x, int64_t R, int64_t C, int64_t ldx
     return qc_sq_rows_portable(x, R, C, ldx, inv, z, lo, hi, q, Cp);
 }
 
-static int qc_sq_nchw(int isa, const float *x, int64_t C, int64_t HW, float inv, int32_t z, int32_t lo, int32_t hi,
-                      uint8_t *q, int64_t Cp)
+/* pixels [0, HW) of the C planes x + c * cstride -> HW NHWC pixels of Cp bytes at q */
+static int qc_sq_nchw(int isa, const float *x, int64_t C, int64_t HW, int64_t cstride, float inv, int32_t z,
+                      int32_t lo, int32_t hi, uint8_t *q, int64_t Cp)
 {
 #if QC_X86
-    if (isa == QC_ISA_VNNI && Cp == 4) return qc_sq_nchw_c4_avx512(x, C, HW, inv, z, lo, hi, q);
-    if (isa != QC_ISA_PORTABLE) return qc_sq_nchw_avx2(x, C, HW, inv, z, lo, hi, q, Cp);
+    if (isa == QC_ISA_VNNI && Cp == 4) return qc_sq_nchw_c4_avx512(x, C, HW, cstride, inv, z, lo, hi, q);
+    if (isa != QC_ISA_PORTABLE) return qc_sq_nchw_avx2(x, C, HW, cstride, inv, z, lo, hi, q, Cp);
 #endif
-    return qc_sq_nchw_portable(x, C, HW, inv, z, lo, hi, q, Cp);
+    return qc_sq_nchw_portable(x, C, HW, cstride, inv, z, lo, hi, q, Cp);
 }
 
 /* -------------------------------------------------------------------------------------- epilogue */
 
-static inline void qc_conv_epi_scalar(const qc_conv_args *g, int64_t i, int64_t j, int32_t acc)
+static inline void qc_conv_epi_scalar(const qc_conv_args *g, int64_t ro, int64_t j, int32_t acc)
 {
-    int32_t x = (int32_t)((uint32_t)acc - (uint32_t)g->za * (uint32_t)g->cs[j]);
+    int32_t x = (int32_t)((uint32_t)acc - (uint32_t)g->zc[j]);
     if (g->mode == 0) {
-        ((int32_t *)g->out)[i * g->ldo + j] = x;
+        ((int32_t *)g->out)[ro + j] = x;
         return;
     }
     float y = (float)x * g->mult[j];
     if (g->bias) y = y + g->bias[j];
-    if (g->relu) y = y > 0.f ? y : 0.f;
     if (g->mode == 1) {
-        ((float *)g->out)[i * g->ldo + j] = y;
+        if (g->relu) y = y > 0.f ? y : 0.f;
+        ((float *)g->out)[ro + (g->nchw ? j * g->OH * g->OW : j)] = y;
         return;
     }
-    float flo = (float)(-g->zo), fhi = (float)(255 - g->zo);
+    /* ReLU then clip to [-zo, 255 - zo]: since -zo <= 0, the lower bound is 0 with ReLU */
+    float flo = g->relu ? 0.f : (float)(-g->zo), fhi = (float)(255 - g->zo);
     y = y < flo ? flo : y;
     y = y > fhi ? fhi : y;
     float m = y + 12582912.0f;
     int32_t b; memcpy(&b, &m, 4);
-    ((uint8_t *)g->out)[i * g->ldo + j] = (uint8_t)(b - 0x4B400000 + g->zo);
+    ((uint8_t *)g->out)[ro + j] = (uint8_t)(b - 0x4B400000 + g->zo);
 }
 
 /* pointers of the T taps of output pixels [m0, m0 + rows) (row-major: P[r * T + t]); one division per call,
@@ -228,7 +258,7 @@ static void qc_conv_taps(const qc_conv_args *g, int64_t m0, int64_t rows, const 
 
 /* k-major panel layout: B[(t*Cp + c) * NR + j] */
 static void qc_cukr_portable(int64_t T, int64_t Cp, const uint8_t *const *P, const int8_t *B, int mr, int nr,
-                             const qc_conv_args *g, int64_t i0, int64_t j0)
+                             const qc_conv_args *g, const int64_t *ro, int64_t j0)
 {
     int32_t acc[QC_P_MR][QC_P_NR];
     memset(acc, 0, sizeof(acc));
@@ -243,7 +273,7 @@ static void qc_cukr_portable(int64_t T, int64_t Cp, const uint8_t *const *P, con
         }
     }
     for (int r = 0; r < mr; r++)
-        for (int j = 0; j < nr; j++) qc_conv_epi_scalar(g, i0 + r, j0 + j, acc[r][j]);
+        for (int j = 0; j < nr; j++) qc_conv_epi_scalar(g, ro[r], j0 + j, acc[r][j]);
 }
 
 #if QC_X86
@@ -251,7 +281,7 @@ static void qc_cukr_portable(int64_t T, int64_t Cp, const uint8_t *const *P, con
 
 /* int16 layout: k-pair h = k/2: B[(h * NR + j) * 2 + k%2], NR = 16 */
 QC_AVX2_T static void qc_cukr_avx2(int64_t T, int64_t Cp, const uint8_t *const *P, const int16_t *B, int mr, int nr,
-                                   const qc_conv_args *g, int64_t i0, int64_t j0)
+                                   const qc_conv_args *g, const int64_t *ro, int64_t j0)
 {
     __m256i acc[QC_A_MR][2];
     const int64_t cg = Cp / 4;
@@ -288,14 +318,14 @@ QC_AVX2_T static void qc_cukr_avx2(int64_t T, int64_t Cp, const uint8_t *const *
         _mm256_storeu_si256((__m256i *)&tile[r][8], acc[r][1]);
     }
     for (int r = 0; r < mr; r++)
-        for (int j = 0; j < nr; j++) qc_conv_epi_scalar(g, i0 + r, j0 + j, tile[r][j]);
+        for (int j = 0; j < nr; j++) qc_conv_epi_scalar(g, ro[r], j0 + j, tile[r][j]);
 }
 
 /* -------------------------------------------------------------------------------------- AVX-512 VNNI micro-kernel */
 
 QC_VNNI_T static inline __attribute__((always_inline)) void
 qc_cukr_vnni_body(int64_t T, int64_t Cp, const uint8_t *const *P, const int8_t *B, int mr, int nr,
-                  const qc_conv_args *g, int64_t i0, int64_t j0, const int MRV)
+                  const qc_conv_args *g, const int64_t *ro, int64_t j0, const int MRV)
 {
     __m512i acc[QC_V_MR][QC_V_NV];
     const int64_t cg = Cp / 4;
@@ -329,32 +359,38 @@ qc_cukr_vnni_body(int64_t T, int64_t Cp, const uint8_t *const *P, const int8_t *
         w = w < 0 ? 0 : (w > 16 ? 16 : w);
         m[v] = (__mmask16)((1u << w) - 1u);
     }
-    const __m512i vza = _mm512_set1_epi32(g->za);
     const __m512 zero = _mm512_setzero_ps();
-    const __m512 flo = _mm512_set1_ps((float)(-g->zo)), fhi = _mm512_set1_ps((float)(255 - g->zo));
+    const __m512 flo = _mm512_set1_ps(g->relu ? 0.f : (float)(-g->zo)), fhi = _mm512_set1_ps((float)(255 - g->zo));
     const __m512 magic = _mm512_set1_ps(12582912.0f);
     const __m512i off = _mm512_set1_epi32(g->zo - 0x4B400000);
+    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i vplane = _mm512_set1_epi32((int32_t)(g->OH * g->OW));
 #pragma GCC unroll 16
     for (int r = 0; r < MRV; r++) {
         if (r >= mr) break;
-        int64_t i = i0 + r;
+        const int64_t o = ro[r];
 #pragma GCC unroll 4
         for (int v = 0; v < QC_V_NV; v++) {
             int64_t j = j0 + 16 * v;
-            __m512i x = _mm512_sub_epi32(acc[r][v], _mm512_mullo_epi32(vza, _mm512_loadu_si512(g->cs + j)));
+            __m512i x = _mm512_sub_epi32(acc[r][v], _mm512_loadu_si512(g->zc + j));
             if (g->mode == 0) {
-                _mm512_mask_storeu_epi32((int32_t *)g->out + i * g->ldo + j, m[v], x);
+                _mm512_mask_storeu_epi32((int32_t *)g->out + o + j, m[v], x);
                 continue;
             }
             __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(x), _mm512_loadu_ps(g->mult + j));
             if (g->bias) y = _mm512_add_ps(y, _mm512_loadu_ps(g->bias + j));
-            if (g->relu) y = _mm512_max_ps(y, zero);
             if (g->mode == 1) {
-                _mm512_mask_storeu_ps((float *)g->out + i * g->ldo + j, m[v], y);
+                if (g->relu) y = _mm512_max_ps(y, zero);
+                if (g->nchw) /* one pixel's 16 channels go to 16 planes */
+                    _mm512_mask_i32scatter_ps((float *)g->out + o, m[v],
+                                              _mm512_mullo_epi32(_mm512_add_epi32(_mm512_set1_epi32((int32_t)j),
+                                                                                  lane), vplane), y, 4);
+                else
+                    _mm512_mask_storeu_ps((float *)g->out + o + j, m[v], y);
             } else {
                 y = _mm512_min_ps(_mm512_max_ps(y, flo), fhi);
                 __m512i c = _mm512_add_epi32(_mm512_castps_si512(_mm512_add_ps(y, magic)), off);
-                _mm_mask_storeu_epi8((uint8_t *)g->out + i * g->ldo + j, m[v], _mm512_cvtepi32_epi8(c));
+                _mm_mask_storeu_epi8((uint8_t *)g->out + o + j, m[v], _mm512_cvtepi32_epi8(c));
             }
         }
     }
@@ -362,9 +398,9 @@ qc_cukr_vnni_body(int64_t T, int64_t Cp, const uint8_t *const *P, const int8_t *
 
 #define QC_CVNNI_UKR(NAME, MRV)                                                                              \
     QC_VNNI_T static void NAME(int64_t T, int64_t Cp, const uint8_t *const *P, const int8_t *B, int mr, int nr, \
-                               const qc_conv_args *g, int64_t i0, int64_t j0)                                \
+                               const qc_conv_args *g, const int64_t *ro, int64_t j0)                                \
     {                                                                                                        \
-        qc_cukr_vnni_body(T, Cp, P, B, mr, nr, g, i0, j0, MRV);                                              \
+        qc_cukr_vnni_body(T, Cp, P, B, mr, nr, g, ro, j0, MRV);                                              \
     }
 QC_CVNNI_UKR(qc_cukr_vnni8, 8)
 QC_CVNNI_UKR(qc_cukr_vnni4, 4)
@@ -378,7 +414,7 @@ QC_CVNNI_UKR(qc_cukr_vnni1, 1)
  * The loops are written so that gcc vectorizes the channel dot product (and, for depthwise, nothing is lost:
  * T * Cg multiply-adds per output). */
 #define QC_CONV_GROUPED(NAME, ATTR)                                                                          \
-    ATTR static void NAME(const qc_conv_args *g, int64_t m0, int64_t rows, const uint8_t **P)                \
+    ATTR static void NAME(const qc_conv_args *g, int64_t rows, const uint8_t **P, const int64_t *orow)                \
     {                                                                                                        \
         const int64_t T = g->KH * g->KW, Cg = g->Cg, Ng = g->N / g->groups;                                  \
         for (int64_t r = 0; r < rows; r++) {                                                                 \
@@ -392,7 +428,7 @@ QC_CVNNI_UKR(qc_cukr_vnni1, 1)
                     const int8_t *wt = w + t * Cg;                                                           \
                     for (int64_t c = 0; c < Cg; c++) acc += (int32_t)a[c] * (int32_t)wt[c];                  \
                 }                                                                                            \
-                qc_conv_epi_scalar(g, m0 + r, n, acc);                                                       \
+                qc_conv_epi_scalar(g, orow[r], n, acc);                                                       \
             }                                                                                                \
         }                                                                                                    \
     }
@@ -404,13 +440,80 @@ QC_CONV_GROUPED(qc_conv_grouped_avx512, QC_VNNI_T)
 
 /* -------------------------------------------------------------------------------------- driver */
 
-/* rows of the zero-point padding channels of a uint8 output ([N, ldo) bytes of each row) */
-static void qc_conv_pad_out(const qc_conv_args *g, int64_t m0, int64_t rows)
+/* the zero-point padding channels [N, ldo) of each uint8 output row */
+static void qc_conv_pad_out(const qc_conv_args *g, int64_t rows, const int64_t *orow)
 {
     if (g->mode != 2 || g->ldo == g->N) return;
     for (int64_t r = 0; r < rows; r++)
-        memset((uint8_t *)g->out + (m0 + r) * g->ldo + g->N, g->zo, (size_t)(g->ldo - g->N));
+        memset((uint8_t *)g->out + orow[r] + g->N, g->zo, (size_t)(g->ldo - g->N));
 }
+
+/* element offsets of the output rows of pixels [m0, m0 + rows): m * ldo, or the padded position (stepped) */
+static void qc_conv_out_rows(const qc_conv_args *g, int64_t m0, int64_t rows, int64_t *orow)
+{
+    if (g->nchw) { /* pixel m = b*OH*OW + p starts at b*N*OH*OW + p */
+        const int64_t ohw = g->OH * g->OW;
+        for (int64_t r = 0; r < rows; r++) orow[r] = (m0 + r) / ohw * g->N * ohw + (m0 + r) % ohw;
+        return;
+    }
+    if (!g->opad_h && !g->opad_w) {
+        for (int64_t r = 0; r < rows; r++) orow[r] = (m0 + r) * g->ldo;
+        return;
+    }
+    const int64_t ohw = g->OH * g->OW, PW = g->OW + 2 * g->opad_w, PH = g->OH + 2 * g->opad_h, ldo = g->ldo;
+    int64_t b = m0 / ohw, rem = m0 % ohw, oh = rem / g->OW, ow = rem % g->OW;
+    int64_t o = ((b * PH + oh + g->opad_h) * PW + ow + g->opad_w) * ldo;
+    for (int64_t r = 0; r < rows; r++) {
+        orow[r] = o;
+        if (++ow == g->OW) {
+            ow = 0;
+            if (++oh == g->OH) { oh = 0; b++; }
+            o = ((b * PH + oh + g->opad_h) * PW + g->opad_w) * ldo;
+        } else {
+            o += ldo;
+        }
+    }
+}
+
+/* If every window of pixels [m0, m0 + rows) lies inside the input and dw == 1, one pointer per kernel row
+ * (P[r * KH + kh]): the KW taps of a kernel row are KW*Cp contiguous bytes, and the reduction index
+ * (kh*KW + kw)*Cp + c is the same.  Returns 0 (P untouched) otherwise.  Without padding (ph = pw = 0, e.g. an
+ * input that already holds it) every window is inside: the pyx layer checked OH/OW against the input size. */
+static int qc_conv_row_taps(const qc_conv_args *g, int64_t m0, int64_t rows, const uint8_t **P)
+{
+    if (g->dw != 1) return 0;
+    const int64_t ohw = g->OH * g->OW, rowb = g->W * g->Cp, KH = g->KH, khs = g->dh * rowb;
+    const int64_t b0 = m0 / ohw, rem = m0 % ohw, oh0 = rem / g->OW, ow0 = rem % g->OW;
+    if (g->ph || g->pw) {
+        int64_t bb = b0, h = oh0, w = ow0;
+        for (int64_t r = 0; r < rows; r++) {
+            int64_t ih0 = h * g->sh - g->ph, iw0 = w * g->sw - g->pw;
+            if (ih0 < 0 || ih0 + (KH - 1) * g->dh >= g->H || iw0 < 0 || iw0 + g->KW - 1 >= g->W) return 0;
+            if (++w == g->OW) {
+                w = 0;
+                if (++h == g->OH) { h = 0; bb++; }
+            }
+        }
+    }
+    int64_t b = b0, oh = oh0, ow = ow0;
+    const int64_t step = g->sw * g->Cp;
+    const uint8_t *base = g->in + ((b * g->H + oh * g->sh - g->ph) * g->W + ow * g->sw - g->pw) * g->Cp;
+    for (int64_t r = 0; r < rows; r++) {
+        const uint8_t **pr = P + r * KH;
+        const uint8_t *p = base;
+        for (int64_t kh = 0; kh < KH; kh++, p += khs) pr[kh] = p;
+        if (++ow == g->OW) {
+            ow = 0;
+            if (++oh == g->OH) { oh = 0; b++; }
+            base = g->in + ((b * g->H + oh * g->sh - g->ph) * g->W - g->pw) * g->Cp;
+        } else {
+            base += step;
+        }
+    }
+    return 1;
+}
+
+#define QC_CONV_MC_MAX 64
 
 /* One work unit: output pixels [u*MC, (u+1)*MC), all output channels.  Returns nonzero if out of memory. */
 static int qc_conv_unit(const qc_conv_args *g, int64_t u)
@@ -423,38 +526,46 @@ static int qc_conv_unit(const qc_conv_args *g, int64_t u)
         P = (const uint8_t **)malloc((size_t)(rows * T) * sizeof(*P));
         if (!P) return 1;
     }
-    qc_conv_taps(g, m0, rows, P);
+    int64_t orow[QC_CONV_MC_MAX];
+    qc_conv_out_rows(g, m0, rows, orow);
+    int64_t Tk = T, Ck = g->Cp;
+    if (g->groups == 1 && qc_conv_row_taps(g, m0, rows, P)) {
+        Tk = g->KH;         /* every window inside the input: one pointer per kernel row, KW*Cp contiguous bytes */
+        Ck = g->KW * g->Cp;
+    } else {
+        qc_conv_taps(g, m0, rows, P);
+    }
     if (g->groups > 1) {
 #if QC_X86
-        if (g->isa == QC_ISA_VNNI) qc_conv_grouped_avx512(g, m0, rows, P);
-        else if (g->isa == QC_ISA_AVX2) qc_conv_grouped_avx2(g, m0, rows, P);
+        if (g->isa == QC_ISA_VNNI) qc_conv_grouped_avx512(g, rows, P, orow);
+        else if (g->isa == QC_ISA_AVX2) qc_conv_grouped_avx2(g, rows, P, orow);
         else
 #endif
-            qc_conv_grouped_portable(g, m0, rows, P);
+            qc_conv_grouped_portable(g, rows, P, orow);
     } else {
         const int MR = qc_isa_mr(g->isa), NR = qc_isa_nr(g->isa), bpe = qc_isa_bpe(g->isa);
-        const int64_t Kp = T * g->Cp;
+        const int64_t Kp = Tk * Ck;
         for (int64_t j = 0; j < g->N; j += NR) {
             const char *bp = (const char *)g->Bp + (j / NR) * Kp * NR * bpe;
             int nr = (int)(g->N - j < NR ? g->N - j : NR);
             for (int64_t i = 0; i < rows; i += MR) {
                 int mr = (int)(rows - i < MR ? rows - i : MR);
-                const uint8_t *const *pi = P + i * T;
+                const uint8_t *const *pi = P + i * Tk;
 #if QC_X86
                 if (g->isa == QC_ISA_VNNI) {
-                    if (mr > 4) qc_cukr_vnni8(T, g->Cp, pi, (const int8_t *)bp, mr, nr, g, m0 + i, j);
-                    else if (mr > 2) qc_cukr_vnni4(T, g->Cp, pi, (const int8_t *)bp, mr, nr, g, m0 + i, j);
-                    else if (mr > 1) qc_cukr_vnni2(T, g->Cp, pi, (const int8_t *)bp, mr, nr, g, m0 + i, j);
-                    else qc_cukr_vnni1(T, g->Cp, pi, (const int8_t *)bp, mr, nr, g, m0 + i, j);
+                    if (mr > 4) qc_cukr_vnni8(Tk, Ck, pi, (const int8_t *)bp, mr, nr, g, orow + i, j);
+                    else if (mr > 2) qc_cukr_vnni4(Tk, Ck, pi, (const int8_t *)bp, mr, nr, g, orow + i, j);
+                    else if (mr > 1) qc_cukr_vnni2(Tk, Ck, pi, (const int8_t *)bp, mr, nr, g, orow + i, j);
+                    else qc_cukr_vnni1(Tk, Ck, pi, (const int8_t *)bp, mr, nr, g, orow + i, j);
                 } else if (g->isa == QC_ISA_AVX2) {
-                    qc_cukr_avx2(T, g->Cp, pi, (const int16_t *)bp, mr, nr, g, m0 + i, j);
+                    qc_cukr_avx2(Tk, Ck, pi, (const int16_t *)bp, mr, nr, g, orow + i, j);
                 } else
 #endif
-                    qc_cukr_portable(T, g->Cp, pi, (const int8_t *)bp, mr, nr, g, m0 + i, j);
+                    qc_cukr_portable(Tk, Ck, pi, (const int8_t *)bp, mr, nr, g, orow + i, j);
             }
         }
     }
-    qc_conv_pad_out(g, m0, rows);
+    qc_conv_pad_out(g, rows, orow);
     if (P != stackP) free(P);
     return 0;
 }

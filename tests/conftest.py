@@ -16,3 +16,12 @@ def isa(request):
     ops.set_gemm_isa(request.param)
     yield request.param
     ops.set_gemm_isa(old)
+
+
+@pytest.fixture(params=ops.lowbit_isas())
+def lowbit_isa(request):
+    """Run a test once on every low-bit GEMM path this CPU supports, restoring the default after."""
+    old = ops.lowbit_isa()
+    ops.set_lowbit_isa(request.param)
+    yield request.param
+    ops.set_lowbit_isa(old)

@@ -96,6 +96,8 @@ def test_conv_equals_int64_reference(isa, case):
         assert acc.shape == racc.shape and acc.dtype == np.int32
         np.testing.assert_array_equal(acc, racc)
         np.testing.assert_array_equal(pc.run_codes(a, "float"), ref_float(racc, sa, sw, bias, relu))
+        np.testing.assert_array_equal(pc.run_codes(a, "float", nchw=True),
+                                      ref_float(racc, sa, sw, bias, relu).transpose(0, 3, 1, 2))
         so, zo = 0.07, 5
         u = pc.run_codes(a, "uint8", so, zo)
         assert u.shape[-1] == (n + 3) // 4 * 4
@@ -196,3 +198,34 @@ def test_threads_share_one_layer(isa):
     for t in threads:
         t.join()
     assert not errors
+
+
+def test_padded_buffers_give_the_same_results(isa):
+    """quantize_input(padded=True) / out_padding / padded_input: the zero padding carried in the buffers."""
+    rng = np.random.default_rng(3)
+    c1 = PackedConv2d(rng.integers(-127, 128, (10, 3, 3, 3)).astype(np.int8), rng.uniform(0.01, 0.02, 10),
+                      rng.normal(size=10), padding=1, input_scale=0.04, input_zero_point=9, relu=True)
+    so, zo = 0.05, 4
+    c2 = PackedConv2d(rng.integers(-127, 128, (8, 10, 3, 2)).astype(np.int8), np.ones(8), stride=(2, 1),
+                      padding=(2, 1), dilation=(1, 2), input_scale=so, input_zero_point=zo)
+    x = rng.normal(size=(2, 3, 7, 6)).astype(np.float32)
+    a, ap = c1.quantize_input(x), c1.quantize_input(x, padded=True)
+    assert ap.shape == (2, 9, 8, 4)
+    np.testing.assert_array_equal(ap[:, 1:-1, 1:-1], a)
+    border = np.ones(ap.shape[:3], bool)
+    border[:, 1:-1, 1:-1] = False
+    assert (ap[border] == 9).all()
+    u = c1.run_codes(a, "uint8", so, zo)
+    up = c1.run_codes(ap, "uint8", so, zo, padded_input=True, out_padding=(2, 1))
+    assert up.shape == (2, 11, 8, 12)
+    np.testing.assert_array_equal(up[:, 2:-2, 1:-1], u)
+    border = np.ones(up.shape[:3], bool)
+    border[:, 2:-2, 1:-1] = False
+    assert (up[border] == zo).all()
+    np.testing.assert_array_equal(c1.run_codes(ap, "float", padded_input=True), c1.run_codes(a, "float"))
+    np.testing.assert_array_equal(c2.run_codes(up, "int32", padded_input=True), c2.run_codes(u, "int32"))
+    np.testing.assert_array_equal(c2.run_codes(u, "int32"),
+                                  ref_conv_int(u.astype(np.int64)[..., :12], zo, c2.weight_codes, (2, 1), (2, 1),
+                                               (1, 2), 1))
+    with pytest.raises(ValueError, match="out_padding"):
+        c1.run_codes(a, "float", out_padding=(1, 1))

@@ -18,9 +18,9 @@ import pytest
 
 import qcore
 import qcore.ops as ops
-from qcore_plugins import _codebook, _conv, _gemm, _hist, _quant
+from qcore_plugins import _codebook, _conv, _gemm, _hist, _lowbit, _quant
 
-EXTENSIONS = [_codebook, _conv, _gemm, _hist, _quant]
+EXTENSIONS = [_codebook, _conv, _gemm, _hist, _lowbit, _quant]
 SIZES = sorted({*range(0, 70), 127, 128, 129, 255, 256, 257, 1023, 1025, 4095, 4096, 4097, 16383, 16385,
                 (1 << 15) - 1, 1 << 15, (1 << 15) + 1, (1 << 16) + 3})
 

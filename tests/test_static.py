@@ -77,6 +77,7 @@ def test_static_model_close_to_float_and_to_torch_ao(cnn):
     ao = copy.deepcopy(model)
     ao_q = nn.Sequential(torch.ao.quantization.QuantStub(), ao, torch.ao.quantization.DeQuantStub()).eval()
     ao.fc = nn.Sequential(torch.ao.quantization.DeQuantStub(), torch.ao.quantization.QuantStub(), ao.fc)
+    engine = torch.backends.quantized.engine
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.backends.quantized.engine = "fbgemm"
@@ -89,6 +90,7 @@ def test_static_model_close_to_float_and_to_torch_ao(cnn):
         torch.ao.quantization.convert(ao_q, inplace=True)
         with torch.no_grad():
             ya = ao_q(x)
+    torch.backends.quantized.engine = engine
     err_ao = _rel(ya, ref)
     assert err <= 1.5 * err_ao + 1e-3, (err, err_ao)
     assert _rel(y, ya) < 0.05

@@ -120,8 +120,9 @@ def test_assigning_a_new_weight_clears_the_caches():
     q(x)
     new = qcore.quantize(lin.weight.detach().numpy(), "linear", bits=2, symmetric=True)
     q.weight = new
-    torch.testing.assert_close(q(x), F.linear(x, torch.from_numpy(new.dequantize()), lin.bias.detach()),
-                               rtol=0, atol=0)
+    want = F.linear(x, torch.from_numpy(new.dequantize()), lin.bias.detach())
+    # the new weight runs the low-bit qlinear (int8 activations per block of 32): close, not bit-equal
+    torch.testing.assert_close(q(x), want, rtol=0, atol=0.03 * float(want.abs().max()))
     with pytest.raises(ValueError, match="shape"):
         q.weight = qcore.quantize(np.ones((2, 2), np.float32))
     with pytest.raises(TypeError, match="QTensor"):

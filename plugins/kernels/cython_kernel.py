@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from qcore import Kernel, hookimpl
+from qcore.errors import InputError
 
 try:
     from qcore_plugins import _codebook, _hist, _quant
@@ -37,6 +38,10 @@ except ImportError as exc:  # extensions not built: the kernel reports itself un
     _IMPORT_ERROR: Exception | None = exc
 else:
     _IMPORT_ERROR = None
+try:
+    from qcore_plugins import _lowbit
+except ImportError:  # pragma: no cover - only without a built extension
+    _lowbit = None
 
 # runs shorter than this use the element-wise "rows" layout instead of one call per run
 _RUN_MIN = 16
@@ -202,6 +207,29 @@ class CythonKernel(Kernel):
 
     def _histogram_kl(self, hist, start, end, levels):
         return _hist.kl_divergence(hist, start, end, levels)
+
+    # -- low-bit GEMM (qcore_plugins._lowbit: pyx/lowbit.pyx, pyx/lowbit_kernels.h) ----------------------------
+    def _pack_lowbit(self, values, bits, scale, zero, group_size, table_bytes):
+        if _lowbit is None:  # pragma: no cover
+            raise NotImplementedError("the cython kernel was built without qcore_plugins._lowbit")
+        n, k = values.shape
+        nb = -(-k // 32)
+        gblk = nb if group_size == k else group_size // 32
+        tables = None
+        if table_bytes is not None:
+            tables = np.ascontiguousarray(table_bytes.reshape(-1, 16))
+        return _lowbit.pack(values, int(bits), scale, zero, gblk, tables, gblk)
+
+    def _lowbit_shape(self, packed):
+        if _lowbit is None or not isinstance(packed, _lowbit.LowbitWeight):
+            raise TypeError(f"packed must come from the cython kernel's pack_lowbit, got {type(packed).__name__}")
+        return packed.n, packed.k
+
+    def _lowbit_linear(self, x2, packed, bias):
+        out = np.empty((x2.shape[0], packed.n), np.float32)
+        if _lowbit.gemm(x2, packed, bias, out) >= 0:
+            raise InputError("x contains NaN or Inf values; qcore refuses non-finite input")
+        return out
 
 
 @hookimpl

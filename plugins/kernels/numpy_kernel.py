@@ -49,6 +49,71 @@ class NumpyKernel(Kernel):
             vals = np.where(vals >= (1 << (bits - 1)), vals - (1 << bits), vals)
         out[...] = vals.astype(out.dtype)
 
+    # -- low-bit GEMM reference (docs/gemm.md "Low-bit weights"): decodes one block of 32 k at a time ----------
+    def _pack_lowbit(self, values, bits, scale, zero, group_size, table_bytes):
+        return _NumpyLowbit(values, bits, scale, zero, group_size, table_bytes)
+
+    def _lowbit_shape(self, packed):
+        if not isinstance(packed, _NumpyLowbit):
+            raise TypeError(f"packed must come from the numpy kernel's pack_lowbit, got {type(packed).__name__}")
+        return packed.values.shape
+
+    def _lowbit_linear(self, x2, p, bias):
+        if not np.isfinite(x2).all():
+            raise qcore.InputError("x contains NaN or Inf values; qcore refuses non-finite input")
+        m, k = x2.shape
+        n = p.values.shape[0]
+        q, sa, asum = lowbit_quantize_blocks(x2)
+        nb = sa.shape[1]
+        gblk = nb if p.group_size == k else p.group_size // 32
+        ng = p.scale.shape[1]
+        swz = (p.scale * p.zero).astype(np.float32)
+        y = np.zeros((m, n), np.float32)
+        rows = np.arange(n)[:, None]
+        for g in range(ng):
+            s = np.zeros(m, np.float32)
+            for b in range(g * gblk, min(nb, (g + 1) * gblk)):
+                vb = np.zeros((n, 32), np.uint8)
+                part = p.values[:, 32 * b: 32 * b + 32]
+                vb[:, : part.shape[1]] = part
+                if p.tables is not None:
+                    vb = p.tables[0, 0][vb] if p.tables.shape[:2] == (1, 1) else p.tables[rows, g, vb]
+                dot = q[:, 32 * b: 32 * b + 32].astype(np.int64) @ vb.astype(np.int64).T
+                y = y + dot.astype(np.float32) * (sa[:, b, None] * p.scale[None, :, g])
+                s = s + sa[:, b] * asum[:, b].astype(np.float32)
+            y = y - s[:, None] * swz[None, :, g]
+        if bias is not None:
+            y = y + bias
+        return y.astype(np.float32)
+
+
+class _NumpyLowbit:
+    """The numpy kernel's packed low-bit weight: the code bit patterns (uint8, not floats) and parameters."""
+
+    def __init__(self, values, bits, scale, zero, group_size, tables):
+        self.values, self.bits, self.scale, self.zero = values.copy(), bits, scale, zero
+        self.group_size, self.tables = group_size, tables
+
+    @property
+    def nbytes(self):
+        return self.values.nbytes + self.scale.nbytes + self.zero.nbytes + (self.tables.nbytes if self.tables is not None else 0)
+
+
+def lowbit_quantize_blocks(x2):
+    """Per-32-block int8 activations: ``(q int8 (M, Kp), sa float32 (M, nb), asum int32 (M, nb))``."""
+    m, k = x2.shape
+    nb = -(-k // 32)
+    xp = np.zeros((m, nb * 32), np.float32)
+    xp[:, :k] = x2
+    xb = xp.reshape(m, nb, 32)
+    amax = np.abs(xb).max(axis=2)
+    sa = (amax / np.float32(127)).astype(np.float32)
+    ok = sa >= np.float32(1e-30)
+    sa = np.where(ok, sa, np.float32(0)).astype(np.float32)
+    inv = np.where(ok, np.float32(1) / np.where(ok, sa, np.float32(1)), np.float32(0)).astype(np.float32)
+    q = np.clip(np.rint(xb * inv[:, :, None]), -127, 127).astype(np.int8)
+    return q.reshape(m, -1), sa, q.astype(np.int32).sum(axis=2).astype(np.int32)
+
 
 @qcore.hookimpl
 def qcore_kernels():

@@ -169,6 +169,10 @@ class KMeansQuantizer(qcore.Quantizer):
         cb = self._codebook(params, 1 if axis is None else view.shape[axis])
         return self.kernel.nearest_entry(view, cb, axis).reshape(x.shape)
 
+    def lookup_table(self, params):
+        """The codebook is the table: ``param_shape + (2**bits,)``, entry ``c`` for code ``c``."""
+        return np.asarray(params["codebook"], np.float32)
+
     def decode(self, codes, params):
         codes = np.asarray(codes)
         view, axis = self.layout(codes)

@@ -109,6 +109,17 @@ class LogQuantizer(qcore.Quantizer):
         codes = self.kernel.log_encode(np.ascontiguousarray(view), params["scale"], self.levels, self.config["rounding"], axis)
         return codes.reshape(x.shape)
 
+    def lookup_table(self, params):
+        """``param_shape + (2**bits,)``: entry ``u`` is the value of the code whose bit pattern is ``u``."""
+        scale = np.asarray(params["scale"], np.float32)
+        mag = self._magnitudes(scale.reshape(-1))  # (C, L+1)
+        e = 1 << self.bits
+        u = np.arange(e)
+        code = np.where(u >= e // 2, u - e, u)  # two's complement of `bits` bits
+        m = np.minimum(np.abs(code), self.levels)
+        table = np.where(code < 0, -mag[:, m], mag[:, m]).astype(np.float32)
+        return table.reshape(scale.shape + (e,))
+
     def decode(self, codes, params):
         codes = np.asarray(codes)
         view, axis = self.layout(codes)

@@ -494,6 +494,131 @@ class Kernel:
         return reference.histogram_kl(hist, start, end, levels)
 
 
+    # -- low-bit GEMM (issue 13): weights kept packed, computed on directly -------------------------------
+    # A kernel packs a weight once (pack_lowbit, cached by qcore.ops.qlinear on the QTensor) and multiplies
+    # float activations with it (lowbit_linear).  The arithmetic every implementation follows (the numpy
+    # kernel is the reference; docs/gemm.md "Low-bit weights"):
+    #   weight:      W[n, k] = scale[n, g] * (v[n, k] - zero[n, g]),  g = k // group_size, v in 0..255 where
+    #                v = values[n, k] (linear), or v = t8 + 128 with t8 the int8 table entry (tables, below)
+    #   activations: each row cut into blocks of 32 k (zero padded); per block sa = max|x| / 127 (float32;
+    #                0 when below 1e-30), q = clamp(rint(x * (1 / sa)), -127, 127), asum = sum(q)
+    #   product:     y[m, n] = sum_g [ sum_{b in g} float(dot_b) * (sa_b * scale[n, g])
+    #                                  - S[m, g] * (scale[n, g] * zero[n, g]) ] + bias[n]
+    #                dot_b = sum_{k in b} q[m, k] * v[n, k] (exact integer); S = sum_{b in g} sa_b * asum_b
+    # Float sums run block by block in that order; SIMD kernels may fuse the multiply-add (tolerance ~1e-6).
+    LOWBIT_BLOCK: ClassVar[int] = 32
+
+    def pack_lowbit(self, values, bits: int, scale, zero, group_size: int, table=None, table_group_size=None):
+        """Pack a weight of shape (N, K) for :meth:`lowbit_linear`; the result is kernel-specific and read-only.
+
+        :param values: ``uint8`` (N, K), each ``< 2**bits``: the codes' bit patterns
+        :param bits: 1..8 (1..4 with ``table``)
+        :param scale, zero: float32 (N, K // group_size): ``W = scale * (v - zero)`` (for linear codes ``v`` is
+            ``values``; ``zero`` need not be an integer).  Ignored (may be None) with ``table``.
+        :param group_size: a multiple of 32, or K (one scale per row)
+        :param table: None, or float32 (R, K // table_group_size, 2**bits) with R = N or 1: the decoded value
+            of code bits ``c`` is ``table[n, k // table_group_size, c]``.  Each table row becomes int8 entries
+            ``t8 = clamp(rint(T * (127 / max|T|)), -127, 127)`` with scale ``max|T| / 127`` (see
+            :func:`lowbit_table_bytes`); ``group_size`` is then ``table_group_size``.
+        :raises ValueError: shapes, ranges, group sizes or non-finite parameters that the path cannot take
+        """
+        values = np.asarray(values)
+        if values.dtype != np.uint8 or values.ndim != 2:
+            raise TypeError(f"values must be a 2-D uint8 array, got {values.dtype} with shape {values.shape}")
+        n, k = values.shape
+        if n == 0 or k == 0:
+            raise ValueError(f"pack_lowbit needs a non-empty weight, got shape {values.shape}")
+        bits = check_int(bits, "bits", 1, 4 if table is not None else 8)
+        values = np.ascontiguousarray(values)
+        if values.size and int(values.max()) >= (1 << bits):
+            raise ValueError(f"values must be < 2**bits = {1 << bits}")
+        tbytes = None
+        if table is not None:
+            group_size = table_group_size if table_group_size is not None else group_size
+            gs = self._lowbit_group(group_size, k, "table_group_size")
+            table = np.asarray(table, dtype=np.float32)
+            want = (k // gs, 1 << bits)
+            if table.ndim != 3 or table.shape[0] not in (1, n) or table.shape[1:] != want:
+                raise ValueError(f"table must have shape ({n} or 1, {want[0]}, {want[1]}), got {table.shape}")
+            if not np.isfinite(table).all():
+                raise ValueError("table holds NaN or Inf values")
+            tbytes, tscale = lowbit_table_bytes(table)
+            scale = np.ascontiguousarray(np.broadcast_to(tscale, (n, want[0])), dtype=np.float32)
+            zero = np.full(scale.shape, 128.0, np.float32)
+            flat = tbytes.reshape(-1, 16)
+            if (flat == flat[0]).all():  # the same byte table everywhere (e.g. log: tables differ only by scale)
+                tbytes = flat[:1].reshape(1, 1, 16)
+            elif tbytes.shape[0] == 1:
+                tbytes = np.ascontiguousarray(np.broadcast_to(tbytes, (n,) + tbytes.shape[1:]))
+        else:
+            gs = self._lowbit_group(group_size, k, "group_size")
+            g = k // gs
+            scale = np.asarray(scale, dtype=np.float32)
+            zero = np.asarray(zero, dtype=np.float32)
+            if scale.shape != (n, g) or zero.shape != (n, g):
+                raise ValueError(f"scale and zero must have shape ({n}, {g}), got {scale.shape} and {zero.shape}")
+            if not (np.isfinite(scale).all() and np.isfinite(zero).all()):
+                raise ValueError("scale and zero must be finite")
+            scale, zero = np.ascontiguousarray(scale), np.ascontiguousarray(zero)
+        return self._pack_lowbit(values, bits, scale, zero, gs, tbytes)
+
+    @staticmethod
+    def _lowbit_group(gs, k: int, name: str) -> int:
+        gs = check_int(gs, name, 1, 2**62)
+        if gs != k and (gs % 32 or k % gs):
+            raise ValueError(f"{name}={gs} must be K (={k}) or a multiple of 32 dividing K")
+        return gs
+
+    def lowbit_linear(self, x, packed, bias=None) -> np.ndarray:
+        """``y = x @ W.T + bias`` (float32 (M, N)) for a weight from :meth:`pack_lowbit` of this kernel.
+
+        ``x``: float32 (M, K) (converted and made contiguous); NaN/Inf raise :class:`qcore.InputError`.
+        """
+        x = as_float32(x, "x", check_finite=False)
+        n, k = self._lowbit_shape(packed)
+        if x.ndim != 2 or x.shape[1] != k:
+            raise ValueError(f"x must have shape (M, {k}), got {x.shape}")
+        if bias is not None:
+            bias = np.ascontiguousarray(np.asarray(bias, dtype=np.float32))
+            if bias.shape != (n,):
+                raise ValueError(f"bias must have shape ({n},), got {bias.shape}")
+        if x.shape[0] == 0:
+            out = np.zeros((0, n), np.float32)
+            return out
+        return self._lowbit_linear(x, packed, bias)
+
+    def _lowbit_shape(self, packed) -> tuple[int, int]:
+        """(N, K) of a packed low-bit weight of this kernel."""
+        raise NotImplementedError(f"kernel {self.name!r} has no low-bit GEMM")
+
+    def _pack_lowbit(self, values, bits, scale, zero, group_size, table_bytes):
+        """``table_bytes``: None, or uint8 (R, G_t, 16) with R = N or 1 (``v = t8 + 128``, entries past
+        2**bits unused); then ``scale``/``zero`` are per (n, table group) and ``zero`` is 128."""
+        raise NotImplementedError(f"kernel {self.name!r} has no low-bit GEMM")
+
+    def _lowbit_linear(self, x2, packed, bias):
+        raise NotImplementedError(f"kernel {self.name!r} has no low-bit GEMM")
+
+
+def lowbit_table_bytes(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Byte tables of a float table (R, G, E) (E <= 16): ``(v uint8 (R, G, 16), scale float32 (R, G))``.
+
+    Per row: ``m = max|T|``; ``scale = m / 127`` and ``t8 = clamp(rint(T * (127 / m)), -127, 127)`` (float32
+    arithmetic, round half to even); an all-zero row gets scale 1 and t8 = 0.  ``v = t8 + 128``; entries past E
+    are 128 (value 0).  So ``T ~ scale * (v - 128)`` within ``scale / 2``.
+    """
+    table = np.asarray(table, dtype=np.float32)
+    r, g, e = table.shape
+    m = np.abs(table).max(axis=2)
+    pos = m > 0
+    scale = np.where(pos, m / np.float32(127), np.float32(1)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(pos, np.float32(127) / np.where(pos, m, 1), np.float32(0)).astype(np.float32)
+    t8 = np.clip(np.rint(table * inv[:, :, None]), -127, 127).astype(np.int32)
+    v = np.full((r, g, 16), 128, np.uint8)
+    v[:, :, :e] = (t8 + 128).astype(np.uint8)
+    return v, scale
+
 _instances: dict[type, Kernel] = {}
 _instances_lock = threading.Lock()
 

@@ -1,8 +1,10 @@
-"""Integer compute: ``qlinear`` (float in, float out, int8 GEMM inside) and ``qgemm`` (the raw int32 product).
+"""Integer compute: ``qlinear`` (float in, float out, int8 / low-bit GEMM inside) and ``qgemm`` (the raw int32 product).
 
 See ``docs/gemm.md`` for the kernel design (layouts, zero-point correction, dispatch).
 """
 from .conv import PackedConv2d
 from .gemm import available_isas, gemm_isa, pack_weights, qgemm, qlinear, set_gemm_isa
+from .lowbit import lowbit_isa, lowbit_isas, set_lowbit_isa
 
-__all__ = ["qlinear", "qgemm", "pack_weights", "available_isas", "gemm_isa", "set_gemm_isa", "PackedConv2d"]
+__all__ = ["qlinear", "qgemm", "pack_weights", "available_isas", "gemm_isa", "set_gemm_isa", "PackedConv2d",
+           "lowbit_isas", "lowbit_isa", "set_lowbit_isa"]

@@ -48,6 +48,18 @@ def _pair(v, name, minimum):
     return a, b
 
 
+def _padded_empty(b, h, w, c, ph, pw, fill) -> np.ndarray:
+    """uint8 (b, h + 2ph, w + 2pw, c) whose spatial border is ``fill`` (the interior is left for a kernel)."""
+    out = np.empty((b, h + 2 * ph, w + 2 * pw, c), np.uint8)
+    if ph:
+        out[:, :ph] = fill
+        out[:, h + ph:] = fill
+    if pw:
+        out[:, :, :pw] = fill
+        out[:, :, w + pw:] = fill
+    return out
+
+
 def roundup4(c: int) -> int:
     return (int(c) + 3) // 4 * 4
 
@@ -122,8 +134,9 @@ class PackedConv2d:
         else:
             self._w2d = None
             self._wg = wt.reshape(n, t, cg)
-            self._wg_colsum = self._wg.astype(np.int32).sum(axis=(1, 2)).astype(np.int32)
+            self._wg_colsum = self._wg.astype(np.int64).sum(axis=(1, 2))
         self._packed: dict[str, object] = {}
+        self._zc: dict = {}
         self._epi: dict = {}
 
     @classmethod
@@ -155,6 +168,7 @@ class PackedConv2d:
         self.input_bits, self.input_signed = int(bits), bool(signed)
         self._inv, self._za, self._qlo, self._qhi = float(inv), zu, lo, hi
         self._epi = {}
+        self._zc = {}
 
     def output_size(self, h: int, w: int) -> tuple[int, int]:
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
@@ -190,15 +204,21 @@ class PackedConv2d:
         return e
 
     # -- input quantization ------------------------------------------------------------------------------
-    def quantize_input(self, x) -> np.ndarray:
-        """float NCHW ``(B, C, H, W)`` -> uint8 NHWC codes ``(B, H, W, Cp)`` (InputError on NaN/Inf)."""
+    def quantize_input(self, x, padded: bool = False) -> np.ndarray:
+        """float NCHW ``(B, C, H, W)`` -> uint8 NHWC codes ``(B, H, W, Cp)`` (InputError on NaN/Inf).
+
+        ``padded=True``: ``(B, H + 2*ph, W + 2*pw, Cp)`` with this layer's zero padding already in place (the
+        border holds the zero point) — the form :meth:`run_codes` takes with ``padded_input=True``.
+        """
         conv, g = _ext()
         x = as_float32(x, "x", check_finite=False)
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must have shape (B, {self.in_channels}, H, W), got {x.shape}")
         b, _, h, w = x.shape
-        out = np.empty((b, h, w, self.cp), np.uint8)
-        if conv.quantize_nchw(np.ascontiguousarray(x), self._inv, self._za, self._qlo, self._qhi, out, g.get_isa()):
+        ph, pw = self.padding if padded else (0, 0)
+        out = _padded_empty(b, h, w, self.cp, ph, pw, self._za)
+        if conv.quantize_nchw(np.ascontiguousarray(x), self._inv, self._za, self._qlo, self._qhi, out, g.get_isa(),
+                              (ph, pw)):
             raise InputError("x contains NaN or Inf values; qcore refuses non-finite input")
         return out
 
@@ -214,31 +234,46 @@ class PackedConv2d:
         return out
 
     # -- the convolution ---------------------------------------------------------------------------------
-    def run_codes(self, a, output: str = "float", out_scale=None, out_zero_point=0) -> np.ndarray:
+    def run_codes(self, a, output: str = "float", out_scale=None, out_zero_point=0, *, padded_input: bool = False,
+                  out_padding=(0, 0), nchw: bool = False) -> np.ndarray:
         """The convolution of uint8 NHWC input codes ``a`` ``(B, H, W, Cp)`` (zero point = the input's).
 
         ``output``: ``"float"`` -> float32 ``(B, OH, OW, N)``; ``"uint8"`` -> codes ``(B, OH, OW, roundup4(N))``
         requantized with ``out_scale``/``out_zero_point`` (ReLU applied first if fused); ``"int32"`` -> the exact
         ``sum (a - za) * w`` ``(B, OH, OW, N)`` (no bias, no ReLU).
+        ``padded_input``: ``a`` already holds this layer's zero padding (:meth:`quantize_input` with
+        ``padded=True``): every window lies inside it, the fastest path.  ``out_padding`` (uint8 output): write
+        the codes into ``(B, OH + 2*p, OW + 2*q, Cp')`` with a border of ``out_zero_point`` — the padded input of
+        a next layer whose padding is ``(p, q)``.  ``nchw`` (float output): float32 ``(B, N, OH, OW)`` instead.
         """
         conv, g = _ext()
         if not isinstance(a, np.ndarray) or a.dtype != np.uint8 or a.ndim != 4 or a.shape[3] != self.cp:
             raise ValueError(f"a must be uint8 NHWC codes of shape (B, H, W, {self.cp})")
         a = np.ascontiguousarray(a)
         bsz, h, w, _ = a.shape
+        pad = self.padding
+        if padded_input:
+            h, w = h - 2 * pad[0], w - 2 * pad[1]
+            if h < 0 or w < 0:
+                raise ValueError(f"a padded input must be at least {2 * pad[0]}x{2 * pad[1]} pixels (the padding)")
         oh, ow = self.output_size(h, w)
-        if oh < 1 or ow < 1:
+        if oh < 1 or ow < 1 or h < 1 or w < 1:
             raise ValueError(f"input {h}x{w} is smaller than the (dilated) kernel {self.kernel_size} with padding "
                              f"{self.padding}: the output would be {oh}x{ow}")
         mode = {"int32": 0, "float": 1, "uint8": 2}.get(output)
         if mode is None:
             raise ValueError(f"output must be 'float', 'uint8' or 'int32', got {output!r}")
         so, zo = None, 0
+        opad = _pair(out_padding, "out_padding", 0)
         if mode == 2:
             so = float(out_scale)
             zo = int(out_zero_point)
             if not np.isfinite(so) or so <= 0 or not 0 <= zo <= 255:
                 raise ValueError("out_scale must be positive and finite and out_zero_point in [0, 255]")
+        elif opad != (0, 0):
+            raise ValueError("out_padding is for uint8 output only")
+        if nchw and mode != 1:
+            raise ValueError("nchw is for float output only")
         n = self.out_channels
         isa = g.get_isa()
         if self.groups == 1:
@@ -246,19 +281,30 @@ class PackedConv2d:
             np_, cs, wg = packed.np_, packed.colsum, None
         else:
             packed, np_, cs, wg = None, n, self._wg_colsum, self._wg
+        zc = self._zc.get(isa)
+        if zc is None:  # za * column sums, in the kernel's wrapping int32 arithmetic
+            zc = self._zc.setdefault(isa, (np.int64(self._za) * np.asarray(cs, np.int64)).astype(np.int32))
         mult, bias = self._epilogue(np_, mode, so, zo)
         if mode == 0:
             bias = None
         cols = roundup4(n) if mode == 2 else n
-        out = np.empty((bsz * oh * ow, cols), (np.int32, np.float32, np.uint8)[mode])
-        geom = (oh, ow) + self.kernel_size + self.stride + self.padding + self.dilation + (
+        if mode == 2:
+            out = _padded_empty(bsz, oh, ow, cols, opad[0], opad[1], zo)
+        elif nchw:
+            out = np.empty((bsz, n, oh, ow), np.float32)
+        else:
+            out = np.empty((bsz, oh, ow, cols), (np.int32, np.float32)[mode])
+        kpad = (0, 0) if padded_input else pad
+        geom = (oh, ow) + self.kernel_size + self.stride + kpad + self.dilation + (
             n, self.groups, self.in_channels // self.groups)
-        conv.conv(a, geom, self._za, packed, wg, cs, mult, bias, mode, self.relu and mode != 0, zo, out, isa)
-        return out.reshape(bsz, oh, ow, cols)
+        flat = out.reshape(bsz * n, oh * ow) if nchw else out.reshape(-1, cols)
+        conv.conv(a, geom, self._za, packed, wg, zc, mult, bias, mode, self.relu and mode != 0, zo, flat, isa, opad,
+                  nchw)
+        return out
 
     def __call__(self, x) -> np.ndarray:
         """float NCHW ``(B, C, H, W)`` -> float32 NHWC ``(B, OH, OW, N)``."""
-        return self.run_codes(self.quantize_input(x))
+        return self.run_codes(self.quantize_input(x, padded=True), padded_input=True)
 
     def forward_rows(self, x, output: str = "float", out_scale=None, out_zero_point=0) -> np.ndarray:
         """Linear: float ``(M, K)`` (or uint8 codes ``(M, Kp)``) -> ``(M, N)`` (uint8: ``(M, roundup4(N))``)."""

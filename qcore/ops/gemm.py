@@ -161,54 +161,53 @@ def qgemm(a, b, a_zero_point=0, b_zero_point=0) -> np.ndarray:
 # -------------------------------------------------------------------------------------------- qlinear
 
 class _Plan:
-    """How one weight QTensor runs in qlinear: packed int8 GEMM, or (fallback) a dequantized float matrix."""
+    """How one weight QTensor runs in qlinear: the packed int8 GEMM, or the low-bit kernel (``lowbit``)."""
 
-    __slots__ = ("mode", "packed", "sw", "zb", "wf", "n", "k", "reason")
+    __slots__ = ("mode", "packed", "sw", "zb", "n", "k", "reason", "lowbit")
 
-    def __init__(self, mode, n, k, packed=None, sw=None, zb=None, wf=None, reason=""):
+    def __init__(self, mode, n, k, packed=None, sw=None, zb=None, reason="", lowbit=None):
         self.mode, self.n, self.k = mode, n, k
-        self.packed, self.sw, self.zb, self.wf, self.reason = packed, sw, zb, wf, reason
+        self.packed, self.sw, self.zb, self.reason, self.lowbit = packed, sw, zb, reason, lowbit
 
 
-def _weight_cache(w) -> dict:
-    return w.cache  # every QTensor has one (qcore/tensor.py); qlinear accepts only QTensors
+def _lowbit_plan(w, reason) -> _Plan:
+    from . import lowbit
+
+    lp = lowbit.plan_for(w)
+    return _Plan("lowbit", w.shape[0], w.shape[1], reason=reason or lp.reason, lowbit=lp)
 
 
 def _build_plan(w, isa: str) -> _Plan:
     n, k = w.shape
-    codes = np.ascontiguousarray(w.codes)
+    if n == 0 or k == 0:
+        return _Plan("empty", n, k)
     opts = w.options or {}
     gran = opts.get("granularity", "tensor")
     axis = opts.get("axis", 0)
-    scale = np.asarray(w.params.get("scale"), dtype=np.float32) if "scale" in w.params else None
+    # the int8 GEMM takes 8-bit linear codes per tensor / per output channel; everything else (fewer bits,
+    # groups, codebooks) runs on the low-bit kernel, which keeps the weight packed at its bit width
+    if w.scheme != "linear" or w.bits != 8 or gran not in ("tensor", "channel") or (gran == "channel" and axis not in (0, -2)):
+        return _lowbit_plan(w, "")
+    if "scale" not in w.params:
+        return _lowbit_plan(w, "no scale")
+    scale = np.asarray(w.params["scale"], dtype=np.float32)
     zp = np.asarray(w.params.get("zero_point", np.zeros(1, np.int32)))
-
-    def fallback(reason):
-        wf = np.ascontiguousarray(w.dequantize().reshape(n, k), dtype=np.float32)
-        return _Plan("float", n, k, wf=wf, reason=reason)
-
-    if n == 0 or k == 0:
-        return _Plan("empty", n, k)
-    if scale is None:
-        return fallback("no per-tensor/per-channel scale")
-    if gran == "group":
-        return fallback("grouped scales")  # documented: dequantized once, float matmul
-    if gran == "channel" and axis not in (0, -2):
-        return fallback("scales along the input axis")
     if scale.size not in (1, n) or zp.size not in (1, n):
-        return fallback("parameter shapes not per-tensor/per-output-channel")
+        return _lowbit_plan(w, "parameter shapes not per-tensor/per-output-channel")
+    codes = np.ascontiguousarray(w.codes)
     scale = np.broadcast_to(scale.reshape(-1), (n,)).astype(np.float32)
     zp = np.broadcast_to(zp.reshape(-1).astype(np.int64), (n,))
-    # the int path computes (codes - zp) * scale: make sure that is how this tensor decodes
-    # (1-bit binary codes, for one, decode -1 -> -alpha and 0 -> +alpha, which is not affine)
-    deq = np.asarray(w.dequantize(), dtype=np.float32).reshape(n, k)
-    aff = (codes.astype(np.float32) - zp[:, None].astype(np.float32)) * scale[:, None]
-    if not np.allclose(aff, deq, rtol=1e-6, atol=0.0):
-        return fallback("codes do not decode affinely")
+    # the int path computes (codes - zp) * scale: check that is how this tensor decodes, on a few rows
+    r = min(n, 4)
+    from .lowbit import _decode_rows
+
+    aff = (codes[:r].astype(np.float32) - zp[:r, None].astype(np.float32)) * scale[:r, None]
+    if not np.allclose(aff, _decode_rows(w, 0, r), rtol=1e-6, atol=0.0):
+        return _lowbit_plan(w, "codes do not decode affinely")
     # exactness of the int32 accumulator: |a - za| <= 255, |b - zb| <= bmax
     bmax = int(np.abs(codes.astype(np.int64) - zp[:, None]).max())
     if k * 255 * bmax > _INT32_MAX:
-        return fallback("K too large for an exact int32 accumulator")
+        return _lowbit_plan(w, "K too large for an exact int32 accumulator")
     g = _ext()
     packed = g.pack_b(codes, isa)
     sw = np.zeros(packed.np_, np.float32)
@@ -223,35 +222,34 @@ def _build_plan(w, isa: str) -> _Plan:
 
 def _plan_for(w) -> _Plan:
     isa = gemm_isa()
-    cache = _weight_cache(w)
     key = f"{_CACHE_KEY}/{isa}"
-    plan = cache.get(key)
+    plan = w.cache.get(key)
     if plan is None:
-        plan = cache.setdefault(key, _build_plan(w, isa))
+        plan = w.cache.setdefault(key, _build_plan(w, isa))
     return plan
 
 
 def qlinear(x, w, bias=None) -> np.ndarray:
-    """``y = x @ dequantize(w).T + bias`` computed with an int8 GEMM; float32 of shape ``(..., N)``.
+    """``y = x @ dequantize(w).T + bias`` computed on the integer codes; float32 of shape ``(..., N)``.
 
     :param x: float activations of shape ``(..., K)`` (float16/float64/int are converted to float32;
         non-contiguous arrays are copied).  NaN/Inf raise :class:`qcore.InputError`.
-    :param w: a :class:`qcore.QTensor` of the ``linear`` scheme with shape ``(N, K)`` (torch ``Linear`` layout)
+    :param w: a :class:`qcore.QTensor` of shape ``(N, K)`` (torch ``Linear`` layout): the ``linear`` scheme at
+        1-8 bits (any granularity, symmetric or affine), or any scheme whose quantizer declares
+        ``lookup_table(params)`` (``kmeans``, ``log``, plugins; docs/plugins.md)
     :param bias: ``None`` or shape ``(N,)``
 
-    Activations are quantized dynamically **per row** to asymmetric uint8 (each row of ``x`` gets its own scale
-    ``(max(0, max x) - min(0, min x)) / 255`` and zero point, rounding half to even, ``x * (1/scale)``).
-    Per-tensor and per-output-channel weights (any bits 2..8, symmetric or affine) run the int8 GEMM on their
-    codes; grouped weights, scales along the input axis and codes that do not decode affinely (1-bit binary)
-    are dequantized once (cached on ``w``) and multiplied in float32.  The packed weight is cached in
-    ``w.cache``: do not modify ``w.codes``/``w.params`` in place after the first call.
+    8-bit linear weights per tensor / per output channel run the int8 GEMM: activations quantized dynamically
+    **per row** to asymmetric uint8 (scale ``(max(0, max x) - min(0, min x)) / 255``, rounding half to even).
+    Every other weight runs the low-bit kernel on its codes kept packed at their bit width (activations quantized
+    per block of 32 to int8, scale ``max|x| / 127``; tables decoded in the inner loop), or, for what that kernel
+    cannot express, blocks of rows decoded to float one at a time (docs/gemm.md, "Low-bit weights").  The
+    packed weight is cached in ``w.cache``: do not modify ``w.params`` in place after the first call.
     """
     from ..tensor import QTensor
 
     if not isinstance(w, QTensor):
         raise TypeError(f"w must be a qcore.QTensor (from qcore.quantize(w, 'linear', ...)), got {type(w).__name__}")
-    if w.scheme != "linear":
-        raise ValueError(f"qlinear needs a weight of the 'linear' scheme, got scheme {w.scheme!r}")
     if len(w.shape) != 2:
         raise ValueError(f"w must be 2-D (N, K) like a torch Linear weight, got shape {w.shape}")
     n, k = w.shape
@@ -274,12 +272,10 @@ def qlinear(x, w, bias=None) -> np.ndarray:
         if bias is not None:
             out += bias
         return out.reshape(*lead, n)
-    if plan.mode == "float":
-        check_all_finite(x2, "x")
-        out = x2 @ plan.wf.T
-        if bias is not None:
-            out += bias
-        return np.ascontiguousarray(out, dtype=np.float32).reshape(*lead, n)
+    if plan.mode == "lowbit":
+        from . import lowbit
+
+        return lowbit.run(plan.lowbit, w, x2, bias).reshape(*lead, n)
     bias_p = None
     if bias is not None:
         bias_p = np.zeros(plan.packed.np_, np.float32)

@@ -162,6 +162,15 @@ class Quantizer:
     def decode(self, codes: np.ndarray, params: dict[str, np.ndarray]) -> np.ndarray:
         raise NotImplementedError
 
+    def lookup_table(self, params: dict[str, np.ndarray]) -> np.ndarray | None:
+        """Optional: the decode as a table, so ``qcore.ops.qlinear`` can compute on the packed codes.
+
+        Return float32 of shape ``param_shape + (2**bits,)`` such that ``decode(codes)`` equals
+        ``table[<param index of the element>, code & (2**bits - 1)]`` (the code's bit pattern, two's complement
+        for signed codes).  ``None`` (the default): the scheme is not table-decodable.  See docs/plugins.md.
+        """
+        return None
+
     # -- the public entry --------------------------------------------------------------------------------
     def quantize(self, x) -> QTensor:
         """Quantize ``x`` (array-like) into a :class:`QTensor`.

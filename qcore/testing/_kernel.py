@@ -332,6 +332,42 @@ def check_kernel_histograms(obj):
     _close(k.histogram_kl(hist, start, end, 7), ref.histogram_kl(hist, start, end, 7), "histogram_kl", rtol=1e-9)
 
 
+def check_kernel_lowbit_linear(obj):
+    """``pack_lowbit``/``lowbit_linear`` (optional) agree with the numpy reference: linear codes of 1-8 bits per row
+    and per group, affine zero points, shared and per-column 16-entry tables, K not a multiple of 32; float sums
+    within 2e-6 of the largest output; NaN/Inf activations raise ``qcore.InputError``."""
+    k, ref = Spec(obj).make(), _reference()
+    if type(k)._lowbit_linear is Kernel._lowbit_linear:
+        raise SkipCheck(f"kernel {type(k).name!r} has no low-bit GEMM (optional)")
+    rng = np.random.default_rng(30)
+    cases = [(4, 128, 32, None), (3, 100, 100, None), (8, 96, 32, None), (1, 64, 64, None), (2, 64, 32, "shared"),
+             (4, 160, 32, "column"), (4, 70, 70, "column")]
+    for bits, kk, gs, table in cases:
+        n, m, g = 19, 5, kk // gs
+        values = rng.integers(0, 1 << bits, (n, kk)).astype(np.uint8)
+        if table is None:
+            args = (values, bits, rng.uniform(0.01, 1, (n, g)).astype(np.float32),
+                    rng.integers(0, 1 << bits, (n, g)).astype(np.float32), gs)
+            kw = {}
+        else:
+            rows = 1 if table == "shared" else n
+            args = (values, bits, None, None, gs)
+            kw = dict(table=rng.standard_normal((rows, g, 1 << bits)).astype(np.float32), table_group_size=gs)
+        x = (rng.standard_normal((m, kk)) * 3).astype(np.float32)
+        bias = rng.standard_normal(n).astype(np.float32)
+        got = k.lowbit_linear(x, k.pack_lowbit(*args, **kw), bias)
+        want = ref.lowbit_linear(x, ref.pack_lowbit(*args, **kw), bias)
+        assert got.shape == want.shape and got.dtype == np.float32, f"lowbit_linear gave {got.dtype} {got.shape}"
+        err = float(np.abs(got - want).max()) / max(1.0, float(np.abs(want).max()))
+        assert err <= 2e-6, f"lowbit_linear bits={bits} K={kk} group={gs} table={table}: off the reference by {err:.3g}"
+        x[m - 1, kk - 1] = np.nan
+        try:
+            k.lowbit_linear(x, k.pack_lowbit(*args, **kw))
+        except InputError:
+            continue
+        raise AssertionError("lowbit_linear of activations holding NaN did not raise qcore.InputError")
+
+
 KERNEL_CHECKS = [
     check_kernel_class_contract,
     check_kernel_minmax,
@@ -344,6 +380,7 @@ KERNEL_CHECKS = [
     check_kernel_histograms,
     check_kernel_input_unchanged,
     check_kernel_thread_safety,
+    check_kernel_lowbit_linear,
 ]
 
 

@@ -38,15 +38,17 @@ def _ops():
 class QuantizedActivation:
     """uint8 activation codes handed from one static layer to the next (inside an ``nn.Sequential``).
 
-    ``codes``: numpy uint8, NHWC ``(B, H, W, Cp)`` for convolutions or ``(M, Cp)`` rows for Linear (channels
-    padded to a multiple of 4); ``scale`` and ``zero_point`` are the consumer's calibrated input parameters.
+    ``codes``: numpy uint8, NHWC ``(B, H + 2*ph, W + 2*pw, Cp)`` for convolutions — already carrying the
+    consuming convolution's zero padding ``pad = (ph, pw)`` — or ``(M, Cp)`` rows for Linear (channels padded
+    to a multiple of 4); ``scale`` and ``zero_point`` are the consumer's calibrated input parameters.
     Any other consumer can call :meth:`dequantize` (float32, NCHW / ``(..., N)``, as the float model would see).
     """
 
-    __slots__ = ("codes", "scale", "zero_point", "channels", "lead", "device", "dtype")
+    __slots__ = ("codes", "scale", "zero_point", "channels", "lead", "device", "dtype", "pad")
 
     def __init__(self, codes: np.ndarray, scale: float, zero_point: int, channels: int, lead=None,
-                 device=None, dtype=torch.float32):
+                 device=None, dtype=torch.float32, pad=(0, 0)):
+        self.pad = (int(pad[0]), int(pad[1]))
         self.codes, self.scale, self.zero_point, self.channels = codes, float(scale), int(zero_point), int(channels)
         self.lead = tuple(lead) if lead is not None else None  # Linear: the leading shape of the float input
         # of the float tensor that entered the chain: float outputs further on are given back on it
@@ -57,10 +59,13 @@ class QuantizedActivation:
         if self.lead is not None:
             return self.lead + (self.channels,)
         b, h, w, _ = self.codes.shape
-        return (b, self.channels, h, w)
+        return (b, self.channels, h - 2 * self.pad[0], w - 2 * self.pad[1])
 
     def dequantize(self) -> torch.Tensor:
-        v = (self.codes[..., : self.channels].astype(np.float32) - np.float32(self.zero_point)) * np.float32(self.scale)
+        c = self.codes
+        if self.lead is None and self.pad != (0, 0):
+            c = c[:, self.pad[0]: c.shape[1] - self.pad[0], self.pad[1]: c.shape[2] - self.pad[1]]
+        v = (c[..., : self.channels].astype(np.float32) - np.float32(self.zero_point)) * np.float32(self.scale)
         t = torch.from_numpy(v)
         t = t.reshape(self.shape) if self.lead is not None else t.permute(0, 3, 1, 2)
         return t if (self.device.type == "cpu" and self.dtype == torch.float32) else t.to(self.device, self.dtype)
@@ -239,6 +244,7 @@ class _StaticBase(nn.Module):
         self.relu = bool(relu)
         self.output_scale: float | None = None  # set by convert when the next layer takes uint8 codes
         self.output_zero_point = 0
+        self.output_padding = (0, 0)  # the next convolution's zero padding, written into the codes
         self.__dict__["_plan"] = None
         self._build()
 
@@ -264,7 +270,7 @@ class _StaticBase(nn.Module):
         return {"input_scale": self.input_scale, "input_zero_point": self.input_zero_point,
                 "activation_bits": self.activation_bits, "activation_signed": self.activation_signed,
                 "weight_bits": self.weight_bits, "relu": self.relu, "output_scale": self.output_scale,
-                "output_zero_point": self.output_zero_point}
+                "output_zero_point": self.output_zero_point, "output_padding": list(self.output_padding)}
 
     def set_extra_state(self, state):
         if not isinstance(state, dict) or "input_scale" not in state:
@@ -274,6 +280,7 @@ class _StaticBase(nn.Module):
         self.weight_bits, self.relu = int(state["weight_bits"]), bool(state["relu"])
         self.output_scale = state.get("output_scale")
         self.output_zero_point = int(state.get("output_zero_point", 0))
+        self.output_padding = tuple(int(v) for v in state.get("output_padding", (0, 0)))
         self.__dict__["_plan"] = None
 
     def _load_from_state_dict(self, *args, **kwargs):
@@ -283,15 +290,16 @@ class _StaticBase(nn.Module):
     def _accepts(self, x: QuantizedActivation) -> bool:
         p = self.plan
         return (x.scale == float(p.input_scale) and x.zero_point == p._za and p._qlo == 0 and p._qhi == 255
-                and x.codes.shape[-1] == p.cp)
+                and x.codes.shape[-1] == p.cp and (x.lead is not None or x.pad == tuple(p.padding)))
 
     def _link(self, consumer: "_StaticBase | None") -> None:
         """Hand uint8 codes to ``consumer`` (its input parameters) instead of float output; None: float output."""
         if consumer is None:
-            self.output_scale, self.output_zero_point = None, 0
+            self.output_scale, self.output_zero_point, self.output_padding = None, 0, (0, 0)
         else:
             cp = consumer.plan
             self.output_scale, self.output_zero_point = float(cp.input_scale), int(cp._za)
+            self.output_padding = tuple(cp.padding) if isinstance(consumer, StaticConv2d) else (0, 0)
 
     def _weight_repr(self):
         return (f"weight_bits={self.weight_bits}, input_scale={self.input_scale:.6g}, "
@@ -400,17 +408,21 @@ class StaticConv2d(_StaticBase):
             b, c, h, w = xd.shape  # NHWC memory: quantize pixel rows in place
             rows = xd.permute(0, 2, 3, 1).numpy().reshape(b * h * w, c)
             codes = p.quantize_rows(rows).reshape(b, h, w, p.cp)
+            if p.padding != (0, 0):
+                (ph, pw), z = p.padding, p._za
+                codes = np.pad(codes, ((0, 0), (ph, ph), (pw, pw), (0, 0)), constant_values=z)
         else:
-            codes = p.quantize_input(_numpy_view(xd))
+            codes = p.quantize_input(_numpy_view(xd), padded=True)
         return self._run(codes, x.device, x.dtype)
 
     def _run(self, codes, device, dtype):
         p = self.plan
         if self.output_scale is not None:
-            out = p.run_codes(codes, "uint8", self.output_scale, self.output_zero_point)
+            out = p.run_codes(codes, "uint8", self.output_scale, self.output_zero_point, padded_input=True,
+                              out_padding=self.output_padding)
             return QuantizedActivation(out, self.output_scale, self.output_zero_point, self.out_channels,
-                                       device=device, dtype=dtype)
-        y = torch.from_numpy(p.run_codes(codes)).permute(0, 3, 1, 2)  # NCHW shape, channels-last memory
+                                       device=device, dtype=dtype, pad=self.output_padding)
+        y = torch.from_numpy(p.run_codes(codes, padded_input=True, nchw=True))  # contiguous NCHW
         return y if (device.type == "cpu" and dtype == torch.float32) else y.to(device=device, dtype=dtype)
 
     def extra_repr(self):
@@ -430,18 +442,24 @@ def _fake_quant_params(aq):
     opts = dict(getattr(aq, "options", {}) or {})
     if opts.get("granularity", "tensor") != "tensor":
         return None
-    scale = getattr(aq, "scale", None)
-    zp = getattr(aq, "zero_point", None)
-    if scale is None or isinstance(scale, nn.Module):
+    signed = bool(getattr(aq, "symmetric", opts.get("symmetric", False)))
+    if hasattr(aq, "qparams"):  # the calibrated (scale, zero_point) of the fake quantizer
+        try:
+            scale, zp = aq.qparams()
+        except (qcore.QcoreError, ValueError):
+            return None
+    else:
         params = getattr(aq, "params", None)
         if not params:
             return None
-        scale, zp = params.get("scale"), params.get("zero_point", 0)
-    scale = np.asarray(scale.detach().cpu() if isinstance(scale, torch.Tensor) else scale, np.float64).reshape(-1)
-    zp = np.asarray(zp.detach().cpu() if isinstance(zp, torch.Tensor) else zp).reshape(-1)
-    if scale.size != 1 or zp.size != 1 or not math.isfinite(scale[0]) or scale[0] <= 0:
+        scale = np.asarray(params.get("scale"), np.float64).reshape(-1)
+        zp = np.asarray(params.get("zero_point", 0)).reshape(-1)
+        if scale.size != 1 or zp.size != 1:
+            return None
+        scale, zp = float(scale[0]), int(zp[0])
+    if not math.isfinite(scale) or scale <= 0:
         return None
-    return float(scale[0]), int(np.rint(zp[0])), 8, bool(opts.get("symmetric", False))
+    return float(scale), int(zp), 8, signed
 
 
 def static_from_observed(child) -> _StaticBase:

@@ -1,0 +1,346 @@
+# cython: language_level=3
+"""qcore low-bit GEMM kernels (``qcore_plugins._lowbit``): packing into the bit-plane layout, dispatch, OpenMP.
+
+Low level and unchecked beyond what memory safety needs: the validating entry points are the ``cython`` kernel's
+``Kernel.pack_lowbit`` / ``Kernel.lowbit_linear`` (qcore/kernels/base.py) and ``qcore.ops.qlinear``.  The C
+core and the layout are described in ``pyx/lowbit_kernels.h`` and docs/gemm.md ("Low-bit weights").
+"""
+import os
+import warnings
+
+import numpy as np
+
+cimport numpy as cnp
+from cython.parallel cimport prange
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t
+
+from qcore_isa cimport qcore_isa_requested
+from qcore_omp cimport qcore_omp_max_threads
+
+cnp.import_array()
+
+cdef extern from "lowbit_kernels.h" nogil:
+    enum:
+        QLB_PORTABLE
+        QLB_AVX2
+        QLB_VNNI
+        QLB_LUT_NONE
+        QLB_LUT_SHARED
+        QLB_LUT_COLUMN
+        QLB_NP
+    ctypedef struct qlb_w:
+        int bits
+        int lut
+        int wide
+        int64_t N, K, Kp, nb
+        int64_t P
+        const uint8_t *planes
+        int64_t gblk, ng
+        const float *sw
+        const uint16_t *sw16
+        int f16
+        const float *swz
+        int zconst
+        float zval
+        int64_t tblk, ngt
+        const uint8_t *tab
+    ctypedef struct qlb_a:
+        int64_t M
+        const int8_t *q
+        const float *sa
+        const float *S
+        float *y
+        const float *bias
+    int qlb_cpu_supports(int isa)
+    int qlb_tab_index(int c, int e)
+    void qlb_pack(const uint8_t *u, int64_t N, int64_t K, int64_t ldu, int bits, int64_t nb,
+                  int64_t p0, int64_t p1, uint8_t *out)
+    void qlb_decode_panel(const qlb_w *w, int64_t p, uint8_t *out)
+    int qlb_quant_row(int isa, const float *x, int64_t K, int64_t nb, int8_t *q, float *sa, int32_t *asum)
+    int qlb_mrv(int isa, int64_t M)
+    int qlb_nv(int isa, int mrv)
+    void qlb_unit(int isa, const qlb_w *w, const qlb_a *a, int64_t r0, int64_t r1, int64_t q0, int64_t q1)
+
+
+ISA_NAMES = ("portable", "avx2", "avx512vnni")
+_ISA_CODES = {"portable": QLB_PORTABLE, "avx2": QLB_AVX2, "avx512vnni": QLB_VNNI}
+# QCORE_ISA level names (qcore_isa.pxd) -> the best low-bit path of that level
+_LEVEL_TO_ISA = {"baseline": "portable", "avx2": "avx2", "avx512": "avx512vnni"}
+
+#: below this many multiply-adds a product runs on one thread
+PARALLEL_MIN_MACS = 1 << 19
+#: rows per work unit (the weight columns of a unit stay in cache while its rows are computed)
+ROWS_PER_UNIT = 64
+
+
+def available_isas():
+    """Low-bit GEMM paths this CPU can run, best first."""
+    return [n for n in reversed(ISA_NAMES) if qlb_cpu_supports(_ISA_CODES[n])]
+
+
+cdef int _isa = QLB_PORTABLE
+
+
+def get_isa():
+    """Name of the instruction-set path low-bit products run on."""
+    return ISA_NAMES[_isa]
+
+
+def set_isa(name):
+    """Select the path (``"avx512vnni"``, ``"avx2"``, ``"portable"``; QCORE_ISA level names are accepted too).
+
+    The packed layout is the same for every path, so weights packed earlier run on the new path.
+    """
+    global _isa
+    name = _LEVEL_TO_ISA.get(name, name)
+    if name not in _ISA_CODES:
+        raise ValueError(f"unknown low-bit GEMM instruction set {name!r}; expected one of {', '.join(ISA_NAMES)}")
+    code = _ISA_CODES[name]
+    if not qlb_cpu_supports(code):
+        raise ValueError(f"this CPU cannot run the {name!r} low-bit path; available: {', '.join(available_isas())}")
+    _isa = code
+
+
+def _init_isa():
+    level = ("baseline", "avx2", "avx512")[qcore_isa_requested()]  # QCORE_ISA, else the CPU's best level
+    want = _LEVEL_TO_ISA[level]
+    for name in ISA_NAMES[ISA_NAMES.index(want)::-1]:  # the requested path, else the next lower one
+        if qlb_cpu_supports(_ISA_CODES[name]):
+            set_isa(name)
+            return
+
+
+_init_isa()
+
+
+cdef inline int64_t _cdiv(int64_t a, int64_t b) nogil:
+    return (a + b - 1) // b
+
+
+cdef class LowbitWeight:
+    """A weight (N x K) packed once into the bit-plane panel layout (see pyx/lowbit_kernels.h).
+
+    ``planes``: the codes at exactly ``bits`` bits each (K padded to a multiple of 32, N to a multiple of 16);
+    ``sw``: (P, ng, 16) scale per panel column and scale group, float16 when every scale is exactly a float16
+    value (half the bytes to stream), else float32; ``swz``: float32 scale * zero point, or None when every zero
+    point is the same (``zval``: then the kernels compute it from ``sw``);
+    ``tab``: the byte tables of a codebook weight (``lut`` 1: one shared table, 2: per column and table group).
+    """
+    cdef readonly int bits, lut, zconst
+    cdef readonly float zval
+    cdef readonly int64_t n, k, kp, nb, panels, gblk, ng, tblk, ngt
+    cdef readonly object planes, sw, swz, tab
+
+    @property
+    def nbytes(self):
+        return self.planes.nbytes + self.sw.nbytes + (self.swz.nbytes if self.swz is not None else 0) \
+            + (self.tab.nbytes if self.tab is not None else 0)
+
+    @property
+    def group_blocks(self):
+        return self.gblk
+
+    def __repr__(self):
+        kind = ("linear", "table", "column tables")[self.lut]
+        return f"<LowbitWeight {self.n}x{self.k} bits={self.bits} {kind} group={32 * self.gblk} nbytes={self.nbytes}>"
+
+    cdef void fill(self, qlb_w *w):
+        cdef cnp.ndarray pl = self.planes, s = self.sw, z, t
+        w.bits = self.bits
+        w.lut = self.lut
+        w.wide = 1 if (self.bits == 8 or self.lut != QLB_LUT_NONE) else 0
+        w.N, w.K, w.Kp, w.nb, w.P = self.n, self.k, self.kp, self.nb, self.panels
+        w.planes = <const uint8_t *>cnp.PyArray_DATA(pl)
+        w.gblk, w.ng = self.gblk, self.ng
+        w.f16 = 1 if self.sw.dtype == np.float16 else 0
+        w.sw = NULL
+        w.sw16 = NULL
+        if w.f16:
+            w.sw16 = <const uint16_t *>cnp.PyArray_DATA(s)
+        else:
+            w.sw = <const float *>cnp.PyArray_DATA(s)
+        w.zconst, w.zval = self.zconst, self.zval
+        if self.swz is not None:
+            z = self.swz
+            w.swz = <const float *>cnp.PyArray_DATA(z)
+        else:
+            w.swz = NULL
+        w.tblk, w.ngt = self.tblk, self.ngt
+        if self.tab is not None:
+            t = self.tab
+            w.tab = <const uint8_t *>cnp.PyArray_DATA(t)
+        else:
+            w.tab = NULL
+
+
+def pack(u, int bits, sw, zero, int64_t gblk, tables=None, int64_t tblk=0):
+    """Pack values ``u`` (C-contiguous uint8 (N, K), each < 2**bits) with scales ``sw`` and zero points ``zero``
+    (float32 (N, ng), ng = ceil(ceil(K/32)/gblk)); ``tables``: None, uint8 (1, 16) (shared) or (N*ngt, 16) (row
+    n*ngt + gt for column n, table group gt of ``tblk`` blocks).  The caller has validated everything."""
+    cdef const uint8_t[:, ::1] uv = u
+    cdef int64_t N = uv.shape[0], K = uv.shape[1]
+    cdef int64_t nb = _cdiv(K, 32), P = _cdiv(N, QLB_NP), ng = _cdiv(nb, gblk)
+    cdef int64_t BB = 64 * bits, p, c, g, e, gt, n
+    cdef cnp.ndarray planes = np.empty(P * nb * BB, np.uint8)
+    cdef uint8_t *pl = <uint8_t *>cnp.PyArray_DATA(planes)
+    cdef int nt = qcore_omp_max_threads() if N * K >= (1 << 20) else 1
+    with nogil:
+        for p in prange(P, schedule="static", num_threads=nt):
+            qlb_pack(&uv[0, 0], N, K, K, bits, nb, p, p + 1, pl)
+    sw = np.asarray(sw, np.float32)
+    zero = np.asarray(zero, np.float32)
+    swp = np.zeros((P * QLB_NP, ng), np.float32)
+    swp[:N] = sw
+    swp = np.ascontiguousarray(swp.reshape(P, QLB_NP, ng).transpose(0, 2, 1))
+    with np.errstate(over="ignore", under="ignore"):
+        sw16 = swp.astype(np.float16)
+    if np.isfinite(sw16).all() and np.array_equal(sw16.astype(np.float32), swp):
+        swp = sw16  # exactly float16 values (e.g. scale_dtype="float16"): stored as such
+    zconst = bool((zero == zero.flat[0]).all())
+    swzp = None
+    if not zconst:
+        swzp = np.zeros((P * QLB_NP, ng), np.float32)
+        swzp[:N] = (sw * zero).astype(np.float32)
+        swzp = np.ascontiguousarray(swzp.reshape(P, QLB_NP, ng).transpose(0, 2, 1))
+    cdef LowbitWeight W = LowbitWeight.__new__(LowbitWeight)
+    W.bits, W.lut = bits, QLB_LUT_NONE
+    W.zconst, W.zval = zconst, float(zero.flat[0])
+    W.n, W.k, W.kp, W.nb, W.panels = N, K, nb * 32, nb, P
+    W.gblk, W.ng, W.tblk, W.ngt = gblk, ng, 1, 1
+    W.planes, W.sw, W.swz, W.tab = planes, swp, swzp, None
+    cdef const uint8_t[:, ::1] tv
+    cdef uint8_t[:, :, ::1] to
+    if tables is not None:
+        tv = tables
+        if tv.shape[0] == 1:
+            W.lut = QLB_LUT_SHARED
+            W.tab = np.ascontiguousarray(np.tile(np.asarray(tables, np.uint8).reshape(16), 4))
+        else:
+            W.lut = QLB_LUT_COLUMN
+            W.tblk = tblk
+            W.ngt = _cdiv(nb, tblk)
+            out = np.zeros((P, W.ngt, 256), np.uint8)
+            to = out
+            for n in range(N):
+                p, c = n // QLB_NP, n % QLB_NP
+                for gt in range(W.ngt):
+                    for e in range(16):
+                        to[p, gt, qlb_tab_index(<int>c, <int>e)] = tv[n * W.ngt + gt, e]
+            W.tab = out
+    return W
+
+
+def decode(LowbitWeight W):
+    """The values the kernels multiply, uint8 (N, Kp) (after the table of a codebook weight): for tests."""
+    cdef qlb_w w
+    W.fill(&w)
+    out = np.empty((W.panels * QLB_NP, W.kp), np.uint8)
+    cdef uint8_t[:, ::1] ov = out
+    cdef int64_t p
+    for p in range(W.panels):
+        qlb_decode_panel(&w, p, &ov[p * QLB_NP, 0])
+    return out[:W.n]
+
+
+def quantize_blocks(x):
+    """Per-32-block int8 quantization of C-contiguous float32 (M, K), as the GEMM does it.
+
+    Returns ``(q int8 (M, Kp), sa float32 (M, nb), asum int32 (M, nb), bad uint8 (M,))``.
+    """
+    cdef const float[:, ::1] xv = x
+    cdef int64_t M = xv.shape[0], K = xv.shape[1], nb = _cdiv(K, 32), i
+    q = np.zeros((M, nb * 32), np.int8)
+    sa = np.zeros((M, nb), np.float32)
+    asum = np.zeros((M, nb), np.int32)
+    bad = np.zeros(M, np.uint8)
+    cdef int8_t[:, ::1] qv = q
+    cdef float[:, ::1] sav = sa
+    cdef int32_t[:, ::1] asv = asum
+    cdef uint8_t[::1] bv = bad
+    cdef int code = _isa
+    if M == 0 or K == 0:
+        return q, sa, asum, bad
+    with nogil:
+        for i in range(M):
+            bv[i] = qlb_quant_row(code, &xv[i, 0], K, nb, &qv[i, 0], &sav[i, 0], &asv[i, 0])
+    return q, sa, asum, bad
+
+
+def gemm(x, LowbitWeight W, bias, out):
+    """out (float32 (M, N)) = the low-bit product of ``x`` (C-contiguous float32 (M, K)) and ``W``, plus bias.
+
+    Returns -1, or the index of the first row of ``x`` holding NaN/Inf (``out`` is then not written).
+    """
+    cdef const float[:, ::1] xv = x
+    cdef int64_t M = xv.shape[0], K = xv.shape[1], N = W.n, nb = W.nb, ng = W.ng, gblk = W.gblk
+    if K != W.k or out.shape != (M, N) or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError("lowbit gemm: inconsistent shapes")
+    cdef const float[::1] bv = bias if bias is not None else None
+    if bias is not None and bv.shape[0] != N:
+        raise ValueError("lowbit gemm: bias of the wrong length")
+    cdef float[:, ::1] ov = out
+    if M == 0:
+        return -1
+    cdef int8_t[:, ::1] q = np.empty((M, W.kp), np.int8)
+    cdef float[:, ::1] sa = np.empty((M, nb), np.float32)
+    cdef int32_t[:, ::1] asum = np.empty((M, nb), np.int32)
+    cdef float[:, ::1] S = np.empty((M, ng), np.float32)
+    cdef uint8_t[::1] bad = np.empty(M, np.uint8)
+    cdef int code = _isa
+    cdef int64_t macs = M * N * K
+    cdef int nt = qcore_omp_max_threads() if macs >= PARALLEL_MIN_MACS else 1
+    cdef int64_t i, g, b, b1, first_bad = -1, u, units, cu, ru, ri, ci, r0, r1, q0, q1
+    cdef float s
+    cdef qlb_w w
+    cdef qlb_a a
+    W.fill(&w)
+    cdef int mrv = qlb_mrv(code, M)
+    cdef int nv = qlb_nv(code, mrv)
+    cdef int64_t mc = mrv * (ROWS_PER_UNIT // mrv) if mrv < ROWS_PER_UNIT else mrv
+    with nogil:
+        for i in prange(M, schedule="static", num_threads=nt if M * K >= 32768 else 1):
+            bad[i] = qlb_quant_row(code, &xv[i, 0], K, nb, &q[i, 0], &sa[i, 0], &asum[i, 0])
+            for g in range(ng):
+                s = 0.0
+                b1 = (g + 1) * gblk
+                if b1 > nb:
+                    b1 = nb
+                for b in range(g * gblk, b1):
+                    s = s + sa[i, b] * <float>asum[i, b]
+                S[i, g] = s
+        for i in range(M):
+            if bad[i]:
+                first_bad = i
+                break
+    if first_bad >= 0:
+        return first_bad
+    with nogil:
+        a.M = M
+        a.q = &q[0, 0]
+        a.sa = &sa[0, 0]
+        a.S = &S[0, 0]
+        a.y = &ov[0, 0]
+        a.bias = &bv[0] if bias is not None else NULL
+        cu = _cdiv(W.panels, nv)
+        ru = _cdiv(M, mc)
+        units = cu * ru
+        if nt <= 1 or units <= 1:
+            for u in range(units):
+                ci = u // ru
+                ri = u % ru
+                r0 = ri * mc
+                r1 = r0 + mc if r0 + mc < M else M
+                q0 = ci * nv
+                q1 = q0 + nv if q0 + nv < W.panels else W.panels
+                qlb_unit(code, &w, &a, r0, r1, q0, q1)
+        else:
+            # dynamic: on a busy machine a descheduled thread's share is taken by the others
+            for u in prange(units, schedule="dynamic", num_threads=nt):
+                ci = u // ru
+                ri = u % ru
+                r0 = ri * mc
+                r1 = r0 + mc if r0 + mc < M else M
+                q0 = ci * nv
+                q1 = q0 + nv if q0 + nv < W.panels else W.panels
+                qlb_unit(code, &w, &a, r0, r1, q0, q1)
+    return -1
