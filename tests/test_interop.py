@@ -162,7 +162,10 @@ def test_apply_quantized_puts_saved_weights_into_torch(hf_folder, tmp_path):
                               qcore.load_quantized(path)["model.layers.0.self_attn.q_proj.weight"].codes)
         with torch.no_grad():
             got = model(IDS).logits
-        assert torch.allclose(got, _reference_logits(qm, IDS), atol=1e-4, rtol=0)
+        # QLinear runs the fused low-bit qlinear (int8 activations per 32-block, docs/gemm.md), so the logits
+        # follow the float reference within the activation rounding, not bit for bit
+        ref = _reference_logits(qm, IDS)
+        assert float((got - ref).abs().max()) <= 0.02 * float(ref.abs().max())
     # a model of another shape: every mismatch listed, the module untouched
     other = transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**_config().to_dict(), "intermediate_size": 96}))
     with pytest.raises(ValueError, match=r"6 saved tensor\(s\) do not fit.*mlp\.gate_proj\.weight: saved shape \(128, 64\)"):
