@@ -67,6 +67,16 @@ def test_kernel_matches_reference(lowbit_isa, bits, lut):
             want = pn.tables[np.arange(n)[:, None], np.arange(k)[None, :] // gs, values]
         np.testing.assert_array_equal(dec, want)
         _close(CY.lowbit_linear(x, pc, bias), NP.lowbit_linear(x, pn, bias))
+        if lut == "none":  # one integral zero point everywhere: folded into the integer dot products
+            z = np.full((n, g), (1 << bits) // 2, np.float32)
+            yc = CY.lowbit_linear(x, CY.pack_lowbit(values, bits, scale, z, gs), bias)
+            _close(yc, NP.lowbit_linear(x, NP.pack_lowbit(values, bits, scale, z, gs), bias))
+            exact = x.astype(np.float64) @ (np.repeat(scale, gs, axis=1) * (values - z[:, :1])).T + bias
+            _, sa, _ = lowbit_quantize_blocks(x)  # within the activation rounding of the exact product
+            wabs = np.abs(np.repeat(scale, gs, axis=1) * (values - z[:, :1]))
+            bound = 0.5 * sa.astype(np.float64) @ wabs.reshape(n, -1, 32).sum(axis=2).T if k % 32 == 0 else None
+            if bound is not None:
+                assert np.all(np.abs(yc - exact) <= bound * 1.001 + 1e-5 * np.abs(exact).max())
 
 
 def test_activation_quantization_matches_reference(lowbit_isa):
