@@ -166,6 +166,11 @@ W_CASES = [
     ("kmeans", dict(bits=2, granularity="channel"), "kernel"),
     ("kmeans", dict(bits=3), "kernel"),
     ("kmeans", dict(bits=5), "rows"),
+    ("kmeans", dict(bits=4, granularity="group", group_size=128), "kernel"),
+    ("kmeans", dict(bits=4, granularity="group", group_size=64, codebook_dtype="float16"), "kernel"),
+    ("kmeans", dict(bits=2, granularity="group", group_size=32), "kernel"),
+    ("kmeans", dict(bits=4, granularity="group", group_size=16), "rows"),  # not a multiple of 32: rows path
+    ("kmeans", dict(bits=6, granularity="group", group_size=64), "rows"),
     ("log", dict(bits=4), "kernel"),
     ("log", dict(bits=4, granularity="channel"), "kernel"),
     ("log", dict(bits=4, granularity="group", group_size=32), "kernel"),
@@ -224,7 +229,8 @@ def test_qlinear_paths(scheme, opts, mode):
 def test_qlinear_shapes_and_isas(lowbit_isa, m):
     # odd K (padded to whole blocks), N not a multiple of the panel width, several tile heights
     n, k = 37, 199
-    for scheme, opts in (("linear", dict(bits=4, symmetric=True)), ("kmeans", dict(bits=4, granularity="channel"))):
+    for scheme, opts in (("linear", dict(bits=4, symmetric=True)), ("kmeans", dict(bits=4, granularity="channel")),
+                         ("kmeans", dict(bits=4, granularity="group", group_size=199))):  # odd K, one group per row
         w = qcore.quantize(_weight(n, k, m), scheme, **opts)
         x = np.random.default_rng(m).standard_normal((m, k)).astype(np.float32)
         _close(ops.qlinear(x, w), lowbit.run(lowbit.plan_for(w, NP), w, x, None))
