@@ -46,7 +46,7 @@ class QTensor:
     """
 
     __slots__ = ("_store", "scheme", "bits", "shape", "params", "options", "signed", "dtype", "cache", "_quantizer",
-                 "_lock", "__weakref__")
+                 "_lock", "_regen", "__weakref__")
 
     def __init__(self, codes, scheme: str, bits: int, params: dict[str, np.ndarray], options: dict[str, Any] | None = None,
                  *, signed: bool | None = None, dtype: str = "float32", quantizer=None):
@@ -77,23 +77,53 @@ class QTensor:
         self.cache: dict[str, Any] = {}
         self._quantizer = quantizer
         self._lock = threading.Lock()
+        self._regen = None
+
+    # -- storage held elsewhere ------------------------------------------------------------------------
+    def _storage(self) -> np.ndarray:
+        """The stored codes: the packed stream (bits < 8) or the int8/uint8 code array (8 bits)."""
+        store = self._store
+        if store is None:  # held by a kernel layout (see hold_codes_in): made again, same bytes
+            store = self._regen()
+            if self.bits < 8:
+                store = _read_only(store)
+        return store
+
+    def hold_codes_in(self, regenerate) -> None:
+        """Drop this tensor's own copy of the codes: from now on ``regenerate()`` rebuilds them on demand.
+
+        For holders that keep the codes in another layout already (``qcore.ops.hold_packed_once``: the GEMM
+        kernels' packed weight).  ``regenerate()`` must return exactly the stored codes — the packed stream
+        (1-d uint8, ``ceil(size*bits/8)`` bytes, unused high bits 0) below 8 bits, the int8/uint8 code array of
+        shape ``shape`` at 8 bits.  ``codes``, ``packed``, ``nbytes``, pickling and files behave as before;
+        ``packed``/``codes`` are then made fresh at each read.
+        """
+        if not callable(regenerate):
+            raise TypeError("regenerate must be callable")
+        self._regen = regenerate
+        self._store = None
+
+    @property
+    def holds_codes(self) -> bool:
+        """False once :meth:`hold_codes_in` moved the codes to another holder."""
+        return self._store is not None
 
     # -- codes ---------------------------------------------------------------------------------------
     @property
     def codes(self) -> np.ndarray:
         """The codes, unpacked (int8 if signed else uint8, shape ``shape``); made on demand below 8 bits."""
         if self.bits == 8:
-            return self._store
+            return self._storage()
         kernel = getattr(self._quantizer, "kernel", None) or _kernel()
-        return kernel.unpack(self._store, self.bits, self.size, self.signed).reshape(self.shape)
+        return kernel.unpack(self._storage(), self.bits, self.size, self.signed).reshape(self.shape)
 
     @property
     def packed(self) -> np.ndarray:
         """The codes as the packed bit stream (1-d uint8, ``ceil(size*bits/8)`` bytes, read-only)."""
         if self.bits == 8:
-            flat = np.ascontiguousarray(self._store).reshape(-1).view(np.uint8)
+            flat = np.ascontiguousarray(self._storage()).reshape(-1).view(np.uint8)
             return _read_only(flat.view()) if flat.flags.writeable else flat
-        return self._store
+        return self._storage()
 
     # -- values --------------------------------------------------------------------------------------
     @property
