@@ -248,6 +248,12 @@ def unpack_stream(LowbitWeight W, unsigned flip):
     return out
 
 
+def scales(LowbitWeight W):
+    """The scales ``sw`` the weight was packed with, float32 (N, ng) (the inverse of the panel order)."""
+    sw = np.asarray(W.sw).astype(np.float32)  # (P, ng, 16); float16 scales were exact
+    return np.ascontiguousarray(sw.transpose(0, 2, 1).reshape(W.panels * QLB_NP, W.ng)[:W.n])
+
+
 cdef object _assemble(cnp.ndarray planes, int64_t N, int64_t K, int bits, sw, zero, int64_t gblk, tables,
                       int64_t tblk):
     """The LowbitWeight around ``planes``: scales and zero points in panel order, tables in their layout."""

@@ -431,6 +431,9 @@ def test_pack_from_packed_stream_bad_input():
 
 @pytest.mark.parametrize("scheme,opts", [
     ("linear", {"bits": 4, "symmetric": True, "granularity": "group", "group_size": 32}),
+    ("linear", {"bits": 4, "symmetric": True, "granularity": "group", "group_size": 32, "scale_dtype": "float16"}),
+    ("linear", {"bits": 2, "symmetric": False, "granularity": "group", "group_size": 32}),
+    ("linear", {"bits": 1, "symmetric": True, "granularity": "channel"}),
     ("linear", {"bits": 3, "granularity": "channel"}),
     ("linear", {"bits": 1, "symmetric": True}),
     ("linear", {"bits": 8, "symmetric": False, "granularity": "group", "group_size": 32}),
@@ -450,6 +453,10 @@ def test_hold_packed_once_keeps_one_copy_and_the_same_bytes(scheme, opts):
     np.testing.assert_array_equal(qt.codes, ref.codes)
     assert qt.codes.dtype == ref.codes.dtype
     assert qt.nbytes == ref.nbytes
+    assert list(qt.params) == list(ref.params)
+    for name, p in ref.params.items():  # the scales may be held by the layout too: the same values and dtype
+        assert qt.params[name].dtype == p.dtype and qt.params[name].shape == p.shape
+        np.testing.assert_array_equal(qt.params[name], p)
     np.testing.assert_array_equal(qt.dequantize(), ref.dequantize())
     np.testing.assert_array_equal(ops.qlinear(x, qt), want)  # bit for bit
     import pickle

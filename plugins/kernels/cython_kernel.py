@@ -231,6 +231,9 @@ class CythonKernel(Kernel):
         # straight from the packed stream, one panel of 16 rows at a time (pyx/lowbit_pack.h)
         return _lowbit.pack_stream(packed, n, k, int(bits), int(flip), scale, zero, gblk, tables, gblk)
 
+    def _lowbit_scales(self, packed):
+        return _lowbit.scales(packed)
+
     def _unpack_lowbit(self, packed, flip):
         return _lowbit.unpack_stream(packed, int(flip))
 

@@ -53,6 +53,9 @@ class NumpyKernel(Kernel):
     def _pack_lowbit(self, values, bits, scale, zero, group_size, table_bytes):
         return _NumpyLowbit(values, bits, scale, zero, group_size, table_bytes)
 
+    def _lowbit_scales(self, p):
+        return np.array(p.scale, np.float32)
+
     def _unpack_lowbit(self, p, flip):
         return self.pack(p.values ^ np.uint8(flip), p.bits)
 

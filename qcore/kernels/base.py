@@ -573,6 +573,15 @@ class Kernel:
         flip = check_int(flip, "flip", 0, (1 << bits) - 1)
         return self._unpack_lowbit(packed_weight, flip)
 
+    def lowbit_scales(self, packed_weight):
+        """The float32 ``scale`` (N, K // group_size) a weight was packed with (tables: the table scales), or None
+        if this kernel cannot give it back; lets a holder drop its own copy of the scales."""
+        self._lowbit_shape(packed_weight)
+        return self._lowbit_scales(packed_weight)
+
+    def _lowbit_scales(self, packed_weight):
+        return None
+
     def _lowbit_params(self, n, k, bits, scale, zero, group_size, table, table_group_size):
         """Validated (scale, zero, group_size, table_bytes) for :meth:`_pack_lowbit`."""
         tbytes = None

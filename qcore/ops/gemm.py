@@ -237,7 +237,8 @@ def hold_packed_once(w) -> bool:
 
     The packed GEMM weight (int8 panels, or the low-bit bit planes) already holds every code, so the QTensor's
     own stored codes are dropped (:meth:`qcore.QTensor.hold_codes_in`) and rebuilt from that layout when read
-    (``w.packed``, ``w.codes``, state dicts, saving; the same bytes).  The adapters call it (torch ``QLinear``):
+    (``w.packed``, ``w.codes``, state dicts, saving; the same bytes); so is the ``scale`` parameter of a
+    low-bit linear weight when the layout gives it back exactly (it keeps the scales in its panel order).  The adapters call it (torch ``QLinear``):
     a module then holds one packed copy of its weight.  Returns True when the codes are held by the kernel
     layout (already, or now), False for weights computed by the rows path (they keep their own codes).
     Idempotent; errors building the plan propagate (the same ones the first ``qlinear`` would raise).
@@ -260,7 +261,14 @@ def hold_packed_once(w) -> bool:
         return True
     if plan.mode == "lowbit" and plan.lowbit.mode == "kernel":
         lp, signed = plan.lowbit, bool(w.signed)
-        w.hold_codes_in(lambda: lp.stored_codes(signed))
+        params = {}
+        scale = w.params.get("scale")
+        if scale is not None and scale.size > 1:  # the layout keeps the scales too (in panel order)
+            shape, dtype = scale.shape, scale.dtype
+            again = lp.stored_scale(shape, dtype)
+            if again is not None and again.dtype == dtype and np.array_equal(again, scale):  # exactly: else keep it
+                params["scale"] = lambda: lp.stored_scale(shape, dtype)
+        w.hold_codes_in(lambda: lp.stored_codes(signed), params)
         return True
     return False
 

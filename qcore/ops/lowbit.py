@@ -28,11 +28,23 @@ _CHECK_ROWS = 4
 class LowbitPlan:
     """How one weight runs: ``mode`` "kernel" (``packed`` from ``kernel.pack_lowbit``) or "rows"."""
 
-    __slots__ = ("mode", "kernel", "packed", "n", "k", "reason", "table", "flip")
+    __slots__ = ("mode", "kernel", "packed", "n", "k", "reason", "table", "flip", "scale_mul")
 
-    def __init__(self, mode, n, k, kernel=None, packed=None, reason="", table=None, flip=0):
+    def __init__(self, mode, n, k, kernel=None, packed=None, reason="", table=None, flip=0, scale_mul=None):
         self.mode, self.n, self.k, self.kernel, self.packed, self.reason, self.table = mode, n, k, kernel, packed, reason, table
         self.flip = flip  # packed values = code bits ^ flip (so the codes come back with unpack_lowbit(packed, flip))
+        self.scale_mul = scale_mul  # linear weights: the layout's scales are the QTensor's times this (None: tables)
+
+    def stored_scale(self, shape, dtype):
+        """The QTensor's ``scale`` parameter rebuilt from the layout's scales (linear weights), or None."""
+        if self.scale_mul is None:
+            return None
+        sw = self.kernel.lowbit_scales(self.packed)
+        if sw is None:
+            return None
+        if self.scale_mul != 1:
+            sw = sw / np.float32(self.scale_mul)
+        return np.ascontiguousarray(sw.astype(dtype, copy=False).reshape(shape))
 
     def stored_codes(self, signed: bool):
         """The weight's stored codes rebuilt from the kernel layout (``mode`` "kernel"): the packed stream below
@@ -253,7 +265,8 @@ def build_plan(w, kernel) -> LowbitPlan:
         return LowbitPlan("rows", n, k, reason=spec)
     flip, scale, zero, gsz = spec
     packed = kernel.pack_lowbit_packed(w.packed, (n, k), w.bits, scale, zero, gsz, flip=flip)
-    return LowbitPlan("kernel", n, k, kernel=kernel, packed=packed, flip=flip)
+    return LowbitPlan("kernel", n, k, kernel=kernel, packed=packed, flip=flip,
+                      scale_mul=2 if (w.signed and w.bits == 1) else 1)
 
 
 def plan_for(w, kernel=None) -> LowbitPlan:
