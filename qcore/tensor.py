@@ -108,11 +108,12 @@ class QTensor:
         """Drop this tensor's own copy of the codes: from now on ``regenerate()`` rebuilds them on demand.
 
         For holders that keep the codes in another layout already (``qcore.ops.hold_packed_once``: the GEMM
-        kernels' packed weight).  ``params`` maps names of parameters the holder can also rebuild exactly (e.g.
-        the scales, which the kernel keeps in its own order) to callables: those are dropped too.  ``regenerate()`` must return exactly the stored codes — the packed stream
+        kernels' packed weight).  ``regenerate()`` must return exactly the stored codes — the packed stream
         (1-d uint8, ``ceil(size*bits/8)`` bytes, unused high bits 0) below 8 bits, the int8/uint8 code array of
-        shape ``shape`` at 8 bits.  ``codes``, ``packed``, ``nbytes``, pickling and files behave as before;
-        ``packed``/``codes`` are then made fresh at each read.
+        shape ``shape`` at 8 bits.  ``params`` maps names of parameters the holder can also rebuild exactly (e.g.
+        the scales, which the kernel keeps in its own order) to callables returning them: those are dropped too.
+        ``codes``, ``packed``, ``params``, ``nbytes``, pickling and files behave as before; ``packed``/``codes``
+        (and the held parameters) are then made fresh at each read.
         """
         if not callable(regenerate):
             raise TypeError("regenerate must be callable")
