@@ -384,21 +384,28 @@ static void qlb_tile_portable(const qlb_w *w, const qlb_a *a, int64_t i0, int mr
     }
 }
 
+typedef void (*qlb_tile_fn)(const qlb_w *, const qlb_a *, int64_t, int, int64_t, int);
+
 #if QLB_X86
+/* The SIMD tiles: one body (pyx/lowbit_tile.h) over each path's primitives.  The primitives differ only in
+ * intrinsics; v is a vector index inside a 16-column panel (AVX2 holds a panel in 2 vectors of 8 columns). */
+#define QLB_AI static inline __attribute__((always_inline))
+
 /* ------------------------------------------------------------------------------------------------ AVX-512 VNNI */
 
 /* decoded values of k-group t of a block (64 bytes: 16 columns x 4 k), before the table */
-QLB_VNNI_T static inline __attribute__((always_inline)) __m512i qlb_v_dec(const uint8_t *blk, const int t, const int BITS)
+QLB_VNNI_T QLB_AI __m512i qlb_dec_v(const uint8_t *blk, const int t, const int v, const int BITS)
 {
+    (void)v;
     if (BITS == 8) return _mm512_loadu_si512(blk + 64 * t);
     const int h4 = BITS & 4, h2 = BITS & 2, h1 = BITS & 1;
-    __m512i v = _mm512_setzero_si512();
+    __m512i r = _mm512_setzero_si512();
     int sh = 0;
     const uint8_t *p = blk;
     if (h4) {
         __m512i c = _mm512_loadu_si512(p + 64 * (t >> 1));
         if (t & 1) c = _mm512_srli_epi16(c, 4);
-        v = _mm512_and_si512(c, _mm512_set1_epi8(15));
+        r = _mm512_and_si512(c, _mm512_set1_epi8(15));
         sh = 4;
         p += 256;
     }
@@ -407,7 +414,7 @@ QLB_VNNI_T static inline __attribute__((always_inline)) __m512i qlb_v_dec(const 
         if (t & 3) c = _mm512_srli_epi16(c, 2 * (t & 3));
         c = _mm512_and_si512(c, _mm512_set1_epi8(3));
         if (sh) c = _mm512_slli_epi16(c, sh);
-        v = sh ? _mm512_or_si512(v, c) : c;
+        r = sh ? _mm512_or_si512(r, c) : c;
         sh += 2;
         p += 128;
     }
@@ -416,195 +423,90 @@ QLB_VNNI_T static inline __attribute__((always_inline)) __m512i qlb_v_dec(const 
         if (t) c = _mm512_srli_epi16(c, t);
         c = _mm512_and_si512(c, _mm512_set1_epi8(1));
         if (sh) c = _mm512_slli_epi16(c, sh);
-        v = sh ? _mm512_or_si512(v, c) : c;
+        r = sh ? _mm512_or_si512(r, c) : c;
     }
-    return v;
+    return r;
 }
 
-QLB_VNNI_T static inline __attribute__((always_inline)) __m512i qlb_v_lut(__m512i v, const uint8_t *tab, const int LUT)
+/* the table: shared (one vpshufb), or per column (four masked vpshufb, one per 128-bit lane's columns) */
+QLB_VNNI_T QLB_AI __m512i qlb_lut_v(__m512i d, const uint8_t *tab, const int v, const int LUT)
 {
-    if (LUT == QLB_LUT_SHARED) return _mm512_shuffle_epi8(_mm512_loadu_si512(tab), v);
+    (void)v;
+    if (LUT == QLB_LUT_SHARED) return _mm512_shuffle_epi8(_mm512_loadu_si512(tab), d);
     if (LUT == QLB_LUT_COLUMN) {
-        __m512i r = _mm512_shuffle_epi8(_mm512_loadu_si512(tab), v);
-        r = _mm512_mask_shuffle_epi8(r, (__mmask64)0x00F000F000F000F0ULL, _mm512_loadu_si512(tab + 64), v);
-        r = _mm512_mask_shuffle_epi8(r, (__mmask64)0x0F000F000F000F00ULL, _mm512_loadu_si512(tab + 128), v);
-        r = _mm512_mask_shuffle_epi8(r, (__mmask64)0xF000F000F000F000ULL, _mm512_loadu_si512(tab + 192), v);
+        __m512i r = _mm512_shuffle_epi8(_mm512_loadu_si512(tab), d);
+        r = _mm512_mask_shuffle_epi8(r, (__mmask64)0x00F000F000F000F0ULL, _mm512_loadu_si512(tab + 64), d);
+        r = _mm512_mask_shuffle_epi8(r, (__mmask64)0x0F000F000F000F00ULL, _mm512_loadu_si512(tab + 128), d);
+        r = _mm512_mask_shuffle_epi8(r, (__mmask64)0xF000F000F000F000ULL, _mm512_loadu_si512(tab + 192), d);
         return r;
     }
-    return v;
+    return d;
 }
 
-/* MRV rows x NV panels (compile-time after inlining); mr <= MRV rows and np <= NV panels are stored */
-QLB_VNNI_T static inline __attribute__((always_inline)) void
-qlb_tile_vnni_body(const qlb_w *w, const qlb_a *a, int64_t i0, int mr, int64_t p0, int np,
-                   const int BITS, const int LUT, const int MRV, const int NV)
+QLB_VNNI_T QLB_AI __m512i qlb_dot_v(__m512i acc, __m512i d, __m512i a, const int WIDE)
 {
-    const int64_t BB = 64 * BITS, nb = w->nb, Kp = w->Kp, ng = w->ng, gblk = w->gblk;
-    const int SPLIT = BITS == 4 && LUT == QLB_LUT_NONE && MRV == 1;
-    const int zint = w->zint;
-    const int32_t zi = (int32_t)w->zval;
-    /* fixed-size arrays (the largest tile): sized by MRV/NV they would be VLAs and live in memory */
-    __m512 Y[6][4];
-    const int8_t *ap[6];
-    const uint8_t *pp[4];
-    int64_t pi[4];
-#pragma GCC unroll 8
-    for (int r = 0; r < MRV; r++) ap[r] = a->q + (i0 + (r < mr ? r : mr - 1)) * Kp;
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; v++) {
-        pi[v] = p0 + (v < np ? v : np - 1);
-        pp[v] = w->planes + pi[v] * nb * BB;
-    }
-#pragma GCC unroll 8
-    for (int r = 0; r < MRV; r++)
-#pragma GCC unroll 8
-        for (int v = 0; v < NV; v++) Y[r][v] = _mm512_setzero_ps();
-    const uint8_t *tabs = LUT == QLB_LUT_SHARED ? w->tab : NULL;
-    for (int64_t g = 0; g < ng; g++) {
-        __m512 sw[4];
-#pragma GCC unroll 8
-        for (int v = 0; v < NV; v++)
-            sw[v] = w->f16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w->sw16 + (pi[v] * ng + g) * QLB_NP)))
-                           : _mm512_loadu_ps(w->sw + (pi[v] * ng + g) * QLB_NP);
-        int64_t b1 = (g + 1) * gblk < nb ? (g + 1) * gblk : nb;
-        for (int64_t b = g * gblk; b < b1; b++) {
-            const uint8_t *tp[4];
-#pragma GCC unroll 8
-            for (int v = 0; v < NV; v++)
-                tp[v] = LUT == QLB_LUT_COLUMN ? w->tab + (pi[v] * w->ngt + b / w->tblk) * 256 : tabs;
-            __m512i acc[6][4];
-#pragma GCC unroll 8
-            for (int r = 0; r < MRV; r++) {
-                /* the folded zero point: the dot product starts at -zval * asum */
-                __m512i a0 = zint ? _mm512_set1_epi32(-zi * a->asum[(i0 + (r < mr ? r : mr - 1)) * nb + b])
-                                  : _mm512_setzero_si512();
-#pragma GCC unroll 8
-                for (int v = 0; v < NV; v++) acc[r][v] = a0;
-            }
-            if (SPLIT) {
-                /* 4 bits, one row: the high nibbles are multiplied in place (v & 0xF0 = 16 * nibble, still a u8)
-                 * into accumulators of their own, shifted back once per block: no shift per k-group, and twice
-                 * the independent vpdpbusd chains */
-                __m512i acc16[4];
-#pragma GCC unroll 8
-                for (int v = 0; v < NV; v++) acc16[v] = _mm512_setzero_si512();
-#pragma GCC unroll 4
-                for (int tt = 0; tt < 4; tt++) {
-                    int32_t a4e, a4o;
-                    memcpy(&a4e, ap[0] + b * 32 + 8 * tt, 4);
-                    memcpy(&a4o, ap[0] + b * 32 + 8 * tt + 4, 4);
-                    __m512i ae = _mm512_set1_epi32(a4e), ao = _mm512_set1_epi32(a4o);
-#pragma GCC unroll 8
-                    for (int v = 0; v < NV; v++) {
-                        __m512i c = _mm512_loadu_si512(pp[v] + b * BB + 64 * tt);
-                        acc[0][v] = _mm512_dpbusd_epi32(acc[0][v], _mm512_and_si512(c, _mm512_set1_epi8(0x0F)), ae);
-                        acc16[v] = _mm512_dpbusd_epi32(acc16[v], _mm512_and_si512(c, _mm512_set1_epi8((char)0xF0)), ao);
-                    }
-                }
-#pragma GCC unroll 8
-                for (int v = 0; v < NV; v++) acc[0][v] = _mm512_add_epi32(acc[0][v], _mm512_srai_epi32(acc16[v], 4));
-            } else {
-#pragma GCC unroll 8
-            for (int t = 0; t < 8; t++) {
-                __m512i d[4];
-#pragma GCC unroll 8
-                for (int v = 0; v < NV; v++) d[v] = qlb_v_lut(qlb_v_dec(pp[v] + b * BB, t, BITS), tp[v], LUT);
-#pragma GCC unroll 8
-                for (int r = 0; r < MRV; r++) {
-                    int32_t a4;
-                    memcpy(&a4, ap[r] + b * 32 + 4 * t, 4);
-                    __m512i av = _mm512_set1_epi32(a4);
-#pragma GCC unroll 8
-                    for (int v = 0; v < NV; v++) acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], d[v], av);
-                }
-            }
-            }
-#pragma GCC unroll 8
-            for (int r = 0; r < MRV; r++) {
-                __m512 sa = _mm512_set1_ps(a->sa[(i0 + (r < mr ? r : mr - 1)) * nb + b]);
-#pragma GCC unroll 8
-                for (int v = 0; v < NV; v++)
-                    Y[r][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][v]), _mm512_mul_ps(sa, sw[v]), Y[r][v]);
-            }
-        }
-        if (zint) continue;
-#pragma GCC unroll 8
-        for (int r = 0; r < MRV; r++) {
-            __m512 S = _mm512_set1_ps(a->S[(i0 + (r < mr ? r : mr - 1)) * ng + g]);
-#pragma GCC unroll 8
-            for (int v = 0; v < NV; v++)
-                Y[r][v] = _mm512_fnmadd_ps(S, w->zconst ? _mm512_mul_ps(sw[v], _mm512_set1_ps(w->zval))
-                                                        : _mm512_loadu_ps(w->swz + (pi[v] * ng + g) * QLB_NP), Y[r][v]);
-        }
-    }
-#pragma GCC unroll 8
-    for (int r = 0; r < MRV; r++) {
-        if (r >= mr) break;
-        float *yo = a->y + (i0 + r) * w->N;
-#pragma GCC unroll 8
-        for (int v = 0; v < NV; v++) {
-            if (v >= np) break;
-            int64_t j = (p0 + v) * QLB_NP, left = w->N - j;
-            __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
-            __m512 o = Y[r][v];
-            if (a->bias) o = _mm512_add_ps(o, _mm512_maskz_loadu_ps(m, a->bias + j));
-            _mm512_mask_storeu_ps(yo + j, m, o);
-        }
-    }
+    (void)WIDE; /* vpdpbusd: u8 x s8 summed in int32, exact for every u8 */
+    return _mm512_dpbusd_epi32(acc, d, a);
 }
-
-#define QLB_VNNI_FN(BITS, LUT, MRV, NV)                                                                         \
-    QLB_VNNI_T static void qlb_vnni_##BITS##_##LUT##_##MRV(const qlb_w *w, const qlb_a *a, int64_t i0, int mr,   \
-                                                          int64_t p0, int np)                                   \
-    {                                                                                                          \
-        qlb_tile_vnni_body(w, a, i0, mr, p0, np, BITS, LUT, MRV, NV);                                          \
-    }
-#define QLB_VNNI_BITS(BITS, LUT) QLB_VNNI_FN(BITS, LUT, 1, 4) QLB_VNNI_FN(BITS, LUT, 6, 2)
-QLB_VNNI_BITS(1, 0) QLB_VNNI_BITS(2, 0) QLB_VNNI_BITS(3, 0) QLB_VNNI_BITS(4, 0)
-QLB_VNNI_BITS(5, 0) QLB_VNNI_BITS(6, 0) QLB_VNNI_BITS(7, 0) QLB_VNNI_BITS(8, 0)
-QLB_VNNI_BITS(1, 1) QLB_VNNI_BITS(2, 1) QLB_VNNI_BITS(3, 1) QLB_VNNI_BITS(4, 1)
-QLB_VNNI_BITS(1, 2) QLB_VNNI_BITS(2, 2) QLB_VNNI_BITS(3, 2) QLB_VNNI_BITS(4, 2)
-
-typedef void (*qlb_tile_fn)(const qlb_w *, const qlb_a *, int64_t, int, int64_t, int);
-
-#define QLB_VNNI_PICK(BITS, LUT) (mrv == 1 ? qlb_vnni_##BITS##_##LUT##_1 : qlb_vnni_##BITS##_##LUT##_6)
-static qlb_tile_fn qlb_vnni_pick(int bits, int lut, int mrv)
+QLB_VNNI_T QLB_AI __m512i qlb_loadi_v(const uint8_t *p) { return _mm512_loadu_si512(p); }
+QLB_VNNI_T QLB_AI __m512i qlb_and8_v(__m512i x, const int m) { return _mm512_and_si512(x, _mm512_set1_epi8((char)m)); }
+QLB_VNNI_T QLB_AI __m512i qlb_addi_v(__m512i x, __m512i y) { return _mm512_add_epi32(x, y); }
+QLB_VNNI_T QLB_AI __m512i qlb_srai4_v(__m512i x) { return _mm512_srai_epi32(x, 4); }
+QLB_VNNI_T QLB_AI __m512i qlb_set1i_v(int32_t x) { return _mm512_set1_epi32(x); }
+QLB_VNNI_T QLB_AI __m512i qlb_zeroi_v(void) { return _mm512_setzero_si512(); }
+QLB_VNNI_T QLB_AI __m512 qlb_loadf_v(const float *p) { return _mm512_loadu_ps(p); }
+QLB_VNNI_T QLB_AI __m512 qlb_loadh_v(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+QLB_VNNI_T QLB_AI __m512 qlb_set1f_v(float x) { return _mm512_set1_ps(x); }
+QLB_VNNI_T QLB_AI __m512 qlb_zerof_v(void) { return _mm512_setzero_ps(); }
+QLB_VNNI_T QLB_AI __m512 qlb_cvt_v(__m512i x) { return _mm512_cvtepi32_ps(x); }
+QLB_VNNI_T QLB_AI __m512 qlb_mul_v(__m512 x, __m512 y) { return _mm512_mul_ps(x, y); }
+QLB_VNNI_T QLB_AI __m512 qlb_fmadd_v(__m512 x, __m512 y, __m512 z) { return _mm512_fmadd_ps(x, y, z); }
+QLB_VNNI_T QLB_AI __m512 qlb_fnmadd_v(__m512 x, __m512 y, __m512 z) { return _mm512_fnmadd_ps(x, y, z); }
+QLB_VNNI_T QLB_AI void qlb_store_v(float *y, int64_t left, __m512 o, const float *bias)
 {
-    switch (lut * 16 + bits) {
-    case 1: return QLB_VNNI_PICK(1, 0);
-    case 2: return QLB_VNNI_PICK(2, 0);
-    case 3: return QLB_VNNI_PICK(3, 0);
-    case 4: return QLB_VNNI_PICK(4, 0);
-    case 5: return QLB_VNNI_PICK(5, 0);
-    case 6: return QLB_VNNI_PICK(6, 0);
-    case 7: return QLB_VNNI_PICK(7, 0);
-    case 8: return QLB_VNNI_PICK(8, 0);
-    case 17: return QLB_VNNI_PICK(1, 1);
-    case 18: return QLB_VNNI_PICK(2, 1);
-    case 19: return QLB_VNNI_PICK(3, 1);
-    case 20: return QLB_VNNI_PICK(4, 1);
-    case 33: return QLB_VNNI_PICK(1, 2);
-    case 34: return QLB_VNNI_PICK(2, 2);
-    case 35: return QLB_VNNI_PICK(3, 2);
-    case 36: return QLB_VNNI_PICK(4, 2);
-    }
-    return NULL;
+    __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
+    if (bias) o = _mm512_add_ps(o, _mm512_maskz_loadu_ps(m, bias));
+    _mm512_mask_storeu_ps(y, m, o);
 }
+
+/* tiles: 1 row x 4 panels (M = 1: 4 x 2 int32 accumulator chains), 6 rows x 2 panels (12 int32 + 12 float
+ * accumulators, 2 decoded vectors, 2 scales in 32 zmm registers) */
+#define QLB_P(x) x##_v
+#define QLB_T QLB_VNNI_T
+#define QLB_VI __m512i
+#define QLB_VF __m512
+#define QLB_LANES 16
+#define QLB_VPP 1
+#define QLB_SPLIT_OK 1
+#define QLB_NV1 4
+#define QLB_MRV2 6
+#define QLB_NV2 2
+#include "lowbit_tile.h"
+#undef QLB_P
+#undef QLB_T
+#undef QLB_VI
+#undef QLB_VF
+#undef QLB_LANES
+#undef QLB_VPP
+#undef QLB_SPLIT_OK
+#undef QLB_NV1
+#undef QLB_MRV2
+#undef QLB_NV2
 
 /* ------------------------------------------------------------------------------------------------ AVX2 */
 
-/* half h (columns 8h..8h+7) of k-group t */
-QLB_AVX2_T static inline __attribute__((always_inline)) __m256i qlb_a_dec(const uint8_t *blk, const int t, const int h, const int BITS)
+/* columns 8v..8v+7 of k-group t */
+QLB_AVX2_T QLB_AI __m256i qlb_dec_a(const uint8_t *blk, const int t, const int v, const int BITS)
 {
-    if (BITS == 8) return _mm256_loadu_si256((const __m256i *)(blk + 64 * t + 32 * h));
+    if (BITS == 8) return _mm256_loadu_si256((const __m256i *)(blk + 64 * t + 32 * v));
     const int h4 = BITS & 4, h2 = BITS & 2, h1 = BITS & 1;
-    __m256i v = _mm256_setzero_si256();
+    __m256i r = _mm256_setzero_si256();
     int sh = 0;
-    const uint8_t *p = blk + 32 * h;
+    const uint8_t *p = blk + 32 * v;
     if (h4) {
         __m256i c = _mm256_loadu_si256((const __m256i *)(p + 64 * (t >> 1)));
         if (t & 1) c = _mm256_srli_epi16(c, 4);
-        v = _mm256_and_si256(c, _mm256_set1_epi8(15));
+        r = _mm256_and_si256(c, _mm256_set1_epi8(15));
         sh = 4;
         p += 256;
     }
@@ -613,7 +515,7 @@ QLB_AVX2_T static inline __attribute__((always_inline)) __m256i qlb_a_dec(const 
         if (t & 3) c = _mm256_srli_epi16(c, 2 * (t & 3));
         c = _mm256_and_si256(c, _mm256_set1_epi8(3));
         if (sh) c = _mm256_slli_epi16(c, sh);
-        v = sh ? _mm256_or_si256(v, c) : c;
+        r = sh ? _mm256_or_si256(r, c) : c;
         sh += 2;
         p += 128;
     }
@@ -622,30 +524,31 @@ QLB_AVX2_T static inline __attribute__((always_inline)) __m256i qlb_a_dec(const 
         if (t) c = _mm256_srli_epi16(c, t);
         c = _mm256_and_si256(c, _mm256_set1_epi8(1));
         if (sh) c = _mm256_slli_epi16(c, sh);
-        v = sh ? _mm256_or_si256(v, c) : c;
+        r = sh ? _mm256_or_si256(r, c) : c;
     }
-    return v;
+    return r;
 }
 
-QLB_AVX2_T static inline __attribute__((always_inline)) __m256i qlb_a_lut(__m256i v, const uint8_t *tab, const int h, const int LUT)
+QLB_AVX2_T QLB_AI __m256i qlb_lut_a(__m256i d, const uint8_t *tab, const int v, const int LUT)
 {
-    if (LUT == QLB_LUT_SHARED) return _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)tab), v);
+    if (LUT == QLB_LUT_SHARED) return _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)tab), d);
     if (LUT == QLB_LUT_COLUMN) {
-        const uint8_t *tp = tab + 32 * h;
-        __m256i r = _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)tp), v);
+        const uint8_t *tp = tab + 32 * v;
+        __m256i r = _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)tp), d);
         const __m256i m2 = _mm256_setr_epi32(0, 0, -1, 0, 0, 0, -1, 0);
         const __m256i m3 = _mm256_setr_epi32(0, 0, 0, -1, 0, 0, 0, -1);
         const __m256i m1b = _mm256_setr_epi32(0, -1, 0, 0, 0, -1, 0, 0);
-        r = _mm256_blendv_epi8(r, _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)(tp + 64)), v), m1b);
-        r = _mm256_blendv_epi8(r, _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)(tp + 128)), v), m2);
-        r = _mm256_blendv_epi8(r, _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)(tp + 192)), v), m3);
+        r = _mm256_blendv_epi8(r, _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)(tp + 64)), d), m1b);
+        r = _mm256_blendv_epi8(r, _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)(tp + 128)), d), m2);
+        r = _mm256_blendv_epi8(r, _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)(tp + 192)), d), m3);
         return r;
     }
-    return v;
+    return d;
 }
 
-/* sum over 4-byte groups of u8 d times s8 a, exact: values > 127 split into 7 low bits and the top bit */
-QLB_AVX2_T static inline __attribute__((always_inline)) __m256i qlb_a_dot(__m256i acc, __m256i d, __m256i a, const int WIDE)
+/* sum over 4-byte groups of u8 d times s8 a, exact: vpmaddubsw saturates its int16 pair sums above 32767, so
+ * values > 127 (WIDE) are split into 7 low bits and the top bit */
+QLB_AVX2_T QLB_AI __m256i qlb_dot_a(__m256i acc, __m256i d, __m256i a, const int WIDE)
 {
     const __m256i ones = _mm256_set1_epi16(1);
     if (!WIDE) return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(d, a), ones));
@@ -654,148 +557,59 @@ QLB_AVX2_T static inline __attribute__((always_inline)) __m256i qlb_a_dot(__m256
     acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(lo, a), ones));
     return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(hi, a), _mm256_set1_epi16(128)));
 }
-
-QLB_AVX2_T static inline __attribute__((always_inline)) void
-qlb_tile_avx2_body(const qlb_w *w, const qlb_a *a, int64_t i0, int mr, int64_t p0, int np,
-                   const int BITS, const int LUT, const int MRV, const int NV)
+QLB_AVX2_T QLB_AI __m256i qlb_loadi_a(const uint8_t *p) { return _mm256_loadu_si256((const __m256i *)p); }
+QLB_AVX2_T QLB_AI __m256i qlb_and8_a(__m256i x, const int m) { return _mm256_and_si256(x, _mm256_set1_epi8((char)m)); }
+QLB_AVX2_T QLB_AI __m256i qlb_addi_a(__m256i x, __m256i y) { return _mm256_add_epi32(x, y); }
+QLB_AVX2_T QLB_AI __m256i qlb_srai4_a(__m256i x) { return _mm256_srai_epi32(x, 4); }
+QLB_AVX2_T QLB_AI __m256i qlb_set1i_a(int32_t x) { return _mm256_set1_epi32(x); }
+QLB_AVX2_T QLB_AI __m256i qlb_zeroi_a(void) { return _mm256_setzero_si256(); }
+QLB_AVX2_T QLB_AI __m256 qlb_loadf_a(const float *p) { return _mm256_loadu_ps(p); }
+QLB_AVX2_T QLB_AI __m256 qlb_loadh_a(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+QLB_AVX2_T QLB_AI __m256 qlb_set1f_a(float x) { return _mm256_set1_ps(x); }
+QLB_AVX2_T QLB_AI __m256 qlb_zerof_a(void) { return _mm256_setzero_ps(); }
+QLB_AVX2_T QLB_AI __m256 qlb_cvt_a(__m256i x) { return _mm256_cvtepi32_ps(x); }
+QLB_AVX2_T QLB_AI __m256 qlb_mul_a(__m256 x, __m256 y) { return _mm256_mul_ps(x, y); }
+QLB_AVX2_T QLB_AI __m256 qlb_fmadd_a(__m256 x, __m256 y, __m256 z) { return _mm256_fmadd_ps(x, y, z); }
+QLB_AVX2_T QLB_AI __m256 qlb_fnmadd_a(__m256 x, __m256 y, __m256 z) { return _mm256_fnmadd_ps(x, y, z); }
+QLB_AVX2_T QLB_AI void qlb_store_a(float *y, int64_t left, __m256 o, const float *bias)
 {
-    const int WIDE = BITS == 8 || LUT != QLB_LUT_NONE;
-    const int64_t BB = 64 * BITS, nb = w->nb, Kp = w->Kp, ng = w->ng, gblk = w->gblk;
-    const int zint = w->zint;
-    const int32_t zi = (int32_t)w->zval;
-    __m256 Y[2][4];
-    const int8_t *ap[2];
-    const uint8_t *pp[2];
-    int64_t pi[2];
-#pragma GCC unroll 8
-    for (int r = 0; r < MRV; r++) ap[r] = a->q + (i0 + (r < mr ? r : mr - 1)) * Kp;
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; v++) {
-        pi[v] = p0 + (v < np ? v : np - 1);
-        pp[v] = w->planes + pi[v] * nb * BB;
+    if (left >= 8) {
+        if (bias) o = _mm256_add_ps(o, _mm256_loadu_ps(bias));
+        _mm256_storeu_ps(y, o);
+        return;
     }
-#pragma GCC unroll 8
-    for (int r = 0; r < MRV; r++)
-#pragma GCC unroll 8
-        for (int v = 0; v < 2 * NV; v++) Y[r][v] = _mm256_setzero_ps();
-    for (int64_t g = 0; g < ng; g++) {
-        __m256 swv[4];
-#pragma GCC unroll 8
-        for (int v = 0; v < 2 * NV; v++) {
-            int64_t o = (pi[v >> 1] * ng + g) * QLB_NP + 8 * (v & 1);
-            swv[v] = w->f16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w->sw16 + o))) : _mm256_loadu_ps(w->sw + o);
-        }
-        int64_t b1 = (g + 1) * gblk < nb ? (g + 1) * gblk : nb;
-        for (int64_t b = g * gblk; b < b1; b++) {
-            const uint8_t *tp[2];
-#pragma GCC unroll 8
-            for (int v = 0; v < NV; v++)
-                tp[v] = LUT == QLB_LUT_COLUMN ? w->tab + (pi[v] * w->ngt + b / w->tblk) * 256 : w->tab;
-            __m256i acc[2][4];
-#pragma GCC unroll 8
-            for (int r = 0; r < MRV; r++) {
-                __m256i a0 = zint ? _mm256_set1_epi32(-zi * a->asum[(i0 + (r < mr ? r : mr - 1)) * nb + b])
-                                  : _mm256_setzero_si256();
-#pragma GCC unroll 8
-                for (int v = 0; v < 2 * NV; v++) acc[r][v] = a0;
-            }
-#pragma GCC unroll 8
-            for (int t = 0; t < 8; t++) {
-                __m256i d[4];
-#pragma GCC unroll 8
-                for (int v = 0; v < 2 * NV; v++)
-                    d[v] = qlb_a_lut(qlb_a_dec(pp[v >> 1] + b * BB, t, v & 1, BITS), tp[v >> 1], v & 1, LUT);
-#pragma GCC unroll 8
-                for (int r = 0; r < MRV; r++) {
-                    int32_t a4;
-                    memcpy(&a4, ap[r] + b * 32 + 4 * t, 4);
-                    __m256i av = _mm256_set1_epi32(a4);
-#pragma GCC unroll 8
-                    for (int v = 0; v < 2 * NV; v++) acc[r][v] = qlb_a_dot(acc[r][v], d[v], av, WIDE);
-                }
-            }
-#pragma GCC unroll 8
-            for (int r = 0; r < MRV; r++) {
-                __m256 sa = _mm256_set1_ps(a->sa[(i0 + (r < mr ? r : mr - 1)) * nb + b]);
-#pragma GCC unroll 8
-                for (int v = 0; v < 2 * NV; v++) {
-                    Y[r][v] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][v]), _mm256_mul_ps(sa, swv[v]), Y[r][v]);
-                }
-            }
-        }
-        if (zint) continue;
-#pragma GCC unroll 8
-        for (int r = 0; r < MRV; r++) {
-            __m256 S = _mm256_set1_ps(a->S[(i0 + (r < mr ? r : mr - 1)) * ng + g]);
-#pragma GCC unroll 8
-            for (int v = 0; v < 2 * NV; v++)
-                Y[r][v] = _mm256_fnmadd_ps(S, w->zconst ? _mm256_mul_ps(swv[v], _mm256_set1_ps(w->zval))
-                                                        : _mm256_loadu_ps(w->swz + (pi[v >> 1] * ng + g) * QLB_NP + 8 * (v & 1)), Y[r][v]);
-        }
-    }
-#pragma GCC unroll 8
-    for (int r = 0; r < MRV; r++) {
-        if (r >= mr) break;
-        float *yo = a->y + (i0 + r) * w->N;
-#pragma GCC unroll 8
-        for (int v = 0; v < 2 * NV; v++) {
-            if (v >= 2 * np) break;
-            int64_t j = (p0 + (v >> 1)) * QLB_NP + 8 * (v & 1), left = w->N - j;
-            if (left <= 0) break;
-            __m256 o = Y[r][v];
-            if (left >= 8) {
-                if (a->bias) o = _mm256_add_ps(o, _mm256_loadu_ps(a->bias + j));
-                _mm256_storeu_ps(yo + j, o);
-            } else {
-                float tmp[8];
-                _mm256_storeu_ps(tmp, o);
-                for (int c = 0; c < left; c++) yo[j + c] = a->bias ? tmp[c] + a->bias[j + c] : tmp[c];
-            }
-        }
-    }
+    float tmp[8];
+    _mm256_storeu_ps(tmp, o);
+    for (int c = 0; c < left; c++) y[c] = bias ? tmp[c] + bias[c] : tmp[c];
 }
 
-#define QLB_AVX2_FN(BITS, LUT, MRV, NV)                                                                         \
-    QLB_AVX2_T static void qlb_avx2_##BITS##_##LUT##_##MRV(const qlb_w *w, const qlb_a *a, int64_t i0, int mr,   \
-                                                          int64_t p0, int np)                                   \
-    {                                                                                                          \
-        qlb_tile_avx2_body(w, a, i0, mr, p0, np, BITS, LUT, MRV, NV);                                          \
-    }
-#define QLB_AVX2_BITS(BITS, LUT) QLB_AVX2_FN(BITS, LUT, 1, 2) QLB_AVX2_FN(BITS, LUT, 2, 1)
-QLB_AVX2_BITS(1, 0) QLB_AVX2_BITS(2, 0) QLB_AVX2_BITS(3, 0) QLB_AVX2_BITS(4, 0)
-QLB_AVX2_BITS(5, 0) QLB_AVX2_BITS(6, 0) QLB_AVX2_BITS(7, 0) QLB_AVX2_BITS(8, 0)
-QLB_AVX2_BITS(1, 1) QLB_AVX2_BITS(2, 1) QLB_AVX2_BITS(3, 1) QLB_AVX2_BITS(4, 1)
-QLB_AVX2_BITS(1, 2) QLB_AVX2_BITS(2, 2) QLB_AVX2_BITS(3, 2) QLB_AVX2_BITS(4, 2)
-
-#define QLB_AVX2_PICK(BITS, LUT) (mrv == 1 ? qlb_avx2_##BITS##_##LUT##_1 : qlb_avx2_##BITS##_##LUT##_2)
-static qlb_tile_fn qlb_avx2_pick(int bits, int lut, int mrv)
-{
-    switch (lut * 16 + bits) {
-    case 1: return QLB_AVX2_PICK(1, 0);
-    case 2: return QLB_AVX2_PICK(2, 0);
-    case 3: return QLB_AVX2_PICK(3, 0);
-    case 4: return QLB_AVX2_PICK(4, 0);
-    case 5: return QLB_AVX2_PICK(5, 0);
-    case 6: return QLB_AVX2_PICK(6, 0);
-    case 7: return QLB_AVX2_PICK(7, 0);
-    case 8: return QLB_AVX2_PICK(8, 0);
-    case 17: return QLB_AVX2_PICK(1, 1);
-    case 18: return QLB_AVX2_PICK(2, 1);
-    case 19: return QLB_AVX2_PICK(3, 1);
-    case 20: return QLB_AVX2_PICK(4, 1);
-    case 33: return QLB_AVX2_PICK(1, 2);
-    case 34: return QLB_AVX2_PICK(2, 2);
-    case 35: return QLB_AVX2_PICK(3, 2);
-    case 36: return QLB_AVX2_PICK(4, 2);
-    }
-    return NULL;
-}
+/* tiles: 1 row x 2 panels (4 ymm accumulators), 2 rows x 1 panel (16 ymm registers) */
+#define QLB_P(x) x##_a
+#define QLB_T QLB_AVX2_T
+#define QLB_VI __m256i
+#define QLB_VF __m256
+#define QLB_LANES 8
+#define QLB_VPP 2
+#define QLB_SPLIT_OK 0
+#define QLB_NV1 2
+#define QLB_MRV2 2
+#define QLB_NV2 1
+#include "lowbit_tile.h"
+#undef QLB_P
+#undef QLB_T
+#undef QLB_VI
+#undef QLB_VF
+#undef QLB_LANES
+#undef QLB_VPP
+#undef QLB_SPLIT_OK
+#undef QLB_NV1
+#undef QLB_MRV2
+#undef QLB_NV2
 #endif /* QLB_X86 */
 
 /* ------------------------------------------------------------------------------------------------ driver */
 
-/* tile geometry per path: rows per tile (MRV) and panels per tile for a given row count (VNNI 6 x 2 panels:
- * 12 int32 + 12 float accumulators, 2 decoded vectors, 2 scales in 32 zmm registers) */
+/* tile geometry per path: rows per tile (MRV) and panels per tile for a given row count (as the tiles above) */
 static int qlb_mrv(int isa, int64_t M)
 {
     if (isa == QLB_VNNI) return M == 1 ? 1 : 6;
@@ -816,8 +630,8 @@ static void qlb_unit(int isa, const qlb_w *w, const qlb_a *a, int64_t r0, int64_
     int nv = qlb_nv(isa, mrv);
 #if QLB_X86
     qlb_tile_fn fn = NULL;
-    if (isa == QLB_VNNI) fn = qlb_vnni_pick(w->bits, w->lut, mrv);
-    else if (isa == QLB_AVX2) fn = qlb_avx2_pick(w->bits, w->lut, mrv);
+    if (isa == QLB_VNNI) fn = qlb_pick_v(w->bits, w->lut, mrv);
+    else if (isa == QLB_AVX2) fn = qlb_pick_a(w->bits, w->lut, mrv);
 #endif
     for (int64_t p = q0; p < q1; p += nv) {
         int np = (int)(q1 - p < nv ? q1 - p : nv);
