@@ -1,195 +1,53 @@
-/* C helpers of qcore_plugins._hist: streaming-histogram calibration kernels.
+/* C helpers of qcore_plugins._hist: the one histogram implementation of qcore's C code.
  *
- * Raw-pointer loops called from the prange bodies in hist.pyx (GIL released).  Inputs are finite
- * except where a function says it checks.  No allocation happens here.
+ * Raw-pointer loops called from the prange bodies in hist.pyx (GIL released).  No allocation happens here.
+ *
+ * * one binning formula, hist_bin: bin = trunc(((double)v - lo) * inv_w) clamped to [0, nb - 1] (NaN -> 0,
+ *   values beyond either end -> the end bins), in float64 so tiny and huge ranges bin exactly as the numpy
+ *   reference (qcore/kernels/reference.py ``bins``);
+ * * one counting routine, hist_count_run_body (hist_count_rows: runs at a stride): a contiguous run, bin indices of a block of HIST_BLOCK values
+ *   computed by the vectorized formula, then added into HIST_NSUB interleaved sub-histograms (consecutive
+ *   values in the same bin do not wait on each other's store); every layout (per tensor, per channel, short
+ *   runs) goes through it;
+ * * one min/max, qcore_minmax.h's (shared with pyx/quant_kernels.h): the per-tensor pass folds it in block by
+ *   block (hist_count_checked), and stops counting at the first block outside the histogram's range.
+ * All three are compiled in a baseline, an AVX2 and an AVX-512 copy (qcore_isa.h), one chosen at run time.
  */
 #ifndef QCORE_HIST_KERNELS_H
 #define QCORE_HIST_KERNELS_H
 
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
+#include "qcore_isa.h"
 #include "qcore_minmax.h"
 
+#define HIST_BLOCK 512
+#define HIST_NSUB 4
 
-/* min/max reductions only vectorize when gcc may ignore NaN and signed zeros; NaN/Inf are detected
- * separately with integer bit tests, which those flags cannot remove. */
-#if defined(__GNUC__) && !defined(__clang__)
-#define HIST_REDUCE_ATTR __attribute__((optimize("finite-math-only", "no-signed-zeros")))
-#else
-#define HIST_REDUCE_ATTR
-#endif
-
-/* min/max of a contiguous run folded into lo/hi; nonzero on NaN/Inf.  The reduction is qcore_minmax.h's (the
- * one min/max in C), in a baseline and an AVX2 copy chosen by hist_select_isa. */
-#define HIST_MINMAX_BODY                                                             \
-    float a, b;                                                                      \
-    qc_minmax_run_body(x, n, &a, &b);                                                \
-    if (!(a - a == 0.0f) || !(b - b == 0.0f)) return 1; /* NaN or Inf */             \
-    *lo = a < *lo ? a : *lo;                                                         \
-    *hi = b > *hi ? b : *hi;                                                         \
-    return 0;
-
-static int hist_minmax_generic(const float *x, int64_t n, float *lo, float *hi)
-{
-    HIST_MINMAX_BODY
-}
-
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#define HIST_HAVE_AVX2 1
-static __attribute__((target("avx2"))) int hist_minmax_avx2(const float *x, int64_t n, float *lo, float *hi)
-{
-    HIST_MINMAX_BODY
-}
-#endif
-
-static int (*hist_minmax_fn)(const float *, int64_t, float *, float *) = hist_minmax_generic;
-
-/* minmax of a contiguous run, folded into lo/hi; returns nonzero on NaN/Inf */
-static int hist_minmax_run(const float *x, int64_t n, float *lo, float *hi)
-{
-    return hist_minmax_fn(x, n, lo, hi);
-}
-
-static inline int64_t hist_bin(float v, double lo, double inv_w, int64_t nb)
+/* the binning formula (nb >= 1): NaN -> 0, below the range -> 0, above -> nb - 1 */
+QC_INLINE int32_t hist_bin(float v, double lo, double inv_w, int32_t nb)
 {
     double t = ((double)v - lo) * inv_w;
-    /* clamp before converting: NaN and values beyond int64 (Inf) must never index outside [0, nb) */
-    if (!(t >= 0.0)) return 0;
-    if (t >= (double)(nb - 1)) return nb - 1;
-    return (int64_t)t;
+    t = t > -1.0 ? t : -1.0; /* NaN -> -1: clamp before converting, so nothing indexes outside [0, nb) */
+    t = t < (double)nb ? t : (double)nb;
+    int32_t b = (int32_t)t; /* truncation, in [-1, nb] */
+    b = b > 0 ? b : 0;
+    return b < nb - 1 ? b : nb - 1;
 }
 
-/* count n contiguous values into four interleaved sub-histograms h[0..4*nb) (breaks the store-to-load
- * dependency when consecutive values fall in the same bin) */
-static void hist_count_run4(const float *x, int64_t n, double lo, double inv_w, int64_t nb, uint32_t *h)
+/* counts of x[0..n) into h: sub-histogram k at h + k * hstride (hstride 0: one histogram) */
+QC_INLINE void hist_count_run_body(const float *restrict x, int64_t n, double lo, double inv_w, int32_t nb,
+                                   uint32_t *h, int64_t hstride)
 {
-    int64_t i = 0;
-    uint32_t *h0 = h, *h1 = h + nb, *h2 = h + 2 * nb, *h3 = h + 3 * nb;
-    for (; i + 4 <= n; i += 4) {
-        int64_t b0 = hist_bin(x[i], lo, inv_w, nb);
-        int64_t b1 = hist_bin(x[i + 1], lo, inv_w, nb);
-        int64_t b2 = hist_bin(x[i + 2], lo, inv_w, nb);
-        int64_t b3 = hist_bin(x[i + 3], lo, inv_w, nb);
-        h0[b0]++;
-        h1[b1]++;
-        h2[b2]++;
-        h3[b3]++;
-    }
-    for (; i < n; i++)
-        h0[hist_bin(x[i], lo, inv_w, nb)]++;
-}
-
-/* count `rows` runs of `len` values, run r starting at x + r*stride, into h (4*nb sub-histograms) */
-static void hist_count_rows4(const float *x, int64_t rows, int64_t len, int64_t stride,
-                             double lo, double inv_w, int64_t nb, uint32_t *h)
-{
-    if (len == 1) {
-        int64_t r = 0;
-        uint32_t *h0 = h, *h1 = h + nb;
-        for (; r + 2 <= rows; r += 2) {
-            h0[hist_bin(x[r * stride], lo, inv_w, nb)]++;
-            h1[hist_bin(x[(r + 1) * stride], lo, inv_w, nb)]++;
-        }
-        for (; r < rows; r++)
-            h0[hist_bin(x[r * stride], lo, inv_w, nb)]++;
-        return;
-    }
-    for (int64_t r = 0; r < rows; r++)
-        hist_count_run4(x + r * stride, len, lo, inv_w, nb, h);
-}
-
-/* h4: 4 sub-histograms of nb counts; adds their sum into out (double) and zeroes h4 */
-static void hist_flush4(uint32_t *h4, int64_t nb, double *out)
-{
-    for (int64_t b = 0; b < nb; b++) {
-        out[b] += (double)((uint64_t)h4[b] + h4[nb + b] + h4[2 * nb + b] + h4[3 * nb + b]);
-    }
-    memset(h4, 0, (size_t)(4 * nb) * sizeof(uint32_t));
-}
-
-/* ---- fused, vectorizable counting (per tensor) -------------------------------------------------------
- * Bin indices of a block are computed in float32 SIMD (b = (int)((v - lo) * inv_w), clamped to [0, nb-1] as
- * integers: NaN/Inf/huge values convert to INT_MIN and land in bin 0, never out of bounds), together with the
- * block's min/max and a NaN/Inf flag (integer bit test: immune to the finite-math flag the min/max reduction
- * needs); the increments follow, into 4 interleaved sub-histograms.  An AVX2 copy is chosen at run time. */
-#define HIST_BLOCK 256
-
-#define HIST_INDEX_BODY                                                              \
-    float l = *mn, h = *mx;                                                          \
-    const uint32_t *u = (const uint32_t *)x;                                         \
-    uint32_t bad = 0;                                                                \
-    for (int i = 0; i < m; i++) {                                                    \
-        float v = x[i];                                                              \
-        l = v < l ? v : l;                                                           \
-        h = v > h ? v : h;                                                           \
-        bad |= ((u[i] & 0x7f800000u) == 0x7f800000u);                                \
-        int32_t b = (int32_t)((v - lo) * inv_w);                                     \
-        b = b < 0 ? 0 : b;                                                           \
-        b = b > nb1 ? nb1 : b;                                                       \
-        idx[i] = b;                                                                  \
-    }                                                                                \
-    *mn = l;                                                                         \
-    *mx = h;                                                                         \
-    return (int)bad;
-
-static HIST_REDUCE_ATTR int hist_index_generic(const float *x, int m, float lo, float inv_w, int32_t nb1,
-                                               int32_t *idx, float *mn, float *mx)
-{
-    HIST_INDEX_BODY
-}
-
-#ifdef HIST_HAVE_AVX2
-static HIST_REDUCE_ATTR __attribute__((target("avx2"))) int hist_index_avx2(
-    const float *x, int m, float lo, float inv_w, int32_t nb1, int32_t *idx, float *mn, float *mx)
-{
-    HIST_INDEX_BODY
-}
-#endif
-
-typedef int (*hist_index_fn)(const float *, int, float, float, int32_t, int32_t *, float *, float *);
-
-static hist_index_fn hist_index_impl = hist_index_generic;
-
-/* 0: baseline, 1: AVX2 copies of the min/max and of the fused counting loop; clipped to what the CPU runs.
- * Returns the level in use.  Set at import (QCORE_ISA, qcore/isa.py) and by select_isa (tests). */
-static int hist_cpu_level(void)
-{
-#ifdef HIST_HAVE_AVX2
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2")) return 1;
-#endif
-    return 0;
-}
-
-static int hist_select_isa(int level)
-{
-    if (level > hist_cpu_level()) level = hist_cpu_level();
-#ifdef HIST_HAVE_AVX2
-    if (level >= 1) {
-        hist_index_impl = hist_index_avx2;
-        hist_minmax_fn = hist_minmax_avx2;
-        return 1;
-    }
-#endif
-    hist_index_impl = hist_index_generic;
-    hist_minmax_fn = hist_minmax_generic;
-    return 0;
-}
-
-/* count n contiguous values into h (4 sub-histograms of nb), folding their min and max into mn, mx;
- * returns nonzero if any value is NaN/Inf */
-static int hist_count_fused(const float *x, int64_t n, float lo, float inv_w, int64_t nb, uint32_t *h,
-                            float *mn, float *mx)
-{
-    hist_index_fn fn = hist_index_impl;
     int32_t idx[HIST_BLOCK];
-    int bad = 0;
-    uint32_t *h0 = h, *h1 = h + nb, *h2 = h + 2 * nb, *h3 = h + 3 * nb;
+    uint32_t *h0 = h, *h1 = h + hstride, *h2 = h + 2 * hstride, *h3 = h + 3 * hstride;
     for (int64_t s = 0; s < n; s += HIST_BLOCK) {
         int m = (int)(n - s < HIST_BLOCK ? n - s : HIST_BLOCK);
-        bad |= fn(x + s, m, lo, inv_w, (int32_t)(nb - 1), idx, mn, mx);
+        const float *xs = x + s;
+        for (int i = 0; i < m; i++) idx[i] = hist_bin(xs[i], lo, inv_w, nb);
         int i = 0;
         for (; i + 4 <= m; i += 4) {
             h0[idx[i]]++;
@@ -199,7 +57,89 @@ static int hist_count_fused(const float *x, int64_t n, float lo, float inv_w, in
         }
         for (; i < m; i++) h0[idx[i]]++;
     }
-    return bad;
+}
+
+/* the per-tensor pass: min/max of x[0..n) folded into *mn, *mx block by block (qcore_minmax.h), and the
+ * counts into h (HIST_NSUB sub-histograms of nb) while every block so far is finite and inside
+ * [lo_limit, hi_limit].  Returns 0 if all were (counts complete), 1 if a block was not (counting stopped
+ * there: the partial counts are to be discarded; the min/max still cover all of x), 2 on NaN/Inf.
+ * *stop (shared by the threads of one call) is raised on the first failure so the others stop counting too. */
+QC_INLINE int hist_count_checked_body(const float *restrict x, int64_t n, double lo, double inv_w, int32_t nb,
+                                      uint32_t *h, double lo_limit, double hi_limit, float *mn, float *mx,
+                                      volatile int *stop)
+{
+    int state = *stop ? 1 : 0;
+    float l = *mn, u = *mx;
+    for (int64_t s = 0; s < n; s += HIST_BLOCK) {
+        int64_t m = n - s < HIST_BLOCK ? n - s : HIST_BLOCK;
+        float a, b;
+        qc_minmax_run_body(x + s, m, &a, &b);
+        if (!(a - a == 0.0f) || !(b - b == 0.0f)) { /* NaN or Inf: nothing else matters */
+            *stop = 1;
+            return 2;
+        }
+        l = a < l ? a : l;
+        u = b > u ? b : u;
+        if (state == 0) {
+            if ((double)a < lo_limit || (double)b > hi_limit || *stop) {
+                state = 1;
+                *stop = 1;
+            } else {
+                hist_count_run_body(x + s, m, lo, inv_w, nb, h, nb);
+            }
+        }
+    }
+    *mn = l;
+    *mx = u;
+    return state;
+}
+
+typedef void (*hist_count_rows_t)(const float *, int64_t, int64_t, int64_t, double, double, int32_t, uint32_t *,
+                                  int64_t);
+typedef int (*hist_count_checked_t)(const float *, int64_t, double, double, int32_t, uint32_t *, double, double,
+                                    float *, float *, volatile int *);
+
+#define HIST_DEFINE_VARIANT(SFX, ATTR)                                                                      \
+    ATTR static void hist_count_rows_##SFX(const float *x, int64_t rows, int64_t len, int64_t xstride,     \
+                                           double lo, double inv_w, int32_t nb, uint32_t *h, int64_t hs)   \
+    {                                                                                                      \
+        for (int64_t r = 0; r < rows; r++) hist_count_run_body(x + r * xstride, len, lo, inv_w, nb, h, hs); \
+    }                                                                                                      \
+    ATTR static int hist_count_checked_##SFX(const float *x, int64_t n, double lo, double inv_w, int32_t nb,\
+                                             uint32_t *h, double lol, double hil, float *mn, float *mx,    \
+                                             volatile int *stop)                                           \
+    { return hist_count_checked_body(x, n, lo, inv_w, nb, h, lol, hil, mn, mx, stop); }
+
+HIST_DEFINE_VARIANT(baseline, )
+#if QC_X86_DISPATCH
+HIST_DEFINE_VARIANT(avx2, __attribute__((target("avx2"))))
+HIST_DEFINE_VARIANT(avx512, __attribute__((target("avx2,avx512f,avx512bw,avx512vl"))))
+#endif
+
+static hist_count_rows_t hist_count_rows = hist_count_rows_baseline;
+static hist_count_checked_t hist_count_checked = hist_count_checked_baseline;
+
+/* use copy ``level`` (0 baseline, 1 AVX2, 2 AVX-512; clipped to what the CPU runs); returns the level in use */
+static int hist_select_isa(int level)
+{
+    int top = qc_cpu_level();
+    if (level > top) level = top;
+    if (level < 0) level = 0;
+#if QC_X86_DISPATCH
+    if (level == 2) { hist_count_rows = hist_count_rows_avx512; hist_count_checked = hist_count_checked_avx512; return 2; }
+    if (level == 1) { hist_count_rows = hist_count_rows_avx2; hist_count_checked = hist_count_checked_avx2; return 1; }
+#endif
+    hist_count_rows = hist_count_rows_baseline;
+    hist_count_checked = hist_count_checked_baseline;
+    return 0;
+}
+
+/* sum the HIST_NSUB sub-histograms of nb counts at h (stride nb) into out (double) and zero them */
+static void hist_flush(uint32_t *h, int64_t nb, double *out)
+{
+    for (int64_t b = 0; b < nb; b++)
+        out[b] += (double)((uint64_t)h[b] + h[nb + b] + h[2 * nb + b] + h[3 * nb + b]);
+    memset(h, 0, (size_t)(HIST_NSUB * nb) * sizeof(uint32_t));
 }
 
 /* ---- error model ----------------------------------------------------------------------------------

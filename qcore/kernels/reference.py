@@ -72,20 +72,18 @@ def log_sse(x3, scale, L, T, zthr):
     d = np.abs(x3).astype(np.float64) - mag[_rows_of(x3), m].astype(np.float64)
     return (d * d).sum(axis=(0, 2))
 
-def bins(v, lo, width, nb, per_tensor):
-    if per_tensor and -1e37 < lo < 1e37 and -1e37 < lo + nb * width < 1e37:
-        with np.errstate(invalid="ignore", over="ignore"):
-            t = (v - np.float32(lo)) * np.float32(1.0 / width)  # float32, as the SIMD loop
-    else:
-        with np.errstate(invalid="ignore", over="ignore"):
-            t = (v.astype(np.float64) - lo) * (1.0 / width)
+def bins(v, lo, width, nb):
+    """The bin of every value (pyx/hist_kernels.h ``hist_bin``, the one binning formula): ``trunc((v - lo) *
+    (1 / width))`` in float64, clamped to ``[0, nb - 1]``; NaN lands in bin 0."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        t = (v.astype(np.float64) - lo) * (1.0 / width)
     t = np.where(np.isnan(t), 0.0, t)
     return np.clip(np.trunc(np.clip(t, -1.0, nb)), 0, nb - 1).astype(np.int64)
 
 def histogram(x3, lo, width, out):
     nb = out.shape[1]
     for c in range(x3.shape[1]):
-        b = bins(x3[:, c, :].ravel(), lo[c], width[c], nb, x3.shape[1] == 1)
+        b = bins(x3[:, c, :].ravel(), lo[c], width[c], nb)
         out[c] += np.bincount(b, minlength=nb)
 
 def minmax_histogram(x, lo, width, out):
@@ -94,7 +92,7 @@ def minmax_histogram(x, lo, width, out):
     nb = out.shape[1]
     added = finite and mn >= lo and mx <= lo + nb * width
     if added:
-        out[0] += np.bincount(bins(x, lo, width, nb, True), minlength=nb)
+        out[0] += np.bincount(bins(x, lo, width, nb), minlength=nb)
     return mn, mx, finite, added
 
 def bin_stats(rows, lo, sc, cnt, sm, bmin, bmax):
