@@ -5,7 +5,7 @@
  * * one binning formula, hist_bin: bin = trunc(((double)v - lo) * inv_w) clamped to [0, nb - 1] (NaN -> 0,
  *   values beyond either end -> the end bins), in float64 so tiny and huge ranges bin exactly as the numpy
  *   reference (qcore/kernels/reference.py ``bins``);
- * * one counting routine, hist_count_run_body (hist_count_rows: runs at a stride): a contiguous run, bin indices of a block of HIST_BLOCK values
+ * * one counting routine, hist_count_run (hist_count_rows: runs at a stride): a contiguous run, bin indices of a block of HIST_BLOCK values
  *   computed by the vectorized formula, then added into HIST_NSUB interleaved sub-histograms (consecutive
  *   values in the same bin do not wait on each other's store); every layout (per tensor, per channel, short
  *   runs) goes through it;
@@ -26,89 +26,126 @@
 
 #define HIST_BLOCK 512
 #define HIST_NSUB 4
+/* the per-tensor pass checks this many values (in L1 for the counting that follows) at a time */
+#define HIST_CHECK_BLOCK 4096
 
-/* the binning formula (nb >= 1): NaN -> 0, below the range -> 0, above -> nb - 1 */
+/* the binning formula (nb >= 1): clamped in float64 before converting, so nothing indexes outside [0, nb)
+ * (NaN -> 0: the comparison fails; truncation of t in [0, nb - 1] is its floor) */
 QC_INLINE int32_t hist_bin(float v, double lo, double inv_w, int32_t nb)
 {
-    double t = ((double)v - lo) * inv_w;
-    t = t > -1.0 ? t : -1.0; /* NaN -> -1: clamp before converting, so nothing indexes outside [0, nb) */
-    t = t < (double)nb ? t : (double)nb;
-    int32_t b = (int32_t)t; /* truncation, in [-1, nb] */
-    b = b > 0 ? b : 0;
-    return b < nb - 1 ? b : nb - 1;
+    double t = ((double)v - lo) * inv_w, top = (double)(nb - 1);
+    t = t > 0.0 ? t : 0.0;
+    t = t < top ? t : top;
+    return (int32_t)t;
 }
 
-/* counts of x[0..n) into h: sub-histogram k at h + k * hstride (hstride 0: one histogram) */
-QC_INLINE void hist_count_run_body(const float *restrict x, int64_t n, double lo, double inv_w, int32_t nb,
-                                   uint32_t *h, int64_t hstride)
+/* the formula over m values into idx: a scalar loop, and the same operations 4 / 8 lanes wide (maxpd(t, 0)
+ * returns 0 for a NaN t, as the comparison above does; gcc's own vectorization of the loop was 2x slower) */
+QC_INLINE void hist_index_baseline(const float *restrict x, int m, double lo, double inv_w, int32_t nb,
+                                   int32_t *restrict idx)
 {
-    int32_t idx[HIST_BLOCK];
-    uint32_t *h0 = h, *h1 = h + hstride, *h2 = h + 2 * hstride, *h3 = h + 3 * hstride;
-    for (int64_t s = 0; s < n; s += HIST_BLOCK) {
-        int m = (int)(n - s < HIST_BLOCK ? n - s : HIST_BLOCK);
-        const float *xs = x + s;
-        for (int i = 0; i < m; i++) idx[i] = hist_bin(xs[i], lo, inv_w, nb);
-        int i = 0;
-        for (; i + 4 <= m; i += 4) {
-            h0[idx[i]]++;
-            h1[idx[i + 1]]++;
-            h2[idx[i + 2]]++;
-            h3[idx[i + 3]]++;
-        }
-        for (; i < m; i++) h0[idx[i]]++;
-    }
+    for (int i = 0; i < m; i++) idx[i] = hist_bin(x[i], lo, inv_w, nb);
 }
 
-/* the per-tensor pass: min/max of x[0..n) folded into *mn, *mx block by block (qcore_minmax.h), and the
- * counts into h (HIST_NSUB sub-histograms of nb) while every block so far is finite and inside
- * [lo_limit, hi_limit].  Returns 0 if all were (counts complete), 1 if a block was not (counting stopped
- * there: the partial counts are to be discarded; the min/max still cover all of x), 2 on NaN/Inf.
- * *stop (shared by the threads of one call) is raised on the first failure so the others stop counting too. */
-QC_INLINE int hist_count_checked_body(const float *restrict x, int64_t n, double lo, double inv_w, int32_t nb,
-                                      uint32_t *h, double lo_limit, double hi_limit, float *mn, float *mx,
-                                      volatile int *stop)
+#if QC_X86_DISPATCH
+#include <immintrin.h>
+static inline __attribute__((always_inline, target("avx2"))) void hist_index_avx2(
+    const float *restrict x, int m, double lo, double inv_w, int32_t nb, int32_t *restrict idx)
 {
-    int state = *stop ? 1 : 0;
-    float l = *mn, u = *mx;
-    for (int64_t s = 0; s < n; s += HIST_BLOCK) {
-        int64_t m = n - s < HIST_BLOCK ? n - s : HIST_BLOCK;
-        float a, b;
-        qc_minmax_run_body(x + s, m, &a, &b);
-        if (!(a - a == 0.0f) || !(b - b == 0.0f)) { /* NaN or Inf: nothing else matters */
-            *stop = 1;
-            return 2;
-        }
-        l = a < l ? a : l;
-        u = b > u ? b : u;
-        if (state == 0) {
-            if ((double)a < lo_limit || (double)b > hi_limit || *stop) {
-                state = 1;
-                *stop = 1;
-            } else {
-                hist_count_run_body(x + s, m, lo, inv_w, nb, h, nb);
-            }
-        }
+    const __m256d vlo = _mm256_set1_pd(lo), vinv = _mm256_set1_pd(inv_w), zero = _mm256_setzero_pd(),
+                  top = _mm256_set1_pd((double)(nb - 1));
+    int i = 0;
+    for (; i + 4 <= m; i += 4) {
+        __m256d t = _mm256_mul_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + i)), vlo), vinv);
+        t = _mm256_min_pd(_mm256_max_pd(t, zero), top);
+        _mm_storeu_si128((__m128i *)(idx + i), _mm256_cvttpd_epi32(t));
     }
-    *mn = l;
-    *mx = u;
-    return state;
+    for (; i < m; i++) idx[i] = hist_bin(x[i], lo, inv_w, nb);
 }
+
+static inline __attribute__((always_inline, target("avx2,avx512f,avx512bw,avx512vl"))) void hist_index_avx512(
+    const float *restrict x, int m, double lo, double inv_w, int32_t nb, int32_t *restrict idx)
+{
+    const __m512d vlo = _mm512_set1_pd(lo), vinv = _mm512_set1_pd(inv_w), zero = _mm512_setzero_pd(),
+                  top = _mm512_set1_pd((double)(nb - 1));
+    int i = 0;
+    for (; i + 8 <= m; i += 8) {
+        __m512d t = _mm512_mul_pd(_mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(x + i)), vlo), vinv);
+        t = _mm512_min_pd(_mm512_max_pd(t, zero), top);
+        _mm256_storeu_si256((__m256i *)(idx + i), _mm512_cvttpd_epi32(t));
+    }
+    for (; i < m; i++) idx[i] = hist_bin(x[i], lo, inv_w, nb);
+}
+#endif
 
 typedef void (*hist_count_rows_t)(const float *, int64_t, int64_t, int64_t, double, double, int32_t, uint32_t *,
                                   int64_t);
 typedef int (*hist_count_checked_t)(const float *, int64_t, double, double, int32_t, uint32_t *, double, double,
                                     float *, float *, volatile int *);
 
+/* One copy per instruction set of:
+ *
+ * hist_count_run: counts of x[0..n) into h, sub-histogram k at h + k * hstride (hstride 0: one histogram);
+ * hist_count_rows: `rows` runs of `len` values, run r at x + r * xstride;
+ * hist_count_checked: the per-tensor pass: min/max of x[0..n) folded into *mn, *mx block by block
+ *   (qcore_minmax.h), and the counts into h (HIST_NSUB sub-histograms of nb) while every block so far is finite
+ *   and inside [lo_limit, hi_limit].  Returns 0 if all were (counts complete), 1 if a block was not (counting
+ *   stopped there: the partial counts are to be discarded; the min/max still cover all of x), 2 on NaN/Inf.
+ *   *stop (shared by the threads of one call) is raised on the first failure so the others stop counting. */
 #define HIST_DEFINE_VARIANT(SFX, ATTR)                                                                      \
+    ATTR static inline void hist_count_run_##SFX(const float *restrict x, int64_t n, double lo, double inv_w, \
+                                                 int32_t nb, uint32_t *h, int64_t hstride)                 \
+    {                                                                                                      \
+        int32_t idx[HIST_BLOCK];                                                                           \
+        uint32_t *h0 = h, *h1 = h + hstride, *h2 = h + 2 * hstride, *h3 = h + 3 * hstride;                 \
+        for (int64_t s = 0; s < n; s += HIST_BLOCK) {                                                      \
+            int m = (int)(n - s < HIST_BLOCK ? n - s : HIST_BLOCK);                                        \
+            hist_index_##SFX(x + s, m, lo, inv_w, nb, idx);                                                \
+            int i = 0;                                                                                     \
+            for (; i + 4 <= m; i += 4) {                                                                   \
+                h0[idx[i]]++;                                                                              \
+                h1[idx[i + 1]]++;                                                                          \
+                h2[idx[i + 2]]++;                                                                          \
+                h3[idx[i + 3]]++;                                                                          \
+            }                                                                                              \
+            for (; i < m; i++) h0[idx[i]]++;                                                               \
+        }                                                                                                  \
+    }                                                                                                      \
     ATTR static void hist_count_rows_##SFX(const float *x, int64_t rows, int64_t len, int64_t xstride,     \
                                            double lo, double inv_w, int32_t nb, uint32_t *h, int64_t hs)   \
     {                                                                                                      \
-        for (int64_t r = 0; r < rows; r++) hist_count_run_body(x + r * xstride, len, lo, inv_w, nb, h, hs); \
+        for (int64_t r = 0; r < rows; r++) hist_count_run_##SFX(x + r * xstride, len, lo, inv_w, nb, h, hs); \
     }                                                                                                      \
     ATTR static int hist_count_checked_##SFX(const float *x, int64_t n, double lo, double inv_w, int32_t nb,\
-                                             uint32_t *h, double lol, double hil, float *mn, float *mx,    \
-                                             volatile int *stop)                                           \
-    { return hist_count_checked_body(x, n, lo, inv_w, nb, h, lol, hil, mn, mx, stop); }
+                                             uint32_t *h, double lo_limit, double hi_limit, float *mn,     \
+                                             float *mx, volatile int *stop)                                \
+    {                                                                                                      \
+        int state = *stop ? 1 : 0;                                                                         \
+        float l = *mn, u = *mx;                                                                            \
+        for (int64_t s = 0, m; s < n; s += m) {                                                            \
+            /* once counting has stopped, the rest is only scanned for its min/max: one run */             \
+            m = state ? n - s : (n - s < HIST_CHECK_BLOCK ? n - s : HIST_CHECK_BLOCK);                     \
+            float a, b;                                                                                    \
+            qc_minmax_run_body(x + s, m, &a, &b);                                                          \
+            if (!(a - a == 0.0f) || !(b - b == 0.0f)) { /* NaN or Inf: nothing else matters */             \
+                *stop = 1;                                                                                 \
+                return 2;                                                                                  \
+            }                                                                                              \
+            l = a < l ? a : l;                                                                             \
+            u = b > u ? b : u;                                                                             \
+            if (state == 0) {                                                                              \
+                if ((double)a < lo_limit || (double)b > hi_limit || *stop) {                               \
+                    state = 1;                                                                             \
+                    *stop = 1;                                                                             \
+                } else {                                                                                   \
+                    hist_count_run_##SFX(x + s, m, lo, inv_w, nb, h, nb);                                  \
+                }                                                                                          \
+            }                                                                                              \
+        }                                                                                                  \
+        *mn = l;                                                                                           \
+        *mx = u;                                                                                           \
+        return state;                                                                                      \
+    }
 
 HIST_DEFINE_VARIANT(baseline, )
 #if QC_X86_DISPATCH
@@ -118,21 +155,6 @@ HIST_DEFINE_VARIANT(avx512, __attribute__((target("avx2,avx512f,avx512bw,avx512v
 
 static hist_count_rows_t hist_count_rows = hist_count_rows_baseline;
 static hist_count_checked_t hist_count_checked = hist_count_checked_baseline;
-
-/* use copy ``level`` (0 baseline, 1 AVX2, 2 AVX-512; clipped to what the CPU runs); returns the level in use */
-static int hist_select_isa(int level)
-{
-    int top = qc_cpu_level();
-    if (level > top) level = top;
-    if (level < 0) level = 0;
-#if QC_X86_DISPATCH
-    if (level == 2) { hist_count_rows = hist_count_rows_avx512; hist_count_checked = hist_count_checked_avx512; return 2; }
-    if (level == 1) { hist_count_rows = hist_count_rows_avx2; hist_count_checked = hist_count_checked_avx2; return 1; }
-#endif
-    hist_count_rows = hist_count_rows_baseline;
-    hist_count_checked = hist_count_checked_baseline;
-    return 0;
-}
 
 /* sum the HIST_NSUB sub-histograms of nb counts at h (stride nb) into out (double) and zero them */
 static void hist_flush(uint32_t *h, int64_t nb, double *out)
@@ -146,47 +168,66 @@ static void hist_flush(uint32_t *h, int64_t nb, double *out)
  * The quantizer maps x to the nearest of the grid points g0 + k*s, k = 0..L (clamping outside).  For
  * data spread uniformly inside each histogram bin, the squared error of a bin [a, b) holding n values is
  * n * (F(b) - F(a)) / (b - a) with F the antiderivative of (x - q(x))^2, in closed form below. */
-static inline double hist_saw(double u)   /* integral_0^u (t - round(t))^2 dt, u >= 0 */
+/* hist_F without branches (the lanes of hist_sq_error run it side by side): u = (x - g0) / s clamped to
+ * [0, L + 1] (only used inside the grid), floor(u) exact there; the three cases selected at the end */
+QC_INLINE double hist_F(double x, double g0, double gl, double s3, double inv_s, double L)
 {
-    double fl = (double)(int64_t)u, f = u - fl, h;  /* u >= 0: truncation is floor (no libm call) */
-    if (f <= 0.5) h = f * f * f * (1.0 / 3.0);
-    else { double g = f - 1.0; h = 1.0 / 24.0 + (g * g * g + 0.125) * (1.0 / 3.0); }
-    return fl * (1.0 / 12.0) + h;
-}
-
-/* antiderivative of the squared error at x; grid g0 + k*s (k = 0..L), gl = g0 + L*s, s3 = s^3, inv_s = 1/s */
-static inline double hist_F(double x, double g0, double gl, double s3, double inv_s, double L)
-{
-    if (x <= g0) { double d = x - g0; return d * d * d * (1.0 / 3.0); }
-    if (x >= gl) { double d = x - gl; return s3 * L * (1.0 / 12.0) + d * d * d * (1.0 / 3.0); }
-    return s3 * hist_saw((x - g0) * inv_s);
+    double d0 = x - g0, dl = x - gl;
+    double below = d0 * d0 * d0 * (1.0 / 3.0);
+    double above = s3 * L * (1.0 / 12.0) + dl * dl * dl * (1.0 / 3.0);
+    double u = d0 * inv_s;
+    u = u > 0.0 ? u : 0.0;
+    u = u < L + 1.0 ? u : L + 1.0;
+    double fl = __builtin_floor(u), f = u - fl, g = f - 1.0;
+    double h = f <= 0.5 ? f * f * f * (1.0 / 3.0) : 1.0 / 24.0 + (g * g * g + 0.125) * (1.0 / 3.0);
+    double inside = s3 * (fl * (1.0 / 12.0) + h);  /* s^3 * integral_0^u (t - round(t))^2 dt */
+    return x <= g0 ? below : (x >= gl ? above : inside);
 }
 
 /* total squared error on grid (g0, s, L) of a compacted histogram: cnt[j] values in bin idx[j], bin i
- * being [lo + i*w, lo + (i+1)*w); entries with cnt 0 are padding */
-static double hist_sq_error(const int64_t *idx, const double *cnt, int64_t m, double lo, double w,
-                            double g0, double s, double L)
+ * being [lo + i*w, lo + (i+1)*w); entries with cnt 0 are padding.  HIST_SQ_LANES partial sums (added in a
+ * fixed order, so every copy gives the same result), which vectorize without reassociation. */
+#define HIST_SQ_LANES 8
+QC_INLINE double hist_sq_error_body(const int64_t *restrict idx, const double *restrict cnt, int64_t m, double lo,
+                                    double w, double g0, double s, double L)
 {
-    double tot = 0.0;
     if (!(s > 0.0)) {  /* a single grid point */
         s = 1.0;
         L = 0.0;
     }
     double gl = g0 + L * s, s3 = s * s * s, inv_s = 1.0 / s;
-    int64_t prev = -2;
-    double fprev = 0.0;
-    for (int64_t j = 0; j < m; j++) {
-        double n = cnt[j];
-        if (n == 0.0) continue;
-        double a = lo + (double)idx[j] * w, b = a + w;
-        double fa = idx[j] == prev + 1 ? fprev : hist_F(a, g0, gl, s3, inv_s, L);  /* adjacent bins share an edge */
-        double fb = hist_F(b, g0, gl, s3, inv_s, L);
-        tot += n * (fb - fa);
-        prev = idx[j];
-        fprev = fb;
+    double acc[HIST_SQ_LANES] = {0.0};
+    int64_t j = 0;
+    for (; j + HIST_SQ_LANES <= m; j += HIST_SQ_LANES) {
+        for (int k = 0; k < HIST_SQ_LANES; k++) {
+            double n = cnt[j + k];
+            double a = lo + (double)idx[j + k] * w, b = a + w;
+            double e = n * (hist_F(b, g0, gl, s3, inv_s, L) - hist_F(a, g0, gl, s3, inv_s, L));
+            acc[k] += n != 0.0 ? e : 0.0;
+        }
     }
+    for (int k = 0; j < m; j++, k++) {
+        double n = cnt[j];
+        double a = lo + (double)idx[j] * w, b = a + w;
+        double e = n * (hist_F(b, g0, gl, s3, inv_s, L) - hist_F(a, g0, gl, s3, inv_s, L));
+        acc[k] += n != 0.0 ? e : 0.0;
+    }
+    double tot = 0.0;
+    for (int k = 0; k < HIST_SQ_LANES; k++) tot += acc[k];
     return tot / w;
 }
+
+typedef double (*hist_sq_error_t)(const int64_t *, const double *, int64_t, double, double, double, double, double);
+#define HIST_DEFINE_SQ(SFX, ATTR)                                                                           \
+    ATTR static double hist_sq_error_##SFX(const int64_t *idx, const double *cnt, int64_t m, double lo,      \
+                                           double w, double g0, double s, double L)                         \
+    { return hist_sq_error_body(idx, cnt, m, lo, w, g0, s, L); }
+HIST_DEFINE_SQ(baseline, )
+#if QC_X86_DISPATCH
+HIST_DEFINE_SQ(avx2, __attribute__((target("avx2,fma"))))
+HIST_DEFINE_SQ(avx512, __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq"))))
+#endif
+static hist_sq_error_t hist_sq_error = hist_sq_error_baseline;
 
 /* KL divergence (TensorRT / ONNX Runtime entropy calibration) of clipping histogram h to bins [s, e)
  * and quantizing those bins to nq levels.  P: h[s:e] with the mass outside added to its end bins;
@@ -227,6 +268,32 @@ static double hist_kl(const double *h, int64_t nb, int64_t s, int64_t e, int64_t
         }
     }
     return kl;
+}
+
+/* use copy ``level`` (0 baseline, 1 AVX2, 2 AVX-512; clipped to what the CPU runs); returns the level in use */
+static int hist_select_isa(int level)
+{
+    int top = qc_cpu_level();
+    if (level > top) level = top;
+    if (level < 0) level = 0;
+#if QC_X86_DISPATCH
+    if (level == 2) {
+        hist_count_rows = hist_count_rows_avx512;
+        hist_count_checked = hist_count_checked_avx512;
+        hist_sq_error = hist_sq_error_avx512;
+        return 2;
+    }
+    if (level == 1) {
+        hist_count_rows = hist_count_rows_avx2;
+        hist_count_checked = hist_count_checked_avx2;
+        hist_sq_error = hist_sq_error_avx2;
+        return 1;
+    }
+#endif
+    hist_count_rows = hist_count_rows_baseline;
+    hist_count_checked = hist_count_checked_baseline;
+    hist_sq_error = hist_sq_error_baseline;
+    return 0;
 }
 
 #endif
