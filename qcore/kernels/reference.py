@@ -159,3 +159,47 @@ def histogram_kl(hist, start, end, levels):
                 kl += float(np.sum(pp * np.log(pp / qv)))
             out[c, k] = kl
     return out
+
+
+def _row_errors(rows, s, sn, ia, qmin, qmax):
+    """Squared error per row in units of amax^2, float32, summed in the C kernel's order (8 lanes, then the tail)."""
+    inv = (np.float32(1) / s).astype(np.float32)
+    q = np.clip(np.rint(rows * inv[:, None]), qmin, qmax).astype(np.float32)
+    e = (q * sn[:, None] - rows * ia[:, None]).astype(np.float32)
+    e = (e * e).astype(np.float32)
+    n8 = (rows.shape[1] // 8) * 8
+    acc = np.zeros((rows.shape[0], 8), np.float32)
+    for i in range(0, n8, 8):
+        acc += e[:, i:i + 8]
+    tail = np.zeros(rows.shape[0], np.float32)
+    for i in range(n8, rows.shape[1]):
+        tail += e[:, i]
+    a = acc
+    return (((a[:, 0] + a[:, 1]) + (a[:, 2] + a[:, 3])) + ((a[:, 4] + a[:, 5]) + (a[:, 6] + a[:, 7]))) + tail
+
+
+def search_scales(rows: np.ndarray, dgrid: np.ndarray, qmin: int, qmax: int):
+    """numpy reference of ``Kernel.search_scales`` (the ``cython`` kernel: ``qcore_plugins._scalesearch``) (bit for bit): per row of ``rows`` (R, L),
+    the scale ``±max|row| / d`` of least squared error (candidates ``+d0, -d0, +d1, ...``, a later one only if
+    strictly better); an all-zero row gets scale 1.  Returns float32 ``(scale, err)``, ``err`` in units of
+    ``max|row|^2`` (computed that way so rows near the float32 maximum do not overflow)."""
+    rows = np.ascontiguousarray(rows, np.float32)
+    amax = np.abs(rows).max(axis=1) if rows.shape[1] else np.zeros(rows.shape[0], np.float32)
+    best_s = np.ones(rows.shape[0], np.float32)
+    best_e = np.full(rows.shape[0], np.inf, np.float32)
+    live = amax > 0
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        ia = (np.float32(1) / np.where(live, amax, np.float32(1))).astype(np.float32)
+        for d in np.asarray(dgrid, np.float32):
+            for negative in (False, True):
+                s = (amax / d).astype(np.float32)
+                sn = np.full(rows.shape[0], np.float32(1) / d, np.float32)
+                if negative:
+                    s, sn = -s, -sn
+                s = np.where(live, s, np.float32(1))
+                e = _row_errors(rows, s, sn, ia, qmin, qmax)
+                better = live & (e < best_e)
+                best_s = np.where(better, s, best_s)
+                best_e = np.where(better, e, best_e)
+    best_e = np.where(live, best_e, np.float32(0))
+    return best_s.astype(np.float32), best_e.astype(np.float32)
