@@ -412,6 +412,36 @@ QC_CONV_GROUPED(qc_conv_grouped_avx2, QC_AVX2_T)
 QC_CONV_GROUPED(qc_conv_grouped_avx512, QC_VNNI_T)
 #endif
 
+/* depthwise (groups == N == C, one channel per group): the taps' channels are contiguous, so the loop runs
+ * across 64 output channels at a time (vectorized by gcc) on weights transposed to wt (T, N) int32 */
+#define QC_DW_CHUNK 64
+#define QC_CONV_DW(NAME, ATTR)                                                                               \
+    ATTR static void NAME(const qc_conv_args *g, int64_t rows, const uint8_t **P, const int64_t *orow,       \
+                          const int32_t *wt)                                                                 \
+    {                                                                                                        \
+        const int64_t T = g->KH * g->KW, N = g->N;                                                           \
+        int32_t acc[QC_DW_CHUNK];                                                                            \
+        for (int64_t r = 0; r < rows; r++) {                                                                 \
+            const uint8_t **pr = P + r * T;                                                                  \
+            for (int64_t n0 = 0; n0 < N; n0 += QC_DW_CHUNK) {                                                \
+                const int64_t nc = N - n0 < QC_DW_CHUNK ? N - n0 : QC_DW_CHUNK;                              \
+                for (int64_t j = 0; j < nc; j++) acc[j] = 0;                                                 \
+                for (int64_t t = 0; t < T; t++) {                                                            \
+                    const uint8_t *a = pr[t] + n0;                                                           \
+                    const int32_t *w = wt + t * N + n0;                                                      \
+                    for (int64_t j = 0; j < nc; j++) acc[j] += (int32_t)a[j] * w[j];                         \
+                }                                                                                            \
+                for (int64_t j = 0; j < nc; j++) qc_conv_epi_scalar(g, orow[r], n0 + j, acc[j]);             \
+            }                                                                                                \
+        }                                                                                                    \
+    }
+QC_CONV_DW(qc_conv_dw_portable, )
+#if QC_X86
+QC_CONV_DW(qc_conv_dw_avx2, QC_AVX2_T)
+QC_CONV_DW(qc_conv_dw_avx512, QC_VNNI_T)
+#endif
+#define QC_DW_WT_MAX 8192   /* T * N int32 transposed weights on the stack; larger layers take the grouped loop */
+
 /* -------------------------------------------------------------------------------------- driver */
 
 /* the zero-point padding channels [N, ldo) of each uint8 output row */
@@ -509,7 +539,17 @@ static int qc_conv_unit(const qc_conv_args *g, int64_t u)
     } else {
         qc_conv_taps(g, m0, rows, P);
     }
-    if (g->groups > 1) {
+    if (g->groups > 1 && g->groups == g->N && g->Cg == 1 && T * g->N <= QC_DW_WT_MAX) {
+        int32_t wt[QC_DW_WT_MAX];
+        for (int64_t n = 0; n < g->N; n++)
+            for (int64_t t = 0; t < T; t++) wt[t * g->N + n] = g->wg[n * T + t];
+#if QC_X86
+        if (g->isa == QC_ISA_VNNI) qc_conv_dw_avx512(g, rows, P, orow, wt);
+        else if (g->isa == QC_ISA_AVX2) qc_conv_dw_avx2(g, rows, P, orow, wt);
+        else
+#endif
+            qc_conv_dw_portable(g, rows, P, orow, wt);
+    } else if (g->groups > 1) {
 #if QC_X86
         if (g->isa == QC_ISA_VNNI) qc_conv_grouped_avx512(g, rows, P, orow);
         else if (g->isa == QC_ISA_AVX2) qc_conv_grouped_avx2(g, rows, P, orow);
