@@ -10,6 +10,7 @@ import numpy as np
 
 import qcore
 from qcore.kernels import Kernel
+from qcore.validation import non_finite_error
 
 
 class NumpyKernel(Kernel):
@@ -66,7 +67,7 @@ class NumpyKernel(Kernel):
 
     def _lowbit_linear(self, x2, p, bias):
         if not np.isfinite(x2).all():
-            raise qcore.InputError("x contains NaN or Inf values; qcore refuses non-finite input")
+            raise non_finite_error(x2)
         m, k = x2.shape
         n = p.values.shape[0]
         q, sa, asum = lowbit_quantize_blocks(x2)
