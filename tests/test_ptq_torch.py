@@ -255,20 +255,25 @@ def test_minilm_one_layer_output_error():
     calib = (DATA / "ptq_calibration.txt").read_text().splitlines()[:16]
     held = (DATA / "ptq_heldout.txt").read_text().splitlines()[:8]
     name = "0.model.encoder.layer.1.intermediate.dense"
-    fn = lambda m: m.encode(calib, batch_size=16, show_progress_bar=False)  # noqa: E731
-    opts = dict(granularity="group", group_size=128, symmetric=False, include=name, progress=False)
-    g = qtorch.quantize_dynamic(model, "linear", 3, method="gptq", calibrate=fn, **opts)
-    r = qtorch.quantize_dynamic(model, "linear", 3, **opts)
-    xs = []
     lin = model.get_submodule(name)
+    xs = []
     hd = lin.register_forward_pre_hook(lambda m, a: xs.append(a[0].detach().reshape(-1, a[0].shape[-1])))
-    model.encode(held, show_progress_bar=False)
+    model.encode(held, show_progress_bar=False)  # the float layer's held-out inputs, before any quantization
     hd.remove()
     x = torch.cat(xs)
+    opts = dict(granularity="group", group_size=128, symmetric=False)
     with torch.no_grad():
         ref = lin(x)
+        rtn = qtorch.QLinear(lin.in_features, lin.out_features,
+                             qcore.quantize(lin.weight.detach().numpy(), "linear", bits=3, **opts), lin.bias)
+        er = float(((rtn(x) - ref) ** 2).sum())
+    # in place (no copy of the encoder): only this layer is quantized, calibrated on other sentences
+    fn = lambda m: m.encode(calib, batch_size=16, show_progress_bar=False)  # noqa: E731
+    g = qtorch.quantize_dynamic(model, "linear", 3, method="gptq", calibrate=fn, include=name, inplace=True,
+                                progress=False, **opts)
+    assert sum(isinstance(m, qtorch.QLinear) for m in g.modules()) == 1
+    with torch.no_grad():
         eg = float(((g.get_submodule(name)(x) - ref) ** 2).sum())
-        er = float(((r.get_submodule(name)(x) - ref) ** 2).sum())
     assert eg < 0.8 * er  # on held-out sentences
 
 
