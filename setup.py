@@ -29,7 +29,12 @@ def _compiler_accepts(compiler, flags):
 
 
 class BuildExt(build_ext):
-    """Adds OpenMP flags per compiler, when the compiler has OpenMP."""
+    """Adds OpenMP flags per compiler, when the compiler has OpenMP; compiles the extensions side by side."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        if self.parallel is None:  # one compiler per core unless `build_ext -j N` says otherwise
+            self.parallel = os.cpu_count() or 1
 
     def build_extensions(self):
         ctype = self.compiler.compiler_type
@@ -73,6 +78,7 @@ def extensions():
 
     return cythonize(
         exts,
+        nthreads=os.cpu_count() or 1,  # .pyx -> .c in parallel too (a no-op when the C files are up to date)
         build_dir=os.path.join("build", "cython"),  # generated C stays out of pyx/, which holds only sources
         compiler_directives={
             "language_level": 3,

@@ -168,9 +168,16 @@ def gemm_section(args):
 
 def memory_and_encoder_section(args):
     """Resident memory of a 6 x 4096^2 torch Linear stack (fp32 / int8 / 4-bit) and a pretrained transformer
-    encoder at 4-bit group-32 vs fp32 torch.  Owned by the storage/adapter work on issue 13 (helper 13S): it
-    fills this function in; until then the section only says so."""
-    print("memory/encoder section: not part of this script yet (see docs/benchmarks.md)")
+    encoder at 4-bit group-32 vs fp32 torch: the two parts of ``benchmarks/bench_lowbit_memory.py`` (its
+    docstring says how they measure; each memory configuration runs in a fresh subprocess), on ``--threads``."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import bench_lowbit_memory
+
+    margs = bench_lowbit_memory.parse(["--threads", str(args.threads)])
+    bench_lowbit_memory.memory_part(margs)
+    bench_lowbit_memory.encoder_part(margs)
 
 
 def main():

@@ -15,7 +15,6 @@ output error of each int8 model against fp32 (||y - y_fp32|| / ||y_fp32|| over a
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import platform
 import statistics
@@ -34,55 +33,23 @@ def main():
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
 
     import torch
-    from torch import nn
-    import torch.ao.quantization as tq
 
     from qcore.integrations import torch as qtorch
+    from qcore.testing.models import CifarCNN, torch_ao_static
     import qcore.ops
 
     torch.set_num_threads(args.threads)
     torch.backends.quantized.engine = "fbgemm"
     warnings.filterwarnings("ignore")  # torch.ao's deprecation warnings
 
-    class CNN(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.features = nn.Sequential(
-                nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(),
-                nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
-                nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.ReLU())
-            self.fc = nn.Linear(64 * 8 * 8, 10)
-
-        def forward(self, x):
-            return self.fc(torch.flatten(self.features(x), 1))
-
-    class AoCNN(nn.Module):  # the same network with torch.ao's stubs
-        def __init__(self, fp32):
-            super().__init__()
-            self.quant, self.dequant = tq.QuantStub(), tq.DeQuantStub()
-            self.features, self.fc = copy.deepcopy(fp32.features), copy.deepcopy(fp32.fc)
-
-        def forward(self, x):
-            x = self.features(self.quant(x))
-            return self.dequant(self.fc(torch.flatten(x, 1)))
-
     torch.manual_seed(0)
-    fp32 = CNN().eval()
+    fp32 = CifarCNN().eval()
     calib = [torch.randn(args.batch, 3, 32, 32) for _ in range(args.calib_batches)]
     evals = [torch.randn(args.batch, 3, 32, 32) for _ in range(4)]
     x = evals[0]
 
     def build_ao(engine):
-        torch.backends.quantized.engine = engine  # the packed weights are made for the engine set at convert
-        ao = AoCNN(fp32).eval()
-        ao.qconfig = tq.get_default_qconfig(engine)
-        tq.fuse_modules(ao.features, [["0", "1"], ["2", "3"], ["4", "5"]], inplace=True)
-        tq.prepare(ao, inplace=True)
-        with torch.no_grad():
-            for c in calib:
-                ao(c)
-        tq.convert(ao, inplace=True)
-        return ao
+        return torch_ao_static(fp32, calib, engine)
 
     t0 = time.perf_counter()
     ao = build_ao("fbgemm")

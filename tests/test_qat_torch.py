@@ -10,12 +10,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 import qcore  # noqa: E402
 from qcore.integrations import torch as qtorch  # noqa: E402
 from qcore.integrations.torch import _fakequant as fq  # noqa: E402
 from qcore.integrations.torch import _qat, _tensors  # noqa: E402
+from article_digits import ArticleModel, evaluate, load_digits_split, train  # noqa: E402
 
 
 def _weights(rng, shape, kind):
@@ -53,19 +53,6 @@ def test_torch_fake_quant_refuses_bad_layouts_like_the_scheme():
         fq.linear_fake_quant_values(torch.zeros(4, 10), 4, True, "channel", 2)
 
 
-class Article(nn.Module):
-    """The reference article's model: Conv2d 3->16 (3x3), ReLU, Linear 16*6*6=576 -> 10 on 3x8x8 inputs."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 16, 3)
-        self.relu = nn.ReLU()
-        self.fc = nn.Linear(576, 10)
-
-    def forward(self, x):
-        return self.fc(self.relu(self.conv(x)).reshape(-1, 576))
-
-
 def _no_numpy(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("numpy round trip in a torch-ops QAT forward/backward")
@@ -78,7 +65,7 @@ def _no_numpy(monkeypatch):
 @pytest.mark.parametrize("options", [dict(bits=8), dict(bits=4, symmetric=False), dict(bits=2),
                                      dict(bits=5, granularity="group", group_size=3)])
 def test_linear_qat_runs_on_torch_ops_without_numpy(monkeypatch, options):
-    qat = qtorch.prepare_qat(Article(), activations=True, **options)
+    qat = qtorch.prepare_qat(ArticleModel(in_ch=3), activations=True, **options)
     assert qat.conv.uses_torch_ops and qat.fc.uses_torch_ops and qat.fc.input_quantizer.uses_torch_ops
     x = torch.rand(4, 3, 8, 8)
     ref_w = qat.fc.fake_quant_weight().detach().clone()
@@ -94,7 +81,7 @@ def test_linear_qat_runs_on_torch_ops_without_numpy(monkeypatch, options):
 
 def test_torch_ops_qat_runs_on_another_device():
     """The 'meta' device computes shapes only: any CPU-only or numpy step in forward/backward would fail."""
-    qat = qtorch.prepare_qat(Article(), bits=5, activations=True).to("meta")
+    qat = qtorch.prepare_qat(ArticleModel(in_ch=3), bits=5, activations=True).to("meta")
     out = qat(torch.empty(2, 3, 8, 8, device="meta"))
     out.sum().backward()
     assert out.device.type == "meta" and qat.fc.weight.grad.device.type == "meta"
@@ -156,56 +143,27 @@ def test_activation_state_round_trips_and_moves():
 # ---------------------------------------------------------------- the article's model on scikit-learn's digits
 @pytest.fixture(scope="module")
 def digits3():
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    X, y = load_digits(return_X_y=True)
-    X = (X / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
-    X = np.repeat(X, 3, axis=1)  # the article's 3-channel input: the 8x8 digit in every channel
-    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
-    return tuple(torch.from_numpy(a) for a in (Xtr, ytr, Xte, yte))
-
-
-def _train(model, data, epochs, lr, seed):
-    Xtr, ytr = data[0], data[1]
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    for _ in range(epochs):
-        model.train()
-        perm = torch.randperm(len(Xtr), generator=g)
-        for i in range(0, len(Xtr), 64):
-            idx = perm[i:i + 64]
-            opt.zero_grad()
-            F.cross_entropy(model(Xtr[idx]), ytr[idx]).backward()
-            opt.step()
-    return model
-
-
-def _eval(model, data):
-    model.eval()
-    with torch.no_grad():
-        out = model(data[2])
-    return out, (out.argmax(1) == data[3]).float().mean().item()
+    return load_digits_split(channels=3)  # the article's 3-channel input: the 8x8 digit in every channel
 
 
 @pytest.fixture(scope="module")
 def fp32_article(digits3):
     torch.manual_seed(0)
-    return _train(Article(), digits3, epochs=10, lr=1e-2, seed=0)
+    return train(ArticleModel(in_ch=3), digits3, epochs=10, lr=1e-2, seed=0)
 
 
 def test_article_int8_qat_convert_within_one_point(digits3, fp32_article):
-    _, acc_fp32 = _eval(fp32_article, digits3)
+    _, acc_fp32 = evaluate(fp32_article, digits3)
     assert acc_fp32 > 0.95
     torch.manual_seed(1)
-    qat = _train(qtorch.prepare_qat(fp32_article, bits=8, activations=True), digits3, epochs=3, lr=1e-3, seed=1)
+    qat = train(qtorch.prepare_qat(fp32_article, bits=8, activations=True), digits3, epochs=3, lr=1e-3, seed=1)
     assert qat.fc.uses_torch_ops and qat.fc.input_quantizer.uses_torch_ops
-    out_qat, acc_qat = _eval(qat, digits3)
+    out_qat, acc_qat = evaluate(qat, digits3)
     int8 = qtorch.convert(qat)
     if hasattr(qtorch, "StaticLinear"):  # convert gives static int8 modules: int8 activations and weights
         assert isinstance(int8.fc, qtorch.StaticLinear) and isinstance(int8.conv, qtorch.StaticConv2d)
         assert int8.fc.input_scale == pytest.approx(qat.fc.input_quantizer.qparams()[0], rel=1e-6)
-    out_int8, acc_int8 = _eval(int8, digits3)
+    out_int8, acc_int8 = evaluate(int8, digits3)
     assert abs(acc_int8 - acc_qat) <= 0.01, (acc_qat, acc_int8)
     assert acc_qat >= acc_fp32 - 0.02, (acc_fp32, acc_qat)
     # the converted model computes what the QAT model evaluated, up to its int8 arithmetic
@@ -216,14 +174,14 @@ def test_article_int8_qat_convert_within_one_point(digits3, fp32_article):
 
 @pytest.mark.parametrize("bits", [2, 4])
 def test_article_low_bit_weights_qat_convert(digits3, fp32_article, bits):
-    _, acc_fp32 = _eval(fp32_article, digits3)
+    _, acc_fp32 = evaluate(fp32_article, digits3)
     torch.manual_seed(2)
-    qat = _train(qtorch.prepare_qat(fp32_article, bits=bits, activations=True), digits3, epochs=4, lr=1e-3, seed=2)
-    out_qat, acc_qat = _eval(qat, digits3)
+    qat = train(qtorch.prepare_qat(fp32_article, bits=bits, activations=True), digits3, epochs=4, lr=1e-3, seed=2)
+    out_qat, acc_qat = evaluate(qat, digits3)
     conv = qtorch.convert(qat)
     for m in (conv.fc, conv.conv):  # static int8 modules (int8 activations, low-bit weight codes) or weight-only
         assert getattr(m, "weight_bits", None) == bits or m.weight.bits == bits
-    out_conv, acc_conv = _eval(conv, digits3)
+    out_conv, acc_conv = evaluate(conv, digits3)
     assert abs(acc_conv - acc_qat) <= 0.01, (acc_qat, acc_conv)
     assert ((out_conv - out_qat).norm() / out_qat.norm()).item() < 0.02
     assert acc_qat >= acc_fp32 - (0.05 if bits == 2 else 0.02), (bits, acc_fp32, acc_qat)

@@ -12,21 +12,7 @@ from torch import nn  # noqa: E402
 
 import qcore  # noqa: E402
 from qcore.integrations import torch as qtorch  # noqa: E402
-
-
-class CNN(nn.Module):
-    """The benchmark's CIFAR-size network (smaller batches in the tests)."""
-
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.ReLU())
-        self.fc = nn.Linear(64 * 8 * 8, 10)
-
-    def forward(self, x):
-        return self.fc(torch.flatten(self.features(x), 1))
+from qcore.testing.models import CifarCNN as CNN, torch_ao_static  # noqa: E402
 
 
 def _rel(a, b):
@@ -74,23 +60,13 @@ def test_static_model_close_to_float_and_to_torch_ao(cnn):
     err = _rel(y, ref)
     assert err < 0.05
     # torch.ao eager static quantization of the same model (fbgemm, conv+relu fused, same calibration data)
-    ao = copy.deepcopy(model)
-    ao_q = nn.Sequential(torch.ao.quantization.QuantStub(), ao, torch.ao.quantization.DeQuantStub()).eval()
-    ao.fc = nn.Sequential(torch.ao.quantization.DeQuantStub(), torch.ao.quantization.QuantStub(), ao.fc)
     engine = torch.backends.quantized.engine
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.backends.quantized.engine = "fbgemm"
-        ao_q.qconfig = torch.ao.quantization.get_default_qconfig("fbgemm")
-        torch.ao.quantization.fuse_modules(ao.features, [["0", "1"], ["2", "3"], ["4", "5"]], inplace=True)
-        torch.ao.quantization.prepare(ao_q, inplace=True)
-        with torch.no_grad():
-            for c in calib:
-                ao_q(c)
-        torch.ao.quantization.convert(ao_q, inplace=True)
+    try:
+        ao_q = torch_ao_static(model, calib, "fbgemm")
         with torch.no_grad():
             ya = ao_q(x)
-    torch.backends.quantized.engine = engine
+    finally:
+        torch.backends.quantized.engine = engine
     err_ao = _rel(ya, ref)
     assert err <= 1.5 * err_ao + 1e-3, (err, err_ao)
     assert _rel(y, ya) < 0.05
@@ -249,3 +225,226 @@ def test_threads_share_a_static_model(cnn):
     for t in threads:
         t.join()
     assert not errors
+
+
+# ------------------------------------------------------------------------------------------------ fusion
+
+
+class FunctionalCNN(nn.Module):
+    """CifarCNN's layers written as a user writes them: attributes, BatchNorm2d after each convolution, and the
+    three ReLU spellings (F.relu, torch.relu, an nn.ReLU(inplace=True) module) called in forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32)
+        self.c2, self.b2 = nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.BatchNorm2d(64)
+        self.c3, self.b3 = nn.Conv2d(64, 64, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(64)
+        self.act = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(64 * 8 * 8, 10)
+
+    def forward(self, x):
+        x = nn.functional.relu(self.b1(self.c1(x)))
+        x = torch.relu(self.b2(self.c2(x)))
+        x = self.act(self.b3(self.c3(x)))
+        return self.fc(torch.flatten(x, 1))
+
+
+def _random_bn(model):
+    g = torch.Generator().manual_seed(7)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.3)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data[::7] *= -1  # negative BN scales flip the folded channel
+            m.bias.data.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
+    return model
+
+
+def _sequential_twin(f):
+    """The same layers (shared weights) as nn.Sequential children: what module-order fusion sees."""
+    class Seq(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(f.c1, f.b1, nn.ReLU(), f.c2, f.b2, nn.ReLU(), f.c3, f.b3, nn.ReLU())
+            self.fc = f.fc
+
+        def forward(self, x):
+            return self.fc(torch.flatten(self.features(x), 1))
+    return copy.deepcopy(Seq()).eval()
+
+
+def _static(model, calib, **kw):
+    prepared = qtorch.prepare(model, **kw)
+    with torch.no_grad():
+        for c in calib:
+            prepared(c)
+    return qtorch.convert(prepared)
+
+
+@pytest.fixture(scope="module")
+def functional():
+    torch.manual_seed(10)
+    model = _random_bn(FunctionalCNN()).eval()
+    calib = [torch.randn(16, 3, 32, 32) for _ in range(3)]
+    return model, calib, _static(model, calib)
+
+
+def test_functional_relu_and_batch_norm_are_fused(functional):
+    model, calib, q = functional
+    assert isinstance(q, FunctionalCNN)  # the user's class and forward are kept
+    assert all(isinstance(getattr(q, n), nn.Identity) for n in ("b1", "b2", "b3", "act"))
+    assert q.c1.relu and q.c2.relu and q.c3.relu and not q.fc.relu
+    # conv -> BN -> F.relu -> conv hands uint8 codes; c3's output goes through flatten: float
+    assert q.c1.output_scale == q.c2.input_scale and q.c2.output_scale == q.c3.input_scale
+    assert q.c3.output_scale is None
+    torch.manual_seed(11)
+    x = torch.randn(16, 3, 32, 32)
+    with torch.no_grad():
+        ref, y = model(x), q(x)
+    err = _rel(y, ref)
+    # torch.ao eager static quantization of the same model: conv+BN(+ReLU module) fused by fuse_modules, the
+    # functional ReLUs run on its quantized tensors
+    import torch.ao.quantization as tq
+    ao = nn.Sequential(tq.QuantStub(), copy.deepcopy(model), tq.DeQuantStub()).eval()
+    engine = torch.backends.quantized.engine
+    try:
+        torch.backends.quantized.engine = "fbgemm"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ao.qconfig = tq.get_default_qconfig("fbgemm")
+            tq.fuse_modules(ao[1], [["c1", "b1"], ["c2", "b2"], ["c3", "b3", "act"]], inplace=True)
+            ao[1].fc = nn.Sequential(tq.DeQuantStub(), tq.QuantStub(), ao[1].fc)  # flatten of a quantized tensor
+            tq.prepare(ao, inplace=True)
+            with torch.no_grad():
+                for c in calib:
+                    ao(c)
+            tq.convert(ao, inplace=True)
+            with torch.no_grad():
+                ya = ao(x)
+    finally:
+        torch.backends.quantized.engine = engine
+    err_ao = _rel(ya, ref)
+    assert err < 0.05 and err <= 1.5 * err_ao + 1e-3, (err, err_ao)
+
+
+def test_fused_and_module_order_fusion_compute_the_same(functional, monkeypatch):
+    """F.relu in forward (fx) and nn.ReLU children of an nn.Sequential (fx, and module order when fx is off)
+    give bit-identical models; BN folded at convert equals BN folded by torch before prepare up to rounding."""
+    model, calib, q = functional
+    x = calib[0]
+    seq = _sequential_twin(model)
+    with torch.no_grad():
+        torch.testing.assert_close(seq(x), model(x), rtol=0, atol=0)
+        q_seq = _static(seq, calib)
+        torch.testing.assert_close(q_seq(x), q(x), rtol=0, atol=0)
+        from qcore.integrations.torch import _fusion
+        monkeypatch.setattr(_fusion, "_trace", lambda model: None)  # as if fx could not trace
+        q_order = _static(seq, calib)
+        assert all(type(q_order.features[i]) is nn.Identity for i in (1, 2, 4, 5, 7, 8))
+        torch.testing.assert_close(q_order(x), q(x), rtol=0, atol=0)
+        # BN folded by torch's own fusion before prepare: the same static model up to float rounding
+        pre = copy.deepcopy(seq)
+        for i in (0, 3, 6):
+            pre.features[i] = torch.nn.utils.fusion.fuse_conv_bn_eval(pre.features[i], pre.features[i + 1])
+            pre.features[i + 1] = nn.Identity()
+        q_pre = _static(pre, calib)
+        for a, b in ((q_pre.features[0], q.c1), (q_pre.features[3], q.c2), (q_pre.features[6], q.c3)):
+            assert (a.weight_codes != b.weight_codes).float().mean() < 1e-3
+            torch.testing.assert_close(a.bias, b.bias)
+        assert _rel(q_pre(x), q(x)) < 2e-3
+
+
+class Untraceable(nn.Module):
+    """Data-dependent control flow: torch.fx cannot trace it; module-order fusion still applies."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.Conv2d(8, 8, 3, padding=1))
+        self.fc = nn.Linear(8 * 8 * 8, 4)
+
+    def forward(self, x):
+        x = self.features(x)
+        if x.mean() > 100:  # a branch on a value
+            x = x * 2
+        return self.fc(nn.functional.relu(torch.flatten(x, 1)))
+
+
+def test_untraceable_model_converts_with_module_order_fusion():
+    torch.manual_seed(12)
+    model = _random_bn(Untraceable()).eval()
+    with pytest.raises(Exception):
+        torch.fx.symbolic_trace(model)
+    calib = [torch.randn(8, 3, 8, 8) for _ in range(2)]
+    q = _static(model, calib)
+    assert type(q.features[1]) is nn.Identity and type(q.features[2]) is nn.Identity and q.features[0].relu
+    assert q.features[0].output_scale is not None  # conv -> conv inside the Sequential: uint8 codes
+    assert not q.features[3].relu  # the functional relu after flatten is not a layer's
+    x = torch.randn(8, 3, 8, 8)
+    with torch.no_grad():
+        assert _rel(q(x), model(x)) < 0.05
+
+
+def test_fusion_only_where_the_layer_output_has_one_reader():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+            self.act = nn.ReLU()
+
+        def forward(self, x):
+            y = self.a(x)
+            z = self.act(self.b(self.act(y)))  # self.act also after b
+            return z + y  # y has a second reader: a's ReLU is not fused, the shared act stays
+
+    torch.manual_seed(13)
+    model = Branchy().eval()
+    calib = [torch.randn(4, 3, 8, 8)]
+    q = _static(model, calib)
+    assert not q.a.relu and q.b.relu and type(q.act) is nn.ReLU and q.a.output_scale is None
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        assert _rel(q(x), model(x)) < 0.05
+
+
+def test_quantized_activation_is_seen_as_its_float_by_torch_functions(cnn):
+    _, calib, _, q = cnn
+    with torch.no_grad():
+        codes = q.features[0](calib[0])
+    assert codes.nonnegative and nn.functional.relu(codes) is codes and torch.relu(codes) is codes
+    f = codes.dequantize()
+    torch.testing.assert_close(torch.flatten(codes, 1), torch.flatten(f, 1), rtol=0, atol=0)
+    torch.testing.assert_close(torch.cat([codes, codes]), torch.cat([f, f]), rtol=0, atol=0)
+    raw = qtorch.QuantizedActivation(codes.codes, codes.scale, 100, codes.channels, pad=codes.pad)  # zp 100
+    torch.testing.assert_close(nn.functional.relu(raw).dequantize(), raw.dequantize().relu(), rtol=0, atol=0)
+
+
+def test_prepare_warns_about_batch_norm_in_training_mode():
+    with pytest.warns(UserWarning, match="eval"):
+        qtorch.prepare(FunctionalCNN())
+
+
+def test_qat_conv_batch_norm_folds_into_the_trained_codes():
+    torch.manual_seed(14)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(16 * 8 * 8, 10))
+    qat = qtorch.prepare_qat(model, bits=8, activations=True)
+    opt = torch.optim.SGD(qat.parameters(), lr=0.01)
+    qat.train()
+    for _ in range(5):
+        opt.zero_grad()
+        nn.functional.cross_entropy(qat(torch.randn(32, 3, 8, 8)), torch.randint(0, 10, (32,))).backward()
+        opt.step()
+    qat.eval()
+    _random_bn(qat)
+    q = qtorch.convert(qat)
+    assert isinstance(q[0], qtorch.StaticConv2d) and type(q[1]) is nn.Identity and q[0].relu
+    neg = (qat[1].weight < 0).numpy()
+    want = qat[0].quantized_weight().codes.astype(np.int16)
+    want[neg] *= -1
+    np.testing.assert_array_equal(q[0].weight_codes.numpy(), want)  # the trained codes (sign folded)
+    x = torch.randn(16, 3, 8, 8)
+    with torch.no_grad():
+        assert _rel(q(x), qat(x)) < 0.02

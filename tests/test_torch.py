@@ -14,6 +14,7 @@ from torch import nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from qcore.integrations import torch as qtorch  # noqa: E402
+from article_digits import ArticleModel, load_digits_split, train  # noqa: E402
 
 
 def _ops():
@@ -243,20 +244,6 @@ def test_quantized_model_deepcopies_and_pickles():
 
 # ---------------------------------------------------------------------------------------- QAT
 
-class ArticleModel(nn.Module):
-    """A small CNN on digits: 1 input channel, 8x8 -> conv 3x3 -> 6x6."""
-
-    def __init__(self, in_ch=1):
-        super().__init__()
-        self.conv = nn.Conv2d(in_ch, 16, 3)
-        self.relu = nn.ReLU()
-        self.fc = nn.Linear(16 * 6 * 6, 10)
-
-    def forward(self, x):
-        x = self.relu(self.conv(x))
-        return self.fc(x.reshape(-1, 16 * 6 * 6))
-
-
 def _fake(w: torch.Tensor, scheme: str, **options) -> torch.Tensor:
     """decode(encode(w)) by the scheme itself."""
     q = qcore.get_quantizer(scheme, **options)
@@ -396,28 +383,7 @@ def test_qat_activation_fake_quant_through_qcore_observers():
 
 @pytest.fixture(scope="module")
 def digits():
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    X, y = load_digits(return_X_y=True)
-    X = (X / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
-    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
-    return torch.from_numpy(Xtr), torch.from_numpy(ytr), torch.from_numpy(Xte), torch.from_numpy(yte)
-
-
-def _train(model, data, epochs, lr, seed):
-    Xtr, ytr = data[0], data[1]
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    for _ in range(epochs):
-        model.train()
-        perm = torch.randperm(len(Xtr), generator=g)
-        for i in range(0, len(Xtr), 64):
-            idx = perm[i:i + 64]
-            opt.zero_grad()
-            F.cross_entropy(model(Xtr[idx]), ytr[idx]).backward()
-            opt.step()
-    return model
+    return load_digits_split(channels=1)
 
 
 def _accuracy(model, data):
@@ -428,13 +394,13 @@ def _accuracy(model, data):
 
 def test_digits_2bit_qat_recovers_and_beats_ptq(digits):
     torch.manual_seed(0)
-    fp32 = _train(ArticleModel(), digits, epochs=20, lr=1e-2, seed=0)
+    fp32 = train(ArticleModel(), digits, epochs=20, lr=1e-2, seed=0)
     acc_fp32 = _accuracy(fp32, digits)
     assert acc_fp32 > 0.95
     ptq = qtorch.convert(qtorch.prepare_qat(fp32, bits=2))  # post-training: quantize the fp32 weights
     acc_ptq = _accuracy(ptq, digits)
     torch.manual_seed(1)
-    qat = _train(qtorch.prepare_qat(fp32, bits=2), digits, epochs=10, lr=1e-3, seed=1)
+    qat = train(qtorch.prepare_qat(fp32, bits=2), digits, epochs=10, lr=1e-3, seed=1)
     acc_qat = _accuracy(qat, digits)
     acc_conv = _accuracy(qtorch.convert(qat), digits)
     assert acc_conv == acc_qat  # the converted model computes with the weights QAT saw

@@ -220,6 +220,23 @@ class CythonKernel(Kernel):
             tables = np.ascontiguousarray(table_bytes.reshape(-1, 16))
         return _lowbit.pack(values, int(bits), scale, zero, gblk, tables, gblk)
 
+    def _pack_lowbit_packed(self, packed, n, k, bits, flip, scale, zero, group_size, table_bytes):
+        if _lowbit is None:  # pragma: no cover
+            raise NotImplementedError("the cython kernel was built without qcore_plugins._lowbit")
+        nb = -(-k // 32)
+        gblk = nb if group_size == k else group_size // 32
+        tables = None
+        if table_bytes is not None:
+            tables = np.ascontiguousarray(table_bytes.reshape(-1, 16))
+        # straight from the packed stream, one panel of 16 rows at a time (pyx/lowbit_pack.h)
+        return _lowbit.pack_stream(packed, n, k, int(bits), int(flip), scale, zero, gblk, tables, gblk)
+
+    def _lowbit_scales(self, packed):
+        return _lowbit.scales(packed)
+
+    def _unpack_lowbit(self, packed, flip):
+        return _lowbit.unpack_stream(packed, int(flip))
+
     def _lowbit_shape(self, packed):
         if _lowbit is None or not isinstance(packed, _lowbit.LowbitWeight):
             raise TypeError(f"packed must come from the cython kernel's pack_lowbit, got {type(packed).__name__}")

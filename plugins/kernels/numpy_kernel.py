@@ -53,6 +53,12 @@ class NumpyKernel(Kernel):
     def _pack_lowbit(self, values, bits, scale, zero, group_size, table_bytes):
         return _NumpyLowbit(values, bits, scale, zero, group_size, table_bytes)
 
+    def _lowbit_scales(self, p):
+        return np.array(p.scale, np.float32)
+
+    def _unpack_lowbit(self, p, flip):
+        return self.pack(p.values ^ np.uint8(flip), p.bits)
+
     def _lowbit_shape(self, packed):
         if not isinstance(packed, _NumpyLowbit):
             raise TypeError(f"packed must come from the numpy kernel's pack_lowbit, got {type(packed).__name__}")

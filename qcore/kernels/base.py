@@ -532,6 +532,58 @@ class Kernel:
         values = np.ascontiguousarray(values)
         if values.size and int(values.max()) >= (1 << bits):
             raise ValueError(f"values must be < 2**bits = {1 << bits}")
+        scale, zero, gs, tbytes = self._lowbit_params(n, k, bits, scale, zero, group_size, table, table_group_size)
+        return self._pack_lowbit(values, bits, scale, zero, gs, tbytes)
+
+    def pack_lowbit_packed(self, packed, shape, bits: int, scale, zero, group_size: int, table=None,
+                           table_group_size=None, *, flip: int = 0):
+        """:meth:`pack_lowbit` from codes packed at ``bits`` bits each (a QTensor's ``packed`` stream,
+        docs/format.md §3) instead of unpacked values: ``values = code_bits ^ flip`` (``flip`` ``2**(bits-1)``
+        turns two's-complement codes into the offset-binary values the kernel takes; 0 keeps them).
+
+        Same result as ``pack_lowbit(unpack(packed) ^ flip, ...)``; kernels that override
+        :meth:`_pack_lowbit_packed` (the cython kernel) never unpack the whole weight (a panel of rows at a time).
+
+        :param packed: 1-d ``uint8`` of exactly ``ceil(N*K*bits/8)`` bytes
+        :param shape: ``(N, K)``
+        """
+        packed = np.asarray(packed)
+        if packed.dtype != np.uint8 or packed.ndim != 1:
+            raise TypeError(f"packed must be a 1-d uint8 array, got {packed.dtype} with shape {packed.shape}")
+        try:
+            n, k = (check_int(s, "shape", 0, 2**62) for s in shape)
+        except (TypeError, ValueError):
+            raise ValueError(f"shape must be (N, K) of two non-negative integers, got {shape!r}") from None
+        if n == 0 or k == 0:
+            raise ValueError(f"pack_lowbit_packed needs a non-empty weight, got shape {(n, k)}")
+        bits = check_int(bits, "bits", 1, 4 if table is not None else 8)
+        flip = check_int(flip, "flip", 0, (1 << bits) - 1)
+        need = packed_size(n * k, bits)
+        if packed.size != need:
+            raise ValueError(f"{n}x{k} codes of {bits} bits need {need} packed bytes, got {packed.size}")
+        scale, zero, gs, tbytes = self._lowbit_params(n, k, bits, scale, zero, group_size, table, table_group_size)
+        return self._pack_lowbit_packed(np.ascontiguousarray(packed), n, k, bits, flip, scale, zero, gs, tbytes)
+
+    def unpack_lowbit(self, packed_weight, flip: int = 0) -> np.ndarray:
+        """The inverse of :meth:`pack_lowbit_packed` with the same ``flip``: the codes of a weight packed by this
+        kernel as the packed stream (1-d ``uint8``, ``ceil(N*K*bits/8)`` bytes, unused high bits of the last byte
+        0).  Lets a holder keep only the kernel's layout and regenerate the stream on demand."""
+        n, k = self._lowbit_shape(packed_weight)
+        bits = int(packed_weight.bits)
+        flip = check_int(flip, "flip", 0, (1 << bits) - 1)
+        return self._unpack_lowbit(packed_weight, flip)
+
+    def lowbit_scales(self, packed_weight):
+        """The float32 ``scale`` (N, K // group_size) a weight was packed with (tables: the table scales), or None
+        if this kernel cannot give it back; lets a holder drop its own copy of the scales."""
+        self._lowbit_shape(packed_weight)
+        return self._lowbit_scales(packed_weight)
+
+    def _lowbit_scales(self, packed_weight):
+        return None
+
+    def _lowbit_params(self, n, k, bits, scale, zero, group_size, table, table_group_size):
+        """Validated (scale, zero, group_size, table_bytes) for :meth:`_pack_lowbit`."""
         tbytes = None
         if table is not None:
             group_size = table_group_size if table_group_size is not None else group_size
@@ -560,7 +612,7 @@ class Kernel:
             if not (np.isfinite(scale).all() and np.isfinite(zero).all()):
                 raise ValueError("scale and zero must be finite")
             scale, zero = np.ascontiguousarray(scale), np.ascontiguousarray(zero)
-        return self._pack_lowbit(values, bits, scale, zero, gs, tbytes)
+        return scale, zero, gs, tbytes
 
     @staticmethod
     def _lowbit_group(gs, k: int, name: str) -> int:
@@ -598,6 +650,16 @@ class Kernel:
 
     def _lowbit_linear(self, x2, packed, bias):
         raise NotImplementedError(f"kernel {self.name!r} has no low-bit GEMM")
+
+    def _pack_lowbit_packed(self, packed, n, k, bits, flip, scale, zero, group_size, table_bytes):
+        """Default: unpack the whole stream (the reference kernel keeps unpacked values anyway)."""
+        values = self.unpack(packed, bits, n * k, False).reshape(n, k)
+        if flip:
+            values ^= np.uint8(flip)
+        return self._pack_lowbit(values, bits, scale, zero, group_size, table_bytes)
+
+    def _unpack_lowbit(self, packed_weight, flip):
+        raise NotImplementedError(f"kernel {self.name!r} cannot unpack its low-bit layout")
 
 
 def lowbit_table_bytes(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

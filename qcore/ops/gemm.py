@@ -204,8 +204,11 @@ def _build_plan(w, isa: str) -> _Plan:
     aff = (codes[:r].astype(np.float32) - zp[:r, None].astype(np.float32)) * scale[:r, None]
     if not np.allclose(aff, _decode_rows(w, 0, r), rtol=1e-6, atol=0.0):
         return _lowbit_plan(w, "codes do not decode affinely")
-    # exactness of the int32 accumulator: |a - za| <= 255, |b - zb| <= bmax
-    bmax = int(np.abs(codes.astype(np.int64) - zp[:, None]).max())
+    # exactness of the int32 accumulator: |a - za| <= 255, |b - zb| <= bmax (from per-row extremes: no
+    # full-size temporary of the codes)
+    lo = codes.min(axis=1).astype(np.int64)
+    hi = codes.max(axis=1).astype(np.int64)
+    bmax = int(np.maximum(np.abs(lo - zp), np.abs(hi - zp)).max())
     if k * 255 * bmax > _INT32_MAX:
         return _lowbit_plan(w, "K too large for an exact int32 accumulator")
     g = _ext()
@@ -227,6 +230,47 @@ def _plan_for(w) -> _Plan:
     if plan is None:
         plan = w.cache.setdefault(key, _build_plan(w, isa))
     return plan
+
+
+def hold_packed_once(w) -> bool:
+    """Build ``w``'s ``qlinear`` weight now and make it the only copy of the codes.
+
+    The packed GEMM weight (int8 panels, or the low-bit bit planes) already holds every code, so the QTensor's
+    own stored codes are dropped (:meth:`qcore.QTensor.hold_codes_in`) and rebuilt from that layout when read
+    (``w.packed``, ``w.codes``, state dicts, saving; the same bytes); so is the ``scale`` parameter of a
+    low-bit linear weight when the layout gives it back exactly (it keeps the scales in its panel order).  The adapters call it (torch ``QLinear``):
+    a module then holds one packed copy of its weight.  Returns True when the codes are held by the kernel
+    layout (already, or now), False for weights computed by the rows path (they keep their own codes).
+    Idempotent; errors building the plan propagate (the same ones the first ``qlinear`` would raise).
+    """
+    from ..tensor import QTensor
+
+    if not isinstance(w, QTensor):
+        raise TypeError(f"w must be a qcore.QTensor, got {type(w).__name__}")
+    if not w.holds_codes:
+        return True
+    if len(w.shape) != 2 or 0 in w.shape:
+        return False
+    plan = _plan_for(w)
+    # the closures hold the layout, never ``w`` (no reference cycle: a dropped module frees its weight at once)
+    if plan.mode == "int":
+        packed = plan.packed
+        if packed.flipped == w.signed:  # pragma: no cover - pack_b keeps the input's dtype (uint8: flipped)
+            return False
+        w.hold_codes_in(lambda: _ext().unpack_b(packed))
+        return True
+    if plan.mode == "lowbit" and plan.lowbit.mode == "kernel":
+        lp, signed = plan.lowbit, bool(w.signed)
+        params = {}
+        scale = w.params.get("scale")
+        if scale is not None and scale.size > 1:  # the layout keeps the scales too (in panel order)
+            shape, dtype = scale.shape, scale.dtype
+            again = lp.stored_scale(shape, dtype)
+            if again is not None and again.dtype == dtype and np.array_equal(again, scale):  # exactly: else keep it
+                params["scale"] = lambda: lp.stored_scale(shape, dtype)
+        w.hold_codes_in(lambda: lp.stored_codes(signed), params)
+        return True
+    return False
 
 
 def qlinear(x, w, bias=None) -> np.ndarray:

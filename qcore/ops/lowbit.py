@@ -28,10 +28,31 @@ _CHECK_ROWS = 4
 class LowbitPlan:
     """How one weight runs: ``mode`` "kernel" (``packed`` from ``kernel.pack_lowbit``) or "rows"."""
 
-    __slots__ = ("mode", "kernel", "packed", "n", "k", "reason", "table")
+    __slots__ = ("mode", "kernel", "packed", "n", "k", "reason", "table", "flip", "scale_mul")
 
-    def __init__(self, mode, n, k, kernel=None, packed=None, reason="", table=None):
+    def __init__(self, mode, n, k, kernel=None, packed=None, reason="", table=None, flip=0, scale_mul=None):
         self.mode, self.n, self.k, self.kernel, self.packed, self.reason, self.table = mode, n, k, kernel, packed, reason, table
+        self.flip = flip  # packed values = code bits ^ flip (so the codes come back with unpack_lowbit(packed, flip))
+        self.scale_mul = scale_mul  # linear weights: the layout's scales are the QTensor's times this (None: tables)
+
+    def stored_scale(self, shape, dtype):
+        """The QTensor's ``scale`` parameter rebuilt from the layout's scales (linear weights), or None."""
+        if self.scale_mul is None:
+            return None
+        sw = self.kernel.lowbit_scales(self.packed)
+        if sw is None:
+            return None
+        if self.scale_mul != 1:
+            sw = sw / np.float32(self.scale_mul)
+        return np.ascontiguousarray(sw.astype(dtype, copy=False).reshape(shape))
+
+    def stored_codes(self, signed: bool):
+        """The weight's stored codes rebuilt from the kernel layout (``mode`` "kernel"): the packed stream below
+        8 bits, the int8/uint8 (N, K) code array at 8 bits — what :meth:`qcore.QTensor.hold_codes_in` needs."""
+        stream = self.kernel.unpack_lowbit(self.packed, self.flip)
+        if self.packed.bits == 8:
+            return stream.view(np.int8 if signed else np.uint8).reshape(self.n, self.k)
+        return stream
 
     def __repr__(self):
         return f"<LowbitPlan {self.mode} {self.n}x{self.k}{' (' + self.reason + ')' if self.reason else ''}>"
@@ -184,26 +205,26 @@ def _linear_spec(w):
         gsz = gs
     else:
         return f"unknown granularity {gran!r}"
-    codes = np.asarray(w.codes)  # read once, at plan-build time
-    u = codes.view(np.uint8) & np.uint8((1 << bits) - 1)
+    # the kernel's values are the code bits ^ flip (made from the packed stream by the kernel, see build_plan)
     if w.signed and bits == 1:  # binary: code -1 -> -alpha, 0 -> +alpha: 2*alpha*(v - 1/2) with v = code + 1
-        values = u ^ np.uint8(1)
+        flip = 1
         scale = (2 * scale).astype(np.float32)
         zero = np.full(scale.shape, 0.5, np.float32)
     elif w.signed:
-        values = u ^ np.uint8(1 << (bits - 1))
+        flip = 1 << (bits - 1)
         zero = (zp + (1 << (bits - 1))).astype(np.float32)
     else:
-        values = u
+        flip = 0
         zero = zp.astype(np.float32)
     # the formula must be how this tensor decodes: compare a few rows with the scheme's own decode
     r = min(n, _CHECK_ROWS)
+    values = (_codes_rows(w, 0, r).view(np.uint8) & np.uint8((1 << bits) - 1)) ^ np.uint8(flip)
     mine = np.repeat(scale[:r], gsz, axis=1) if gsz != k else np.broadcast_to(scale[:r], (r, k))
     zr = np.repeat(zero[:r], gsz, axis=1) if gsz != k else np.broadcast_to(zero[:r], (r, k))
-    approx = mine * (values[:r].astype(np.float32) - zr)
+    approx = mine * (values.astype(np.float32) - zr)
     if not np.allclose(approx, _decode_rows(w, 0, r), rtol=1e-5, atol=1e-30):
         return "codes do not decode as scale * (code - zero_point)"
-    return np.ascontiguousarray(values), scale, zero, gsz
+    return flip, scale, zero, gsz
 
 
 def _table_spec(w, table):
@@ -222,8 +243,7 @@ def _table_spec(w, table):
         t3, tg = table, gs
     else:
         return "tables along the input axis"
-    values = np.ascontiguousarray(np.asarray(w.codes).view(np.uint8) & np.uint8((1 << w.bits) - 1))
-    return values, t3, tg
+    return t3, tg
 
 
 def build_plan(w, kernel) -> LowbitPlan:
@@ -236,15 +256,17 @@ def build_plan(w, kernel) -> LowbitPlan:
         spec = _table_spec(w, table)
         if isinstance(spec, str):
             return LowbitPlan("rows", n, k, reason=spec, table=table)
-        values, t3, tg = spec
-        packed = kernel.pack_lowbit(values, w.bits, None, None, tg, table=t3, table_group_size=tg)
+        t3, tg = spec
+        # built from the packed stream: no unpacked (N, K) copy of the codes (pyx/lowbit_pack.h)
+        packed = kernel.pack_lowbit_packed(w.packed, (n, k), w.bits, None, None, tg, table=t3, table_group_size=tg)
         return LowbitPlan("kernel", n, k, kernel=kernel, packed=packed)
     spec = _linear_spec(w)
     if isinstance(spec, str):
         return LowbitPlan("rows", n, k, reason=spec)
-    values, scale, zero, gsz = spec
-    packed = kernel.pack_lowbit(values, w.bits, scale, zero, gsz)
-    return LowbitPlan("kernel", n, k, kernel=kernel, packed=packed)
+    flip, scale, zero, gsz = spec
+    packed = kernel.pack_lowbit_packed(w.packed, (n, k), w.bits, scale, zero, gsz, flip=flip)
+    return LowbitPlan("kernel", n, k, kernel=kernel, packed=packed, flip=flip,
+                      scale_mul=2 if (w.signed and w.bits == 1) else 1)
 
 
 def plan_for(w, kernel=None) -> LowbitPlan:

@@ -12,7 +12,8 @@ import qcore
 from .._common import name_selected, scheme_class, weight_options
 from ._modules import QConv2d, QLinear
 from ._qat import ActivationFakeQuant, QATConv2d, QATLinear, _activation_spec
-from ._static import ObservedConv2d, ObservedLinear, _StaticBase, fuse_static, static_from_observed, static_from_qat
+from ._fusion import apply_fusion, plan_fusion
+from ._static import ObservedConv2d, ObservedLinear, static_from_observed, static_from_qat
 from ._tensors import _qtensor_of
 from ._walk import _check_module, _swap  # noqa: F401 - _swap: also imported from here by _apply
 
@@ -156,17 +157,31 @@ def convert(module: nn.Module, *, inplace: bool = False) -> nn.Module:
     * Other QAT layers: :class:`QATLinear` → :class:`QLinear`, :class:`QATConv2d` → :class:`QConv2d`, weights
       quantized by the same scheme and options as during training.  Activation fake-quantizers are kept, frozen.
 
-    Afterwards, inside every ``nn.Sequential``, an ``nn.ReLU`` right after a static layer is fused into it, and
-    consecutive static layers of one kind pass uint8 codes instead of float (see ``docs/integrations.md``).
+    Static layers are fused with what follows them in ``forward`` (read by ``torch.fx`` when the model traces,
+    else from the order of ``nn.Sequential`` children): a ``BatchNorm2d`` after a convolution is folded into
+    its weights, a ReLU (``nn.ReLU``, ``F.relu``, ``torch.relu``) into its epilogue, and a static layer feeding
+    one of the same kind passes uint8 codes instead of float (see ``docs/integrations.md``).
     """
     _check_module(module)
     model = module if inplace else copy.deepcopy(module)
+    plan = plan_fusion(model)
+    made = {}
+
+    def bn_of(child):
+        site = plan.site(child)
+        return None if site is None else site.bn
 
     def make(name, child):
+        new = _make(child)
+        if new is not None:
+            made[id(child)] = new
+        return new
+
+    def _make(child):
         if isinstance(child, (ObservedLinear, ObservedConv2d)):
-            return static_from_observed(child)
+            return static_from_observed(child, bn=bn_of(child))
         if isinstance(child, (QATLinear, QATConv2d)):
-            static = static_from_qat(child)
+            static = static_from_qat(child, bn=bn_of(child))
             if static is not None:
                 return static
         if isinstance(child, QATLinear):
@@ -181,6 +196,5 @@ def convert(module: nn.Module, *, inplace: bool = False) -> nn.Module:
     if _swap(model, make) == 0:
         warnings.warn("convert: the model has no prepared or QAT layers (use prepare or prepare_qat first, or "
                       "quantize_dynamic)", stacklevel=2)
-    if any(isinstance(m, _StaticBase) for m in model.modules()):
-        fuse_static(model)
+    apply_fusion(model, plan, made)
     return model

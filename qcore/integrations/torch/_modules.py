@@ -252,6 +252,24 @@ class QLinear(_QWeightModule):
     def _set_weight(self, qt: QTensor) -> None:
         super()._set_weight(qt)
         self.__dict__["_use_kernel"] = _kernel_supported(qt)
+        self._hold_once()
+
+    def _hold_once(self) -> None:
+        """One copy of the weight: build the ``qlinear`` kernel layout now and let it hold the codes (the
+        QTensor's own packed codes are dropped and regenerated from the layout for ``weight.packed``/``codes``,
+        ``state_dict`` and saving — the same bytes; ``qcore.ops.hold_packed_once``).  A weight the layout cannot
+        take keeps its codes; an error building it is left to the forward, which reports it."""
+        qt = self._qweight
+        if not self.__dict__.get("_use_kernel") or not qt.holds_codes:
+            return
+        ops = _OPS[0] if _OPS else _ops()
+        hold = getattr(ops, "hold_packed_once", None)
+        if hold is None:
+            return
+        try:
+            hold(qt)
+        except (ValueError, TypeError, NotImplementedError):
+            pass  # the same error comes from the first forward's qlinear, where the caller expects it
 
     def _bias_numpy(self):
         """The bias as float32 numpy (a view of the buffer when it is CPU float32), refreshed when it changes."""
@@ -271,6 +289,8 @@ class QLinear(_QWeightModule):
         if self._use_kernel:
             ops = _OPS[0] if _OPS else _ops()
             out = ops.qlinear(a.reshape(-1, self.in_features), self.weight, self._bias_numpy())
+            if self._qweight.holds_codes:  # e.g. after copy.deepcopy / unpickling: one copy again
+                self._hold_once()
         else:  # blocks of decoded rows, one at a time
             out = linear_rows(a.reshape(-1, self.in_features), self.weight, self._bias_numpy())
         y = torch.from_numpy(out.reshape(a.shape[:-1] + (self.out_features,)))

@@ -24,6 +24,8 @@ from .._common import name_selected
 from ._tensors import _numpy_view
 
 _ACT_SCHEME = "linear"
+_RELU_FUNCS = (torch.nn.functional.relu, torch.relu, torch.relu_, torch.nn.functional.relu_, torch.Tensor.relu,
+               torch.Tensor.relu_)
 
 
 def _ops():
@@ -41,14 +43,17 @@ class QuantizedActivation:
     ``codes``: numpy uint8, NHWC ``(B, H + 2*ph, W + 2*pw, Cp)`` for convolutions — already carrying the
     consuming convolution's zero padding ``pad = (ph, pw)`` — or ``(M, Cp)`` rows for Linear (channels padded
     to a multiple of 4); ``scale`` and ``zero_point`` are the consumer's calibrated input parameters.
-    Any other consumer can call :meth:`dequantize` (float32, NCHW / ``(..., N)``, as the float model would see).
+    Any other consumer can call :meth:`dequantize` (float32, NCHW / ``(..., N)``, as the float model would see);
+    torch functions given one (``F.relu(a)``, ``torch.flatten(a, 1)``, ...) see that float tensor, except the ReLU
+    functions, which return the codes themselves when the producer fused a ReLU (``nonnegative``).
     """
 
-    __slots__ = ("codes", "scale", "zero_point", "channels", "lead", "device", "dtype", "pad")
+    __slots__ = ("codes", "scale", "zero_point", "channels", "lead", "device", "dtype", "pad", "nonnegative")
 
     def __init__(self, codes: np.ndarray, scale: float, zero_point: int, channels: int, lead=None,
-                 device=None, dtype=torch.float32, pad=(0, 0)):
+                 device=None, dtype=torch.float32, pad=(0, 0), nonnegative=False):
         self.pad = (int(pad[0]), int(pad[1]))
+        self.nonnegative = bool(nonnegative)  # every code >= zero_point (a fused ReLU)
         self.codes, self.scale, self.zero_point, self.channels = codes, float(scale), int(zero_point), int(channels)
         self.lead = tuple(lead) if lead is not None else None  # Linear: the leading shape of the float input
         # of the float tensor that entered the chain: float outputs further on are given back on it
@@ -69,6 +74,27 @@ class QuantizedActivation:
         t = torch.from_numpy(v)
         t = t.reshape(self.shape) if self.lead is not None else t.permute(0, 3, 1, 2)
         return t if (self.device.type == "cpu" and self.dtype == torch.float32) else t.to(self.device, self.dtype)
+
+    def relu(self) -> "QuantizedActivation":
+        """ReLU on the codes: ``max(q, zero_point)`` (itself when the producer fused a ReLU)."""
+        if self.nonnegative:
+            return self
+        return QuantizedActivation(np.maximum(self.codes, np.uint8(self.zero_point)), self.scale, self.zero_point,
+                                   self.channels, self.lead, self.device, self.dtype, self.pad, True)
+
+    relu_ = relu
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _RELU_FUNCS and args and isinstance(args[0], QuantizedActivation):
+            return args[0].relu()
+        from torch.utils._pytree import tree_map
+
+        def real(v):
+            return v.dequantize() if isinstance(v, QuantizedActivation) else v
+
+        return func(*tree_map(real, tuple(args)), **tree_map(real, kwargs))
 
     def __repr__(self) -> str:
         return f"QuantizedActivation(shape={self.shape}, scale={self.scale:.6g}, zero_point={self.zero_point})"
@@ -164,6 +190,10 @@ def prepare(model: nn.Module, bits: int = 8, observer: str = "histogram", symmet
     per tensor; affine uint8 by default).  ``weight_bits``: 2..8, symmetric per output channel.
     ``include``/``exclude``: glob patterns on qualified module names.  Layers with ``padding_mode`` other
     than ``"zeros"`` are left in float.
+
+    Batch norm is not folded here: folding changes a convolution's weights, not its input, so the observers
+    see the same activations either way; :func:`convert` folds a ``BatchNorm2d`` that follows a convolution
+    into it before quantizing the weights.  Calibrate in ``eval()`` mode (a warning says so otherwise).
     """
     from ._walk import _check_module, _swap
 
@@ -178,6 +208,10 @@ def prepare(model: nn.Module, bits: int = 8, observer: str = "histogram", symmet
         raise ValueError(f"weight_bits must be in 2..8, got {weight_bits}")
     qcore.get_quantizer(_ACT_SCHEME, bits=bits, observer=observer, symmetric=bool(symmetric))  # unknown observer
     model = model if inplace else copy.deepcopy(model)
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules()):
+        warnings.warn("prepare: the model has batch-norm layers in training mode; calibration batches would "
+                      "normalise with batch statistics and update the running ones, which convert folds into "
+                      "the convolutions: call model.eval() before calibrating", stacklevel=2)
 
     def make(name, child):
         if not name_selected(name, include, exclude):
@@ -347,7 +381,7 @@ class StaticLinear(_StaticBase):
         if self.output_scale is not None:
             out = p.forward_rows(codes, "uint8", self.output_scale, self.output_zero_point)
             return QuantizedActivation(out, self.output_scale, self.output_zero_point, self.out_features, lead,
-                                       device, dtype)
+                                       device, dtype, nonnegative=self.relu)
         y = torch.from_numpy(p.forward_rows(codes)).reshape(lead + (self.out_features,))
         return y if (device.type == "cpu" and dtype == torch.float32) else y.to(device=device, dtype=dtype)
 
@@ -421,7 +455,7 @@ class StaticConv2d(_StaticBase):
             out = p.run_codes(codes, "uint8", self.output_scale, self.output_zero_point, padded_input=True,
                               out_padding=self.output_padding)
             return QuantizedActivation(out, self.output_scale, self.output_zero_point, self.out_channels,
-                                       device=device, dtype=dtype, pad=self.output_padding)
+                                       device=device, dtype=dtype, pad=self.output_padding, nonnegative=self.relu)
         y = torch.from_numpy(p.run_codes(codes, padded_input=True, nchw=True))  # contiguous NCHW
         return y if (device.type == "cpu" and dtype == torch.float32) else y.to(device=device, dtype=dtype)
 
@@ -462,62 +496,74 @@ def _fake_quant_params(aq):
     return float(scale), int(zp), 8, signed
 
 
-def static_from_observed(child) -> _StaticBase:
+def _bn_affine(bn: nn.BatchNorm2d):
+    """(a, c) of an eval-mode BatchNorm2d as ``y = a * x + c`` per channel, float32 numpy (running statistics)."""
+    with torch.no_grad():
+        inv = torch.rsqrt(bn.running_var.detach().float().cpu() + bn.eps)
+        gamma = bn.weight.detach().float().cpu() if bn.weight is not None else torch.ones_like(inv)
+        beta = bn.bias.detach().float().cpu() if bn.bias is not None else torch.zeros_like(inv)
+        a = gamma * inv
+        c = beta - bn.running_mean.detach().float().cpu() * a
+    return a.numpy(), c.numpy()
+
+
+def static_from_observed(child, bn: nn.BatchNorm2d | None = None) -> _StaticBase:
+    """The static module of a prepared layer; ``bn``: a BatchNorm2d following the convolution, folded into its
+    float weights and bias before they are quantized (``torch.nn.utils.fusion.fuse_conv_bn_weights``, the
+    function torch.ao's fusion uses), so the weight quantization sees the folded weights."""
     scale, zp = child.input_params()
-    qt = _weight_codes(child.weight, child.weight_bits)
+    weight, bias = child.weight, child.bias
+    if bn is not None:
+        from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+        with torch.no_grad():
+            weight, bias = fuse_conv_bn_weights(weight.detach(), None if bias is None else bias.detach(),
+                                                bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
+    qt = _weight_codes(weight.detach(), child.weight_bits)
     codes, wscale = _affine_qtensor_parts(qt)
-    return _static_module(child, codes, wscale, scale, zp, child.activation_bits, child.activation_symmetric,
-                          child.weight_bits)
+    new = _static_module(child, codes, wscale, scale, zp, child.activation_bits, child.activation_symmetric,
+                         child.weight_bits, bias=bias)
+    new.folded_bn = bn is not None
+    return new
 
 
-def static_from_qat(child) -> _StaticBase | None:
+def static_from_qat(child, bn: nn.BatchNorm2d | None = None) -> _StaticBase | None:
     """The static int8 module of a QAT layer with an 8-bit linear per-tensor activation fake quantizer and a
-    symmetric linear weight (per tensor or per output channel); None if it does not qualify."""
+    symmetric linear weight (per tensor or per output channel); None if it does not qualify.
+
+    ``bn``: a BatchNorm2d after the convolution, folded exactly into the trained codes' per-channel scales
+    (``w * a = codes * (scale * a)``; a negative ``a`` negates the channel's codes) and into the bias — the codes
+    stay those the QAT model trained with.  If a channel cannot be negated (a code of -128) it is not folded
+    (``folded_bn`` False: the BN stays a float module after the layer)."""
     act = _fake_quant_params(getattr(child, "input_quantizer", None))
     if act is None:
         return None
     parts = _affine_qtensor_parts(child.quantized_weight())
     if parts is None:
         return None
+    codes, wscale = parts
+    bias, folded = child.bias, False
+    if bn is not None:
+        a, c = _bn_affine(bn)
+        n = codes.shape[0]
+        rows = codes.reshape(n, -1)
+        if not (rows[a < 0] == -128).any():
+            sign = np.where(a < 0, -1, 1).astype(np.int16).reshape((n,) + (1,) * (codes.ndim - 1))
+            codes = (codes.astype(np.int16) * sign).astype(np.int8)
+            wscale = (wscale * np.abs(a)).astype(np.float32)
+            b0 = np.zeros(n, np.float32) if child.bias is None else child.bias.detach().float().cpu().numpy()
+            bias, folded = torch.from_numpy((b0 * a + c).astype(np.float32)), True
     scale, zp, bits, signed = act
-    return _static_module(child, parts[0], parts[1], scale, zp, bits, signed, int(child.weight_options.get("bits", 8)))
+    new = _static_module(child, codes, wscale, scale, zp, bits, signed, int(child.weight_options.get("bits", 8)),
+                         bias=bias)
+    new.folded_bn = folded
+    return new
 
 
-def _static_module(child, codes, wscale, scale, zp, bits, signed, weight_bits):
+def _static_module(child, codes, wscale, scale, zp, bits, signed, weight_bits, bias=None):
     if isinstance(child, nn.Linear):
-        return StaticLinear(child.in_features, child.out_features, codes, wscale, child.bias, scale, zp, bits=bits,
+        return StaticLinear(child.in_features, child.out_features, codes, wscale, bias, scale, zp, bits=bits,
                             signed=signed, weight_bits=weight_bits)
-    return StaticConv2d(child.in_channels, child.out_channels, child.kernel_size, codes, wscale, child.bias, scale,
+    return StaticConv2d(child.in_channels, child.out_channels, child.kernel_size, codes, wscale, bias, scale,
                         zp, stride=child.stride, padding=StaticConv2d._padding_of(child), dilation=child.dilation,
                         groups=child.groups, bits=bits, signed=signed, weight_bits=weight_bits)
-
-
-def fuse_static(model: nn.Module) -> None:
-    """Inside every ``nn.Sequential``: fold an ``nn.ReLU`` that follows a static layer into it (the ReLU becomes
-    ``nn.Identity``), and let a static layer whose next non-identity sibling is a static layer of the same kind
-    (conv -> conv, linear -> linear) with 8-bit unsigned input hand it uint8 codes directly."""
-    for seq in model.modules():
-        if not isinstance(seq, nn.Sequential):
-            continue
-        keys = list(seq._modules.keys())
-        for i, k in enumerate(keys):
-            m = seq._modules[k]
-            if isinstance(m, _StaticBase) and i + 1 < len(keys) and type(seq._modules[keys[i + 1]]) is nn.ReLU:
-                m.relu = True
-                seq._modules[keys[i + 1]] = nn.Identity()
-        for i, k in enumerate(keys):
-            m = seq._modules[k]
-            if not isinstance(m, _StaticBase):
-                continue
-            nxt = None
-            for k2 in keys[i + 1:]:
-                c = seq._modules[k2]
-                if type(c) is nn.Identity:
-                    continue
-                nxt = c
-                break
-            same_kind = isinstance(nxt, _StaticBase) and type(nxt) is type(m)
-            if same_kind and nxt.activation_bits == 8 and not nxt.activation_signed:
-                m._link(nxt)
-            else:
-                m._link(None)
