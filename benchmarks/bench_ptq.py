@@ -143,10 +143,10 @@ def main(argv=None):
             qm = rtn_clip(base, scheme, bits, calibrate, opts)
         else:
             if method.startswith("awq"):
-                opts["awq"] = True
+                opts.update(awq=True, calibrated=True)
                 method = "gptq" if method == "awq-gptq" else "rtn"
-                opts["calibrated"] = True
-            kw = dict(method=method, calibrate=calibrate) if method != "rtn" or opts.pop("calibrated", False) else {}
+            calibrated = opts.pop("calibrated", False)
+            kw = dict(method=method, calibrate=calibrate) if method != "rtn" or calibrated else {}
             qm = qtorch.quantize_dynamic(base, scheme, bits, progress=False, **kw, **opts)
         dt = time.perf_counter() - t
         cos = np.sum(embed(qm, held) * ref, axis=1)
