@@ -12,7 +12,9 @@ its own kernels.)  Every implementation runs on 2 threads (``--threads``) on the
   the script checks that both give the same product within the activation rounding;
 * numpy float32: ``x @ w.T`` (OpenBLAS);
 * qcore int8: ``qcore.quantize(w, "linear", bits=8, symmetric=True, granularity="channel")`` + ``qlinear``;
-* qcore k-means-4 and log-4 (per-tensor tables: one ``vpshufb`` per decoded vector).
+* qcore k-means-4 and log-4 (per-tensor tables: one ``vpshufb`` per decoded vector), and k-means-4 with one
+  codebook per (row, group of 128 input columns) (``kmeans-4 g128``: a table per column and group, four masked
+  ``vpshufb``; its batched fit takes seconds per 4096^2 weight, ``--skip kmeans-group`` leaves it out).
 
 Each contender is timed in a block of its own (a pause, warm-up calls, then ``--samples`` samples of about
 ``--sample-ms`` each; the median per call is reported): onnxruntime's and OpenBLAS's worker threads spin after
@@ -40,7 +42,7 @@ def parse():
     p.add_argument("--sample-ms", type=float, default=150.0)
     p.add_argument("--gap-ms", type=float, default=300.0, help="pause before each contender's block")
     p.add_argument("--shapes", default=None, help="MxKxN list, e.g. 1x4096x4096,128x4096x4096")
-    p.add_argument("--skip", default="", help="comma list of contenders to skip (ort, numpy, int8, kmeans, log)")
+    p.add_argument("--skip", default="", help="comma list of contenders to skip (ort, numpy, int8, kmeans, kmeans-group, log)")
     p.add_argument("--sections", default="gemm", help="comma list: gemm, memory (the resident-memory/encoder part)")
     return p.parse_args()
 
@@ -124,6 +126,8 @@ def gemm_section(args):
                 qts["int8"] = qcore.quantize(wf, "linear", bits=8, symmetric=True, granularity="channel")
             if "kmeans" not in skip:
                 qts["kmeans-4"] = qcore.quantize(wf, "kmeans", bits=4)
+            if "kmeans-group" not in skip:  # one codebook per (row, 128 input columns): per-column-group tables
+                qts["kmeans-4 g128"] = qcore.quantize(wf, "kmeans", bits=4, granularity="group", group_size=128)
             if "log" not in skip:
                 qts["log-4"] = qcore.quantize(wf, "log", bits=4)
             print(f"quantized {n}x{k} weights in {time.perf_counter() - t0:.1f} s")

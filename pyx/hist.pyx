@@ -11,34 +11,37 @@ as C-contiguous ``(outer, C, inner)``, per-channel parameters as float64 ``(C,)`
 import numpy as np
 cimport numpy as cnp
 from cython.parallel cimport prange, parallel, threadid
-from libc.stdint cimport int64_t, uint32_t
+from libc.stdint cimport int32_t, int64_t, uint32_t
 from libc.stdlib cimport calloc, malloc, free
 
 cnp.import_array()
 
+from qcore_isa cimport qc_cpu_level, qcore_isa_index, qcore_isa_names, qcore_isa_requested
 from qcore_omp cimport qcore_omp_max_threads
 
 
 cdef extern from "hist_kernels.h" nogil:
-    int hist_minmax_run(const float *x, int64_t n, float *lo, float *hi)
-    int64_t hist_bin(float v, double lo, double inv_w, int64_t nb)
-    int hist_cpu_level()
+    int HIST_NSUB
+    int32_t hist_bin(float v, double lo, double inv_w, int32_t nb)
     int hist_select_isa(int level)
-    void hist_count_run4(const float *x, int64_t n, double lo, double inv_w, int64_t nb, uint32_t *h)
-    void hist_count_rows4(const float *x, int64_t rows, int64_t len, int64_t stride,
-                          double lo, double inv_w, int64_t nb, uint32_t *h)
-    void hist_flush4(uint32_t *h4, int64_t nb, double *out)
+    void hist_count_rows(const float *x, int64_t rows, int64_t len, int64_t xstride, double lo, double inv_w,
+                         int32_t nb, uint32_t *h, int64_t hstride)
+    int hist_count_checked(const float *x, int64_t n, double lo, double inv_w, int32_t nb, uint32_t *h,
+                           double lo_limit, double hi_limit, float *mn, float *mx, int *stop)
+    void hist_flush(uint32_t *h, int64_t nb, double *out)
     double hist_sq_error(const int64_t *idx, const double *cnt, int64_t m, double lo, double w, double g0, double s, double L)
     double hist_kl(const double *h, int64_t nb, int64_t s, int64_t e, int64_t nq)
-    int hist_count_fused(const float *x, int64_t n, float lo, float inv_w, int64_t nb, uint32_t *h,
-                         float *mn, float *mx)
 
 # below this many elements a call runs on one thread (starting a parallel region costs microseconds)
 cdef int64_t PARALLEL_MIN = 1 << 16
-# uint32 partial counts are flushed to float64 at least this often (per thread, per channel)
-cdef int64_t FLUSH_EVERY = 1 << 30
-# smallest piece of work handed to a thread by the dynamic schedules
-cdef int64_t CHUNK_MIN = 1 << 17
+# values counted per round: no uint32 partial count can overflow within one (per thread, per bin)
+cdef int64_t ROUND = 1 << 31
+# piece of a per-tensor run handed to a thread (dynamic schedule: a descheduled thread holds back little)
+cdef int64_t CHUNK = 1 << 16
+# short-run layout: rows of a tile (about this many values) are counted channel by channel while in cache
+cdef int64_t TILE = 1 << 14
+# the short-run layout keeps (threads, C, bins) uint32 counts: at most this many
+cdef int64_t SHORT_MAX = 1 << 24
 
 
 def max_threads():
@@ -53,83 +56,123 @@ cdef int _threads(int64_t work) noexcept nogil:
     return t if t > 0 else 1
 
 
+cdef int _count_flat(const float *px, int64_t n, double lo, double inv_w, int32_t nb, double *H, bint checked,
+                     double lo_limit, double hi_limit, float *pmn, float *pmx) noexcept nogil:
+    """Per tensor: the counts of ``px[0..n)`` added to ``H`` (``nb`` doubles).  ``checked``: also their min/max
+    into ``pmn``/``pmx``, and the counts added only if all are finite and inside ``[lo_limit, hi_limit]``.
+    Returns the state (0 added, 1 outside the limits, 2 NaN/Inf; always 0 unchecked) or -1 (out of memory)."""
+    cdef int nt = _threads(n)
+    cdef int64_t sub = HIST_NSUB * <int64_t> nb
+    cdef uint32_t *part = <uint32_t *> calloc(nt * sub, sizeof(uint32_t))
+    cdef double *acc = <double *> calloc(nb, sizeof(double))
+    cdef float *tmn = <float *> malloc(nt * sizeof(float))
+    cdef float *tmx = <float *> malloc(nt * sizeof(float))
+    cdef int *tst = <int *> calloc(nt, sizeof(int))
+    cdef int stop = 0, st, state = 0, t
+    cdef int64_t r0 = 0, r1, nch, ch, a, i
+    if part == NULL or acc == NULL or tmn == NULL or tmx == NULL or tst == NULL:
+        free(part); free(acc); free(tmn); free(tmx); free(tst)
+        return -1
+    for t in range(nt):
+        tmn[t] = px[0]
+        tmx[t] = px[0]
+    while r0 < n:
+        r1 = min(n, r0 + ROUND)
+        nch = (r1 - r0 + CHUNK - 1) // CHUNK
+        with parallel(num_threads=nt):
+            t = threadid()
+            for ch in prange(nch, schedule='dynamic'):
+                a = r0 + ch * CHUNK
+                if checked:
+                    st = hist_count_checked(px + a, min(r1, a + CHUNK) - a, lo, inv_w, nb, part + t * sub,
+                                            lo_limit, hi_limit, tmn + t, tmx + t, &stop)
+                    if st > tst[t]:
+                        tst[t] = st
+                else:
+                    hist_count_rows(px + a, 1, min(r1, a + CHUNK) - a, 0, lo, inv_w, nb, part + t * sub, nb)
+        for t in range(nt):
+            hist_flush(part + t * sub, nb, acc)
+        r0 = r1
+    for t in range(nt):
+        state = max(state, tst[t])
+        pmn[0] = min(pmn[0], tmn[t]) if t else tmn[t]
+        pmx[0] = max(pmx[0], tmx[t]) if t else tmx[t]
+    if state == 0:
+        for i in range(nb):
+            H[i] += acc[i]
+    free(part); free(acc); free(tmn); free(tmx); free(tst)
+    return state
+
+
 def accumulate(const float[:, :, ::1] x3, const double[::1] lo, const double[::1] inv_w, double[:, ::1] hist):
     """Add the counts of ``x3`` (``(outer, C, inner)``) to ``hist`` ``(C, bins)``: value ``v`` of channel ``c``
-    goes to bin ``floor((v - lo[c]) * inv_w[c])`` clamped to ``[0, bins - 1]``."""
+    goes to bin ``trunc((v - lo[c]) * inv_w[c])`` in float64, clamped to ``[0, bins - 1]`` (``hist_bin``)."""
     cdef int64_t outer = x3.shape[0], C = x3.shape[1], inner = x3.shape[2]
     cdef int64_t nb = hist.shape[1]
     cdef int64_t n = outer * C * inner
     if hist.shape[0] != C or lo.shape[0] != C or inv_w.shape[0] != C:
         raise ValueError("accumulate: parameter shapes do not match the channels of x3")
+    if nb >= (1 << 30):
+        raise ValueError("accumulate: at most 2**30 bins")
     if n == 0 or nb == 0:
         return
     cdef const float *x = &x3[0, 0, 0]
     cdef double *H = &hist[0, 0]
     cdef int nt = _threads(n)
-    cdef int64_t t, c, a, b, per, o, s, step, i, nch, ch
+    cdef int64_t t, c, o, o0, o1, rows, per, step, i, tile, sub
+    cdef int32_t nb32 = <int32_t> nb
     cdef uint32_t *part
-    cdef double *dpart
+    cdef float fdummy
+    cdef int rc
     if C == 1:
-        count_flat(np.asarray(x3).reshape(-1), lo[0], 1.0 / inv_w[0], hist)
-    elif inner < 32 and outer >= 2 * nt and C * nb * nt <= (1 << 24):
-        # small inner runs (e.g. channels last): split `outer`, per-thread (C, bins) partial histograms
-        per = (outer + nt - 1) // nt
-        part = <uint32_t *> calloc(nt * C * nb, sizeof(uint32_t))
-        dpart = <double *> calloc(nt * C * nb, sizeof(double))
-        if part == NULL or dpart == NULL:
-            free(part); free(dpart)
-            raise MemoryError()
         with nogil:
-            for t in prange(nt, num_threads=nt, schedule='static'):
-                a = t * per
-                b = min(outer, a + per)
-                s = a
-                while s < b:
-                    step = min(b - s, FLUSH_EVERY // inner)
-                    for o in range(s, s + step):
-                        for c in range(C):
-                            hist_count_run_1(x + (o * C + c) * inner, inner, lo[c], inv_w[c], nb,
-                                             part + (t * C + c) * nb)
-                    for i in range(C * nb):
-                        dpart[t * C * nb + i] += part[t * C * nb + i]
-                        part[t * C * nb + i] = 0
-                    s = s + step
-            for t in range(nt):
-                for i in range(C * nb):
-                    H[i] += dpart[t * C * nb + i]
-        free(part); free(dpart)
-    else:
-        # one channel per iteration, no merging: rows of `inner` values with stride C*inner
-        part = <uint32_t *> calloc(nt * 4 * nb, sizeof(uint32_t))
+            rc = _count_flat(x, n, lo[0], inv_w[0], nb32, H, False, 0.0, 0.0, &fdummy, &fdummy)
+        if rc < 0:
+            raise MemoryError()
+    elif inner < 32 and outer >= 2 * nt and nt * C * nb <= SHORT_MAX:
+        # short runs (e.g. channels last): threads split `outer`; each keeps (C, bins) counts and goes through
+        # a tile of rows channel by channel while the tile is in cache
+        part = <uint32_t *> calloc(nt * C * nb, sizeof(uint32_t))
         if part == NULL:
             raise MemoryError()
+        tile = max(1, TILE // (C * inner))
+        rows = max(1, ROUND // (C * inner))
+        with nogil:
+            o0 = 0
+            while o0 < outer:
+                o1 = min(outer, o0 + rows)
+                per = (o1 - o0 + tile - 1) // tile
+                with parallel(num_threads=nt):
+                    t = threadid()
+                    for step in prange(per, schedule='dynamic'):
+                        o = o0 + step * tile
+                        for c in range(C):
+                            hist_count_rows(x + (o * C + c) * inner, min(o1, o + tile) - o, inner, C * inner,
+                                            lo[c], inv_w[c], nb32, part + (t * C + c) * nb, 0)
+                for t in range(nt):
+                    for i in range(C * nb):
+                        H[i] += part[t * C * nb + i]
+                        part[t * C * nb + i] = 0
+                o0 = o1
+        free(part)
+    else:
+        # one channel per iteration, no merging: rows of `inner` values with stride C*inner
+        sub = HIST_NSUB * nb
+        part = <uint32_t *> calloc(nt * sub, sizeof(uint32_t))
+        if part == NULL:
+            raise MemoryError()
+        rows = max(1, ROUND // inner)
         with nogil, parallel(num_threads=nt):
             t = threadid()
-            for c in prange(C, schedule='static'):
+            for c in prange(C, schedule='dynamic'):
                 o = 0
                 while o < outer:
-                    step = min(outer - o, max(1, FLUSH_EVERY // inner))
-                    hist_count_rows4(x + (o * C + c) * inner, step, inner, C * inner, lo[c], inv_w[c], nb,
-                                     part + t * 4 * nb)
-                    hist_flush4(part + t * 4 * nb, nb, H + c * nb)
+                    step = min(outer - o, rows)
+                    hist_count_rows(x + (o * C + c) * inner, step, inner, C * inner, lo[c], inv_w[c], nb32,
+                                    part + t * sub, nb)
+                    hist_flush(part + t * sub, nb, H + c * nb)
                     o = o + step
         free(part)
-
-
-cdef inline void hist_count_run_1(const float *x, int64_t n, double lo, double inv_w, int64_t nb,
-                                  uint32_t *h) noexcept nogil:
-    cdef int64_t i, bb
-    cdef double v
-    for i in range(n):
-        v = (x[i] - lo) * inv_w
-        # clamp before converting: NaN and values beyond int64 (Inf) must never index outside [0, nb)
-        if not (v >= 0):
-            bb = 0
-        elif v >= nb - 1:
-            bb = nb - 1
-        else:
-            bb = <int64_t> v
-        h[bb] += 1
 
 
 def sq_error(const int64_t[:, ::1] idx, const double[:, ::1] cnt, const double[::1] lo, const double[::1] w,
@@ -182,22 +225,20 @@ def kl_divergence(const double[:, ::1] hist, const int64_t[:, ::1] start, const 
     return out_arr
 
 
-# instruction-set copies (QCORE_ISA through qcore/isa.py, like the other extensions): baseline or AVX2
-_ISA_NAMES = ("baseline", "avx2")
+# instruction-set copies (QCORE_ISA through qcore/isa.py, like the other extensions): baseline, avx2, avx512
+_ISA_NAMES = qcore_isa_names()
 cdef int _isa_level = 0
 
 
 def cpu_isa():
-    """The best copy this CPU runs: 'baseline' or 'avx2'."""
-    return _ISA_NAMES[hist_cpu_level()]
+    """The best copy this CPU runs: 'baseline', 'avx2' or 'avx512'."""
+    return _ISA_NAMES[qc_cpu_level()]
 
 
 def select_isa(name):
     """Use the ``name`` copy (clipped to what the CPU runs); returns the copy in use (tests and benchmarks)."""
     global _isa_level
-    if name not in _ISA_NAMES:
-        raise ValueError(f"ISA must be one of {_ISA_NAMES}, got {name!r}")
-    _isa_level = hist_select_isa(_ISA_NAMES.index(name))
+    _isa_level = hist_select_isa(qcore_isa_index(name))
     return _ISA_NAMES[_isa_level]
 
 
@@ -206,12 +247,7 @@ def current_isa():
     return _ISA_NAMES[_isa_level]
 
 
-def _init_isa():
-    from qcore.isa import choose
-    return hist_select_isa(choose(_ISA_NAMES, [True, hist_cpu_level() >= 1]))
-
-
-_isa_level = _init_isa()
+_isa_level = hist_select_isa(qcore_isa_requested())
 
 
 def bin_stats(const float[:, ::1] x, const double[::1] lo, const double[::1] sc,
@@ -233,7 +269,7 @@ def bin_stats(const float[:, ::1] x, const double[::1] lo, const double[::1] sc,
         for r in prange(R, schedule='static', num_threads=nt):
             for i in range(n):
                 v = x[r, i]
-                b = hist_bin(v, lo[r], sc[r], nb)
+                b = hist_bin(v, lo[r], sc[r], <int32_t> nb)
                 cnt[r, b] += 1
                 sm[r, b] += v
                 if v < bmin[r, b]:
@@ -248,65 +284,22 @@ def count_flat(const float[::1] x, double lo, double width, double[:, ::1] hist,
     pass that also finds their min and max and whether all are finite.
 
     The counts are added only if every value is finite and within ``[lo_limit, hi_limit]``; otherwise ``hist`` is
-    left untouched.  Returns ``(min, max, finite, added)``.
+    left untouched (and counting stops at the first block of values that is not: the rest is only scanned for
+    its min and max).  Returns ``(min, max, finite, added)``.
     """
     cdef int64_t n = x.shape[0], nb = hist.shape[1]
     if hist.shape[0] != 1 or nb == 0:
         raise ValueError("count_flat: hist must have shape (1, bins)")
+    if nb >= (1 << 30):
+        raise ValueError("count_flat: at most 2**30 bins")
     if n == 0:
         raise ValueError("count_flat: empty input")
     if not (width > 0):
         raise ValueError("count_flat: width must be > 0")
-    cdef const float *px = &x[0]
-    cdef double *H = &hist[0, 0]
-    cdef float flo = <float> lo
-    cdef float finv = <float> (1.0 / width)
-    cdef int nt = _threads(n)
-    cdef int64_t nch = max(1, min(64, n // CHUNK_MIN)) if nt > 1 else 1
-    cdef int64_t per = min((n + nch - 1) // nch, FLUSH_EVERY)
-    nch = (n + per - 1) // per
-    cdef uint32_t *part = <uint32_t *> calloc(nt * 4 * nb, sizeof(uint32_t))
-    cdef double *dpart = <double *> calloc(nt * nb, sizeof(double))
-    cdef float *cmn = <float *> malloc(nch * sizeof(float))
-    cdef float *cmx = <float *> malloc(nch * sizeof(float))
-    cdef int *cbad = <int *> calloc(nch, sizeof(int))
-    if part == NULL or dpart == NULL or cmn == NULL or cmx == NULL or cbad == NULL:
-        free(part); free(dpart); free(cmn); free(cmx); free(cbad)
-        raise MemoryError()
-    cdef int64_t t, ch, a, b, i
-    cdef float mn, mx
-    cdef int bad = 0
-    cdef bint add
-    # ranges near float32's limit: (v - lo) in float32 could overflow, so count in float64 there
-    cdef bint wide = not (-1e37 < lo < 1e37 and -1e37 < lo + nb * width < 1e37)
-    t = 0
+    cdef float mn = 0, mx = 0
+    cdef int state
     with nogil:
-        with parallel(num_threads=nt):
-            t = threadid()
-            for ch in prange(nch, schedule='dynamic'):
-                a = ch * per
-                b = min(n, a + per)
-                cmn[ch] = px[a]
-                cmx[ch] = px[a]
-                if wide:  # float32 (v - lo) could overflow: scalar float64 bins, separate min/max pass
-                    cbad[ch] = hist_minmax_run(px + a, b - a, cmn + ch, cmx + ch)
-                    if not cbad[ch]:
-                        hist_count_run4(px + a, b - a, lo, 1.0 / width, nb, part + t * 4 * nb)
-                else:
-                    cbad[ch] = hist_count_fused(px + a, b - a, flo, finv, nb, part + t * 4 * nb, cmn + ch, cmx + ch)
-                hist_flush4(part + t * 4 * nb, nb, dpart + t * nb)
-        mn = cmn[0]
-        mx = cmx[0]
-        for ch in range(nch):
-            bad |= cbad[ch]
-            if cmn[ch] < mn:
-                mn = cmn[ch]
-            if cmx[ch] > mx:
-                mx = cmx[ch]
-        add = (not bad) and mn >= lo_limit and mx <= hi_limit
-        if add:
-            for t in range(nt):
-                for i in range(nb):
-                    H[i] += dpart[t * nb + i]
-    free(part); free(dpart); free(cmn); free(cmx); free(cbad)
-    return float(mn), float(mx), not bad, bool(add)
+        state = _count_flat(&x[0], n, lo, 1.0 / width, <int32_t> nb, &hist[0, 0], True, lo_limit, hi_limit, &mn, &mx)
+    if state < 0:
+        raise MemoryError()
+    return float(mn), float(mx), state != 2, state == 0

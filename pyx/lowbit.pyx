@@ -12,7 +12,7 @@ import numpy as np
 
 cimport numpy as cnp
 from cython.parallel cimport prange
-from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uintptr_t
 
 from qcore_isa cimport qcore_isa_requested
 from qcore_omp cimport qcore_omp_max_threads
@@ -42,6 +42,7 @@ cdef extern from "lowbit_kernels.h" nogil:
         const float *swz
         int zconst
         float zval
+        int zint
         int64_t tblk, ngt
         const uint8_t *tab
     ctypedef struct qlb_a:
@@ -49,6 +50,7 @@ cdef extern from "lowbit_kernels.h" nogil:
         const int8_t *q
         const float *sa
         const float *S
+        const int32_t *asum
         float *y
         const float *bias
     int qlb_cpu_supports(int isa)
@@ -166,6 +168,9 @@ cdef class LowbitWeight:
         else:
             w.sw = <const float *>cnp.PyArray_DATA(s)
         w.zconst, w.zval = self.zconst, self.zval
+        # one integral zero point (symmetric codes offset by 2**(bits-1), tables at 128): the kernels subtract
+        # zval * asum from the int32 dot product instead of sw * zval * S in float
+        w.zint = 1 if (self.zconst and self.zval == <float>(<int>self.zval) and -256 <= self.zval <= 256) else 0
         if self.swz is not None:
             z = self.swz
             w.swz = <const float *>cnp.PyArray_DATA(z)
@@ -338,31 +343,49 @@ def quantize_blocks(x):
     return q, sa, asum, bad
 
 
+cdef inline int64_t _al64(int64_t n) nogil:
+    return (n + 63) & ~(<int64_t>63)
+
+
 def gemm(x, LowbitWeight W, bias, out):
     """out (float32 (M, N)) = the low-bit product of ``x`` (C-contiguous float32 (M, K)) and ``W``, plus bias.
 
     Returns -1, or the index of the first row of ``x`` holding NaN/Inf (``out`` is then not written).
+    Raw pointers and one workspace allocation: at M = 1 the call overhead is a visible part of the product.
     """
-    cdef const float[:, ::1] xv = x
-    cdef int64_t M = xv.shape[0], K = xv.shape[1], N = W.n, nb = W.nb, ng = W.ng, gblk = W.gblk
-    if K != W.k or out.shape != (M, N) or out.dtype != np.float32 or not out.flags.c_contiguous:
+    cdef cnp.ndarray xa = x, oa = out, ba
+    if (xa.ndim != 2 or xa.dtype != np.float32 or not cnp.PyArray_IS_C_CONTIGUOUS(xa) or oa.ndim != 2
+            or oa.dtype != np.float32 or not cnp.PyArray_IS_C_CONTIGUOUS(oa)):
+        raise ValueError("lowbit gemm: x and out must be C-contiguous 2-D float32")
+    cdef int64_t M = xa.shape[0], K = xa.shape[1], N = W.n, nb = W.nb, ng = W.ng, gblk = W.gblk, Kp = W.kp
+    if K != W.k or oa.shape[0] != M or oa.shape[1] != N:
         raise ValueError("lowbit gemm: inconsistent shapes")
-    cdef const float[::1] bv = bias if bias is not None else None
-    if bias is not None and bv.shape[0] != N:
-        raise ValueError("lowbit gemm: bias of the wrong length")
-    cdef float[:, ::1] ov = out
+    cdef const float *bp = NULL
+    if bias is not None:
+        ba = bias
+        if ba.ndim != 1 or ba.dtype != np.float32 or not cnp.PyArray_IS_C_CONTIGUOUS(ba) or ba.shape[0] != N:
+            raise ValueError("lowbit gemm: bias must be a contiguous float32 vector of length N")
+        bp = <const float *>cnp.PyArray_DATA(ba)
     if M == 0:
         return -1
-    cdef int8_t[:, ::1] q = np.empty((M, W.kp), np.int8)
-    cdef float[:, ::1] sa = np.empty((M, nb), np.float32)
-    cdef int32_t[:, ::1] asum = np.empty((M, nb), np.int32)
-    cdef float[:, ::1] S = np.empty((M, ng), np.float32)
-    cdef uint8_t[::1] bad = np.empty(M, np.uint8)
+    # workspace: q (M x Kp int8) | sa (M x nb) | asum (M x nb) | S (M x ng) | bad (M), 64-byte aligned parts
+    cdef int64_t oq = 0, osa = _al64(M * Kp), oas = osa + _al64(4 * M * nb), oS = oas + _al64(4 * M * nb)
+    cdef int64_t obad = oS + _al64(4 * M * ng), total = obad + _al64(M) + 64
+    cdef cnp.ndarray ws = np.empty(total, np.uint8)
+    cdef uint8_t *base = <uint8_t *>cnp.PyArray_DATA(ws)
+    base = base + ((64 - (<uintptr_t>base & 63)) & 63)
+    cdef int8_t *q = <int8_t *>(base + oq)
+    cdef float *sa = <float *>(base + osa)
+    cdef int32_t *asum = <int32_t *>(base + oas)
+    cdef float *S = <float *>(base + oS)
+    cdef uint8_t *bad = base + obad
+    cdef const float *xp = <const float *>cnp.PyArray_DATA(xa)
+    cdef float *yp = <float *>cnp.PyArray_DATA(oa)
     cdef int code = _isa
     cdef int64_t macs = M * N * K
     cdef int nt = qcore_omp_max_threads() if macs >= PARALLEL_MIN_MACS else 1
-    cdef int64_t i, g, b, b1, first_bad = -1, u, units, cu, ru, ri, ci, r0, r1, q0, q1
-    cdef float s
+    cdef int nta = nt if M * K >= 32768 else 1
+    cdef int64_t i, first_bad = -1, u, units, cu, ru, ri, ci, r0, r1, q0, q1
     cdef qlb_w w
     cdef qlb_a a
     W.fill(&w)
@@ -370,16 +393,12 @@ def gemm(x, LowbitWeight W, bias, out):
     cdef int nv = qlb_nv(code, mrv)
     cdef int64_t mc = mrv * (ROWS_PER_UNIT // mrv) if mrv < ROWS_PER_UNIT else mrv
     with nogil:
-        for i in prange(M, schedule="static", num_threads=nt if M * K >= 32768 else 1):
-            bad[i] = qlb_quant_row(code, &xv[i, 0], K, nb, &q[i, 0], &sa[i, 0], &asum[i, 0])
-            for g in range(ng):
-                s = 0.0
-                b1 = (g + 1) * gblk
-                if b1 > nb:
-                    b1 = nb
-                for b in range(g * gblk, b1):
-                    s = s + sa[i, b] * <float>asum[i, b]
-                S[i, g] = s
+        if nta <= 1:
+            for i in range(M):
+                bad[i] = _act_row(code, xp + i * K, K, nb, ng, gblk, q + i * Kp, sa + i * nb, asum + i * nb, S + i * ng)
+        else:
+            for i in prange(M, schedule="static", num_threads=nta):
+                bad[i] = _act_row(code, xp + i * K, K, nb, ng, gblk, q + i * Kp, sa + i * nb, asum + i * nb, S + i * ng)
         for i in range(M):
             if bad[i]:
                 first_bad = i
@@ -388,11 +407,12 @@ def gemm(x, LowbitWeight W, bias, out):
         return first_bad
     with nogil:
         a.M = M
-        a.q = &q[0, 0]
-        a.sa = &sa[0, 0]
-        a.S = &S[0, 0]
-        a.y = &ov[0, 0]
-        a.bias = &bv[0] if bias is not None else NULL
+        a.q = q
+        a.sa = sa
+        a.S = S
+        a.asum = asum
+        a.y = yp
+        a.bias = bp
         cu = _cdiv(W.panels, nv)
         ru = _cdiv(M, mc)
         units = cu * ru
@@ -416,3 +436,20 @@ def gemm(x, LowbitWeight W, bias, out):
                 q1 = q0 + nv if q0 + nv < W.panels else W.panels
                 qlb_unit(code, &w, &a, r0, r1, q0, q1)
     return -1
+
+
+cdef inline uint8_t _act_row(int code, const float *x, int64_t K, int64_t nb, int64_t ng, int64_t gblk, int8_t *q,
+                             float *sa, int32_t *asum, float *S) noexcept nogil:
+    """Quantize one activation row per block of 32 and sum sa * asum per scale group (S)."""
+    cdef uint8_t bad = <uint8_t>qlb_quant_row(code, x, K, nb, q, sa, asum)
+    cdef int64_t g, b, b1
+    cdef float s
+    for g in range(ng):
+        s = 0.0
+        b1 = (g + 1) * gblk
+        if b1 > nb:
+            b1 = nb
+        for b in range(g * gblk, b1):
+            s = s + sa[b] * <float>asum[b]
+        S[g] = s
+    return bad

@@ -20,7 +20,9 @@
  * sum asum.  For each (row m, column n):
  *   y = sum_g [ sw[n,g] * sum_{b in g} sa[m,b] * dot[m,n,b]  -  sw[n,g]*z[n,g] * S[m,g] ] + bias[n]
  *   dot[m,n,b] = sum_{k in b} q[m,k] * v[n,k]   (int32, exact)      S[m,g] = sum_{b in g} sa[m,b] * asum[m,b]
- * The kernels compute the inner sum as Y += float(dot) * (sa * sw) per block and subtract S * (sw*z) per group.
+ * The kernels compute the inner sum as Y += float(dot) * (sa * sw) per block and subtract S * (sw*z) per group;
+ * when every zero point is the same integer zval (symmetric codes, tables), the zero point is folded into the
+ * exact int32 dot product instead: Y += float(dot - zval * asum[m,b]) * (sa * sw) per block, no S term.
  *
  * Paths: AVX-512 VNNI (vpdpbusd u8 x s8), AVX2 (vpmaddubsw on values <= 127, values > 127 split in 7 + 1 bits so
  * the int16 pair sums never saturate), portable C.  Chosen at run time; never a native -march build.
@@ -77,6 +79,8 @@ typedef struct {
     const float *swz;       /* P * ng * 16: sw * z, or NULL when zconst */
     int zconst;             /* every zero point is zval: sw * z is computed from sw (a float32 product) */
     float zval;
+    int zint;               /* zconst and zval an integer (|zval| <= 256): the zero point is folded into the int32
+                             * dot product of each block, dot - zval * asum, and S is not used */
     int64_t tblk, ngt;      /* blocks per table group, table groups (QLB_LUT_COLUMN) */
     const uint8_t *tab;     /* SHARED: 64 bytes (16 entries, 4 times); COLUMN: P * ngt * 256 (see qlb_tab_index) */
 } qlb_w;
@@ -86,6 +90,7 @@ typedef struct {
     const int8_t *q;        /* M x Kp */
     const float *sa;        /* M x nb */
     const float *S;         /* M x ng */
+    const int32_t *asum;    /* M x nb: code sum of each activation block */
     float *y;               /* M x N, row stride N */
     const float *bias;      /* N or NULL */
 } qlb_a;
@@ -360,14 +365,17 @@ static void qlb_tile_portable(const qlb_w *w, const qlb_a *a, int64_t i0, int mr
                                 dec[c * 32 + 4 * t + j] = (uint8_t)qlb_value(blk, w->bits, w->lut, tab, c, t, j);
                     const int8_t *aq = a->q + i * Kp + b * 32;
                     float sa = a->sa[i * nb + b];
+                    int32_t acc0 = w->zint ? -(int32_t)w->zval * a->asum[i * nb + b] : 0;
                     for (int c = 0; c < QLB_NP; c++) {
-                        int32_t acc = 0;
+                        int32_t acc = acc0;
                         for (int k = 0; k < 32; k++) acc += (int32_t)dec[c * 32 + k] * (int32_t)aq[k];
                         Y[c] += (float)acc * (sa * sw[c]);
                     }
                 }
-                float S = a->S[i * w->ng + g];
-                for (int c = 0; c < QLB_NP; c++) Y[c] -= S * swz[c];
+                if (!w->zint) {
+                    float S = a->S[i * w->ng + g];
+                    for (int c = 0; c < QLB_NP; c++) Y[c] -= S * swz[c];
+                }
             }
             float *yo = a->y + i * w->N + p * QLB_NP;
             for (int c = 0; c < QLB_NP && p * QLB_NP + c < w->N; c++)
@@ -432,6 +440,9 @@ qlb_tile_vnni_body(const qlb_w *w, const qlb_a *a, int64_t i0, int mr, int64_t p
                    const int BITS, const int LUT, const int MRV, const int NV)
 {
     const int64_t BB = 64 * BITS, nb = w->nb, Kp = w->Kp, ng = w->ng, gblk = w->gblk;
+    const int SPLIT = BITS == 4 && LUT == QLB_LUT_NONE && MRV == 1;
+    const int zint = w->zint;
+    const int32_t zi = (int32_t)w->zval;
     /* fixed-size arrays (the largest tile): sized by MRV/NV they would be VLAs and live in memory */
     __m512 Y[6][4];
     const int8_t *ap[6];
@@ -463,9 +474,36 @@ qlb_tile_vnni_body(const qlb_w *w, const qlb_a *a, int64_t i0, int mr, int64_t p
                 tp[v] = LUT == QLB_LUT_COLUMN ? w->tab + (pi[v] * w->ngt + b / w->tblk) * 256 : tabs;
             __m512i acc[6][4];
 #pragma GCC unroll 8
-            for (int r = 0; r < MRV; r++)
+            for (int r = 0; r < MRV; r++) {
+                /* the folded zero point: the dot product starts at -zval * asum */
+                __m512i a0 = zint ? _mm512_set1_epi32(-zi * a->asum[(i0 + (r < mr ? r : mr - 1)) * nb + b])
+                                  : _mm512_setzero_si512();
 #pragma GCC unroll 8
-                for (int v = 0; v < NV; v++) acc[r][v] = _mm512_setzero_si512();
+                for (int v = 0; v < NV; v++) acc[r][v] = a0;
+            }
+            if (SPLIT) {
+                /* 4 bits, one row: the high nibbles are multiplied in place (v & 0xF0 = 16 * nibble, still a u8)
+                 * into accumulators of their own, shifted back once per block: no shift per k-group, and twice
+                 * the independent vpdpbusd chains */
+                __m512i acc16[4];
+#pragma GCC unroll 8
+                for (int v = 0; v < NV; v++) acc16[v] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+                for (int tt = 0; tt < 4; tt++) {
+                    int32_t a4e, a4o;
+                    memcpy(&a4e, ap[0] + b * 32 + 8 * tt, 4);
+                    memcpy(&a4o, ap[0] + b * 32 + 8 * tt + 4, 4);
+                    __m512i ae = _mm512_set1_epi32(a4e), ao = _mm512_set1_epi32(a4o);
+#pragma GCC unroll 8
+                    for (int v = 0; v < NV; v++) {
+                        __m512i c = _mm512_loadu_si512(pp[v] + b * BB + 64 * tt);
+                        acc[0][v] = _mm512_dpbusd_epi32(acc[0][v], _mm512_and_si512(c, _mm512_set1_epi8(0x0F)), ae);
+                        acc16[v] = _mm512_dpbusd_epi32(acc16[v], _mm512_and_si512(c, _mm512_set1_epi8((char)0xF0)), ao);
+                    }
+                }
+#pragma GCC unroll 8
+                for (int v = 0; v < NV; v++) acc[0][v] = _mm512_add_epi32(acc[0][v], _mm512_srai_epi32(acc16[v], 4));
+            } else {
 #pragma GCC unroll 8
             for (int t = 0; t < 8; t++) {
                 __m512i d[4];
@@ -480,6 +518,7 @@ qlb_tile_vnni_body(const qlb_w *w, const qlb_a *a, int64_t i0, int mr, int64_t p
                     for (int v = 0; v < NV; v++) acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], d[v], av);
                 }
             }
+            }
 #pragma GCC unroll 8
             for (int r = 0; r < MRV; r++) {
                 __m512 sa = _mm512_set1_ps(a->sa[(i0 + (r < mr ? r : mr - 1)) * nb + b]);
@@ -488,6 +527,7 @@ qlb_tile_vnni_body(const qlb_w *w, const qlb_a *a, int64_t i0, int mr, int64_t p
                     Y[r][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][v]), _mm512_mul_ps(sa, sw[v]), Y[r][v]);
             }
         }
+        if (zint) continue;
 #pragma GCC unroll 8
         for (int r = 0; r < MRV; r++) {
             __m512 S = _mm512_set1_ps(a->S[(i0 + (r < mr ? r : mr - 1)) * ng + g]);
@@ -621,6 +661,8 @@ qlb_tile_avx2_body(const qlb_w *w, const qlb_a *a, int64_t i0, int mr, int64_t p
 {
     const int WIDE = BITS == 8 || LUT != QLB_LUT_NONE;
     const int64_t BB = 64 * BITS, nb = w->nb, Kp = w->Kp, ng = w->ng, gblk = w->gblk;
+    const int zint = w->zint;
+    const int32_t zi = (int32_t)w->zval;
     __m256 Y[2][4];
     const int8_t *ap[2];
     const uint8_t *pp[2];
@@ -651,9 +693,12 @@ qlb_tile_avx2_body(const qlb_w *w, const qlb_a *a, int64_t i0, int mr, int64_t p
                 tp[v] = LUT == QLB_LUT_COLUMN ? w->tab + (pi[v] * w->ngt + b / w->tblk) * 256 : w->tab;
             __m256i acc[2][4];
 #pragma GCC unroll 8
-            for (int r = 0; r < MRV; r++)
+            for (int r = 0; r < MRV; r++) {
+                __m256i a0 = zint ? _mm256_set1_epi32(-zi * a->asum[(i0 + (r < mr ? r : mr - 1)) * nb + b])
+                                  : _mm256_setzero_si256();
 #pragma GCC unroll 8
-                for (int v = 0; v < 2 * NV; v++) acc[r][v] = _mm256_setzero_si256();
+                for (int v = 0; v < 2 * NV; v++) acc[r][v] = a0;
+            }
 #pragma GCC unroll 8
             for (int t = 0; t < 8; t++) {
                 __m256i d[4];
@@ -678,6 +723,7 @@ qlb_tile_avx2_body(const qlb_w *w, const qlb_a *a, int64_t i0, int mr, int64_t p
                 }
             }
         }
+        if (zint) continue;
 #pragma GCC unroll 8
         for (int r = 0; r < MRV; r++) {
             __m256 S = _mm256_set1_ps(a->S[(i0 + (r < mr ? r : mr - 1)) * ng + g]);

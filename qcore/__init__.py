@@ -3,7 +3,8 @@
 Plugins load lazily on first registry use, never at import.
 """
 from ._version import __version__
-from .errors import FormatError, InputError, KernelNotFound, PluginError, QcoreError, SchemeNotFound
+from .errors import (FormatError, InputError, KernelNotFound, ObserverNotFound, PlannerNotFound, PluginError, QcoreError,
+                     SchemeNotFound)
 from .plugin.hookspecs import hookimpl
 from .kernels.base import Kernel
 from .tensor import QTensor
@@ -18,7 +19,7 @@ __all__ = [
     "Quantizer", "Observer", "Kernel", "QTensor", "Planner",
     "list_schemes", "list_planners", "list_observers", "list_kernels", "get_quantizer", "get_observer", "get_kernel", "plugins", "quantize",
     "QModel", "load_tensors", "quantize_model", "load_quantized", "gptq",
-    "QcoreError", "SchemeNotFound", "KernelNotFound", "FormatError", "PluginError", "InputError",
+    "QcoreError", "SchemeNotFound", "ObserverNotFound", "PlannerNotFound", "KernelNotFound", "FormatError", "PluginError", "InputError",
 ]
 
 

@@ -15,7 +15,19 @@ class _NameNotFound(QcoreError, KeyError):
 
 
 class SchemeNotFound(_NameNotFound):
-    """A scheme (or observer) name that no installed plugin provides (a ``KeyError``)."""
+    """A scheme name (``scheme=...``: a scheme or a planner) that no installed plugin provides (a ``KeyError``)."""
+
+
+class ObserverNotFound(SchemeNotFound):
+    """An observer name that no installed plugin provides (a ``KeyError``).
+
+    A subclass of :class:`SchemeNotFound` only so that code written when unknown observers raised
+    ``SchemeNotFound`` keeps catching them; catch ``ObserverNotFound`` in new code."""
+
+
+class PlannerNotFound(SchemeNotFound):
+    """A planner name that no installed plugin provides (a ``KeyError``; a :class:`SchemeNotFound`, since
+    ``scheme=`` names schemes and planners alike)."""
 
 
 class KernelNotFound(_NameNotFound):

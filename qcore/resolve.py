@@ -51,7 +51,7 @@ def kernel(spec=None) -> "Kernel":
 
 
 def observer_class(name: str) -> type["Observer"]:
-    """The observer class registered under ``name`` (``qcore.SchemeNotFound`` if none)."""
+    """The observer class registered under ``name`` (``qcore.ObserverNotFound`` if none)."""
     return _need(_observer_class)(name)
 
 

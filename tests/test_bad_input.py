@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import qcore
+from qcore.plugin.manager import get_manager
 
 
 @pytest.mark.parametrize("kernel", ["numpy", "cython"])
@@ -78,8 +79,19 @@ def test_unknown_scheme_lists_installed():
         qcore.quantize([1.0], "nosuchscheme")
     assert isinstance(info.value, KeyError)
     assert "linear" in str(info.value) and "nosuchscheme" in str(info.value)
-    with pytest.raises(qcore.SchemeNotFound):
+    # observers too: ObserverNotFound, still a SchemeNotFound (what unknown observers raised before) and a KeyError
+    with pytest.raises(qcore.ObserverNotFound) as info:
         qcore.get_quantizer("linear", observer="nosuchobserver")
+    assert isinstance(info.value, qcore.SchemeNotFound) and isinstance(info.value, KeyError)
+    assert "nosuchobserver" in str(info.value) and "histogram" in str(info.value)
+    with pytest.raises(qcore.ObserverNotFound):
+        qcore.get_observer("nosuchobserver")
+    with pytest.raises(qcore.PlannerNotFound):
+        get_manager().get("planner", "nosuchplanner")
+    # a scheme name is not an observer name: the scheme error stays the plain SchemeNotFound
+    with pytest.raises(qcore.SchemeNotFound) as info:
+        qcore.get_quantizer("nosuchscheme")
+    assert not isinstance(info.value, (qcore.ObserverNotFound, qcore.PlannerNotFound))
     # kernels have their own not-found error (still a KeyError), not SchemeNotFound
     with pytest.raises(qcore.KernelNotFound) as info:
         qcore.get_kernel("nosuchkernel")

@@ -336,3 +336,149 @@ def test_isa_env_override(module):
     env = dict(os.environ, QCORE_ISA="sse9")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode != 0 and "QCORE_ISA" in out.stderr
+
+
+# -- the one histogram / min-max implementation (pyx/hist_kernels.h, pyx/qcore_minmax.h) ---------------------
+from qcore_plugins import _hist  # noqa: E402
+
+HIST_ISAS = ["baseline", "avx2", "avx512"][: ("baseline", "avx2", "avx512").index(_hist.cpu_isa()) + 1]
+
+
+@pytest.fixture(params=HIST_ISAS)
+def hist_isa(request):
+    before = _hist.current_isa(), _quant.current_isa()
+    assert _hist.select_isa(request.param) == request.param
+    _quant.select_isa(request.param)  # the min/max of the kernel comes from _quant: the same level
+    yield request.param
+    _hist.select_isa(before[0])
+    _quant.select_isa(before[1])
+
+
+def _floor_bins(x3, lo, width, nb):
+    """Independent reference: floor((v - lo) / width) in float64 (exact rational arithmetic would only differ
+    on values within an ulp of an edge, which these tests avoid or pin explicitly), clamped to [0, nb - 1]."""
+    out = np.zeros((x3.shape[1], nb))
+    for c in range(x3.shape[1]):
+        v = x3[:, c, :].ravel().astype(np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):
+            t = (v - lo[c]) * (1.0 / width[c])
+        t = np.where(np.isnan(t), 0.0, t)
+        out[c] = np.bincount(np.clip(np.floor(np.clip(t, -1, nb)), 0, nb - 1).astype(np.int64), minlength=nb)
+    return out
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 1, 4097), (1, 1, 300_001), (3000, 5, 1), (4, 3, 70_000),
+                                   (7, 257, 3), (2, 40, 1000)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_histogram_equals_reference_per_tensor_and_per_channel(shape, threads, hist_isa):
+    import threadpoolctl
+
+    rng = np.random.default_rng(sum(shape))
+    x3 = (rng.laplace(size=shape) * rng.uniform(0.5, 3.0, (1, shape[1], 1))).astype(np.float32)
+    nb = 301
+    lo = x3.min(axis=(0, 2)).astype(np.float64) + 0.1  # a little inside: both end bins also get clamped values
+    width = (x3.max(axis=(0, 2)).astype(np.float64) - 0.2 - lo) / nb
+    width = np.where(width > 0, width, 1.0)
+    with threadpoolctl.threadpool_limits(threads, user_api="openmp"):
+        got = np.zeros((shape[1], nb))
+        CK.histogram(x3, lo, width, got, axis=1)
+        mn, mx = CK.minmax(x3, 1)
+    want = np.zeros((shape[1], nb))
+    NK.histogram(x3, lo, width, want, axis=1)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got, _floor_bins(x3, lo, width, nb))
+    assert got.sum() == x3.size
+    np.testing.assert_array_equal(mn, x3.min(axis=(0, 2)))
+    np.testing.assert_array_equal(mx, x3.max(axis=(0, 2)))
+    if shape[1] == 1:  # the fused per-tensor pass: same counts, same min/max; refused when the range is short
+        lo0, w0 = float(mn[0]), (float(mx[0]) - float(mn[0])) / nb * (1 + 2**-30) or 1.0
+        h1, h2 = np.zeros((1, nb)), np.zeros((1, nb))
+        with threadpoolctl.threadpool_limits(threads, user_api="openmp"):
+            r1 = CK.minmax_histogram(x3, lo0, w0, h1)
+        r2 = NK.minmax_histogram(x3, lo0, w0, h2)
+        assert r1 == r2 == (mn[0], mx[0], True)
+        np.testing.assert_array_equal(h1, h2)
+        if shape[2] > 1:
+            h3 = np.full((1, nb), 7.0)
+            with threadpoolctl.threadpool_limits(threads, user_api="openmp"):
+                r3 = CK.minmax_histogram(x3, lo0 + w0, w0, h3)  # the minimum lies outside now
+            assert r3 == (mn[0], mx[0], False) and (h3 == 7.0).all()
+
+
+def test_histogram_edges_nan_and_extreme_ranges(hist_isa):
+    nb = 16
+    # values exactly on edges (exact in binary), below, above and far beyond the range
+    x = np.array([-1.0, -0.5, 0.0, 0.125, 0.25, 1.875, 1.99, 2.0, 3.0, 1e30, -1e30, 3e38, -3e38], np.float32)
+    got = np.zeros((1, nb))
+    CK.histogram(x, 0.0, 0.125, got)
+    want = np.zeros(nb)
+    for b in [0, 0, 0, 1, 2, 15, 15, 15, 15, 15, 0, 15, 0]:
+        want[b] += 1
+    np.testing.assert_array_equal(got[0], want)
+    # NaN/Inf are never counted outside the histogram (histogram does not check; minmax/minmax_histogram refuse)
+    bad = np.array([np.nan, np.inf, -np.inf, 1.0] * 5000, np.float32)
+    h = np.zeros((1, nb))
+    CK.histogram(bad, 0.0, 0.125, h)
+    assert (h[0, 0], h[0, 8], h[0, 15], h.sum()) == (10000, 5000, 5000, bad.size)  # NaN, -inf -> 0; 1.0; +inf
+    for where in (0, 4095, 4096, 19_999):
+        y = np.ones(20_000, np.float32)
+        for v in (np.nan, np.inf, -np.inf):
+            y[where] = v
+            h = np.zeros((1, nb))
+            with pytest.raises(InputError, match="NaN or Inf"):
+                CK.minmax_histogram(y, 0.0, 1.0, h)
+            assert not h.any()
+            with pytest.raises(InputError, match="NaN or Inf"):
+                CK.minmax(y)
+            y[where] = 1.0
+    # constant input, a range a few ulps wide far from zero, and a range spanning almost all of float32
+    for x, lo, w in [(np.full(70_000, 3.5, np.float32), 3.5, 1e-30),
+                     (np.float32(1000.0) + np.arange(9, dtype=np.float32) * np.spacing(np.float32(1000.0)),
+                      1000.0, 9 * float(np.spacing(np.float32(1000.0))) / nb),
+                     (np.linspace(-3e38, 3e38, 100_001, dtype=np.float32), -3e38, 6e38 / nb)]:
+        g, r = np.zeros((1, nb)), np.zeros((1, nb))
+        CK.histogram(x, lo, w, g)
+        NK.histogram(x, lo, w, r)
+        np.testing.assert_array_equal(g, r)
+        np.testing.assert_array_equal(g, _floor_bins(x.reshape(1, 1, -1), [lo], [w], nb))
+        assert g.sum() == x.size
+    # the tiny range: 9 consecutive float32 values spread over the bins as their exact positions say
+    tiny = np.zeros((1, nb))
+    CK.histogram(np.float32(1000.0) + np.arange(9, dtype=np.float32) * np.spacing(np.float32(1000.0)), 1000.0,
+                 9 * float(np.spacing(np.float32(1000.0))) / nb, tiny)
+    assert (np.flatnonzero(tiny[0]) == np.floor(np.arange(9) * nb / 9).astype(int)).all()
+
+
+def test_histogram_isa_copies_agree():
+    rng = np.random.default_rng(3)
+    x = (rng.standard_t(3, 200_003) * 4).astype(np.float32)
+    x3 = np.ascontiguousarray(rng.normal(size=(50, 6, 33)).astype(np.float32))
+    before = _hist.current_isa()
+    outs = []
+    try:
+        for level in HIST_ISAS:
+            _hist.select_isa(level)
+            a = np.zeros((1, 2048))
+            CK.histogram(x, -20.0, 40.0 / 2048, a)
+            b = np.zeros((6, 100))
+            CK.histogram(x3, np.full(6, -3.0), np.full(6, 0.06), b, axis=1)
+            idx, cnt = np.nonzero(a)[1][None, :], a[a > 0][None, :]
+            g0 = np.linspace(-9, -1, 40)[None, :]
+            e = CK.histogram_sq_error(idx, cnt, [-20.0], [40.0 / 2048], g0, -2 * g0 / 255, 255.0)
+            outs.append((a, b, e))
+    finally:
+        _hist.select_isa(before)
+    for a, b, e in outs[1:]:
+        np.testing.assert_array_equal(a, outs[0][0])
+        np.testing.assert_array_equal(b, outs[0][1])
+        np.testing.assert_array_equal(e, outs[0][2])  # the same lanes, in the same order, in every copy
+    ref = NK.histogram_sq_error(idx, cnt, [-20.0], [40.0 / 2048], g0, -2 * g0 / 255, 255.0)
+    np.testing.assert_allclose(outs[0][2], ref, rtol=1e-9)
+
+
+def test_histogram_isa_env_override():
+    for want in HIST_ISAS:
+        env = dict(os.environ, QCORE_ISA=want)
+        out = subprocess.run([sys.executable, "-c", "from qcore_plugins import _hist; print(_hist.current_isa())"],
+                             env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and out.stdout.strip() == want, out.stderr

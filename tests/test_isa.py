@@ -43,13 +43,11 @@ def _best(variants, cpu_ok, ceiling):
 def test_every_extension_follows_one_variable():
     quant = ("baseline", "avx2", "avx512")
     quant_ok = [v in quant[: quant.index(_quant.cpu_isa()) + 1] for v in quant]
-    hist_ok = [True, _hist.cpu_isa() == "avx2"]
     gemm = ("baseline", "avx2", "avx512vnni")
     gemm_ok = [v in _gemm.available_isas() for v in gemm]
     for level in isa.ISA_NAMES:
         got = _in_use(QCORE_ISA=level)
-        assert got["_quant"] == got["_codebook"] == _best(quant, quant_ok, level)
-        assert got["_hist"] == _best(("baseline", "avx2"), hist_ok, level)
+        assert got["_quant"] == got["_codebook"] == got["_hist"] == _best(quant, quant_ok, level)
         assert got["_gemm"] == _best(gemm, gemm_ok, level)
     best = _in_use()
     assert best["_quant"] == _quant.cpu_isa() and best["_hist"] == _hist.cpu_isa()

@@ -135,7 +135,13 @@ def test_empty_zero_d_and_bad_options():
     with pytest.raises(TypeError, match="unknown option"):
         qcore.get_quantizer("kmeans", n_clusters=4)
     with pytest.raises(ValueError, match="granularity"):
-        qcore.get_quantizer("kmeans", granularity="group")
+        qcore.get_quantizer("kmeans", granularity="block")
+    with pytest.raises(ValueError, match="group_size=32 does not divide"):
+        qcore.quantize(np.ones((4, 48), np.float32), "kmeans", granularity="group", group_size=32)
+    with pytest.raises(ValueError, match="codebook_dtype"):
+        qcore.get_quantizer("kmeans", codebook_dtype="bfloat16")
+    with pytest.raises(ValueError, match="float16"):
+        qcore.quantize(np.array([[0, 1e6]], np.float32), "kmeans", bits=1, codebook_dtype="float16")
     with pytest.raises(ValueError, match="bits"):
         qcore.get_quantizer("kmeans", bits=9)
     with pytest.raises((TypeError, ValueError), match="random_state"):
@@ -145,3 +151,104 @@ def test_empty_zero_d_and_bad_options():
         q.encode(np.ones(3, np.float32), {"codebook": np.array([[1.0, 0.0]], np.float32)})
     with pytest.raises(ValueError, match="codebook"):
         q.encode(np.ones(3, np.float32), {"codebook": np.zeros((2, 2), np.float32)})
+
+
+# ------------------------------------------------------------------------------------------------ groups
+
+def _group_sse(x, cb, gs):
+    """Per group: squared error of the nearest entry of its own codebook (an independent numpy reference)."""
+    rows = x.reshape(-1, gs).astype(np.float64)
+    c = np.asarray(cb, np.float64).reshape(rows.shape[0], -1)
+    return ((rows[:, :, None] - c[:, None, :]) ** 2).min(axis=2).sum(axis=1)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("bits,gs", [(4, 128), (3, 64), (2, 32), (1, 16)])
+def test_groups_one_codebook_per_block_never_worse_than_linear(kernel, bits, gs):
+    rng = np.random.default_rng(bits)
+    x = (rng.standard_normal((24, 256)) * rng.uniform(0.1, 3, (24, 1))).astype(np.float32)
+    x[3, :gs] = 0.5  # a constant group
+    x[5, gs:2 * gs] = np.tile(np.float32([-1, 0, 2]), gs)[:gs]  # three distinct values
+    qt = qcore.quantize(x, "kmeans", bits=bits, granularity="group", group_size=gs, kernel=kernel)
+    K = 1 << bits
+    cb = qt.params["codebook"]
+    assert cb.shape == (24, 256 // gs, K) and cb.dtype == np.float32
+    assert (np.diff(cb, axis=-1) >= 0).all()
+    # decode is the group's own codebook at the code, and the code is the nearest entry (ties: lower)
+    codes = qt.codes.reshape(-1, gs).astype(np.int64)
+    flat = cb.reshape(-1, K)
+    np.testing.assert_array_equal(qt.dequantize().reshape(-1, gs), np.take_along_axis(flat, codes, axis=1))
+    mine = _group_sse(x, cb, gs)
+    got = ((qt.dequantize().astype(np.float64) - x).reshape(-1, gs) ** 2).sum(axis=1)
+    np.testing.assert_allclose(got, mine, rtol=1e-9, atol=1e-12)
+    lin = qcore.quantize(x, "linear", bits=bits, granularity="group", group_size=gs)
+    theirs = ((lin.dequantize().astype(np.float64) - x).reshape(-1, gs) ** 2).sum(axis=1)
+    assert np.all(mine <= theirs * (1 + 1e-6) + 1e-12)
+    if bits >= 2:  # few distinct values come back exactly
+        np.testing.assert_array_equal(qt.dequantize()[3, :gs], x[3, :gs])
+        np.testing.assert_array_equal(qt.dequantize()[5, gs:2 * gs], x[5, gs:2 * gs])
+    if bits == 4:  # k-means, not just the linear grid: clearly lower error on Gaussian groups
+        assert mine.sum() < 0.8 * theirs.sum()
+
+
+def test_groups_lloyd_is_a_local_optimum_close_to_sklearn():
+    from sklearn.cluster import KMeans
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 128)).astype(np.float32)
+    qt = qcore.quantize(x, "kmeans", bits=3, granularity="group", group_size=128)
+    for r in range(2):
+        cb = qt.params["codebook"][r, 0].astype(np.float64)
+        lab = np.abs(x[r][:, None] - cb[None]).argmin(axis=1)
+        for j in np.unique(lab):  # every used entry is the mean of its values (a Lloyd fixed point)
+            assert abs(cb[j] - x[r][lab == j].astype(np.float64).mean()) < 1e-6
+        mine = _group_sse(x[r:r + 1], cb, 128)[0]
+        xr = x[r].reshape(-1, 1).astype(np.float64)
+        grid = np.linspace(xr.min(), xr.max(), 8).reshape(-1, 1)  # the same start, scikit-learn's Lloyd
+        same = KMeans(8, init=grid, n_init=1, tol=0, max_iter=300).fit(xr).inertia_
+        best = KMeans(8, n_init=4, random_state=0).fit(xr).inertia_
+        assert mine <= 1.05 * same and mine <= 1.25 * best  # documented: a local optimum (docs/schemes.md)
+
+
+def test_groups_float16_codebooks_storage_and_file_round_trip(tmp_path):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((16, 512)).astype(np.float32)
+    q32 = qcore.quantize(x, "kmeans", bits=4, granularity="group", group_size=128)
+    q16 = qcore.quantize(x, "kmeans", bits=4, granularity="group", group_size=128, codebook_dtype="float16")
+    assert q16.params["codebook"].dtype == np.float16
+    # true storage: packed 4-bit codes + 16 entries per group of 128 (8.0 / 6.0 bits per weight)
+    assert q32.nbytes == x.size // 2 + 16 * 4 * 16 * 4 and q32.nbytes * 8 / x.size == 8.0
+    assert q16.nbytes == x.size // 2 + 16 * 4 * 16 * 2 and q16.nbytes * 8 / x.size == 6.0
+    # the codes are the nearest entries of the stored (rounded) codebook
+    cb16 = q16.params["codebook"].astype(np.float32)
+    np.testing.assert_array_equal(q16.dequantize().reshape(-1, 128),
+                                  np.take_along_axis(cb16.reshape(-1, 16), q16.codes.reshape(-1, 128).astype(np.int64), 1))
+    assert np.isclose(_group_sse(x, cb16, 128).sum(), ((q16.dequantize() - x).astype(np.float64) ** 2).sum())
+    qm = qcore.quantize_model({"a": x, "b": x[:, :256].copy()}, "kmeans", bits=4, granularity="group",
+                              group_size=128, codebook_dtype="float16", progress=False)
+    path = tmp_path / "m.safetensors"
+    qm.save(path)
+    back = qcore.load_quantized(path)
+    assert back["a"].params["codebook"].dtype == np.float16 and back["a"].options["group_size"] == 128
+    got, want = back.dequantize(), qm.dequantize()
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name])
+    assert back.nbytes == qm.nbytes
+
+
+def test_groups_through_gptq():
+    # GPTQ fits one codebook per (row, group) through the Quantizer contract: a diagonal Hessian gives the
+    # round-to-nearest result, a correlated one a clearly lower output error than it
+    rng = np.random.default_rng(11)
+    w = rng.standard_normal((32, 128)).astype(np.float32)
+    opts = dict(bits=3, granularity="group", group_size=32)
+    h = np.diag(rng.uniform(0.1, 5.0, 128))
+    g, r = qcore.gptq(w, h, "kmeans", **opts), qcore.quantize(w, "kmeans", **opts)
+    np.testing.assert_array_equal(g.codes, r.codes)
+    np.testing.assert_allclose(g.params["codebook"], r.params["codebook"], rtol=1e-6)
+    base = rng.standard_normal((512, 16))
+    x = (base @ rng.standard_normal((16, 128)) + 0.1 * rng.standard_normal((512, 128))).astype(np.float32)
+    g = qcore.gptq(w, x.T.astype(np.float64) @ x / len(x), "kmeans", **opts)
+    assert g.params["codebook"].shape == (32, 4, 8)
+    err = lambda q: float(((x @ (q.dequantize() - w).T) ** 2).mean())  # noqa: E731
+    assert err(g) < 0.7 * err(r)

@@ -67,6 +67,16 @@ def test_kernel_matches_reference(lowbit_isa, bits, lut):
             want = pn.tables[np.arange(n)[:, None], np.arange(k)[None, :] // gs, values]
         np.testing.assert_array_equal(dec, want)
         _close(CY.lowbit_linear(x, pc, bias), NP.lowbit_linear(x, pn, bias))
+        if lut == "none":  # one integral zero point everywhere: folded into the integer dot products
+            z = np.full((n, g), (1 << bits) // 2, np.float32)
+            yc = CY.lowbit_linear(x, CY.pack_lowbit(values, bits, scale, z, gs), bias)
+            _close(yc, NP.lowbit_linear(x, NP.pack_lowbit(values, bits, scale, z, gs), bias))
+            exact = x.astype(np.float64) @ (np.repeat(scale, gs, axis=1) * (values - z[:, :1])).T + bias
+            _, sa, _ = lowbit_quantize_blocks(x)  # within the activation rounding of the exact product
+            wabs = np.abs(np.repeat(scale, gs, axis=1) * (values - z[:, :1]))
+            bound = 0.5 * sa.astype(np.float64) @ wabs.reshape(n, -1, 32).sum(axis=2).T if k % 32 == 0 else None
+            if bound is not None:
+                assert np.all(np.abs(yc - exact) <= bound * 1.001 + 1e-5 * np.abs(exact).max())
 
 
 def test_activation_quantization_matches_reference(lowbit_isa):
@@ -156,6 +166,11 @@ W_CASES = [
     ("kmeans", dict(bits=2, granularity="channel"), "kernel"),
     ("kmeans", dict(bits=3), "kernel"),
     ("kmeans", dict(bits=5), "rows"),
+    ("kmeans", dict(bits=4, granularity="group", group_size=128), "kernel"),
+    ("kmeans", dict(bits=4, granularity="group", group_size=64, codebook_dtype="float16"), "kernel"),
+    ("kmeans", dict(bits=2, granularity="group", group_size=32), "kernel"),
+    ("kmeans", dict(bits=4, granularity="group", group_size=16), "rows"),  # not a multiple of 32: rows path
+    ("kmeans", dict(bits=6, granularity="group", group_size=64), "rows"),
     ("log", dict(bits=4), "kernel"),
     ("log", dict(bits=4, granularity="channel"), "kernel"),
     ("log", dict(bits=4, granularity="group", group_size=32), "kernel"),
@@ -214,7 +229,8 @@ def test_qlinear_paths(scheme, opts, mode):
 def test_qlinear_shapes_and_isas(lowbit_isa, m):
     # odd K (padded to whole blocks), N not a multiple of the panel width, several tile heights
     n, k = 37, 199
-    for scheme, opts in (("linear", dict(bits=4, symmetric=True)), ("kmeans", dict(bits=4, granularity="channel"))):
+    for scheme, opts in (("linear", dict(bits=4, symmetric=True)), ("kmeans", dict(bits=4, granularity="channel")),
+                         ("kmeans", dict(bits=4, granularity="group", group_size=199))):  # odd K, one group per row
         w = qcore.quantize(_weight(n, k, m), scheme, **opts)
         x = np.random.default_rng(m).standard_normal((m, k)).astype(np.float32)
         _close(ops.qlinear(x, w), lowbit.run(lowbit.plan_for(w, NP), w, x, None))

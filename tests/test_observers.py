@@ -165,15 +165,11 @@ def test_memory_does_not_grow_with_batches(name):
 
 # -- the histogram itself ---------------------------------------------------------------------------------
 def reference_hist(x3, lo, width, nb):
+    """Independent of the kernels: bin ``floor((v - lo) / width)`` in float64, clamped to ``[0, nb - 1]``."""
     out = np.zeros((x3.shape[1], nb))
     for c in range(x3.shape[1]):
-        if x3.shape[1] == 1:  # the per-tensor kernel computes bins in float32 SIMD: (v - lo) * (1 / width)
-            v = x3.ravel()
-            t = (v - np.float32(lo[c])) * np.float32(1.0 / width[c])
-            b = np.clip(t.astype(np.int64), 0, nb - 1)
-        else:
-            v = x3[:, c, :].ravel().astype(np.float64)
-            b = np.clip(np.floor((v - lo[c]) / width[c]), 0, nb - 1).astype(np.int64)
+        v = x3[:, c, :].ravel().astype(np.float64)
+        b = np.clip(np.floor((v - lo[c]) * (1.0 / width[c])), 0, nb - 1).astype(np.int64)
         out[c] = np.bincount(b, minlength=nb)
     return out
 

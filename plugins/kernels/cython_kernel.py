@@ -29,12 +29,12 @@ from __future__ import annotations
 import numpy as np
 
 from qcore import Kernel, hookimpl
-from qcore.errors import InputError
+from qcore.validation import non_finite_error
 
 try:
-    from qcore_plugins import _codebook, _hist, _quant
+    from qcore_plugins import _codebook, _hist, _quant, _scalesearch
 except ImportError as exc:  # extensions not built: the kernel reports itself unavailable (the numpy one remains)
-    _quant = _codebook = _hist = None
+    _quant = _codebook = _hist = _scalesearch = None
     _IMPORT_ERROR: Exception | None = exc
 else:
     _IMPORT_ERROR = None
@@ -208,6 +208,10 @@ class CythonKernel(Kernel):
     def _histogram_kl(self, hist, start, end, levels):
         return _hist.kl_divergence(hist, start, end, levels)
 
+    # -- the linear scheme's low-bit scale search (qcore_plugins._scalesearch) ---------------------------
+    def _search_scales(self, rows, dgrid, qmin, qmax):
+        return _scalesearch.search_scales(rows, dgrid, qmin, qmax)
+
     # -- low-bit GEMM (qcore_plugins._lowbit: pyx/lowbit.pyx, pyx/lowbit_kernels.h) ----------------------------
     def _pack_lowbit(self, values, bits, scale, zero, group_size, table_bytes):
         if _lowbit is None:  # pragma: no cover
@@ -245,7 +249,7 @@ class CythonKernel(Kernel):
     def _lowbit_linear(self, x2, packed, bias):
         out = np.empty((x2.shape[0], packed.n), np.float32)
         if _lowbit.gemm(x2, packed, bias, out) >= 0:
-            raise InputError("x contains NaN or Inf values; qcore refuses non-finite input")
+            raise non_finite_error(x2)
         return out
 
 

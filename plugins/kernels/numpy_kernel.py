@@ -10,6 +10,7 @@ import numpy as np
 
 import qcore
 from qcore.kernels import Kernel
+from qcore.validation import non_finite_error
 
 
 class NumpyKernel(Kernel):
@@ -66,7 +67,7 @@ class NumpyKernel(Kernel):
 
     def _lowbit_linear(self, x2, p, bias):
         if not np.isfinite(x2).all():
-            raise qcore.InputError("x contains NaN or Inf values; qcore refuses non-finite input")
+            raise non_finite_error(x2)
         m, k = x2.shape
         n = p.values.shape[0]
         q, sa, asum = lowbit_quantize_blocks(x2)
@@ -74,6 +75,10 @@ class NumpyKernel(Kernel):
         gblk = nb if p.group_size == k else p.group_size // 32
         ng = p.scale.shape[1]
         swz = (p.scale * p.zero).astype(np.float32)
+        # one integral zero point for the whole weight (symmetric codes, tables): folded into the exact
+        # integer dot product of each block (dot - z * asum), as the compiled kernels do
+        z0 = float(p.zero.flat[0])
+        zint = bool((p.zero == p.zero.flat[0]).all()) and z0 == int(z0) and -256 <= z0 <= 256
         y = np.zeros((m, n), np.float32)
         rows = np.arange(n)[:, None]
         for g in range(ng):
@@ -85,9 +90,12 @@ class NumpyKernel(Kernel):
                 if p.tables is not None:
                     vb = p.tables[0, 0][vb] if p.tables.shape[:2] == (1, 1) else p.tables[rows, g, vb]
                 dot = q[:, 32 * b: 32 * b + 32].astype(np.int64) @ vb.astype(np.int64).T
+                if zint:
+                    dot = dot - int(z0) * asum[:, b, None].astype(np.int64)
                 y = y + dot.astype(np.float32) * (sa[:, b, None] * p.scale[None, :, g])
                 s = s + sa[:, b] * asum[:, b].astype(np.float32)
-            y = y - s[:, None] * swz[None, :, g]
+            if not zint:
+                y = y - s[:, None] * swz[None, :, g]
         if bias is not None:
             y = y + bias
         return y.astype(np.float32)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 import qcore
+from qcore.kernels import reference
 
 #: below this a scale would make 1/scale overflow float32; ranges that small quantize to zero
 MIN_SCALE = np.float32(2.0**-100)
@@ -46,58 +47,8 @@ def scale_divisors(bits: int) -> np.ndarray:
     return np.linspace(top - 1.5, top + 0.5, 9).astype(np.float32)
 
 
-def _row_errors(rows, s, sn, ia, qmin, qmax):
-    """Squared error per row in units of amax^2, float32, summed in the C kernel's order (8 lanes, then the tail)."""
-    inv = (np.float32(1) / s).astype(np.float32)
-    q = np.clip(np.rint(rows * inv[:, None]), qmin, qmax).astype(np.float32)
-    e = (q * sn[:, None] - rows * ia[:, None]).astype(np.float32)
-    e = (e * e).astype(np.float32)
-    n8 = (rows.shape[1] // 8) * 8
-    acc = np.zeros((rows.shape[0], 8), np.float32)
-    for i in range(0, n8, 8):
-        acc += e[:, i:i + 8]
-    tail = np.zeros(rows.shape[0], np.float32)
-    for i in range(n8, rows.shape[1]):
-        tail += e[:, i]
-    a = acc
-    return (((a[:, 0] + a[:, 1]) + (a[:, 2] + a[:, 3])) + ((a[:, 4] + a[:, 5]) + (a[:, 6] + a[:, 7]))) + tail
-
-
-def search_scales_reference(rows: np.ndarray, dgrid: np.ndarray, qmin: int, qmax: int):
-    """numpy reference of ``qcore_plugins._scalesearch.search_scales`` (bit for bit): per row of ``rows`` (R, L),
-    the scale ``±max|row| / d`` of least squared error (candidates ``+d0, -d0, +d1, ...``, a later one only if
-    strictly better); an all-zero row gets scale 1.  Returns float32 ``(scale, err)``, ``err`` in units of
-    ``max|row|^2`` (computed that way so rows near the float32 maximum do not overflow)."""
-    rows = np.ascontiguousarray(rows, np.float32)
-    amax = np.abs(rows).max(axis=1) if rows.shape[1] else np.zeros(rows.shape[0], np.float32)
-    best_s = np.ones(rows.shape[0], np.float32)
-    best_e = np.full(rows.shape[0], np.inf, np.float32)
-    live = amax > 0
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        ia = (np.float32(1) / np.where(live, amax, np.float32(1))).astype(np.float32)
-        for d in np.asarray(dgrid, np.float32):
-            for negative in (False, True):
-                s = (amax / d).astype(np.float32)
-                sn = np.full(rows.shape[0], np.float32(1) / d, np.float32)
-                if negative:
-                    s, sn = -s, -sn
-                s = np.where(live, s, np.float32(1))
-                e = _row_errors(rows, s, sn, ia, qmin, qmax)
-                better = live & (e < best_e)
-                best_s = np.where(better, s, best_s)
-                best_e = np.where(better, e, best_e)
-    best_e = np.where(live, best_e, np.float32(0))
-    return best_s.astype(np.float32), best_e.astype(np.float32)
-
-
-def _search_impl(kernel):
-    if getattr(kernel, "name", "") != "numpy":
-        try:
-            from qcore_plugins import _scalesearch
-        except ImportError:  # pragma: no cover - only without the built extension
-            return search_scales_reference
-        return _scalesearch.search_scales
-    return search_scales_reference
+# the numpy reference of the scale search (the base Kernel's ``search_scales``), under its old name here
+search_scales_reference = reference.search_scales
 
 
 def finite_grid(scale: np.ndarray, zp: np.ndarray, qmin: int, qmax: int) -> np.ndarray:
@@ -201,7 +152,7 @@ class LinearQuantizer(qcore.Quantizer):
 
     def _searched_scale(self, view, axis, lo, hi):
         rows = np.ascontiguousarray(self._channels_first(view, axis), dtype=np.float32)
-        scale, _ = _search_impl(self.kernel)(rows, scale_divisors(self.bits), self.qmin, self.qmax)
+        scale, _ = self.kernel.search_scales(rows, scale_divisors(self.bits), self.qmin, self.qmax)
         const = lo == hi  # a constant comes back exactly: code 1 times |c| (as the narrow rule)
         scale = np.where(const, np.abs(lo), scale)
         scale = np.where(scale == 0, np.float32(1), np.copysign(np.maximum(np.abs(scale), MIN_SCALE), scale))

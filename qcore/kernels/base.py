@@ -346,7 +346,8 @@ class Kernel:
     def histogram(self, x, lo, width, out, axis=None) -> np.ndarray:
         """Add the counts of ``x``'s values to ``out`` (float64 ``(C, bins)``): bin ``i`` of channel ``c`` is
         ``[lo[c] + i * width[c], ...)``, values outside land in the first or last bin.  Returns ``out``.
-        Not a check of the input (observers call :meth:`minmax` first, which refuses NaN/Inf): a NaN or Inf value
+        The one binning formula, per tensor and per channel: ``trunc((v - lo) * (1 / width))`` in float64, clamped
+        to ``[0, bins - 1]`` (``qcore/kernels/reference.py`` ``bins``).  Not a check of the input (observers call :meth:`minmax` first, which refuses NaN/Inf): a NaN or Inf value
         is counted in some bin, never outside ``out``."""
         x = as_float32(x, check_finite=False)
         x3 = as_3d(x, self._axis(x, axis))
@@ -441,6 +442,25 @@ class Kernel:
         start, end = np.clip(start, 0, nb), np.clip(end, 0, nb)
         return np.asarray(self._histogram_kl(hist, np.ascontiguousarray(start), np.ascontiguousarray(end), levels), np.float64)
 
+    def search_scales(self, rows, dgrid, qmin: int, qmax: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``linear`` scheme's symmetric low-bit scale search: per row of ``rows`` (``(R, L)`` float32, finite),
+        the scale ``±max|row| / d`` (``d`` from ``dgrid``, tried ``+d0, -d0, +d1, ...``, a later one only if
+        strictly better) of least squared error with codes ``clip(rint(x / scale), qmin, qmax)``; an all-zero row
+        gets scale 1.  Returns float32 ``(scale, err)`` ``(R,)`` arrays, ``err`` in units of ``max|row|^2``."""
+        rows = np.ascontiguousarray(rows, np.float32)
+        dgrid = np.ascontiguousarray(dgrid, np.float32).reshape(-1)
+        if rows.ndim != 2:
+            raise ValueError(f"rows must be 2-d (R, L), got shape {rows.shape}")
+        if dgrid.size == 0 or not (np.isfinite(dgrid).all() and (dgrid > 0).all()):
+            raise ValueError("dgrid must hold at least one finite divisor > 0")
+        qmin, qmax = int(qmin), int(qmax)
+        if qmin >= 0 or qmax <= 0:
+            raise ValueError("qmin must be negative and qmax positive")
+        if not np.isfinite(rows).all():
+            raise non_finite_error(rows, "rows")
+        s, e = self._search_scales(rows, dgrid, qmin, qmax)
+        return np.asarray(s, np.float32), np.asarray(e, np.float32)
+
     # -- what a kernel implements ---------------------------------------------------------------------
     def _minmax(self, x3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
@@ -492,6 +512,9 @@ class Kernel:
 
     def _histogram_kl(self, hist, start, end, levels) -> np.ndarray:
         return reference.histogram_kl(hist, start, end, levels)
+
+    def _search_scales(self, rows, dgrid, qmin, qmax) -> tuple[np.ndarray, np.ndarray]:
+        return reference.search_scales(rows, dgrid, qmin, qmax)
 
 
     # -- low-bit GEMM (issue 13): weights kept packed, computed on directly -------------------------------

@@ -72,20 +72,18 @@ def log_sse(x3, scale, L, T, zthr):
     d = np.abs(x3).astype(np.float64) - mag[_rows_of(x3), m].astype(np.float64)
     return (d * d).sum(axis=(0, 2))
 
-def bins(v, lo, width, nb, per_tensor):
-    if per_tensor and -1e37 < lo < 1e37 and -1e37 < lo + nb * width < 1e37:
-        with np.errstate(invalid="ignore", over="ignore"):
-            t = (v - np.float32(lo)) * np.float32(1.0 / width)  # float32, as the SIMD loop
-    else:
-        with np.errstate(invalid="ignore", over="ignore"):
-            t = (v.astype(np.float64) - lo) * (1.0 / width)
+def bins(v, lo, width, nb):
+    """The bin of every value (pyx/hist_kernels.h ``hist_bin``, the one binning formula): ``trunc((v - lo) *
+    (1 / width))`` in float64, clamped to ``[0, nb - 1]``; NaN lands in bin 0."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        t = (v.astype(np.float64) - lo) * (1.0 / width)
     t = np.where(np.isnan(t), 0.0, t)
     return np.clip(np.trunc(np.clip(t, -1.0, nb)), 0, nb - 1).astype(np.int64)
 
 def histogram(x3, lo, width, out):
     nb = out.shape[1]
     for c in range(x3.shape[1]):
-        b = bins(x3[:, c, :].ravel(), lo[c], width[c], nb, x3.shape[1] == 1)
+        b = bins(x3[:, c, :].ravel(), lo[c], width[c], nb)
         out[c] += np.bincount(b, minlength=nb)
 
 def minmax_histogram(x, lo, width, out):
@@ -94,7 +92,7 @@ def minmax_histogram(x, lo, width, out):
     nb = out.shape[1]
     added = finite and mn >= lo and mx <= lo + nb * width
     if added:
-        out[0] += np.bincount(bins(x, lo, width, nb, True), minlength=nb)
+        out[0] += np.bincount(bins(x, lo, width, nb), minlength=nb)
     return mn, mx, finite, added
 
 def bin_stats(rows, lo, sc, cnt, sm, bmin, bmax):
@@ -161,3 +159,47 @@ def histogram_kl(hist, start, end, levels):
                 kl += float(np.sum(pp * np.log(pp / qv)))
             out[c, k] = kl
     return out
+
+
+def _row_errors(rows, s, sn, ia, qmin, qmax):
+    """Squared error per row in units of amax^2, float32, summed in the C kernel's order (8 lanes, then the tail)."""
+    inv = (np.float32(1) / s).astype(np.float32)
+    q = np.clip(np.rint(rows * inv[:, None]), qmin, qmax).astype(np.float32)
+    e = (q * sn[:, None] - rows * ia[:, None]).astype(np.float32)
+    e = (e * e).astype(np.float32)
+    n8 = (rows.shape[1] // 8) * 8
+    acc = np.zeros((rows.shape[0], 8), np.float32)
+    for i in range(0, n8, 8):
+        acc += e[:, i:i + 8]
+    tail = np.zeros(rows.shape[0], np.float32)
+    for i in range(n8, rows.shape[1]):
+        tail += e[:, i]
+    a = acc
+    return (((a[:, 0] + a[:, 1]) + (a[:, 2] + a[:, 3])) + ((a[:, 4] + a[:, 5]) + (a[:, 6] + a[:, 7]))) + tail
+
+
+def search_scales(rows: np.ndarray, dgrid: np.ndarray, qmin: int, qmax: int):
+    """numpy reference of ``Kernel.search_scales`` (the ``cython`` kernel: ``qcore_plugins._scalesearch``) (bit for bit): per row of ``rows`` (R, L),
+    the scale ``±max|row| / d`` of least squared error (candidates ``+d0, -d0, +d1, ...``, a later one only if
+    strictly better); an all-zero row gets scale 1.  Returns float32 ``(scale, err)``, ``err`` in units of
+    ``max|row|^2`` (computed that way so rows near the float32 maximum do not overflow)."""
+    rows = np.ascontiguousarray(rows, np.float32)
+    amax = np.abs(rows).max(axis=1) if rows.shape[1] else np.zeros(rows.shape[0], np.float32)
+    best_s = np.ones(rows.shape[0], np.float32)
+    best_e = np.full(rows.shape[0], np.inf, np.float32)
+    live = amax > 0
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        ia = (np.float32(1) / np.where(live, amax, np.float32(1))).astype(np.float32)
+        for d in np.asarray(dgrid, np.float32):
+            for negative in (False, True):
+                s = (amax / d).astype(np.float32)
+                sn = np.full(rows.shape[0], np.float32(1) / d, np.float32)
+                if negative:
+                    s, sn = -s, -sn
+                s = np.where(live, s, np.float32(1))
+                e = _row_errors(rows, s, sn, ia, qmin, qmax)
+                better = live & (e < best_e)
+                best_s = np.where(better, s, best_s)
+                best_e = np.where(better, e, best_e)
+    best_e = np.where(live, best_e, np.float32(0))
+    return best_s.astype(np.float32), best_e.astype(np.float32)

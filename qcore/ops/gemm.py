@@ -10,6 +10,8 @@ Conventions (documented in docs/gemm.md):
 """
 from __future__ import annotations
 
+import math
+
 import operator
 
 import numpy as np
@@ -308,7 +310,7 @@ def qlinear(x, w, bias=None) -> np.ndarray:
         if bias.shape != (n,):
             raise ValueError(f"bias must have shape ({n},) (one per output feature), got {bias.shape}")
     lead = x.shape[:-1]
-    m = int(np.prod(lead, dtype=np.int64))
+    m = math.prod(lead)  # (np.prod costs microseconds: visible at M = 1)
     x2 = x.reshape(m, k)
     plan = _plan_for(w)
     if m == 0 or n == 0 or plan.mode == "empty":

@@ -283,8 +283,11 @@ def plan_for(w, kernel=None) -> LowbitPlan:
 
 
 def run(plan: LowbitPlan, w, x2, bias):
+    """``x2 @ W.T + bias`` for a plan of ``w``; ``x2`` C-contiguous float32 (M, K) and ``bias`` None or float32
+    (N,), as ``qcore.ops.qlinear`` validated them (the kernel's own checks are not repeated: at M = 1 they are
+    a visible part of the call)."""
     if plan.mode == "kernel":
-        return plan.kernel.lowbit_linear(x2, plan.packed, bias)
+        return plan.kernel._lowbit_linear(x2, plan.packed, bias)
     check_all_finite(x2, "x")
     n, k = plan.n, plan.k
     out = np.empty((x2.shape[0], n), np.float32)

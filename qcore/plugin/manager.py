@@ -31,7 +31,7 @@ from typing import Any
 import pluggy
 
 from .. import isa
-from ..errors import KernelNotFound, PluginError, SchemeNotFound
+from ..errors import KernelNotFound, ObserverNotFound, PlannerNotFound, PluginError, SchemeNotFound
 from ..kernels.base import Kernel
 from ..quantization.observer import Observer
 from ..quantization.planner import Planner
@@ -60,9 +60,9 @@ class Kind:
 #: the kind <-> hook table, written once (listings, the conformance kit and qcore.testing use it too)
 KINDS: tuple[Kind, ...] = (
     Kind("scheme", "qcore_quantizers", Quantizer, SchemeNotFound),
-    Kind("observer", "qcore_observers", Observer, SchemeNotFound),
+    Kind("observer", "qcore_observers", Observer, ObserverNotFound),
     Kind("kernel", "qcore_kernels", Kernel, KernelNotFound),
-    Kind("planner", "qcore_planners", Planner, SchemeNotFound),
+    Kind("planner", "qcore_planners", Planner, PlannerNotFound),
 )
 #: kinds whose names share one namespace (``scheme="mixed"`` may name a scheme or a planner)
 SHARED_NAMES = {"scheme": ("planner",), "planner": ("scheme",)}

@@ -332,6 +332,22 @@ def check_kernel_histograms(obj):
     _close(k.histogram_kl(hist, start, end, 7), ref.histogram_kl(hist, start, end, 7), "histogram_kl", rtol=1e-9)
 
 
+def check_kernel_search_scales(obj):
+    """``search_scales`` (the ``linear`` scheme's symmetric 3/4-bit scale search) equals the numpy reference bit for
+    bit: rows of different lengths (a multiple of 8 and not), an all-zero row, rows near the float32 maximum."""
+    k, ref = Spec(obj).make(), _reference()
+    rng = np.random.default_rng(31)
+    dgrid = np.linspace(6.5, 8.5, 9).astype(np.float32)
+    for r, n in ((5, 64), (3, 37), (2, 1), (4, 200)):
+        rows = (rng.standard_normal((r, n)) * rng.uniform(0.01, 10, (r, 1))).astype(np.float32)
+        rows[0] = 0.0
+        if r > 2:
+            rows[2] = (rows[2] / np.abs(rows[2]).max() * np.float32(3e38)).astype(np.float32)
+        got, want = k.search_scales(rows, dgrid, -8, 7), ref.search_scales(rows, dgrid, -8, 7)
+        for name, u, v in zip(("scale", "err"), got, want):
+            _eq(u, v, f"search_scales {name} ({r}, {n})")
+
+
 def check_kernel_lowbit_linear(obj):
     """``pack_lowbit``/``lowbit_linear`` (optional) agree with the numpy reference: linear codes of 1-8 bits per row
     and per group, affine zero points, shared and per-column 16-entry tables, K not a multiple of 32; float sums
@@ -378,6 +394,7 @@ KERNEL_CHECKS = [
     check_kernel_nearest_entry,
     check_kernel_log_levels,
     check_kernel_histograms,
+    check_kernel_search_scales,
     check_kernel_input_unchanged,
     check_kernel_thread_safety,
     check_kernel_lowbit_linear,
