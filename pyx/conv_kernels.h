@@ -51,34 +51,47 @@ typedef struct {
 
 /* -------------------------------------------------------------------------------------- static quantization */
 
+/* The one static-quantization loop: n contiguous floats x -> n contiguous codes q,
+ * q = rint(min(max(x * inv, flo), fhi)) + z (flo = lo - z, fhi = hi - z; rint half to even by the 1.5*2^23
+ * trick, exact since |t| <= 255), compiled once per ISA; returns the sum of (x - x) over the span: 0, or NaN if
+ * any value is NaN or Inf.  The rows (NHWC / Linear input) and the NCHW -> NHWC quantizers below both call it. */
+#define QC_SQ_SPAN(NAME, ATTR)                                                                               \
+    ATTR static inline float NAME(const float *x, int64_t n, float inv, float flo, float fhi, int32_t z,       \
+                                  uint8_t *q)                                                                \
+    {                                                                                                        \
+        float nf = 0.f;                                                                                      \
+        for (int64_t c = 0; c < n; c++) {                                                                    \
+            float v = x[c];                                                                                  \
+            nf += v - v;                                                                                     \
+            float t = v * inv;                                                                               \
+            t = t < flo ? flo : t;                                                                           \
+            t = t > fhi ? fhi : t;                                                                           \
+            float m = t + 12582912.0f;                                                                       \
+            int32_t b; memcpy(&b, &m, 4);                                                                    \
+            q[c] = (uint8_t)(b - 0x4B400000 + z);                                                            \
+        }                                                                                                    \
+        return nf;                                                                                           \
+    }
+
 /* Static quantization of rows: x (R rows of C float32, row stride ldx) -> q (R rows of Cp bytes, stride Cp),
  * padding channels [C, Cp) set to z.  Returns nonzero if any value is NaN or Inf.  (NHWC / Linear input.) */
-#define QC_SQ_ROWS(NAME, ATTR)                                                                               \
+#define QC_SQ_ROWS(NAME, ATTR, SPAN)                                                                         \
     ATTR static int NAME(const float *x, int64_t R, int64_t C, int64_t ldx, float inv, int32_t z, int32_t lo,  \
                          int32_t hi, uint8_t *q, int64_t Cp)                                                 \
     {                                                                                                        \
         const float flo = (float)(lo - z), fhi = (float)(hi - z);                                            \
         float nf = 0.f;                                                                                      \
         for (int64_t r = 0; r < R; r++) {                                                                    \
-            const float *xr = x + r * ldx;                                                                   \
             uint8_t *qr = q + r * Cp;                                                                        \
-            for (int64_t c = 0; c < C; c++) {                                                                \
-                float v = xr[c];                                                                             \
-                nf += v - v;                                                                                 \
-                float t = v * inv;                                                                           \
-                t = t < flo ? flo : t;                                                                       \
-                t = t > fhi ? fhi : t;                                                                       \
-                float m = t + 12582912.0f;                                                                   \
-                int32_t b; memcpy(&b, &m, 4);                                                                \
-                qr[c] = (uint8_t)(b - 0x4B400000 + z);                                                       \
-            }                                                                                                \
+            nf += SPAN(x + r * ldx, C, inv, flo, fhi, z, qr);                                                \
             for (int64_t c = C; c < Cp; c++) qr[c] = (uint8_t)z;                                             \
         }                                                                                                    \
         return nf != nf;                                                                                     \
     }
 
-/* Static quantization of one NCHW image plane set: x (C, HW) float32 -> q (HW, Cp) uint8 (NHWC), pad = z. */
-#define QC_SQ_NCHW(NAME, ATTR)                                                                               \
+/* Static quantization of one NCHW image plane set: x (C, HW) float32 -> q (HW, Cp) uint8 (NHWC), pad = z:
+ * blocks of 64 pixels of one channel are quantized contiguously, then scattered to the NHWC positions. */
+#define QC_SQ_NCHW(NAME, ATTR, SPAN)                                                                         \
     ATTR static int NAME(const float *x, int64_t C, int64_t HW, int64_t cstride, float inv, int32_t z,         \
                          int32_t lo, int32_t hi, uint8_t *q, int64_t Cp)                                     \
     {                                                                                                        \
@@ -89,21 +102,10 @@ typedef struct {
         for (int64_t p0 = 0; p0 < HW; p0 += BLK) {                                                           \
             int64_t np_ = HW - p0 < BLK ? HW - p0 : BLK;                                                     \
             for (int64_t c = 0; c < Cp; c++) {                                                               \
-                if (c < C) {                                                                                 \
-                    const float *xc = x + c * cstride + p0;                                                  \
-                    for (int64_t p = 0; p < np_; p++) {                                                      \
-                        float v = xc[p];                                                                     \
-                        nf += v - v;                                                                         \
-                        float t = v * inv;                                                                   \
-                        t = t < flo ? flo : t;                                                               \
-                        t = t > fhi ? fhi : t;                                                               \
-                        float m = t + 12582912.0f;                                                           \
-                        int32_t b; memcpy(&b, &m, 4);                                                        \
-                        tmp[p] = (uint8_t)(b - 0x4B400000 + z);                                              \
-                    }                                                                                        \
-                } else {                                                                                     \
-                    for (int64_t p = 0; p < np_; p++) tmp[p] = (uint8_t)z;                                   \
-                }                                                                                            \
+                if (c < C)                                                                                   \
+                    nf += SPAN(x + c * cstride + p0, np_, inv, flo, fhi, z, tmp);                            \
+                else                                                                                         \
+                    memset(tmp, z, (size_t)np_);                                                             \
                 uint8_t *qc = q + p0 * Cp + c;                                                               \
                 for (int64_t p = 0; p < np_; p++) qc[p * Cp] = tmp[p];                                       \
             }                                                                                                \
@@ -111,10 +113,22 @@ typedef struct {
         return nf != nf;                                                                                     \
     }
 
-QC_SQ_ROWS(qc_sq_rows_portable, )
-QC_SQ_NCHW(qc_sq_nchw_portable, )
+QC_SQ_SPAN(qc_sq_span_portable, )
+QC_SQ_ROWS(qc_sq_rows_portable, , qc_sq_span_portable)
+QC_SQ_NCHW(qc_sq_nchw_portable, , qc_sq_span_portable)
 #if QC_X86
-QC_SQ_ROWS(qc_sq_rows_avx2, QC_AVX2_T)
+QC_SQ_SPAN(qc_sq_span_avx2, QC_AVX2_T)
+QC_SQ_ROWS(qc_sq_rows_avx2, QC_AVX2_T, qc_sq_span_avx2)
+QC_SQ_NCHW(qc_sq_nchw_avx2, QC_AVX2_T, qc_sq_span_avx2)
+
+/* the AVX-512 form of the same 16 codes: int32 lanes (low byte = code), flo/fhi/magic/off = lo - z, hi - z,
+ * 1.5*2^23, z - 0x4B400000 */
+QC_VNNI_T static inline __m512i qc_sq16_avx512(__m512 v, __m512 vinv, __m512 flo, __m512 fhi, __m512 magic,
+                                               __m512i off)
+{
+    __m512 t = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v, vinv), flo), fhi);
+    return _mm512_add_epi32(_mm512_castps_si512(_mm512_add_ps(t, magic)), off);
+}
 QC_VNNI_T static int qc_sq_rows_avx512(const float *x, int64_t R, int64_t C, int64_t ldx, float inv, int32_t z,
                                       int32_t lo, int32_t hi, uint8_t *q, int64_t Cp)
 {
@@ -131,16 +145,12 @@ QC_VNNI_T static int qc_sq_rows_avx512(const float *x, int64_t R, int64_t C, int
             __mmask16 ms = w >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << w) - 1u);
             __m512 v = _mm512_maskz_loadu_ps(m, xr + c);
             nf = _mm512_add_ps(nf, _mm512_sub_ps(v, v));
-            __m512 t = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v, vinv), flo), fhi);
-            __m512i code = _mm512_add_epi32(_mm512_castps_si512(_mm512_add_ps(t, magic)), off);
-            code = _mm512_mask_mov_epi32(vz, m, code); /* padding channels: z */
+            __m512i code = _mm512_mask_mov_epi32(vz, m, qc_sq16_avx512(v, vinv, flo, fhi, magic, off)); /* padding channels: z */
             _mm_mask_storeu_epi8(qr + c, ms, _mm512_cvtepi32_epi8(code));
         }
     }
     return _mm512_cmp_ps_mask(nf, nf, _CMP_UNORD_Q) != 0;
 }
-QC_SQ_NCHW(qc_sq_nchw_avx2, QC_AVX2_T)
-
 /* AVX-512 NCHW -> NHWC for Cp == 4 (RGB input): 16 pixels per step, four channel vectors interleaved
  * into 16 int32 = 64 bytes */
 QC_VNNI_T static int qc_sq_nchw_c4_avx512(const float *x, int64_t C, int64_t HW, int64_t cstride, float inv,
@@ -159,8 +169,7 @@ QC_VNNI_T static int qc_sq_nchw_c4_avx512(const float *x, int64_t C, int64_t HW,
             if (c < C) {
                 __m512 v = _mm512_maskz_loadu_ps(m, x + c * cstride + p);
                 nf = _mm512_add_ps(nf, _mm512_sub_ps(v, v));
-                __m512 t = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v, vinv), flo), fhi);
-                code = _mm512_add_epi32(_mm512_castps_si512(_mm512_add_ps(t, magic)), off);
+                code = qc_sq16_avx512(v, vinv, flo, fhi, magic, off);
             } else {
                 code = _mm512_set1_epi32(z);
             }
@@ -256,6 +265,9 @@ static void qc_conv_taps(const qc_conv_args *g, int64_t m0, int64_t rows, const 
 
 /* -------------------------------------------------------------------------------------- portable micro-kernel */
 
+/* The accumulation over one tap is gemm_kernels.h's (qc_acc_*: the GEMM micro-kernels' loop), called once per
+ * tap with that tap's row pointers; the packed panel is read straight through (K ordered (tap, channel)). */
+
 /* k-major panel layout: B[(t*Cp + c) * NR + j] */
 static void qc_cukr_portable(int64_t T, int64_t Cp, const uint8_t *const *P, const int8_t *B, int mr, int nr,
                              const qc_conv_args *g, const int64_t *ro, int64_t j0)
@@ -263,14 +275,9 @@ static void qc_cukr_portable(int64_t T, int64_t Cp, const uint8_t *const *P, con
     int32_t acc[QC_P_MR][QC_P_NR];
     memset(acc, 0, sizeof(acc));
     for (int64_t t = 0; t < T; t++) {
-        for (int r = 0; r < mr; r++) {
-            const uint8_t *a = P[r * T + t];
-            const int8_t *bk = B + t * Cp * QC_P_NR;
-            for (int64_t c = 0; c < Cp; c++) {
-                int16_t av = (int16_t)a[c];
-                for (int j = 0; j < QC_P_NR; j++) acc[r][j] += (int16_t)(av * (int16_t)bk[c * QC_P_NR + j]);
-            }
-        }
+        const uint8_t *ap[QC_P_MR];
+        for (int r = 0; r < QC_P_MR; r++) ap[r] = P[(r < mr ? r : mr - 1) * T + t];
+        B = qc_acc_portable(acc, ap, Cp / 4, B);
     }
     for (int r = 0; r < mr; r++)
         for (int j = 0; j < nr; j++) qc_conv_epi_scalar(g, ro[r], j0 + j, acc[r][j]);
@@ -284,32 +291,13 @@ QC_AVX2_T static void qc_cukr_avx2(int64_t T, int64_t Cp, const uint8_t *const *
                                    const qc_conv_args *g, const int64_t *ro, int64_t j0)
 {
     __m256i acc[QC_A_MR][2];
-    const int64_t cg = Cp / 4;
 #pragma GCC unroll 8
     for (int r = 0; r < QC_A_MR; r++) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
     for (int64_t t = 0; t < T; t++) {
         const uint8_t *ap[QC_A_MR];
 #pragma GCC unroll 8
         for (int r = 0; r < QC_A_MR; r++) ap[r] = P[(r < mr ? r : mr - 1) * T + t];
-        for (int64_t q = 0; q < cg; q++) {
-            __m256i b00 = _mm256_loadu_si256((const __m256i *)(B + 0));
-            __m256i b01 = _mm256_loadu_si256((const __m256i *)(B + 16));
-            __m256i b10 = _mm256_loadu_si256((const __m256i *)(B + 32));
-            __m256i b11 = _mm256_loadu_si256((const __m256i *)(B + 48));
-#pragma GCC unroll 8
-            for (int r = 0; r < QC_A_MR; r++) {
-                int32_t a4;
-                memcpy(&a4, ap[r] + 4 * q, 4);
-                __m128i w = _mm_cvtepu8_epi16(_mm_cvtsi32_si128(a4));
-                __m256i p0 = _mm256_broadcastd_epi32(w);
-                __m256i p1 = _mm256_broadcastd_epi32(_mm_srli_epi64(w, 32));
-                acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(p0, b00));
-                acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(p0, b01));
-                acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(p1, b10));
-                acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(p1, b11));
-            }
-            B += QC_A_NR * 4;
-        }
+        B = qc_acc_avx2(acc, ap, Cp / 4, B);
     }
     int32_t tile[QC_A_MR][QC_A_NR];
 #pragma GCC unroll 8
@@ -328,7 +316,6 @@ qc_cukr_vnni_body(int64_t T, int64_t Cp, const uint8_t *const *P, const int8_t *
                   const qc_conv_args *g, const int64_t *ro, int64_t j0, const int MRV)
 {
     __m512i acc[QC_V_MR][QC_V_NV];
-    const int64_t cg = Cp / 4;
 #pragma GCC unroll 16
     for (int r = 0; r < MRV; r++)
 #pragma GCC unroll 4
@@ -337,20 +324,7 @@ qc_cukr_vnni_body(int64_t T, int64_t Cp, const uint8_t *const *P, const int8_t *
         const uint8_t *ap[QC_V_MR];
 #pragma GCC unroll 16
         for (int r = 0; r < MRV; r++) ap[r] = P[(r < mr ? r : mr - 1) * T + t];
-        for (int64_t q = 0; q < cg; q++) {
-            __m512i b[QC_V_NV];
-#pragma GCC unroll 4
-            for (int v = 0; v < QC_V_NV; v++) b[v] = _mm512_loadu_si512(B + 64 * v);
-#pragma GCC unroll 16
-            for (int r = 0; r < MRV; r++) {
-                int32_t a4;
-                memcpy(&a4, ap[r] + 4 * q, 4);
-                __m512i a = _mm512_set1_epi32(a4);
-#pragma GCC unroll 4
-                for (int v = 0; v < QC_V_NV; v++) acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], a, b[v]);
-            }
-            B += QC_V_NR * 4;
-        }
+        B = qc_acc_vnni(acc, ap, Cp / 4, B, MRV);
     }
     __mmask16 m[QC_V_NV];
 #pragma GCC unroll 4
@@ -437,6 +411,36 @@ QC_CONV_GROUPED(qc_conv_grouped_portable, )
 QC_CONV_GROUPED(qc_conv_grouped_avx2, QC_AVX2_T)
 QC_CONV_GROUPED(qc_conv_grouped_avx512, QC_VNNI_T)
 #endif
+
+/* depthwise (groups == N == C, one channel per group): the taps' channels are contiguous, so the loop runs
+ * across 64 output channels at a time (vectorized by gcc) on weights transposed to wt (T, N) int32 */
+#define QC_DW_CHUNK 64
+#define QC_CONV_DW(NAME, ATTR)                                                                               \
+    ATTR static void NAME(const qc_conv_args *g, int64_t rows, const uint8_t **P, const int64_t *orow,       \
+                          const int32_t *wt)                                                                 \
+    {                                                                                                        \
+        const int64_t T = g->KH * g->KW, N = g->N;                                                           \
+        int32_t acc[QC_DW_CHUNK];                                                                            \
+        for (int64_t r = 0; r < rows; r++) {                                                                 \
+            const uint8_t **pr = P + r * T;                                                                  \
+            for (int64_t n0 = 0; n0 < N; n0 += QC_DW_CHUNK) {                                                \
+                const int64_t nc = N - n0 < QC_DW_CHUNK ? N - n0 : QC_DW_CHUNK;                              \
+                for (int64_t j = 0; j < nc; j++) acc[j] = 0;                                                 \
+                for (int64_t t = 0; t < T; t++) {                                                            \
+                    const uint8_t *a = pr[t] + n0;                                                           \
+                    const int32_t *w = wt + t * N + n0;                                                      \
+                    for (int64_t j = 0; j < nc; j++) acc[j] += (int32_t)a[j] * w[j];                         \
+                }                                                                                            \
+                for (int64_t j = 0; j < nc; j++) qc_conv_epi_scalar(g, orow[r], n0 + j, acc[j]);             \
+            }                                                                                                \
+        }                                                                                                    \
+    }
+QC_CONV_DW(qc_conv_dw_portable, )
+#if QC_X86
+QC_CONV_DW(qc_conv_dw_avx2, QC_AVX2_T)
+QC_CONV_DW(qc_conv_dw_avx512, QC_VNNI_T)
+#endif
+#define QC_DW_WT_MAX 8192   /* T * N int32 transposed weights on the stack; larger layers take the grouped loop */
 
 /* -------------------------------------------------------------------------------------- driver */
 
@@ -535,7 +539,17 @@ static int qc_conv_unit(const qc_conv_args *g, int64_t u)
     } else {
         qc_conv_taps(g, m0, rows, P);
     }
-    if (g->groups > 1) {
+    if (g->groups > 1 && g->groups == g->N && g->Cg == 1 && T * g->N <= QC_DW_WT_MAX) {
+        int32_t wt[QC_DW_WT_MAX];
+        for (int64_t n = 0; n < g->N; n++)
+            for (int64_t t = 0; t < T; t++) wt[t * g->N + n] = g->wg[n * T + t];
+#if QC_X86
+        if (g->isa == QC_ISA_VNNI) qc_conv_dw_avx512(g, rows, P, orow, wt);
+        else if (g->isa == QC_ISA_AVX2) qc_conv_dw_avx2(g, rows, P, orow, wt);
+        else
+#endif
+            qc_conv_dw_portable(g, rows, P, orow, wt);
+    } else if (g->groups > 1) {
 #if QC_X86
         if (g->isa == QC_ISA_VNNI) qc_conv_grouped_avx512(g, rows, P, orow);
         else if (g->isa == QC_ISA_AVX2) qc_conv_grouped_avx2(g, rows, P, orow);

@@ -158,15 +158,17 @@ static inline void qc_epi_scalar(const qc_epi *e, int64_t i, int64_t j, int32_t 
 
 /* ------------------------------------------------------------------------------------------------ portable */
 
-static void qc_ukr_portable(int64_t kg, const uint8_t *A, int64_t lda, const int8_t *B, void *C, int64_t ldc,
-                            int first, int last, int mr, int nr, const qc_epi *e, int64_t i0, int64_t j0)
+/* The accumulation loops below are shared by the GEMM micro-kernels (one row pointer per row) and the
+ * convolution's (pyx/conv_kernels.h: one call per kernel tap, the row pointers gathered from the input image):
+ * acc[r][.] += sum over the kg groups of 4 k of ap[r][k] * B[k][.] for the MR (MRV) rows, B a packed panel in the
+ * path's layout; each returns B advanced past the kg groups.  Rows beyond mr get a duplicate pointer (the
+ * caller's), so they read valid memory and are not stored. */
+
+/* k-major panel: NR int8 weights per k.  u8 * s8 always fits in int16 (|.| <= 32640), which lets the
+ * compiler vectorize the column loop at baseline ISA (SSE2 pmullw + widening adds) */
+static inline const int8_t *qc_acc_portable(int32_t acc[QC_P_MR][QC_P_NR], const uint8_t *const *ap, int64_t kg,
+                                            const int8_t *B)
 {
-    int32_t acc[QC_P_MR][QC_P_NR];
-    const uint8_t *ap[QC_P_MR];
-    for (int r = 0; r < QC_P_MR; r++) ap[r] = A + (r < mr ? r : mr - 1) * lda;
-    memset(acc, 0, sizeof(acc));
-    /* k-major panel: NR int8 weights per k.  u8 * s8 always fits in int16 (|.| <= 32640), which lets the
-     * compiler vectorize the column loop at baseline ISA (SSE2 pmullw + widening adds) */
     for (int64_t k = 0; k < 4 * kg; k++) {
         const int8_t *bk = B + k * QC_P_NR;
         for (int r = 0; r < QC_P_MR; r++) {
@@ -175,6 +177,17 @@ static void qc_ukr_portable(int64_t kg, const uint8_t *A, int64_t lda, const int
                 acc[r][j] += (int16_t)(a * (int16_t)bk[j]);
         }
     }
+    return B + 4 * kg * QC_P_NR;
+}
+
+static void qc_ukr_portable(int64_t kg, const uint8_t *A, int64_t lda, const int8_t *B, void *C, int64_t ldc,
+                            int first, int last, int mr, int nr, const qc_epi *e, int64_t i0, int64_t j0)
+{
+    int32_t acc[QC_P_MR][QC_P_NR];
+    const uint8_t *ap[QC_P_MR];
+    for (int r = 0; r < QC_P_MR; r++) ap[r] = A + (r < mr ? r : mr - 1) * lda;
+    memset(acc, 0, sizeof(acc));
+    qc_acc_portable(acc, ap, kg, B);
     for (int r = 0; r < mr; r++) {
         int32_t *ci = (int32_t *)C + r * ldc;
         for (int j = 0; j < nr; j++) {
@@ -196,19 +209,11 @@ QC_VNNI_T static inline __m512i qc_v_fix(__m512i x, const qc_epi *e, int32_t za,
     return x;
 }
 
-/* MRV (a compile-time constant after inlining) rows are computed; mr <= MRV of them are stored */
-QC_VNNI_T static inline __attribute__((always_inline)) void
-qc_ukr_vnni_body(int64_t kg, const uint8_t *A, int64_t lda, const int8_t *B, void *C, int64_t ldc,
-                 int first, int last, int mr, int nr, const qc_epi *e, int64_t i0, int64_t j0, const int MRV)
+/* byte layout, NR = 32 columns per k-group of 4: vpdpbusd of 4 broadcast activation bytes with 2 x 16 columns.
+ * MRV: a compile-time constant after inlining (the register tile's rows). */
+QC_VNNI_T static inline __attribute__((always_inline)) const int8_t *
+qc_acc_vnni(__m512i acc[QC_V_MR][QC_V_NV], const uint8_t *const *ap, int64_t kg, const int8_t *B, const int MRV)
 {
-    __m512i acc[QC_V_MR][QC_V_NV];
-    const uint8_t *ap[QC_V_MR];
-#pragma GCC unroll 16
-    for (int r = 0; r < MRV; r++) ap[r] = A + (r < mr ? r : mr - 1) * lda;
-#pragma GCC unroll 16
-    for (int r = 0; r < MRV; r++)
-#pragma GCC unroll 4
-        for (int v = 0; v < QC_V_NV; v++) acc[r][v] = _mm512_setzero_si512();
     for (int64_t g = 0; g < kg; g++) {
         __m512i b[QC_V_NV];
 #pragma GCC unroll 4
@@ -223,6 +228,23 @@ qc_ukr_vnni_body(int64_t kg, const uint8_t *A, int64_t lda, const int8_t *B, voi
         }
         B += QC_V_NR * 4;
     }
+    return B;
+}
+
+/* MRV (a compile-time constant after inlining) rows are computed; mr <= MRV of them are stored */
+QC_VNNI_T static inline __attribute__((always_inline)) void
+qc_ukr_vnni_body(int64_t kg, const uint8_t *A, int64_t lda, const int8_t *B, void *C, int64_t ldc,
+                 int first, int last, int mr, int nr, const qc_epi *e, int64_t i0, int64_t j0, const int MRV)
+{
+    __m512i acc[QC_V_MR][QC_V_NV];
+    const uint8_t *ap[QC_V_MR];
+#pragma GCC unroll 16
+    for (int r = 0; r < MRV; r++) ap[r] = A + (r < mr ? r : mr - 1) * lda;
+#pragma GCC unroll 16
+    for (int r = 0; r < MRV; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < QC_V_NV; v++) acc[r][v] = _mm512_setzero_si512();
+    qc_acc_vnni(acc, ap, kg, B, MRV);
     __mmask16 m[QC_V_NV];
 #pragma GCC unroll 4
     for (int v = 0; v < QC_V_NV; v++) {
@@ -283,17 +305,11 @@ QC_VNNI_T static void qc_ukr_vnni(int64_t kg, const uint8_t *A, int64_t lda, con
 
 /* ------------------------------------------------------------------------------------------------ AVX2 */
 
-QC_AVX2_T static void qc_ukr_avx2(int64_t kg, const uint8_t *A, int64_t lda, const int16_t *B, void *C, int64_t ldc,
-                                  int first, int last, int mr, int nr, const qc_epi *e, int64_t i0, int64_t j0)
+/* int16 layout, NR = 16: one k-group of 4 = two k-pairs, each pair 16 columns x 2 int16 = two ymm; vpmaddwd */
+QC_AVX2_T static inline __attribute__((always_inline)) const int16_t *
+qc_acc_avx2(__m256i acc[QC_A_MR][2], const uint8_t *const *ap, int64_t kg, const int16_t *B)
 {
-    __m256i acc[QC_A_MR][2];
-    const uint8_t *ap[QC_A_MR];
-#pragma GCC unroll 8
-    for (int r = 0; r < QC_A_MR; r++) ap[r] = A + (r < mr ? r : mr - 1) * lda;
-#pragma GCC unroll 8
-    for (int r = 0; r < QC_A_MR; r++) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
     for (int64_t g = 0; g < kg; g++) {
-        /* one k-group of 4 = two k-pairs, each pair: 16 columns x 2 int16 = two ymm */
         __m256i b00 = _mm256_loadu_si256((const __m256i *)(B + 0));
         __m256i b01 = _mm256_loadu_si256((const __m256i *)(B + 16));
         __m256i b10 = _mm256_loadu_si256((const __m256i *)(B + 32));
@@ -312,6 +328,19 @@ QC_AVX2_T static void qc_ukr_avx2(int64_t kg, const uint8_t *A, int64_t lda, con
         }
         B += QC_A_NR * 4;
     }
+    return B;
+}
+
+QC_AVX2_T static void qc_ukr_avx2(int64_t kg, const uint8_t *A, int64_t lda, const int16_t *B, void *C, int64_t ldc,
+                                  int first, int last, int mr, int nr, const qc_epi *e, int64_t i0, int64_t j0)
+{
+    __m256i acc[QC_A_MR][2];
+    const uint8_t *ap[QC_A_MR];
+#pragma GCC unroll 8
+    for (int r = 0; r < QC_A_MR; r++) ap[r] = A + (r < mr ? r : mr - 1) * lda;
+#pragma GCC unroll 8
+    for (int r = 0; r < QC_A_MR; r++) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+    qc_acc_avx2(acc, ap, kg, B);
     int32_t tile[QC_A_MR][QC_A_NR];
 #pragma GCC unroll 8
     for (int r = 0; r < QC_A_MR; r++) {

@@ -67,6 +67,8 @@ CASES = [
     (6, 33, (5, 3), (3, 1), (2, 0), (1, 2), 1, 11, 9),     # rectangular kernel, mixed stride/dilation
     (64, 64, (3, 3), (2, 2), (1, 1), (1, 1), 1, 8, 8),     # the benchmark's third layer
     (8, 8, (3, 3), (1, 1), (1, 1), (1, 1), 8, 6, 7),       # depthwise
+    (72, 72, (3, 3), (2, 2), (1, 1), (1, 1), 72, 7, 6),    # depthwise, 64 + 8 channel chunks, stride 2
+    (4, 8, (3, 3), (1, 1), (1, 1), (1, 1), 4, 5, 5),       # depthwise with channel multiplier 2: grouped loop
     (8, 12, (1, 1), (1, 1), (0, 0), (1, 1), 4, 5, 5),      # grouped 1x1
     (6, 4, (2, 2), (2, 2), (0, 0), (1, 1), 2, 6, 6),       # grouped, C/groups = 3
     (4, 20, (9, 9), (1, 1), (4, 4), (1, 1), 1, 10, 10),    # 81 taps: the checked (non-table) tap path

@@ -448,3 +448,16 @@ def test_qat_conv_batch_norm_folds_into_the_trained_codes():
     x = torch.randn(16, 3, 8, 8)
     with torch.no_grad():
         assert _rel(q(x), qat(x)) < 0.02
+
+
+def test_fused_relu_is_the_unfused_layer_followed_by_relu(functional):
+    """The epilogue's ReLU is torch.relu of the same layer's float output: bit for bit, BN folded in both."""
+    _, calib, q = functional
+    fused = q.c3  # float output (a flatten follows)
+    unfused = copy.deepcopy(fused)
+    unfused.relu = False
+    with torch.no_grad():
+        codes = q.c2(q.c1(calib[1]))
+        a, b = fused(codes), torch.relu(unfused(codes))
+    assert fused.relu and (a >= 0).all()
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
