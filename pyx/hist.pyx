@@ -13,6 +13,7 @@ cimport numpy as cnp
 from cython.parallel cimport prange, parallel, threadid
 from libc.stdint cimport int32_t, int64_t, uint32_t
 from libc.stdlib cimport calloc, malloc, free
+from libc.string cimport memmove
 
 cnp.import_array()
 
@@ -27,7 +28,8 @@ cdef extern from "hist_kernels.h" nogil:
     void hist_count_rows(const float *x, int64_t rows, int64_t len, int64_t xstride, double lo, double inv_w,
                          int32_t nb, uint32_t *h, int64_t hstride)
     int hist_count_checked(const float *x, int64_t n, double lo, double inv_w, int32_t nb, uint32_t *h,
-                           double lo_limit, double hi_limit, float *mn, float *mx, int *stop)
+                           double lo_limit, double hi_limit, float *mn, float *mx, int *stop, float *spill,
+                           int64_t cap, int64_t *used)
     void hist_flush(uint32_t *h, int64_t nb, double *out)
     double hist_sq_error(const int64_t *idx, const double *cnt, int64_t m, double lo, double w, double g0, double s, double L)
     double hist_kl(const double *h, int64_t nb, int64_t s, int64_t e, int64_t nq)
@@ -56,22 +58,26 @@ cdef int _threads(int64_t work) noexcept nogil:
     return t if t > 0 else 1
 
 
-cdef int _count_flat(const float *px, int64_t n, double lo, double inv_w, int32_t nb, double *H, bint checked,
-                     double lo_limit, double hi_limit, float *pmn, float *pmx) noexcept nogil:
+cdef int _count_flat(int nt, const float *px, int64_t n, double lo, double inv_w, int32_t nb, double *H, bint checked,
+                     double lo_limit, double hi_limit, float *pmn, float *pmx, float *spill=NULL, int64_t cap=0,
+                     int64_t *nspill=NULL) noexcept nogil:
     """Per tensor: the counts of ``px[0..n)`` added to ``H`` (``nb`` doubles).  ``checked``: also their min/max
-    into ``pmn``/``pmx``, and the counts added only if all are finite and inside ``[lo_limit, hi_limit]``.
-    Returns the state (0 added, 1 outside the limits, 2 NaN/Inf; always 0 unchecked) or -1 (out of memory)."""
-    cdef int nt = _threads(n)
+    into ``pmn``/``pmx``; the counts of the values inside ``[lo_limit, hi_limit]`` are added, the others copied to
+    ``spill`` (room for ``cap`` per thread, ``nt * cap`` floats; ``*nspill`` of them in use, packed at the front,
+    at the end) — unless more than ``cap`` fall outside in all, or a value is NaN/Inf: then nothing is added.
+    Returns the state (0 added, 1 too many outside, 2 NaN/Inf; always 0 unchecked) or -1 (out of memory).
+    ``nt`` threads (the caller sized ``spill`` for them)."""
     cdef int64_t sub = HIST_NSUB * <int64_t> nb
     cdef uint32_t *part = <uint32_t *> calloc(nt * sub, sizeof(uint32_t))
     cdef double *acc = <double *> calloc(nb, sizeof(double))
     cdef float *tmn = <float *> malloc(nt * sizeof(float))
     cdef float *tmx = <float *> malloc(nt * sizeof(float))
     cdef int *tst = <int *> calloc(nt, sizeof(int))
+    cdef int64_t *tused = <int64_t *> calloc(nt, sizeof(int64_t))
     cdef int stop = 0, st, state = 0, t
-    cdef int64_t r0 = 0, r1, nch, ch, a, i
-    if part == NULL or acc == NULL or tmn == NULL or tmx == NULL or tst == NULL:
-        free(part); free(acc); free(tmn); free(tmx); free(tst)
+    cdef int64_t r0 = 0, r1, nch, ch, a, i, used
+    if part == NULL or acc == NULL or tmn == NULL or tmx == NULL or tst == NULL or tused == NULL:
+        free(part); free(acc); free(tmn); free(tmx); free(tst); free(tused)
         return -1
     for t in range(nt):
         tmn[t] = px[0]
@@ -85,7 +91,8 @@ cdef int _count_flat(const float *px, int64_t n, double lo, double inv_w, int32_
                 a = r0 + ch * CHUNK
                 if checked:
                     st = hist_count_checked(px + a, min(r1, a + CHUNK) - a, lo, inv_w, nb, part + t * sub,
-                                            lo_limit, hi_limit, tmn + t, tmx + t, &stop)
+                                            lo_limit, hi_limit, tmn + t, tmx + t, &stop, spill + t * cap, cap,
+                                            tused + t)
                     if st > tst[t]:
                         tst[t] = st
                 else:
@@ -97,10 +104,21 @@ cdef int _count_flat(const float *px, int64_t n, double lo, double inv_w, int32_
         state = max(state, tst[t])
         pmn[0] = min(pmn[0], tmn[t]) if t else tmn[t]
         pmx[0] = max(pmx[0], tmx[t]) if t else tmx[t]
+    if nspill != NULL and state == 0:
+        used = 0
+        for t in range(nt):
+            used += tused[t]
+        if used > cap:  # each thread had room for cap values, the call has room for cap in all
+            state = 1
     if state == 0:
         for i in range(nb):
             H[i] += acc[i]
-    free(part); free(acc); free(tmn); free(tmx); free(tst)
+    if nspill != NULL:  # pack the threads' spilled values at the front
+        nspill[0] = 0
+        for t in range(nt):
+            memmove(spill + nspill[0], spill + t * cap, tused[t] * sizeof(float))
+            nspill[0] += tused[t]
+    free(part); free(acc); free(tmn); free(tmx); free(tst); free(tused)
     return state
 
 
@@ -126,7 +144,7 @@ def accumulate(const float[:, :, ::1] x3, const double[::1] lo, const double[::1
     cdef int rc
     if C == 1:
         with nogil:
-            rc = _count_flat(x, n, lo[0], inv_w[0], nb32, H, False, 0.0, 0.0, &fdummy, &fdummy)
+            rc = _count_flat(nt, x, n, lo[0], inv_w[0], nb32, H, False, 0.0, 0.0, &fdummy, &fdummy)
         if rc < 0:
             raise MemoryError()
     elif inner < 32 and outer >= 2 * nt and nt * C * nb <= SHORT_MAX:
@@ -279,13 +297,14 @@ def bin_stats(const float[:, ::1] x, const double[::1] lo, const double[::1] sc,
 
 
 def count_flat(const float[::1] x, double lo, double width, double[:, ::1] hist,
-               double lo_limit=-np.inf, double hi_limit=np.inf):
+               double lo_limit=-np.inf, double hi_limit=np.inf, int64_t spill=0):
     """Count the values of ``x`` into ``hist`` (shape ``(1, bins)``, bin ``i`` = ``[lo + i*width, ...)``) in one
     pass that also finds their min and max and whether all are finite.
 
-    The counts are added only if every value is finite and within ``[lo_limit, hi_limit]``; otherwise ``hist`` is
-    left untouched (and counting stops at the first block of values that is not: the rest is only scanned for
-    its min and max).  Returns ``(min, max, finite, added)``.
+    Values outside ``[lo_limit, hi_limit]`` are not counted: up to ``spill`` of them are returned (float32, in
+    no particular order) for the caller to count later.  If more fall outside, or a value is NaN/Inf, ``hist``
+    is left untouched (counting stops at the first block of values that overflows: the rest is only scanned for
+    its min and max).  Returns ``(min, max, finite, added, outside)``; ``outside`` is None unless ``added``.
     """
     cdef int64_t n = x.shape[0], nb = hist.shape[1]
     if hist.shape[0] != 1 or nb == 0:
@@ -296,10 +315,19 @@ def count_flat(const float[::1] x, double lo, double width, double[:, ::1] hist,
         raise ValueError("count_flat: empty input")
     if not (width > 0):
         raise ValueError("count_flat: width must be > 0")
+    if spill < 0:
+        raise ValueError("count_flat: spill must be >= 0")
+    spill = min(spill, n)
+    cdef int nt = _threads(n)
+    out_arr = np.empty(max(1, nt * spill), np.float32)
+    cdef float[::1] sp = out_arr
     cdef float mn = 0, mx = 0
     cdef int state
+    cdef int64_t used = 0
     with nogil:
-        state = _count_flat(&x[0], n, lo, 1.0 / width, <int32_t> nb, &hist[0, 0], True, lo_limit, hi_limit, &mn, &mx)
+        state = _count_flat(nt, &x[0], n, lo, 1.0 / width, <int32_t> nb, &hist[0, 0], True, lo_limit, hi_limit, &mn, &mx,
+                            &sp[0], spill, &used)
     if state < 0:
         raise MemoryError()
-    return float(mn), float(mx), state != 2, state == 0
+    outside = out_arr[:used].copy() if state == 0 else None
+    return float(mn), float(mx), state != 2, state == 0, outside

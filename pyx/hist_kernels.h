@@ -81,17 +81,18 @@ static inline __attribute__((always_inline, target("avx2,avx512f,avx512bw,avx512
 typedef void (*hist_count_rows_t)(const float *, int64_t, int64_t, int64_t, double, double, int32_t, uint32_t *,
                                   int64_t);
 typedef int (*hist_count_checked_t)(const float *, int64_t, double, double, int32_t, uint32_t *, double, double,
-                                    float *, float *, volatile int *);
+                                    float *, float *, volatile int *, float *, int64_t, int64_t *);
 
 /* One copy per instruction set of:
  *
  * hist_count_run: counts of x[0..n) into h, sub-histogram k at h + k * hstride (hstride 0: one histogram);
  * hist_count_rows: `rows` runs of `len` values, run r at x + r * xstride;
  * hist_count_checked: the per-tensor pass: min/max of x[0..n) folded into *mn, *mx block by block
- *   (qcore_minmax.h), and the counts into h (HIST_NSUB sub-histograms of nb) while every block so far is finite
- *   and inside [lo_limit, hi_limit].  Returns 0 if all were (counts complete), 1 if a block was not (counting
- *   stopped there: the partial counts are to be discarded; the min/max still cover all of x), 2 on NaN/Inf.
- *   *stop (shared by the threads of one call) is raised on the first failure so the others stop counting. */
+ *   (qcore_minmax.h), and the counts of the values inside [lo_limit, hi_limit] into h (HIST_NSUB sub-histograms
+ *   of nb); values outside go to spill[*used..cap) (the caller counts them once it has grown the histogram).
+ *   Returns 0 if every value was counted or spilled, 1 if the spill buffer overflowed (counting stopped there:
+ *   the partial counts are to be discarded; the min/max still cover all of x), 2 on NaN/Inf.  *stop (shared by
+ *   the threads of one call) is raised on the first failure so the others stop counting. */
 #define HIST_DEFINE_VARIANT(SFX, ATTR)                                                                      \
     ATTR static inline void hist_count_run_##SFX(const float *restrict x, int64_t n, double lo, double inv_w, \
                                                  int32_t nb, uint32_t *h, int64_t hstride)                 \
@@ -118,7 +119,8 @@ typedef int (*hist_count_checked_t)(const float *, int64_t, double, double, int3
     }                                                                                                      \
     ATTR static int hist_count_checked_##SFX(const float *x, int64_t n, double lo, double inv_w, int32_t nb,\
                                              uint32_t *h, double lo_limit, double hi_limit, float *mn,     \
-                                             float *mx, volatile int *stop)                                \
+                                             float *mx, volatile int *stop, float *spill, int64_t cap,      \
+                                             int64_t *used)                                                \
     {                                                                                                      \
         int state = *stop ? 1 : 0;                                                                         \
         float l = *mn, u = *mx;                                                                            \
@@ -133,12 +135,17 @@ typedef int (*hist_count_checked_t)(const float *, int64_t, double, double, int3
             }                                                                                              \
             l = a < l ? a : l;                                                                             \
             u = b > u ? b : u;                                                                             \
+            if (state == 0 && *stop) state = 1;                                                            \
             if (state == 0) {                                                                              \
-                if ((double)a < lo_limit || (double)b > hi_limit || *stop) {                               \
-                    state = 1;                                                                             \
-                    *stop = 1;                                                                             \
-                } else {                                                                                   \
+                if ((double)a >= lo_limit && (double)b <= hi_limit) {                                      \
                     hist_count_run_##SFX(x + s, m, lo, inv_w, nb, h, nb);                                  \
+                } else { /* value by value: those inside counted, the others spilled while there is room */\
+                    for (int64_t i = s; i < s + m && state == 0; i++) {                                    \
+                        double v = (double)x[i];                                                           \
+                        if (v >= lo_limit && v <= hi_limit) h[hist_bin(x[i], lo, inv_w, nb)]++;            \
+                        else if (*used < cap) spill[(*used)++] = x[i];                                     \
+                        else { state = 1; *stop = 1; }                                                     \
+                    }                                                                                      \
                 }                                                                                          \
             }                                                                                              \
         }                                                                                                  \

@@ -482,3 +482,32 @@ def test_histogram_isa_env_override():
         out = subprocess.run([sys.executable, "-c", "from qcore_plugins import _hist; print(_hist.current_isa())"],
                              env=env, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and out.stdout.strip() == want, out.stderr
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_minmax_histogram_spill_equals_reference(threads, hist_isa):
+    import threadpoolctl
+
+    rng = np.random.default_rng(41)
+    x = rng.laplace(size=300_001).astype(np.float32)
+    x[rng.choice(x.size, 50, replace=False)] = rng.uniform(30, 50, 50).astype(np.float32)  # beyond the range
+    nb = 512
+    for cap, expect in ((100, True), (50, True), (49, False), (0, False)):
+        got, want = np.zeros((1, nb)), np.zeros((1, nb))
+        with threadpoolctl.threadpool_limits(threads, user_api="openmp"):
+            mn, mx, out = CK.minmax_histogram_spill(x, -25.0, 50.0 / nb, got, cap)
+        rmn, rmx, rout = NK.minmax_histogram_spill(x, -25.0, 50.0 / nb, want, cap)
+        assert (mn, mx) == (rmn, rmx) == (x.min(), x.max())
+        assert (out is not None) == (rout is not None) == expect, cap
+        np.testing.assert_array_equal(got, want)
+        if expect:
+            np.testing.assert_array_equal(np.sort(out), np.sort(x[x > 25.0]))
+            assert got.sum() + out.size == x.size
+        else:
+            assert not got.any()
+    bad = x.copy()
+    bad[123_456] = np.nan
+    h = np.zeros((1, nb))
+    with pytest.raises(InputError, match="NaN or Inf"):
+        CK.minmax_histogram_spill(bad, -25.0, 50.0 / nb, h, 10_000)
+    assert not h.any()

@@ -424,3 +424,28 @@ def test_conformance_kit(name):
     from qcore.testing import check_observer
 
     check_observer(type(qcore.get_observer(name)))
+
+
+def test_batches_beyond_the_range_in_one_pass_count_as_two_passes(monkeypatch):
+    """A later batch reaching beyond the histogram is counted in one pass (values beyond set aside, the range grown
+    with this batch's counts merged, then those values counted): the same histogram as the two-pass path."""
+    from qcore_plugins.observers import _histogram
+
+    rng = np.random.default_rng(19)
+    batches = [rng.laplace(size=200_000).astype(np.float32) for _ in range(3)]
+    batches[1][rng.integers(0, 200_000, 20)] = rng.uniform(30, 60, 20).astype(np.float32)
+    batches[2][:5] = -90.0
+    one = qcore.get_observer("histogram")
+    for b in batches:
+        one.update(b)
+    monkeypatch.setattr(_histogram, "SPILL_MIN", 0)
+    monkeypatch.setattr(_histogram, "SPILL_FRACTION", 1 << 40)  # no room: every growing batch takes two passes
+    two = qcore.get_observer("histogram")
+    for b in batches:
+        two.update(b)
+    np.testing.assert_array_equal(one.lo, two.lo)
+    np.testing.assert_array_equal(one.width, two.width)
+    np.testing.assert_array_equal(one.hist, two.hist)
+    assert one.hist.sum() == 600_000 and one.min == two.min and one.max == two.max
+    for a, b in zip(one.range(8, False), two.range(8, False)):
+        np.testing.assert_array_equal(a, b)

@@ -177,7 +177,12 @@ class CythonKernel(Kernel):
 
     def _minmax_histogram(self, x, lo, width, out):
         nb = out.shape[1]
-        return _hist.count_flat(x, lo, width, out, lo, lo + nb * width)
+        return _hist.count_flat(x, lo, width, out, lo, lo + nb * width)[:4]
+
+    def _minmax_histogram_spill(self, x, lo, width, out, capacity):
+        nb = out.shape[1]
+        mn, mx, finite, added, outside = _hist.count_flat(x, lo, width, out, lo, lo + nb * width, capacity)
+        return mn, mx, finite, outside
 
     def _bin_stats(self, rows, lo, sc, cnt, sm, bmin, bmax):
         C, N = rows.shape

@@ -10,7 +10,7 @@ interpolation, so no error accumulates however often the range grows).  The old 
 of the new one, which leaves headroom on both sides, so the width at most doubles each time the data range
 outgrows the histogram and at least half the bins always cover data.
 
-The counting is the observer's kernel's (``self.kernel``: ``minmax``, ``histogram``, ``minmax_histogram``; the
+The counting is the observer's kernel's (``self.kernel``: ``minmax``, ``histogram``, ``minmax_histogram_spill``; the
 ``cython`` kernel runs them with OpenMP threads and per-thread partial histograms, GIL released).  Range searches
 evaluate, for each candidate clipping range, the **exact** squared error of the quantizer's own grid on the
 histogram (values uniform inside each bin): the kernel's ``histogram_sq_error`` (qcore/kernels/base.py).
@@ -24,6 +24,10 @@ from qcore.validation import as_3d, check_number, normalize_axis  # noqa: F401 -
 
 #: a histogram observer holds at most this many counts (C * bins); ``bins`` is lowered for more channels
 MAX_ENTRIES = 1 << 24
+#: a later per-tensor batch is counted in one pass if at most max(SPILL_MIN, size // SPILL_FRACTION) of its values
+#: lie beyond the current range (they are set aside and counted once the range has grown)
+SPILL_MIN = 4096
+SPILL_FRACTION = 256
 
 
 def scheme_grid(lo, hi, bits, symmetric):
@@ -49,7 +53,7 @@ def scheme_grid(lo, hi, bits, symmetric):
 
 
 class HistogramObserverBase(qcore.Observer):
-    self_checking = True  # kernel.minmax_histogram / kernel.minmax refuse NaN/Inf in their own pass
+    self_checking = True  # kernel.minmax_histogram_spill / kernel.minmax refuse NaN/Inf in their own pass
     """Base of the observers that keep a streaming histogram per channel (option ``bins``)."""
 
     options = {"bins": 2048}
@@ -83,16 +87,21 @@ class HistogramObserverBase(qcore.Observer):
         ax = None if self.axis is None else normalize_axis(self.axis, x.ndim)
         x3 = as_3d(x, ax)
         if self.hist is not None and x3.shape[1] == 1:
-            # one pass: count with the current range, keep the counts only if the batch fits in it
-            nb = self.hist.shape[1]
+            # one pass: count what lies in the current range, set aside the few values beyond it; widen the range
+            # (merging bins exactly, this batch's counts included) and count those few.  A batch with more values
+            # beyond the range than SPILL allows takes the two passes below.
             lo, w = float(self.lo[0]), float(self.width[0])
-            mn, mx, added = self.kernel.minmax_histogram(x3.reshape(-1), lo, w, self.hist)  # InputError on NaN/Inf
-            if added:
-                self.min = np.minimum(self.min, mn)
-                self.max = np.maximum(self.max, mx)
+            cap = max(SPILL_MIN, x3.size // SPILL_FRACTION)
+            mn, mx, outside = self.kernel.minmax_histogram_spill(x3.reshape(-1), lo, w, self.hist, cap)  # InputError
+            bmin, bmax = np.array([mn], np.float64), np.array([mx], np.float64)
+            if outside is not None:
+                self._grow(bmin, bmax)
+                self.min = np.minimum(self.min, bmin)
+                self.max = np.maximum(self.max, bmax)
+                if outside.size:
+                    self.kernel.histogram(outside, self.lo, self.width, self.hist)
                 self._cache = {}
                 return
-            bmin, bmax = np.array([mn]), np.array([mx])
         else:
             bmin, bmax = self.kernel.minmax(x3, 1)  # InputError on NaN/Inf
         bmin = bmin.astype(np.float64)

@@ -377,6 +377,25 @@ class Kernel:
             raise non_finite_error(x)
         return float(mn), float(mx), bool(added)
 
+    def minmax_histogram_spill(self, x, lo: float, width: float, out, capacity: int):
+        """As :meth:`minmax_histogram`, but values outside ``[lo, lo + bins * width]`` do not stop the counting: the
+        values inside are counted into ``out`` and those outside returned (float32, in no particular order) for the
+        caller to count once it has widened its histogram — one pass over ``x`` where a batch reaching beyond the
+        range took two.  ``(min, max, outside)``; ``outside`` is None and ``out`` untouched if more than
+        ``capacity`` values fall outside.  NaN/Inf raise ``qcore.InputError`` with ``out`` untouched."""
+        x = as_float32(x, check_finite=False).reshape(-1)
+        out = self._hist_out(out, 1)
+        lo, width = float(lo), float(width)
+        if not (np.isfinite(lo) and np.isfinite(width) and width > 0):
+            raise ValueError("lo must be finite and width finite and > 0")
+        if x.size == 0:
+            raise ValueError("minmax_histogram_spill of an empty array is undefined")
+        capacity = check_int(capacity, "capacity", 0, 1 << 40)
+        mn, mx, finite, outside = self._minmax_histogram_spill(x, lo, width, out, capacity)
+        if not finite:
+            raise non_finite_error(x)
+        return float(mn), float(mx), None if outside is None else np.asarray(outside, np.float32)
+
     def bin_stats(self, rows, lo, hi, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Per row of ``rows`` (``(C, N)`` float32, finite): ``bins`` equal bins over ``[lo[c], hi[c]]`` (bin
         ``trunc((v - lo) * bins / (hi - lo))`` in float64, clamped; everything in bin 0 when ``hi == lo``) and per
@@ -502,6 +521,10 @@ class Kernel:
     def _minmax_histogram(self, x, lo, width, out) -> tuple[float, float, bool, bool]:
         """``(min, max, finite, added)``; ``out`` unchanged unless ``added``."""
         return reference.minmax_histogram(x, lo, width, out)
+
+    def _minmax_histogram_spill(self, x, lo, width, out, capacity):
+        """``(min, max, finite, outside)``; ``out`` unchanged unless ``outside`` is not None."""
+        return reference.minmax_histogram_spill(x, lo, width, out, capacity)
 
     def _bin_stats(self, rows, lo, sc, cnt, sm, bmin, bmax) -> None:
         """Accumulate into the outputs; bin ``trunc((v - lo[c]) * sc[c])`` clamped to ``[0, bins-1]``."""

@@ -95,6 +95,20 @@ def minmax_histogram(x, lo, width, out):
         out[0] += np.bincount(bins(x, lo, width, nb), minlength=nb)
     return mn, mx, finite, added
 
+def minmax_histogram_spill(x, lo, width, out, capacity):
+    finite = bool(np.isfinite(x).all())
+    mn, mx = float(x.min()), float(x.max())
+    if not finite:
+        return mn, mx, False, None
+    nb = out.shape[1]
+    v = x.astype(np.float64)
+    inside = (v >= lo) & (v <= lo + nb * width)
+    outside = x[~inside]
+    if outside.size > capacity:
+        return mn, mx, True, None
+    out[0] += np.bincount(bins(x[inside], lo, width, nb), minlength=nb)
+    return mn, mx, True, outside.copy()
+
 def bin_stats(rows, lo, sc, cnt, sm, bmin, bmax):
     nb = cnt.shape[1]
     for c in range(rows.shape[0]):

@@ -280,7 +280,7 @@ def check_kernel_log_levels(obj):
 
 
 def check_kernel_histograms(obj):
-    """``histogram`` and ``minmax_histogram`` count like the reference (values at bin centres, per tensor and per
+    """``histogram``, ``minmax_histogram`` and ``minmax_histogram_spill`` count like the reference (values at bin centres, per tensor and per
     channel), ``bin_stats`` gives the same counts, minima and maxima (sums agree), and ``histogram_sq_error`` and
     ``histogram_kl`` agree with the reference."""
     k, ref = Spec(obj).make(), _reference()
@@ -312,6 +312,16 @@ def check_kernel_histograms(obj):
         r1, r2 = k.minmax_histogram(x, lo, width, got), ref.minmax_histogram(x, lo, width, want)
         assert r1 == r2, f"minmax_histogram lo={lo}: {r1}, the numpy reference gives {r2}"
         _eq(got, want, f"minmax_histogram counts lo={lo}")
+    for lo, width, cap in ((-1.0, 0.05, 0), (-0.5, 0.02, 4000), (-0.5, 0.02, 10)):  # nothing, some, too many outside
+        got, want = np.zeros((1, nb)), np.zeros((1, nb))
+        r1 = k.minmax_histogram_spill(x, lo, width, got, cap)
+        r2 = ref.minmax_histogram_spill(x, lo, width, want, cap)
+        assert r1[:2] == r2[:2] and (r1[2] is None) == (r2[2] is None), (
+            f"minmax_histogram_spill lo={lo} capacity={cap}: min/max {r1[:2]}, outside {r1[2] is not None}; the numpy "
+            f"reference gives {r2[:2]}, {r2[2] is not None}")
+        if r2[2] is not None:
+            _eq(np.sort(r1[2]), np.sort(r2[2]), f"minmax_histogram_spill values outside lo={lo}")
+        _eq(got, want, f"minmax_histogram_spill counts lo={lo} capacity={cap}")
     hist = np.zeros((3, nb))
     for c in range(3):
         ref.histogram(_x((2000,), 30 + c), [-8.0], [16.0 / nb], hist[c:c + 1])
