@@ -61,6 +61,8 @@ def bits_per_weight(model) -> float:
 MIXED_CANDIDATES = ("linear:3:group:128,linear:4:group:128,linear:5:group:128,linear:4:channel,linear:5:channel,"
                     "linear:6:channel,linear:8:channel")
 
+G128 = dict(granularity="group", group_size=128, symmetric=False)
+
 ROWS = {
     # name: (label, scheme, bits, method, options)
     "rtn4": ("RTN 4-bit g128 affine", "linear", 4, "rtn", dict(granularity="group", group_size=128, symmetric=False)),
@@ -71,6 +73,16 @@ ROWS = {
                dict(granularity="group", group_size=128, symmetric=False, gptq_options={"clip_search": True})),
     "gptq3n": ("GPTQ 3-bit g128, no act-order", "linear", 3, "gptq",
                dict(granularity="group", group_size=128, symmetric=False, gptq_options={"act_order": False})),
+    "rtn4x": ("RTN 4-bit g128 + clip", "linear", 4, "rtn-clip", dict(G128)),
+    "awq4": ("AWQ 4-bit g128", "linear", 4, "awq", dict(G128)),
+    "awq4x": ("AWQ 4-bit g128 + clip", "linear", 4, "awq", dict(G128, gptq_options={"clip_search": True})),
+    "awqg4x": ("AWQ + GPTQ 4-bit + clip", "linear", 4, "awq-gptq", dict(G128, gptq_options={"clip_search": True})),
+    "awqg4": ("AWQ + GPTQ 4-bit g128", "linear", 4, "awq-gptq", dict(G128)),
+    "rtn3x": ("RTN 3-bit g128 + clip", "linear", 3, "rtn-clip", dict(G128)),
+    "awq3": ("AWQ 3-bit g128", "linear", 3, "awq", dict(G128)),
+    "awq3x": ("AWQ 3-bit g128 + clip", "linear", 3, "awq", dict(G128, gptq_options={"clip_search": True})),
+    "awqg3": ("AWQ + GPTQ 3-bit g128", "linear", 3, "awq-gptq", dict(G128)),
+    "awqg3x": ("AWQ + GPTQ 3-bit + clip", "linear", 3, "awq-gptq", dict(G128, gptq_options={"clip_search": True})),
     "rtn3": ("RTN 3-bit g128 affine", "linear", 3, "rtn", dict(granularity="group", group_size=128, symmetric=False)),
     "gptq3": ("GPTQ 3-bit g128 affine", "linear", 3, "gptq", dict(granularity="group", group_size=128, symmetric=False)),
     "mixed-w": ("mixed 4.5, weight error", "mixed", 8, "rtn", dict(budget_bits=4.5, candidates=None)),
@@ -85,6 +97,26 @@ ROWS = {
     "rtn4c": ("RTN 4-bit channel sym", "linear", 4, "rtn", dict(granularity="channel", symmetric=True)),
     "gptq4c": ("GPTQ 4-bit channel sym", "linear", 4, "gptq", dict(granularity="channel", symmetric=True)),
 }
+
+
+def rtn_clip(base, scheme, bits, calibrate, opts):
+    """Round to nearest with parameters fitted by the clip search of ``qcore.gptq`` (a diagonal Hessian: no error
+    spreading), layer by layer on the calibration inputs — measured, not offered as an option (docs/ptq.md)."""
+    import copy
+
+    from qcore.integrations._common import weight_options
+    from qcore.integrations.torch._ptq import gptq_layers
+
+    opts = dict(opts)
+    opts.pop("gptq_options", None)
+    q = qcore.get_quantizer(scheme, **weight_options(scheme, bits, opts, channel_axis=0))
+
+    def layer(name, lin, h, abs_mean=None):
+        w = lin.weight.detach().numpy()
+        qt = q.quantize(w) if h is None else qcore.gptq(w, np.diag(np.diag(h)), q, act_order=False, clip_search=True)
+        return qtorch.QLinear(lin.in_features, lin.out_features, qt, lin.bias)
+
+    return gptq_layers(copy.deepcopy(base), calibrate, layer, progress=False)
 
 
 def main(argv=None):
@@ -107,8 +139,15 @@ def main(argv=None):
         if scheme == "mixed":
             opts["candidates"] = opts["candidates"] or args.candidates
         t = time.perf_counter()
-        kw = dict(method=method, calibrate=calibrate) if method != "rtn" or opts.pop("calibrated", False) else {}
-        qm = qtorch.quantize_dynamic(base, scheme, bits, progress=False, **kw, **opts)
+        if method == "rtn-clip":
+            qm = rtn_clip(base, scheme, bits, calibrate, opts)
+        else:
+            if method.startswith("awq"):
+                opts.update(awq=True, calibrated=True)
+                method = "gptq" if method == "awq-gptq" else "rtn"
+            calibrated = opts.pop("calibrated", False)
+            kw = dict(method=method, calibrate=calibrate) if method != "rtn" or calibrated else {}
+            qm = qtorch.quantize_dynamic(base, scheme, bits, progress=False, **kw, **opts)
         dt = time.perf_counter() - t
         cos = np.sum(embed(qm, held) * ref, axis=1)
         print(f"{label:28s} {cos.mean():8.4f} {cos.min():8.4f} {bits_per_weight(qm):7.3f} {dt:7.1f}", flush=True)

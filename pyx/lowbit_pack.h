@@ -19,39 +19,99 @@
 
 #include "lowbit_kernels.h"
 
-/* codes [i0, i0 + count) of the stream s (bits each) into u (uint8, bit patterns ^ flip) */
-static void qlp_stream_get(const uint8_t *s, int64_t i0, int64_t count, int bits, unsigned flip, uint8_t *u)
+/* codes [i0, i0 + count) of the stream s (bits each) into u (uint8, bit patterns ^ flip); BITS constant after
+ * inlining into the switch below, so each width gets its own straight loop */
+static inline __attribute__((always_inline)) void qlp_get_w(const uint8_t *s, int64_t i0, int64_t count,
+                                                            const int BITS, unsigned flip, uint8_t *u)
 {
-    const unsigned mask = (1u << bits) - 1u;
-    if (bits == 8) {
+    const unsigned mask = (1u << BITS) - 1u;
+    if (BITS == 8) {
         for (int64_t i = 0; i < count; i++) u[i] = (uint8_t)(s[i0 + i] ^ flip);
         return;
     }
-    int64_t pos = i0 * bits;
-    for (int64_t i = 0; i < count; i++, pos += bits) {
+    int64_t pos = i0 * BITS;
+    for (int64_t i = 0; i < count; i++, pos += BITS) {
         int64_t byte = pos >> 3;
         int sh = (int)(pos & 7);
         unsigned v = (unsigned)s[byte] >> sh;
-        if (sh + bits > 8) v |= (unsigned)s[byte + 1] << (8 - sh); /* the code spans two bytes: both exist */
+        if (sh + BITS > 8) v |= (unsigned)s[byte + 1] << (8 - sh); /* the code spans two bytes: both exist */
         u[i] = (uint8_t)((v ^ flip) & mask);
     }
 }
 
-/* codes [i0, i0 + count) (values u ^ flip, low `bits` bits) ORed into the zeroed stream s */
-static void qlp_stream_put(uint8_t *s, int64_t i0, int64_t count, int bits, unsigned flip, const uint8_t *u)
+static void qlp_stream_get(const uint8_t *s, int64_t i0, int64_t count, int bits, unsigned flip, uint8_t *u)
 {
-    const unsigned mask = (1u << bits) - 1u;
-    if (bits == 8) {
+    switch (bits) {
+    case 1: qlp_get_w(s, i0, count, 1, flip, u); break;
+    case 2: qlp_get_w(s, i0, count, 2, flip, u); break;
+    case 3: qlp_get_w(s, i0, count, 3, flip, u); break;
+    case 4: qlp_get_w(s, i0, count, 4, flip, u); break;
+    case 5: qlp_get_w(s, i0, count, 5, flip, u); break;
+    case 6: qlp_get_w(s, i0, count, 6, flip, u); break;
+    case 7: qlp_get_w(s, i0, count, 7, flip, u); break;
+    default: qlp_get_w(s, i0, count, 8, flip, u); break;
+    }
+}
+
+/* codes [i0, i0 + count) (values u ^ flip, low `bits` bits) ORed into the zeroed stream s */
+static inline __attribute__((always_inline)) void qlp_put_w(uint8_t *s, int64_t i0, int64_t count, const int BITS,
+                                                            unsigned flip, const uint8_t *u)
+{
+    const unsigned mask = (1u << BITS) - 1u;
+    if (BITS == 8) {
         for (int64_t i = 0; i < count; i++) s[i0 + i] = (uint8_t)(u[i] ^ flip);
         return;
     }
-    int64_t pos = i0 * bits;
-    for (int64_t i = 0; i < count; i++, pos += bits) {
+    int64_t pos = i0 * BITS;
+    for (int64_t i = 0; i < count; i++, pos += BITS) {
         unsigned v = ((unsigned)u[i] ^ flip) & mask;
         int64_t byte = pos >> 3;
         int sh = (int)(pos & 7);
         s[byte] |= (uint8_t)(v << sh);
-        if (sh + bits > 8) s[byte + 1] |= (uint8_t)(v >> (8 - sh));
+        if (sh + BITS > 8) s[byte + 1] |= (uint8_t)(v >> (8 - sh));
+    }
+}
+
+static void qlp_stream_put(uint8_t *s, int64_t i0, int64_t count, int bits, unsigned flip, const uint8_t *u)
+{
+    switch (bits) {
+    case 1: qlp_put_w(s, i0, count, 1, flip, u); break;
+    case 2: qlp_put_w(s, i0, count, 2, flip, u); break;
+    case 3: qlp_put_w(s, i0, count, 3, flip, u); break;
+    case 4: qlp_put_w(s, i0, count, 4, flip, u); break;
+    case 5: qlp_put_w(s, i0, count, 5, flip, u); break;
+    case 6: qlp_put_w(s, i0, count, 6, flip, u); break;
+    case 7: qlp_put_w(s, i0, count, 7, flip, u); break;
+    default: qlp_put_w(s, i0, count, 8, flip, u); break;
+    }
+}
+
+/* the raw values (no table) of the rows of one panel (planes of the panel: nb blocks) into buf (rows x K) */
+static inline __attribute__((always_inline)) void qlp_panel_values_w(const uint8_t *pp, int64_t rows, int64_t K,
+                                                                     int64_t nb, const int BITS, uint8_t *buf)
+{
+    const int64_t BB = qlb_block_bytes(BITS);
+    (void)nb;
+    for (int c = 0; c < rows; c++) {
+        uint8_t *row = buf + (int64_t)c * K;
+        for (int64_t k = 0; k < K; k++) {
+            const uint8_t *blk = pp + (k >> 5) * BB;
+            row[k] = (uint8_t)qlb_value(blk, BITS, QLB_LUT_NONE, NULL, c, (int)((k >> 2) & 7), (int)(k & 3));
+        }
+    }
+}
+
+static void qlp_panel_values(const uint8_t *pp, int64_t rows, int64_t K, int64_t nb, int bits, uint8_t *buf)
+{
+    switch (bits) {
+    case 1: qlp_panel_values_w(pp, rows, K, nb, 1, buf); break;
+    case 2: qlp_panel_values_w(pp, rows, K, nb, 2, buf); break;
+    case 3: qlp_panel_values_w(pp, rows, K, nb, 3, buf); break;
+    case 4: qlp_panel_values_w(pp, rows, K, nb, 4, buf); break;
+    case 5: qlp_panel_values_w(pp, rows, K, nb, 5, buf); break;
+    case 6: qlp_panel_values_w(pp, rows, K, nb, 6, buf); break;
+    case 7: qlp_panel_values_w(pp, rows, K, nb, 7, buf); break;
+    default: qlp_panel_values_w(pp, rows, K, nb, 8, buf); break;
     }
 }
 
@@ -76,13 +136,7 @@ static void qlp_unpack_stream(const uint8_t *planes, int64_t N, int64_t K, int b
     const int64_t BB = qlb_block_bytes(bits);
     for (int64_t p = p0; p < p1; p++) {
         int64_t n0 = p * QLB_NP, rows = N - n0 < QLB_NP ? N - n0 : QLB_NP;
-        for (int c = 0; c < rows; c++) {
-            uint8_t *row = buf + (int64_t)c * K;
-            for (int64_t k = 0; k < K; k++) {
-                const uint8_t *blk = planes + (p * nb + (k >> 5)) * BB;
-                row[k] = (uint8_t)qlb_value(blk, bits, QLB_LUT_NONE, NULL, c, (int)((k >> 2) & 7), (int)(k & 3));
-            }
-        }
+        qlp_panel_values(planes + p * nb * BB, rows, K, nb, bits, buf);
         qlp_stream_put(s, n0 * K, rows * K, bits, flip, buf);
     }
 }

@@ -121,6 +121,16 @@ def nf4(qcore_plugins, monkeypatch):
     return qcore_plugins
 
 
+@pytest.fixture(scope="module")
+def aniso256():
+    """(x, H) of 2048 anisotropic samples of width 256, shared read-only by the tests below."""
+    x = anisotropic_inputs(256)
+    x.setflags(write=False)
+    h = hessian(x)
+    h.setflags(write=False)
+    return x, h
+
+
 @pytest.mark.parametrize("scheme,opts,limit", [
     ("linear", dict(bits=4, granularity="group", group_size=64), 0.4),
     ("linear", dict(bits=4, granularity="group", group_size=64, symmetric=True), 0.4),
@@ -134,12 +144,11 @@ def nf4(qcore_plugins, monkeypatch):
     ("nf4", dict(group_size=64), 0.7),
     ("nf4", dict(bits=3, granularity="channel"), 0.7),
 ])
-def test_output_error_well_below_rtn(scheme, opts, limit, request):
+def test_output_error_well_below_rtn(scheme, opts, limit, request, aniso256):
     if scheme == "nf4":
         request.getfixturevalue("nf4")
-    x = anisotropic_inputs(256)
+    x, h = aniso256
     w = weights(16 if opts.get("granularity") == "channel" and scheme == "kmeans" else 64, 256)
-    h = hessian(x)
     qt = qcore.gptq(w, h, scheme, **opts)
     rtn = qcore.quantize(w, scheme, **opts)
     assert qt.scheme == scheme and qt.codes.shape == w.shape
@@ -249,10 +258,9 @@ def test_float16_and_float64_weights():
     assert qcore.gptq(w.astype(np.float16), h.astype(np.float32), bits=4).dtype == "float16"
 
 
-def test_clip_search_lowers_the_output_error():
-    x = anisotropic_inputs(256)
+def test_clip_search_lowers_the_output_error(aniso256):
+    x, h = aniso256
     w = weights(64, 256)
-    h = hessian(x)
     # affine min/max ranges gain most; symmetric 3-/4-bit linear already searches its scale (the factor 1 is
     # among the candidates, so it is never worse there)
     for opts, gain in ((dict(bits=3, granularity="group", group_size=64), 0.95),

@@ -455,6 +455,7 @@ def test_pack_from_packed_stream_bad_input():
     ("linear", {"bits": 8, "symmetric": False, "granularity": "group", "group_size": 32}),
     ("linear", {"bits": 8, "granularity": "channel"}),  # the int8 GEMM
     ("kmeans", {"bits": 4, "granularity": "channel"}),
+    ("kmeans", {"bits": 3, "granularity": "group", "group_size": 32}),
     ("log", {"bits": 4})])
 def test_hold_packed_once_keeps_one_copy_and_the_same_bytes(scheme, opts):
     w = _weight(40, 97 if scheme != "kmeans" and opts.get("granularity") != "group" else 96, 3)

@@ -197,6 +197,27 @@ def test_qlinear_holds_one_packed_copy_and_runs_bit_for_bit(bits, opts):
     assert not cp.weight.holds_codes
 
 
+def test_qlinear_holding_one_copy_still_refuses_bad_input():
+    from test_lowbit import _TableScheme
+
+    wf = np.random.default_rng(3).normal(size=(20, 96)).astype(np.float32)
+    x = torch.randn(3, 96)
+    bad = qtorch.QLinear(96, 20, _TableScheme(bits=4, bad="shape").quantize(wf))  # built: the error waits
+    assert bad.weight.holds_codes
+    with pytest.raises(ValueError, match="expected"):
+        bad(x)
+    good = qtorch.QLinear(96, 20, _TableScheme(bits=4).quantize(wf))
+    assert not good.weight.holds_codes  # per-column tables: the layout holds the codes
+    xb = x.clone()
+    xb[1, 5] = float("nan")
+    with pytest.raises(qcore.InputError):
+        good(xb)
+    with pytest.raises(ValueError, match="expects input"):
+        good(torch.randn(3, 95))
+    ref = x.numpy() @ good.weight.dequantize().T  # within the int8 activation and table rounding
+    np.testing.assert_allclose(good(x).detach().numpy(), ref, atol=0.02 * np.abs(ref).max())
+
+
 def test_quantize_dynamic_4bit_stack_holds_one_copy():
     model = nn.Sequential(*[nn.Linear(512, 512, bias=False) for _ in range(3)])
     q = qtorch.quantize_dynamic(model, bits=4, granularity="group", group_size=32)

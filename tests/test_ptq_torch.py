@@ -179,6 +179,67 @@ def test_collect_hessians(tmp_path):
     np.testing.assert_array_equal(qm["head.weight"].codes, qcore.gptq(w, hs["head.weight"], bits=4).codes)
 
 
+# -- AWQ: activation-aware scaling, on inputs whose channels differ in magnitude ------------------------------
+CHANNEL_SCALE = torch.exp(torch.randn(64, generator=torch.Generator().manual_seed(7)))
+SALIENT_CALIB = [torch.randn(256, 64, generator=torch.Generator().manual_seed(s)) * CHANNEL_SCALE for s in range(2)]
+SALIENT_HELD = torch.randn(512, 64, generator=torch.Generator().manual_seed(50)) * CHANNEL_SCALE
+
+
+def salient_net():
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Linear(64, 96), nn.GELU(), nn.Linear(96, 32)).eval()
+
+
+def salient_calibrate(model):
+    for x in SALIENT_CALIB:
+        model(x)
+
+
+def salient_err(model, ref):
+    with torch.no_grad():
+        return float(((model(SALIENT_HELD) - ref(SALIENT_HELD)) ** 2).sum())
+
+
+def test_awq_lowers_the_output_error_and_keeps_the_float_layer():
+    from qcore.integrations.torch import AWQLinear
+
+    net = salient_net()
+    opts = dict(granularity="group", group_size=32, symmetric=False)
+    rtn = qtorch.quantize_dynamic(net, "linear", 3, **opts)
+    a = qtorch.quantize_dynamic(net, "linear", 3, awq=True, calibrate=salient_calibrate, progress=False, **opts)
+    ax = qtorch.quantize_dynamic(net, "linear", 3, awq=True, calibrate=salient_calibrate, progress=False,
+                                 gptq_options={"clip_search": True}, **opts)
+    ag = qtorch.quantize_dynamic(net, "linear", 3, awq=True, method="gptq", calibrate=salient_calibrate,
+                                 progress=False, **opts)
+    for m in (a, ax, ag):
+        assert [type(x) for x in m.modules() if isinstance(x, qtorch.QLinear)] == [AWQLinear, AWQLinear]
+    e_rtn = salient_err(rtn, net)
+    assert salient_err(a, net) < 0.8 * e_rtn       # held-out inputs, never the calibration ones
+    assert salient_err(ax, net) < salient_err(a, net) * 1.02
+    assert salient_err(ag, net) < 0.8 * e_rtn
+    # the layer is (x / s) @ Q(W s)^T: against F.linear on the decoded weight (activation rounding aside)
+    lay = a[0]
+    s = lay.input_scale
+    assert s.shape == (64,) and bool((s > 0).all()) and float(s.max() / s.min()) > 2
+    x = SALIENT_HELD[:64]
+    ref = torch.nn.functional.linear(x / s, torch.from_numpy(lay.weight.dequantize()), lay.bias)
+    with torch.no_grad():
+        got = lay(x)
+    assert float((got - ref).norm() / ref.norm()) < 2e-2
+    # the stored weight approximates W * s, i.e. W once the scale is divided out
+    w_back = torch.from_numpy(lay.weight.dequantize()) / s
+    w = net[0].weight.detach()
+    assert float((w_back - w).norm() / w.norm()) < 0.3  # 3-bit codes: about 0.2
+    with pytest.raises(TypeError, match="calibrate"):
+        qtorch.quantize_dynamic(net, "linear", 3, awq=True)
+    with pytest.raises(TypeError, match="awq"):
+        qtorch.quantize_dynamic(net, "linear", 3, awq="yes", calibrate=salient_calibrate)
+    with pytest.raises(TypeError, match="planner"):
+        qtorch.quantize_dynamic(net, "mixed", 8, budget_bits=4, awq=True, calibrate=salient_calibrate)
+    with pytest.raises(TypeError, match="clip_search"):
+        qtorch.quantize_dynamic(net, "linear", 3, awq=True, calibrate=salient_calibrate, gptq_options={"damp": 0.1})
+
+
 # -- the real encoder, cheaply: one layer, a handful of sentences ---------------------------------------------
 def _encoder():
     pytest.importorskip("sentence_transformers")
@@ -194,20 +255,25 @@ def test_minilm_one_layer_output_error():
     calib = (DATA / "ptq_calibration.txt").read_text().splitlines()[:16]
     held = (DATA / "ptq_heldout.txt").read_text().splitlines()[:8]
     name = "0.model.encoder.layer.1.intermediate.dense"
-    fn = lambda m: m.encode(calib, batch_size=16, show_progress_bar=False)  # noqa: E731
-    opts = dict(granularity="group", group_size=128, symmetric=False, include=name, progress=False)
-    g = qtorch.quantize_dynamic(model, "linear", 3, method="gptq", calibrate=fn, **opts)
-    r = qtorch.quantize_dynamic(model, "linear", 3, **opts)
-    xs = []
     lin = model.get_submodule(name)
+    xs = []
     hd = lin.register_forward_pre_hook(lambda m, a: xs.append(a[0].detach().reshape(-1, a[0].shape[-1])))
-    model.encode(held, show_progress_bar=False)
+    model.encode(held, show_progress_bar=False)  # the float layer's held-out inputs, before any quantization
     hd.remove()
     x = torch.cat(xs)
+    opts = dict(granularity="group", group_size=128, symmetric=False)
     with torch.no_grad():
         ref = lin(x)
+        rtn = qtorch.QLinear(lin.in_features, lin.out_features,
+                             qcore.quantize(lin.weight.detach().numpy(), "linear", bits=3, **opts), lin.bias)
+        er = float(((rtn(x) - ref) ** 2).sum())
+    # in place (no copy of the encoder): only this layer is quantized, calibrated on other sentences
+    fn = lambda m: m.encode(calib, batch_size=16, show_progress_bar=False)  # noqa: E731
+    g = qtorch.quantize_dynamic(model, "linear", 3, method="gptq", calibrate=fn, include=name, inplace=True,
+                                progress=False, **opts)
+    assert sum(isinstance(m, qtorch.QLinear) for m in g.modules()) == 1
+    with torch.no_grad():
         eg = float(((g.get_submodule(name)(x) - ref) ** 2).sum())
-        er = float(((r.get_submodule(name)(x) - ref) ** 2).sum())
     assert eg < 0.8 * er  # on held-out sentences
 
 

@@ -127,6 +127,19 @@ def output_error(w, w_hat, hessian) -> float:
     return float(np.einsum("nk,nk->", d @ h, d))
 
 
+_CONTROLLER = []
+
+
+def _blas_controller():
+    """One ``threadpoolctl.ThreadpoolController`` per process (finding the BLAS libraries reads the process's
+    memory maps: tens of milliseconds, too much to repeat for every layer)."""
+    if not _CONTROLLER:
+        from threadpoolctl import ThreadpoolController
+
+        _CONTROLLER.append(ThreadpoolController())
+    return _CONTROLLER[0]
+
+
 def _inverse_cholesky(h: np.ndarray, damp: float) -> np.ndarray:
     """Upper Cholesky factor ``U`` of ``(H + damping)^-1`` (``U^T U = H^-1``), float64."""
     k = h.shape[0]
@@ -134,13 +147,12 @@ def _inverse_cholesky(h: np.ndarray, damp: float) -> np.ndarray:
     if mean_diag <= 0:
         return np.eye(k)
     from scipy.linalg import lapack
-    from threadpoolctl import threadpool_limits
 
     lam = damp * mean_diag
     idx = np.arange(k)
     # LAPACK on one thread: for K of a few thousand, OpenBLAS's threaded potrf is slower than serial
     # (much slower on a busy machine); the O(N K^2) sweep products keep every BLAS thread
-    with threadpool_limits(limits=1, user_api="blas"):
+    with _blas_controller().limit(limits=1, user_api="blas"):
         # U = J inv(L) J with L L^T = J H J (J reverses the order) satisfies U^T U = H^-1, U upper:
         # one factorisation and one triangular inverse
         rev = idx[::-1]

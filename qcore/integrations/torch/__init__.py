@@ -38,6 +38,7 @@ except ImportError as exc:  # pragma: no cover - exercised by simulating a missi
     ) from exc
 
 from ._apply import apply_quantized
+from ._awq import AWQLinear
 from ._model import convert, prepare_qat, quantize_dynamic
 from ._modules import QConv2d, QLinear
 from ._ptq import collect_hessians
@@ -47,6 +48,6 @@ from ._tensors import fake_quantize
 
 __all__ = [
     "quantize_dynamic", "prepare_qat", "convert", "apply_quantized", "collect_hessians",
-    "QLinear", "QConv2d", "QATLinear", "QATConv2d", "ActivationFakeQuant", "fake_quantize",
+    "QLinear", "AWQLinear", "QConv2d", "QATLinear", "QATConv2d", "ActivationFakeQuant", "fake_quantize",
     "prepare", "StaticLinear", "StaticConv2d", "ObservedLinear", "ObservedConv2d", "QuantizedActivation",
 ]

@@ -25,7 +25,8 @@ def _is_planner(scheme: str) -> bool:
 def quantize_dynamic(module: nn.Module, scheme: str = "linear", bits: int = 8, *,
                      include: Iterable[str] | str | None = None, exclude: Iterable[str] | str | None = None,
                      inplace: bool = False, method: str = "rtn", calibrate: Callable[[nn.Module], object] | None = None,
-                     gptq_options: dict | None = None, progress: bool = True, **options) -> nn.Module:
+                     gptq_options: dict | None = None, awq: bool = False, progress: bool = True,
+                     **options) -> nn.Module:
     """A copy of ``module`` with every ``nn.Linear`` (exactly that type) replaced by :class:`QLinear`.
 
     :param scheme: any installed qcore scheme; ``bits`` and ``options`` go to it.  Adapter defaults (when the
@@ -38,7 +39,12 @@ def quantize_dynamic(module: nn.Module, scheme: str = "linear", bits: int = 8, *
         already quantized (see ``qcore.integrations.torch._ptq``)
     :param calibrate: ``fn(model)`` running forward passes on calibration data (needed by ``method="gptq"``
         and by ``scheme="mixed"`` to measure candidates on the layers' outputs)
-    :param gptq_options: ``block_size``, ``damp``, ``act_order`` for :func:`qcore.gptq`
+    :param gptq_options: ``block_size``, ``damp``, ``act_order``, ``clip_search`` for :func:`qcore.gptq`
+        (``clip_search`` also applies to ``awq=True`` with ``method="rtn"``)
+    :param awq: activation-aware scaling (``qcore.ptq.awq``; needs ``calibrate``): each layer's weight is
+        quantized as ``Q(W * s)`` with a per-input-channel ``s`` chosen on its calibration inputs, the layer
+        becoming :class:`AWQLinear` (input divided by ``s``); with ``method="gptq"`` the scaled weight is
+        quantized by GPTQ.  Not with ``scheme="mixed"``.
     :param progress: a progress bar over layers (on a terminal) while calibrating
 
     8-bit ``linear`` weights run ``qcore.ops.qlinear``; other schemes and bit widths are weight-only.
@@ -51,23 +57,29 @@ def quantize_dynamic(module: nn.Module, scheme: str = "linear", bits: int = 8, *
         raise TypeError("method='gptq' needs calibrate=fn, a function running calibration forwards on the model")
     if calibrate is not None and not callable(calibrate):
         raise TypeError(f"calibrate must be a function fn(model), got {calibrate!r}")
-    if gptq_options is not None and method != "gptq":
-        raise TypeError("gptq_options are for method='gptq'")
+    if not isinstance(awq, bool):
+        raise TypeError(f"awq must be True or False, got {awq!r}")
+    if awq and calibrate is None:
+        raise TypeError("awq=True needs calibrate=fn, a function running calibration forwards on the model")
+    if gptq_options is not None and method != "gptq" and not awq:
+        raise TypeError("gptq_options are for method='gptq' (or awq=True)")
     model = module if inplace else copy.deepcopy(module)
     wopts = weight_options(scheme, bits, options, channel_axis=0)
     qcore.get_quantizer(scheme, **wopts)  # bad options fail here, before any layer is touched
     if calibrate is not None and _is_planner(scheme):
+        if awq:
+            raise TypeError("awq=True is not available with a planner scheme such as 'mixed'")
         from ._ptq import check_gptq_options
         from ._ptq_mixed import quantize_mixed
 
         return quantize_mixed(model, qcore.get_quantizer(scheme, **wopts), calibrate, method=method,
                               include=include, exclude=exclude, gptq_options=check_gptq_options(gptq_options),
                               progress=progress)
-    if method == "gptq":
+    if method == "gptq" or awq:
         from ._ptq import quantize_calibrated
 
         return quantize_calibrated(model, scheme, wopts, calibrate, method=method, include=include,
-                                   exclude=exclude, gptq_options=gptq_options, progress=progress)
+                                   exclude=exclude, gptq_options=gptq_options, awq=awq, progress=progress)
 
     def make(name, child):
         if type(child) is nn.Linear and name_selected(name, include, exclude):

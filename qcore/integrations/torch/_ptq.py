@@ -75,6 +75,7 @@ class _Hess:
 
         self._syrk = blas.ssyrk
         self.sum = np.zeros((k, k), np.float32, order="F")
+        self.abs_sum = torch.zeros(k, dtype=torch.float64)  # sum |x| per input channel (AWQ's activation scale)
         self.count = 0
 
     def add(self, x: torch.Tensor) -> None:
@@ -85,11 +86,15 @@ class _Hess:
         if a.shape[0] == 0:
             return
         self.sum = self._syrk(1.0, a.T, beta=1.0, c=self.sum, trans=0, lower=0, overwrite_c=1)
+        self.abs_sum += x.abs().sum(0, dtype=torch.float64)
         self.count += a.shape[0]
 
     def value(self) -> np.ndarray:
         u = np.triu(self.sum.astype(np.float64))
         return (u + np.triu(u, 1).T) / max(self.count, 1)
+
+    def abs_mean(self) -> np.ndarray:
+        return self.abs_sum.numpy() / max(self.count, 1)
 
 
 def _hidden_slot(args, kwargs):
@@ -164,9 +169,9 @@ class _Layerwise:
             if h is None or h.count == 0:
                 warnings.warn(f"gptq: layer {name!r} did not run during calibration; rounded to nearest",
                               stacklevel=4)
-                new = self.quantize_layer(name, lin, None)
+                new = self.quantize_layer(name, lin, None, None)
             else:
-                new = self.quantize_layer(name, lin, h.value())
+                new = self.quantize_layer(name, lin, h.value(), h.abs_mean())
             if name == "":
                 self.model = new
             else:
@@ -371,8 +376,9 @@ def check_gptq_options(gptq_options) -> dict:
 
 
 def quantize_calibrated(model: nn.Module, scheme: str, wopts: dict, calibrate, *, method: str = "gptq",
-                        include=None, exclude=None, gptq_options=None, progress: bool = True) -> nn.Module:
-    """``quantize_dynamic``'s calibrated path (``method="gptq"``; ``scheme="mixed"`` with ``calibrate``)."""
+                        include=None, exclude=None, gptq_options=None, awq: bool = False,
+                        progress: bool = True) -> nn.Module:
+    """``quantize_dynamic``'s calibrated path (``method="gptq"`` and/or ``awq=True``)."""
     from ._modules import QLinear
     from ._tensors import _numpy_view
 
@@ -380,11 +386,24 @@ def quantize_calibrated(model: nn.Module, scheme: str, wopts: dict, calibrate, *
     quantizer = qcore.get_quantizer(scheme, **wopts)
     if isinstance(quantizer, qcore.Planner):  # pragma: no cover - _model sends planners to _ptq_mixed
         raise TypeError("a planner goes through quantize_mixed")
+    if awq and method != "gptq" and set(gopts) - {"clip_search"}:
+        raise TypeError("with awq=True and method='rtn' only gptq_options={'clip_search': ...} applies")
 
-    def quantize_layer(name, lin, h):
+    def quantize_layer(name, lin, h, abs_mean=None):
         w = _numpy_view(lin.weight)
-        qt = qcore.gptq(w, h, quantizer, **gopts) if h is not None else quantizer.quantize(w)
-        return QLinear(lin.in_features, lin.out_features, qt, lin.bias)
+        if h is None:
+            return QLinear(lin.in_features, lin.out_features, quantizer.quantize(w), lin.bias)
+        if not awq:
+            return QLinear(lin.in_features, lin.out_features, qcore.gptq(w, h, quantizer, **gopts), lin.bias)
+        from qcore.ptq.awq import awq as awq_quantize
+
+        from ._awq import AWQLinear
+
+        if method == "gptq":
+            qt, s = awq_quantize(w, h, quantizer, act_scale=abs_mean, gptq=True, gptq_options=gopts)
+        else:
+            qt, s = awq_quantize(w, h, quantizer, act_scale=abs_mean, clip_search=bool(gopts.get("clip_search")))
+        return AWQLinear(lin.in_features, lin.out_features, qt, lin.bias, s)
 
     return gptq_layers(model, calibrate, quantize_layer, include=include, exclude=exclude, progress=progress)
 

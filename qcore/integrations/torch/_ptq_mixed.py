@@ -48,7 +48,7 @@ def quantize_mixed(model: nn.Module, planner, calibrate, *, method="rtn", includ
     del hs
     gopts = dict(gptq_options or {})
 
-    def quantize_layer(name, lin, h):
+    def quantize_layer(name, lin, h, abs_mean=None):
         w = _numpy_view(lin.weight)
         q = planner._quantizer(spec[name])
         qt = qcore.gptq(w, h, q, **gopts) if (h is not None and method == "gptq") else q.quantize(w)
