@@ -4,7 +4,6 @@ Each raises :class:`UsageError` (a ``ValueError``: ``main`` prints it as one ``q
 """
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 import tempfile
@@ -107,12 +106,14 @@ def check_exists(path: str, what: str) -> None:
 # -- names -------------------------------------------------------------------------------------------------
 def unmatched(patterns, names) -> list[str]:
     """The glob patterns (or exact names) of ``patterns`` that match none of ``names``."""
+    from ..metrics import matches  # the one glob rule of qcore.quantize_model's include/exclude
+
     names = list(names)
     out = []
     for p in patterns or ():
         if p in names:
             continue
-        if not any(fnmatch.fnmatchcase(n, p) for n in names):
+        if not any(matches(n, p) for n in names):
             out.append(p)
     return out
 

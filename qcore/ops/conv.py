@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InputError
-from ..validation import as_float32
+from ..validation import as_float32, non_finite_error
 
 _INT32_MAX = (1 << 31) - 1
 
@@ -219,7 +218,7 @@ class PackedConv2d:
         out = _padded_empty(b, h, w, self.cp, ph, pw, self._za)
         if conv.quantize_nchw(np.ascontiguousarray(x), self._inv, self._za, self._qlo, self._qhi, out, g.get_isa(),
                               (ph, pw)):
-            raise InputError("x contains NaN or Inf values; qcore refuses non-finite input")
+            raise non_finite_error(x, "x")
         return out
 
     def quantize_rows(self, x) -> np.ndarray:
@@ -230,7 +229,7 @@ class PackedConv2d:
             raise ValueError(f"x must have shape (R, {self.in_channels}), got {x.shape}")
         out = np.empty((x.shape[0], self.cp), np.uint8)
         if conv.quantize_rows(np.ascontiguousarray(x), self._inv, self._za, self._qlo, self._qhi, out, g.get_isa()):
-            raise InputError("x contains NaN or Inf values; qcore refuses non-finite input")
+            raise non_finite_error(x, "x")
         return out
 
     # -- the convolution ---------------------------------------------------------------------------------

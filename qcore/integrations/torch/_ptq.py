@@ -47,10 +47,8 @@ class _StopForward(Exception):
 def _progress(total: int, enabled: bool, desc: str):
     if not enabled or not sys.stderr.isatty():
         return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        return None
+    from tqdm.auto import tqdm
+
     return tqdm(total=total, desc=desc, unit="layer", leave=False, file=sys.stderr)
 
 
