@@ -125,6 +125,12 @@ cdef inline int64_t _cdiv(int64_t a, int64_t b) nogil:
     return (a + b - 1) // b
 
 
+cdef inline int _panel_threads(int64_t N, int64_t K, int64_t P) noexcept:
+    """Threads for a packing pass over ``P`` panels: more than one only from 1M values on, never more than panels."""
+    cdef int nt = qcore_omp_max_threads() if N * K >= (1 << 20) else 1
+    return <int>P if nt > P else nt
+
+
 cdef class LowbitWeight:
     """A weight (N x K) packed once into the bit-plane panel layout (see pyx/lowbit_kernels.h).
 
@@ -194,7 +200,7 @@ def pack(u, int bits, sw, zero, int64_t gblk, tables=None, int64_t tblk=0):
     cdef int64_t BB = 64 * bits, p, c, g, e, gt, n
     cdef cnp.ndarray planes = np.empty(P * nb * BB, np.uint8)
     cdef uint8_t *pl = <uint8_t *>cnp.PyArray_DATA(planes)
-    cdef int nt = qcore_omp_max_threads() if N * K >= (1 << 20) else 1
+    cdef int nt = _panel_threads(N, K, P)
     with nogil:
         for p in prange(P, schedule="static", num_threads=nt):
             qlb_pack(&uv[0, 0], N, K, K, bits, nb, p, p + 1, pl)
@@ -216,9 +222,7 @@ def pack_stream(stream, int64_t N, int64_t K, int bits, unsigned flip, sw, zero,
     cdef int64_t nb = _cdiv(K, 32), P = _cdiv(N, QLB_NP), BB = 64 * bits, t, p0, p1
     cdef cnp.ndarray planes = np.empty(P * nb * BB, np.uint8)
     cdef uint8_t *pl = <uint8_t *>cnp.PyArray_DATA(planes)
-    cdef int nt = qcore_omp_max_threads() if N * K >= (1 << 20) else 1
-    if nt > P:
-        nt = <int>P
+    cdef int nt = _panel_threads(N, K, P)
     cdef cnp.ndarray scratch = np.empty(nt * QLB_NP * K, np.uint8)
     cdef uint8_t *buf = <uint8_t *>cnp.PyArray_DATA(scratch)
     with nogil:
@@ -240,9 +244,7 @@ def unpack_stream(LowbitWeight W, unsigned flip):
     cdef uint8_t[::1] ov = out
     cdef cnp.ndarray pl = W.planes
     cdef const uint8_t *planes = <const uint8_t *>cnp.PyArray_DATA(pl)
-    cdef int nt = qcore_omp_max_threads() if N * K >= (1 << 20) else 1
-    if nt > P:
-        nt = <int>P
+    cdef int nt = _panel_threads(N, K, P)
     cdef cnp.ndarray scratch = np.empty(nt * QLB_NP * K, np.uint8)
     cdef uint8_t *buf = <uint8_t *>cnp.PyArray_DATA(scratch)
     with nogil:
