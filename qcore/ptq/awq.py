@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..tensor import QTensor
-from .gptq import _float_matrix, check_hessian
+from .gptq import _float_matrix, check_hessian, encoding_quantizer
 
 
 def awq_scales(act_scale, alpha: float) -> np.ndarray:
@@ -50,9 +50,6 @@ def awq(w, hessian, scheme="linear", *, act_scale=None, grid: int = 20, gptq: bo
     :returns: ``(qt, s)``: ``qt`` a QTensor of ``W * s`` (``s`` along the input axis), ``s`` float32 ``(K,)``;
         the layer computes ``(x / s) @ qt.dequantize().T``
     """
-    from ..api import get_quantizer
-    from ..quantization.planner import Planner
-    from ..quantization.quantizer import Quantizer
     from .gptq import gptq as run_gptq
 
     wa = _float_matrix(w, "w", "of shape (N, K)").astype(np.float32)
@@ -70,16 +67,7 @@ def awq(w, hessian, scheme="linear", *, act_scale=None, grid: int = 20, gptq: bo
             raise ValueError("act_scale must be >= 0 (a mean of |x| per input channel)")
     if isinstance(grid, bool) or not isinstance(grid, (int, np.integer)) or not 1 <= grid <= 1000:
         raise ValueError(f"grid must be an integer in [1, 1000], got {grid!r}")
-    if isinstance(scheme, (Quantizer, Planner)):
-        if options:
-            raise TypeError("pass options either to the quantizer instance or with a scheme name, not both")
-        q = scheme
-    elif isinstance(scheme, str):
-        q = get_quantizer(scheme, **options)
-    else:
-        raise TypeError(f"scheme must be a scheme name or a qcore.Quantizer, got {type(scheme).__name__}")
-    if isinstance(q, Planner) or not isinstance(q, Quantizer):
-        raise TypeError(f"scheme {q.name!r} chooses among schemes (a planner); awq needs one encoding scheme")
+    q = encoding_quantizer(scheme, options, "awq")
 
     # the search: fit/encode/decode only (no packing), the objective in float32 BLAS; every other grid point
     # first, then the two neighbours of the best (the objective is smooth in alpha): about half the evaluations

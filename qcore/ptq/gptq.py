@@ -64,6 +64,26 @@ def _float_matrix(a, name: str, dims: str) -> np.ndarray:
     return arr
 
 
+def encoding_quantizer(scheme, options: dict, method: str, hint: str = ""):
+    """The one encoding Quantizer that ``method`` (gptq, awq) runs: an instance as given, or a scheme name built
+    with ``options``; planners (which choose among schemes) are refused, ``hint`` saying what to use instead."""
+    from ..api import get_quantizer  # the registry: imported when called (the API layer imports this module)
+    from ..quantization.planner import Planner
+    from ..quantization.quantizer import Quantizer
+
+    if isinstance(scheme, (Quantizer, Planner)):
+        if options:
+            raise TypeError("pass options either to the quantizer instance or with a scheme name, not both")
+        q = scheme
+    elif isinstance(scheme, str):
+        q = get_quantizer(scheme, **options)
+    else:
+        raise TypeError(f"scheme must be a scheme name or a qcore.Quantizer, got {type(scheme).__name__}")
+    if isinstance(q, Planner) or not isinstance(q, Quantizer):
+        raise TypeError(f"scheme {q.name!r} chooses among schemes (a planner); {method} needs one encoding scheme{hint}")
+    return q
+
+
 def check_hessian(hessian, k: int, name: str = "hessian") -> np.ndarray:
     """``hessian`` as a symmetric float64 ``(k, k)`` array, or a clear error."""
     h = _float_matrix(hessian, name, f"of shape ({k}, {k})")
@@ -429,9 +449,6 @@ def gptq(w, hessian, scheme="linear", *, block_size: int = 128, damp: float = 0.
     Bad input: a non-float or non-2-d ``w`` or ``hessian``, NaN/Inf, a Hessian of the wrong shape, negative
     diagonal or not symmetric: ``TypeError`` / ``ValueError`` (``qcore.InputError`` for NaN/Inf).
     """
-    from ..api import get_quantizer
-    from ..quantization.planner import Planner
-    from ..quantization.quantizer import Quantizer
 
     wa = _float_matrix(w, "w", "of shape (N, K)")
     orig_dtype = str(wa.dtype)
@@ -445,17 +462,8 @@ def gptq(w, hessian, scheme="linear", *, block_size: int = 128, damp: float = 0.
         raise ValueError(f"damp must be a finite number >= 0, got {damp!r}")
     if not isinstance(act_order, (bool, np.bool_)):
         raise TypeError(f"act_order must be True or False, got {act_order!r}")
-    if isinstance(scheme, (Quantizer, Planner)):
-        if options:
-            raise TypeError("pass options either to the quantizer instance or with a scheme name, not both")
-        q = scheme
-    elif isinstance(scheme, str):
-        q = get_quantizer(scheme, **options)
-    else:
-        raise TypeError(f"scheme must be a scheme name or a qcore.Quantizer, got {type(scheme).__name__}")
-    if isinstance(q, Planner) or not isinstance(q, Quantizer):
-        raise TypeError(f"scheme {q.name!r} chooses among schemes (a planner); gptq needs one encoding scheme — "
-                        "use quantize_model(..., method='gptq', hessians=...) to plan with GPTQ")
+    q = encoding_quantizer(scheme, options, "gptq",
+                           " — use quantize_model(..., method='gptq', hessians=...) to plan with GPTQ")
     if not isinstance(clip_search, (bool, np.bool_)):
         raise TypeError(f"clip_search must be True or False, got {clip_search!r}")
     codes, params, _ = _gptq_core(wa.astype(np.float32), h, q, block_size, float(damp), bool(act_order),
