@@ -179,17 +179,22 @@ def test_prepare_arguments_and_bad_input(cnn):
         q.fc(np.zeros((1, 4096), np.float32))
 
 
-def test_qat_with_fake_quantized_activations_converts_to_static_modules():
-    torch.manual_seed(5)
-    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 6 * 6, 10))
+def _trained_qat(model, steps=5):
+    """``prepare_qat`` (8-bit weights, fake-quantized activations), a few SGD steps on random 3x8x8 batches, eval mode."""
     qat = qtorch.prepare_qat(model, bits=8, activations=True)
     opt = torch.optim.SGD(qat.parameters(), lr=0.01)
     qat.train()
-    for _ in range(5):
+    for _ in range(steps):
         opt.zero_grad()
         nn.functional.cross_entropy(qat(torch.randn(32, 3, 8, 8)), torch.randint(0, 10, (32,))).backward()
         opt.step()
-    qat.eval()
+    return qat.eval()
+
+
+def test_qat_with_fake_quantized_activations_converts_to_static_modules():
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 6 * 6, 10))
+    qat = _trained_qat(model)
     q = qtorch.convert(qat)
     assert isinstance(q[0], qtorch.StaticConv2d) and isinstance(q[3], qtorch.StaticLinear) and q[0].relu
     x = torch.randn(16, 3, 8, 8)
@@ -430,14 +435,7 @@ def test_qat_conv_batch_norm_folds_into_the_trained_codes():
     torch.manual_seed(14)
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Flatten(),
                           nn.Linear(16 * 8 * 8, 10))
-    qat = qtorch.prepare_qat(model, bits=8, activations=True)
-    opt = torch.optim.SGD(qat.parameters(), lr=0.01)
-    qat.train()
-    for _ in range(5):
-        opt.zero_grad()
-        nn.functional.cross_entropy(qat(torch.randn(32, 3, 8, 8)), torch.randint(0, 10, (32,))).backward()
-        opt.step()
-    qat.eval()
+    qat = _trained_qat(model)
     _random_bn(qat)
     q = qtorch.convert(qat)
     assert isinstance(q[0], qtorch.StaticConv2d) and type(q[1]) is nn.Identity and q[0].relu
