@@ -20,7 +20,6 @@ from .checks import (UsageError, check_exists, check_output_file, check_output_f
 _CONFIG_KEYS = ("scheme", "budget_bits", "include", "exclude", "rules")
 
 
-FORMATS = ("qcore", "compressed-tensors")
 DTYPE_CHOICES = ("float32", "float16", "bfloat16")
 
 
@@ -31,6 +30,12 @@ def _installed_schemes() -> str:
         return ", ".join(list_schemes())
     except Exception as exc:  # noqa: BLE001 - help must print even when a plugin is broken
         return f"(could not list: {exc})"
+
+
+def _formats() -> list[str]:
+    from ..model.formats import list_formats
+
+    return list_formats()
 
 
 def register(sub) -> None:
@@ -44,7 +49,8 @@ def register(sub) -> None:
     sp.add_argument("input", help="model: .safetensors or .npz file, Hugging Face model folder, or model.safetensors.index.json")
     sp.add_argument("-o", "--output", required=True,
                     help="--format qcore: the .safetensors file to write; compressed-tensors: the folder to write")
-    sp.add_argument("--format", choices=FORMATS, default="qcore", help="output format (default: qcore)")
+    sp.add_argument("--format", choices=_formats(), default="qcore", help="output format (default: qcore)")
+    sp.add_argument("--force", action="store_true", help="replace an existing output (default: refuse)")
     sp.add_argument("--scheme", help="scheme for every tensor (default: linear; 'mixed' plans bits per tensor)")
     sp.add_argument("--bits", type=int, help="bits per code (default: 8; for mixed: the widest candidate)")
     sp.add_argument("--granularity", choices=("tensor", "channel", "group"), help="linear (default: channel)")
@@ -71,8 +77,8 @@ def register(sub) -> None:
     sp.add_argument("--quiet", action="store_true", help="no progress bar, no table")
     sp.set_defaults(func=cmd_quantize)
 
-    sp = sub.add_parser("inspect", help="per-tensor table of a quantized model (qcore file or compressed-tensors folder; "
-                                         "header only, no plugin needed)")
+    sp = sub.add_parser("inspect", help="per-tensor table of a quantized model (qcore file or compressed-tensors "
+                                         "folder; header only, no plugin needed)")
     sp.add_argument("file", help="qcore .safetensors file, or a compressed-tensors folder")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=cmd_inspect)
@@ -80,6 +86,7 @@ def register(sub) -> None:
     sp = sub.add_parser("dequantize", help="write a quantized model back as plain float safetensors")
     sp.add_argument("file", help="qcore .safetensors file, or a compressed-tensors folder")
     sp.add_argument("-o", "--output", required=True, help="plain .safetensors file to write")
+    sp.add_argument("--force", action="store_true", help="replace an existing output (default: refuse)")
     sp.add_argument("--dtype", choices=DTYPE_CHOICES,
                     help="dtype of every float tensor written (default: each tensor's original dtype)")
     sp.set_defaults(func=cmd_dequantize)
@@ -271,14 +278,9 @@ def _check_scheme_options(scheme: str, options: dict, budget) -> Any:
     return q
 
 
-def _check_compressed_tensors_plan(plan) -> None:
-    from ..model.compressed_tensors import check_plan
-
-    check_plan(plan)
-
-
 def cmd_quantize(args) -> int:
     from ..model import load_tensors, quantize_model
+    from ..model.formats import get_format
     from ..model.quantize import plan_tensors, progress_bar
 
     # 1. the input: exists, is not quantized already
@@ -298,10 +300,16 @@ def cmd_quantize(args) -> int:
     # 2. the output: right kind of name, not an input, in a folder we can write
     inputs = input_files(args.input) + ([args.config] if args.config else []) + (
         [args.calibration] if args.calibration else [])
-    if args.format == "qcore":
-        check_output_file(args.output, inputs, (".safetensors",), "a qcore quantized model")
+    fmt = get_format(args.format)
+    save_options = {"source": args.input} if fmt.uses_source else {}
+    if fmt.output == "file":
+        check_output_file(args.output, inputs, fmt.suffixes, f"a {fmt.name} model", force=args.force)
     else:
-        check_output_folder(args.output, inputs, "a compressed-tensors model")
+        check_output_folder(args.output, inputs, f"a {fmt.name} model", force=args.force)
+    try:
+        fmt.check_save_options(save_options)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--format {fmt.name}: {exc}") from None
     # 3. scheme and options
     scheme, options, budget = _options_from(args, cfg)
     if scheme == "linear" and "granularity" not in options:
@@ -326,8 +334,10 @@ def cmd_quantize(args) -> int:
     if not any(s is not None for _, s, _ in plan):
         raise UsageError(f"no tensor of {args.input!r} would be quantized (only float tensors of 2+ dimensions are, "
                          f"unless a rule names them); check --include/--exclude and the rules")
-    if args.format == "compressed-tensors":
-        _check_compressed_tensors_plan([(n, s, o) for n, s, o in plan])
+    try:
+        fmt.check_plan([(n, s, o) for n, s, o in plan], save_options)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
     # 5. the work
     t0 = time.perf_counter()
     ptq = {"method": args.method, "hessians": args.calibration} if args.calibration else {}
@@ -348,10 +358,7 @@ def cmd_quantize(args) -> int:
         bar.update(done - bar.n)
 
     try:
-        if args.format == "qcore":
-            size = qm.save(args.output, progress=on_write)
-        else:
-            size = qm.save(args.output, format="compressed-tensors", source=args.input, progress=on_write)
+        size = qm.save(args.output, format=fmt.name, progress=on_write, **save_options)
     finally:
         bar.close()
     rows = qm.report()
@@ -364,28 +371,12 @@ def cmd_quantize(args) -> int:
     return 0
 
 
-def _is_compressed_tensors(path: str) -> bool:
-    from ..model.compressed_tensors import is_compressed_tensors
-
-    return is_compressed_tensors(path)
-
-
 def cmd_inspect(args) -> int:
-    from ..model import inspect_file
+    from ..model.formats import inspect
 
     check_exists(args.file, "model")
-    if os.path.isdir(args.file) and not _is_compressed_tensors(args.file):
-        raise UsageError(f"{args.file!r} is a folder without a compressed-tensors config.json; qcore inspect reads "
-                         f"quantized models (a qcore .safetensors file or a compressed-tensors folder)")
-    if _is_compressed_tensors(args.file):
-        from ..model.compressed_tensors import inspect_folder
-
-        desc = inspect_folder(args.file)
-        title = f"{desc['path']}: compressed-tensors model ({desc['format']}, version {desc['version']}), {_fmt_bytes(desc['file_size'])}"
-    else:
-        desc = inspect_file(args.file)
-        title = (f"{desc['path']}: qcore quantized model, format version {desc['format_version']}, "
-                 f"written by qcore {desc['qcore_version']}, {_fmt_bytes(desc['file_size'])}")
+    desc = inspect(args.file)
+    title = f"{desc['path']}: {desc['title']}, {_fmt_bytes(desc['file_size'])}"
     if args.json:
         desc = dict(desc, tensors=_jsonable(desc["tensors"]))
         print(json.dumps(desc, indent=2))
@@ -407,7 +398,7 @@ def cmd_dequantize(args) -> int:
     from ..tensor import QTensor
 
     check_exists(args.file, "model")
-    check_output_file(args.output, input_files(args.file), (".safetensors",), "a float model")
+    check_output_file(args.output, input_files(args.file), (".safetensors",), "a float model", force=args.force)
     qm = load_quantized(args.file)
     st = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 
