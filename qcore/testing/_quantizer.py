@@ -472,7 +472,7 @@ def check_decode_form(obj):
 def check_linear_rule(obj):
     """A scheme that declares ``linear_rule = True`` fits and encodes exactly as the built-in ``linear`` scheme:
     the torch adapter's fake quantization on torch ops (qcore/integrations/torch/_fakequant.py) gives its
-    ``quantize(x).dequantize()`` bit for bit.  Skipped without the flag or without torch."""
+    ``quantize(x).dequantize()`` bit for bit.  Chosen only for schemes that declare the flag; skipped without torch."""
     spec = Spec(obj)
     if not getattr(spec.cls, "linear_rule", False):
         raise SkipCheck("the scheme does not declare linear_rule")
@@ -548,4 +548,8 @@ QUANTIZER_CHECKS = [
 
 
 def quantizer_checks(obj=None) -> list[Check]:
-    return [Check(f.__name__, f, "scheme") for f in QUANTIZER_CHECKS]
+    """The checks that apply to ``obj``, chosen by what its class declares (scikit-learn's tag-driven checks):
+    ``check_linear_rule`` only for schemes that declare ``linear_rule``."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    declared = bool(getattr(cls, "linear_rule", False)) if obj is not None else True
+    return [Check(f.__name__, f, "scheme") for f in QUANTIZER_CHECKS if declared or f is not check_linear_rule]
