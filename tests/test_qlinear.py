@@ -6,9 +6,11 @@ import pytest
 
 import qcore
 import qcore.ops as ops
+from isa_levels import at_level, copy_levels
 from qcore.ops import gemm as gemm_mod
+from qcore_plugins import _gemm
 
-ISAS = ops.available_isas()
+ISAS = copy_levels(_gemm)
 
 
 def quantize_rows_ref(x):
@@ -151,13 +153,9 @@ def test_cache_reused_and_per_isa():
     p1 = gemm_mod._plan_for(w)
     ops.qlinear(x, w)
     assert gemm_mod._plan_for(w) is p1
-    old = ops.gemm_isa()
-    try:
-        for name in ISAS:
-            ops.set_gemm_isa(name)
+    for name in ISAS:
+        with at_level(name):
             np.testing.assert_allclose(ops.qlinear(x, w), y, rtol=1e-6, atol=1e-6)
-    finally:
-        ops.set_gemm_isa(old)
     assert len([key for key in w.cache if key.startswith("qcore.ops.qlinear")]) == len(ISAS)
 
 
@@ -167,7 +165,7 @@ def test_the_plan_is_cached_on_the_qtensor():
     w = qcore.quantize(rng.standard_normal((8, 16)).astype(np.float32), "linear", **WEIGHTS["sym8-channel"])
     x = rng.standard_normal((2, 16)).astype(np.float32)
     y = ops.qlinear(x, w)
-    key = f"{gemm_mod._CACHE_KEY}/{ops.gemm_isa()}"
+    key = f"{gemm_mod._CACHE_KEY}/{_gemm.ISA.copy}"
     plan = w.cache[key]
     np.testing.assert_array_equal(ops.qlinear(x, w), y)
     assert w.cache[key] is plan

@@ -34,24 +34,6 @@ def _ext():
     return _gemm
 
 
-def available_isas() -> list[str]:
-    """The GEMM instruction-set paths this CPU can run, best first (``avx512vnni``, ``avx2``, ``baseline``)."""
-    return list(_ext().available_isas())
-
-
-def gemm_isa() -> str:
-    """The path new packed weights are built for: the best available not above ``$QCORE_ISA`` (qcore/isa.py)."""
-    return _ext().get_isa()
-
-
-def set_gemm_isa(name: str) -> None:
-    """Choose the GEMM path for weights packed from now on (tests and benchmarks; ``ValueError`` if unsupported).
-
-    Packed weights cached on a QTensor are kept per path, so switching back and forth is safe.
-    """
-    _ext().set_isa(name)
-
-
 # -------------------------------------------------------------------------------------------- qgemm
 
 def _int_matrix(x, name: str) -> np.ndarray:
@@ -218,7 +200,7 @@ def _build_plan(w, isa: str) -> _Plan:
 
 
 def _plan_for(w) -> _Plan:
-    isa = gemm_isa()
+    isa = _ext().ISA.copy  # the int8 GEMM copy of the current level: one packed weight per copy
     key = f"{_CACHE_KEY}/{isa}"
     plan = w.cache.get(key)
     if plan is None:

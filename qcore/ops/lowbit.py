@@ -59,29 +59,6 @@ class LowbitPlan:
         return f"<LowbitPlan {self.mode} {self.n}x{self.k}{' (' + self.reason + ')' if self.reason else ''}>"
 
 
-# ------------------------------------------------------------------------------------------------ dispatch
-
-def _ext():
-    from qcore_plugins import _lowbit
-
-    return _lowbit
-
-
-def lowbit_isas() -> list[str]:
-    """The low-bit GEMM paths this CPU can run, best first (``avx512vnni``, ``avx2``, ``portable``)."""
-    return list(_ext().available_isas())
-
-
-def lowbit_isa() -> str:
-    """The path low-bit products run on: the best available, or the level ``$QCORE_ISA`` names."""
-    return _ext().get_isa()
-
-
-def set_lowbit_isa(name: str) -> None:
-    """Choose the low-bit path (tests, benchmarks); the packed layout is the same for all, so cached weights stay."""
-    _ext().set_isa(name)
-
-
 # ------------------------------------------------------------------------------------------------ forms
 
 def form_of(w):
@@ -238,4 +215,4 @@ def rows_linear(x2, w, bias=None, block_floats: int = ROWS_PATH_FLOATS):
     return out
 
 
-__all__ = ["LowbitPlan", "build_plan", "plan_for", "run", "rows_linear", "form_of", "lowbit_isas", "lowbit_isa", "set_lowbit_isa"]
+__all__ = ["LowbitPlan", "build_plan", "plan_for", "run", "rows_linear", "form_of"]
