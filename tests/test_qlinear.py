@@ -214,12 +214,24 @@ def test_bad_input():
         ops.qlinear(x, w.dequantize())
     with pytest.raises(TypeError):
         ops.qlinear(x.astype(np.complex64), w)
-    class NoTable(qcore.Quantizer):  # a scheme without lookup_table()
-        name = "no-table"
+    class NoForm(qcore.Quantizer):  # a scheme that declares no decode form: qlinear decodes rows with decode()
+        name = "no-form"
 
-    other = qcore.QTensor(w.codes, "no-table", 8, w.params, {}, quantizer=NoTable(bits=8))
-    with pytest.raises(ValueError, match="lookup_table"):
-        ops.qlinear(x, other)
+        def decode(self, codes, params):
+            return (codes.astype(np.float32) * params["scale"].reshape(-1, 1)).astype(np.float32)
+
+    other = qcore.QTensor(w.codes, "no-form", 8, w.params, {}, quantizer=NoForm(bits=8))
+    assert other.decodes_as() is None
+    np.testing.assert_allclose(ops.qlinear(x, other), x @ other.dequantize().T, rtol=1e-5, atol=1e-5)
+
+    class Broken(NoForm):  # a scheme whose decode fails: its error comes through
+        name = "broken"
+
+        def decode(self, codes, params):
+            raise ValueError("broken decode")
+
+    with pytest.raises(ValueError, match="broken decode"):
+        ops.qlinear(x, qcore.QTensor(w.codes, "broken", 8, w.params, {}, quantizer=Broken(bits=8)))
     with pytest.raises(ValueError, match="bias"):
         ops.qlinear(x, w, np.zeros(5, np.float32))
     with pytest.raises(qcore.InputError):
