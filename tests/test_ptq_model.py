@@ -179,3 +179,39 @@ def test_report_lists_the_plans_held_out_and_in_sample_errors(tmp_path, capsys):
     assert "held-out err" in out and f"{rows['l1.weight']['error']:.3e}" in out
     assert main(["inspect", str(path)]) == 0
     assert f"{rows['l2.weight']['error_in_sample']:.3e}" in capsys.readouterr().out
+
+
+# -- held-out scoring: an overfitting candidate wins in-sample and loses out of sample -------------------------
+def test_held_out_scoring_rejects_a_candidate_that_only_fits_its_calibration_data():
+    """Layer "few" sees 12 calibration samples of a 64-wide input (each fold spans a 6-dim subspace); layer
+    "many" sees 2048 samples of inputs three times louder.  With the data in one fold (in-sample scoring), GPTQ
+    makes 2-bit codes look cheap on "few" — their error hides in directions the calibration never excited — so
+    the plan gives "few" 2 bits and "many" 8.  Scored on the held-out fold, the 2-bit fit is caught (the plan
+    takes 4 bits for both), and that plan's output error on fresh inputs of the same distribution is far lower."""
+    from qcore.ptq import HessianAccumulator
+
+    rng = np.random.default_rng(11)
+    w = {"few.weight": rng.standard_normal((64, 64)).astype(np.float32),
+         "many.weight": rng.standard_normal((64, 64)).astype(np.float32)}
+    mix = np.linalg.qr(rng.standard_normal((64, 64)))[0] * np.exp(-np.arange(64) / 32.0)
+    draw = lambda n, loud=1.0: (loud * rng.standard_normal((n, 64)) @ mix.T).astype(np.float32)  # noqa: E731
+    folds = {"few.weight": HessianAccumulator(2).update(draw(12)).folds(),
+             "many.weight": HessianAccumulator(2).update(draw(2048, 3.0)).folds()}
+    one = {n: f.merged() for n, f in folds.items()}
+    opts = dict(candidates="linear:2:channel,linear:4:channel,linear:8:channel", budget_bits=6.0, method="gptq",
+                output_error="absolute", progress=False)
+    with pytest.warns(UserWarning, match="in-sample"):
+        in_sample = qcore.quantize_model(w, "mixed", hessians=one, **opts)
+    held_out = qcore.quantize_model(w, "mixed", hessians=folds, **opts)
+    assert [in_sample[n].bits for n in w] == [2, 8] and in_sample.info["few.weight"]["held_out"] is False
+    assert [held_out[n].bits for n in w] == [4, 4] and held_out.info["few.weight"]["held_out"] is True
+    rec = held_out.info["few.weight"]  # a choice that fits its calibration data far better than other data
+    assert rec["error"] > 10 * rec["error_in_sample"]
+    fresh = {"few.weight": hessian(draw(20000)), "many.weight": hessian(draw(20000, 3.0))}
+    total = {name: sum(output_error(w[n], qm[n].dequantize(), fresh[n]) for n in w)
+             for name, qm in (("in", in_sample), ("held", held_out))}
+    assert total["held"] < 0.5 * total["in"]
+    for qm in (in_sample, held_out):
+        assert sum(8 * qm[n].nbytes for n in w) <= 6.0 * sum(v.size for v in w.values())  # the budget holds
+    again = qcore.quantize_model(w, "mixed", hessians=folds, **opts)  # the same inputs give the same plan
+    assert all(np.array_equal(again[n].codes, held_out[n].codes) for n in w)

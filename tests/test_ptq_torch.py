@@ -349,3 +349,14 @@ def test_calibrate_mixes_sources_with_equal_weight():
     for bad, match in ((42, "calibrate must be"), ([calibrate, "x"], r"calibrate\[1\]"), ([], "empty")):
         with pytest.raises((TypeError, ValueError), match=match):
             qtorch.quantize_dynamic(net, "linear", 3, method="gptq", calibrate=bad, **opts)
+
+
+def test_calibration_too_small_to_split_warns_and_scores_in_sample():
+    """One calibration sample cannot be split into folds: the plan is scored in-sample, with a warning, and the
+    model's plan says so (held_out False)."""
+    net = Net().eval()
+    one = CALIB[0][:1]
+    with pytest.warns(UserWarning, match="one fold only"):
+        g = qtorch.quantize_dynamic(net, "mixed", 8, calibrate=one, **MIXED)
+    assert g.qcore_plan and not any(r["held_out"] for r in g.qcore_plan)
+    assert _bits(g) <= 4.0

@@ -118,7 +118,7 @@ def knapsack(costs: list[np.ndarray], errors: list[np.ndarray], capacity: float,
 
 
 #: how a candidate's output error is normalised (option ``output_error``)
-OUTPUT_ERRORS = ("relative", "absolute")
+OUTPUT_ERRORS = ("relative", "absolute", "hawq")
 
 
 def _h_axis(shape: tuple[int, ...], width: int) -> int:
@@ -203,7 +203,8 @@ class MixedPlanner(qcore.Planner):
 
     name = "mixed"
     options = {"budget_bits": 4.5, "target_sqnr": None, "candidates": None, "axis": 0,
-               "sensitivity": None, "calibration": None, "output_error": "relative", "gptq_options": None}
+               "sensitivity": None, "calibration": None, "output_error": "relative", "gptq_options": None,
+               "held_out_fits": None, "error_power": 1.0}
 
     def __init__(self, bits=None, observer=None, kernel=None, **options):
         super().__init__(bits, observer, kernel, **options)
@@ -225,6 +226,12 @@ class MixedPlanner(qcore.Planner):
             if unknown:
                 raise TypeError(f"unknown gptq_options {', '.join(sorted(unknown))}; they are block_size, damp, "
                                 "act_order, clip_search")
+        fits = cfg["held_out_fits"]
+        if fits is not None and (isinstance(fits, bool) or not isinstance(fits, (int, np.integer)) or fits < 1):
+            raise ValueError(f"held_out_fits must be None (every fold) or an integer >= 1, got {fits!r}")
+        p = cfg["error_power"]
+        if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)) or not (0 < p <= 8):
+            raise ValueError(f"error_power must be a number in (0, 8], got {p!r}")
         if cfg["calibration"] is not None:
             warnings.warn("mixed: calibration= (activation arrays) is deprecated; pass hessians= to measure() "
                           "(or calibrate= to quantize_model)", DeprecationWarning, stacklevel=3)
@@ -321,17 +328,23 @@ class MixedPlanner(qcore.Planner):
         sensitivity = self.config["sensitivity"] if sensitivity is None else sensitivity
         if sensitivity is not None:  # checked once, before the candidates (whose ValueErrors mean "skip me")
             _weighted(np.zeros(x.shape, np.float32), 0.0, sensitivity)
-        relative = self.config["output_error"] == "relative"
+        kind = self.config["output_error"]
         signal = sumsq(x)
         held = folds is not None and folds.k >= 2
         if folds is not None:
-            idx = range(folds.k) if held else [0]
-            weights = folds._weights(list(idx))
+            idx = list(range(folds.k) if held else [0])
+            fits = self.config["held_out_fits"]
+            if held and fits is not None:
+                idx = idx[:fits]
+            weights = folds._weights(idx)
             test = [(folds.fold(i) if held else folds.full()).astype(np.float32) for i in idx]
             train = [(folds.rest(i) if held else folds.full()) for i in idx]
             train32 = [t.astype(np.float32) for t in train]
-            energy_test = [_trace(x, t, axis) for t in test] if relative else None
-            energy_train = [_trace(x, t, axis) for t in train32] if relative else None
+            energy_test = [_trace(x, t, axis) for t in test]
+            energy_train = [_trace(x, t, axis) for t in train32]
+            # mean output power per input channel (HAWQ's Tr(H)/K), of the scoring and of the fitting data
+            power_test = [float(np.trace(t)) / t.shape[0] for t in test]
+            power_train = [float(np.trace(t)) / t.shape[0] for t in train32]
         out = []
         for spec in self.specs:
             s = self._concrete(spec, x.shape)
@@ -340,6 +353,7 @@ class MixedPlanner(qcore.Planner):
             q = self._quantizer(s)
             if q is None:
                 continue
+            extra = {}
             try:
                 if folds is None:
                     qt = q.quantize(x)
@@ -348,23 +362,30 @@ class MixedPlanner(qcore.Planner):
                     sse = sumsq(d)
                     err = err_in = _weighted(d, sse, sensitivity)
                 else:
-                    err = err_in = sse = 0.0
+                    err = err_in = sse = e_abs = energy = 0.0
                     for j, wj in enumerate(weights):
                         if method == "gptq" or j == 0:
                             qt = self._encode(q, x, train[j], method)
                             d = qt.dequantize()
                             np.subtract(x, d, out=d)
-                        e_out, e_in = _trace(d, test[j], axis), _trace(d, train32[j], axis)
-                        if relative:
+                            sse_j = sumsq(d)
+                        if kind == "hawq":  # (Tr H / K) * ||W - W'||^2: the data's power, not its directions
+                            e_out, e_in = power_test[j] * sse_j, power_train[j] * sse_j
+                        else:
+                            e_out, e_in = _trace(d, test[j], axis), _trace(d, train32[j], axis)
+                        e_abs += wj * e_out
+                        energy += wj * energy_test[j]
+                        if kind == "relative":
                             e_out, e_in = _ratio(e_out, energy_test[j]), _ratio(e_in, energy_train[j])
                         err += wj * e_out
                         err_in += wj * e_in
-                        sse += wj * sumsq(d)
+                        sse += wj * sse_j
+                    extra = {"error_abs": float(e_abs), "energy": float(energy)}
             except ValueError:
                 continue  # the candidate cannot take this tensor (e.g. a shape it does not support)
             out.append({"spec": s, "label": label_of(s), "bits": int(qt.bits), "nbytes": int(qt.nbytes),
                         "error": float(err), "error_in_sample": float(err_in), "held_out": bool(held),
-                        "sse": float(sse), "sqnr_db": float(sqnr_from_sums(signal, sse))})
+                        "sse": float(sse), "sqnr_db": float(sqnr_from_sums(signal, sse)), **extra})
             del qt
         return out
 
@@ -385,7 +406,8 @@ class MixedPlanner(qcore.Planner):
         if capacity_bits is None:
             raise ValueError("the mixed scheme needs budget_bits or target_sqnr")
         costs = [np.array([8.0 * c["nbytes"] for c in m]) for m in measurements]
-        errors = [np.array([c["error"] for c in m]) for m in measurements]
+        p = float(self.config["error_power"])  # p > 1: the sum of error^p penalises the worst layers more
+        errors = [np.array([c["error"] for c in m]) ** p for m in measurements]
         try:
             return knapsack(costs, errors, float(capacity_bits))
         except ValueError as exc:

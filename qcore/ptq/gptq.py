@@ -40,7 +40,10 @@ The sweep runs in float32 (the lazy block update as one ``matmul``), the Cholesk
 """
 from __future__ import annotations
 
+import hashlib
 import math
+import threading
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -146,6 +149,31 @@ def _inverse_cholesky(h: np.ndarray, damp: float) -> np.ndarray:
             lam = max(lam * 10, 1e-8 * mean_diag)
     raise np.linalg.LinAlgError("the Hessian is not positive definite even after damping it 10^4 times more; "
                                 "check it (a mean of x x^T) or raise damp")
+
+
+#: the last few factors (key: the Hessian's and the order's bytes, the damping): a planner measuring several
+#: candidates of one layer on one Hessian factors it once per column order
+_FACTORS: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
+_FACTORS_KEPT = 4
+_FACTORS_LOCK = threading.Lock()
+
+
+def _factor(h: np.ndarray, perm: np.ndarray, damp: float) -> np.ndarray:
+    """float32 ``U`` of ``(H[perm][:, perm] + damping)^-1`` (:func:`_inverse_cholesky`), from a small cache."""
+    key = (hashlib.blake2b(h.tobytes(), digest_size=16).digest(), hashlib.blake2b(perm.tobytes(), digest_size=16).digest(),
+           h.shape, float(damp))
+    with _FACTORS_LOCK:
+        u = _FACTORS.get(key)
+        if u is not None:
+            _FACTORS.move_to_end(key)
+            return u
+    u = _inverse_cholesky(h[np.ix_(perm, perm)], damp).astype(np.float32)
+    u.setflags(write=False)
+    with _FACTORS_LOCK:
+        _FACTORS[key] = u
+        while len(_FACTORS) > _FACTORS_KEPT:
+            _FACTORS.popitem(last=False)
+    return u
 
 
 #: range shrink factors tried by ``clip_search``
@@ -290,7 +318,7 @@ def _gptq_core(w: np.ndarray, h: np.ndarray, q, block_size: int, damp: float, ac
         h[dead, dead] = float(diag[~dead].mean()) if (~dead).any() else 1.0
     perm = _order(diag, units, act_order)
     inv = np.argsort(perm)
-    U = _inverse_cholesky(h[np.ix_(perm, perm)], damp).astype(np.float32)
+    U = _factor(h, perm, damp)
     unit_params = [units.fit(W, diag)] if units.kind == "whole" else [None] * units.count
     W = np.ascontiguousarray(W[:, perm])
     code_dt = np.int8 if q.signed else np.uint8
