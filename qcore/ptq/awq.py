@@ -93,7 +93,8 @@ def awq(w, hessian, scheme="linear", *, act_scale=None, grid: int = 20, gptq: bo
         hs = h / np.outer(s64, s64)
         if gptq:
             gopts = dict(gptq_options or {})
-            gopts["clip_search"] = bool(clip_search or gopts.get("clip_search", False))
+            if clip_search:
+                gopts["clip_search"] = True
             qt = run_gptq(wa * s[None, :], hs, q, **gopts)
         else:  # a diagonal Hessian: round to nearest, parameters fitted with the clip search
             qt = run_gptq(wa * s[None, :], np.diag(np.diag(hs)), q, clip_search=True, act_order=False)
