@@ -66,7 +66,7 @@ class _Tracer(torch.fx.Tracer):
     """torch.fx tracer keeping qcore's layers (observers, fake quantizers: not traceable) as leaves."""
 
     def is_leaf_module(self, m, qualname):
-        return type(m).__module__.startswith("qcore") or super().is_leaf_module(m, qualname)
+        return type(m).__module__.startswith("qcore.integrations") or super().is_leaf_module(m, qualname)
 
 
 def _trace(model: nn.Module):
