@@ -346,8 +346,8 @@ def test_fused_and_module_order_fusion_compute_the_same(functional, monkeypatch)
         torch.testing.assert_close(seq(x), model(x), rtol=0, atol=0)
         q_seq = _static(seq, calib)
         torch.testing.assert_close(q_seq(x), q(x), rtol=0, atol=0)
-        from qcore.integrations.torch import _fusion
-        monkeypatch.setattr(_fusion, "_trace", lambda model: None)  # as if fx could not trace
+        from qcore.integrations.torch import _walk
+        monkeypatch.setattr(_walk, "trace", lambda model: None)  # as if fx could not trace
         q_order = _static(seq, calib)
         assert all(type(q_order.features[i]) is nn.Identity for i in (1, 2, 4, 5, 7, 8))
         torch.testing.assert_close(q_order(x), q(x), rtol=0, atol=0)

@@ -45,7 +45,8 @@ from ._ptq import collect_hessians
 from ._qat import ActivationFakeQuant, QATConv2d, QATLinear
 from ._qops import (DequantizeActivation, QAdaptiveAvgPool2d, QAdd, QAvgPool2d, QCat, QClamp, QFlatten, QMaxPool2d,
                     QTableActivation, QuantizeActivation)
-from ._static import ObservedConv2d, ObservedLinear, QuantizedActivation, StaticConv2d, StaticLinear, prepare
+from ._graph import prepare
+from ._static import ObservedConv2d, ObservedLinear, QuantizedActivation, StaticConv2d, StaticLinear
 from ._tensors import fake_quantize
 
 __all__ = [

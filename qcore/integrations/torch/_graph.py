@@ -31,15 +31,21 @@ import math
 import operator
 import warnings
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+import qcore
+
+from .._common import name_selected
 from ._qops import (TABLE_FUNCTIONS, DequantizeActivation, QAdaptiveAvgPool2d, QAdd, QAvgPool2d, QCat, QClamp,
                     QFlatten, QMaxPool2d, QTableActivation, QuantizeActivation)
-from ._static import (ObservedConv2d, ObservedLinear, StaticConv2d, StaticLinear, _ObservedMixin, _RELU,
-                      static_from_observed)
+from . import _walk
+from ._static import (_ACT_SCHEME, ObservedConv2d, ObservedLinear, StaticConv2d, StaticLinear, _conv_supported,
+                      _ObservedMixin, _RELU, static_from_observed)
+from ._walk import _check_module, _swap
 
 _LAYERS = (ObservedConv2d, ObservedLinear)
 OBSERVERS = "qcore_observers"
@@ -444,10 +450,62 @@ def is_graph_prepared(model) -> bool:
 # ------------------------------------------------------------------------------------------------ prepare
 
 
-def prepare_graph(model: nn.Module, trace, bits, observer, symmetric) -> nn.Module | None:
+def prepare(model: nn.Module, bits: int = 8, observer: str = "histogram", symmetric: bool = False, *,
+            include: Iterable[str] | str | None = None, exclude: Iterable[str] | str | None = None,
+            weight_bits: int = 8, inplace: bool = False, **options) -> nn.Module:
+    """A copy of ``model`` with a qcore observer on the input of every ``nn.Linear`` and ``nn.Conv2d``.
+
+    Run calibration batches through the result (``prepared(x)``; outputs are the float model's), then
+    :func:`convert` it.  ``bits``/``observer``/``symmetric``: the activation quantization (``linear`` scheme,
+    per tensor; affine uint8 by default).  ``weight_bits``: 2..8, symmetric per output channel.
+    ``include``/``exclude``: glob patterns on qualified module names.  Layers with ``padding_mode`` other
+    than ``"zeros"`` are left in float.
+
+    Batch norm is not folded here: folding changes a convolution's weights, not its input, so the observers
+    see the same activations either way; :func:`convert` folds a ``BatchNorm2d`` that follows a convolution
+    into it before quantizing the weights.  Calibrate in ``eval()`` mode (a warning says so otherwise).
+    """
+    _check_module(model)
+    if options:
+        raise TypeError(f"prepare got unknown option(s) {sorted(options)}; it takes bits, observer, symmetric, "
+                        "include, exclude, weight_bits and inplace")
+    bits, weight_bits = int(bits), int(weight_bits)
+    if not 2 <= bits <= 8:
+        raise ValueError(f"bits (activations) must be in 2..8, got {bits}")
+    if not 2 <= weight_bits <= 8:
+        raise ValueError(f"weight_bits must be in 2..8, got {weight_bits}")
+    qcore.get_quantizer(_ACT_SCHEME, bits=bits, observer=observer, symmetric=bool(symmetric))  # unknown observer
+    model = model if inplace else copy.deepcopy(model)
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules()):
+        warnings.warn("prepare: the model has batch-norm layers in training mode; calibration batches would "
+                      "normalise with batch statistics and update the running ones, which convert folds into "
+                      "the convolutions: call model.eval() before calibrating", stacklevel=2)
+
+    def make(name, child):
+        if not name_selected(name, include, exclude):
+            return None
+        if type(child) is nn.Linear:
+            return ObservedLinear.from_float(child, bits, observer, symmetric, weight_bits)
+        if type(child) is nn.Conv2d and _conv_supported(child):
+            return ObservedConv2d.from_float(child, bits, observer, symmetric, weight_bits)
+        return None
+
+    if type(model) in (nn.Linear, nn.Conv2d):
+        new = make("", model)
+        return new if new is not None else model
+    if _swap(model, make) == 0:
+        warnings.warn("prepare: no nn.Linear or nn.Conv2d module was selected; the model is unchanged", stacklevel=2)
+        return model
+    graphed = prepare_graph(model, bits, observer, bool(symmetric))
+    return graphed if graphed is not None else model
+
+
+
+
+def prepare_graph(model: nn.Module, bits, observer, symmetric) -> nn.Module | None:
     """Put value observers into the traced graph of ``model`` (its layers already Observed*); None if it does
     not trace.  The layers stop observing their own inputs: they share their input value's quantizer."""
-    graph = trace(model)
+    graph = _walk.trace(model)
     if graph is None:
         return None
     an = Analysis(model, graph)
