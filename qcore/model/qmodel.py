@@ -1,19 +1,18 @@
 """``QModel``: many named tensors, some quantized (:class:`qcore.QTensor`), the rest kept as they were.
 
-A plain container: it knows nothing about files.  File formats live in their own modules (qcore/model/format.py
-for qcore's safetensors format) which import this one and register a writer with :func:`register_format`;
-:meth:`QModel.save` only dispatches to the writer registered under the ``format`` name it is given.  Loading
-is the format module's job (``qcore.load_quantized``).
+A plain container: it knows nothing about files.  :meth:`QModel.save` hands the model to the format registered
+under the ``format`` name it is given (qcore/model/formats.py, the one registry of file formats); loading is the
+registry's too (``qcore.load_quantized``).
 """
 from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from ..metrics import report_row, sqnr_db  # sqnr_db is also qcore.model.sqnr_db
+from ..metrics import plan_columns, report_row, sqnr_db  # sqnr_db is also qcore.model.sqnr_db
 from ..tensor import QTensor
 
 
@@ -113,11 +112,14 @@ class QModel:
         return t
 
     def report(self, reference: Mapping[str, np.ndarray] | None = None) -> list[dict]:
-        """One dict per tensor: ``name, scheme, bits, shape, bytes_fp32, bytes_q, sqnr_db`` (+ ``options``, ``planned_by``).
+        """One dict per tensor: ``name, scheme, bits, shape, bytes_fp32, bytes_q, sqnr_db`` (+ ``options``,
+        ``planned_by``, and the plan's ``candidate``, ``error``, ``error_in_sample``, ``held_out``).
 
         ``sqnr_db`` is measured against ``reference`` (the float model) when given, else it is the value
         recorded at quantization time (saved in the file; ``None`` if unknown).  Tensors kept as they were
-        have ``scheme None``, ``bits`` of their dtype and ``sqnr_db inf``.
+        have ``scheme None``, ``bits`` of their dtype and ``sqnr_db inf``.  A tensor a planner chose with
+        calibration data has its candidate's output error on held-out data (``error``, ``held_out`` True) and on
+        the data it was fitted on (``error_in_sample``); the others have None there.
         """
         rows = []
         for name, t in self.tensors.items():
@@ -131,7 +133,8 @@ class QModel:
                 rows.append(report_row(
                     name, scheme=t.scheme, bits=t.bits, shape=t.shape, bytes_fp32=4 * t.size, bytes_q=int(t.nbytes),
                     sqnr_db=snr, options={k: v for k, v in t.options.items() if k != "bits"},
-                    planned_by=info.get("planned_by"), bytes_orig=_bytes_orig(t, str(t.dtype)), dtype=str(t.dtype)))
+                    planned_by=info.get("planned_by"), bytes_orig=_bytes_orig(t, str(t.dtype)), dtype=str(t.dtype),
+                    **plan_columns(info)))
             else:
                 dt = self.dtype_of(name)
                 rows.append(report_row(
@@ -141,27 +144,19 @@ class QModel:
 
     # -- files ---------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, format: str = "qcore", **options) -> int:
-        """Write the model with the writer registered for ``format`` (default ``"qcore"``: one ``.safetensors``
-        file, see docs/format.md, written atomically); returns the size written in bytes."""
-        writer = _WRITERS.get(format)
-        if writer is None:
-            known = ", ".join(map(repr, sorted(_WRITERS))) or "none"
-            raise ValueError(f"unknown model file format {format!r}; known formats: {known}")
-        return writer(self, path, **options)
+        """Write the model in ``format`` (a name of :func:`qcore.model.formats.list_formats`: ``"qcore"``, the
+        default, one ``.safetensors`` file, see docs/format.md; ``"compressed-tensors"``), atomically;
+        returns the size written in bytes.  ``options`` are the format's (``source=`` a Hugging Face folder, ...)."""
+        from .formats import get_format
+
+        fmt = get_format(format)
+        fmt.check_save_options(options)
+        return fmt.save(self, os.fspath(path), **options)
 
     def __repr__(self) -> str:
         nq = len(self.quantized)
         return (f"QModel({len(self)} tensors, {nq} quantized, {self.nbytes} bytes "
                 f"vs {self.nbytes_fp32} in float32, {self.average_bits:.2f} bits/weight)")
-
-
-#: format name -> ``writer(model, path, **options) -> bytes written``; filled by the format modules
-_WRITERS: dict[str, Callable[..., int]] = {}
-
-
-def register_format(name: str, writer: Callable[..., int]) -> None:
-    """Make ``QModel.save(path, format=name)`` call ``writer(model, path, **options)`` (used by format modules)."""
-    _WRITERS[name] = writer
 
 
 def _bytes_fp32(t, dtype: str | None = None) -> int:
