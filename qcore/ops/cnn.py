@@ -59,7 +59,7 @@ class Codes:
 
 
 def _isa():
-    return _ext()[1].get_isa()
+    return None  # the copy of the level qcore_plugins._conv runs at (qcore/isa.py)
 
 
 def _new(b, h, w, cp, border, fill) -> np.ndarray:
