@@ -39,6 +39,10 @@ except ImportError as exc:  # extensions not built: the kernel reports itself un
 else:
     _IMPORT_ERROR = None
 try:
+    from qcore_plugins import _kmeans
+except ImportError:  # pragma: no cover - only without a built extension
+    _kmeans = None
+try:
     from qcore_plugins import _lowbit
 except ImportError:  # pragma: no cover - only without a built extension
     _lowbit = None
@@ -66,6 +70,17 @@ class CythonKernel(Kernel):
     @classmethod
     def available(cls) -> bool:
         return _quant is not None
+
+    # -- k-means fitting (capability "kmeans_fit", pyx/kmeans.pyx) ---------------------------------------
+    def _kmeans_fit_groups(self, rows, K, max_iter, alt, float16):
+        out = np.empty((rows.shape[0], K), np.float32)
+        return out, _kmeans.fit_groups(rows, K, max_iter, alt, float16, out)
+
+    def _kmeans_fit_weighted(self, x, w, K, tol, max_iter):
+        out = np.zeros((x.shape[0], K), np.float32)
+        status = np.zeros(x.shape[0], np.int8)
+        _kmeans.fit_weighted(x, w, K, tol, max_iter, out, status)
+        return out, status
 
     # -- min / max ------------------------------------------------------------------------------------
     def _minmax(self, x3):
