@@ -115,7 +115,7 @@ def main(argv=None) -> int:
           "(axis=1 for scikit-learn's (n_in, n_out) weights, axis=0 for torch's (out, in)).")
     if tmodel is not None:
         print("torch acc: the same weights in nn.Linear layers, quantize_dynamic with the same scheme and options "
-              "(8-bit linear runs qcore.ops.qlinear with int8 activations, the rest is weight-only).")
+              "(both adapters run every layer through qcore.ops.qlinear: mixed may plan other bits per tensor).")
     return 0
 
 

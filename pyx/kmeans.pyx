@@ -12,7 +12,7 @@ is released; scratch memory is per thread, so several Python threads may call at
 from cython.parallel cimport parallel, prange
 from libc.stdint cimport int64_t
 
-from qcore_isa cimport qc_cpu_level, qcore_isa_index, qcore_isa_names, qcore_isa_requested
+from qcore_isa cimport isa_switch
 from qcore_omp cimport qcore_omp_max_threads
 
 
@@ -27,30 +27,16 @@ cdef extern from "kmeans_kernels.h" nogil:
                            float *out, qc_km_scratch *s)
     float qc_km_round_f16(float f)
     int qc_km_select_isa(int level)
-    int qc_km_select_isa_current "qc_km_current_isa"()
     double qc_km_cbrt(double w)
 
-# instruction-set copy of the sort (pyx/kmeans_kernels.h: a sorting network at AVX2 and AVX-512, a radix sort
-# at baseline; the same sorted rows whichever runs), as in ``_codebook``
-_ISA_NAMES = qcore_isa_names()
+def _use_copy(int level):
+    return qc_km_select_isa(level)
 
 
-def cpu_isa():
-    """The best instruction-set copy this CPU runs: 'baseline', 'avx2' or 'avx512'."""
-    return _ISA_NAMES[qc_cpu_level()]
-
-
-def select_isa(name):
-    """Use the ``name`` copy (clipped to what the CPU runs); returns the copy in use.  Not meant to be called
-    while kernels run in other threads (tests and benchmarks only)."""
-    return _ISA_NAMES[qc_km_select_isa(qcore_isa_index(name))]
-
-
-def current_isa():
-    return _ISA_NAMES[qc_km_select_isa_current()]
-
-
-qc_km_select_isa(qcore_isa_requested())
+#: the instruction-set level this extension runs at (qcore/isa.py) and the copy of the sort it selects
+#: (pyx/kmeans_kernels.h: a sorting network at AVX2 and AVX-512, a radix sort at baseline; the same sorted rows
+#: whichever runs)
+ISA = isa_switch(("baseline", "avx2", "avx512"), _use_copy)
 
 # rows handed to a thread at a time (dynamic schedule: rows differ in their number of iterations)
 cdef int64_t CHUNK = 16

@@ -167,10 +167,10 @@ typedef uint32_t qc_km_v16u __attribute__((vector_size(64)));
 typedef int32_t qc_km_v16i __attribute__((vector_size(64)));
 typedef uint32_t qc_km_v8u __attribute__((vector_size(32)));
 typedef int32_t qc_km_v8i __attribute__((vector_size(32)));
-__attribute__((target("avx512f,avx512bw,avx512vl"))) static void qc_km_bitonic_avx512(uint32_t *a, int R) {
+QCORE_TARGET_AVX512 static void qc_km_bitonic_avx512(uint32_t *a, int R) {
     QC_KM_BITONIC(qc_km_v16u, qc_km_v16i, 16, ((qc_km_v16i){0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}))
 }
-__attribute__((target("avx2"))) static void qc_km_bitonic_avx2(uint32_t *a, int R) {
+QCORE_TARGET_AVX2 static void qc_km_bitonic_avx2(uint32_t *a, int R) {
     QC_KM_BITONIC(qc_km_v8u, qc_km_v8i, 8, ((qc_km_v8i){0, 1, 2, 3, 4, 5, 6, 7}))
 }
 #endif
@@ -178,12 +178,14 @@ __attribute__((target("avx2"))) static void qc_km_bitonic_avx2(uint32_t *a, int 
 /* the instruction-set copy in use: 0 baseline (radix sort only), 1 avx2, 2 avx512 */
 static int qc_km_isa = 0;
 
-static int qc_km_current_isa(void) { return qc_km_isa; }
-
+/* run the copy of `level` (a QCORE_ISA_* value the CPU runs, see qcore/isa.py); returns the copy in use */
 static int qc_km_select_isa(int level) {
-    int top = qc_cpu_level();
-    qc_km_isa = level < top ? level : top;
-    return qc_km_isa;
+#if QC_X86_DISPATCH
+    qc_km_isa = level >= QCORE_ISA_AVX512 ? 2 : level >= QCORE_ISA_AVX2 ? 1 : 0;
+#else
+    qc_km_isa = 0;
+#endif
+    return qc_km_isa == 2 ? QCORE_ISA_AVX512 : qc_km_isa == 1 ? QCORE_ISA_AVX2 : QCORE_ISA_BASELINE;
 }
 
 /* sort n keys (a has room for max(n, QC_KM_NET_MAX)) */

@@ -75,8 +75,12 @@ def test_quantize_mixed_budget_and_json(model_file, tmp_path, capsys):
     assert rep["output"] == str(out_q)
     qm = qcore.load_quantized(out_q)
     assert qm.average_bits <= 3.5
-    code, out, err = run(capsys, "quantize", model_file, "-o", out_q, "--scheme", "mixed", "--target-sqnr", "20",
-                         "--candidates", "linear:4:channel,linear:8:channel", "--quiet")
+    before = out_q.read_bytes()
+    argv = ("quantize", model_file, "-o", out_q, "--scheme", "mixed", "--target-sqnr", "20",
+            "--candidates", "linear:4:channel,linear:8:channel", "--quiet")
+    code, out, err = run(capsys, *argv)  # an existing output is kept unless --force
+    assert code == 2 and "--force" in err and len(err.strip().splitlines()) == 1 and out_q.read_bytes() == before
+    code, out, err = run(capsys, *argv, "--force")
     assert code == 0 and out == ""
     qm = qcore.load_quantized(out_q)
     assert {qm[n].scheme for n in qm.quantized} == {"linear"}

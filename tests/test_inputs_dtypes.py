@@ -154,7 +154,7 @@ def test_bf16_kept_tensors_stay_bf16_and_sizes_are_against_bf16(bf16_model, tmp_
     assert np.array_equal(got.raw("norm.weight"), nb)
     assert np.array_equal(got.raw("fc.weight"), float32_to_bf16(back["fc.weight"].dequantize()))
     for dt, st in (("float32", "F32"), ("float16", "F16"), ("bfloat16", "BF16")):
-        assert main(["dequantize", str(out), "-o", str(plain), "--dtype", dt]) == 0
+        assert main(["dequantize", str(out), "-o", str(plain), "--dtype", dt, "--force"]) == 0
         h = read_header(plain)
         assert h.tensors["fc.weight"].dtype == st and h.tensors["norm.weight"].dtype == st
     capsys.readouterr()

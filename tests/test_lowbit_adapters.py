@@ -9,7 +9,7 @@ from torch import nn  # noqa: E402
 
 import qcore  # noqa: E402
 from qcore.integrations import torch as qtorch  # noqa: E402
-from qcore.integrations._packed import PackedMatrix, decode_rows, linear_rows, matmul_rows  # noqa: E402
+from qcore.integrations._packed import PackedMatrix, decode_rows, linear_rows  # noqa: E402
 
 
 def float_tensors(module, min_numel):
@@ -34,11 +34,6 @@ def test_decode_rows_and_the_rows_paths_match_the_whole_decode(scheme, opts):
     b = np.arange(40, dtype=np.float32)
     ref = x.astype(np.float64) @ full.T.astype(np.float64) + b
     np.testing.assert_allclose(linear_rows(x, qt, b, block_floats=8 * 64), ref, rtol=1e-5, atol=1e-5)
-    # the scikit-learn layout (K, N), per-column parameters, blocks over K
-    qk = qcore.quantize(w, scheme, **({**opts, "granularity": "channel", "axis": 1} if scheme == "linear" else opts))
-    a = np.random.default_rng(2).normal(size=(5, 40))
-    np.testing.assert_allclose(matmul_rows(a, qk, block_floats=8 * 64), a @ qk.dequantize().astype(np.float64),
-                               rtol=1e-12, atol=1e-12)
 
 
 def test_quantize_dynamic_4bit_group_holds_packed_weights_only():
@@ -106,10 +101,10 @@ def test_sklearn_estimator_holds_packed_matrices():
     q = qsk.quantize_estimator(clf, "linear", bits=4)
     assert all(isinstance(c, PackedMatrix) for c in q.coefs_)
     assert all(c.nbytes < w.nbytes / 6 for c, w in zip(q.coefs_, clf.coefs_))
-    # predictions are those of the dequantized weights, computed independently
+    # predictions are those of qlinear on the packed (n_out, n_in) weights, layer by layer
     h = X[1200:].astype(np.float64)
     for i, (c, b) in enumerate(zip(q.coefs_, q.intercepts_)):
-        h = h @ c.qtensor.dequantize().astype(np.float64) + b
+        h = qcore.ops.qlinear(h, c.qtensor) + b
         if i < len(q.coefs_) - 1:
             h = np.maximum(h, 0)
     np.testing.assert_array_equal(q.predict(X[1200:]), clf.classes_[np.argmax(h, axis=1)])
@@ -238,9 +233,11 @@ def test_sklearn_estimator_holds_one_packed_copy():
     est = MLPRegressor(hidden_layer_sizes=(128,), max_iter=5, random_state=0).fit(X, X[:, 0])
     q = qsk.quantize_estimator(est, "linear", bits=4)
     q.predict(X)
-    for c in q.coefs_:  # the rows path computes from the QTensor's own packed codes: nothing else is held
-        qt = c.qtensor
-        assert qt.holds_codes and held_array_bytes(c) <= qt.nbytes + 256
+    for c in q.coefs_:  # the kernel layout holds the codes (panels of 16 columns, with a float32 scale and
+        qt = c.qtensor   # scale * zero per column): nothing else
+        n, k = qt.shape
+        np16 = -(-n // 16) * 16
+        assert not qt.holds_codes and held_array_bytes(c) <= np16 * k // 2 + 2 * 4 * np16 + 256
 
 
 def _minilm():

@@ -31,6 +31,7 @@ import numpy as np
 
 import qcore
 from qcore.kernels import reference
+from qcore.quantization.forms import Affine, Table
 
 #: below this a scale would make 1/scale overflow float32; ranges that small quantize to zero
 MIN_SCALE = np.float32(2.0**-100)
@@ -81,6 +82,7 @@ class LinearQuantizer(qcore.Quantizer):
     bits_range = (1, 8)
     options = {"symmetric": False, "granularity": "tensor", "axis": 0, "group_size": 128, "scale_dtype": "float32"}
     self_checking = True
+    linear_rule = True
 
     def __init__(self, bits=8, observer=None, kernel=None, **options):
         super().__init__(bits, observer, kernel, **options)
@@ -223,6 +225,14 @@ class LinearQuantizer(qcore.Quantizer):
             alpha = self._broadcast(scale, view, axis).reshape(codes.shape)
             return (alpha * (2 * codes.astype(np.float32) + 1)).astype(np.float32)
         return self.kernel.dequantize_affine(view, scale, self._zero_point(params), axis=axis).reshape(codes.shape)
+
+    def decodes_as(self, params):
+        """``Affine(scale, zero_point)`` (symmetric: no zero point; 3-/4-bit scales may be negative); binary
+        1-bit codes are the table ``(+alpha, -alpha)`` for the bit patterns ``0`` (code 0) and ``1`` (code -1)."""
+        scale = np.asarray(params["scale"]).astype(np.float32)
+        if self.signed and self.bits == 1:
+            return Table(np.stack([scale, -scale], axis=-1))
+        return Affine(scale, params.get("zero_point"))
 
     @staticmethod
     def _zero_point(params):

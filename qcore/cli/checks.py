@@ -68,8 +68,9 @@ def check_writable_folder(folder: str, what: str) -> None:
     os.unlink(probe)
 
 
-def check_output_file(output: str, inputs: list[str], suffixes: tuple[str, ...], what: str) -> None:
-    """A single-file output: the right suffix, not a folder, not an input, in a writable folder."""
+def check_output_file(output: str, inputs: list[str], suffixes: tuple[str, ...], what: str, force: bool = True) -> None:
+    """A single-file output: the right suffix, not a folder, not an input, in a writable folder; an existing file
+    only with ``force`` (``--force``)."""
     if os.path.isdir(output) or output.endswith((os.sep, "/")):
         raise UsageError(f"-o {output!r} is a folder; {what} is a file: name it, e.g. -o {os.path.join(output, 'model' + suffixes[0])!r}")
     if not output.lower().endswith(suffixes):
@@ -77,10 +78,13 @@ def check_output_file(output: str, inputs: list[str], suffixes: tuple[str, ...],
                          f"mislabel its contents (e.g. -o {os.path.splitext(output)[0] + suffixes[0]!r})")
     check_not_an_input(output, inputs)
     check_writable_folder(os.path.dirname(os.path.abspath(output)), f"-o {output!r}")
+    if not force and os.path.exists(output):
+        raise UsageError(f"-o {output!r} exists; pass --force to replace it")
 
 
-def check_output_folder(output: str, inputs: list[str], what: str) -> None:
-    """A folder output (compressed-tensors): not a file name, not holding or being an input, parent writable."""
+def check_output_folder(output: str, inputs: list[str], what: str, force: bool = True) -> None:
+    """A folder output (compressed-tensors): not a file name, not holding or being an input, parent writable; a
+    folder that already holds files only with ``force`` (``--force``)."""
     low = output.lower()
     if low.endswith((".safetensors", ".npz", ".json")):
         raise UsageError(f"-o {output!r}: {what} is a folder (a Hugging Face model folder), not a "
@@ -94,6 +98,9 @@ def check_output_folder(output: str, inputs: list[str], what: str) -> None:
                              f"input model; choose another folder")
     if os.path.isdir(output):
         check_writable_folder(output, f"-o {output!r}")
+        if not force and os.listdir(output):
+            raise UsageError(f"-o {output!r} is a folder that already holds files; pass --force to write the model "
+                             f"into it (files of the same names are replaced)")
     else:
         check_writable_folder(os.path.dirname(os.path.abspath(output)), f"-o {output!r}")
 
@@ -129,11 +136,20 @@ def check_patterns_match(kind: str, patterns, names) -> None:
 
 # -- quantized inputs --------------------------------------------------------------------------------------
 def quantized_kind(path: str) -> str | None:
-    """``"qcore"`` or ``"compressed-tensors"`` when ``path`` already holds a quantized model, else ``None``.
+    """The format name (``"qcore"``, ``"compressed-tensors"``, ...) when ``path`` already holds a
+    quantized model, or another quantization method named by its config.json, else ``None``.
 
     Reads headers and ``config.json`` only."""
+    from ..model.formats import get_format, list_formats
     from ..model.safetensors_io import read_header
     from ..model.tensors import resolve_model_path
+
+    for name in list_formats():
+        try:
+            if get_format(name).sniff(path):
+                return name
+        except Exception:  # noqa: BLE001 - a sniffer that fails has not recognised the input
+            continue
 
     folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     cfg = os.path.join(folder, "config.json")

@@ -20,7 +20,6 @@ from .checks import (UsageError, check_exists, check_output_file, check_output_f
 _CONFIG_KEYS = ("scheme", "budget_bits", "include", "exclude", "rules")
 
 
-FORMATS = ("qcore", "compressed-tensors")
 DTYPE_CHOICES = ("float32", "float16", "bfloat16")
 
 
@@ -31,6 +30,12 @@ def _installed_schemes() -> str:
         return ", ".join(list_schemes())
     except Exception as exc:  # noqa: BLE001 - help must print even when a plugin is broken
         return f"(could not list: {exc})"
+
+
+def _formats() -> list[str]:
+    from ..model.formats import list_formats
+
+    return list_formats()
 
 
 def register(sub) -> None:
@@ -44,7 +49,8 @@ def register(sub) -> None:
     sp.add_argument("input", help="model: .safetensors or .npz file, Hugging Face model folder, or model.safetensors.index.json")
     sp.add_argument("-o", "--output", required=True,
                     help="--format qcore: the .safetensors file to write; compressed-tensors: the folder to write")
-    sp.add_argument("--format", choices=FORMATS, default="qcore", help="output format (default: qcore)")
+    sp.add_argument("--format", choices=_formats(), default="qcore", help="output format (default: qcore)")
+    sp.add_argument("--force", action="store_true", help="replace an existing output (default: refuse)")
     sp.add_argument("--scheme", help="scheme for every tensor (default: linear; 'mixed' plans bits per tensor)")
     sp.add_argument("--bits", type=int, help="bits per code (default: 8; for mixed: the widest candidate)")
     sp.add_argument("--granularity", choices=("tensor", "channel", "group"), help="linear (default: channel)")
@@ -60,10 +66,12 @@ def register(sub) -> None:
                                           "(default: linear 2/3/4/8 per channel and group, kmeans 2-4, log 4-5)")
     sp.add_argument("--method", choices=("rtn", "gptq"), default="rtn",
                     help="rtn: round to nearest (default); gptq: minimise each layer's output error with the "
-                         "Hessians of --calibration (docs/ptq.md)")
-    sp.add_argument("--calibration", metavar="HESSIANS.safetensors",
+                         "Hessians of --hessians (docs/ptq.md)")
+    sp.add_argument("--hessians", metavar="HESSIANS.safetensors",
                     help="per-layer input Hessians (qtorch.collect_hessians); needed by --method gptq, and with "
-                         "--scheme mixed the candidates are judged by their output error")
+                         "--scheme mixed the candidates are judged by their output error on held-out folds")
+    sp.add_argument("--calibration", dest="calibration_alias", metavar="HESSIANS.safetensors",
+                    help="deprecated spelling of --hessians")
     sp.add_argument("--include", action="append", metavar="GLOB", help="quantize only matching tensors (repeatable)")
     sp.add_argument("--exclude", action="append", metavar="GLOB", help="keep matching tensors as they are (repeatable)")
     sp.add_argument("--config", metavar="RULES.toml", help="options and [rules.\"GLOB\"] tables (see docs/models.md)")
@@ -71,8 +79,8 @@ def register(sub) -> None:
     sp.add_argument("--quiet", action="store_true", help="no progress bar, no table")
     sp.set_defaults(func=cmd_quantize)
 
-    sp = sub.add_parser("inspect", help="per-tensor table of a quantized model (qcore file or compressed-tensors folder; "
-                                         "header only, no plugin needed)")
+    sp = sub.add_parser("inspect", help="per-tensor table of a quantized model (qcore file or compressed-tensors "
+                                         "folder; header only, no plugin needed)")
     sp.add_argument("file", help="qcore .safetensors file, or a compressed-tensors folder")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=cmd_inspect)
@@ -80,6 +88,7 @@ def register(sub) -> None:
     sp = sub.add_parser("dequantize", help="write a quantized model back as plain float safetensors")
     sp.add_argument("file", help="qcore .safetensors file, or a compressed-tensors folder")
     sp.add_argument("-o", "--output", required=True, help="plain .safetensors file to write")
+    sp.add_argument("--force", action="store_true", help="replace an existing output (default: refuse)")
     sp.add_argument("--dtype", choices=DTYPE_CHOICES,
                     help="dtype of every float tensor written (default: each tensor's original dtype)")
     sp.set_defaults(func=cmd_dequantize)
@@ -193,23 +202,18 @@ def _is_planner(q) -> bool:
 
 
 def _parse_candidates(text: str) -> list[dict]:
-    """``"linear:4:channel,kmeans:3"`` -> candidate dicts, each checked against its scheme now (a misspelled
-    granularity or scheme is named as such, not reported later as 'no candidate applies')."""
+    """``"linear:4:channel,kmeans:3"`` -> candidate dicts (:func:`qcore.quantization.candidates.parse_candidate`),
+    each checked against its scheme now (a misspelled granularity or scheme is named as such, not reported later
+    as 'no candidate applies')."""
     from ..api import get_quantizer
+    from ..quantization.candidates import parse_candidate
 
     out = []
     for spec in [c.strip() for c in text.split(",") if c.strip()]:
-        parts = spec.split(":")
-        if not 2 <= len(parts) <= 4 or not parts[0]:
-            raise UsageError(f"--candidates: {spec!r} is not 'scheme:bits[:granularity[:group_size]]' (e.g. linear:4:channel)")
         try:
-            d: dict[str, Any] = {"scheme": parts[0], "bits": int(parts[1])}
-            if len(parts) >= 3:
-                d["granularity"] = parts[2]
-            if len(parts) == 4:
-                d["group_size"] = int(parts[3])
-        except ValueError:
-            raise UsageError(f"--candidates: {spec!r}: bits and group size must be integers") from None
+            d = parse_candidate(spec)
+        except ValueError as exc:
+            raise UsageError(f"--candidates: {exc}") from None
         try:
             get_quantizer(d["scheme"], **{k: v for k, v in d.items() if k != "scheme"})
         except KeyError as exc:
@@ -271,14 +275,9 @@ def _check_scheme_options(scheme: str, options: dict, budget) -> Any:
     return q
 
 
-def _check_compressed_tensors_plan(plan) -> None:
-    from ..model.compressed_tensors import check_plan
-
-    check_plan(plan)
-
-
 def cmd_quantize(args) -> int:
     from ..model import load_tensors, quantize_model
+    from ..model.formats import get_format
     from ..model.quantize import plan_tensors, progress_bar
 
     # 1. the input: exists, is not quantized already
@@ -289,19 +288,30 @@ def cmd_quantize(args) -> int:
                          f"(qcore dequantize writes a float copy, but quantizing that again compounds the error)")
     if args.config:
         check_exists(args.config, "--config file")
-    if args.method == "gptq" and not args.calibration:
-        raise UsageError("--method gptq needs --calibration HESSIANS.safetensors (per-layer Hessians written by "
+    if args.calibration_alias:
+        if args.hessians:
+            raise UsageError("--calibration is the deprecated spelling of --hessians; give one of them")
+        print("qcore quantize: --calibration is deprecated; use --hessians", file=sys.stderr)
+        args.hessians = args.calibration_alias
+    if args.method == "gptq" and not args.hessians:
+        raise UsageError("--method gptq needs --hessians HESSIANS.safetensors (per-layer Hessians written by "
                          "qtorch.collect_hessians, see docs/ptq.md)")
-    if args.calibration:
-        check_exists(args.calibration, "--calibration file")
+    if args.hessians:
+        check_exists(args.hessians, "--hessians file")
     cfg: dict[str, Any] = load_config(args.config) if args.config else {}
     # 2. the output: right kind of name, not an input, in a folder we can write
     inputs = input_files(args.input) + ([args.config] if args.config else []) + (
-        [args.calibration] if args.calibration else [])
-    if args.format == "qcore":
-        check_output_file(args.output, inputs, (".safetensors",), "a qcore quantized model")
+        [args.hessians] if args.hessians else [])
+    fmt = get_format(args.format)
+    save_options = {"source": args.input} if fmt.uses_source else {}
+    if fmt.output == "file":
+        check_output_file(args.output, inputs, fmt.suffixes, f"a {fmt.name} model", force=args.force)
     else:
-        check_output_folder(args.output, inputs, "a compressed-tensors model")
+        check_output_folder(args.output, inputs, f"a {fmt.name} model", force=args.force)
+    try:
+        fmt.check_save_options(save_options)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--format {fmt.name}: {exc}") from None
     # 3. scheme and options
     scheme, options, budget = _options_from(args, cfg)
     if scheme == "linear" and "granularity" not in options:
@@ -326,20 +336,22 @@ def cmd_quantize(args) -> int:
     if not any(s is not None for _, s, _ in plan):
         raise UsageError(f"no tensor of {args.input!r} would be quantized (only float tensors of 2+ dimensions are, "
                          f"unless a rule names them); check --include/--exclude and the rules")
-    if args.format == "compressed-tensors":
-        _check_compressed_tensors_plan([(n, s, o) for n, s, o in plan])
+    try:
+        fmt.check_plan([(n, s, o) for n, s, o in plan], save_options)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
     # 5. the work
     t0 = time.perf_counter()
-    ptq = {"method": args.method, "hessians": args.calibration} if args.calibration else {}
+    ptq = {"method": args.method, "hessians": args.hessians} if args.hessians else {}
     if ptq and args.method == "rtn" and not _is_planner(q):
-        raise UsageError("--calibration is used by --method gptq or --scheme mixed")
+        raise UsageError("--hessians is used by --method gptq or --scheme mixed")
     try:
         qm = quantize_model(tensors, scheme, include=include, exclude=exclude, rules=rules,
                             budget_bits=budget, progress=not args.quiet, **ptq, **options)
     except (ValueError, TypeError) as exc:
         if not ptq:
             raise
-        raise UsageError(f"--calibration {args.calibration}: {exc}") from None
+        raise UsageError(f"--hessians {args.hessians}: {exc}") from None
     t1 = time.perf_counter()
     bar = progress_bar(1, not args.quiet, "writing")
 
@@ -348,10 +360,7 @@ def cmd_quantize(args) -> int:
         bar.update(done - bar.n)
 
     try:
-        if args.format == "qcore":
-            size = qm.save(args.output, progress=on_write)
-        else:
-            size = qm.save(args.output, format="compressed-tensors", source=args.input, progress=on_write)
+        size = qm.save(args.output, format=fmt.name, progress=on_write, **save_options)
     finally:
         bar.close()
     rows = qm.report()
@@ -364,28 +373,12 @@ def cmd_quantize(args) -> int:
     return 0
 
 
-def _is_compressed_tensors(path: str) -> bool:
-    from ..model.compressed_tensors import is_compressed_tensors
-
-    return is_compressed_tensors(path)
-
-
 def cmd_inspect(args) -> int:
-    from ..model import inspect_file
+    from ..model.formats import inspect
 
     check_exists(args.file, "model")
-    if os.path.isdir(args.file) and not _is_compressed_tensors(args.file):
-        raise UsageError(f"{args.file!r} is a folder without a compressed-tensors config.json; qcore inspect reads "
-                         f"quantized models (a qcore .safetensors file or a compressed-tensors folder)")
-    if _is_compressed_tensors(args.file):
-        from ..model.compressed_tensors import inspect_folder
-
-        desc = inspect_folder(args.file)
-        title = f"{desc['path']}: compressed-tensors model ({desc['format']}, version {desc['version']}), {_fmt_bytes(desc['file_size'])}"
-    else:
-        desc = inspect_file(args.file)
-        title = (f"{desc['path']}: qcore quantized model, format version {desc['format_version']}, "
-                 f"written by qcore {desc['qcore_version']}, {_fmt_bytes(desc['file_size'])}")
+    desc = inspect(args.file)
+    title = f"{desc['path']}: {desc['title']}, {_fmt_bytes(desc['file_size'])}"
     if args.json:
         desc = dict(desc, tensors=_jsonable(desc["tensors"]))
         print(json.dumps(desc, indent=2))
@@ -407,7 +400,7 @@ def cmd_dequantize(args) -> int:
     from ..tensor import QTensor
 
     check_exists(args.file, "model")
-    check_output_file(args.output, input_files(args.file), (".safetensors",), "a float model")
+    check_output_file(args.output, input_files(args.file), (".safetensors",), "a float model", force=args.force)
     qm = load_quantized(args.file)
     st = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 

@@ -1,21 +1,30 @@
-"""scikit-learn integration: quantize the weights of a fitted ``MLPClassifier`` / ``MLPRegressor``.
+"""scikit-learn integration: quantize the weights of a fitted ``MLPClassifier`` / ``MLPRegressor`` and predict on
+the packed codes.
 
 ::
 
     from qcore.integrations import sklearn as qsk
 
     qclf = qsk.quantize_estimator(clf, "linear", bits=8)        # a quantized copy; clf is untouched
-    qclf.score(X, y)                                             # predictions use the quantized weights
+    qclf.score(X, y)                                             # predictions compute on the int8 codes
     qclf.qcore_report_                                           # per layer: name, scheme, bits, shape, bytes, SQNR
 
-The weight matrices ``coefs_[i]`` (named ``"coefs_.0"``, ``"coefs_.1"``, ...) are quantized by any installed
-qcore scheme and replaced by :class:`qcore.integrations._packed.PackedMatrix` objects that hold only the packed
-``QTensor``: ``predict``/``predict_proba``/``score`` multiply by them a block of decoded rows at a time
-(at most 1M floats of workspace, in the estimator's float dtype), so they compute with exactly the quantized
-weights and no float copy of a weight is kept; ``np.asarray(qclf.coefs_[i])`` decodes one on demand.  The copy
-is for inference: refitting it (``fit``/``partial_fit``) is not supported.  Biases (``intercepts_``) stay float.  Adapter defaults, for schemes that have the
-options and unless given: one scale per output unit (``granularity="channel"``, ``axis=1`` — scikit-learn stores
-weights as ``(n_in, n_out)``) and ``symmetric=True``.
+scikit-learn stores a layer's weight as ``coefs_[i]`` of shape ``(n_in, n_out)``.  The adapter quantizes its
+transpose ``coefs_[i].T`` — ``(n_out, n_in)``, the ``(N, K)`` layout of ``qcore.ops.qlinear`` and of torch's
+``nn.Linear`` — with any installed qcore scheme (named ``"coefs_.0"``, ``"coefs_.1"``, ...), so per-channel scales
+are per output unit and groups (``granularity="group"``) run along the inputs: 4-bit group-32 works on every
+layer whose input count is a multiple of 32, a 512 -> 10 output layer included.  Each ``coefs_[i]`` becomes a
+:class:`qcore.integrations._packed.PackedMatrix` holding only the packed ``QTensor`` (``.qtensor``), and
+``predict``/``predict_proba``/``score`` run every layer through ``qcore.ops.qlinear``: activations quantized
+exactly as for the torch adapter (8-bit linear weights: per row to uint8; other weights: per block of 32 inputs
+to int8; docs/gemm.md §7 and §12) and an integer product on the codes, whose float32 result is what scikit-learn
+sees: hidden layers stay float32 (scikit-learn adds the bias ``intercepts_[i]`` into that float32 array and
+applies its activation in place), the output layer's product is cast to the estimator's dtype (float64 unless it
+was fitted on float32) before the bias and the output activation (softmax, logistic or identity).  ``np.asarray(qclf.coefs_[i])``
+decodes a weight on demand, in the ``(n_in, n_out)`` layout.  The copy is for inference: refitting it
+(``fit``/``partial_fit``) is not supported.  Adapter defaults, for schemes that have the options and unless given:
+one scale per output unit (``granularity="channel"``) and ``symmetric=True``.  ``axis`` options are given in
+scikit-learn's layout (``axis=1``: per output unit, the default; ``axis=0``: per input).
 """
 from __future__ import annotations
 
@@ -35,6 +44,7 @@ except ImportError as exc:
 
 import qcore
 
+from ..validation import normalize_axis
 from ._common import weight_options
 from ._packed import PackedMatrix
 
@@ -54,7 +64,9 @@ def quantize_estimator(estimator, scheme: str = "linear", *, include: Iterable[s
 
     The copy carries ``qcore_report_`` (per weight: ``name, scheme, bits, shape, bytes_fp32, bytes_q, sqnr_db``,
     the :meth:`qcore.QModel.report` format; weights left in float have ``scheme`` None and ``bits`` 32),
-    ``qcore_model_`` (the :class:`qcore.QModel` of its weights) and ``qcore_scheme_``.
+    ``qcore_model_`` (the :class:`qcore.QModel` of its weights) and ``qcore_scheme_``.  Both describe the
+    transposed weights ``coefs_[i].T`` (shape ``(n_out, n_in)``, what the kernels compute with; a saved
+    ``qcore_model_`` loads into torch ``nn.Linear`` layers of the same sizes as they are).
     """
     if not isinstance(estimator, BaseMultilayerPerceptron):
         raise TypeError(
@@ -67,8 +79,10 @@ def quantize_estimator(estimator, scheme: str = "linear", *, include: Iterable[s
     bits = options.pop("bits", 8)
     budget_bits = options.pop("budget_bits", None)
     opts = weight_options(scheme, bits, options, channel_axis=1)
+    if "axis" in opts:  # given in scikit-learn's (n_in, n_out) layout; the tensors are transposed
+        opts["axis"] = 1 - normalize_axis(opts["axis"], 2)
 
-    tensors = {f"coefs_.{i}": np.ascontiguousarray(w, dtype=np.float32) for i, w in enumerate(estimator.coefs_)}
+    tensors = {f"coefs_.{i}": np.ascontiguousarray(w.T, dtype=np.float32) for i, w in enumerate(estimator.coefs_)}
     extra = {} if budget_bits is None else {"budget_bits": budget_bits}
     model = qcore.quantize_model(tensors, scheme, include=include, exclude=exclude, progress=False, **extra, **opts)
     report = [dict(r) for r in model.report()]
@@ -76,10 +90,11 @@ def quantize_estimator(estimator, scheme: str = "linear", *, include: Iterable[s
 
     quantized = {r["name"] for r in report if r.get("scheme") is not None}
     est = copy.deepcopy(estimator)
+    last = len(estimator.coefs_) - 1
     for i, w in enumerate(estimator.coefs_):
         name = f"coefs_.{i}"
-        if name in quantized:
-            est.coefs_[i] = PackedMatrix(qts[name], dtype=w.dtype)
+        if name in quantized:  # hidden layers hand float32 (the kernel's output) to the next one: no conversions
+            est.coefs_[i] = PackedMatrix(qts[name], dtype=w.dtype if i == last else np.float32)
     est.qcore_report_ = report
     est.qcore_model_ = model
     est.qcore_scheme_ = scheme

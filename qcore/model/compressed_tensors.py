@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 from typing import Any
 
 import numpy as np
@@ -31,17 +30,15 @@ import numpy as np
 from ..errors import FormatError
 from ..metrics import report_row
 from ..tensor import QTensor
-from .qmodel import QModel, register_format
-from .safetensors_io import Entry, float32_to_bf16, read_header, write_safetensors
+from .folders import copy_side_files, same_folder, source_folder
+from .formats import ModelFormat
+from .qmodel import QModel
+from .safetensors_io import Entry, float32_to_bf16, write_safetensors
 
-FORMAT = "pack-quantized"
+PACK_FORMAT = "pack-quantized"
 #: the compressed-tensors version whose layout this writes
 CT_VERSION = "0.20.1"
 WEIGHT_FILE = "model.safetensors"
-#: files of a source folder never copied (weights: the output has its own)
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt", ".gguf", ".onnx", ".index.json")
-#: other files above this size are not copied
-MAX_COPY = 64 * 1024 * 1024
 
 
 # -- packing (the package's pack_to_int32 / unpack_from_int32, in numpy) ---------------------------------
@@ -172,8 +169,8 @@ def quantization_config(model: QModel) -> dict:
     for i, (key, mods) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[0]))):
         config_groups[f"group_{i}"] = {"targets": ["Linear"] if single else sorted(mods),
                                        "weights": _weights_args(key),
-                                       "input_activations": None, "output_activations": None, "format": FORMAT}
-    return {"quant_method": "compressed-tensors", "format": FORMAT, "quantization_status": "compressed",
+                                       "input_activations": None, "output_activations": None, "format": PACK_FORMAT}
+    return {"quant_method": "compressed-tensors", "format": PACK_FORMAT, "quantization_status": "compressed",
             "config_groups": config_groups, "ignore": ignore if single else [], "kv_cache_scheme": None,
             "global_compression_ratio": None, "sparsity_config": {}, "transform_config": {},
             "version": CT_VERSION}
@@ -215,19 +212,6 @@ def _entries(model: QModel) -> list[Entry]:
     return entries
 
 
-def _copy_side_files(source: str, out: str) -> list[str]:
-    """config.json aside, copy tokenizer and other small files of the source folder (never weights)."""
-    copied = []
-    for f in sorted(os.listdir(source)):
-        src = os.path.join(source, f)
-        if (f == "config.json" or not os.path.isfile(src) or f.startswith(".") or f.lower().endswith(_WEIGHT_SUFFIXES)
-                or os.path.getsize(src) > MAX_COPY):
-            continue
-        shutil.copyfile(src, os.path.join(out, f))
-        copied.append(f)
-    return copied
-
-
 def _write_json_atomic(path: str, obj: Any) -> None:
     tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -241,9 +225,11 @@ def save_compressed_tensors(model: QModel, path: str | os.PathLike, source: str 
     """Write ``model`` as a compressed-tensors ``pack-quantized`` folder ``path``; returns the bytes written.
 
     ``source``: the Hugging Face folder (or a file in it) the model came from: its ``config.json`` is copied with
-    ``quantization_config`` added, and its tokenizer and other small files are copied, so
-    ``transformers.AutoModelForCausalLM.from_pretrained(path)`` loads the result.  Without it only
-    ``quantization_config`` is written to config.json (transformers then needs the model's config).
+    ``quantization_config`` added, and every other file and subfolder that is not a weight (tokenizer,
+    sentence-transformers modules such as ``1_Pooling/``; see qcore/model/folders.py) is copied, so
+    ``transformers.AutoModelForCausalLM.from_pretrained(path)`` (or ``SentenceTransformer(path)``) loads the
+    result.  Without it only ``quantization_config`` is written to config.json (transformers then needs the
+    model's config).
     """
     if not isinstance(model, QModel):
         raise TypeError(f"expected a QModel, got {type(model).__name__}")
@@ -251,12 +237,9 @@ def save_compressed_tensors(model: QModel, path: str | os.PathLike, source: str 
     out = os.fspath(path)
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"{out!r} exists and is not a folder; compressed-tensors output is a folder")
-    src_folder = None
-    if source is not None:
-        s = os.fspath(source)
-        src_folder = s if os.path.isdir(s) else os.path.dirname(os.path.abspath(s))
-        if os.path.isdir(out) and os.path.samefile(src_folder, out):
-            raise ValueError(f"output folder {out!r} is the source folder: it would overwrite the input model")
+    src_folder = source_folder(source)
+    if src_folder is not None and same_folder(src_folder, out):
+        raise ValueError(f"output folder {out!r} is the source folder: it would overwrite the input model")
     os.makedirs(out, exist_ok=True)
     entries = _entries(model)
     size = write_safetensors(os.path.join(out, WEIGHT_FILE), entries, {"format": "pt"}, progress=progress)
@@ -270,14 +253,11 @@ def save_compressed_tensors(model: QModel, path: str | os.PathLike, source: str 
         if os.path.isfile(cfg):
             with open(cfg, encoding="utf-8") as f:
                 config = json.load(f)
-        for f in _copy_side_files(src_folder, out):
+        for f in copy_side_files(src_folder, out):
             size += os.path.getsize(os.path.join(out, f))
     config["quantization_config"] = quantization_config(model)
     _write_json_atomic(os.path.join(out, "config.json"), config)
     return size + os.path.getsize(os.path.join(out, "config.json"))
-
-
-register_format("compressed-tensors", save_compressed_tensors)
 
 
 # -- reading ----------------------------------------------------------------------------------------------
@@ -326,8 +306,8 @@ def load_compressed_tensors(path: str | os.PathLike, verify: bool = True) -> QMo
     if qc is None or qc.get("quant_method") != "compressed-tensors":
         raise FormatError(f"{p!r}: config.json has no compressed-tensors quantization_config")
     fmt = qc.get("format")
-    if fmt != FORMAT:
-        raise FormatError(f"{p!r}: compressed-tensors format {fmt!r} is not read by qcore (only {FORMAT!r})")
+    if fmt != PACK_FORMAT:
+        raise FormatError(f"{p!r}: compressed-tensors format {fmt!r} is not read by qcore (only {PACK_FORMAT!r})")
     tf = load_tensors(folder)
     names = list(tf)
     model = QModel(metadata={"source_format": "compressed-tensors", "compressed_tensors_version": str(qc.get("version", ""))})
@@ -446,5 +426,35 @@ def inspect_folder(path: str | os.PathLike) -> dict:
             rows.append(report_row(name, scheme=None, bits=None, shape=shape, bytes_fp32=fp32, bytes_q=nb, sqnr_db=None,
                                    options={"dtype": dt}, bytes_orig=nb, dtype=dt, plugin={}))
     tf.close()
-    return {"path": p, "file_size": size, "format": qc.get("format"), "version": qc.get("version"),
-            "quantization_config": qc, "tensors": rows}
+    return {"path": p, "format": "compressed-tensors", "file_size": size, "pack_format": qc.get("format"),
+            "version": qc.get("version"), "quantization_config": qc, "tensors": rows,
+            "title": f"compressed-tensors model ({qc.get('format')}, version {qc.get('version')})"}
+
+
+class CompressedTensorsFormat(ModelFormat):
+    """compressed-tensors ``pack-quantized`` folders: what transformers and vLLM load (linear 2-8 bits per channel
+    or group)."""
+
+    name = "compressed-tensors"
+    description = "a Hugging Face folder in compressed-tensors pack-quantized form (transformers, vLLM)"
+    output = "folder"
+    uses_source = True
+    save_options = ("source", "progress")
+
+    def sniff(self, path: str) -> bool:
+        return os.path.isdir(path) and is_compressed_tensors(path)
+
+    def check_plan(self, plan, options=None) -> None:
+        check_plan(plan)
+
+    def save(self, model: QModel, path, **options) -> int:
+        return save_compressed_tensors(model, path, **options)
+
+    def load(self, path, *, verify: bool = True) -> QModel:
+        return load_compressed_tensors(path, verify=verify)
+
+    def inspect(self, path) -> dict:
+        return inspect_folder(path)
+
+
+FORMAT = CompressedTensorsFormat()

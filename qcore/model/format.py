@@ -21,7 +21,9 @@ from ..errors import FormatError, SchemeNotFound
 from ..kernels.base import packed_size
 from ..plugin.manager import get_manager
 from ..tensor import QTensor
-from .qmodel import QModel, register_format
+from .folders import copy_file, copy_side_files, same_folder, source_folder
+from .formats import ModelFormat
+from .qmodel import QModel
 from ..metrics import report_row
 from .safetensors_io import (DTYPES, MAX_NDIM, Entry, Header, read_header, read_tensor, refuse_json_constant, shape_fits,
                              st_dtype, write_safetensors)
@@ -117,9 +119,6 @@ def save_qmodel(model: QModel, path: str | os.PathLike, progress=None) -> int:
         raise TypeError(f"expected a QModel, got {type(model).__name__}")
     entries, meta = describe(model)
     return write_safetensors(path, entries, meta, progress=progress)
-
-
-register_format("qcore", save_qmodel)
 
 
 # -- reading --------------------------------------------------------------------------------------------
@@ -250,9 +249,8 @@ def _check_schemes(path: str, descs: list[dict]) -> None:
             )
 
 
-def load_quantized(path: str | os.PathLike, *, verify: bool = True) -> QModel:
-    """Read a quantized model written by :meth:`QModel.save`: a qcore ``.safetensors`` file, or a
-    compressed-tensors ``pack-quantized`` folder (``format="compressed-tensors"``, or llm-compressor's output).
+def load_qcore_file(path: str | os.PathLike, *, verify: bool = True) -> QModel:
+    """Read a qcore quantized-model ``.safetensors`` file (:func:`qcore.load_quantized` reads every format).
 
     The container header and qcore's description are validated completely before any tensor data is read;
     a scheme that is not installed raises :class:`qcore.SchemeNotFound` naming the plugin distribution the
@@ -263,13 +261,6 @@ def load_quantized(path: str | os.PathLike, *, verify: bool = True) -> QModel:
     p = os.fspath(path)
     if not os.path.exists(p):
         raise FileNotFoundError(f"no such file: {p!r}")
-    if os.path.isdir(p):
-        from .compressed_tensors import is_compressed_tensors, load_compressed_tensors
-
-        if not is_compressed_tensors(p):
-            raise FormatError(f"{p!r} is a folder without a compressed-tensors config.json; a qcore model is a "
-                              f".safetensors file (plain float folders load with qcore.load_tensors)")
-        return load_compressed_tensors(p, verify=verify)
     header = read_header(p)
     descs = parse_description(header)
     _check_schemes(p, descs)
@@ -358,5 +349,81 @@ def inspect_file(path: str | os.PathLike) -> dict[str, Any]:
             rows.append(report_row(d["name"], scheme=None, bits=None, shape=info.shape, bytes_fp32=fp32,
                                    bytes_q=info.nbytes, sqnr_db=None, options={"dtype": dt}, bytes_orig=info.nbytes,
                                    dtype=dt, plugin={}))
-    return {"path": p, "file_size": header.file_size, "format_version": doc["format_version"],
-            "qcore_version": doc.get("qcore_version"), "metadata": doc.get("metadata", {}), "tensors": rows}
+    return {"path": p, "format": "qcore", "file_size": header.file_size, "format_version": doc["format_version"],
+            "qcore_version": doc.get("qcore_version"), "metadata": doc.get("metadata", {}), "tensors": rows,
+            "title": f"qcore quantized model, format version {doc['format_version']}, written by qcore "
+                     f"{doc.get('qcore_version')}"}
+
+
+# -- the format in the registry -------------------------------------------------------------------------------
+#: the weight file of a qcore model written as a folder
+FOLDER_FILE = "model.safetensors"
+
+
+def _is_qcore_file(path: str) -> bool:
+    try:
+        return META_KEY in read_header(path).metadata
+    except (FormatError, OSError):
+        return False
+
+
+def model_file(path: str) -> str:
+    """The qcore ``.safetensors`` file of ``path``: the file itself, or ``FOLDER_FILE`` in a folder."""
+    return os.path.join(path, FOLDER_FILE) if os.path.isdir(path) else path
+
+
+def folder_target(path: str, options: dict) -> bool:
+    """Whether :meth:`QcoreFormat.save` writes a folder: ``source=`` given, or ``path`` an existing folder or a
+    name ending in a path separator."""
+    return options.get("source") is not None or os.path.isdir(path) or path.endswith(("/", os.sep))
+
+
+class QcoreFormat(ModelFormat):
+    """qcore's own file (docs/format.md): any scheme, any bits; a ``.safetensors`` file, or a folder holding it as
+    ``model.safetensors`` next to the source model's other files (``source=``)."""
+
+    name = "qcore"
+    description = "qcore's quantized-model .safetensors file (any scheme; docs/format.md)"
+    output = "file"
+    suffixes = (".safetensors",)
+    save_options = ("source", "progress")
+
+    def sniff(self, path: str) -> bool:
+        f = model_file(path)
+        return os.path.isfile(f) and _is_qcore_file(f)
+
+    def save(self, model: QModel, path, *, source=None, progress=None) -> int:
+        """Write ``model`` to ``path`` (a ``.safetensors`` file), or with ``source=`` (a Hugging Face folder) to the
+        folder ``path``: ``model.safetensors`` plus every file of ``source`` that is not a weight (qcore/model/folders.py),
+        ``config.json`` included as it is.  Returns the bytes written."""
+        p = os.fspath(path)
+        if not folder_target(p, {"source": source}):
+            return save_qmodel(model, p, progress=progress)
+        if p.lower().endswith(".safetensors") and not os.path.isdir(p):
+            raise ValueError(f"{p!r}: with source= the qcore output is a folder (model.safetensors next to the "
+                             f"source's other files); pass a folder name")
+        src = source_folder(source)
+        if src is not None and os.path.isdir(p) and same_folder(src, p):
+            raise ValueError(f"output folder {p!r} is the source folder: it would overwrite the input model")
+        os.makedirs(p, exist_ok=True)
+        size = save_qmodel(model, os.path.join(p, FOLDER_FILE), progress=progress)
+        if src is not None:
+            for rel in copy_side_files(src, p):
+                size += os.path.getsize(os.path.join(p, rel))
+            cfg = os.path.join(src, "config.json")
+            if os.path.isfile(cfg):
+                copy_file(cfg, os.path.join(p, "config.json"))
+                size += os.path.getsize(cfg)
+        return size
+
+    def load(self, path, *, verify: bool = True) -> QModel:
+        return load_qcore_file(model_file(os.fspath(path)), verify=verify)
+
+    def inspect(self, path) -> dict[str, Any]:
+        p = os.fspath(path)
+        desc = inspect_file(model_file(p))
+        desc["path"] = p
+        return desc
+
+
+FORMAT = QcoreFormat()

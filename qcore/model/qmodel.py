@@ -1,15 +1,14 @@
 """``QModel``: many named tensors, some quantized (:class:`qcore.QTensor`), the rest kept as they were.
 
-A plain container: it knows nothing about files.  File formats live in their own modules (qcore/model/format.py
-for qcore's safetensors format) which import this one and register a writer with :func:`register_format`;
-:meth:`QModel.save` only dispatches to the writer registered under the ``format`` name it is given.  Loading
-is the format module's job (``qcore.load_quantized``).
+A plain container: it knows nothing about files.  :meth:`QModel.save` hands the model to the format registered
+under the ``format`` name it is given (qcore/model/formats.py, the one registry of file formats); loading is the
+registry's too (``qcore.load_quantized``).
 """
 from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -141,27 +140,19 @@ class QModel:
 
     # -- files ---------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, format: str = "qcore", **options) -> int:
-        """Write the model with the writer registered for ``format`` (default ``"qcore"``: one ``.safetensors``
-        file, see docs/format.md, written atomically); returns the size written in bytes."""
-        writer = _WRITERS.get(format)
-        if writer is None:
-            known = ", ".join(map(repr, sorted(_WRITERS))) or "none"
-            raise ValueError(f"unknown model file format {format!r}; known formats: {known}")
-        return writer(self, path, **options)
+        """Write the model in ``format`` (a name of :func:`qcore.model.formats.list_formats`: ``"qcore"``, the
+        default, one ``.safetensors`` file, see docs/format.md; ``"compressed-tensors"``), atomically;
+        returns the size written in bytes.  ``options`` are the format's (``source=`` a Hugging Face folder, ...)."""
+        from .formats import get_format
+
+        fmt = get_format(format)
+        fmt.check_save_options(options)
+        return fmt.save(self, os.fspath(path), **options)
 
     def __repr__(self) -> str:
         nq = len(self.quantized)
         return (f"QModel({len(self)} tensors, {nq} quantized, {self.nbytes} bytes "
                 f"vs {self.nbytes_fp32} in float32, {self.average_bits:.2f} bits/weight)")
-
-
-#: format name -> ``writer(model, path, **options) -> bytes written``; filled by the format modules
-_WRITERS: dict[str, Callable[..., int]] = {}
-
-
-def register_format(name: str, writer: Callable[..., int]) -> None:
-    """Make ``QModel.save(path, format=name)`` call ``writer(model, path, **options)`` (used by format modules)."""
-    _WRITERS[name] = writer
 
 
 def _bytes_fp32(t, dtype: str | None = None) -> int:
