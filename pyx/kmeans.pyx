@@ -54,7 +54,8 @@ cdef int _threads(int64_t rows, int64_t values) noexcept nogil:
 
 
 def fit_groups(const float[:, ::1] rows, int K, int max_iter, alt, bint f16, float[:, ::1] out):
-    """Codebooks of the groups ``rows`` into ``out`` (G, K); False if a value was NaN/Inf."""
+    """Codebooks of the groups ``rows`` into ``out`` (G, K); returns 0, or 1 if a value was NaN/Inf, 2 if an
+    alternative codebook is unsorted or not finite (3: both)."""
     cdef int64_t G = rows.shape[0], n = rows.shape[1], g
     cdef const float[:, ::1] altv
     cdef const float *ap = NULL
@@ -72,12 +73,12 @@ def fit_groups(const float[:, ::1] rows, int K, int max_iter, alt, bint f16, flo
             if s == NULL:
                 nomem[0] = 1
             else:
-                bad += qc_km_fit_group(&rows[g, 0], n, K, max_iter, (ap + g * K) if ap != NULL else NULL, f16,
+                bad |= qc_km_fit_group(&rows[g, 0], n, K, max_iter, (ap + g * K) if ap != NULL else NULL, f16,
                                        &out[g, 0], s)
         qc_km_free(s)
     if nomem[0]:
         raise MemoryError("kmeans_fit_groups: no memory for the scratch buffers")
-    return bad == 0
+    return bad
 
 
 def fit_weighted(const float[:, ::1] x, const double[:, ::1] w, int K, double tol, int max_iter,

@@ -383,13 +383,18 @@ static void qc_km_lloyd(qc_km_scratch *s, int64_t n, float *c, int K, int max_it
 /* squared error of the sorted row coded with the sorted codebook cb (nearest entry, a value on a midpoint
  * taking the lower one; midpoints exact in float64), from the prefix sums: per cluster
  * (S2 - S1*S1/W) + W*(S1/W - c)^2, summed over the clusters in order */
-static double qc_km_sse(const qc_km_scratch *s, int64_t n, const float *cb, int K) {
+static double qc_km_sse(const qc_km_scratch *s, int64_t n, const float *cb, int K, const int64_t *hint) {
     const float *x = s->xs;
     double sse = 0;
     int64_t st = 0;
     for (int j = 0; j < K; j++) {
         int64_t en = n;
-        if (j < K - 1) en = qc_km_count_le(s, n, qc_km_f32_floor(((double)cb[j] + (double)cb[j + 1]) * 0.5));
+        if (j < K - 1) {
+            double m = ((double)cb[j] + (double)cb[j + 1]) * 0.5;
+            en = hint ? hint[j] : -1; /* Lloyd's last boundaries are usually right: checked, else counted */
+            if (!(en >= 0 && en <= n && (en == 0 || (double)x[en - 1] <= m) && (en == n || (double)x[en] > m)))
+                en = qc_km_count_le(s, n, qc_km_f32_floor(m));
+        }
         double wt = s->W[en] - s->W[st];
         if (wt > 0) {
             double s1 = s->S1[en] - s->S1[st];
@@ -402,10 +407,12 @@ static double qc_km_sse(const qc_km_scratch *s, int64_t n, const float *cb, int 
     return sse;
 }
 
-/* one group: out[0..K) = its codebook (see qcore/kernels/kmeans.py); returns 1 if a value is NaN/Inf */
+/* one group: out[0..K) = its codebook (see qcore/kernels/kmeans.py); returns 1 if a value is NaN/Inf, 2 if the
+ * alternative codebook is not sorted (or holds NaN) */
 static int qc_km_fit_group(const float *row, int64_t n, int K, int max_iter, const float *alt, int f16, float *out,
                            qc_km_scratch *s) {
     uint32_t bad = 0;
+    int lloyd = 0;
     for (int64_t i = 0; i < n; i++) {
         uint32_t u;
         memcpy(&u, &row[i], 4);
@@ -430,6 +437,7 @@ static int qc_km_fit_group(const float *row, int64_t n, int K, int max_iter, con
             if (s->keys[i] != s->keys[i - 1]) out[++j] = xs[i];
         for (j = j + 1; j < K; j++) out[j] = xs[n - 1];
     } else {
+        lloyd = 1;
         float *c = s->t;
         c[0] = (float)(s->S1[n] / s->W[n]);
         float eps = (float)(1e-3 * ((double)xs[n - 1] - (double)xs[0]));
@@ -448,7 +456,12 @@ static int qc_km_fit_group(const float *row, int64_t n, int K, int max_iter, con
     }
     if (f16)
         for (int j = 0; j < K; j++) out[j] = qc_km_round_f16(out[j]);
-    if (alt && qc_km_sse(s, n, alt, K) < qc_km_sse(s, n, out, K)) memcpy(out, alt, (size_t)K * sizeof(float));
+    if (alt) {
+        for (int j = 0; j < K; j++)
+            if (!(fabsf(alt[j]) <= 3.40282347e38f) || (j > 0 && !(alt[j - 1] <= alt[j]))) return 2;
+        if (qc_km_sse(s, n, alt, K, NULL) < qc_km_sse(s, n, out, K, lloyd ? s->pos : NULL))
+            memcpy(out, alt, (size_t)K * sizeof(float));
+    }
     return 0;
 }
 

@@ -95,7 +95,7 @@ class CythonKernel(Kernel):
     # -- k-means fitting (capability "kmeans_fit", pyx/kmeans.pyx) ---------------------------------------
     def _kmeans_fit_groups(self, rows, K, max_iter, alt, float16):
         out = np.empty((rows.shape[0], K), np.float32)
-        return out, _kmeans.fit_groups(rows, K, max_iter, alt, float16, out)
+        return out, _kmeans.fit_groups(rows, K, max_iter, alt, float16, out)  # status: see KMeansFit
 
     def _kmeans_fit_weighted(self, x, w, K, tol, max_iter):
         out = np.zeros((x.shape[0], K), np.float32)

@@ -1,4 +1,4 @@
-"""The ``kmeans`` scheme: a sorted codebook of ``K = 2^bits`` values per tensor or channel, codes are indices.
+"""The ``kmeans`` scheme: a sorted codebook of ``K = 2^bits`` values per tensor, channel or group; codes are indices.
 
 ::
 
@@ -6,16 +6,19 @@
     code   = argmin_j |x - codebook[c, j]|     # unsigned, 0..K-1
     x'     = codebook[c, code]
 
-**Fit** — k-means (Lloyd) in one dimension with scikit-learn's ``KMeans`` (``n_init=1``, ``random_state``),
-but not on every value: the values of a channel go into a histogram of ``bins`` equal bins (default
-``clip(16*K, 1024, 65536)``) that keeps per bin the count, the sum, the minimum and the maximum.  k-means
-runs on the non-empty bins' means weighted by their counts.  For the k-means objective a bin's points and
-their mean (weighted by the count) differ by a constant (the within-bin scatter) as long as no cluster
-boundary cuts the bin, so with bins much narrower than the clusters the centroids match k-means on all
-points while the work drops from ``n*K`` to ``bins*K`` per iteration.  The initial centroids are the
+**Fit** — k-means (Lloyd) in one dimension, as scikit-learn's ``KMeans`` runs it (``n_init=1``, ``tol=1e-6``
+of the points' variance, ``max_iter``), but not on every value and not one scikit-learn call per channel: the
+values of a channel go into a histogram of ``bins`` equal bins (default ``clip(16*K, 1024, 65536)``) that keeps
+per bin the count, the sum, the minimum and the maximum, and k-means runs on the non-empty bins' means weighted
+by their counts — all channels at once in the kernel's ``kmeans_fit_weighted`` (capability ``"kmeans_fit"``,
+qcore/kernels/kmeans.py; C with OpenMP over channels in the ``cython`` kernel).  For the k-means objective a
+bin's points and their mean (weighted by the count) differ by a constant (the within-bin scatter) as long as
+no cluster boundary cuts the bin, so with bins much narrower than the clusters the centroids match k-means on
+all points while the work drops from ``n*K`` to ``bins*K`` per iteration.  The initial centroids are the
 quantiles of ``density^(1/3)`` (the asymptotically optimal point density of a scalar quantizer, Panter &
-Dite), which converges in a few Lloyd iterations; when that gives fewer than ``K`` distinct starting
-points scikit-learn's ``k-means++`` (with ``random_state``) is used instead.
+Dite), which converges in a few Lloyd iterations; when that gives two equal starting points scikit-learn's
+``k-means++`` (with ``random_state``, on one thread) fits that channel instead.  The result is the same bits
+whatever the thread count (the kernel fits each channel on one thread from its own data).
 
 * Fewer distinct values than ``K``: when every non-empty bin holds a single value and there are at most
   ``K`` of them, the codebook is those values (padded by repeating the largest); when bins are too few
@@ -37,20 +40,19 @@ with ``linear`` its ``nearest_entry_sse``, and decode its ``lut_decode`` (a tabl
 **Groups** — ``granularity="group"``: one codebook per block of ``group_size`` (default 128) consecutive
 elements along the last axis (for a torch ``Linear`` weight ``(N, K)``: per output row and group of input
 columns), ``params["codebook"]`` of shape ``shape[:-1] + (shape[-1] // group_size, 2**bits)``.  There are many
-small groups (131,072 of 128 values for a 4096 x 4096 weight), so they are not fitted one sklearn call each:
-Lloyd's algorithm runs on all groups at once (numpy over the sorted groups with prefix sums; the assignment is
-the kernel's ``nearest_entry``), started from the quantiles ``(j + 1/2) / K`` of each group and iterated until
-no centroid of the group moves (at most ``max_iter`` times).  Groups with at most ``K`` distinct values get them
-exactly, and the ``linear`` comparison is per group.  Storage at 4 bits: 16 float32 entries per group,
-``4 + 512 / group_size`` bits per weight (8.0 at 128, 6.0 at 256); ``codebook_dtype="float16"`` halves the
-codebooks (6.0 at 128, 5.0 at 256).  ``group_size`` must divide the last axis (else ``ValueError``).
+small groups (131,072 of 128 values for a 4096 x 4096 weight), each fitted on all its values by the kernel's
+``kmeans_fit_groups``: the group sorted, Lloyd on its prefix sums, started by LBG splitting (from the mean,
+every entry split in two and refined, until there are ``K``) and iterated until no entry moves (at most
+``max_iter`` times); the same kernel call keeps the ``linear`` grid for the groups where it has the smaller
+error.  Groups with at most ``K`` distinct values get them exactly.  Storage at 4 bits: 16 float32 entries
+per group, ``4 + 512 / group_size`` bits per weight (8.0 at 128, 6.0 at 256); ``codebook_dtype="float16"``
+halves the codebooks (6.0 at 128, 5.0 at 256).  ``group_size`` must divide the last axis (else ``ValueError``).
 
 ``codebook_dtype``: ``"float32"`` (default) or ``"float16"`` (any granularity): the codebook is rounded to
 float16 after fitting and the codes are the nearest entries of the rounded codebook; entries beyond float16's
 range are a ``ValueError``.
 
-NaN/Inf raise :class:`qcore.InputError`.  Granularity ``tensor``, ``channel`` (one sklearn fit per channel) or
-``group`` (batched Lloyd, above).
+NaN/Inf raise :class:`qcore.InputError`.
 """
 from __future__ import annotations
 
@@ -134,7 +136,7 @@ class KMeansQuantizer(qcore.Quantizer):
             codebook = self._stored(self._fit_rows(rows, *self.kernel.bin_stats(rows, lo, hi, self.n_bins)))
             if not self.calibrated:
                 codebook = self._not_worse_than_linear(x, view, axis, codebook)
-        return {"codebook": codebook.reshape(pshape + (K,)).astype(dt)}
+        return {"codebook": codebook.reshape(pshape + (K,)).astype(dt, copy=False)}
 
     def _stored(self, codebook):
         """``codebook`` as it will be stored (float32, or rounded to float16), as sorted float32."""
@@ -219,8 +221,9 @@ class KMeansQuantizer(qcore.Quantizer):
         lin = LinearQuantizer(bits=self.bits, kernel=self.kernel, observer=self.observer_name,
                               **self._linear_opts()).fit(x)
         scale = lin["scale"].reshape(-1, 1).astype(np.float32)
-        zp = lin["zero_point"].reshape(-1, 1).astype(np.int64)
-        return self._stored((np.arange(self.K)[None, :] - zp).astype(np.float32) * scale)  # as linear's dequantize
+        zp = lin["zero_point"].reshape(-1, 1).astype(np.float32)
+        # as linear's dequantize, float32(q - zp) * scale: q - zp is a small integer, exact in float32
+        return self._stored((np.arange(self.K, dtype=np.float32)[None, :] - zp) * scale)
 
     def _not_worse_than_linear(self, x, view, axis, codebook):
         grid = self._linear_grid(x)

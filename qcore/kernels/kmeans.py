@@ -170,16 +170,20 @@ def codebook_sse(x, cum, cb):
 
 
 def fit_groups(rows, K, max_iter, alt=None, float16=False):
-    """Reference of :meth:`KMeansFit.kmeans_fit_groups`: ``(codebooks (G, K) float32, all values finite)``."""
+    """Reference of :meth:`KMeansFit.kmeans_fit_groups`: ``(codebooks (G, K) float32, status)``, status 0, or 1 if
+    a value is NaN/Inf, plus 2 if an alternative codebook is not finite or not sorted."""
     G, n = rows.shape
     out = np.empty((G, K), np.float32)
-    if not np.isfinite(rows).all():
-        return out, False
+    status = 0 if np.isfinite(rows).all() else 1
+    if alt is not None and not (np.isfinite(alt).all() and (alt[:, 1:] >= alt[:, :-1]).all()):
+        status |= 2
+    if status:
+        return out, status
     for g0 in range(0, G, _CHUNK):
         xs = np.sort(rows[g0:g0 + _CHUNK] + np.float32(0), axis=1)
         out[g0:g0 + _CHUNK] = _fit_sorted_groups(xs, K, max_iter, float16,
                                                  None if alt is None else alt[g0:g0 + _CHUNK])
-    return out, True
+    return out, 0
 
 
 def _fit_sorted_groups(xs, K, max_iter, float16, alt):
@@ -245,7 +249,8 @@ def fit_weighted(x, w, K, tol, max_iter):
     for r in range(R):
         keep = w[r] > 0
         xk = x[r][keep] + np.float32(0)
-        total = np.cumsum(w[r])[-1] if w.shape[1] else 0.0
+        with np.errstate(over="ignore"):
+            total = np.cumsum(w[r])[-1] if w.shape[1] else 0.0
         if (not keep.any() or not np.isfinite(xk).all() or (np.diff(xk) < 0).any() or not (w[r] >= 0).all()
                 or not total <= np.finfo(np.float64).max):
             status[r] = -1
@@ -280,28 +285,30 @@ class KMeansFit:
     def kmeans_fit_groups(self, rows, K: int, *, max_iter: int = 300, alt=None, float16: bool = False):
         """Sorted float32 codebooks ``(G, K)`` of the rows of ``rows`` ``(G, n)`` (module doc, "Groups").
 
-        ``alt``: optional ``(G, K)`` sorted float32 codebooks; per row the one of smaller squared error is
-        returned.  ``float16``: round the fitted entries to float16 first.  NaN/Inf raise
+        ``alt``: optional ``(G, K)`` sorted finite float32 codebooks (checked in the same pass); per row the one
+        of smaller squared error is returned.  ``float16``: round the fitted entries to float16 first.  NaN/Inf raise
         :class:`qcore.InputError` (found in the same pass)."""
         rows = np.ascontiguousarray(as_float32(rows, "rows", check_finite=False))
         if rows.ndim != 2:
             raise ValueError(f"rows must be 2-d (groups, values), got shape {rows.shape}")
         K = check_int(K, "K", 1, 1 << 16)
+        if K & (K - 1):
+            raise ValueError(f"K must be a power of two (LBG splitting doubles the codebook), got {K}")
         max_iter = check_int(max_iter, "max_iter", 1, 1 << 30)
         G, n = rows.shape
         if n == 0:
             raise ValueError("rows must hold at least one value per group")
         if alt is not None:
-            alt = np.ascontiguousarray(as_float32(alt, "alt"))
+            alt = np.ascontiguousarray(as_float32(alt, "alt", check_finite=False))
             if alt.shape != (G, K):
                 raise ValueError(f"alt must have shape {(G, K)}, got {alt.shape}")
-            if (np.diff(alt, axis=1) < 0).any():
-                raise ValueError("alt codebooks must be sorted ascending")
         if G == 0:
             return np.empty((0, K), np.float32)
-        out, finite = self._kmeans_fit_groups(rows, K, max_iter, alt, bool(float16))
-        if not finite:
+        out, status = self._kmeans_fit_groups(rows, K, max_iter, alt, bool(float16))
+        if status & 1:
             raise InputError("rows contains NaN or Inf")
+        if status & 2:
+            raise ValueError("alt codebooks must be finite and sorted ascending")
         return out
 
     def kmeans_fit_weighted(self, x, w, K: int, *, tol: float = 1e-6, max_iter: int = 300):
