@@ -34,6 +34,7 @@ typedef struct {
     int64_t M, N;             /* M = B * OH * OW */
     const void *Bp;           /* packed weights (groups == 1): K = KH*KW*Cp, Kp = K */
     const int8_t *wg;         /* grouped weights (N, KH*KW, Cg) (groups > 1) */
+    const void *dwp;          /* depthwise weights packed for the copy in use (qc_dw_*), or NULL */
     int64_t groups, Cg;
     const uint8_t *zrow;      /* Cp bytes, all za */
     int32_t za;
@@ -45,7 +46,8 @@ typedef struct {
     float clo, chi;           /* float: the activation's bounds; uint8: in output-code units, within [-zo, 255-zo] */
     int32_t zo;               /* output zero point (mode 2) */
     void *out; int64_t ldo;   /* row stride in elements */
-    int64_t MC;               /* rows per work unit */
+    int64_t MC;               /* output pixels per work unit */
+    int64_t NC;               /* output channels per work unit (a multiple of the kernel's block, or N) */
     int nchw;                 /* float output (mode 1) in NCHW order: element (b, n, oh, ow) at
                                  (b*N + n)*OH*OW + oh*OW + ow (a column stride of OH*OW) */
     int64_t opad_h, opad_w;   /* uint8 output into a buffer padded by (opad_h, opad_w) pixels per side (the next
@@ -231,6 +233,55 @@ static inline void qc_conv_epi_scalar(const qc_conv_args *g, int64_t ro, int64_t
     ((uint8_t *)g->out)[ro + j] = (uint8_t)(b - 0x4B400000 + g->zo);
 }
 
+/* The epilogue of output channels [j0, j0 + n) of one output pixel (row offset ro) from their exact sums acc:
+ * the same arithmetic as qc_conv_epi_scalar, written as loops gcc vectorizes (chunks of 64 channels). */
+#define QC_EPI_ROW(NAME, ATTR)                                                                               \
+    ATTR static void NAME(const qc_conv_args *g, int64_t ro, int64_t j0, int64_t n, const int32_t *acc)      \
+    {                                                                                                        \
+        float y[64];                                                                                         \
+        for (int64_t c0 = 0; c0 < n; c0 += 64) {                                                             \
+            const int64_t m = n - c0 < 64 ? n - c0 : 64, j = j0 + c0;                                        \
+            const int32_t *a = acc + c0, *zc = g->zc + j;                                                    \
+            if (g->mode == 0) {                                                                              \
+                int32_t *o = (int32_t *)g->out + ro + j;                                                     \
+                for (int64_t i = 0; i < m; i++) o[i] = (int32_t)((uint32_t)a[i] - (uint32_t)zc[i]);          \
+                continue;                                                                                    \
+            }                                                                                                \
+            const float *mu = g->mult + j;                                                                   \
+            for (int64_t i = 0; i < m; i++) y[i] = (float)(int32_t)((uint32_t)a[i] - (uint32_t)zc[i]) * mu[i]; \
+            if (g->bias) {                                                                                   \
+                const float *bi = g->bias + j;                                                               \
+                for (int64_t i = 0; i < m; i++) y[i] = y[i] + bi[i];                                         \
+            }                                                                                                \
+            const float lo = g->clo, hi = g->chi;                                                            \
+            if (g->clamp)                                                                                    \
+                for (int64_t i = 0; i < m; i++) {                                                            \
+                    float v = y[i] < lo ? lo : y[i];                                                         \
+                    y[i] = v > hi ? hi : v;                                                                  \
+                }                                                                                            \
+            if (g->mode == 1) {                                                                              \
+                float *o = (float *)g->out + ro;                                                             \
+                if (g->nchw)                                                                                 \
+                    for (int64_t i = 0; i < m; i++) o[(j + i) * g->OH * g->OW] = y[i];                       \
+                else                                                                                         \
+                    for (int64_t i = 0; i < m; i++) o[j + i] = y[i];                                         \
+                continue;                                                                                    \
+            }                                                                                                \
+            uint8_t *o = (uint8_t *)g->out + ro + j;                                                         \
+            const int32_t zo = g->zo;                                                                        \
+            for (int64_t i = 0; i < m; i++) {                                                                \
+                float t = y[i] + 12582912.0f;                                                                \
+                int32_t bits;                                                                                \
+                memcpy(&bits, &t, 4);                                                                        \
+                o[i] = (uint8_t)(bits - 0x4B400000 + zo);                                                    \
+            }                                                                                                \
+        }                                                                                                    \
+    }
+QC_EPI_ROW(qc_epi_row_portable, )
+#if QC_X86
+QC_EPI_ROW(qc_epi_row_avx2, QC_AVX2_T)
+#endif
+
 /* pointers of the T taps of output pixels [m0, m0 + rows) (row-major: P[r * T + t]); one division per call,
  * then the pixel position is stepped; pixels whose window lies inside the image use fixed tap offsets */
 static void qc_conv_taps(const qc_conv_args *g, int64_t m0, int64_t rows, const uint8_t **P)
@@ -283,8 +334,7 @@ static void qc_cukr_portable(int64_t T, int64_t Cp, const uint8_t *const *P, con
         for (int r = 0; r < QC_P_MR; r++) ap[r] = P[(r < mr ? r : mr - 1) * T + t];
         B = qc_acc_portable(acc, ap, Cp / 4, B);
     }
-    for (int r = 0; r < mr; r++)
-        for (int j = 0; j < nr; j++) qc_conv_epi_scalar(g, ro[r], j0 + j, acc[r][j]);
+    for (int r = 0; r < mr; r++) qc_epi_row_portable(g, ro[r], j0, nr, acc[r]);
 }
 
 #if QC_X86
@@ -309,11 +359,41 @@ QC_AVX2_T static void qc_cukr_avx2(int64_t T, int64_t Cp, const uint8_t *const *
         _mm256_storeu_si256((__m256i *)&tile[r][0], acc[r][0]);
         _mm256_storeu_si256((__m256i *)&tile[r][8], acc[r][1]);
     }
-    for (int r = 0; r < mr; r++)
-        for (int j = 0; j < nr; j++) qc_conv_epi_scalar(g, ro[r], j0 + j, tile[r][j]);
+    for (int r = 0; r < mr; r++) qc_epi_row_avx2(g, ro[r], j0, nr, tile[r]);
 }
 
 /* -------------------------------------------------------------------------------------- AVX-512 VNNI micro-kernel */
+
+/* the epilogue of 16 output channels [j, j + 16) (masked by m) of the pixel at row offset o, from their sums */
+QC_VNNI_T static inline __attribute__((always_inline)) void
+qc_epi16_vnni(const qc_conv_args *g, int64_t o, int64_t j, __m512i acc, __mmask16 m)
+{
+    __m512i x = _mm512_sub_epi32(acc, _mm512_maskz_loadu_epi32(m, g->zc + j));
+    if (g->mode == 0) {
+        _mm512_mask_storeu_epi32((int32_t *)g->out + o + j, m, x);
+        return;
+    }
+    __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(x), _mm512_maskz_loadu_ps(m, g->mult + j));
+    if (g->bias) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, g->bias + j));
+    const __m512 flo = _mm512_set1_ps(g->clo), fhi = _mm512_set1_ps(g->chi);
+    if (g->mode == 1) {
+        if (g->clamp) y = _mm512_min_ps(_mm512_max_ps(y, flo), fhi);
+        if (g->nchw) { /* one pixel's 16 channels go to 16 planes */
+            const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+            const __m512i vplane = _mm512_set1_epi32((int32_t)(g->OH * g->OW));
+            _mm512_mask_i32scatter_ps((float *)g->out + o, m,
+                                      _mm512_mullo_epi32(_mm512_add_epi32(_mm512_set1_epi32((int32_t)j), lane),
+                                                         vplane), y, 4);
+        } else {
+            _mm512_mask_storeu_ps((float *)g->out + o + j, m, y);
+        }
+        return;
+    }
+    y = _mm512_min_ps(_mm512_max_ps(y, flo), fhi);
+    __m512i c = _mm512_add_epi32(_mm512_castps_si512(_mm512_add_ps(y, _mm512_set1_ps(12582912.0f))),
+                                 _mm512_set1_epi32(g->zo - 0x4B400000));
+    _mm_mask_storeu_epi8((uint8_t *)g->out + o + j, m, _mm512_cvtepi32_epi8(c));
+}
 
 QC_VNNI_T static inline __attribute__((always_inline)) void
 qc_cukr_vnni_body(int64_t T, int64_t Cp, const uint8_t *const *P, const int8_t *B, int mr, int nr,
@@ -337,39 +417,11 @@ qc_cukr_vnni_body(int64_t T, int64_t Cp, const uint8_t *const *P, const int8_t *
         w = w < 0 ? 0 : (w > 16 ? 16 : w);
         m[v] = (__mmask16)((1u << w) - 1u);
     }
-    const __m512 flo = _mm512_set1_ps(g->clo), fhi = _mm512_set1_ps(g->chi);
-    const __m512 magic = _mm512_set1_ps(12582912.0f);
-    const __m512i off = _mm512_set1_epi32(g->zo - 0x4B400000);
-    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-    const __m512i vplane = _mm512_set1_epi32((int32_t)(g->OH * g->OW));
 #pragma GCC unroll 16
     for (int r = 0; r < MRV; r++) {
         if (r >= mr) break;
-        const int64_t o = ro[r];
 #pragma GCC unroll 4
-        for (int v = 0; v < QC_V_NV; v++) {
-            int64_t j = j0 + 16 * v;
-            __m512i x = _mm512_sub_epi32(acc[r][v], _mm512_loadu_si512(g->zc + j));
-            if (g->mode == 0) {
-                _mm512_mask_storeu_epi32((int32_t *)g->out + o + j, m[v], x);
-                continue;
-            }
-            __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(x), _mm512_loadu_ps(g->mult + j));
-            if (g->bias) y = _mm512_add_ps(y, _mm512_loadu_ps(g->bias + j));
-            if (g->mode == 1) {
-                if (g->clamp) y = _mm512_min_ps(_mm512_max_ps(y, flo), fhi);
-                if (g->nchw) /* one pixel's 16 channels go to 16 planes */
-                    _mm512_mask_i32scatter_ps((float *)g->out + o, m[v],
-                                              _mm512_mullo_epi32(_mm512_add_epi32(_mm512_set1_epi32((int32_t)j),
-                                                                                  lane), vplane), y, 4);
-                else
-                    _mm512_mask_storeu_ps((float *)g->out + o + j, m[v], y);
-            } else {
-                y = _mm512_min_ps(_mm512_max_ps(y, flo), fhi);
-                __m512i c = _mm512_add_epi32(_mm512_castps_si512(_mm512_add_ps(y, magic)), off);
-                _mm_mask_storeu_epi8((uint8_t *)g->out + o + j, m[v], _mm512_cvtepi32_epi8(c));
-            }
-        }
+        for (int v = 0; v < QC_V_NV; v++) qc_epi16_vnni(g, ro[r], j0 + 16 * v, acc[r][v], m[v]);
     }
 }
 
@@ -415,39 +467,131 @@ QC_CONV_GROUPED(qc_conv_grouped_avx2, QC_AVX2_T)
 QC_CONV_GROUPED(qc_conv_grouped_avx512, QC_VNNI_T)
 #endif
 
-/* depthwise (groups == N == C, one channel per group): the taps' channels are contiguous, so the loop runs
- * across 64 output channels at a time (vectorized by gcc) on weights transposed to wt (T, N) int32 */
+/* Depthwise (groups == N == C, one channel per group).  The weights come packed per copy (qcore.ops.conv,
+ * pack_depthwise):
+ *   AVX-512 VNNI: per block of 64 channels and per tap, 4 "phase" vectors of 64 bytes: phase d holds, in dword j,
+ *                 w[64b + 4j + d][t] at byte d and zeros elsewhere;
+ *   other copies: int32 (T, N), w[t*N + n].
+ * The VNNI kernel multiplies 64 input bytes (64 channels of one tap) by each phase vector with vpdpbusd: dword j
+ * of accumulator d sums channel 4j + d only (the other three products are by zero), so no byte is shuffled;
+ * 4 output pixels x 4 phases are 16 accumulators.  The epilogue runs per phase (constants in phase order) and
+ * joins the 4 phases' codes into 64 bytes with shifts. */
 #define QC_DW_CHUNK 64
-#define QC_CONV_DW(NAME, ATTR)                                                                               \
+#define QC_CONV_DW(NAME, ATTR, EPI)                                                                          \
     ATTR static void NAME(const qc_conv_args *g, int64_t rows, const uint8_t **P, const int64_t *orow,       \
-                          const int32_t *wt)                                                                 \
+                          int64_t j0, int64_t j1)                                                            \
     {                                                                                                        \
         const int64_t T = g->KH * g->KW, N = g->N;                                                           \
+        const int32_t *wt = (const int32_t *)g->dwp;                                                         \
         int32_t acc[QC_DW_CHUNK];                                                                            \
         for (int64_t r = 0; r < rows; r++) {                                                                 \
             const uint8_t **pr = P + r * T;                                                                  \
-            for (int64_t n0 = 0; n0 < N; n0 += QC_DW_CHUNK) {                                                \
-                const int64_t nc = N - n0 < QC_DW_CHUNK ? N - n0 : QC_DW_CHUNK;                              \
+            for (int64_t n0 = j0; n0 < j1; n0 += QC_DW_CHUNK) {                                              \
+                const int64_t nc = j1 - n0 < QC_DW_CHUNK ? j1 - n0 : QC_DW_CHUNK;                            \
                 for (int64_t j = 0; j < nc; j++) acc[j] = 0;                                                 \
                 for (int64_t t = 0; t < T; t++) {                                                            \
                     const uint8_t *a = pr[t] + n0;                                                           \
                     const int32_t *w = wt + t * N + n0;                                                      \
                     for (int64_t j = 0; j < nc; j++) acc[j] += (int32_t)a[j] * w[j];                         \
                 }                                                                                            \
-                for (int64_t j = 0; j < nc; j++) qc_conv_epi_scalar(g, orow[r], n0 + j, acc[j]);             \
+                EPI(g, orow[r], n0, nc, acc);                                                                \
             }                                                                                                \
         }                                                                                                    \
     }
-QC_CONV_DW(qc_conv_dw_portable, )
+QC_CONV_DW(qc_conv_dw_portable, , qc_epi_row_portable)
 #if QC_X86
-QC_CONV_DW(qc_conv_dw_avx2, QC_AVX2_T)
-QC_CONV_DW(qc_conv_dw_avx512, QC_VNNI_T)
+QC_CONV_DW(qc_conv_dw_avx2, QC_AVX2_T, qc_epi_row_avx2)
+
+#define QC_DW_PX 4  /* output pixels per register tile of the VNNI depthwise kernel */
+
+QC_VNNI_T static void qc_conv_dw_vnni(const qc_conv_args *g, int64_t rows, const uint8_t **P, const int64_t *orow,
+                                      int64_t j0, int64_t j1)
+{
+    const int64_t T = g->KH * g->KW, N = j1;  /* channels [j0, j1): whole blocks of 64 but the last */
+    const int8_t *wp = (const int8_t *)g->dwp;
+    for (int64_t c0 = j0; c0 < N; c0 += 64) {
+        const int64_t nc = N - c0 < 64 ? N - c0 : 64;
+        const __mmask64 m64 = nc == 64 ? ~(__mmask64)0 : (((__mmask64)1 << nc) - 1);
+        /* the epilogue's per-channel constants in phase order: [d][j] is channel c0 + 4j + d */
+        int32_t zcp[4][16];
+        float mp[4][16], bp[4][16];
+        for (int d = 0; d < 4; d++)
+            for (int j = 0; j < 16; j++) {
+                const int64_t c = c0 + 4 * j + d;
+                const int ok = c < N;
+                zcp[d][j] = ok ? g->zc[c] : 0;
+                mp[d][j] = ok ? g->mult[c] : 0.f;
+                bp[d][j] = ok && g->bias ? g->bias[c] : 0.f;
+            }
+        const int8_t *wb = wp + (c0 / 64) * T * 256;
+        for (int64_t r = 0; r < rows; r += QC_DW_PX) {
+            const int np = rows - r < QC_DW_PX ? (int)(rows - r) : QC_DW_PX;
+            __m512i acc[QC_DW_PX][4];
+#pragma GCC unroll 4
+            for (int p = 0; p < QC_DW_PX; p++)
+#pragma GCC unroll 4
+                for (int d = 0; d < 4; d++) acc[p][d] = _mm512_setzero_si512();
+            const uint8_t *const *pr[QC_DW_PX];
+#pragma GCC unroll 4
+            for (int p = 0; p < QC_DW_PX; p++) pr[p] = P + (r + (p < np ? p : np - 1)) * T;
+            for (int64_t t = 0; t < T; t++) {
+                const int8_t *wt = wb + t * 256;
+                __m512i w[4];
+#pragma GCC unroll 4
+                for (int d = 0; d < 4; d++) w[d] = _mm512_loadu_si512(wt + 64 * d);
+#pragma GCC unroll 4
+                for (int p = 0; p < QC_DW_PX; p++) {
+                    const __m512i x = _mm512_maskz_loadu_epi8(m64, pr[p][t] + c0);
+#pragma GCC unroll 4
+                    for (int d = 0; d < 4; d++) acc[p][d] = _mm512_dpbusd_epi32(acc[p][d], x, w[d]);
+                }
+            }
+            const __m512 flo = _mm512_set1_ps(g->clo), fhi = _mm512_set1_ps(g->chi);
+            for (int p = 0; p < np; p++) {
+                const int64_t o = orow[r + p];
+                __m512i codes = _mm512_setzero_si512();
+                __m512 y[4];
+#pragma GCC unroll 4
+                for (int d = 0; d < 4; d++) {
+                    __m512i x = _mm512_sub_epi32(acc[p][d], _mm512_loadu_si512(zcp[d]));
+                    if (g->mode == 0) {
+                        y[d] = _mm512_castsi512_ps(x);
+                        continue;
+                    }
+                    y[d] = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(x), _mm512_loadu_ps(mp[d])),
+                                         _mm512_loadu_ps(bp[d]));
+                    if (g->mode == 2 || g->clamp) y[d] = _mm512_min_ps(_mm512_max_ps(y[d], flo), fhi);
+                    if (g->mode == 2) {
+                        __m512i c = _mm512_add_epi32(_mm512_castps_si512(_mm512_add_ps(y[d], _mm512_set1_ps(12582912.0f))),
+                                                     _mm512_set1_epi32(g->zo - 0x4B400000));
+                        codes = _mm512_or_si512(codes, _mm512_slli_epi32(_mm512_and_si512(c, _mm512_set1_epi32(255)),
+                                                                         8 * d));
+                    }
+                }
+                if (g->mode == 2) {
+                    _mm512_mask_storeu_epi8((uint8_t *)g->out + o + c0, m64, codes);
+                    continue;
+                }
+                /* int32 / float output (tests, a float consumer): back to channel order, one element at a time */
+                uint32_t tmp[4][16];
+#pragma GCC unroll 4
+                for (int d = 0; d < 4; d++) _mm512_storeu_si512(tmp[d], _mm512_castps_si512(y[d]));
+                for (int64_t i = 0; i < nc; i++) {
+                    const uint32_t v = tmp[i & 3][i >> 2];
+                    if (g->mode == 1 && g->nchw)
+                        ((uint32_t *)g->out)[o + (c0 + i) * g->OH * g->OW] = v;
+                    else
+                        ((uint32_t *)g->out)[o + c0 + i] = v;
+                }
+            }
+        }
+    }
+}
 #endif
-#define QC_DW_WT_MAX 8192   /* T * N int32 transposed weights on the stack; larger layers take the grouped loop */
 
 /* -------------------------------------------------------------------------------------- driver */
 
-/* the zero-point padding channels [N, ldo) of each uint8 output row */
+/* the zero-point padding channels [N, ldo) of each uint8 output row (by the units of the last channel block) */
 static void qc_conv_pad_out(const qc_conv_args *g, int64_t rows, const int64_t *orow)
 {
     if (g->mode != 2 || g->ldo == g->N) return;
@@ -526,7 +670,9 @@ static int qc_conv_row_taps(const qc_conv_args *g, int64_t m0, int64_t rows, con
 static int qc_conv_unit(const qc_conv_args *g, int64_t u)
 {
     const int64_t T = g->KH * g->KW;
-    const int64_t m0 = u * g->MC, rows = g->M - m0 < g->MC ? g->M - m0 : g->MC;
+    const int64_t nu = (g->N + g->NC - 1) / g->NC, ub = u / nu, jb = u % nu;
+    const int64_t j0 = jb * g->NC, j1 = g->N - j0 < g->NC ? g->N : j0 + g->NC;
+    const int64_t m0 = ub * g->MC, rows = g->M - m0 < g->MC ? g->M - m0 : g->MC;
     const uint8_t *stackP[1024];
     const uint8_t **P = stackP;
     if (rows * T > 1024) {
@@ -542,16 +688,13 @@ static int qc_conv_unit(const qc_conv_args *g, int64_t u)
     } else {
         qc_conv_taps(g, m0, rows, P);
     }
-    if (g->groups > 1 && g->groups == g->N && g->Cg == 1 && T * g->N <= QC_DW_WT_MAX) {
-        int32_t wt[QC_DW_WT_MAX];
-        for (int64_t n = 0; n < g->N; n++)
-            for (int64_t t = 0; t < T; t++) wt[t * g->N + n] = g->wg[n * T + t];
+    if (g->dwp) {  /* depthwise, weights packed for this copy */
 #if QC_X86
-        if (g->isa == QC_ISA_VNNI) qc_conv_dw_avx512(g, rows, P, orow, wt);
-        else if (g->isa == QC_ISA_AVX2) qc_conv_dw_avx2(g, rows, P, orow, wt);
+        if (g->isa == QC_ISA_VNNI) qc_conv_dw_vnni(g, rows, P, orow, j0, j1);
+        else if (g->isa != QC_ISA_PORTABLE) qc_conv_dw_avx2(g, rows, P, orow, j0, j1);
         else
 #endif
-            qc_conv_dw_portable(g, rows, P, orow, wt);
+            qc_conv_dw_portable(g, rows, P, orow, j0, j1);
     } else if (g->groups > 1) {
 #if QC_X86
         if (g->isa == QC_ISA_VNNI) qc_conv_grouped_avx512(g, rows, P, orow);
@@ -562,9 +705,9 @@ static int qc_conv_unit(const qc_conv_args *g, int64_t u)
     } else {
         const int MR = qc_isa_mr(g->isa), NR = qc_isa_nr(g->isa), bpe = qc_isa_bpe(g->isa);
         const int64_t Kp = Tk * Ck;
-        for (int64_t j = 0; j < g->N; j += NR) {
+        for (int64_t j = j0; j < j1; j += NR) {
             const char *bp = (const char *)g->Bp + (j / NR) * Kp * NR * bpe;
-            int nr = (int)(g->N - j < NR ? g->N - j : NR);
+            int nr = (int)(j1 - j < NR ? j1 - j : NR);
             for (int64_t i = 0; i < rows; i += MR) {
                 int mr = (int)(rows - i < MR ? rows - i : MR);
                 const uint8_t *const *pi = P + i * Tk;
@@ -582,7 +725,7 @@ static int qc_conv_unit(const qc_conv_args *g, int64_t u)
             }
         }
     }
-    qc_conv_pad_out(g, rows, orow);
+    if (jb == nu - 1) qc_conv_pad_out(g, rows, orow);
     if (P != stackP) free(P);
     return 0;
 }

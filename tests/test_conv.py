@@ -52,11 +52,16 @@ CASES = [
     (64, 64, (3, 3), (2, 2), (1, 1), (1, 1), 1, 8, 8),     # the benchmark's third layer
     (8, 8, (3, 3), (1, 1), (1, 1), (1, 1), 8, 6, 7),       # depthwise
     (72, 72, (3, 3), (2, 2), (1, 1), (1, 1), 72, 7, 6),    # depthwise, 64 + 8 channel chunks, stride 2
+    (20, 20, (3, 3), (1, 1), (1, 1), (1, 1), 20, 5, 6),    # depthwise, 16 + 4 channels (a masked block)
+    (960, 960, (3, 3), (1, 1), (1, 1), (1, 1), 960, 3, 4), # depthwise, MobileNetV2's widest
+    (24, 24, (5, 5), (2, 2), (2, 2), (1, 1), 24, 9, 8),    # depthwise 5x5: 25 taps in 7 groups of 4
+    (12, 12, (7, 7), (1, 1), (3, 3), (1, 1), 12, 8, 8),    # depthwise 7x7: 49 taps, the int32 loop on every copy
     (4, 8, (3, 3), (1, 1), (1, 1), (1, 1), 4, 5, 5),       # depthwise with channel multiplier 2: grouped loop
     (8, 12, (1, 1), (1, 1), (0, 0), (1, 1), 4, 5, 5),      # grouped 1x1
     (6, 4, (2, 2), (2, 2), (0, 0), (1, 1), 2, 6, 6),       # grouped, C/groups = 3
     (4, 20, (9, 9), (1, 1), (4, 4), (1, 1), 1, 10, 10),    # 81 taps: the checked (non-table) tap path
     (12, 7, (1, 1), (1, 1), (0, 0), (1, 1), 1, 1, 1),      # a Linear as a 1x1 convolution
+    (16, 200, (3, 3), (1, 1), (1, 1), (1, 1), 1, 2, 3),    # few pixels, many channels: units split the channels
 ]
 
 

@@ -28,7 +28,12 @@ from ..validation import as_float32, non_finite_error
 _INT32_MAX = (1 << 31) - 1
 
 
+_EXT: list = []
+
+
 def _ext():
+    if _EXT:
+        return _EXT[0]
     try:
         from qcore_plugins import _conv, _gemm
     except ImportError as exc:  # pragma: no cover - only without a built extension
@@ -36,7 +41,8 @@ def _ext():
             "qcore.ops.PackedConv2d needs the compiled extensions qcore_plugins._conv and _gemm; build them with "
             "`python setup.py build_ext --inplace` or `pip install .`"
         ) from exc
-    return _conv, _gemm
+    _EXT.append((_conv, _gemm))
+    return _EXT[0]
 
 
 def _pair(v, name, minimum):
@@ -147,9 +153,17 @@ class PackedConv2d:
             self._w2d = None
             self._wg = wt.reshape(n, t, cg)
             self._wg_colsum = self._wg.astype(np.int64).sum(axis=(1, 2))
+        #: depthwise (one input and one output channel per group): weights packed per copy (_dw_for)
+        self.depthwise = self.groups == n == self.in_channels
         self._packed: dict[str, object] = {}
         self._zc: dict = {}
         self._epi: dict = {}
+        self._calls: dict = {}
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_calls"] = {}  # prepared kernel calls point into this object's arrays: made again after a copy
+        return state
 
     @classmethod
     def linear(cls, weight_codes, weight_scale, bias=None, **kwargs) -> "PackedConv2d":
@@ -181,6 +195,7 @@ class PackedConv2d:
         self._inv, self._za, self._qlo, self._qhi = float(inv), zu, lo, hi
         self._epi = {}
         self._zc = {}
+        self._calls = {}
 
     def output_size(self, h: int, w: int) -> tuple[int, int]:
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
@@ -193,6 +208,17 @@ class PackedConv2d:
         if p is None:
             _, g = _ext()
             p = self._packed.setdefault(isa, g.pack_b(self._w2d, isa))
+        return p
+
+    def _dw_for(self, isa: str):
+        """The depthwise weights packed for copy ``isa`` (cached), or None for other layers."""
+        if not self.depthwise:
+            return None
+        key = ("dw", isa)
+        p = self._packed.get(key)
+        if p is None:
+            conv, _ = _ext()
+            p = self._packed.setdefault(key, conv.pack_depthwise(np.ascontiguousarray(self._wg[:, :, 0]), isa))
         return p
 
     def _epilogue(self, np_: int, mode: int, out_scale, out_zp):
@@ -259,11 +285,30 @@ class PackedConv2d:
         (:meth:`quantize_input` with ``padded=True``).  ``out_padding`` (uint8 output): write the codes into
         ``(B, OH + 2*p, OW + 2*q, Cp')`` with a border of ``out_zero_point``.  ``nchw`` (float output): float32
         ``(B, N, OH, OW)`` instead.
+
+        The kernel's arguments are validated and prepared once per input shape and output form
+        (``qcore_plugins._conv.ConvCall``, cached on the layer); later calls check only ``a``.
         """
+        conv, g = _ext()
+        isa = g.ISA.copy
+        key = (isa, getattr(a, "shape", None), output, out_scale, out_zero_point, padded_input, out_padding, nchw,
+               in_border)
+        hit = self._calls.get(key)
+        if hit is None:
+            hit = self._calls.setdefault(key, self._prepare_call(a, output, out_scale, out_zero_point, padded_input,
+                                                                 out_padding, nchw, in_border, isa))
+        call, shape = hit
+        if not a.flags.c_contiguous:
+            a = np.ascontiguousarray(a)
+        out = np.empty(call.out_shape, call.out_dtype)
+        call.run(a, out)
+        return out.reshape(shape)
+
+    def _prepare_call(self, a, output, out_scale, out_zero_point, padded_input, out_padding, nchw, in_border, isa):
+        """(ConvCall, result shape) for inputs like ``a`` (all of :meth:`run_codes`'s validation)."""
         conv, g = _ext()
         if not isinstance(a, np.ndarray) or a.dtype != np.uint8 or a.ndim != 4 or a.shape[3] != self.cp:
             raise ValueError(f"a must be uint8 NHWC codes of shape (B, H, W, {self.cp})")
-        a = np.ascontiguousarray(a)
         bsz, hb, wb, _ = a.shape
         pad = self.padding
         if in_border is None:
@@ -298,7 +343,6 @@ class PackedConv2d:
         if nchw and mode != 1:
             raise ValueError("nchw is for float output only")
         n = self.out_channels
-        isa = g.ISA.copy
         if self.groups == 1:
             packed = self._packed_for(isa)
             np_, cs, wg = packed.np_, packed.colsum, None
@@ -310,18 +354,15 @@ class PackedConv2d:
         mult, bias = self._epilogue(np_, mode, so, zo)
         if mode == 0:
             bias = None
-        cols = roundup4(n) if mode == 2 else n
-        if mode == 2:
-            out = _padded_empty(bsz, oh, ow, cols, opad[0], opad[1], zo)
-        elif nchw:
-            out = np.empty((bsz, n, oh, ow), np.float32)
-        else:
-            out = np.empty((bsz, oh, ow, cols), (np.int32, np.float32)[mode])
         geom = (oh, ow) + self.kernel_size + self.stride + kpad + self.dilation + (
             n, self.groups, self.in_channels // self.groups)
-        flat = out.reshape(bsz * n, oh * ow) if nchw else out.reshape(-1, cols)
-        conv.conv(a, geom, self._za, packed, wg, zc, mult, bias, mode, clamp, zo, flat, isa, opad, nchw, crop)
-        return out
+        call = conv.prepare(a.shape, geom, self._za, packed, wg, zc, mult, bias, mode, clamp, zo, isa, opad, nchw,
+                            crop, self._dw_for(isa))
+        if nchw:
+            shape = (bsz, n, oh, ow)
+        else:
+            shape = (bsz, oh + 2 * opad[0], ow + 2 * opad[1], call.out_shape[1])
+        return call, shape
 
     def __call__(self, x) -> np.ndarray:
         """float NCHW ``(B, C, H, W)`` -> float32 NHWC ``(B, OH, OW, N)``."""
