@@ -504,87 +504,107 @@ QC_CONV_DW(qc_conv_dw_avx2, QC_AVX2_T, qc_epi_row_avx2)
 
 #define QC_DW_PX 4  /* output pixels per register tile of the VNNI depthwise kernel */
 
+/* one block of channels [c0, c0 + nc) (nc <= 4*L, L = dwords per vector: 16 for zmm, 8 for ymm) of rows output
+ * pixels; PFX is the intrinsics' prefix (_mm512 / _mm256), V the vector type, MK the byte mask type */
+#define QC_DW_VNNI_BLOCK(NAME, V, F, PFX, MK, L, LOADV, STOREV, ZEROV, CASTF)                                   \
+    QC_VNNI_T static void NAME(const qc_conv_args *g, int64_t rows, const uint8_t **P, const int64_t *orow,        \
+                               int64_t c0, int64_t nc, const int8_t *wb, int rowtaps)                            \
+    {                                                                                                            \
+        const int64_t T = g->KH * g->KW, KW = g->KW, PT = rowtaps ? g->KH : T, cs = rowtaps ? g->Cp : 0;       \
+        const MK mk = nc >= 4 * L ? (MK)~(MK)0 : (MK)((((MK)1) << nc) - 1);                                      \
+        /* the epilogue's per-channel constants in phase order: [d][j] is channel c0 + 4j + d (0 past nc) */    \
+        int32_t nzc[4][L];                                                                                       \
+        float mp[4][L], bp[4][L];                                                                                \
+        for (int d = 0; d < 4; d++)                                                                              \
+            for (int j = 0; j < L; j++) {                                                                        \
+                const int64_t i = 4 * j + d, c = c0 + i;                                                         \
+                const int ok = i < nc;                                                                           \
+                nzc[d][j] = ok ? (int32_t)(0u - (uint32_t)g->zc[c]) : 0;                                         \
+                mp[d][j] = ok ? g->mult[c] : 0.f;                                                                \
+                bp[d][j] = ok && g->bias ? g->bias[c] : 0.f;                                                     \
+            }                                                                                                    \
+        V init[4];                                                                                               \
+        for (int d = 0; d < 4; d++) init[d] = LOADV((const V *)nzc[d]);              \
+        for (int64_t r = 0; r < rows; r += QC_DW_PX) {                                                           \
+            const int np = rows - r < QC_DW_PX ? (int)(rows - r) : QC_DW_PX;                                     \
+            V acc[QC_DW_PX][4]; /* start at -zc: the sums come out with the zero point corrected */              \
+            _Pragma("GCC unroll 4") for (int p = 0; p < QC_DW_PX; p++)                                           \
+                _Pragma("GCC unroll 4") for (int d = 0; d < 4; d++) acc[p][d] = init[d];                          \
+            const uint8_t *const *pr[QC_DW_PX];                                                                  \
+            _Pragma("GCC unroll 4") for (int p = 0; p < QC_DW_PX; p++)                                           \
+                pr[p] = P + (r + (p < np ? p : np - 1)) * PT;                                                    \
+            for (int64_t t = 0; t < T; t++) {                                                                    \
+                const int8_t *wt = wb + t * 256;                                                                 \
+                /* tap t: its own pointer, or (row taps) the pointer of its kernel row + its column * Cp */       \
+                const int64_t ti = rowtaps ? t / KW : t, toff = rowtaps ? (t % KW) * cs + c0 : c0;               \
+                V w[4];                                                                                          \
+                _Pragma("GCC unroll 4") for (int d = 0; d < 4; d++)                                              \
+                    w[d] = LOADV((const V *)(wt + 64 * d));                           \
+                _Pragma("GCC unroll 4") for (int p = 0; p < QC_DW_PX; p++) {                                     \
+                    const V x = PFX##_maskz_loadu_epi8(mk, pr[p][ti] + toff);                                    \
+                    _Pragma("GCC unroll 4") for (int d = 0; d < 4; d++)                                          \
+                        acc[p][d] = PFX##_dpbusd_epi32(acc[p][d], x, w[d]);                                      \
+                }                                                                                                \
+            }                                                                                                    \
+            _Pragma("GCC unroll 4") for (int p = 0; p < QC_DW_PX; p++) { /* unrolled: acc[p] in registers */     \
+                if (p >= np) break;                                                                              \
+                const int64_t o = orow[r + p];                                                                   \
+                if (g->mode == 2) {                                                                              \
+                    V codes = ZEROV();                                                 \
+                    _Pragma("GCC unroll 4") for (int d = 0; d < 4; d++) {                                        \
+                        F y = PFX##_mul_ps(PFX##_cvtepi32_ps(acc[p][d]), PFX##_loadu_ps(mp[d]));        \
+                        y = PFX##_add_ps(y, PFX##_loadu_ps(bp[d]));                                              \
+                        y = PFX##_min_ps(PFX##_max_ps(y, PFX##_set1_ps(g->clo)), PFX##_set1_ps(g->chi));         \
+                        V c = PFX##_add_epi32(CASTF(                                     \
+                                                  PFX##_add_ps(y, PFX##_set1_ps(12582912.0f))),                  \
+                                              PFX##_set1_epi32(g->zo - 0x4B400000));                             \
+                        /* the code's byte to byte d of its dword (shift, then keep that byte) */                \
+                        codes = PFX##_ternarylogic_epi32(codes, PFX##_slli_epi32(c, 8 * d),                      \
+                                                         PFX##_set1_epi32(255 << (8 * d)), 0xF8);                \
+                    }                                                                                            \
+                    PFX##_mask_storeu_epi8((uint8_t *)g->out + o + c0, mk, codes);                               \
+                    continue;                                                                                    \
+                }                                                                                                \
+                /* int32 / float output (tests, a float consumer): back to channel order one element at a time */ \
+                uint32_t tmp[4][L];                                                                              \
+                _Pragma("GCC unroll 4") for (int d = 0; d < 4; d++) {                                            \
+                    if (g->mode == 0) {                                                                          \
+                        STOREV((V *)tmp[d], acc[p][d]);                               \
+                        continue;                                                                                \
+                    }                                                                                            \
+                    F y = PFX##_mul_ps(PFX##_cvtepi32_ps(acc[p][d]), PFX##_loadu_ps(mp[d]));            \
+                    y = PFX##_add_ps(y, PFX##_loadu_ps(bp[d]));                                                  \
+                    if (g->clamp) y = PFX##_min_ps(PFX##_max_ps(y, PFX##_set1_ps(g->clo)), PFX##_set1_ps(g->chi)); \
+                    PFX##_storeu_ps((float *)tmp[d], y);                                                         \
+                }                                                                                                \
+                for (int64_t i = 0; i < nc; i++) {                                                               \
+                    const uint32_t v = tmp[i & 3][i >> 2];                                                       \
+                    if (g->mode == 1 && g->nchw)                                                                 \
+                        ((uint32_t *)g->out)[o + (c0 + i) * g->OH * g->OW] = v;                                  \
+                    else                                                                                         \
+                        ((uint32_t *)g->out)[o + c0 + i] = v;                                                    \
+                }                                                                                                \
+            }                                                                                                    \
+        }                                                                                                        \
+    }
+QC_DW_VNNI_BLOCK(qc_dw_vnni_block64, __m512i, __m512, _mm512, __mmask64, 16, _mm512_loadu_si512, _mm512_storeu_si512,
+                 _mm512_setzero_si512, _mm512_castps_si512)
+QC_DW_VNNI_BLOCK(qc_dw_vnni_block32, __m256i, __m256, _mm256, __mmask32, 8, _mm256_loadu_si256, _mm256_storeu_si256,
+                 _mm256_setzero_si256, _mm256_castps_si256)
+
+/* channels [j0, j1): blocks of 64 (zmm), a last block of at most 32 in ymm (two of them per cycle) */
 QC_VNNI_T static void qc_conv_dw_vnni(const qc_conv_args *g, int64_t rows, const uint8_t **P, const int64_t *orow,
-                                      int64_t j0, int64_t j1)
+                                      int64_t j0, int64_t j1, int rowtaps)
 {
-    const int64_t T = g->KH * g->KW, N = j1;  /* channels [j0, j1): whole blocks of 64 but the last */
+    const int64_t T = g->KH * g->KW;
     const int8_t *wp = (const int8_t *)g->dwp;
-    for (int64_t c0 = j0; c0 < N; c0 += 64) {
-        const int64_t nc = N - c0 < 64 ? N - c0 : 64;
-        const __mmask64 m64 = nc == 64 ? ~(__mmask64)0 : (((__mmask64)1 << nc) - 1);
-        /* the epilogue's per-channel constants in phase order: [d][j] is channel c0 + 4j + d */
-        int32_t zcp[4][16];
-        float mp[4][16], bp[4][16];
-        for (int d = 0; d < 4; d++)
-            for (int j = 0; j < 16; j++) {
-                const int64_t c = c0 + 4 * j + d;
-                const int ok = c < N;
-                zcp[d][j] = ok ? g->zc[c] : 0;
-                mp[d][j] = ok ? g->mult[c] : 0.f;
-                bp[d][j] = ok && g->bias ? g->bias[c] : 0.f;
-            }
+    for (int64_t c0 = j0; c0 < j1; c0 += 64) {
+        const int64_t nc = j1 - c0 < 64 ? j1 - c0 : 64;
         const int8_t *wb = wp + (c0 / 64) * T * 256;
-        for (int64_t r = 0; r < rows; r += QC_DW_PX) {
-            const int np = rows - r < QC_DW_PX ? (int)(rows - r) : QC_DW_PX;
-            __m512i acc[QC_DW_PX][4];
-#pragma GCC unroll 4
-            for (int p = 0; p < QC_DW_PX; p++)
-#pragma GCC unroll 4
-                for (int d = 0; d < 4; d++) acc[p][d] = _mm512_setzero_si512();
-            const uint8_t *const *pr[QC_DW_PX];
-#pragma GCC unroll 4
-            for (int p = 0; p < QC_DW_PX; p++) pr[p] = P + (r + (p < np ? p : np - 1)) * T;
-            for (int64_t t = 0; t < T; t++) {
-                const int8_t *wt = wb + t * 256;
-                __m512i w[4];
-#pragma GCC unroll 4
-                for (int d = 0; d < 4; d++) w[d] = _mm512_loadu_si512(wt + 64 * d);
-#pragma GCC unroll 4
-                for (int p = 0; p < QC_DW_PX; p++) {
-                    const __m512i x = _mm512_maskz_loadu_epi8(m64, pr[p][t] + c0);
-#pragma GCC unroll 4
-                    for (int d = 0; d < 4; d++) acc[p][d] = _mm512_dpbusd_epi32(acc[p][d], x, w[d]);
-                }
-            }
-            const __m512 flo = _mm512_set1_ps(g->clo), fhi = _mm512_set1_ps(g->chi);
-            for (int p = 0; p < np; p++) {
-                const int64_t o = orow[r + p];
-                __m512i codes = _mm512_setzero_si512();
-                __m512 y[4];
-#pragma GCC unroll 4
-                for (int d = 0; d < 4; d++) {
-                    __m512i x = _mm512_sub_epi32(acc[p][d], _mm512_loadu_si512(zcp[d]));
-                    if (g->mode == 0) {
-                        y[d] = _mm512_castsi512_ps(x);
-                        continue;
-                    }
-                    y[d] = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(x), _mm512_loadu_ps(mp[d])),
-                                         _mm512_loadu_ps(bp[d]));
-                    if (g->mode == 2 || g->clamp) y[d] = _mm512_min_ps(_mm512_max_ps(y[d], flo), fhi);
-                    if (g->mode == 2) {
-                        __m512i c = _mm512_add_epi32(_mm512_castps_si512(_mm512_add_ps(y[d], _mm512_set1_ps(12582912.0f))),
-                                                     _mm512_set1_epi32(g->zo - 0x4B400000));
-                        codes = _mm512_or_si512(codes, _mm512_slli_epi32(_mm512_and_si512(c, _mm512_set1_epi32(255)),
-                                                                         8 * d));
-                    }
-                }
-                if (g->mode == 2) {
-                    _mm512_mask_storeu_epi8((uint8_t *)g->out + o + c0, m64, codes);
-                    continue;
-                }
-                /* int32 / float output (tests, a float consumer): back to channel order, one element at a time */
-                uint32_t tmp[4][16];
-#pragma GCC unroll 4
-                for (int d = 0; d < 4; d++) _mm512_storeu_si512(tmp[d], _mm512_castps_si512(y[d]));
-                for (int64_t i = 0; i < nc; i++) {
-                    const uint32_t v = tmp[i & 3][i >> 2];
-                    if (g->mode == 1 && g->nchw)
-                        ((uint32_t *)g->out)[o + (c0 + i) * g->OH * g->OW] = v;
-                    else
-                        ((uint32_t *)g->out)[o + c0 + i] = v;
-                }
-            }
-        }
+        if (nc <= 32)
+            qc_dw_vnni_block32(g, rows, P, orow, c0, nc, wb, rowtaps);
+        else
+            qc_dw_vnni_block64(g, rows, P, orow, c0, nc, wb, rowtaps);
     }
 }
 #endif
@@ -682,15 +702,17 @@ static int qc_conv_unit(const qc_conv_args *g, int64_t u)
     int64_t orow[QC_CONV_MC_MAX];
     qc_conv_out_rows(g, m0, rows, orow);
     int64_t Tk = T, Ck = g->Cp;
-    if (g->groups == 1 && qc_conv_row_taps(g, m0, rows, P)) {
-        Tk = g->KH;         /* every window inside the input: one pointer per kernel row, KW*Cp contiguous bytes */
+    int rowtaps = 0;
+    if ((g->groups == 1 || (g->dwp && g->isa == QC_ISA_VNNI)) && qc_conv_row_taps(g, m0, rows, P)) {
+        rowtaps = 1;        /* every window inside the input: one pointer per kernel row, KW*Cp contiguous bytes */
+        Tk = g->KH;
         Ck = g->KW * g->Cp;
     } else {
         qc_conv_taps(g, m0, rows, P);
     }
     if (g->dwp) {  /* depthwise, weights packed for this copy */
 #if QC_X86
-        if (g->isa == QC_ISA_VNNI) qc_conv_dw_vnni(g, rows, P, orow, j0, j1);
+        if (g->isa == QC_ISA_VNNI) qc_conv_dw_vnni(g, rows, P, orow, j0, j1, rowtaps);
         else if (g->isa != QC_ISA_PORTABLE) qc_conv_dw_avx2(g, rows, P, orow, j0, j1);
         else
 #endif
