@@ -49,6 +49,10 @@ cdef extern from "conv_kernels.h" nogil:
         int64_t ldo
         int64_t MC, NC
         int nchw
+        const int32_t *tapsum
+        int64_t Np
+        int window
+        int64_t lph, lpw
         int64_t opad_h, opad_w
     int qc_sq_rows(int isa, const float *x, int64_t R, int64_t C, int64_t ldx, float inv, int32_t z, int32_t lo,
                    int32_t hi, uint8_t *q, int64_t Cp)
@@ -58,6 +62,9 @@ cdef extern from "conv_kernels.h" nogil:
 
 
 from qcore.isa import ISA_NAMES
+
+#: the fraction of taps in the padding above which a convolution skips them (qc_conv_window_mode)
+WINDOW_MIN_WASTE = 0.08
 
 #: below this many multiply-adds a convolution runs on one thread
 PARALLEL_MIN_MACS = 1 << 19
@@ -194,7 +201,7 @@ cdef class ConvCall:
 
 
 def prepare(in_shape, geom, int za, packed, wg, zc, mult, bias, int mode, clamp, int zo, isa, opad=(0, 0),
-            bint nchw=False, crop=None, dwpack=None):
+            bint nchw=False, crop=None, dwpack=None, lpad=(0, 0), tapsum=None):
     """A :class:`ConvCall` for uint8 NHWC inputs of shape ``in_shape`` (B, H, W, Cp).
 
     ``geom``: (OH, OW, KH, KW, sh, sw, ph, pw, dh, dw, N, groups, Cg).  groups == 1: ``packed`` is the
@@ -205,7 +212,9 @@ def prepare(in_shape, geom, int za, packed, wg, zc, mult, bias, int mode, clamp,
     ``bias`` (or None): int32 / float32 / float32 arrays of length >= the padded column count.
     ``crop`` = (y0, x0, H', W'): the convolution's input is the H' x W' window of each image starting at pixel
     (y0, x0) (the interior of a buffer with a border, seen with the border this layer's padding needs); None:
-    the whole image.  ``clamp``: None, or (lo, hi) floats the output is clipped to before rounding (float
+    the whole image.  ``lpad``: the zero padding carried inside that window (its outer ``lpad`` rows and columns
+    hold ``za``): taps there are skipped where the kernel can, which needs ``tapsum`` (int32 (KH*KW, Np): per
+    tap the sum over its channels of each column's weights, zero past N) to correct the zero point.  ``clamp``: None, or (lo, hi) floats the output is clipped to before rounding (float
     output: the activation's bounds, e.g. (0, inf) for ReLU; uint8 output: in code units relative to ``zo``,
     within [-zo, 255 - zo]); uint8 output without a clamp clips to [-zo, 255 - zo].  ``mode``: 0 int32,
     1 float32, 2 uint8 output.  The output array is ``(B*(OH + 2*opad[0])*(OW + 2*opad[1]), ldo)`` with
@@ -318,6 +327,27 @@ def prepare(in_shape, geom, int za, packed, wg, zc, mult, bias, int mode, clamp,
     call.g.out = NULL
     call.g.ldo = ldo
     call.g.opad_h, call.g.opad_w = oph, opw
+    call.g.lph, call.g.lpw = int(lpad[0]), int(lpad[1])
+    call.g.tapsum = NULL
+    call.g.Np = Np
+    cdef const int32_t[:, ::1] tsv
+    if tapsum is not None:
+        _check(tapsum, np.int32, 2, "tapsum")
+        if tapsum.shape != (T, Np) or groups != 1:
+            raise ValueError("conv: tapsum must have shape (KH*KW, Np) for a convolution with groups == 1")
+        tsv = tapsum
+        keep.append(tapsum)
+        call.g.tapsum = &tsv[0, 0]
+    # skip the padding where it is at least WINDOW_MIN_WASTE of the taps (position-major order costs some input
+    # locality; a large image wastes little)
+    call.g.window = 0
+    if call.g.lph or call.g.lpw:
+        vh = sum(sum(1 for kh in range(KH) if call.g.lph <= oh * sh + kh * dh < H - call.g.lph) for oh in range(OH))
+        vw = sum(sum(1 for kw in range(KW) if call.g.lpw <= ow * sw + kw * dw < W - call.g.lpw) for ow in range(OW))
+        call.g.window = 1 - (vh * vw) / float(OH * KH * OW * KW) >= WINDOW_MIN_WASTE
+    if call.g.lph < 0 or call.g.lpw < 0 or 2 * call.g.lph >= H or 2 * call.g.lpw >= W or \
+            ((call.g.lph or call.g.lpw) and (ph or pw)):
+        raise ValueError("conv: bad padding inside the input window")
     call.g.nchw = nchw
     call.oph, call.opw = oph, opw
     call.OHp, call.OWp = OH + 2 * oph, OW + 2 * opw

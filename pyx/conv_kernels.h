@@ -50,6 +50,12 @@ typedef struct {
     int64_t NC;               /* output channels per work unit (a multiple of the kernel's block, or N) */
     int nchw;                 /* float output (mode 1) in NCHW order: element (b, n, oh, ow) at
                                  (b*N + n)*OH*OW + oh*OW + ow (a column stride of OH*OW) */
+    const int32_t *tapsum;    /* (T, Np): per tap, the sums over its channels of each column's weights (the
+                                 padding-skipping path corrects the zero point with them), or NULL */
+    int64_t Np;
+    int window;               /* take the padding-skipping path when it applies (qc_conv_window_mode) */
+    int64_t lph, lpw;         /* the zero padding inside the input window (a border holding za around the image
+                                 the layer reads): taps there contribute 0 and may be skipped; 0: none known */
     int64_t opad_h, opad_w;   /* uint8 output into a buffer padded by (opad_h, opad_w) pixels per side (the next
                                  layer's zero padding, pre-filled with zo by the caller); 0 for float/int32 */
 } qc_conv_args;
@@ -395,20 +401,28 @@ qc_epi16_vnni(const qc_conv_args *g, int64_t o, int64_t j, __m512i acc, __mmask1
     _mm_mask_storeu_epi8((uint8_t *)g->out + o + j, m, _mm512_cvtepi32_epi8(c));
 }
 
+/* The register tile of MRV (a compile-time constant after inlining) output pixels x 32 channels.  Its reduction
+ * runs over segments s in [s0, s1): the pointer of pixel r for segment s is P[r * PT + s] + aoff, the segment's
+ * packed weights start at B + boff + s * bstride (bytes), and it is kg groups of 4 bytes long.  The plain form:
+ * every tap (or kernel row) a segment, sequential weights; the window form (padding skipped): the kernel rows
+ * inside the image, each from its first column inside the image (conv_kernels.h, qc_conv_unit). */
 QC_VNNI_T static inline __attribute__((always_inline)) void
-qc_cukr_vnni_body(int64_t T, int64_t Cp, const uint8_t *const *P, const int8_t *B, int mr, int nr,
+qc_cukr_vnni_body(int64_t s0, int64_t s1, int64_t PT, int64_t aoff, const uint8_t *const *P, const int8_t *B,
+                  int64_t boff, int64_t bstride, int64_t kg, const int32_t *fix, int mr, int nr,
                   const qc_conv_args *g, const int64_t *ro, int64_t j0, const int MRV)
 {
-    __m512i acc[QC_V_MR][QC_V_NV];
+    __m512i acc[QC_V_MR][QC_V_NV], a0[QC_V_NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < QC_V_NV; v++) a0[v] = fix ? _mm512_loadu_si512(fix + 16 * v) : _mm512_setzero_si512();
 #pragma GCC unroll 16
     for (int r = 0; r < MRV; r++)
 #pragma GCC unroll 4
-        for (int v = 0; v < QC_V_NV; v++) acc[r][v] = _mm512_setzero_si512();
-    for (int64_t t = 0; t < T; t++) {
+        for (int v = 0; v < QC_V_NV; v++) acc[r][v] = a0[v];
+    for (int64_t t = s0; t < s1; t++) {
         const uint8_t *ap[QC_V_MR];
 #pragma GCC unroll 16
-        for (int r = 0; r < MRV; r++) ap[r] = P[(r < mr ? r : mr - 1) * T + t];
-        B = qc_acc_vnni(acc, ap, Cp / 4, B, MRV);
+        for (int r = 0; r < MRV; r++) ap[r] = P[(r < mr ? r : mr - 1) * PT + t] + aoff;
+        qc_acc_vnni(acc, ap, kg, B + boff + t * bstride, MRV);
     }
     __mmask16 m[QC_V_NV];
 #pragma GCC unroll 4
@@ -426,15 +440,27 @@ qc_cukr_vnni_body(int64_t T, int64_t Cp, const uint8_t *const *P, const int8_t *
 }
 
 #define QC_CVNNI_UKR(NAME, MRV)                                                                              \
-    QC_VNNI_T static void NAME(int64_t T, int64_t Cp, const uint8_t *const *P, const int8_t *B, int mr, int nr, \
-                               const qc_conv_args *g, const int64_t *ro, int64_t j0)                                \
+    QC_VNNI_T static void NAME(int64_t s0, int64_t s1, int64_t PT, int64_t aoff, const uint8_t *const *P,      \
+                               const int8_t *B, int64_t boff, int64_t bstride, int64_t kg, const int32_t *fix, \
+                               int mr, int nr, const qc_conv_args *g, const int64_t *ro, int64_t j0)          \
     {                                                                                                        \
-        qc_cukr_vnni_body(T, Cp, P, B, mr, nr, g, ro, j0, MRV);                                              \
+        qc_cukr_vnni_body(s0, s1, PT, aoff, P, B, boff, bstride, kg, fix, mr, nr, g, ro, j0, MRV);           \
     }
 QC_CVNNI_UKR(qc_cukr_vnni8, 8)
 QC_CVNNI_UKR(qc_cukr_vnni4, 4)
 QC_CVNNI_UKR(qc_cukr_vnni2, 2)
 QC_CVNNI_UKR(qc_cukr_vnni1, 1)
+
+/* a tile of mr (<= 8) rows: the tile of the smallest sufficient height */
+QC_VNNI_T static void qc_cukr_vnni(int64_t s0, int64_t s1, int64_t PT, int64_t aoff, const uint8_t *const *P,
+                                   const int8_t *B, int64_t boff, int64_t bstride, int64_t kg, const int32_t *fix,
+                                   int mr, int nr, const qc_conv_args *g, const int64_t *ro, int64_t j0)
+{
+    if (mr > 4) qc_cukr_vnni8(s0, s1, PT, aoff, P, B, boff, bstride, kg, fix, mr, nr, g, ro, j0);
+    else if (mr > 2) qc_cukr_vnni4(s0, s1, PT, aoff, P, B, boff, bstride, kg, fix, mr, nr, g, ro, j0);
+    else if (mr > 1) qc_cukr_vnni2(s0, s1, PT, aoff, P, B, boff, bstride, kg, fix, mr, nr, g, ro, j0);
+    else qc_cukr_vnni1(s0, s1, PT, aoff, P, B, boff, bstride, kg, fix, mr, nr, g, ro, j0);
+}
 #endif /* QC_X86 */
 
 /* -------------------------------------------------------------------------------------- grouped (direct) */
@@ -686,6 +712,70 @@ static int qc_conv_row_taps(const qc_conv_args *g, int64_t m0, int64_t rows, con
 
 #define QC_CONV_MC_MAX 64
 
+/* The element offset of output pixel (b, oh, ow): NCHW, padded uint8, or plain rows (qc_conv_out_rows) */
+static inline int64_t qc_conv_out_offset(const qc_conv_args *g, int64_t b, int64_t oh, int64_t ow)
+{
+    if (g->nchw) return b * g->N * g->OH * g->OW + oh * g->OW + ow;
+    if (g->opad_h || g->opad_w)
+        return ((b * (g->OH + 2 * g->opad_h) + oh + g->opad_h) * (g->OW + 2 * g->opad_w) + ow + g->opad_w) * g->ldo;
+    return ((b * g->OH + oh) * g->OW + ow) * g->ldo;
+}
+
+/* Padding skipped (AVX-512 VNNI, groups == 1, the input window carrying the zero padding, batch >= 8): output
+ * pixels are taken position-major (m = (oh*OW + ow) * B + b), so a register tile holds up to 8 images at one
+ * position, whose taps in the padding are the same: the tile's reduction runs over the kernel rows inside the
+ * image, each from its first column inside it.  Bit-identical to computing them (they add (za - za) * w = 0). */
+static int qc_conv_window_mode(const qc_conv_args *g)
+{
+    return g->window && g->groups == 1 && g->isa == QC_ISA_VNNI && g->dw == 1 && g->ph == 0 && g->pw == 0 &&
+           g->tapsum && (g->lph || g->lpw) && g->M / (g->OH * g->OW) >= 8;
+}
+
+#if QC_X86
+static void qc_conv_unit_window(const qc_conv_args *g, int64_t m0, int64_t rows, int64_t j0, int64_t j1,
+                                const uint8_t **P, int64_t *orow)
+{
+    const int64_t Bn = g->M / (g->OH * g->OW), KH = g->KH, KW = g->KW, Cp = g->Cp;
+    for (int64_t r = 0; r < rows; r++) {
+        const int64_t m = m0 + r, pos = m / Bn, b = m % Bn, oh = pos / g->OW, ow = pos % g->OW;
+        const uint8_t *base = g->in + b * g->in_is + oh * g->sh * g->in_rs + ow * g->sw * Cp;
+        for (int64_t kh = 0; kh < KH; kh++) P[r * KH + kh] = base + kh * g->dh * g->in_rs;
+        orow[r] = qc_conv_out_offset(g, b, oh, ow);
+    }
+    const int64_t kgrow = KW * Cp / 4, panel = KH * KW * Cp * QC_V_NR;
+    for (int64_t j = j0; j < j1; j += QC_V_NR) {
+        const int8_t *bp = (const int8_t *)g->Bp + (j / QC_V_NR) * panel;
+        const int nr = (int)(j1 - j < QC_V_NR ? j1 - j : QC_V_NR);
+        for (int64_t i = 0; i < rows;) {
+            const int64_t pos = (m0 + i) / Bn, oh = pos / g->OW, ow = pos % g->OW;
+            int64_t end = (pos + 1) * Bn - m0;
+            end = end < rows ? end : rows;
+            end = end < i + 8 ? end : i + 8;
+            int64_t kh0 = 0, kh1 = KH, kw0 = 0, kw1 = KW;
+            while (kh0 < KH && oh * g->sh + kh0 * g->dh < g->lph) kh0++;
+            while (kh1 > kh0 && oh * g->sh + (kh1 - 1) * g->dh >= g->H - g->lph) kh1--;
+            while (kw0 < KW && ow * g->sw + kw0 < g->lpw) kw0++;
+            while (kw1 > kw0 && ow * g->sw + kw1 - 1 >= g->W - g->lpw) kw1--;
+            if (kw0 >= kw1) kh1 = kh0;  /* every tap in the padding: the sums are 0 */
+            /* the zero-point correction subtracts za * (the column sums over every tap): add back za * the
+             * sums over the skipped taps (wrapping int32, like the correction) */
+            uint32_t fix[QC_V_NR];
+            for (int c = 0; c < QC_V_NR; c++) fix[c] = 0;
+            for (int64_t kh = 0; kh < KH; kh++)
+                for (int64_t kw = 0; kw < KW; kw++) {
+                    if (kh >= kh0 && kh < kh1 && kw >= kw0 && kw < kw1) continue;
+                    const int32_t *ts = g->tapsum + (kh * KW + kw) * g->Np + j;
+                    for (int c = 0; c < QC_V_NR; c++) fix[c] += (uint32_t)ts[c];
+                }
+            for (int c = 0; c < QC_V_NR; c++) fix[c] *= (uint32_t)g->za;
+            qc_cukr_vnni(kh0, kh1, KH, kw0 * Cp, P + i * KH, bp, (kw0 * Cp / 4) * QC_V_NR * 4, kgrow * QC_V_NR * 4,
+                         (kw1 - kw0) * Cp / 4, (const int32_t *)fix, (int)(end - i), nr, g, orow + i, j);
+            i = end;
+        }
+    }
+}
+#endif
+
 /* One work unit: output pixels [u*MC, (u+1)*MC), all output channels.  Returns nonzero if out of memory. */
 static int qc_conv_unit(const qc_conv_args *g, int64_t u)
 {
@@ -700,6 +790,14 @@ static int qc_conv_unit(const qc_conv_args *g, int64_t u)
         if (!P) return 1;
     }
     int64_t orow[QC_CONV_MC_MAX];
+#if QC_X86
+    if (qc_conv_window_mode(g)) {
+        qc_conv_unit_window(g, m0, rows, j0, j1, P, orow);
+        if (jb == nu - 1) qc_conv_pad_out(g, rows, orow);
+        if (P != stackP) free(P);
+        return 0;
+    }
+#endif
     qc_conv_out_rows(g, m0, rows, orow);
     int64_t Tk = T, Ck = g->Cp;
     int rowtaps = 0;
@@ -735,10 +833,8 @@ static int qc_conv_unit(const qc_conv_args *g, int64_t u)
                 const uint8_t *const *pi = P + i * Tk;
 #if QC_X86
                 if (g->isa == QC_ISA_VNNI) {
-                    if (mr > 4) qc_cukr_vnni8(Tk, Ck, pi, (const int8_t *)bp, mr, nr, g, orow + i, j);
-                    else if (mr > 2) qc_cukr_vnni4(Tk, Ck, pi, (const int8_t *)bp, mr, nr, g, orow + i, j);
-                    else if (mr > 1) qc_cukr_vnni2(Tk, Ck, pi, (const int8_t *)bp, mr, nr, g, orow + i, j);
-                    else qc_cukr_vnni1(Tk, Ck, pi, (const int8_t *)bp, mr, nr, g, orow + i, j);
+                    qc_cukr_vnni(0, Tk, Tk, 0, pi, (const int8_t *)bp, 0, (Ck / 4) * QC_V_NR * 4, Ck / 4, NULL, mr,
+                                 nr, g, orow + i, j);
                 } else if (g->isa == QC_ISA_AVX2) {
                     qc_cukr_avx2(Tk, Ck, pi, (const int16_t *)bp, mr, nr, g, orow + i, j);
                 } else

@@ -249,3 +249,33 @@ def test_activation_clamps_and_input_borders(isa, border):
     assert u[..., :20].max() == zo + 120  # the ReLU6 bound is reached
     with pytest.raises(ValueError, match="activation"):
         PackedConv2d(wc, sw, input_scale=sa, activation=(1.0, 0.0))
+
+
+@pytest.mark.parametrize("case", [
+    (3, 64, (7, 7), (2, 2), (3, 3), (1, 1), 9, 13, 11),     # the stem: 9 images, tiles straddle positions
+    (16, 40, (3, 3), (1, 1), (1, 1), (1, 1), 16, 4, 4),     # a small image: a third of the taps are padding
+    (8, 33, (5, 3), (2, 1), (2, 1), (2, 1), 8, 7, 6),       # rectangular kernel, dilated rows
+    (12, 16, (3, 3), (1, 1), (1, 1), (1, 1), 8, 1, 1),      # 1x1 image: only the centre tap is inside
+], ids=["stem", "small", "rect", "1x1"])
+def test_batches_of_eight_skip_the_padding_exactly(isa, case):
+    """With 8 images or more and the padding carried in the input's border, the VNNI path takes output pixels
+    position by position and skips the taps in the padding: the same sums as the reference."""
+    from qcore.ops.cnn import quantize
+
+    c, n, k, s, p, d, b, h, w = case
+    rng = np.random.default_rng(sum(k) + b)
+    wc = rng.integers(-127, 128, (n, c) + k).astype(np.int8)
+    sw = rng.uniform(0.01, 0.05, n).astype(np.float32)
+    bias = rng.normal(size=n).astype(np.float32)
+    pc = PackedConv2d(wc, sw, bias, stride=s, padding=p, dilation=d, input_scale=0.05, input_zero_point=37,
+                      relu=True)
+    x = rng.normal(size=(b, c, h, w)).astype(np.float32)
+    for border in (p, (p[0] + 1, p[1] + 2)):
+        a = quantize(x, 0.05, 37, border=border)
+        racc = ref_conv_int(a.interior(), 37, wc, s, p, d, 1)
+        np.testing.assert_array_equal(pc.run_codes(a.codes, "int32", in_border=border), racc)
+        u = pc.run_codes(a.codes, "uint8", 0.04, 3, in_border=border, out_padding=(1, 1))
+        np.testing.assert_array_equal(u[:, 1:-1, 1:-1, :n], ref_uint8(racc, 0.05, sw, bias, True, 0.04, 3))
+        assert (u[:, 0] == 3).all() and (u[:, :, -1] == 3).all()
+        np.testing.assert_array_equal(pc.run_codes(a.codes, "float", in_border=border, nchw=True),
+                                      ref_float(racc, 0.05, sw, bias, True).transpose(0, 3, 1, 2))

@@ -320,9 +320,9 @@ class PackedConv2d:
             raise ValueError(f"input {h}x{w} is smaller than the (dilated) kernel {self.kernel_size} with padding "
                              f"{self.padding}: the output would be {oh}x{ow}")
         if bh >= pad[0] and bw >= pad[1]:  # the border holds the padding: windows inside the buffer
-            crop, kpad = (bh - pad[0], bw - pad[1], h + 2 * pad[0], w + 2 * pad[1]), (0, 0)
+            crop, kpad, lpad = (bh - pad[0], bw - pad[1], h + 2 * pad[0], w + 2 * pad[1]), (0, 0), pad
         else:
-            crop, kpad = (bh, bw, h, w), pad
+            crop, kpad, lpad = (bh, bw, h, w), pad, (0, 0)
         mode = {"int32": 0, "float": 1, "uint8": 2}.get(output)
         if mode is None:
             raise ValueError(f"output must be 'float', 'uint8' or 'int32', got {output!r}")
@@ -356,8 +356,15 @@ class PackedConv2d:
             bias = None
         geom = (oh, ow) + self.kernel_size + self.stride + kpad + self.dilation + (
             n, self.groups, self.in_channels // self.groups)
+        tapsum = None
+        if self.groups == 1 and lpad != (0, 0):  # per-tap column sums: the padding-skipping path's correction
+            tapsum = self._packed.get(("tapsum", np_))
+            if tapsum is None:
+                tapsum = np.zeros((self._w2d.shape[1] // self.cp, np_), np.int32)
+                tapsum[:, :n] = self._w2d.reshape(n, -1, self.cp).astype(np.int32).sum(axis=2).T
+                tapsum = self._packed.setdefault(("tapsum", np_), tapsum)
         call = conv.prepare(a.shape, geom, self._za, packed, wg, zc, mult, bias, mode, clamp, zo, isa, opad, nchw,
-                            crop, self._dw_for(isa))
+                            crop, self._dw_for(isa), lpad, tapsum)
         if nchw:
             shape = (bsz, n, oh, ow)
         else:
