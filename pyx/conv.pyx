@@ -42,6 +42,9 @@ cdef extern from "conv_kernels.h" nogil:
         const float *mult
         const float *bias
         int mode
+        const uint8_t *res
+        int32_t zr
+        float mr
         int clamp
         float clo, chi
         int32_t zo
@@ -162,10 +165,12 @@ cdef class ConvCall:
     cdef readonly object out_dtype
     cdef int64_t off, units, nu, nt
     cdef int64_t oph, opw, rows_out, row_bytes, OHp, OWp
+    cdef readonly bint residual
 
-    def run(self, a, out):
+    def run(self, a, out, res=None):
         """Convolve uint8 ``a`` (of ``in_shape``) into ``out`` (of ``out_shape``); for uint8 output the border
-        of ``out`` (the output padding) is filled with the output zero point here."""
+        of ``out`` (the output padding) is filled with the output zero point here.  ``res``: the residual codes,
+        an array of ``out``'s shape and dtype, when the call was prepared with one."""
         if not isinstance(a, np.ndarray) or a.dtype != np.uint8 or a.shape != self.in_shape \
                 or not a.flags.c_contiguous:
             raise ValueError(f"conv: the input must be a C-contiguous uint8 array of shape {self.in_shape}")
@@ -174,6 +179,13 @@ cdef class ConvCall:
             raise ValueError(f"conv: the output must be a writeable C-contiguous {np.dtype(self.out_dtype).name} "
                              f"array of shape {self.out_shape}")
         cdef qc_conv_args g = self.g
+        if self.residual:
+            if not isinstance(res, np.ndarray) or res.dtype != np.uint8 or res.shape != self.out_shape \
+                    or not res.flags.c_contiguous:
+                raise ValueError(f"conv: the residual must be a C-contiguous uint8 array of shape {self.out_shape}")
+            g.res = <const uint8_t *>cnp.PyArray_DATA(<cnp.ndarray>res)
+        elif res is not None:
+            raise ValueError("conv: this call was prepared without a residual")
         g.inp = <const uint8_t *>cnp.PyArray_DATA(<cnp.ndarray>a) + self.off
         g.out = cnp.PyArray_DATA(<cnp.ndarray>out)
         cdef int64_t units = self.units, u, nfail = 0, b, r
@@ -201,7 +213,7 @@ cdef class ConvCall:
 
 
 def prepare(in_shape, geom, int za, packed, wg, zc, mult, bias, int mode, clamp, int zo, isa, opad=(0, 0),
-            bint nchw=False, crop=None, dwpack=None, lpad=(0, 0), tapsum=None):
+            bint nchw=False, crop=None, dwpack=None, lpad=(0, 0), tapsum=None, residual=None):
     """A :class:`ConvCall` for uint8 NHWC inputs of shape ``in_shape`` (B, H, W, Cp).
 
     ``geom``: (OH, OW, KH, KW, sh, sw, ph, pw, dh, dw, N, groups, Cg).  groups == 1: ``packed`` is the
@@ -214,7 +226,9 @@ def prepare(in_shape, geom, int za, packed, wg, zc, mult, bias, int mode, clamp,
     (y0, x0) (the interior of a buffer with a border, seen with the border this layer's padding needs); None:
     the whole image.  ``lpad``: the zero padding carried inside that window (its outer ``lpad`` rows and columns
     hold ``za``): taps there are skipped where the kernel can, which needs ``tapsum`` (int32 (KH*KW, Np): per
-    tap the sum over its channels of each column's weights, zero past N) to correct the zero point.  ``clamp``: None, or (lo, hi) floats the output is clipped to before rounding (float
+    tap the sum over its channels of each column's weights, zero past N) to correct the zero point.
+    ``residual`` = (zr, mr) (uint8 output, groups == 1): :meth:`ConvCall.run` takes residual codes laid out like
+    the output, and the epilogue adds ``float32(r - zr) * mr`` after the bias, before the clamp.  ``clamp``: None, or (lo, hi) floats the output is clipped to before rounding (float
     output: the activation's bounds, e.g. (0, inf) for ReLU; uint8 output: in code units relative to ``zo``,
     within [-zo, 255 - zo]); uint8 output without a clamp clips to [-zo, 255 - zo].  ``mode``: 0 int32,
     1 float32, 2 uint8 output.  The output array is ``(B*(OH + 2*opad[0])*(OW + 2*opad[1]), ldo)`` with
@@ -317,6 +331,15 @@ def prepare(in_shape, geom, int za, packed, wg, zc, mult, bias, int mode, clamp,
     call.g.mult = &mv[0]
     call.g.bias = &bv[0] if bias is not None else NULL
     call.g.mode, call.g.zo = mode, zo
+    call.g.res = NULL
+    call.residual = residual is not None
+    call.g.zr, call.g.mr = 0, 0.0
+    if residual is not None:
+        if mode != 2 or groups != 1:
+            raise ValueError("conv: a residual is for uint8 output of a convolution with groups == 1")
+        call.g.zr, call.g.mr = int(residual[0]), float(residual[1])
+        if not 0 <= call.g.zr <= 255:
+            raise ValueError("conv: the residual zero point must lie in [0, 255]")
     call.g.clamp = clamp is not None or mode == 2
     if clamp is not None:
         call.g.clo, call.g.chi = float(clamp[0]), float(clamp[1])

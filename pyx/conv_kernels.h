@@ -42,6 +42,10 @@ typedef struct {
     const float *mult;        /* per column, padded */
     const float *bias;        /* per column, padded, or NULL */
     int mode;                 /* 0 int32, 1 float32, 2 uint8 */
+    const uint8_t *res;       /* uint8 output: a residual added before the clamp (the same layout as out, element
+                                 o of out meets res[o]), or NULL: y += float(res - zr) * mr */
+    int32_t zr;
+    float mr;
     int clamp;                /* clip y to [clo, chi] (ReLU, ReLU6, ...); uint8 output always clips */
     float clo, chi;           /* float: the activation's bounds; uint8: in output-code units, within [-zo, 255-zo] */
     int32_t zo;               /* output zero point (mode 2) */
@@ -224,6 +228,10 @@ static inline void qc_conv_epi_scalar(const qc_conv_args *g, int64_t ro, int64_t
     }
     float y = (float)x * g->mult[j];
     if (g->bias) y = y + g->bias[j];
+    if (g->res && g->mode == 2) {
+        float t = (float)((int32_t)g->res[ro + j] - g->zr) * g->mr;
+        y = y + t;
+    }
     if (g->mode == 1) {
         if (g->clamp) {
             y = y < g->clo ? g->clo : y;
@@ -258,6 +266,15 @@ static inline void qc_conv_epi_scalar(const qc_conv_args *g, int64_t ro, int64_t
             if (g->bias) {                                                                                   \
                 const float *bi = g->bias + j;                                                               \
                 for (int64_t i = 0; i < m; i++) y[i] = y[i] + bi[i];                                         \
+            }                                                                                                \
+            if (g->res && g->mode == 2) {                                                                    \
+                const uint8_t *rs = g->res + ro + j;                                                         \
+                const int32_t zr = g->zr;                                                                    \
+                const float mr = g->mr;                                                                      \
+                for (int64_t i = 0; i < m; i++) {                                                            \
+                    float t = (float)((int32_t)rs[i] - zr) * mr;                                             \
+                    y[i] = y[i] + t;                                                                         \
+                }                                                                                            \
             }                                                                                                \
             const float lo = g->clo, hi = g->chi;                                                            \
             if (g->clamp)                                                                                    \
@@ -381,6 +398,11 @@ qc_epi16_vnni(const qc_conv_args *g, int64_t o, int64_t j, __m512i acc, __mmask1
     }
     __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(x), _mm512_maskz_loadu_ps(m, g->mult + j));
     if (g->bias) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, g->bias + j));
+    if (g->res && g->mode == 2) {
+        __m512i r = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, g->res + o + j));
+        y = _mm512_add_ps(y, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(r, _mm512_set1_epi32(g->zr))),
+                                           _mm512_set1_ps(g->mr)));
+    }
     const __m512 flo = _mm512_set1_ps(g->clo), fhi = _mm512_set1_ps(g->chi);
     if (g->mode == 1) {
         if (g->clamp) y = _mm512_min_ps(_mm512_max_ps(y, flo), fhi);

@@ -279,3 +279,38 @@ def test_batches_of_eight_skip_the_padding_exactly(isa, case):
         assert (u[:, 0] == 3).all() and (u[:, :, -1] == 3).all()
         np.testing.assert_array_equal(pc.run_codes(a.codes, "float", in_border=border, nchw=True),
                                       ref_float(racc, 0.05, sw, bias, True).transpose(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("batch", [2, 8])
+def test_fused_residual_addition_equals_the_reference(isa, batch):
+    """A residual added in the epilogue (ResNet's conv -> BN -> + identity -> ReLU in one pass)."""
+    from qcore.ops.cnn import quantize
+
+    rng = np.random.default_rng(12)
+    wc = rng.integers(-127, 128, (24, 16, 3, 3)).astype(np.int8)
+    sw = rng.uniform(0.005, 0.02, 24).astype(np.float32)
+    bias = rng.normal(size=24).astype(np.float32)
+    pc = PackedConv2d(wc, sw, bias, padding=1, input_scale=0.05, input_zero_point=20, relu=True)
+    x = rng.normal(size=(batch, 16, 6, 7)).astype(np.float32)
+    a = quantize(x, 0.05, 20, border=(1, 1))
+    r = quantize(rng.normal(size=(batch, 24, 6, 7)).astype(np.float32), 0.03, 110, border=(1, 1))
+    so, zo = 0.06, 9
+    u = pc.run_codes(a.codes, "uint8", so, zo, in_border=(1, 1), out_padding=(1, 1),
+                     residual=(r.codes, r.scale, r.zero_point))
+    racc = ref_conv_int(a.interior(), 20, wc, (1, 1), (1, 1), (1, 1), 1)
+    b = (bias.astype(np.float64) / so).astype(np.float32)
+    want = ref.conv_epilogue(racc, _mult(0.05, sw, so), b, (0.0, np.float32(255 - zo)), zo,
+                             residual=(r.interior()[..., :24], 110, np.float32(0.03 / so)))
+    np.testing.assert_array_equal(u[:, 1:-1, 1:-1, :24], want)
+    assert (u[:, 0] == zo).all() and (u[..., 24:] == zo).all()
+    # the float sum of the two, requantized, within a code or two
+    conv_f = ref.conv_epilogue(racc, _mult(0.05, sw), bias)
+    exp = np.clip(np.rint(np.maximum(conv_f + (r.interior()[..., :24].astype(np.float32) - 110) * 0.03, 0) / so) + zo,
+                  0, 255)
+    assert np.abs(u[:, 1:-1, 1:-1, :24].astype(np.int64) - exp).max() <= 2
+    with pytest.raises(ValueError, match="residual codes"):
+        pc.run_codes(a.codes, "uint8", so, zo, in_border=(1, 1), residual=(r.codes, r.scale, r.zero_point))
+    dwc = PackedConv2d(rng.integers(-127, 128, (16, 1, 3, 3)).astype(np.int8), np.ones(16), padding=1, groups=16,
+                       input_scale=0.05, input_zero_point=20)
+    with pytest.raises(ValueError, match="groups == 1"):
+        dwc.run_codes(a.codes, "uint8", so, zo, in_border=(1, 1), residual=(a.codes, 0.05, 20))

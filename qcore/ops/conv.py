@@ -273,7 +273,7 @@ class PackedConv2d:
 
     # -- the convolution ---------------------------------------------------------------------------------
     def run_codes(self, a, output: str = "float", out_scale=None, out_zero_point=0, *, padded_input: bool = False,
-                  out_padding=(0, 0), nchw: bool = False, in_border=None) -> np.ndarray:
+                  out_padding=(0, 0), nchw: bool = False, in_border=None, residual=None) -> np.ndarray:
         """The convolution of uint8 NHWC input codes ``a`` ``(B, H, W, Cp)`` (zero point = the input's).
 
         ``output``: ``"float"`` -> float32 ``(B, OH, OW, N)``; ``"uint8"`` -> codes ``(B, OH, OW, roundup4(N))``
@@ -284,27 +284,38 @@ class PackedConv2d:
         inside the buffer, the fastest path.  ``padded_input``: the same with a border equal to the padding
         (:meth:`quantize_input` with ``padded=True``).  ``out_padding`` (uint8 output): write the codes into
         ``(B, OH + 2*p, OW + 2*q, Cp')`` with a border of ``out_zero_point``.  ``nchw`` (float output): float32
-        ``(B, N, OH, OW)`` instead.
+        ``(B, N, OH, OW)`` instead.  ``residual = (codes, scale, zero_point)`` (uint8 output, ``groups == 1``): a
+        residual addition fused into the epilogue — ``codes`` laid out like the output (its border and padded
+        channels), ``y = y + float32(r - zr) * float32(sr / so)`` after the bias and before the clamp.
 
         The kernel's arguments are validated and prepared once per input shape and output form
         (``qcore_plugins._conv.ConvCall``, cached on the layer); later calls check only ``a``.
         """
         conv, g = _ext()
         isa = g.ISA.copy
+        rspec, rcodes = None, None
+        if residual is not None:
+            rcodes, rs, rz = residual
+            rspec = (float(rs), int(rz))
         key = (isa, getattr(a, "shape", None), output, out_scale, out_zero_point, padded_input, out_padding, nchw,
-               in_border)
+               in_border, rspec)
         hit = self._calls.get(key)
         if hit is None:
             hit = self._calls.setdefault(key, self._prepare_call(a, output, out_scale, out_zero_point, padded_input,
-                                                                 out_padding, nchw, in_border, isa))
+                                                                 out_padding, nchw, in_border, isa, rspec))
         call, shape = hit
         if not a.flags.c_contiguous:
             a = np.ascontiguousarray(a)
         out = np.empty(call.out_shape, call.out_dtype)
-        call.run(a, out)
+        if rcodes is not None:
+            if not isinstance(rcodes, np.ndarray) or rcodes.dtype != np.uint8 or rcodes.shape != shape:
+                raise ValueError(f"residual codes must be uint8 of the output's shape {shape}")
+            rcodes = np.ascontiguousarray(rcodes).reshape(call.out_shape)
+        call.run(a, out, rcodes)
         return out.reshape(shape)
 
-    def _prepare_call(self, a, output, out_scale, out_zero_point, padded_input, out_padding, nchw, in_border, isa):
+    def _prepare_call(self, a, output, out_scale, out_zero_point, padded_input, out_padding, nchw, in_border, isa,
+                      rspec=None):
         """(ConvCall, result shape) for inputs like ``a`` (all of :meth:`run_codes`'s validation)."""
         conv, g = _ext()
         if not isinstance(a, np.ndarray) or a.dtype != np.uint8 or a.ndim != 4 or a.shape[3] != self.cp:
@@ -363,8 +374,16 @@ class PackedConv2d:
                 tapsum = np.zeros((self._w2d.shape[1] // self.cp, np_), np.int32)
                 tapsum[:, :n] = self._w2d.reshape(n, -1, self.cp).astype(np.int32).sum(axis=2).T
                 tapsum = self._packed.setdefault(("tapsum", np_), tapsum)
+        res = None
+        if rspec is not None:
+            if mode != 2 or self.groups != 1:
+                raise ValueError("a residual is fused only into uint8 output of a convolution with groups == 1")
+            rs, rz = rspec
+            if not (np.isfinite(rs) and rs > 0) or not 0 <= rz <= 255:
+                raise ValueError("the residual's scale must be positive and finite and its zero point in [0, 255]")
+            res = (rz, float(np.float32(rs / so)))
         call = conv.prepare(a.shape, geom, self._za, packed, wg, zc, mult, bias, mode, clamp, zo, isa, opad, nchw,
-                            crop, self._dw_for(isa), lpad, tapsum)
+                            crop, self._dw_for(isa), lpad, tapsum, res)
         if nchw:
             shape = (bsz, n, oh, ow)
         else:
