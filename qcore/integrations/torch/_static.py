@@ -360,8 +360,8 @@ class StaticLinear(_StaticBase):
         self.in_features, self.out_features = int(in_features), int(out_features)
         if tuple(np.shape(codes)) != (self.out_features, self.in_features):
             raise ValueError(f"weight codes must have shape ({out_features}, {in_features}), got {np.shape(codes)}")
-        #: (C, H, W) when the input is a flattened image: the layer then also runs as a (H, W) convolution on the
-        #: image's codes (``torch.flatten`` of NCHW is the convolution's (c, h, w) reduction order)
+        #: (C, H, W) of the flattened image last given: the layer runs as a (H, W) convolution on the image's
+        #: codes (``torch.flatten`` of NCHW is the convolution's (c, h, w) reduction order)
         self.image_shape: tuple | None = None
         self._init_static(codes, wscale, bias, in_scale, in_zp, bits, signed, weight_bits, relu)
 
@@ -369,16 +369,16 @@ class StaticLinear(_StaticBase):
         p = _ops().PackedConv2d.linear(self.weight_codes.numpy(), self.weight_scale.numpy(),
                                        None if self.bias is None else self.bias.numpy(), **self._plan_kwargs())
         self._set_plan(p)
-        self.__dict__["_image_plan"] = None
+        self.__dict__["_image_plan_cache"] = None
 
     def _image_plan(self):
-        ip = self.__dict__.get("_image_plan")
+        ip = self.__dict__.get("_image_plan_cache")
         if ip is None or ip[0] != self.image_shape:
             c, h, w = self.image_shape
             p = _ops().PackedConv2d(self.weight_codes.numpy().reshape(self.out_features, c, h, w),
                                     self.weight_scale.numpy(), None if self.bias is None else self.bias.numpy(),
                                     **self._plan_kwargs())
-            ip = self.__dict__["_image_plan"] = (self.image_shape, p)
+            ip = self.__dict__["_image_plan_cache"] = (self.image_shape, p)
         return ip[1]
 
     def forward(self, x):
@@ -387,7 +387,8 @@ class StaticLinear(_StaticBase):
             if self._accepts(x):
                 if x.lead is not None and x.codes.shape[-1] == p.cp:
                     return self._run(x.codes, x.lead, x.device, x.dtype)
-                if x.flat is not None and x.flat == self.image_shape:  # the image, read by a (H, W) convolution
+                if x.flat is not None and math.prod(x.flat) == self.in_features:  # the image, read by a (H, W)
+                    self.image_shape = x.flat                                        # convolution
                     ip = self._image_plan()
                     if self.output_scale is not None:
                         out = ip.run_codes(x.codes, "uint8", self.output_scale, self.output_zero_point,
