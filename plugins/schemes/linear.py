@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 import qcore
-from qcore.kernels import reference
+from qcore.kernels.affine import search_scales as search_scales_reference  # the numpy reference (tests)
 from qcore.quantization.forms import Affine, Table
 
 #: below this a scale would make 1/scale overflow float32; ranges that small quantize to zero
@@ -47,9 +47,6 @@ def scale_divisors(bits: int) -> np.ndarray:
     top = 1 << (bits - 1)
     return np.linspace(top - 1.5, top + 0.5, 9).astype(np.float32)
 
-
-# the numpy reference of the scale search (the base Kernel's ``search_scales``), under its old name here
-search_scales_reference = reference.search_scales
 
 
 def finite_grid(scale: np.ndarray, zp: np.ndarray, qmin: int, qmax: int) -> np.ndarray:

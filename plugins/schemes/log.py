@@ -32,7 +32,7 @@ A constant tensor (or channel) comes back exactly (its scale is ``|c|``); an all
 code 0.  NaN/Inf raise :class:`qcore.InputError`.  Granularity ``tensor``, ``channel`` or ``group``.
 
 Encode, error search and decode are operations of the scheme's :class:`qcore.Kernel` (``log_encode``,
-``log_sse``, ``lut_decode``; their numerics are specified in qcore/kernels/base.py): the default ``cython``
+``log_sse``, ``lut_decode``; their numerics are specified in qcore/kernels/codebook.py): the default ``cython``
 kernel runs them in C (GIL released, OpenMP), ``kernel="numpy"`` in the numpy reference, with the same codes
 bit for bit.
 """
