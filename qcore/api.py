@@ -75,9 +75,9 @@ def get_kernel(name: str | Kernel | None = None, *, capability: str | None = Non
     * ``name`` given: that kernel (``"numpy"`` is the reference of every capability); with ``capability``, it
       must declare it.
     * ``capability`` given: the available kernel of highest priority that declares it (``"affine"``,
-      ``"codebook"``, ``"histogram"``, ``"int8_gemm"``, ``"lowbit_gemm"``, ``"qconv2d"``, ...).
+      ``"codebook"``, ``"histogram"``, ``"kmeans_fit"``, ``"int8_gemm"``, ``"lowbit_gemm"``, ``"qconv2d"``).
     * neither: the available kernel of highest priority among those declaring what schemes and observers use
-      (``affine``, ``codebook``, ``histogram``): ``cython``, else ``numpy``.
+      (``affine``, ``codebook``, ``histogram``, ``kmeans_fit``): ``cython``, else ``numpy``.
 
     :raises qcore.KernelNotFound: an unknown name, a kernel whose extension cannot run here, a kernel without
         the capability, no available kernel with it, or an unknown capability name

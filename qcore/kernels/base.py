@@ -18,23 +18,24 @@ from .conv import ConvOps
 from .core import KernelBase, code_dtype, kernel_instance, packed_size
 from .histogram import HistogramOps
 from .int8_gemm import Int8GemmOps
+from .kmeans import KMeansFit
 from .lowbit import LowbitOps, lowbit_table_bytes
 
 #: the capability interfaces, in the order of docs/contracts.md §1
-CAPABILITY_CLASSES: tuple[type[KernelBase], ...] = (AffineOps, CodebookOps, HistogramOps, Int8GemmOps, LowbitOps,
-                                                    ConvOps)
+CAPABILITY_CLASSES: tuple[type[KernelBase], ...] = (AffineOps, CodebookOps, HistogramOps, KMeansFit, Int8GemmOps,
+                                                    LowbitOps, ConvOps)
 #: every capability name a kernel may declare
 CAPABILITIES: frozenset[str] = frozenset(c.capability for c in CAPABILITY_CLASSES)
 #: what schemes and observers use through their kernel: ``qcore.get_kernel()`` (no name, no capability) picks
 #: the kernel of highest priority among those declaring all of these
-SCHEME_CAPABILITIES: frozenset[str] = frozenset({"affine", "codebook", "histogram"})
+SCHEME_CAPABILITIES: frozenset[str] = frozenset({"affine", "codebook", "histogram", "kmeans_fit"})
 
 
-class Kernel(AffineOps, CodebookOps, HistogramOps, Int8GemmOps, LowbitOps, ConvOps):
+class Kernel(AffineOps, CodebookOps, HistogramOps, KMeansFit, Int8GemmOps, LowbitOps, ConvOps):
     """Base class of compute kernels: every capability interface (see the module doc).
 
-    ``capabilities`` defaults to what a stage-2 kernel implemented (``affine``, ``codebook``, ``histogram``);
-    a kernel declares its own.
+    ``capabilities`` defaults to what schemes and observers use (``affine``, ``codebook``, ``histogram``,
+    ``kmeans_fit``: what a stage-2 kernel implemented, or ran the reference of); a kernel declares its own.
     """
 
     capabilities: ClassVar[frozenset[str]] = SCHEME_CAPABILITIES

@@ -10,6 +10,7 @@ capability      module                         what it computes
 ``affine``      ``qcore/kernels/affine.py``     min/max, affine quantize / dequantize, bit packing, scale search
 ``codebook``    ``qcore/kernels/codebook.py``   table decode, nearest codebook entry, log levels
 ``histogram``   ``qcore/kernels/histogram.py``  histograms and the error models evaluated on them
+``kmeans_fit``  ``qcore/kernels/kmeans.py``     one-dimensional k-means of many rows at once (``kmeans`` fit)
 ``int8_gemm``   ``qcore/kernels/int8_gemm.py``  packed int8 GEMM (``qcore.ops.qgemm``, 8-bit ``qlinear``)
 ``lowbit_gemm`` ``qcore/kernels/lowbit.py``     low-bit weights kept packed, computed on directly
 ``qconv2d``     ``qcore/kernels/conv.py``       static int8 convolution and the uint8 ops of a static CNN
