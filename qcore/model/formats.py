@@ -10,7 +10,7 @@ A format is a :class:`ModelFormat` with four operations::
 :meth:`QModel.save` (``format=``), :func:`load_quantized` (``qcore.load_quantized``), :func:`inspect` and the
 command line (``quantize``, ``inspect``, ``dequantize``, ``report``) reach formats through this registry only.
 
-The built-in formats (qcore's own file, compressed-tensors folders) are listed by module name in
+The built-in formats (qcore's own file, compressed-tensors folders, GGUF files) are listed by module name in
 :data:`BUILTIN` and imported on first use, the way entry points name plugins: the format modules sit above
 :class:`QModel` (they build one when loading), so the registry below it names them instead of importing them.
 A third party registers its own with :func:`register_format`.
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from .qmodel import QModel
 
 #: modules defining the built-in formats, each as its module-level ``FORMAT`` (a ModelFormat instance)
-BUILTIN = ("qcore.model.format", "qcore.model.compressed_tensors")
+BUILTIN = ("qcore.model.format", "qcore.model.compressed_tensors", "qcore.model.gguf.format")
 
 
 class ModelFormat:
@@ -73,6 +73,11 @@ class ModelFormat:
     def check_plan(self, plan, options: dict | None = None) -> None:
         """Refuse, naming them, the entries of a quantization plan ``[(name, scheme, options)]`` this format
         cannot hold (``ValueError``).  ``options``: the save options that will be passed (e.g. ``source``)."""
+
+    def default_options(self, scheme: str, options: dict) -> dict:
+        """The scheme options the command line uses for this format when the user leaves some unset (default:
+        ``options`` unchanged; GGUF fills in 32-weight blocks with float16 scales)."""
+        return options
 
     def check_save_options(self, options: dict) -> None:
         """Refuse save options this format does not take or that are wrong (``ValueError``/``TypeError``),
@@ -170,7 +175,7 @@ def format_of(path: str | os.PathLike) -> ModelFormat:
 
 def load_quantized(path: str | os.PathLike, *, verify: bool = True) -> "QModel":
     """Read a quantized model in any registered format: a qcore ``.safetensors`` file (or a folder holding
-    one) or a compressed-tensors ``pack-quantized`` folder.
+    one), a compressed-tensors ``pack-quantized`` folder, or a GGUF file of the types qcore writes.
 
     Headers are validated completely before any tensor data is read; a scheme that is not installed raises
     :class:`qcore.SchemeNotFound` naming the plugin distribution the file needs; with ``verify=True``
