@@ -135,6 +135,8 @@ def _orig(row: dict) -> int:
 
 def _describe(row: dict) -> str:
     opts = row.get("options") or {}
+    if opts.get("gguf_type"):  # a GGUF file says what each tensor is stored as
+        return str(opts["gguf_type"])
     if row.get("scheme") is None:
         return ""
     g = opts.get("granularity")

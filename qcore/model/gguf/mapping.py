@@ -39,16 +39,16 @@ def block_type(qt: QTensor) -> tuple[int, dict] | str:
     """``(ggml type, {"scale", "minimum", "shift"})`` storing ``qt`` exactly, or the reason it cannot be.
 
     ``shift`` is subtracted from the codes to get the block codes (the zero point of unsigned codes)."""
+    form = qt.decodes_as()
+    if not isinstance(form, Affine):
+        return (f"scheme {qt.scheme!r} at {qt.bits} bits decodes through "
+                f"{'a lookup table' if form is not None else 'its own decode'}, not d*q (+ m)")
     layout = qt.layout
     if layout.granularity != "group" or layout.group_size != BLOCK:
         what = f"group size {layout.group_size}" if layout.granularity == "group" else f"{layout.granularity} scales"
         return f"{what} (GGUF blocks are 32 consecutive weights)"
     if len(qt.shape) < 1 or len(qt.shape) > 4:
         return f"{len(qt.shape)}-d tensor"
-    form = qt.decodes_as()
-    if not isinstance(form, Affine):
-        return (f"scheme {qt.scheme!r} at {qt.bits} bits decodes through "
-                f"{'a lookup table' if form is not None else 'its own decode'}, not d*q (+ m)")
     scale = np.asarray(form.scale, np.float32)
     if not _f16_exact(scale):
         return "float32 scales (GGUF blocks hold float16 scales: scale_dtype='float16')"

@@ -6,8 +6,9 @@ Read from the folder's own files, no tokenizer library needed:
   and piece types from the protobuf (read here by hand: field 1 of ``ModelProto`` is each piece's
   ``{1: text, 2: score, 3: type}``), plus the added tokens of ``tokenizer.json``;
 * ``tokenizer.json`` with a byte-level BPE model (Llama 3, Qwen2) -> ``"gpt2"``: tokens by id, types (added
-  special tokens are ``CONTROL``), merges, and the pre-tokenizer name llama.cpp knows for the two regexes it is
-  given (``llama-bpe``, ``qwen2``; otherwise ``default``, with a warning);
+  special tokens are ``CONTROL``), merges, and the pre-tokenizer name llama.cpp knows for the split it is given
+  (GPT-2's byte-level regex ``gpt-2``, Llama 3's ``llama-bpe``, Qwen2's ``qwen2``; otherwise ``default``, with a
+  warning);
 * special token ids from config.json / tokenizer_config.json, ``add_bos_token``/``add_eos_token`` and the chat
   template.
 
@@ -182,13 +183,25 @@ def _byte_level_bpe(folder: str, tj: dict, config: dict, vocab_size: int | None)
             pre = PRE_TOKENIZERS[pattern]
             break
     else:
-        warning = ("its pre-tokenizer is not one llama.cpp is known to name (llama-bpe, qwen2): written as "
-                   "'default', so llama.cpp may split text differently from transformers")
+        if not splits and _gpt2_byte_level(tj.get("pre_tokenizer")):
+            pre = "gpt-2"  # ByteLevel with its built-in regex: GPT-2's own split
+        else:
+            warning = ("its pre-tokenizer is not one llama.cpp is known to name (gpt-2, llama-bpe, qwen2): written "
+                       "as 'default', so llama.cpp may split text differently from transformers")
     vocab = {t: i for i, t in enumerate(tokens)}
     return ([("tokenizer.ggml.model", STRING, "gpt2"), ("tokenizer.ggml.pre", STRING, pre),
              ("tokenizer.ggml.tokens", ARRAY, tokens, STRING),
              ("tokenizer.ggml.token_type", ARRAY, types, INT32),
              ("tokenizer.ggml.merges", ARRAY, merges, STRING)] + _special_ids(folder, config, vocab), warning)
+
+
+def _gpt2_byte_level(pre) -> bool:
+    if not isinstance(pre, dict):
+        return False
+    if pre.get("type") == "Sequence":
+        subs = pre.get("pretokenizers", [])
+        return len(subs) == 1 and _gpt2_byte_level(subs[0])
+    return pre.get("type") == "ByteLevel" and pre.get("use_regex", True) is not False
 
 
 def _split_patterns(pre) -> list[str]:
