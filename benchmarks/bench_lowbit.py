@@ -109,8 +109,9 @@ def gemm_section(args):
     shapes = SHAPES
     if args.shapes:
         shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
-    print(f"qcore low-bit path: {ops.lowbit_isa()} (available: {', '.join(ops.lowbit_isas())}); int8 path: "
-          f"{ops.gemm_isa()}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}; threads={args.threads}")
+    kernel = qcore.get_kernel()
+    print(f"qcore ISA level: {kernel.isa} (levels here: {', '.join(kernel.isas())}); "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}; threads={args.threads}")
     print(f"numpy {np.__version__}; onnxruntime {ort.__version__ if ort else '(not installed)'}; "
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
     print(f"load average at start: {os.getloadavg()[0]:.2f}\n")

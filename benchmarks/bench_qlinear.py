@@ -60,7 +60,7 @@ def parse():
                    help="idle pause before each sample, so the previous contender's spinning worker threads "
                         "(OpenBLAS, onnxruntime, OpenMP) have gone to sleep")
     p.add_argument("--shapes", default=None, help="e.g. 128x384x1536,1x4096x4096 (MxKxN)")
-    p.add_argument("--isa", default=None, help="qcore GEMM path (avx512vnni, avx2, baseline)")
+    p.add_argument("--isa", default=None, help="qcore ISA level (avx512vnni, avx512, avx2, baseline)")
     return p.parse_args()
 
 
@@ -77,7 +77,7 @@ def main():
     import qcore.ops as ops
 
     if args.isa:
-        ops.set_gemm_isa(args.isa)
+        qcore.get_kernel().set_isa(args.isa)
 
     try:
         import torch
@@ -99,7 +99,7 @@ def main():
 
     blas = [f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')} threads={i.get('num_threads')}"
             for i in threadpool_info() if i.get("user_api") == "blas"]
-    print(f"qcore GEMM path: {ops.gemm_isa()} (available: {', '.join(ops.available_isas())}); "
+    print(f"qcore ISA level: {qcore.get_kernel().isa} (levels here: {', '.join(qcore.get_kernel().isas())}); "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}; threads={args.threads}")
     print(f"numpy {np.__version__}, BLAS: {'; '.join(blas) or '?'}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
     if torch is not None:

@@ -30,7 +30,7 @@ def _parse():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=2, help="OpenMP / torch threads (default 2)")
     p.add_argument("--repeats", type=int, default=15, help="alternating repeats per case (default 15)")
-    p.add_argument("--isa", default=None, help="force baseline|avx2|avx512 (default: best the CPU has)")
+    p.add_argument("--isa", default=None, help="cap the level: baseline|avx2|avx512|avx512vnni (QCORE_ISA; default: best the CPU has)")
     return p.parse_args()
 
 
@@ -86,7 +86,7 @@ def main():
     rng = np.random.default_rng(0)
     n = 1 << 24
     print(f"qcore bench_quantize: {cpu_name()}, {os.cpu_count()} logical CPUs, {ARGS.threads} threads, "
-          f"qcore ISA {_quant.current_isa()} (CPU best {_quant.cpu_isa()}), OpenMP {_quant.have_openmp()}")
+          f"qcore ISA {ck.isa} (levels here: {', '.join(ck.isas())}), OpenMP {_quant.have_openmp()}")
     print(f"python {sys.version.split()[0]}, numpy {np.__version__}, torch {torch.__version__}, "
           f"{ARGS.repeats} alternating repeats, medians")
 

@@ -99,7 +99,7 @@ def main():
                for k, m in contenders.items() if k != "fp32 torch"}
 
     print(f"static int8 CNN, batch {args.batch} x 3x32x32, {args.threads} threads "
-          f"(torch {torch.__version__}, {platform.machine()}, qcore GEMM path {qcore.ops.gemm_isa()}, "
+          f"(torch {torch.__version__}, {platform.machine()}, qcore ISA level {qcore.get_kernel().isa}, "
           f"load average {os.getloadavg()[0]:.2f})")
     print(f"  {'model':34s} {'ms/batch':>9s} {'images/s':>9s} {'qcore speed-up':>15s} {'rel. error':>11s} "
           f"{'best ms':>8s} {'best speed-up':>14s}")

@@ -94,7 +94,7 @@ def main(argv=None) -> int:
 
     isa = ""
     try:
-        isa = qcore.ops.gemm_isa()
+        isa = qcore.get_kernel().isa
     except Exception:  # noqa: BLE001 - informational only
         pass
     print(f"load average {load0:.2f} at start, {os.getloadavg()[0]:.2f} now (above ~0.5 other work "

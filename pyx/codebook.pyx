@@ -24,7 +24,7 @@ from libc.string cimport memcpy
 import numpy as np
 
 
-from qcore_isa cimport qc_cpu_level, qcore_isa_index, qcore_isa_names, qcore_isa_requested
+from qcore_isa cimport isa_switch
 from qcore_omp cimport qcore_have_openmp, qcore_omp_max_threads, qcore_threads_for
 
 
@@ -45,30 +45,12 @@ def have_openmp():
     return bool(qcore_have_openmp())
 
 
-# instruction-set variant of the C helpers (codebook_kernels.h), as in ``_quant``
-_ISA_NAMES = qcore_isa_names()
-cdef int _isa_level = 0
+def _use_copy(int level):
+    return qc_codebook_select_isa(level)
 
 
-def cpu_isa():
-    """The best instruction-set variant this CPU supports: 'baseline', 'avx2' or 'avx512'."""
-    return _ISA_NAMES[qc_cpu_level()]
-
-
-def select_isa(name):
-    """Use the ``name`` variant (clipped to what the CPU supports); returns the variant in use.
-    Not meant to be called while kernels run in other threads (tests and benchmarks only)."""
-    global _isa_level
-    _isa_level = qc_codebook_select_isa(qcore_isa_index(name))
-    return _ISA_NAMES[_isa_level]
-
-
-def current_isa():
-    """The instruction-set variant in use."""
-    return _ISA_NAMES[_isa_level]
-
-
-_isa_level = qc_codebook_select_isa(qcore_isa_requested())
+#: the instruction-set level this extension runs at and the copy of the codebook_kernels.h loops it selects (qcore/isa.py)
+ISA = isa_switch(("baseline", "avx2", "avx512"), _use_copy)
 
 
 cdef inline int _threads(Py_ssize_t work) noexcept nogil:

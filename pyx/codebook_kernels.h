@@ -73,11 +73,11 @@ static int qc_codebook_select_isa(int level)
     if (level > top) level = top;
     if (level < 0) level = 0;
 #if QC_X86_DISPATCH
-    if (level == 2) { qc_log_sse = qc_log_sse_avx512; return 2; }
-    if (level == 1) { qc_log_sse = qc_log_sse_avx2; return 1; }
+    if (level >= QCORE_ISA_AVX512) { qc_log_sse = qc_log_sse_avx512; return QCORE_ISA_AVX512; }
+    if (level == QCORE_ISA_AVX2) { qc_log_sse = qc_log_sse_avx2; return QCORE_ISA_AVX2; }
 #endif
     qc_log_sse = qc_log_sse_baseline;
-    return 0;
+    return QCORE_ISA_BASELINE;
 }
 
 #endif

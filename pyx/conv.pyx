@@ -12,6 +12,7 @@ cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t
 
+from qcore_isa cimport isa_switch
 from qcore_omp cimport qcore_omp_max_threads
 
 cnp.import_array()
@@ -21,7 +22,6 @@ cdef extern from "conv_kernels.h" nogil:
         QC_ISA_PORTABLE
         QC_ISA_AVX2
         QC_ISA_VNNI
-    int qc_cpu_supports(int isa)
     int qc_isa_nr(int isa)
     int qc_isa_bpe(int isa)
     ctypedef struct qc_conv_args:
@@ -53,21 +53,29 @@ cdef extern from "conv_kernels.h" nogil:
     int qc_conv_unit(const qc_conv_args *g, int64_t u)
 
 
-# the GEMM's path names (pyx/gemm.pyx, QCORE_ISA's values); "portable" is the old name of "baseline"
-ISA_NAMES = ("baseline", "avx2", "avx512vnni")
-_ISA_CODES = {"baseline": QC_ISA_PORTABLE, "portable": QC_ISA_PORTABLE, "avx2": QC_ISA_AVX2, "avx512vnni": QC_ISA_VNNI}
+from qcore.isa import ISA_NAMES
 
 #: below this many multiply-adds a convolution runs on one thread
 PARALLEL_MIN_MACS = 1 << 19
 
+# the copy used when a call passes isa=None (a QCORE_ISA_* level: QC_ISA_PORTABLE, QC_ISA_AVX2 or QC_ISA_VNNI)
+cdef int _isa = QC_ISA_PORTABLE
+
+
+def _use_copy(int level):
+    global _isa
+    _isa = level
+    return level
+
+
+#: the instruction-set level this extension runs at and the copy it selects (qcore/isa.py); the copies are the
+#: int8 GEMM's (packed weights carry their own)
+ISA = isa_switch(("baseline", "avx2", "avx512vnni"), _use_copy)
+
 
 cdef int _code(isa) except -1:
-    if isa not in _ISA_CODES:
-        raise ValueError(f"unknown instruction set {isa!r}; expected one of {', '.join(ISA_NAMES)}")
-    cdef int c = _ISA_CODES[isa]
-    if not qc_cpu_supports(c):
-        raise ValueError(f"this CPU cannot run the {isa!r} path")
-    return c
+    """The copy of level ``isa`` (None: the current one); ValueError above the QCORE_ISA cap or the CPU."""
+    return _isa if isa is None else ISA_NAMES.index(ISA.copy_for(isa))
 
 
 def _check(a, dtype, ndim, name):

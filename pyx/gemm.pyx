@@ -12,6 +12,7 @@ cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint32_t
 
+from qcore_isa cimport isa_switch
 from qcore_omp cimport qcore_omp_max_threads
 
 cnp.import_array()
@@ -42,7 +43,6 @@ cdef extern from "gemm_kernels.h" nogil:
         qc_epi e
         int64_t MC, NC, KC
         int64_t units_m, units_n
-    int qc_cpu_supports(int isa)
     int qc_isa_nr(int isa)
     int qc_isa_mr(int isa)
     int qc_isa_bpe(int isa)
@@ -55,45 +55,27 @@ cdef extern from "gemm_kernels.h" nogil:
     int32_t qc_row_sum_u8(const uint8_t *a, int64_t K)
 
 
-# the GEMM's paths, named with QCORE_ISA's values (qcore/isa.py); "portable" is the old name of "baseline"
-ISA_NAMES = ("baseline", "avx2", "avx512vnni")
-_ISA_CODES = {"baseline": QC_ISA_PORTABLE, "avx2": QC_ISA_AVX2, "avx512vnni": QC_ISA_VNNI}
+from qcore.isa import ISA_NAMES
 
 #: below this many multiply-adds a GEMM runs on one thread (starting a parallel region costs microseconds)
 PARALLEL_MIN_MACS = 1 << 19
 cdef int64_t _PAR_MIN = PARALLEL_MIN_MACS
 
-
-def available_isas():
-    """Instruction-set paths this CPU can run, best first."""
-    return [n for n in reversed(ISA_NAMES) if qc_cpu_supports(_ISA_CODES[n])]
-
-
+# the copy new packed weights are built for (a QCORE_ISA_* level: QC_ISA_PORTABLE, QC_ISA_AVX2 or QC_ISA_VNNI)
 cdef int _isa = QC_ISA_PORTABLE
 # blocking overrides for tuning (0: automatic)
 cdef int64_t _mc_override = 0, _nc_override = 0, _kc_override = 0
 
 
-def get_isa():
-    """Name of the instruction-set path new packed weights are built for."""
-    return ISA_NAMES[_isa]
-
-
-def set_isa(name):
-    """Select the instruction-set path (``"avx512vnni"``, ``"avx2"`` or ``"baseline"``; ``"portable"`` is still
-    accepted for ``"baseline"``).
-
-    Weights packed earlier keep the layout of the path they were packed for and keep running on it.
-    """
+def _use_copy(int level):
     global _isa
-    if name == "portable":
-        name = "baseline"
-    if name not in _ISA_CODES:
-        raise ValueError(f"unknown GEMM instruction set {name!r}; expected one of {', '.join(ISA_NAMES)}")
-    code = _ISA_CODES[name]
-    if not qc_cpu_supports(code):
-        raise ValueError(f"this CPU cannot run the {name!r} GEMM path; available: {', '.join(available_isas())}")
-    _isa = code
+    _isa = level
+    return level
+
+
+#: the instruction-set level this extension runs at and the GEMM copy it selects (qcore/isa.py).  Weights
+#: packed earlier keep the layout of the copy they were packed for and keep running on it.
+ISA = isa_switch(("baseline", "avx2", "avx512vnni"), _use_copy)
 
 
 def _set_blocking(mc=0, nc=0, kc=0):
@@ -102,20 +84,10 @@ def _set_blocking(mc=0, nc=0, kc=0):
     _mc_override, _nc_override, _kc_override = int(mc), int(nc), int(kc)
 
 
-def _init_isa():
-    # QCORE_ISA (or the deprecated QCORE_GEMM_ISA) through qcore/isa.py: the best path not above it
-    from qcore.isa import choose
-    i = choose(ISA_NAMES, [bool(qc_cpu_supports(_ISA_CODES[n])) for n in ISA_NAMES], gemm=True)
-    set_isa(ISA_NAMES[i])
-
-
-_init_isa()
-
-
 cdef class PackedB:
     """Weights ``b`` (N x K) packed once into the panel layout of one instruction-set path.
 
-    Attributes: ``isa`` (path name), ``n``, ``k``, ``kp`` (K rounded up to 4), ``np_`` (N rounded up to the
+    Attributes: ``isa`` (the copy's level name), ``n``, ``k``, ``kp`` (K rounded up to 4), ``np_`` (N rounded up to the
     panel width ``nr``), ``data`` (the packed panels), ``colsum`` (int32, length ``np_``: column sums of the
     int8 values the kernel multiplies, i.e. ``b`` for int8 input and ``b - 128`` for uint8 input),
     ``flipped`` (True if uint8 input was shifted by -128).
@@ -142,13 +114,12 @@ cdef inline int64_t _roundup(int64_t x, int64_t m) nogil:
 
 
 def pack_b(b, isa=None):
-    """Pack a C-contiguous int8 or uint8 matrix ``b`` of shape (N, K) (K >= 1, N >= 1) for ``isa``.
+    """Pack a C-contiguous int8 or uint8 matrix ``b`` of shape (N, K) (K >= 1, N >= 1) for the copy of level
+    ``isa`` (None: the current one; ``ValueError`` above the ``QCORE_ISA`` cap or the CPU).
 
     uint8 values are stored as ``b - 128`` (int8); the caller shifts the zero point the same way.
     """
-    cdef int code = _isa if isa is None else _ISA_CODES[isa]
-    if not qc_cpu_supports(code):
-        raise ValueError(f"this CPU cannot run the {ISA_NAMES[code]!r} GEMM path")
+    cdef int code = _isa if isa is None else ISA_NAMES.index(ISA.copy_for(isa))
     if not isinstance(b, np.ndarray) or b.ndim != 2 or b.dtype not in (np.int8, np.uint8) \
             or not b.flags.c_contiguous:
         raise TypeError("pack_b expects a C-contiguous 2-D int8 or uint8 array")

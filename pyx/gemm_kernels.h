@@ -23,6 +23,8 @@
 #include <stdlib.h>
 #include <math.h>
 
+#include "qcore_isa.h"
+
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
 #include <immintrin.h>
 #define QC_X86 1
@@ -33,7 +35,10 @@
 #endif
 
 
-enum { QC_ISA_PORTABLE = 0, QC_ISA_AVX2 = 1, QC_ISA_VNNI = 2 };
+/* the GEMM's copies, named by their level (qcore_isa.h); the codes are the levels' values */
+#define QC_ISA_PORTABLE QCORE_ISA_BASELINE
+#define QC_ISA_AVX2 QCORE_ISA_AVX2
+#define QC_ISA_VNNI QCORE_ISA_AVX512VNNI
 
 /* register tiles per path (MR rows x NR columns) */
 #define QC_V_MR 8
@@ -43,19 +48,6 @@ enum { QC_ISA_PORTABLE = 0, QC_ISA_AVX2 = 1, QC_ISA_VNNI = 2 };
 #define QC_A_NR 16
 #define QC_P_MR 4
 #define QC_P_NR 16
-
-static int qc_cpu_supports(int isa)
-{
-#if QC_X86
-    __builtin_cpu_init();
-    if (isa == QC_ISA_VNNI)
-        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
-    if (isa == QC_ISA_AVX2)
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#endif
-    return isa == QC_ISA_PORTABLE;
-}
 
 static int qc_isa_nr(int isa) { return isa == QC_ISA_VNNI ? QC_V_NR : (isa == QC_ISA_AVX2 ? QC_A_NR : QC_P_NR); }
 static int qc_isa_mr(int isa) { return isa == QC_ISA_VNNI ? QC_V_MR : (isa == QC_ISA_AVX2 ? QC_A_MR : QC_P_MR); }

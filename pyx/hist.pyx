@@ -17,7 +17,7 @@ from libc.string cimport memmove
 
 cnp.import_array()
 
-from qcore_isa cimport qc_cpu_level, qcore_isa_index, qcore_isa_names, qcore_isa_requested
+from qcore_isa cimport isa_switch
 from qcore_omp cimport qcore_omp_max_threads
 
 
@@ -243,29 +243,12 @@ def kl_divergence(const double[:, ::1] hist, const int64_t[:, ::1] start, const 
     return out_arr
 
 
-# instruction-set copies (QCORE_ISA through qcore/isa.py, like the other extensions): baseline, avx2, avx512
-_ISA_NAMES = qcore_isa_names()
-cdef int _isa_level = 0
+def _use_copy(int level):
+    return hist_select_isa(level)
 
 
-def cpu_isa():
-    """The best copy this CPU runs: 'baseline', 'avx2' or 'avx512'."""
-    return _ISA_NAMES[qc_cpu_level()]
-
-
-def select_isa(name):
-    """Use the ``name`` copy (clipped to what the CPU runs); returns the copy in use (tests and benchmarks)."""
-    global _isa_level
-    _isa_level = hist_select_isa(qcore_isa_index(name))
-    return _ISA_NAMES[_isa_level]
-
-
-def current_isa():
-    """The copy in use."""
-    return _ISA_NAMES[_isa_level]
-
-
-_isa_level = hist_select_isa(qcore_isa_requested())
+#: the instruction-set level this extension runs at and the copy of the hist_kernels.h loops it selects (qcore/isa.py)
+ISA = isa_switch(("baseline", "avx2", "avx512"), _use_copy)
 
 
 def bin_stats(const float[:, ::1] x, const double[::1] lo, const double[::1] sc,

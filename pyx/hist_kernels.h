@@ -277,30 +277,31 @@ static double hist_kl(const double *h, int64_t nb, int64_t s, int64_t e, int64_t
     return kl;
 }
 
-/* use copy ``level`` (0 baseline, 1 AVX2, 2 AVX-512; clipped to what the CPU runs); returns the level in use */
+/* use the copy of ``level`` (a QCORE_ISA_* value; clipped to what the CPU runs and to the copies there are);
+ * returns the level of the copy in use */
 static int hist_select_isa(int level)
 {
     int top = qc_cpu_level();
     if (level > top) level = top;
     if (level < 0) level = 0;
 #if QC_X86_DISPATCH
-    if (level == 2) {
+    if (level >= QCORE_ISA_AVX512) {
         hist_count_rows = hist_count_rows_avx512;
         hist_count_checked = hist_count_checked_avx512;
         hist_sq_error = hist_sq_error_avx512;
-        return 2;
+        return QCORE_ISA_AVX512;
     }
-    if (level == 1) {
+    if (level == QCORE_ISA_AVX2) {
         hist_count_rows = hist_count_rows_avx2;
         hist_count_checked = hist_count_checked_avx2;
         hist_sq_error = hist_sq_error_avx2;
-        return 1;
+        return QCORE_ISA_AVX2;
     }
 #endif
     hist_count_rows = hist_count_rows_baseline;
     hist_count_checked = hist_count_checked_baseline;
     hist_sq_error = hist_sq_error_baseline;
-    return 0;
+    return QCORE_ISA_BASELINE;
 }
 
 #endif

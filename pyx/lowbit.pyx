@@ -5,8 +5,6 @@ Low level and unchecked beyond what memory safety needs: the validating entry po
 ``Kernel.pack_lowbit`` / ``Kernel.lowbit_linear`` (qcore/kernels/base.py) and ``qcore.ops.qlinear``.  The C
 core and the layout are described in ``pyx/lowbit_kernels.h`` and docs/gemm.md ("Low-bit weights").
 """
-import os
-import warnings
 
 import numpy as np
 
@@ -14,7 +12,7 @@ cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uintptr_t
 
-from qcore_isa cimport qcore_isa_requested
+from qcore_isa cimport isa_switch
 from qcore_omp cimport qcore_omp_max_threads
 
 cnp.import_array()
@@ -53,7 +51,6 @@ cdef extern from "lowbit_kernels.h" nogil:
         const int32_t *asum
         float *y
         const float *bias
-    int qlb_cpu_supports(int isa)
     int qlb_tab_index(int c, int e)
     void qlb_pack(const uint8_t *u, int64_t N, int64_t K, int64_t ldu, int bits, int64_t nb,
                   int64_t p0, int64_t p1, uint8_t *out)
@@ -70,55 +67,24 @@ cdef extern from "lowbit_pack.h" nogil:
                            int64_t p0, int64_t p1, uint8_t *buf, uint8_t *s)
 
 
-ISA_NAMES = ("portable", "avx2", "avx512vnni")
-_ISA_CODES = {"portable": QLB_PORTABLE, "avx2": QLB_AVX2, "avx512vnni": QLB_VNNI}
-# QCORE_ISA level names (qcore_isa.pxd) -> the best low-bit path of that level
-_LEVEL_TO_ISA = {"baseline": "portable", "avx2": "avx2", "avx512": "avx512vnni"}
-
 #: below this many multiply-adds a product runs on one thread
 PARALLEL_MIN_MACS = 1 << 19
 #: rows per work unit (the weight columns of a unit stay in cache while its rows are computed)
 ROWS_PER_UNIT = 64
 
-
-def available_isas():
-    """Low-bit GEMM paths this CPU can run, best first."""
-    return [n for n in reversed(ISA_NAMES) if qlb_cpu_supports(_ISA_CODES[n])]
-
-
+# the copy products run on (a QCORE_ISA_* level: QLB_PORTABLE, QLB_AVX2 or QLB_VNNI)
 cdef int _isa = QLB_PORTABLE
 
 
-def get_isa():
-    """Name of the instruction-set path low-bit products run on."""
-    return ISA_NAMES[_isa]
-
-
-def set_isa(name):
-    """Select the path (``"avx512vnni"``, ``"avx2"``, ``"portable"``; QCORE_ISA level names are accepted too).
-
-    The packed layout is the same for every path, so weights packed earlier run on the new path.
-    """
+def _use_copy(int level):
     global _isa
-    name = _LEVEL_TO_ISA.get(name, name)
-    if name not in _ISA_CODES:
-        raise ValueError(f"unknown low-bit GEMM instruction set {name!r}; expected one of {', '.join(ISA_NAMES)}")
-    code = _ISA_CODES[name]
-    if not qlb_cpu_supports(code):
-        raise ValueError(f"this CPU cannot run the {name!r} low-bit path; available: {', '.join(available_isas())}")
-    _isa = code
+    _isa = level
+    return level
 
 
-def _init_isa():
-    level = ("baseline", "avx2", "avx512")[qcore_isa_requested()]  # QCORE_ISA, else the CPU's best level
-    want = _LEVEL_TO_ISA[level]
-    for name in ISA_NAMES[ISA_NAMES.index(want)::-1]:  # the requested path, else the next lower one
-        if qlb_cpu_supports(_ISA_CODES[name]):
-            set_isa(name)
-            return
-
-
-_init_isa()
+#: the instruction-set level this extension runs at and the copy it selects (qcore/isa.py).  The packed layout
+#: is the same for every copy, so weights packed earlier run on the new one.
+ISA = isa_switch(("baseline", "avx2", "avx512vnni"), _use_copy)
 
 
 cdef inline int64_t _cdiv(int64_t a, int64_t b) nogil:

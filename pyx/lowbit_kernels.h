@@ -46,24 +46,14 @@
 #define QLB_X86 0
 #endif
 
-enum { QLB_PORTABLE = 0, QLB_AVX2 = 1, QLB_VNNI = 2 };
+/* the low-bit GEMM's copies, named by their level (qcore_isa.h); the codes are the levels' values */
+#define QLB_PORTABLE QCORE_ISA_BASELINE
+#define QLB_AVX2 QCORE_ISA_AVX2
+#define QLB_VNNI QCORE_ISA_AVX512VNNI
 enum { QLB_LUT_NONE = 0, QLB_LUT_SHARED = 1, QLB_LUT_COLUMN = 2 };
 
 #define QLB_NP 16 /* columns per panel */
 #define QLB_BK 32 /* k per block */
-
-static int qlb_cpu_supports(int isa)
-{
-#if QLB_X86
-    __builtin_cpu_init();
-    if (isa == QLB_VNNI)
-        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
-    if (isa == QLB_AVX2)
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-#endif
-    return isa == QLB_PORTABLE;
-}
 
 typedef struct {
     int bits;               /* 1..8 */

@@ -1,25 +1,18 @@
-# Instruction-set variants shared by the kernel extensions (see qcore_isa.h); the choice follows QCORE_ISA
-# through qcore/isa.py, the one place that reads it.
+# Instruction-set levels shared by the kernel extensions (see qcore_isa.h).  Every extension makes one
+# qcore.isa.Switch at import with isa_switch(): the level it runs at, one for all extensions, capped by QCORE_ISA.
 cdef extern from "qcore_isa.h" nogil:
+    enum:
+        QCORE_ISA_BASELINE
+        QCORE_ISA_AVX2
+        QCORE_ISA_AVX512
+        QCORE_ISA_AVX512VNNI
     int qc_cpu_level()
 
 
-cdef inline tuple qcore_isa_names():
-    """The copies of the affine and codebook kernels (qc_cpu_level's levels 0, 1, 2)."""
-    return ("baseline", "avx2", "avx512")
-
-
-cdef inline int qcore_isa_requested() except -1:
-    """The copy to start with: the best this CPU runs, not above ``QCORE_ISA`` (qcore/isa.py; ValueError if
-    QCORE_ISA is mistyped)."""
-    from qcore.isa import choose
-    top = qc_cpu_level()
-    return choose(qcore_isa_names(), [i <= top for i in range(3)])
-
-
-cdef inline int qcore_isa_index(name) except -1:
-    """The level of the variant called ``name`` (ValueError for an unknown name)."""
-    names = qcore_isa_names()
-    if name not in names:
-        raise ValueError(f"ISA must be one of {names}, got {name!r}")
-    return names.index(name)
+cdef inline object isa_switch(tuple copies, use_copy):
+    """The extension's ``qcore.isa.Switch``: ``copies`` are the levels its hot loops have copies for (lowest
+    first, ``"baseline"`` included); ``use_copy(level)`` makes the C side run the copy of that level (a
+    ``QCORE_ISA_*`` value) and returns the level of the copy it actually runs.  Raises the ``ValueError`` of a
+    mistyped ``QCORE_ISA``."""
+    from qcore.isa import Switch
+    return Switch(copies, qc_cpu_level(), use_copy)

@@ -14,7 +14,7 @@ Layouts (the Python side reshapes the ``(outer, C, inner)`` views into one of th
   (per-channel along the last axis, where parameters change from one element to the next).
 
 The inner loops are C helpers in ``quant_kernels.h`` (vectorized at baseline SSE2, with AVX2 and
-AVX-512 copies chosen at import; ``QCORE_ISA=baseline|avx2|avx512`` overrides for tests).
+AVX-512 copies; ``ISA``, the extension's ``qcore.isa.Switch``, picks one, capped by ``QCORE_ISA``).
 """
 
 from cython.parallel cimport prange
@@ -23,7 +23,7 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
 
-from qcore_isa cimport qc_cpu_level, qcore_isa_index, qcore_isa_names, qcore_isa_requested
+from qcore_isa cimport isa_switch
 from qcore_omp cimport qcore_have_openmp, qcore_omp_max_threads, qcore_threads_for
 
 
@@ -61,33 +61,12 @@ cdef Py_ssize_t CHUNK_MIN = 1 << 14
 # a run is never split into pieces shorter than this
 cdef Py_ssize_t SPLIT_MIN = 4096
 
-_ISA_NAMES = qcore_isa_names()
+def _use_copy(int level):
+    return qc_select_isa(level)
 
 
-def cpu_isa():
-    """The best instruction-set variant this CPU supports: 'baseline', 'avx2' or 'avx512'."""
-    return _ISA_NAMES[qc_cpu_level()]
-
-
-cdef int _isa_level = 0
-
-
-def select_isa(name):
-    """Use the ``name`` variant (clipped to what the CPU supports); returns the variant in use.
-
-    Not meant to be called while kernels run in other threads (tests and benchmarks only).
-    """
-    global _isa_level
-    _isa_level = qc_select_isa(qcore_isa_index(name))
-    return _ISA_NAMES[_isa_level]
-
-
-def current_isa():
-    """The instruction-set variant in use."""
-    return _ISA_NAMES[_isa_level]
-
-
-_isa_level = qc_select_isa(qcore_isa_requested())
+#: the instruction-set level this extension runs at and the copy it selects (qcore/isa.py)
+ISA = isa_switch(("baseline", "avx2", "avx512"), _use_copy)
 
 
 _STREAM_MODES = ("auto", "always", "never")

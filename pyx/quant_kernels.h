@@ -328,17 +328,17 @@ static int qc_select_isa(int level)
     if (level > top) level = top;
     if (level < 0) level = 0;
 #if QC_X86_DISPATCH
-    if (level == 2) {
+    if (level >= QCORE_ISA_AVX512) {
         qc_ops = qc_ops_avx512;
         qc_ops.quant_run_stream = qc_quant_run_avx512_stream;
         qc_ops.deq_run_s8_stream = qc_deq_run_s8_avx512_stream;
         qc_ops.deq_run_u8_stream = qc_deq_run_u8_avx512_stream;
-        return 2;
+        return QCORE_ISA_AVX512;
     }
-    if (level == 1) { qc_ops = qc_ops_avx2; return 1; }
+    if (level == QCORE_ISA_AVX2) { qc_ops = qc_ops_avx2; return QCORE_ISA_AVX2; }
 #endif
     qc_ops = qc_ops_baseline;
-    return 0;
+    return QCORE_ISA_BASELINE;
 }
 
 /* ------------------------------------------------------------------------------------------------ */

@@ -13,11 +13,20 @@ from libc.stdint cimport int64_t
 
 cnp.import_array()
 
+from qcore_isa cimport isa_switch
 from qcore_omp cimport qcore_threads_for
 
 
 cdef extern from "scalesearch_kernels.h" nogil:
     float ss_row(const float *x, int64_t n, const float *dgrid, int nd, float qmin, float qmax, float *err_out)
+
+
+def _use_copy(int level):
+    return 0  # one copy, at the build's baseline (gcc vectorizes the float loops there)
+
+
+#: the instruction-set level this extension runs at (qcore/isa.py); it has only a baseline copy
+ISA = isa_switch(("baseline",), _use_copy)
 
 
 def search_scales(const float[:, ::1] rows, const float[::1] dgrid, int qmin, int qmax):

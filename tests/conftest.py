@@ -6,22 +6,20 @@ import pytest
 # (Set before anything loads the OpenMP runtime.)
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-import qcore.ops as ops  # noqa: E402
+from qcore_plugins import _gemm, _lowbit  # noqa: E402
+
+from isa_levels import at_level, copy_levels  # noqa: E402
 
 
-@pytest.fixture(params=ops.available_isas())
+@pytest.fixture(params=copy_levels(_gemm))
 def isa(request):
-    """Run a test once on every int8 GEMM path this CPU supports, restoring the default after."""
-    old = ops.gemm_isa()
-    ops.set_gemm_isa(request.param)
-    yield request.param
-    ops.set_gemm_isa(old)
+    """Run a test once on every int8 GEMM copy this CPU runs (the kernel at that level), restoring the level after."""
+    with at_level(request.param):
+        yield request.param
 
 
-@pytest.fixture(params=ops.lowbit_isas())
+@pytest.fixture(params=copy_levels(_lowbit))
 def lowbit_isa(request):
-    """Run a test once on every low-bit GEMM path this CPU supports, restoring the default after."""
-    old = ops.lowbit_isa()
-    ops.set_lowbit_isa(request.param)
-    yield request.param
-    ops.set_lowbit_isa(old)
+    """Run a test once on every low-bit GEMM copy this CPU runs (the kernel at that level), restoring the level after."""
+    with at_level(request.param):
+        yield request.param

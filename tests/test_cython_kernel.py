@@ -5,8 +5,6 @@ instruction-set variant this CPU supports (baseline SSE2, AVX2, AVX-512).
 """
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,6 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from qcore.errors import InputError
+from isa_levels import at_level, copy_levels
 from qcore_plugins import _quant
 from qcore_plugins.kernels.cython_kernel import CythonKernel
 from qcore_plugins.kernels.numpy_kernel import NumpyKernel
@@ -24,17 +23,16 @@ from qcore_plugins.kernels.numpy_kernel import NumpyKernel
 CK = CythonKernel()
 NK = NumpyKernel()
 
-ISAS = ["baseline", "avx2", "avx512"][: ("baseline", "avx2", "avx512").index(_quant.cpu_isa()) + 1]
+ISAS = copy_levels(_quant)
 RANGES = [(-128, 127), (0, 255), (-8, 7), (0, 15), (-1, 0), (0, 1), (-2, 1), (3, 200), (-100, -100), (255, 255)]
 F32MAX = float(np.finfo(np.float32).max)
 
 
 @pytest.fixture(params=ISAS)
 def isa(request):
-    before = _quant.current_isa()
-    assert _quant.select_isa(request.param) == request.param
-    yield request.param
-    _quant.select_isa(before)
+    with at_level(request.param):
+        assert _quant.ISA.copy == request.param
+        yield request.param
 
 
 def _bits(a):
@@ -325,33 +323,17 @@ def test_plugin_attributes():
     assert _quant.max_threads() >= 1
 
 
-@pytest.mark.parametrize("module", ["_quant", "_codebook"])
-def test_isa_env_override(module):
-    code = f"from qcore_plugins import {module} as m; print(m.current_isa())"
-    for want in ("baseline", "avx512"):
-        env = dict(os.environ, QCORE_ISA=want)
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-        expect = want if want in ISAS else ISAS[-1]
-        assert out.stdout.strip() == expect
-    env = dict(os.environ, QCORE_ISA="sse9")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.returncode != 0 and "QCORE_ISA" in out.stderr
-
-
 # -- the one histogram / min-max implementation (pyx/hist_kernels.h, pyx/qcore_minmax.h) ---------------------
 from qcore_plugins import _hist  # noqa: E402
 
-HIST_ISAS = ["baseline", "avx2", "avx512"][: ("baseline", "avx2", "avx512").index(_hist.cpu_isa()) + 1]
+HIST_ISAS = copy_levels(_hist)
 
 
 @pytest.fixture(params=HIST_ISAS)
 def hist_isa(request):
-    before = _hist.current_isa(), _quant.current_isa()
-    assert _hist.select_isa(request.param) == request.param
-    _quant.select_isa(request.param)  # the min/max of the kernel comes from _quant: the same level
-    yield request.param
-    _hist.select_isa(before[0])
-    _quant.select_isa(before[1])
+    with at_level(request.param):  # the min/max of the kernel comes from _quant: the same level
+        assert _hist.ISA.copy == _quant.ISA.copy == request.param
+        yield request.param
 
 
 def _floor_bins(x3, lo, width, nb):
@@ -453,11 +435,9 @@ def test_histogram_isa_copies_agree():
     rng = np.random.default_rng(3)
     x = (rng.standard_t(3, 200_003) * 4).astype(np.float32)
     x3 = np.ascontiguousarray(rng.normal(size=(50, 6, 33)).astype(np.float32))
-    before = _hist.current_isa()
     outs = []
-    try:
-        for level in HIST_ISAS:
-            _hist.select_isa(level)
+    for level in HIST_ISAS:
+        with at_level(level):
             a = np.zeros((1, 2048))
             CK.histogram(x, -20.0, 40.0 / 2048, a)
             b = np.zeros((6, 100))
@@ -466,22 +446,12 @@ def test_histogram_isa_copies_agree():
             g0 = np.linspace(-9, -1, 40)[None, :]
             e = CK.histogram_sq_error(idx, cnt, [-20.0], [40.0 / 2048], g0, -2 * g0 / 255, 255.0)
             outs.append((a, b, e))
-    finally:
-        _hist.select_isa(before)
     for a, b, e in outs[1:]:
         np.testing.assert_array_equal(a, outs[0][0])
         np.testing.assert_array_equal(b, outs[0][1])
         np.testing.assert_array_equal(e, outs[0][2])  # the same lanes, in the same order, in every copy
     ref = NK.histogram_sq_error(idx, cnt, [-20.0], [40.0 / 2048], g0, -2 * g0 / 255, 255.0)
     np.testing.assert_allclose(outs[0][2], ref, rtol=1e-9)
-
-
-def test_histogram_isa_env_override():
-    for want in HIST_ISAS:
-        env = dict(os.environ, QCORE_ISA=want)
-        out = subprocess.run([sys.executable, "-c", "from qcore_plugins import _hist; print(_hist.current_isa())"],
-                             env=env, capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0 and out.stdout.strip() == want, out.stderr
 
 
 @pytest.mark.parametrize("threads", [1, 2])

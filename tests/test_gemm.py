@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 import qcore.ops as ops
+from isa_levels import KERNEL, copy_levels
+from qcore_plugins import _gemm
 
-ISAS = ops.available_isas()
+ISAS = copy_levels(_gemm)
 
 
 def ref(a, b, za=0, zb=0):
@@ -139,8 +141,10 @@ def test_bad_input():
         ops.qgemm(a, b, a_zero_point=np.zeros(3, np.int32))
     with pytest.raises(TypeError, match="integer"):
         ops.qgemm(a, b, a_zero_point=0.5)
-    with pytest.raises(ValueError):
-        ops.set_gemm_isa("sse9")
+    with pytest.raises(ValueError, match="sse9"):
+        KERNEL.set_isa("sse9")
+    with pytest.raises(ValueError, match="sse9"):
+        _gemm.pack_b(b.view(np.int8), "sse9")
 
 
 def test_threads_share_packed_weights():
@@ -165,18 +169,19 @@ def test_threads_share_packed_weights():
 
 @pytest.mark.parametrize("name", ISAS)
 def test_env_var_selects_path(name):
-    code = "import qcore.ops as o; print(o.gemm_isa())"
+    code = "import qcore; from qcore_plugins import _gemm; print(qcore.get_kernel().isa, _gemm.ISA.copy)"
     env = dict(os.environ, QCORE_ISA=name)  # one variable for every extension (tests/test_isa.py)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == name
+    assert out.stdout.split() == [name, name]
 
 
-def test_old_env_var_still_selects_the_path_with_a_deprecation_warning():
-    code = "import warnings; warnings.simplefilter('always'); import qcore.ops as o; print(o.gemm_isa())"
+def test_old_env_var_is_a_deprecated_cap():
+    code = ("import warnings; warnings.simplefilter('always'); import qcore; from qcore_plugins import _gemm; "
+            "print(qcore.get_kernel().isa, _gemm.ISA.copy)")
     env = {k: v for k, v in os.environ.items() if k != "QCORE_ISA"}
     env["QCORE_GEMM_ISA"] = "portable"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "baseline"
+    assert out.stdout.split() == ["baseline", "baseline"]
     assert "DeprecationWarning" in out.stderr and "QCORE_GEMM_ISA" in out.stderr
     env["QCORE_GEMM_ISA"] = "nonsense"  # a mistyped value is an error, not silently the best path
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
@@ -187,8 +192,6 @@ def test_old_env_var_still_selects_the_path_with_a_deprecation_warning():
 @pytest.mark.parametrize("n,k", [(1, 1), (5, 7), (33, 65), (64, 128), (17, 1031)])
 def test_unpack_b_is_the_inverse_of_pack(isa, n, k):
     """The int8 weight's panels give back the codes exactly (a QLinear keeps only the panels)."""
-    from qcore_plugins import _gemm
-
     rng = np.random.default_rng(n * k)
     for dtype in (np.int8, np.uint8):
         b = rand(rng, (n, k), dtype)

@@ -102,6 +102,7 @@ def test_scale_search_error_equals_numpy_reference_on_every_isa(bits, rounding):
     """The squared error the ``mse`` scale search minimises: the vectorized C helper (levels built from
     exponent bits, eight fixed lanes) against the numpy reference (table of levels, numpy sum), for ordinary,
     tiny (levels underflow to subnormals and zero) and huge scales; every ISA variant gives the same bits."""
+    from isa_levels import at_level, copy_levels
     from qcore_plugins import _codebook
 
     rng = np.random.default_rng(bits)
@@ -109,20 +110,17 @@ def test_scale_search_error_equals_numpy_reference_on_every_isa(bits, rounding):
     x3[0, 0, :7] = [0.0, -0.0, 1e-45, np.float32(3.4e38), -1e-40, 2.0**-126, 7.0]
     c, r = qcore.get_kernel("cython"), qcore.get_kernel("numpy")  # the kernels' log_sse (qcore/kernels/base.py)
     L = (1 << (bits - 1)) - 1
-    before = _codebook.current_isa()
-    try:
-        for scale in (rng.uniform(0.1, 10, 5), np.full(5, 2.0**-100), np.full(5, 1e-30), np.full(5, 3e38)):
-            scale = scale.astype(np.float32)
-            want = r.log_sse(x3, scale, L, rounding, axis=1)
-            got = []
-            for isa in ["baseline", "avx2", "avx512"][: ["baseline", "avx2", "avx512"].index(_codebook.cpu_isa()) + 1]:
-                assert _codebook.select_isa(isa) == isa
+    for scale in (rng.uniform(0.1, 10, 5), np.full(5, 2.0**-100), np.full(5, 1e-30), np.full(5, 3e38)):
+        scale = scale.astype(np.float32)
+        want = r.log_sse(x3, scale, L, rounding, axis=1)
+        got = []
+        for isa in copy_levels(_codebook):
+            with at_level(isa):
+                assert _codebook.ISA.copy == isa
                 got.append(c.log_sse(x3, scale, L, rounding, axis=1))
-            for g in got:
-                assert g.tobytes() == got[0].tobytes()
-            np.testing.assert_allclose(got[0], want, rtol=1e-12, atol=0)
-    finally:
-        _codebook.select_isa(before)
+        for g in got:
+            assert g.tobytes() == got[0].tobytes()
+        np.testing.assert_allclose(got[0], want, rtol=1e-12, atol=0)
     with pytest.raises(ValueError, match="L must be in"):
         _codebook.log_sse(x3, np.ones(5, np.float32), 128, 0, np.float32(0.0))
 

@@ -66,14 +66,22 @@ def test_cli_method_gptq(tmp_path, capsys):
     model, hfile, out = tmp_path / "m.safetensors", tmp_path / "h.safetensors", tmp_path / "q.safetensors"
     save_file(tensors, str(model))
     save_file({k: v.astype(np.float32) for k, v in hs.items()}, str(hfile))
-    assert main(["quantize", str(model), "-o", str(out), "--bits", "4", "--granularity", "group", "--group-size", "16",
-                 "--method", "gptq", "--calibration", str(hfile), "--quiet"]) == 0
+    opts = ["--bits", "4", "--granularity", "group", "--group-size", "16", "--method", "gptq", "--quiet"]
+    assert main(["quantize", str(model), "-o", str(out), *opts, "--hessians", str(hfile)]) == 0
     qm = qcore.load_quantized(str(out))
     want = qcore.gptq(tensors["l2.weight"], hs["l2.weight"].astype(np.float32), bits=4, granularity="group",
                       group_size=16)
     np.testing.assert_array_equal(qm["l2.weight"].codes, want.codes)
+    # --calibration: the deprecated spelling, same result, says so
+    old = tmp_path / "old.safetensors"
+    assert main(["quantize", str(model), "-o", str(old), *opts, "--calibration", str(hfile)]) == 0
+    assert "deprecated" in capsys.readouterr().err
+    np.testing.assert_array_equal(qcore.load_quantized(str(old))["l2.weight"].codes, want.codes)
+    assert main(["quantize", str(model), "-o", str(tmp_path / "y.safetensors"), *opts, "--calibration", str(hfile),
+                 "--hessians", str(hfile)]) != 0
+    assert "one of them" in capsys.readouterr().err
     assert main(["quantize", str(model), "-o", str(tmp_path / "x.safetensors"), "--method", "gptq"]) != 0
-    assert "--calibration" in capsys.readouterr().err
+    assert "--hessians" in capsys.readouterr().err
 
 
 # -- mixed by output error ---------------------------------------------------------------------------------
@@ -135,7 +143,7 @@ def test_relative_output_error():
     # scale-free: a layer with 30x larger inputs has the same relative error
     assert score_candidate(w, qt, hessian=900 * h, relative=True)["error"] == pytest.approx(rel, rel=1e-6)
     p = qcore.get_quantizer("mixed", output_error="relative", candidates="linear:3:channel,linear:4:channel")
-    m = p.measure(w, hessian=h)
+    m = p.measure(w, hessians=h)
     assert m[0]["error"] == pytest.approx(score_candidate(w, qcore.quantize(w, bits=3, granularity="channel"),
                                                          hessian=h, relative=True)["error"])
     with pytest.raises(ValueError, match="output_error"):

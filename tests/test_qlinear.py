@@ -6,9 +6,11 @@ import pytest
 
 import qcore
 import qcore.ops as ops
+from isa_levels import at_level, copy_levels
 from qcore.ops import gemm as gemm_mod
+from qcore_plugins import _gemm
 
-ISAS = ops.available_isas()
+ISAS = copy_levels(_gemm)
 
 
 def quantize_rows_ref(x):
@@ -151,13 +153,9 @@ def test_cache_reused_and_per_isa():
     p1 = gemm_mod._plan_for(w)
     ops.qlinear(x, w)
     assert gemm_mod._plan_for(w) is p1
-    old = ops.gemm_isa()
-    try:
-        for name in ISAS:
-            ops.set_gemm_isa(name)
+    for name in ISAS:
+        with at_level(name):
             np.testing.assert_allclose(ops.qlinear(x, w), y, rtol=1e-6, atol=1e-6)
-    finally:
-        ops.set_gemm_isa(old)
     assert len([key for key in w.cache if key.startswith("qcore.ops.qlinear")]) == len(ISAS)
 
 
@@ -167,7 +165,7 @@ def test_the_plan_is_cached_on_the_qtensor():
     w = qcore.quantize(rng.standard_normal((8, 16)).astype(np.float32), "linear", **WEIGHTS["sym8-channel"])
     x = rng.standard_normal((2, 16)).astype(np.float32)
     y = ops.qlinear(x, w)
-    key = f"{gemm_mod._CACHE_KEY}/{ops.gemm_isa()}"
+    key = f"{gemm_mod._CACHE_KEY}/{_gemm.ISA.copy}"
     plan = w.cache[key]
     np.testing.assert_array_equal(ops.qlinear(x, w), y)
     assert w.cache[key] is plan
@@ -216,12 +214,24 @@ def test_bad_input():
         ops.qlinear(x, w.dequantize())
     with pytest.raises(TypeError):
         ops.qlinear(x.astype(np.complex64), w)
-    class NoTable(qcore.Quantizer):  # a scheme without lookup_table()
-        name = "no-table"
+    class NoForm(qcore.Quantizer):  # a scheme that declares no decode form: qlinear decodes rows with decode()
+        name = "no-form"
 
-    other = qcore.QTensor(w.codes, "no-table", 8, w.params, {}, quantizer=NoTable(bits=8))
-    with pytest.raises(ValueError, match="lookup_table"):
-        ops.qlinear(x, other)
+        def decode(self, codes, params):
+            return (codes.astype(np.float32) * params["scale"].reshape(-1, 1)).astype(np.float32)
+
+    other = qcore.QTensor(w.codes, "no-form", 8, w.params, {}, quantizer=NoForm(bits=8))
+    assert other.decodes_as() is None
+    np.testing.assert_allclose(ops.qlinear(x, other), x @ other.dequantize().T, rtol=1e-5, atol=1e-5)
+
+    class Broken(NoForm):  # a scheme whose decode fails: its error comes through
+        name = "broken"
+
+        def decode(self, codes, params):
+            raise ValueError("broken decode")
+
+    with pytest.raises(ValueError, match="broken decode"):
+        ops.qlinear(x, qcore.QTensor(w.codes, "broken", 8, w.params, {}, quantizer=Broken(bits=8)))
     with pytest.raises(ValueError, match="bias"):
         ops.qlinear(x, w, np.zeros(5, np.float32))
     with pytest.raises(qcore.InputError):

@@ -18,9 +18,9 @@ import pytest
 
 import qcore
 import qcore.ops as ops
-from qcore_plugins import _codebook, _conv, _gemm, _hist, _lowbit, _quant
-
-EXTENSIONS = [_codebook, _conv, _gemm, _hist, _lowbit, _quant]
+from isa_levels import at_level, copy_levels
+from qcore_plugins import _quant
+from qcore_plugins.kernels.cython_kernel import EXTENSIONS
 SIZES = sorted({*range(0, 70), 127, 128, 129, 255, 256, 257, 1023, 1025, 4095, 4096, 4097, 16383, 16385,
                 (1 << 15) - 1, 1 << 15, (1 << 15) + 1, (1 << 16) + 3})
 
@@ -58,15 +58,10 @@ def test_extensions_are_the_instrumented_build():
         assert any(n.startswith("libubsan") for n in needed), (path, needed)
 
 
-@pytest.fixture(params=["baseline", "avx2", "avx512"])
+@pytest.fixture(params=copy_levels(_quant))
 def quant_isa(request):
-    before = _quant.current_isa()
-    got = _quant.select_isa(request.param)
-    if got != request.param:
-        _quant.select_isa(before)
-        pytest.skip(f"CPU has no {request.param}")
-    yield got
-    _quant.select_isa(before)
+    with at_level(request.param):
+        yield request.param
 
 
 def test_quantize_kernels_at_every_size_and_isa(quant_isa):
@@ -106,28 +101,20 @@ def test_pack_unpack_at_every_size():
             np.testing.assert_array_equal(cy.unpack(p, bits, n, True), codes)
 
 
-@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512vnni"])
-def test_gemm_at_tile_boundaries(isa):
-    if isa not in ops.available_isas():
-        pytest.skip(f"CPU has no {isa}")
-    before = ops.gemm_isa()
-    ops.set_gemm_isa(isa)
-    try:
-        rng = np.random.default_rng(2)
-        for m, k, n in [(1, 1, 1), (1, 7, 3), (3, 5, 17), (5, 63, 33), (9, 64, 31), (17, 129, 15), (33, 4, 65),
-                        (1, 1000, 1), (65, 3, 129), (2, 300, 48)]:
-            a = rng.integers(0, 256, (m, k)).astype(np.uint8)
-            b = rng.integers(-127, 128, (n, k)).astype(np.int8)
-            for za, zb in ((0, 0), (128, 0), (7, 3)):
-                want = (a.astype(np.int64) - za) @ (b.astype(np.int64) - zb).T
-                np.testing.assert_array_equal(ops.qgemm(a, b, za, zb), want)
-            w = qcore.quantize(rng.standard_normal((n, k)).astype(np.float32), "linear", bits=8, symmetric=True,
-                               granularity="channel")
-            x = rng.standard_normal((m, k)).astype(np.float32)
-            y = ops.qlinear(x, w, rng.standard_normal(n).astype(np.float32))
-            assert y.shape == (m, n) and np.isfinite(y).all()
-    finally:
-        ops.set_gemm_isa(before)
+def test_gemm_at_tile_boundaries(isa):  # every GEMM copy (the conftest fixture)
+    rng = np.random.default_rng(2)
+    for m, k, n in [(1, 1, 1), (1, 7, 3), (3, 5, 17), (5, 63, 33), (9, 64, 31), (17, 129, 15), (33, 4, 65),
+                    (1, 1000, 1), (65, 3, 129), (2, 300, 48)]:
+        a = rng.integers(0, 256, (m, k)).astype(np.uint8)
+        b = rng.integers(-127, 128, (n, k)).astype(np.int8)
+        for za, zb in ((0, 0), (128, 0), (7, 3)):
+            want = (a.astype(np.int64) - za) @ (b.astype(np.int64) - zb).T
+            np.testing.assert_array_equal(ops.qgemm(a, b, za, zb), want)
+        w = qcore.quantize(rng.standard_normal((n, k)).astype(np.float32), "linear", bits=8, symmetric=True,
+                           granularity="channel")
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        y = ops.qlinear(x, w, rng.standard_normal(n).astype(np.float32))
+        assert y.shape == (m, n) and np.isfinite(y).all()
 
 
 def test_codebook_and_histogram_kernels_at_every_size():

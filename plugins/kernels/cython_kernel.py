@@ -10,8 +10,9 @@ The work happens in three extensions, each a plain set of functions on validated
   statistics (``kmeans``) — and the error models evaluated on them (the histogram observers).
 
 One fused pass per operation, GIL released, OpenMP threads over rows/chunks (``OMP_NUM_THREADS`` honoured;
-small calls stay on one thread), inner loops vectorized at baseline x86-64 with AVX2 / AVX-512 copies chosen
-at import (``QCORE_ISA``, see docs/usage.md).  The schemes and observers reach these only through this kernel.
+small calls stay on one thread), inner loops vectorized at baseline x86-64 with AVX2 / AVX-512 copies: one
+instruction-set level for every extension of the kernel, the best the CPU runs up to the ``QCORE_ISA`` cap,
+switched together by ``set_isa`` (qcore/isa.py, docs/usage.md).  The schemes and observers reach these only through this kernel.
 
 This module only maps the ``(outer, C, inner)`` views the :class:`qcore.Kernel` base class hands over
 onto the two layouts the extension knows:
@@ -42,6 +43,13 @@ try:
     from qcore_plugins import _lowbit
 except ImportError:  # pragma: no cover - only without a built extension
     _lowbit = None
+try:  # the int8 GEMM and convolution (qcore.ops)
+    from qcore_plugins import _conv, _gemm
+except ImportError:  # pragma: no cover - only without a built extension
+    _gemm = _conv = None
+
+#: every extension of this kernel: each holds a ``qcore.isa.Switch`` (``ISA``), and ``set_isa`` switches all
+EXTENSIONS = tuple(m for m in (_quant, _codebook, _hist, _scalesearch, _gemm, _lowbit, _conv) if m is not None)
 
 # runs shorter than this use the element-wise "rows" layout instead of one call per run
 _RUN_MIN = 16
@@ -66,6 +74,18 @@ class CythonKernel(Kernel):
     @classmethod
     def available(cls) -> bool:
         return _quant is not None
+
+    # -- instruction sets: one level for every extension (qcore/isa.py) -------------------------------------
+    def isas(self):
+        return _quant.ISA.levels()
+
+    @property
+    def isa(self):
+        return _quant.ISA.level
+
+    def _set_isa(self, level):
+        for ext in EXTENSIONS:
+            ext.ISA.set(level)
 
     # -- min / max ------------------------------------------------------------------------------------
     def _minmax(self, x3):

@@ -61,6 +61,7 @@ from threadpoolctl import threadpool_limits
 
 import qcore
 from qcore.validation import as_float32, check_int
+from qcore.quantization.forms import Table
 
 
 
@@ -318,6 +319,9 @@ class KMeansQuantizer(qcore.Quantizer):
     def lookup_table(self, params):
         """The codebook is the table: ``param_shape + (2**bits,)``, entry ``c`` for code ``c``."""
         return np.asarray(params["codebook"], np.float32)
+
+    def decodes_as(self, params):
+        return Table(self.lookup_table(params))
 
     def decode(self, codes, params):
         codes = np.asarray(codes)

@@ -42,6 +42,7 @@ import numpy as np
 
 import qcore
 from qcore.kernels import reference
+from qcore.quantization.forms import Affine, Table
 
 #: below this a scale would make 1/scale overflow float32; ranges that small quantize to zero
 MIN_SCALE = np.float32(2.0**-100)
@@ -95,6 +96,7 @@ class LinearQuantizer(qcore.Quantizer):
     options = {"symmetric": False, "granularity": "tensor", "axis": 0, "group_size": 128, "scale_dtype": "float32",
                "zero": "point"}
     self_checking = True
+    linear_rule = True
 
     def __init__(self, bits=8, observer=None, kernel=None, **options):
         super().__init__(bits, observer, kernel, **options)
@@ -280,6 +282,14 @@ class LinearQuantizer(qcore.Quantizer):
             values = np.asarray(values, np.float32) + self._broadcast(
                 np.asarray(params["minimum"], np.float32).reshape(-1), view, axis)
         return values.reshape(codes.shape)
+
+    def decodes_as(self, params):
+        """``Affine(scale, zero_point)`` (symmetric: no zero point; 3-/4-bit scales may be negative); binary
+        1-bit codes are the table ``(+alpha, -alpha)`` for the bit patterns ``0`` (code 0) and ``1`` (code -1)."""
+        scale = np.asarray(params["scale"]).astype(np.float32)
+        if self.signed and self.bits == 1:
+            return Table(np.stack([scale, -scale], axis=-1))
+        return Affine(scale, params.get("zero_point"))
 
     @staticmethod
     def _zero_point(params):

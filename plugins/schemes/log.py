@@ -41,6 +41,7 @@ from __future__ import annotations
 import numpy as np
 
 import qcore
+from qcore.quantization.forms import Table
 from qcore.validation import as_float32
 
 #: scales are kept above this so that |x| / scale stays finite for finite x of a sane magnitude
@@ -119,6 +120,9 @@ class LogQuantizer(qcore.Quantizer):
         m = np.minimum(np.abs(code), self.levels)
         table = np.where(code < 0, -mag[:, m], mag[:, m]).astype(np.float32)
         return table.reshape(scale.shape + (e,))
+
+    def decodes_as(self, params):
+        return Table(self.lookup_table(params))
 
     def decode(self, codes, params):
         codes = np.asarray(codes)

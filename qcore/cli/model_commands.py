@@ -70,10 +70,12 @@ def register(sub) -> None:
                                           "(default: linear 2/3/4/8 per channel and group, kmeans 2-4, log 4-5)")
     sp.add_argument("--method", choices=("rtn", "gptq"), default="rtn",
                     help="rtn: round to nearest (default); gptq: minimise each layer's output error with the "
-                         "Hessians of --calibration (docs/ptq.md)")
-    sp.add_argument("--calibration", metavar="HESSIANS.safetensors",
+                         "Hessians of --hessians (docs/ptq.md)")
+    sp.add_argument("--hessians", metavar="HESSIANS.safetensors",
                     help="per-layer input Hessians (qtorch.collect_hessians); needed by --method gptq, and with "
-                         "--scheme mixed the candidates are judged by their output error")
+                         "--scheme mixed the candidates are judged by their output error on held-out folds")
+    sp.add_argument("--calibration", dest="calibration_alias", metavar="HESSIANS.safetensors",
+                    help="deprecated spelling of --hessians")
     sp.add_argument("--include", action="append", metavar="GLOB", help="quantize only matching tensors (repeatable)")
     sp.add_argument("--exclude", action="append", metavar="GLOB", help="keep matching tensors as they are (repeatable)")
     sp.add_argument("--config", metavar="RULES.toml", help="options and [rules.\"GLOB\"] tables (see docs/models.md)")
@@ -206,23 +208,18 @@ def _is_planner(q) -> bool:
 
 
 def _parse_candidates(text: str) -> list[dict]:
-    """``"linear:4:channel,kmeans:3"`` -> candidate dicts, each checked against its scheme now (a misspelled
-    granularity or scheme is named as such, not reported later as 'no candidate applies')."""
+    """``"linear:4:channel,kmeans:3"`` -> candidate dicts (:func:`qcore.quantization.candidates.parse_candidate`),
+    each checked against its scheme now (a misspelled granularity or scheme is named as such, not reported later
+    as 'no candidate applies')."""
     from ..api import get_quantizer
+    from ..quantization.candidates import parse_candidate
 
     out = []
     for spec in [c.strip() for c in text.split(",") if c.strip()]:
-        parts = spec.split(":")
-        if not 2 <= len(parts) <= 4 or not parts[0]:
-            raise UsageError(f"--candidates: {spec!r} is not 'scheme:bits[:granularity[:group_size]]' (e.g. linear:4:channel)")
         try:
-            d: dict[str, Any] = {"scheme": parts[0], "bits": int(parts[1])}
-            if len(parts) >= 3:
-                d["granularity"] = parts[2]
-            if len(parts) == 4:
-                d["group_size"] = int(parts[3])
-        except ValueError:
-            raise UsageError(f"--candidates: {spec!r}: bits and group size must be integers") from None
+            d = parse_candidate(spec)
+        except ValueError as exc:
+            raise UsageError(f"--candidates: {exc}") from None
         try:
             get_quantizer(d["scheme"], **{k: v for k, v in d.items() if k != "scheme"})
         except KeyError as exc:
@@ -297,15 +294,20 @@ def cmd_quantize(args) -> int:
                          f"(qcore dequantize writes a float copy, but quantizing that again compounds the error)")
     if args.config:
         check_exists(args.config, "--config file")
-    if args.method == "gptq" and not args.calibration:
-        raise UsageError("--method gptq needs --calibration HESSIANS.safetensors (per-layer Hessians written by "
+    if args.calibration_alias:
+        if args.hessians:
+            raise UsageError("--calibration is the deprecated spelling of --hessians; give one of them")
+        print("qcore quantize: --calibration is deprecated; use --hessians", file=sys.stderr)
+        args.hessians = args.calibration_alias
+    if args.method == "gptq" and not args.hessians:
+        raise UsageError("--method gptq needs --hessians HESSIANS.safetensors (per-layer Hessians written by "
                          "qtorch.collect_hessians, see docs/ptq.md)")
-    if args.calibration:
-        check_exists(args.calibration, "--calibration file")
+    if args.hessians:
+        check_exists(args.hessians, "--hessians file")
     cfg: dict[str, Any] = load_config(args.config) if args.config else {}
     # 2. the output: right kind of name, not an input, in a folder we can write
     inputs = input_files(args.input) + ([args.config] if args.config else []) + (
-        [args.calibration] if args.calibration else [])
+        [args.hessians] if args.hessians else [])
     fmt = get_format(args.format)
     save_options = {"source": args.input} if fmt.uses_source else {}
     if fmt.output == "file":
@@ -347,16 +349,16 @@ def cmd_quantize(args) -> int:
         raise UsageError(str(exc)) from None
     # 5. the work
     t0 = time.perf_counter()
-    ptq = {"method": args.method, "hessians": args.calibration} if args.calibration else {}
+    ptq = {"method": args.method, "hessians": args.hessians} if args.hessians else {}
     if ptq and args.method == "rtn" and not _is_planner(q):
-        raise UsageError("--calibration is used by --method gptq or --scheme mixed")
+        raise UsageError("--hessians is used by --method gptq or --scheme mixed")
     try:
         qm = quantize_model(tensors, scheme, include=include, exclude=exclude, rules=rules,
                             budget_bits=budget, progress=not args.quiet, **ptq, **options)
     except (ValueError, TypeError) as exc:
         if not ptq:
             raise
-        raise UsageError(f"--calibration {args.calibration}: {exc}") from None
+        raise UsageError(f"--hessians {args.hessians}: {exc}") from None
     t1 = time.perf_counter()
     bar = progress_bar(1, not args.quiet, "writing")
 

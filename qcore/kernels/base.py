@@ -42,6 +42,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from .. import isa as _isa
 from ..errors import InputError
 from ..validation import as_3d, as_float32, check_int, non_finite_error, normalize_axis
 from . import reference
@@ -77,6 +78,27 @@ class Kernel:
 
     def __repr__(self) -> str:
         return f"<qcore kernel {self.name!r}>"
+
+    # -- instruction sets (qcore/isa.py; docs/contracts.md) ---------------------------------------------
+    def isas(self) -> list[str]:
+        """The instruction-set levels this kernel runs here, best first: none above the CPU's or the
+        ``QCORE_ISA`` cap (``baseline``, ``avx2``, ``avx512``, ``avx512vnni``).  A kernel without copies per
+        level runs ``["baseline"]``."""
+        return ["baseline"]
+
+    @property
+    def isa(self) -> str:
+        """The level this kernel runs at now (one of :meth:`isas`)."""
+        return self.isas()[0]
+
+    def set_isa(self, level: str) -> None:
+        """Run at ``level`` from now on (tests and benchmarks; not while the kernel runs in other threads).
+        ``ValueError`` for a name that is not a level, a level above the ``QCORE_ISA`` cap or one this kernel
+        does not run here; a kernel with copies per level overrides ``_set_isa``."""
+        self._set_isa(_isa.require(level, self.isas(), f"kernel {self.name!r}"))
+
+    def _set_isa(self, level: str) -> None:
+        pass
 
     # -- helpers shared by the public methods -------------------------------------------------------
     @staticmethod

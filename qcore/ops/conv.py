@@ -216,7 +216,7 @@ class PackedConv2d:
         b, _, h, w = x.shape
         ph, pw = self.padding if padded else (0, 0)
         out = _padded_empty(b, h, w, self.cp, ph, pw, self._za)
-        if conv.quantize_nchw(np.ascontiguousarray(x), self._inv, self._za, self._qlo, self._qhi, out, g.get_isa(),
+        if conv.quantize_nchw(np.ascontiguousarray(x), self._inv, self._za, self._qlo, self._qhi, out, g.ISA.copy,
                               (ph, pw)):
             raise non_finite_error(x, "x")
         return out
@@ -228,7 +228,7 @@ class PackedConv2d:
         if x.ndim != 2 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must have shape (R, {self.in_channels}), got {x.shape}")
         out = np.empty((x.shape[0], self.cp), np.uint8)
-        if conv.quantize_rows(np.ascontiguousarray(x), self._inv, self._za, self._qlo, self._qhi, out, g.get_isa()):
+        if conv.quantize_rows(np.ascontiguousarray(x), self._inv, self._za, self._qlo, self._qhi, out, g.ISA.copy):
             raise non_finite_error(x, "x")
         return out
 
@@ -274,7 +274,7 @@ class PackedConv2d:
         if nchw and mode != 1:
             raise ValueError("nchw is for float output only")
         n = self.out_channels
-        isa = g.get_isa()
+        isa = g.ISA.copy
         if self.groups == 1:
             packed = self._packed_for(isa)
             np_, cs, wg = packed.np_, packed.colsum, None

@@ -16,6 +16,7 @@ import operator
 
 import numpy as np
 
+from ..quantization import forms
 from ..validation import as_float32, check_all_finite, non_finite_error
 
 _INT32_MAX = (1 << 31) - 1
@@ -31,24 +32,6 @@ def _ext():
             "`python setup.py build_ext --inplace` or `pip install .`"
         ) from exc
     return _gemm
-
-
-def available_isas() -> list[str]:
-    """The GEMM instruction-set paths this CPU can run, best first (``avx512vnni``, ``avx2``, ``baseline``)."""
-    return list(_ext().available_isas())
-
-
-def gemm_isa() -> str:
-    """The path new packed weights are built for: the best available not above ``$QCORE_ISA`` (qcore/isa.py)."""
-    return _ext().get_isa()
-
-
-def set_gemm_isa(name: str) -> None:
-    """Choose the GEMM path for weights packed from now on (tests and benchmarks; ``ValueError`` if unsupported).
-
-    Packed weights cached on a QTensor are kept per path, so switching back and forth is safe.
-    """
-    _ext().set_isa(name)
 
 
 # -------------------------------------------------------------------------------------------- qgemm
@@ -180,32 +163,23 @@ def _lowbit_plan(w, reason) -> _Plan:
 
 
 def _build_plan(w, isa: str) -> _Plan:
+    from . import lowbit
+
     n, k = w.shape
     if n == 0 or k == 0:
         return _Plan("empty", n, k)
-    opts = w.options or {}
-    gran = opts.get("granularity", "tensor")
-    axis = opts.get("axis", 0)
-    # the int8 GEMM takes 8-bit linear codes per tensor / per output channel; everything else (fewer bits,
-    # groups, codebooks) runs on the low-bit kernel, which keeps the weight packed at its bit width
-    if w.scheme != "linear" or w.bits != 8 or gran not in ("tensor", "channel") or (gran == "channel" and axis not in (0, -2)):
+    # the int8 GEMM takes 8-bit codes that decode affinely per tensor / per output channel; everything else
+    # (fewer bits, groups, tables) runs on the low-bit kernel, which keeps the weight packed at its bit width
+    form = lowbit.form_of(w)
+    lay = w.layout
+    if (not isinstance(form, forms.Affine) or form.offset is not None or w.bits != 8
+            or not (lay.granularity == "tensor" or (lay.granularity == "channel" and lay.axis == 0))):
         return _lowbit_plan(w, "")
-    if "scale" not in w.params:
-        return _lowbit_plan(w, "no scale")
-    scale = np.asarray(w.params["scale"], dtype=np.float32)
-    zp = np.asarray(w.params.get("zero_point", np.zeros(1, np.int32)))
-    if scale.size not in (1, n) or zp.size not in (1, n):
-        return _lowbit_plan(w, "parameter shapes not per-tensor/per-output-channel")
+    if not lowbit.form_agrees(w, form):
+        return _lowbit_plan(w, "codes do not decode as declared")
     codes = np.ascontiguousarray(w.codes)
-    scale = np.broadcast_to(scale.reshape(-1), (n,)).astype(np.float32)
-    zp = np.broadcast_to(zp.reshape(-1).astype(np.int64), (n,))
-    # the int path computes (codes - zp) * scale: check that is how this tensor decodes, on a few rows
-    r = min(n, 4)
-    from .lowbit import _decode_rows
-
-    aff = (codes[:r].astype(np.float32) - zp[:r, None].astype(np.float32)) * scale[:r, None]
-    if not np.allclose(aff, _decode_rows(w, 0, r), rtol=1e-6, atol=0.0):
-        return _lowbit_plan(w, "codes do not decode affinely")
+    scale = np.broadcast_to(form.scale.reshape(-1), (n,)).astype(np.float32)
+    zp = np.broadcast_to(form.zero_points().reshape(-1).astype(np.int64), (n,))
     # exactness of the int32 accumulator: |a - za| <= 255, |b - zb| <= bmax (from per-row extremes: no
     # full-size temporary of the codes)
     lo = codes.min(axis=1).astype(np.int64)
@@ -226,12 +200,27 @@ def _build_plan(w, isa: str) -> _Plan:
 
 
 def _plan_for(w) -> _Plan:
-    isa = gemm_isa()
+    isa = _ext().ISA.copy  # the int8 GEMM copy of the current level: one packed weight per copy
     key = f"{_CACHE_KEY}/{isa}"
     plan = w.cache.get(key)
     if plan is None:
         plan = w.cache.setdefault(key, _build_plan(w, isa))
     return plan
+
+
+def qlinear_path(w) -> str:
+    """How :func:`qlinear` computes with the 2-D weight ``w`` (building its cached plan if needed): ``"int8"`` (the
+    int8 GEMM: 8-bit codes that decode affinely per tensor / output channel), ``"lowbit"`` (the low-bit kernel:
+    other affine forms and tables of at most 4 bits), ``"rows"`` (blocks of rows decoded by the scheme) or
+    ``"empty"``."""
+    from ..tensor import QTensor
+
+    if not isinstance(w, QTensor) or len(w.shape) != 2:
+        raise TypeError("w must be a 2-D qcore.QTensor")
+    plan = _plan_for(w)
+    if plan.mode == "lowbit":
+        return "lowbit" if plan.lowbit.mode == "kernel" else "rows"
+    return {"int": "int8"}.get(plan.mode, plan.mode)
 
 
 def hold_packed_once(w) -> bool:

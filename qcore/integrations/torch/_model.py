@@ -72,9 +72,13 @@ def quantize_dynamic(module: nn.Module, scheme: str = "linear", bits: int = 8, *
         from ._ptq import check_gptq_options
         from ._ptq_mixed import quantize_mixed
 
+        gopts = check_gptq_options(gptq_options)
+        if gopts:
+            if "gptq_options" not in scheme_class(scheme).options:
+                raise TypeError(f"planner {scheme!r} takes no gptq_options")
+            wopts = {**wopts, "gptq_options": gopts}
         return quantize_mixed(model, qcore.get_quantizer(scheme, **wopts), calibrate, method=method,
-                              include=include, exclude=exclude, gptq_options=check_gptq_options(gptq_options),
-                              progress=progress)
+                              include=include, exclude=exclude, progress=progress)
     if method == "gptq" or awq:
         from ._ptq import quantize_calibrated
 

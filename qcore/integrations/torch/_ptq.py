@@ -21,8 +21,8 @@ layer):
 
 A layer that never runs during calibration is quantized by round to nearest, with a warning.
 
-``collect_hessians(model, fn, path)`` runs ``fn`` once on the float model and writes ``{"<layer>.weight": H}``
-(float32) to a safetensors file — the ``--calibration`` file of ``qcore quantize --method gptq``.
+``collect_hessians(model, fn, path)`` runs ``fn`` once on the float model and writes every layer's Hessian, in
+folds, to a Hessian file (:mod:`qcore.ptq.hessian`) — the ``--hessians`` file of ``qcore quantize``.
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 import qcore
+from qcore.ptq.hessian import DEFAULT_FOLDS, HessianAccumulator, HessianFolds, save_hessians
 
 from .._common import name_selected
 
@@ -59,40 +60,6 @@ def _targets(model: nn.Module, include, exclude) -> dict[str, nn.Linear]:
             seen.add(id(mod))
             out[name] = mod
     return out
-
-
-class _Hess:
-    """``sum x x^T`` and the row count of one input (shared by the layers that receive that same input).
-
-    Accumulated with BLAS ``ssyrk`` (the upper triangle only: half the work of ``X^T X``) into a float32
-    matrix; the float64 mean is formed once at the end.
-    """
-
-    def __init__(self, k: int):
-        from scipy.linalg import blas
-
-        self._syrk = blas.ssyrk
-        self.sum = np.zeros((k, k), np.float32, order="F")
-        self.abs_sum = torch.zeros(k, dtype=torch.float64)  # sum |x| per input channel (AWQ's activation scale)
-        self.count = 0
-
-    def add(self, x: torch.Tensor) -> None:
-        x = x.detach().reshape(-1, x.shape[-1])
-        if x.device.type != "cpu" or x.dtype != torch.float32:
-            x = x.to(device="cpu", dtype=torch.float32)
-        a = np.ascontiguousarray(x.numpy())  # (M, K) C order == (K, M) Fortran order: a.T is x^T
-        if a.shape[0] == 0:
-            return
-        self.sum = self._syrk(1.0, a.T, beta=1.0, c=self.sum, trans=0, lower=0, overwrite_c=1)
-        self.abs_sum += x.abs().sum(0, dtype=torch.float64)
-        self.count += a.shape[0]
-
-    def value(self) -> np.ndarray:
-        u = np.triu(self.sum.astype(np.float64))
-        return (u + np.triu(u, 1).T) / max(self.count, 1)
-
-    def abs_mean(self) -> np.ndarray:
-        return self.abs_sum.numpy() / max(self.count, 1)
 
 
 def _hidden_slot(args, kwargs):
@@ -160,7 +127,7 @@ class _Layerwise:
                     self.parent[full] = (parent, cname)
 
     # -- bookkeeping ------------------------------------------------------------------------------------
-    def _replace(self, names: Iterable[str], hess: dict[str, _Hess]) -> None:
+    def _replace(self, names: Iterable[str], hess: dict[str, HessianAccumulator]) -> None:
         for name in names:
             lin = self.targets.pop(name)
             h = hess.get(name)
@@ -198,13 +165,13 @@ class _Layerwise:
                 if state["calls"] == 0 and name not in wave:
                     if state["leader_x"] is None:
                         state["leader_x"] = x
-                        state["shared"] = _Hess(mod.in_features)
+                        state["shared"] = HessianAccumulator()
                         wave.append(name)
                     elif x is state["leader_x"]:
                         wave.append(name)
                 if name in wave:
                     if name == wave[0]:
-                        state["shared"].add(x)
+                        state["shared"].update(x)
                     state["seen"].add(name)
                     if stop_after_wave and state["calls"] > 0 and len(state["seen"]) == len(wave):
                         raise _StopForward
@@ -408,29 +375,34 @@ def quantize_calibrated(model: nn.Module, scheme: str, wopts: dict, calibrate, *
 
 def collect_hessians(model: nn.Module, fn: Callable[[nn.Module], object], path: str | os.PathLike | None = None, *,
                      include: Iterable[str] | str | None = None, exclude: Iterable[str] | str | None = None,
-                     prefix: str = "") -> dict[str, np.ndarray]:
-    """Run ``fn(model)`` once and return (and write to ``path``, a ``.safetensors`` file) the input Hessian
-    ``H = mean(x x^T)`` of every selected ``nn.Linear``, keyed ``"<prefix><layer name>.weight"`` — the name of the
-    layer's weight in the model's own state dict, so ``qcore quantize --calibration`` matches it to the weight.
+                     prefix: str = "", folds: int = DEFAULT_FOLDS) -> dict[str, HessianFolds]:
+    """Run ``fn(model)`` once and return (and write to ``path``, a ``.safetensors`` Hessian file) the input
+    statistics of every selected ``nn.Linear`` as :class:`qcore.ptq.HessianFolds` — ``H = mean(x x^T)`` in
+    ``folds`` folds (samples dealt round-robin, see :mod:`qcore.ptq.hessian`), plus the mean ``|x|`` —, keyed
+    ``"<prefix><layer name>.weight"``: the name of the layer's weight in the model's own state dict, so
+    ``qcore quantize --hessians`` matches it to the weight.  ``np.asarray(hs[name])`` is the mean over all folds.
 
-    Layers that never ran are left out.  Memory: one ``K x K`` float32 matrix per distinct layer input (layers fed
-    the same tensor, such as query/key/value, share one while collecting).
+    Layers that never ran are left out.  Memory: ``folds`` float32 ``K x K`` matrices per layer (every layer
+    keeps its own, even layers fed the same tensor such as query/key/value).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not callable(fn):
         raise TypeError(f"fn must be a function fn(model) running calibration forwards, got {fn!r}")
     targets = _targets(model, include, exclude)
-    hess: dict[str, _Hess] = {}
+    hess: dict[str, HessianAccumulator] = {}
     handles = []
 
     def pre(name):
         def hook(mod, args):
             x = args[0] if args else None
             if isinstance(x, torch.Tensor):
-                hess.setdefault(name, _Hess(mod.in_features)).add(x)
+                if name not in hess:
+                    hess[name] = HessianAccumulator(folds)
+                hess[name].update(x)
         return hook
 
+    HessianAccumulator(folds)  # a bad ``folds`` fails here, before any forward pass
     for name, mod in targets.items():
         handles.append(mod.register_forward_pre_hook(pre(name)))
     try:
@@ -439,22 +411,11 @@ def collect_hessians(model: nn.Module, fn: Callable[[nn.Module], object], path: 
     finally:
         for hd in handles:
             hd.remove()
-    out = {f"{prefix}{name}.weight" if name else f"{prefix}weight": h.value().astype(np.float32)
+    out = {f"{prefix}{name}.weight" if name else f"{prefix}weight": h.folds()
            for name, h in hess.items() if h.count}
     if path is not None:
-        _write(path, out, {name: h.count for name, h in hess.items() if h.count}, prefix)
+        save_hessians(path, out)
     return out
-
-
-def _write(path, hessians: dict[str, np.ndarray], counts: dict[str, int], prefix: str) -> None:
-    import json
-
-    from qcore.model import safetensors_io
-
-    meta = {"format": "qcore-hessians", "version": "1",
-            "samples": json.dumps({f"{prefix}{n}.weight" if n else f"{prefix}weight": c for n, c in counts.items()})}
-    entries = [safetensors_io.Entry.of(n, np.ascontiguousarray(h)) for n, h in hessians.items()]
-    safetensors_io.write_safetensors(path, entries, meta)
 
 
 __all__ = ["collect_hessians", "gptq_layers"]

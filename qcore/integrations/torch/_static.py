@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 import qcore
+from qcore.quantization.forms import Affine
 
 from .._common import name_selected
 from ._tensors import _numpy_view
@@ -241,17 +242,19 @@ def _weight_codes(w: torch.Tensor, bits: int):
 
 
 def _affine_qtensor_parts(qt):
-    """(codes int8, scale (N,)) of a symmetric linear QTensor whose codes decode as codes * scale, else None."""
-    if qt.scheme != "linear" or qt.codes.dtype != np.int8 or not qt.options.get("symmetric", False) or qt.bits < 2:
+    """(codes int8, scale (N,)) of a QTensor with signed codes that decode as ``codes * scale`` per tensor or per
+    output channel (an ``Affine`` form without zero point or offset, e.g. symmetric linear), else None."""
+    form = qt.decodes_as()
+    if not isinstance(form, Affine) or form.offset is not None or not qt.signed or qt.bits < 2:
         return None
-    gran = qt.options.get("granularity", "tensor")
+    if np.any(form.zero_points() != 0):
+        return None
+    lay = qt.layout
     n = qt.shape[0]
-    scale = np.asarray(qt.params["scale"], np.float32).reshape(-1)
-    if gran == "tensor" and scale.size == 1:
+    scale = form.scale.reshape(-1).astype(np.float32)
+    if lay.granularity == "tensor" and scale.size == 1:
         scale = np.full(n, scale[0], np.float32)
-    elif not (gran == "channel" and qt.options.get("axis", 0) in (0, -len(qt.shape)) and scale.size == n):
-        return None
-    if "zero_point" in qt.params and np.any(np.asarray(qt.params["zero_point"]) != 0):
+    elif not (lay.granularity == "channel" and lay.axis == 0 and scale.size == n):
         return None
     codes = qt.codes
     neg = scale < 0
@@ -469,28 +472,15 @@ class StaticConv2d(_StaticBase):
 
 
 def _fake_quant_params(aq):
-    """(scale, zero_point, bits, signed) of an ActivationFakeQuant that is 8-bit linear per tensor and
-    calibrated, else None."""
-    if aq is None or getattr(aq, "scheme", None) != "linear" or int(getattr(aq, "bits", 0)) != 8:
+    """(scale, zero_point, bits, signed) of a calibrated 8-bit ActivationFakeQuant whose codes decode affinely
+    per tensor (its ``qparams()``), else None."""
+    if aq is None or int(getattr(aq, "bits", 0)) != 8 or not hasattr(aq, "qparams"):
         return None
-    opts = dict(getattr(aq, "options", {}) or {})
-    if opts.get("granularity", "tensor") != "tensor":
+    try:
+        scale, zp = aq.qparams()  # the calibrated (scale, zero_point) of the fake quantizer
+    except (qcore.QcoreError, ValueError):
         return None
-    signed = bool(getattr(aq, "symmetric", opts.get("symmetric", False)))
-    if hasattr(aq, "qparams"):  # the calibrated (scale, zero_point) of the fake quantizer
-        try:
-            scale, zp = aq.qparams()
-        except (qcore.QcoreError, ValueError):
-            return None
-    else:
-        params = getattr(aq, "params", None)
-        if not params:
-            return None
-        scale = np.asarray(params.get("scale"), np.float64).reshape(-1)
-        zp = np.asarray(params.get("zero_point", 0)).reshape(-1)
-        if scale.size != 1 or zp.size != 1:
-            return None
-        scale, zp = float(scale[0]), int(zp[0])
+    signed = bool(getattr(getattr(aq, "quantizer", None), "signed", False))
     if not math.isfinite(scale) or scale <= 0:
         return None
     return float(scale), int(zp), 8, signed
