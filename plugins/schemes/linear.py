@@ -284,11 +284,14 @@ class LinearQuantizer(qcore.Quantizer):
         return values.reshape(codes.shape)
 
     def decodes_as(self, params):
-        """``Affine(scale, zero_point)`` (symmetric: no zero point; 3-/4-bit scales may be negative); binary
-        1-bit codes are the table ``(+alpha, -alpha)`` for the bit patterns ``0`` (code 0) and ``1`` (code -1)."""
+        """``Affine(scale, zero_point)`` (symmetric: no zero point; 3-/4-bit scales may be negative;
+        ``zero="minimum"``: ``Affine(scale, offset=minimum)``); binary 1-bit codes are the table
+        ``(+alpha, -alpha)`` for the bit patterns ``0`` (code 0) and ``1`` (code -1)."""
         scale = np.asarray(params["scale"]).astype(np.float32)
         if self.signed and self.bits == 1:
             return Table(np.stack([scale, -scale], axis=-1))
+        if self.from_minimum:
+            return Affine(scale, offset=params["minimum"])
         return Affine(scale, params.get("zero_point"))
 
     @staticmethod

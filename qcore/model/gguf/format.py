@@ -19,10 +19,9 @@ from ..._version import __version__
 from ...api import get_quantizer
 from ...errors import FormatError
 from ...metrics import report_row
-from ...quantization.planner import Planner
 from ...tensor import QTensor
 from ..folders import source_folder
-from ..formats import ModelFormat
+from ..formats import ModelFormat, check_plan_tensors, probe
 from ..qmodel import QModel
 from ..safetensors_io import bf16_to_float32
 from . import blocks, llama
@@ -93,16 +92,9 @@ def _perm(gname: str, target: _Target, rows: int):
 
 def _probe_reason(scheme: str, opts: dict) -> str | None:
     """Why a tensor quantized with ``scheme`` and ``opts`` would not map onto a GGUF type (None: it maps)."""
-    try:
-        q = get_quantizer(scheme, **opts)
-        if isinstance(q, Planner):
-            return "a planner"
-        gs = int(q.config.get("group_size", 32)) if isinstance(getattr(q, "config", None), dict) else 32
-        width = 64 if 64 % gs == 0 else gs
-        probe = np.linspace(-1.0, 1.5, 2 * width, dtype=np.float32).reshape(2, width)
-        qt = q.quantize(probe)
-    except (TypeError, ValueError, KeyError) as exc:
-        return str(exc)
+    qt = probe(scheme, opts)
+    if isinstance(qt, str):
+        return qt
     got = block_type(qt)
     return got if isinstance(got, str) else None
 
@@ -134,27 +126,12 @@ class GGUFFormat(ModelFormat):
     def check_plan(self, plan, options=None) -> None:
         target = _Target((options or {}).get("source"))
         _gguf_names([name for name, _, _ in plan], target.arch)
-        bad = []
-        for name, scheme, opts in plan:
-            if scheme is None:
-                continue
-            cands = opts.get("candidates") if isinstance(opts, dict) else None
-            specs = [(scheme, opts)]
-            if cands is not None or isinstance(_safe_quantizer(scheme, opts), Planner):
-                if cands is None:
-                    bad.append(f"{name}: scheme {scheme!r} with its default candidates (pass --candidates that map)")
-                    continue
-                specs = [_candidate(c) for c in cands]
-            for s, o in specs:
-                why = _probe_reason(s, o)
-                if why:
-                    bad.append(f"{name}: {s} {o}: {why}")
-                    break
-            if len(bad) > 20:
-                break
-        if bad:
-            raise ValueError(f"GGUF cannot hold {len(bad)} planned tensor(s) exactly ({'; '.join(bad[:4])}"
-                             f"{' ...' if len(bad) > 4 else ''}); {MAPPING_HELP}")
+
+        def why(name, qt):
+            got = block_type(qt)
+            return got if isinstance(got, str) else None
+
+        check_plan_tensors(plan, why, "GGUF", MAPPING_HELP)
 
     def default_options(self, scheme: str, options: dict) -> dict:
         """``options`` completed with :attr:`cli_defaults` where the scheme takes them and the result maps."""
@@ -238,25 +215,6 @@ class GGUFFormat(ModelFormat):
         return {"path": p, "format": "gguf", "file_size": h.file_size, "version": h.version, "metadata": md,
                 "tensors": rows, "title": f"GGUF v{h.version} model, architecture {arch}, tokenizer "
                                           f"{h.metadata.get('tokenizer.ggml.model', 'none')}"}
-
-
-def _safe_quantizer(scheme, opts):
-    try:
-        return get_quantizer(scheme, **opts)
-    except Exception:  # noqa: BLE001 - the probe reports the reason
-        return None
-
-
-def _candidate(c) -> tuple[str, dict]:
-    if isinstance(c, dict):
-        return c.get("scheme", "linear"), {k: v for k, v in c.items() if k != "scheme"}
-    parts = str(c).split(":")
-    opts: dict[str, Any] = {"bits": int(parts[1])} if len(parts) > 1 else {}
-    if len(parts) > 2:
-        opts["granularity"] = parts[2]
-    if len(parts) > 3:
-        opts["group_size"] = int(parts[3])
-    return parts[0], opts
 
 
 def _block_producer(t: QTensor, gtype: int, info: dict, perm):
