@@ -174,3 +174,50 @@ def test_run_plan_checks_the_planners_answer():
         run_plan(Short(candidates="linear:2:channel,linear:8:channel"), items, capacity_bits=cap)
     with pytest.raises(ValueError, match="method"):
         run_plan(Short(), items, method="awq")
+
+
+def test_sources_weigh_the_same_whatever_their_size():
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((40, 6)).astype(np.float32)          # a small source
+    b = 3 * rng.standard_normal((400, 6)).astype(np.float32)      # a large, louder one
+    acc = HessianAccumulator(folds=2)
+    acc.update(a, source=0).update(b[:150], source=1).update(b[150:], source=1)
+    f = acc.folds()
+    assert f.counts == (220, 220) and acc.sources == [0, 1]
+    for i in range(2):
+        np.testing.assert_allclose(f.fold(i), (mean_xxt(a[i::2]) + mean_xxt(b[i::2])) / 2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(acc.value(), (mean_xxt(a) + mean_xxt(b)) / 2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(acc.abs_mean(), (np.abs(a).mean(0) + np.abs(b).mean(0)) / 2, rtol=1e-6)
+    with pytest.raises(ValueError, match="source"):
+        acc.update(a, source=-1)
+
+
+def test_several_hessian_files_mix_with_equal_weight(tmp_path):
+    from qcore.cli.main import main
+
+    rng = np.random.default_rng(6)
+    w = {"a.weight": rng.standard_normal((16, 32)).astype(np.float32),
+         "b.weight": rng.standard_normal((8, 16)).astype(np.float32)}
+    xa, xb = rng.standard_normal((100, 32)).astype(np.float32), 5 * rng.standard_normal((900, 32)).astype(np.float32)
+    one = {"a.weight": HessianAccumulator(2).update(xa).folds(),
+           "b.weight": HessianAccumulator(2).update(xa[:, :16]).folds()}
+    two = {"a.weight": HessianAccumulator(2).update(xb).folds()}       # lacks b: b mixes from the first only
+    p1, p2 = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
+    save_hessians(p1, one)
+    save_hessians(p2, two)
+    mixed = HessianFolds.mix([one["a.weight"], two["a.weight"]])
+    assert mixed.counts == (500, 500)
+    np.testing.assert_allclose(mixed.full(), (mean_xxt(xa) + mean_xxt(xb)) / 2, rtol=1e-5, atol=1e-5)
+    opts = dict(bits=4, granularity="group", group_size=16)
+    qm = qcore.quantize_model(w, "linear", method="gptq", hessians=[str(p1), str(p2)], progress=False, **opts)
+    np.testing.assert_array_equal(qm["a.weight"].codes, qcore.gptq(w["a.weight"], mixed.full(), **opts).codes)
+    np.testing.assert_array_equal(qm["b.weight"].codes, qcore.gptq(w["b.weight"], one["b.weight"].full(), **opts).codes)
+    from safetensors.numpy import save_file
+
+    model, out = tmp_path / "m.safetensors", tmp_path / "q.safetensors"
+    save_file(w, str(model))
+    assert main(["quantize", str(model), "-o", str(out), "--bits", "4", "--granularity", "group", "--group-size", "16",
+                 "--method", "gptq", "--hessians", str(p1), "--hessians", str(p2), "--quiet"]) == 0
+    np.testing.assert_array_equal(qcore.load_quantized(out)["a.weight"].codes, qm["a.weight"].codes)
+    with pytest.raises(ValueError, match="widths"):
+        HessianFolds.mix([np.eye(3), np.eye(4)])

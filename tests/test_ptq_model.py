@@ -148,3 +148,34 @@ def test_relative_output_error():
                                                          hessian=h, relative=True)["error"])
     with pytest.raises(ValueError, match="output_error"):
         qcore.get_quantizer("mixed", output_error="loud")
+
+
+# -- the report shows what the plan chose and how far it is from held-out data ---------------------------------
+def test_report_lists_the_plans_held_out_and_in_sample_errors(tmp_path, capsys):
+    from safetensors.numpy import save_file
+
+    from qcore.ptq import HessianAccumulator
+
+    tensors, _ = model_and_hessians()
+    hs = {n: HessianAccumulator(2).update(anisotropic_inputs(tensors[n].shape[1], seed=i)).folds()
+          for i, n in enumerate(("l1.weight", "l2.weight"))}
+    qm = qcore.quantize_model(tensors, "mixed", hessians=hs, method="gptq", budget_bits=5.0, progress=False,
+                              candidates="linear:3:channel,linear:4:channel,linear:8:channel")
+    rows = {r["name"]: r for r in qm.report()}
+    for n in hs:
+        assert rows[n]["held_out"] is True and rows[n]["candidate"] == qm.info[n]["candidate"]
+        assert rows[n]["error"] > 0 and rows[n]["error_in_sample"] > 0
+    assert rows["emb.weight"]["held_out"] is None and rows["emb.weight"]["error"] is None  # no data for it
+    path = tmp_path / "q.safetensors"
+    qm.save(path)
+    back = {r["name"]: r for r in qcore.load_quantized(path).report()}
+    for n in hs:
+        assert {k: back[n][k] for k in ("candidate", "error", "error_in_sample", "held_out")} == \
+               {k: rows[n][k] for k in ("candidate", "error", "error_in_sample", "held_out")}
+    model = tmp_path / "m.safetensors"
+    save_file(tensors, str(model))
+    assert main(["report", str(model), str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "held-out err" in out and f"{rows['l1.weight']['error']:.3e}" in out
+    assert main(["inspect", str(path)]) == 0
+    assert f"{rows['l2.weight']['error_in_sample']:.3e}" in capsys.readouterr().out

@@ -325,3 +325,27 @@ def test_mixed_with_gptq_keeps_the_budget_and_beats_rtn_mixed():
     g = qtorch.quantize_dynamic(net, "mixed", 8, calibrate=calibrate, method="gptq", **MIXED)
     assert _bits(g) <= 4.0
     assert out_err(g, net) < out_err(r, net)
+
+
+# -- several calibration sources, one argument ----------------------------------------------------------------
+def test_calibrate_mixes_sources_with_equal_weight():
+    net = Net().eval()
+    small, large = CALIB[0][:64], torch.cat(CALIB[1:])             # sources of very different sizes
+    hs = qtorch.collect_hessians(net, [small, tuple(CALIB[1:])])  # data: a tensor, a tuple of batches
+    h = hs["inp.weight"]
+    x1, x2 = small.double(), large.double()
+    want = (x1.T @ x1 / len(x1) + x2.T @ x2 / len(x2)) / 2
+    np.testing.assert_allclose(h.full(), want.numpy(), rtol=2e-4, atol=1e-6)
+    # functions or data, the layer-by-layer GPTQ weighs the sources the same way (two spellings, one result),
+    # and differently from running them as one source
+    fn_small, fn_large = (lambda m: m(small)), (lambda m: [m(b) for b in CALIB[1:]])
+    opts = dict(granularity="group", group_size=32, symmetric=False)
+    g1 = qtorch.quantize_dynamic(net, "linear", 3, method="gptq", calibrate=[fn_small, fn_large], **opts)
+    g2 = qtorch.quantize_dynamic(net, "linear", 3, method="gptq", calibrate=[small, tuple(CALIB[1:])], **opts)
+    g3 = qtorch.quantize_dynamic(net, "linear", 3, method="gptq", calibrate=calibrate, **opts)
+    codes = lambda g: [m.weight.codes for m in g.modules() if isinstance(m, qtorch.QLinear)]  # noqa: E731
+    assert all(np.array_equal(a, b) for a, b in zip(codes(g1), codes(g2)))
+    assert not all(np.array_equal(a, b) for a, b in zip(codes(g1), codes(g3)))  # one source: other weights
+    for bad, match in ((42, "calibrate must be"), ([calibrate, "x"], r"calibrate\[1\]"), ([], "empty")):
+        with pytest.raises((TypeError, ValueError), match=match):
+            qtorch.quantize_dynamic(net, "linear", 3, method="gptq", calibrate=bad, **opts)

@@ -40,6 +40,10 @@ except ImportError as exc:  # extensions not built: the kernel reports itself un
 else:
     _IMPORT_ERROR = None
 try:
+    from qcore_plugins import _kmeans
+except ImportError:  # pragma: no cover - only without a built extension
+    _kmeans = None
+try:
     from qcore_plugins import _lowbit
 except ImportError:  # pragma: no cover - only without a built extension
     _lowbit = None
@@ -49,7 +53,8 @@ except ImportError:  # pragma: no cover - only without a built extension
     _gemm = _conv = None
 
 #: every extension of this kernel: each holds a ``qcore.isa.Switch`` (``ISA``), and ``set_isa`` switches all
-EXTENSIONS = tuple(m for m in (_quant, _codebook, _hist, _scalesearch, _gemm, _lowbit, _conv) if m is not None)
+EXTENSIONS = tuple(m for m in (_quant, _codebook, _hist, _scalesearch, _gemm, _lowbit, _conv, _kmeans)
+                   if m is not None)
 
 # runs shorter than this use the element-wise "rows" layout instead of one call per run
 _RUN_MIN = 16
@@ -86,6 +91,17 @@ class CythonKernel(Kernel):
     def _set_isa(self, level):
         for ext in EXTENSIONS:
             ext.ISA.set(level)
+
+    # -- k-means fitting (capability "kmeans_fit", pyx/kmeans.pyx) ---------------------------------------
+    def _kmeans_fit_groups(self, rows, K, max_iter, alt, float16):
+        out = np.empty((rows.shape[0], K), np.float32)
+        return out, _kmeans.fit_groups(rows, K, max_iter, alt, float16, out)  # status: see KMeansFit
+
+    def _kmeans_fit_weighted(self, x, w, K, tol, max_iter):
+        out = np.zeros((x.shape[0], K), np.float32)
+        status = np.zeros(x.shape[0], np.int8)
+        _kmeans.fit_weighted(x, w, K, tol, max_iter, out, status)
+        return out, status
 
     # -- min / max ------------------------------------------------------------------------------------
     def _minmax(self, x3):

@@ -71,10 +71,11 @@ def register(sub) -> None:
     sp.add_argument("--method", choices=("rtn", "gptq"), default="rtn",
                     help="rtn: round to nearest (default); gptq: minimise each layer's output error with the "
                          "Hessians of --hessians (docs/ptq.md)")
-    sp.add_argument("--hessians", metavar="HESSIANS.safetensors",
+    sp.add_argument("--hessians", metavar="HESSIANS.safetensors", action="append",
                     help="per-layer input Hessians (qtorch.collect_hessians); needed by --method gptq, and with "
-                         "--scheme mixed the candidates are judged by their output error on held-out folds")
-    sp.add_argument("--calibration", dest="calibration_alias", metavar="HESSIANS.safetensors",
+                         "--scheme mixed the candidates are judged by their output error on held-out folds; "
+                         "repeat it to mix calibration sources with equal weight")
+    sp.add_argument("--calibration", dest="calibration_alias", metavar="HESSIANS.safetensors", action="append",
                     help="deprecated spelling of --hessians")
     sp.add_argument("--include", action="append", metavar="GLOB", help="quantize only matching tensors (repeatable)")
     sp.add_argument("--exclude", action="append", metavar="GLOB", help="keep matching tensors as they are (repeatable)")
@@ -147,11 +148,22 @@ def _describe(row: dict) -> str:
     return str(g or "")
 
 
+def _fmt_plan(row: dict) -> str:
+    """The plan columns: the chosen candidate's output error on held-out data (``-`` if it was scored in-sample
+    only) and on its own calibration data."""
+    held = row.get("error") if row.get("held_out") else None
+    ins = row.get("error_in_sample")
+    return f" {'-' if held is None else f'{held:.3e}':>12s} {'-' if ins is None else f'{ins:.3e}':>13s}"
+
+
 def format_table(rows: list[dict]) -> str:
     """The per-tensor table printed by quantize/inspect/report, with a total line."""
     name_w = max([len(r["name"]) for r in rows] + [6])
     name_w = min(name_w, 48)
+    planned = any(r.get("error") is not None for r in rows)  # a plan judged on data: its errors are columns
     head = f"{'tensor':{name_w}s} {'scheme':8s} {'bits':>4s} {'layout':>10s} {'shape':>14s} {'dtype':>8s} {'original':>10s} {'quantized':>10s} {'ratio':>6s} {'SQNR dB':>8s}"
+    if planned:
+        head += f" {'held-out err':>12s} {'in-sample err':>13s}"
     lines = [head, "-" * len(head)]
     for r in rows:
         name = r["name"] if len(r["name"]) <= name_w else "…" + r["name"][-(name_w - 1):]
@@ -160,7 +172,7 @@ def format_table(rows: list[dict]) -> str:
         ratio = orig / r["bytes_q"] if r["bytes_q"] else float("inf")
         lines.append(f"{name:{name_w}s} {str(r['scheme'] or 'kept'):8s} {str(r['bits'] if r['bits'] is not None else '-'):>4s} "
                      f"{_describe(r):>10s} {shape:>14s} {str(r.get('dtype', '')):>8s} {_fmt_bytes(orig):>10s} {_fmt_bytes(r['bytes_q']):>10s} "
-                     f"{ratio:6.2f} {_fmt_snr(r['sqnr_db']):>8s}")
+                     f"{ratio:6.2f} {_fmt_snr(r['sqnr_db']):>8s}" + (_fmt_plan(r) if planned else ""))
     fp = sum(_orig(r) for r in rows)
     q = sum(r["bytes_q"] for r in rows)
     quant = [r for r in rows if r["scheme"] is not None]
@@ -302,12 +314,12 @@ def cmd_quantize(args) -> int:
     if args.method == "gptq" and not args.hessians:
         raise UsageError("--method gptq needs --hessians HESSIANS.safetensors (per-layer Hessians written by "
                          "qtorch.collect_hessians, see docs/ptq.md)")
-    if args.hessians:
-        check_exists(args.hessians, "--hessians file")
+    for h in args.hessians or []:
+        check_exists(h, "--hessians file")
     cfg: dict[str, Any] = load_config(args.config) if args.config else {}
     # 2. the output: right kind of name, not an input, in a folder we can write
     inputs = input_files(args.input) + ([args.config] if args.config else []) + (
-        [args.hessians] if args.hessians else [])
+        list(args.hessians or []))
     fmt = get_format(args.format)
     save_options = {"source": args.input} if fmt.uses_source else {}
     if fmt.output == "file":
@@ -349,7 +361,8 @@ def cmd_quantize(args) -> int:
         raise UsageError(str(exc)) from None
     # 5. the work
     t0 = time.perf_counter()
-    ptq = {"method": args.method, "hessians": args.hessians} if args.hessians else {}
+    ptq = {"method": args.method, "hessians": args.hessians if len(args.hessians) > 1 else args.hessians[0]} \
+        if args.hessians else {}
     if ptq and args.method == "rtn" and not _is_planner(q):
         raise UsageError("--hessians is used by --method gptq or --scheme mixed")
     try:
@@ -358,7 +371,7 @@ def cmd_quantize(args) -> int:
     except (ValueError, TypeError) as exc:
         if not ptq:
             raise
-        raise UsageError(f"--hessians {args.hessians}: {exc}") from None
+        raise UsageError(f"--hessians {' '.join(args.hessians)}: {exc}") from None
     t1 = time.perf_counter()
     bar = progress_bar(1, not args.quiet, "writing")
 

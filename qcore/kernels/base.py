@@ -46,6 +46,7 @@ from .. import isa as _isa
 from ..errors import InputError
 from ..validation import as_3d, as_float32, check_int, non_finite_error, normalize_axis
 from . import reference
+from .kmeans import KMeansFit
 from .memory import new_array
 
 
@@ -57,7 +58,7 @@ def packed_size(count: int, bits: int) -> int:
     return (count * bits + 7) // 8
 
 
-class Kernel:
+class Kernel(KMeansFit):
     """Base class of compute kernels.
 
     Subclasses set ``name`` and implement the five ``_`` methods of the affine and packing operations

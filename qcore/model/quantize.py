@@ -13,8 +13,8 @@ import numpy as np
 from ..api import get_quantizer
 from ..metrics import matches, sqnr_db
 from ..ptq import gptq
-from ..ptq.hessian import (DEFAULT_FOLDS, HessianAccumulator, HessianFile, HessianFolds, hessian_for, hessian_key,
-                           load_hessians)
+from ..ptq.hessian import (DEFAULT_FOLDS, HessianAccumulator, HessianFile, HessianFolds, MixedHessians, hessian_for,
+                           hessian_key, load_hessians)
 from ..quantization.driver import PlanItem, choose, measure_items, named_error, planner_kwargs
 from ..quantization.planner import Planner
 from ..tensor import QTensor
@@ -195,15 +195,22 @@ def _check_budget_floor(planned, fixed, counts, total_weights, budget_bits) -> N
 
 def _hessian_source(hessians):
     """``hessians`` as a mapping ``name -> HessianFolds or (K, K) array`` (a path opens a lazy
-    :class:`qcore.ptq.HessianFile`), and the file to close (or None)."""
+    :class:`qcore.ptq.HessianFile`; a list of paths or mappings mixes them with equal weight), and what to close
+    (or None)."""
     if hessians is None:
         return None, None
+    if isinstance(hessians, (list, tuple)):
+        if not hessians:
+            raise ValueError("hessians is an empty list")
+        parts = [_hessian_source(h)[0] for h in hessians]
+        mixed = MixedHessians(parts)
+        return mixed, mixed
     if isinstance(hessians, (str, os.PathLike)):
         f = load_hessians(hessians)
         return f, f
     if not isinstance(hessians, Mapping):
-        raise TypeError(f"hessians must be a mapping name -> (K, K) array (or qcore.ptq.HessianFolds) or a path to "
-                        f"a Hessian file, got {type(hessians).__name__}")
+        raise TypeError(f"hessians must be a mapping name -> (K, K) array (or qcore.ptq.HessianFolds), a path to "
+                        f"a Hessian file, or a list of them (mixed with equal weight), got {type(hessians).__name__}")
     return hessians, None
 
 
@@ -233,7 +240,8 @@ class _Load:
         self.tensors = tensors if isinstance(tensors, TensorFile) else {name: tensors[name]}
         if hkey is None or hessians is None:
             self.hessians, self.hkey = None, None
-        elif isinstance(hessians, HessianFile):
+        elif isinstance(hessians, HessianFile) or (isinstance(hessians, MixedHessians) and all(
+                isinstance(src, HessianFile) for src in hessians.sources)):  # lazy: pickles as paths
             self.hessians, self.hkey = hessians, hkey
         else:
             self.hessians, self.hkey = {hkey: hessians[hkey]}, hkey

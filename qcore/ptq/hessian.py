@@ -157,6 +157,29 @@ class HessianFolds:
     def shape(self) -> tuple[int, int]:
         return (self.width, self.width)
 
+    @classmethod
+    def mix(cls, parts) -> "HessianFolds":
+        """Several sources' statistics of one layer, each weighing the same: fold ``i`` is the mean of the
+        sources' folds ``i`` (their counts add up).  Sources with different numbers of folds are merged to one
+        fold each first (the result then has one fold)."""
+        parts = [cls.of(p) for p in parts]
+        if not parts:
+            raise ValueError("HessianFolds.mix needs at least one source")
+        if len(parts) == 1:
+            return parts[0]
+        width = parts[0].width
+        if any(p.width != width for p in parts):
+            raise ValueError(f"the sources' Hessians have different widths: {sorted({p.width for p in parts})}")
+        if len({p.k for p in parts}) > 1:
+            parts = [p.merged() for p in parts]
+        k = parts[0].k
+        folds = [sum(np.asarray(p.folds[i], np.float64) for p in parts) / len(parts) for i in range(k)]
+        counts = None if any(p.counts is None for p in parts) else [sum(p.counts[i] for p in parts) for i in range(k)]
+        abs_means = None
+        if all(p.abs_means is not None for p in parts):
+            abs_means = [sum(p.abs_means[i] for p in parts) / len(parts) for i in range(k)]
+        return cls([f.astype(np.float32) for f in folds], counts, abs_means)
+
     def merged(self) -> "HessianFolds":
         """One fold holding everything."""
         if self.k == 1:
@@ -171,10 +194,14 @@ class HessianFolds:
 
 class HessianAccumulator:
     """Streaming ``mean(x x^T)`` in ``folds`` folds (see the module docstring): ``update(batch)`` any number of
-    times (``folds x K x K`` float32 memory), then ``value()`` or ``folds()``.
+    times (``folds x K x K`` float32 memory per source), then ``value()`` or ``folds()``.
 
-    :param folds: ``k >= 1``; sample ``s`` (along the leading axis of each batch, in arrival order) goes to
-        fold ``s mod k``
+    :param folds: ``k >= 1``; sample ``s`` of a source (along the leading axis of each batch, in arrival order)
+        goes to fold ``s mod k``
+
+    **Sources.**  ``update(batch, source=i)`` keeps each calibration source's sums apart, and every source weighs
+    the same in the result whatever its size: each fold is the mean over sources of that source's mean in the
+    fold (and its count the rows of all sources).  With one source this is the plain mean.
     """
 
     def __init__(self, folds: int = 1):
@@ -182,27 +209,47 @@ class HessianAccumulator:
             raise ValueError(f"folds must be an integer in [1, 64], got {folds!r}")
         self.k = int(folds)
         self.width: int | None = None
-        self._sums: list[np.ndarray] = []
-        self._abs: list[np.ndarray] = []
-        self.counts = [0] * self.k
-        self.samples = 0
+        self._sums: dict[int, list[np.ndarray]] = {}   # source -> per-fold float32 sums (upper triangle)
+        self._abs: dict[int, list[np.ndarray]] = {}    # source -> per-fold sums of |x|
+        self._counts: dict[int, list[int]] = {}        # source -> per-fold rows
+        self._samples: dict[int, int] = {}             # source -> samples dealt so far
         self._syrk = None
+
+    @property
+    def counts(self) -> list[int]:
+        """Rows per fold, over every source."""
+        return [sum(c[f] for c in self._counts.values()) for f in range(self.k)]
 
     @property
     def count(self) -> int:
         """Rows accumulated so far."""
         return sum(self.counts)
 
+    @property
+    def sources(self) -> list[int]:
+        """The sources that sent rows."""
+        return sorted(s for s, c in self._counts.items() if sum(c))
+
     def _start(self, k_in: int) -> None:
         from scipy.linalg import blas
 
         self._syrk = blas.ssyrk
         self.width = k_in
-        self._sums = [np.zeros((k_in, k_in), np.float32, order="F") for _ in range(self.k)]
-        self._abs = [np.zeros(k_in, np.float64) for _ in range(self.k)]
 
-    def update(self, x) -> "HessianAccumulator":
-        """Add a batch of inputs (numpy array or torch tensor; last axis = the layer's input features)."""
+    def _source(self, source: int):
+        if source not in self._sums:
+            k_in = self.width
+            self._sums[source] = [np.zeros((k_in, k_in), np.float32, order="F") for _ in range(self.k)]
+            self._abs[source] = [np.zeros(k_in, np.float64) for _ in range(self.k)]
+            self._counts[source] = [0] * self.k
+            self._samples[source] = 0
+        return self._sums[source], self._abs[source], self._counts[source]
+
+    def update(self, x, source: int = 0) -> "HessianAccumulator":
+        """Add a batch of inputs (numpy array or torch tensor; last axis = the layer's input features) from
+        calibration source ``source`` (an integer >= 0; sources weigh the same)."""
+        if isinstance(source, bool) or not isinstance(source, (int, np.integer)) or source < 0:
+            raise ValueError(f"source must be an integer >= 0, got {source!r}")
         if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor: float32 on the CPU, no copy if already
             x = x.detach()
             if x.device.type != "cpu" or not x.dtype.is_floating_point or x.dtype != _torch_float32():
@@ -228,7 +275,8 @@ class HessianAccumulator:
             raise InputError("activations contain NaN or Inf values")
         if self.width is None:
             self._start(k_in)
-        fold_of = (self.samples + np.arange(samples)) % self.k
+        sums, abss, counts = self._source(int(source))
+        fold_of = (self._samples[int(source)] + np.arange(samples)) % self.k
         for f in range(self.k):
             if self.k == 1:
                 part = rows.reshape(-1, k_in)
@@ -238,41 +286,56 @@ class HessianAccumulator:
                     continue
                 part = rows[sel].reshape(-1, k_in)
             a = np.ascontiguousarray(part)  # (M, K) C order == (K, M) Fortran order: a.T is x^T
-            self._sums[f] = self._syrk(1.0, a.T, beta=1.0, c=self._sums[f], trans=0, lower=0, overwrite_c=1)
-            self._abs[f] += np.abs(a).sum(axis=0, dtype=np.float64)
-            self.counts[f] += a.shape[0]
-        self.samples += samples
+            sums[f] = self._syrk(1.0, a.T, beta=1.0, c=sums[f], trans=0, lower=0, overwrite_c=1)
+            abss[f] += np.abs(a).sum(axis=0, dtype=np.float64)
+            counts[f] += a.shape[0]
+        self._samples[int(source)] += samples
         return self
 
-    def _fold_mean(self, f: int) -> np.ndarray:
-        u = np.triu(self._sums[f].astype(np.float64))
-        return (u + np.triu(u, 1).T) / max(self.counts[f], 1)
+    @staticmethod
+    def _sym(upper32: np.ndarray, count: int) -> np.ndarray:
+        u = np.triu(upper32.astype(np.float64))
+        return (u + np.triu(u, 1).T) / max(count, 1)
+
+    def _mean(self, folds) -> tuple[np.ndarray, np.ndarray, int]:
+        """(mean x x^T, mean |x|, rows) over ``folds``, every source with rows there weighing the same."""
+        hs, ab, n = [], [], 0
+        for src in sorted(self._sums):
+            c = sum(self._counts[src][f] for f in folds)
+            if not c:
+                continue
+            total = self._sums[src][folds[0]].copy(order="F")
+            for f in folds[1:]:
+                total += self._sums[src][f]
+            hs.append(self._sym(total, c))
+            ab.append(sum(self._abs[src][f] for f in folds) / c)
+            n += c
+        if not hs:
+            raise ValueError("no activations were added")
+        return sum(hs) / len(hs), sum(ab) / len(ab), n
 
     def value(self) -> np.ndarray:
-        """float64 ``(K, K)``: the mean of ``x x^T`` over every row added."""
+        """float64 ``(K, K)``: the mean of ``x x^T`` over every row added (sources weighing the same)."""
         if self.width is None:
             raise ValueError("no activations were added")
-        total = np.zeros((self.width, self.width), np.float32, order="F")
-        for s in self._sums:
-            total += s
-        u = np.triu(total.astype(np.float64))
-        return (u + np.triu(u, 1).T) / max(self.count, 1)
+        return self._mean(list(range(self.k)))[0]
 
     def abs_mean(self) -> np.ndarray:
-        """float64 ``(K,)``: mean ``|x|`` per input channel over every row added."""
+        """float64 ``(K,)``: mean ``|x|`` per input channel over every row added (sources weighing the same)."""
         if self.width is None:
             raise ValueError("no activations were added")
-        return sum(self._abs) / max(self.count, 1)
+        return self._mean(list(range(self.k)))[1]
 
     def folds(self) -> HessianFolds:
         """The folds that received rows (a fold that got none is left out), as :class:`HessianFolds`."""
         if self.width is None:
             raise ValueError("no activations were added")
-        idx = [f for f in range(self.k) if self.counts[f] > 0]
+        idx = [f for f, c in enumerate(self.counts) if c > 0]
         if not idx:
             raise ValueError("no activations were added")
-        return HessianFolds([self._fold_mean(f).astype(np.float32) for f in idx], [self.counts[f] for f in idx],
-                            [self._abs[f] / self.counts[f] for f in idx])
+        parts = [self._mean([f]) for f in idx]
+        return HessianFolds([h.astype(np.float32) for h, _, _ in parts], [n for _, _, n in parts],
+                            [a for _, a, _ in parts])
 
 
 def _torch_float32():
@@ -393,6 +456,40 @@ class HessianFile(Mapping):
         return f"<HessianFile {self.path!r}: {len(self)} layers, version {self.version}>"
 
 
+class MixedHessians(Mapping):
+    """Several Hessian sources (files or mappings) as one mapping ``name -> HessianFolds``, each source weighing
+    the same (:meth:`HessianFolds.mix`); a layer some sources lack is mixed from those that have it."""
+
+    def __init__(self, sources):
+        self.sources = list(sources)
+
+    def __getitem__(self, name: str) -> HessianFolds:
+        parts = [src[name] for src in self.sources if name in src]
+        if not parts:
+            raise KeyError(name)
+        return HessianFolds.mix(parts)
+
+    def __iter__(self) -> Iterator[str]:
+        seen = set()
+        for src in self.sources:
+            for name in src:
+                if name not in seen:
+                    seen.add(name)
+                    yield name
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __contains__(self, name) -> bool:
+        return any(name in src for src in self.sources)
+
+    def close(self) -> None:
+        for src in self.sources:
+            close = getattr(src, "close", None)
+            if close is not None:
+                close()
+
+
 def load_hessians(path: str | os.PathLike) -> HessianFile:
     """The Hessian file at ``path`` as a lazy mapping ``name -> HessianFolds`` (:class:`HessianFile`)."""
     return HessianFile(path)
@@ -422,5 +519,5 @@ def hessian_key(hessians, name: str) -> str | None:
     return hits[0] if hits else None
 
 
-__all__ = ["DEFAULT_FOLDS", "HessianFolds", "HessianAccumulator", "HessianFile", "hessian", "save_hessians", "load_hessians",
+__all__ = ["DEFAULT_FOLDS", "HessianFolds", "HessianAccumulator", "HessianFile", "MixedHessians", "hessian", "save_hessians", "load_hessians",
            "hessian_for", "hessian_key"]

@@ -394,6 +394,57 @@ def check_kernel_lowbit_linear(obj):
         raise AssertionError("lowbit_linear of activations holding NaN did not raise qcore.InputError")
 
 
+def _kmeans_rows(rng, G, n):
+    """Groups for the k-means checks: Gaussian, with ties, constant, few values, -0.0 and 0.0, offset far from 0."""
+    rows = rng.standard_normal((G, n)).astype(np.float32)
+    rows[1] = np.round(rows[1])
+    rows[2] = 3.5
+    rows[3, : n // 2] = -0.0
+    rows[3, n // 2:] = 0.0
+    rows[4] = rows[4] * np.float32(1e-3) + np.float32(1e3)
+    rows[5, ::3] = rows[5, 0]
+    return rows
+
+
+def check_kernel_kmeans_fit(obj):
+    """``kmeans_fit_groups`` and ``kmeans_fit_weighted`` (capability ``"kmeans_fit"``) equal the numpy reference
+    bit for bit: groups of 1 to 300 values at 1, 2, 4 and 8 bits, with and without an alternative codebook and
+    float16 rounding; weighted rows with points of weight 0 in between, starts with equal entries, two tolerances.
+    NaN in a group raises ``qcore.InputError``; an unsorted weighted row ``ValueError``."""
+    k, ref = Spec(obj).make(), _reference()
+    rng = np.random.default_rng(40)
+    for n, K in ((128, 16), (32, 16), (7, 4), (1, 2), (300, 4), (64, 256), (100, 2)):
+        rows = _kmeans_rows(rng, 9, n) if n >= 6 else rng.standard_normal((9, n)).astype(np.float32)
+        _eq(k.kmeans_fit_groups(rows, K), ref.kmeans_fit_groups(rows, K), f"kmeans_fit_groups n={n} K={K}")
+        alt = np.sort(rng.standard_normal((9, K)).astype(np.float32), axis=1)
+        _eq(k.kmeans_fit_groups(rows, K, max_iter=5, alt=alt, float16=True),
+            ref.kmeans_fit_groups(rows, K, max_iter=5, alt=alt, float16=True),
+            f"kmeans_fit_groups n={n} K={K} with alt and float16")
+    x = np.sort(rng.standard_normal((6, 500)).astype(np.float32), axis=1)
+    w = rng.integers(0, 40, (6, 500)).astype(np.float64)
+    w[1, ::2] = 0.0
+    x[2, :] = np.float32(0.25)  # one value: a start with equal entries
+    x[3, 100:] = x[3, 100]      # few distinct values
+    for K, tol in ((16, 1e-6), (4, 0.0), (256, 1e-4)):
+        got, want = k.kmeans_fit_weighted(x, w, K, tol=tol), ref.kmeans_fit_weighted(x, w, K, tol=tol)
+        _eq(got[1], want[1], f"kmeans_fit_weighted ok K={K}")
+        _eq(got[0][want[1]], want[0][want[1]], f"kmeans_fit_weighted K={K} tol={tol}")
+    bad = rng.standard_normal((3, 50)).astype(np.float32)
+    bad[1, 7] = np.nan
+    try:
+        k.kmeans_fit_groups(bad, 4)
+    except InputError:
+        pass
+    else:
+        raise AssertionError("kmeans_fit_groups of a group holding NaN did not raise qcore.InputError")
+    try:
+        k.kmeans_fit_weighted(x[:, ::-1], w, 4)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("kmeans_fit_weighted of unsorted points did not raise ValueError")
+
+
 KERNEL_CHECKS = [
     check_kernel_class_contract,
     check_kernel_minmax,
@@ -405,6 +456,7 @@ KERNEL_CHECKS = [
     check_kernel_log_levels,
     check_kernel_histograms,
     check_kernel_search_scales,
+    check_kernel_kmeans_fit,
     check_kernel_input_unchanged,
     check_kernel_thread_safety,
     check_kernel_lowbit_linear,

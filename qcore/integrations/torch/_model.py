@@ -38,7 +38,9 @@ def quantize_dynamic(module: nn.Module, scheme: str = "linear", bits: int = 8, *
         Hessian of its inputs while ``calibrate(model)`` runs, layer after layer, each seeing the earlier layers
         already quantized (see ``qcore.integrations.torch._ptq``)
     :param calibrate: ``fn(model)`` running forward passes on calibration data (needed by ``method="gptq"``
-        and by ``scheme="mixed"`` to measure candidates on the layers' outputs)
+        and by ``scheme="mixed"`` to measure candidates on the layers' outputs); or data (a tensor, a dict of
+        tensors, a list of strings for a sentence-transformers model, a list of batches); or a list of such
+        sources ``[fn1, fn2, ...]``, mixed with equal weight in every layer's statistics whatever their sizes
     :param gptq_options: ``block_size``, ``damp``, ``act_order``, ``clip_search`` for :func:`qcore.gptq`
         (``clip_search`` also applies to ``awq=True`` with ``method="rtn"``)
     :param awq: activation-aware scaling (``qcore.ptq.awq``; needs ``calibrate``): each layer's weight is
@@ -55,8 +57,10 @@ def quantize_dynamic(module: nn.Module, scheme: str = "linear", bits: int = 8, *
         raise ValueError(f"method must be 'rtn' or 'gptq', got {method!r}")
     if method == "gptq" and calibrate is None:
         raise TypeError("method='gptq' needs calibrate=fn, a function running calibration forwards on the model")
-    if calibrate is not None and not callable(calibrate):
-        raise TypeError(f"calibrate must be a function fn(model), got {calibrate!r}")
+    if calibrate is not None:
+        from ._ptq import Sources
+
+        calibrate = Sources(calibrate)  # a function, data, or a list of them (mixed with equal weight)
     if not isinstance(awq, bool):
         raise TypeError(f"awq must be True or False, got {awq!r}")
     if awq and calibrate is None:
