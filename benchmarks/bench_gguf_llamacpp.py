@@ -107,19 +107,30 @@ def main() -> None:
     with torch.no_grad():
         ref = ref_model(torch.tensor([ids])).logits[0].numpy()
 
-    llm = Llama(model_path=path, n_ctx=256, n_threads=args.threads, logits_all=True, verbose=False)
-    llm.eval(ids)
-    got = np.asarray(llm.scores[: len(ids)], np.float32)
+    def llama_cpp_logits(gguf_path):
+        llm = Llama(model_path=gguf_path, n_ctx=256, n_threads=args.threads, logits_all=True, verbose=False)
+        llm.eval(ids)
+        return np.asarray(llm.scores[: len(ids)], np.float32)
 
-    diff = np.abs(got - ref)
-    spread = float(ref.std())
-    cos = (got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
+    def compare(label, got, ref):
+        diff = np.abs(got - ref)
+        cos = (got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
+        print(f"{label}: max |diff| {diff.max():.4f} ({diff.max() / float(ref.std()):.4f} of the logits' std), "
+              f"mean |diff| {diff.mean():.5f}; cosine per position min {cos.min():.6f}, mean {cos.mean():.6f}; "
+              f"argmax agreement {np.mean(got.argmax(1) == ref.argmax(1)):.3f}")
+
     print(f"tiny llama: hidden {args.hidden}, {args.layers} layers, vocabulary {cfg.vocab_size}; GGUF types {types}; "
-          f"file {os.path.getsize(path) / 1024:.0f} KiB; {len(ids)} tokens")
-    print(f"llama.cpp vs transformers on the file's dequantized weights: max |diff| {diff.max():.4f} "
-          f"({diff.max() / spread:.4f} of the logits' std {spread:.3f}), mean |diff| {diff.mean():.5f}")
-    print(f"cosine per position: min {cos.min():.6f}, mean {cos.mean():.6f}; "
-          f"argmax agreement {np.mean(got.argmax(1) == ref.argmax(1)):.3f}")
+          f"file {os.path.getsize(path) / 1024:.0f} KiB; {len(ids)} tokens; llama-cpp-python "
+          f"{__import__('llama_cpp').__version__}")
+    compare("llama.cpp vs transformers, qcore's quantized GGUF", llama_cpp_logits(path), ref)
+    # control: the float model as an all-F32 GGUF (same names, permutation, metadata): llama.cpp's float arithmetic
+    f32 = os.path.join(tmp, "tiny-f32.gguf")
+    qcore.QModel({k: np.asarray(v, np.float32) for k, v in qcore.load_tensors(folder).items()}).save(
+        f32, format="gguf", source=folder)
+    float_model = transformers.LlamaForCausalLM.from_pretrained(folder).eval()
+    with torch.no_grad():
+        ref32 = float_model(torch.tensor([ids])).logits[0].numpy()
+    compare("control, all-F32 GGUF vs transformers fp32      ", llama_cpp_logits(f32), ref32)
 
 
 if __name__ == "__main__":
