@@ -45,11 +45,16 @@ from ._modules import QConv2d, QLinear
 from ._onnx import ONNXExportWarning, export_onnx
 from ._ptq import collect_hessians
 from ._qat import ActivationFakeQuant, QATConv2d, QATLinear
-from ._static import ObservedConv2d, ObservedLinear, QuantizedActivation, StaticConv2d, StaticLinear, prepare
+from ._qops import (DequantizeActivation, QAdaptiveAvgPool2d, QAdd, QAvgPool2d, QCat, QClamp, QFlatten, QMaxPool2d,
+                    QTableActivation, QuantizeActivation)
+from ._graph import prepare
+from ._static import ObservedConv2d, ObservedLinear, QuantizedActivation, StaticConv2d, StaticLinear
 from ._tensors import fake_quantize
 
 __all__ = [
     "quantize_dynamic", "prepare_qat", "convert", "apply_quantized", "collect_hessians", "export_onnx", "ONNXExportWarning",
     "QLinear", "AWQLinear", "QConv2d", "QATLinear", "QATConv2d", "ActivationFakeQuant", "fake_quantize",
     "prepare", "StaticLinear", "StaticConv2d", "ObservedLinear", "ObservedConv2d", "QuantizedActivation",
+    "QuantizeActivation", "DequantizeActivation", "QAdd", "QCat", "QClamp", "QFlatten", "QMaxPool2d", "QAvgPool2d",
+    "QAdaptiveAvgPool2d", "QTableActivation",
 ]
