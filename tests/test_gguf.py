@@ -223,6 +223,27 @@ def test_transformers_runs_the_weights_read_back(written, llama_folder):
     assert torch.equal(logits(qcore.load_quantized(out).dequantize()), logits(qm.dequantize()))
 
 
+def test_apply_quantized_runs_the_gguf_in_torch(written):
+    """The GGUF file into a transformers model with qtorch.apply_quantized: QLinear layers computing on the file's
+    codes (Q4_1 weights through their minimum), close to the float computation with the same weights."""
+    from qcore.integrations import torch as qtorch
+
+    qm, out = written
+    ids = torch.tensor([[1, 5, 9, 33, 64, 100, 2, 7]])
+    back = qcore.load_quantized(out)
+    back["model.embed_tokens.weight"] = back.values("model.embed_tokens.weight")  # torch's Embedding stays float
+    model = transformers.LlamaForCausalLM(_llama_config()).eval()
+    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(back.values(k))) for k in back.keys()}, strict=False)
+    model = qtorch.apply_quantized(model, back)  # the Linear layers compute on the file's codes
+    assert isinstance(model.model.layers[0].self_attn.k_proj, qtorch.QLinear)
+    ref = transformers.LlamaForCausalLM(_llama_config()).eval()
+    ref.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in qm.dequantize().items()}, strict=False)
+    with torch.no_grad():
+        got, want = model(ids).logits, ref(ids).logits
+    cos = torch.nn.functional.cosine_similarity(got, want, dim=-1)
+    assert cos.min() > 0.999, cos  # qlinear's int8 activations are the only difference
+
+
 def test_qwen2_has_no_permutation_and_keeps_its_biases(tmp_path):
     torch.manual_seed(1)
     cfg = transformers.Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,

@@ -234,7 +234,7 @@ def tokenizer_metadata(folder: str | None, config: dict) -> tuple[list[tuple], s
                           "GGUF file has no vocabulary; add the model's tokenizer.model to the folder")
         return _byte_level_bpe(folder, tj, config, vocab_size)
     kind = model.get("type") if isinstance(model, dict) else None
-    why = f"its tokenizer ({kind})" if kind else "no tokenizer.model or tokenizer.json"
-    return none, (f"the source folder has {why}, which the GGUF writer does not convert (it converts SentencePiece "
-                  f"tokenizer.model and byte-level BPE tokenizer.json): the GGUF file has no vocabulary, so "
-                  f"llama.cpp loads the weights but cannot tokenize text")
+    why = (f"a {kind} tokenizer, which the GGUF writer does not convert (it converts SentencePiece tokenizer.model "
+           f"and byte-level BPE tokenizer.json)" if kind else "no tokenizer.model or tokenizer.json")
+    return none, (f"the source folder has {why}: the GGUF file has no vocabulary, so llama.cpp loads the weights "
+                  f"but cannot tokenize text")
