@@ -216,3 +216,17 @@ def test_a_kernel_without_a_capability_cannot_serve_it(qcore_plugins):
         ops.qlinear(np.ones((1, 8), np.float32), w, kernel="test-affine-only")
     with pytest.raises(qcore.KernelNotFound, match="qconv2d"):
         ops.PackedConv2d(np.ones((1, 1, 1, 1), np.int8), 1.0, input_scale=1.0, kernel="test-affine-only")
+
+
+def test_a_broken_convolution_op_fails_its_check():
+    class OffByOne(qcore.Kernel):
+        name = "test-conv-off"
+        capabilities = frozenset({"qconv2d"})
+
+        def _cnn_maxpool(self, a, a_border, out, out_border, kernel, stride, padding, dilation):
+            super()._cnn_maxpool(a, a_border, out, out_border, kernel, stride, padding, dilation)
+            out[..., 0] ^= 1
+
+    results = {r.check: r for r in check_kernel(OffByOne, on_fail=None)}
+    assert set(results) == {"check_kernel_class_contract", "check_kernel_qconv2d"}
+    assert results["check_kernel_qconv2d"].status == "failed" and "cnn_maxpool" in results["check_kernel_qconv2d"].message

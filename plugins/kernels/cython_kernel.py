@@ -356,8 +356,24 @@ class CythonKernel(Kernel):
     def _conv_quantize_rows(self, x, inv, z, lo, hi, out):
         return _conv.quantize_rows(x, inv, z, lo, hi, out, None)
 
-    def _conv_run(self, a, geom, za, packed, wg, zc, mult, bias, mode, relu, zo, out, opad, nchw):
-        _conv.conv(a, geom, za, packed, wg, zc, mult, bias, mode, relu, zo, out, None, opad, nchw)
+    def _conv_run(self, a, geom, za, packed, wg, zc, mult, bias, mode, clamp, zo, out, opad, nchw, crop):
+        _conv.conv(a, geom, za, packed, wg, zc, mult, bias, mode, clamp, zo, out, None, opad, nchw, crop)
+
+    # the uint8 operations between convolutions (pyx/conv.pyx, pyx/qcnn_kernels.h), at the current level's copy
+    def _cnn_add(self, a, a_border, za, ma, b, b_border, zb, mb, out, out_border, zo, lo, hi):
+        _conv.add(a, a_border, za, ma, b, b_border, zb, mb, out, out_border, zo, lo, hi)
+
+    def _cnn_maxpool(self, a, a_border, out, out_border, kernel, stride, padding, dilation):
+        _conv.maxpool(a, a_border, out, out_border, kernel, stride, padding, dilation)
+
+    def _cnn_avgpool(self, a, a_border, out, out_border, hs, he, ws, we, div, z):
+        _conv.avgpool(a, a_border, out, out_border, hs, he, ws, we, div, z)
+
+    def _cnn_lut(self, a, a_border, channels, out, out_border, channel_offset, table):
+        _conv.lut(a, a_border, channels, out, out_border, channel_offset, table)
+
+    def _cnn_dequantize(self, a, a_border, channels, z, scale, out):
+        _conv.dequantize(a, a_border, channels, z, scale, out)
 
 
 class _Int8Weight:

@@ -1,24 +1,31 @@
-"""The ``qconv2d`` capability: the kernel-level operations of a static int8 CNN (``qcore.ops.PackedConv2d``) —
-input quantization to uint8 NHWC codes, packed int8 weights, the convolution with its fused requantization —
-with the numpy reference beside each operation (the ``_`` methods' defaults, exact in int64).
+"""The ``qconv2d`` capability: the kernel-level operations of a static int8 CNN — input quantization to uint8 NHWC
+codes, packed int8 weights, the convolution with its fused requantization (``qcore.ops.PackedConv2d``), and the
+uint8 operations between convolutions: residual addition, max and average pooling, table lookups (concatenation,
+elementwise activations), dequantization (``qcore.ops.cnn``).  The numpy reference of each is the ``_`` method's
+default, built on the functions of ``qcore/kernels/conv_reference.py``.
 
-Numerics every implementation follows bit for bit (docs/gemm.md, "Static int8 convolution"):
+Numerics every implementation follows bit for bit (docs/gemm.md, "Static int8 convolution" and "The uint8
+operations of a static CNN"):
 
 * input codes: ``q = rint(min(max(x * inv, lo - z), hi - z)) + z`` (float32 product, half to even); channels
   ``C..Cp-1`` of an NHWC row hold ``z``;
 * ``acc[m, n] = sum_{kh, kw, c} (a[pixel, c] - za) * w[n, c, kh, kw]`` exactly (padding reads ``za``);
-* output ``mode`` 0: ``acc`` (int32); 1: ``y = float32(acc) * mult[n] + bias[n]``, then ``max(y, 0)`` with
-  ``relu``; 2: the same ``y``, then ``rint(min(max(y, 0 if relu else -zo), 255 - zo)) + zo`` as uint8 codes
-  (channels ``N..ldo-1`` of a row hold ``zo``).
+* output ``mode`` 0: ``acc`` (int32); 1: ``y = float32(acc) * mult[n] + bias[n]``, clipped to ``clamp`` when
+  given; 2: the same ``y``, then ``rint(min(max(y, lo), hi)) + zo`` as uint8 codes, ``(lo, hi)`` the ``clamp``
+  (code units relative to ``zo``) or ``(-zo, 255 - zo)`` (channels ``N..ldo-1`` of a row hold ``zo``);
+* the uint8 operations: the formulas of their reference functions in ``conv_reference``.
 
-The public methods check what the reference needs (dtypes, shapes, the geometry); ``qcore.ops.PackedConv2d``
-validates user input before it calls them.  Packed weights are opaque and valid only for the kernel that made
-them; :meth:`conv_columns` reads what the caller needs of them.
+Activations between layers are uint8 NHWC buffers with a *border* ``(bh, bw)`` of pixels around each image (the
+zero padding of the convolution that reads them); the operations read and write the *interiors*.  The public
+methods check shapes and ranges (``qcore.ops.PackedConv2d`` and ``qcore.ops.cnn`` validate user input before
+they call them).  Packed weights are opaque and valid only for the kernel that made them; :meth:`conv_columns`
+reads what the caller needs of them.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from . import conv_reference as ref
 from .core import KernelBase
 
 #: (OH, OW, KH, KW, sh, sw, ph, pw, dh, dw, N, groups, Cg): the geometry tuple of :meth:`ConvOps.conv_run`
@@ -35,12 +42,21 @@ def _check_codes(z, lo, hi, cp, c):
         raise ValueError("inconsistent channel padding or code range")
 
 
+def interior(a, border, name="a") -> np.ndarray:
+    """The interior view ``(B, H, W, Cp)`` of a C-contiguous uint8 NHWC buffer with a ``border`` of pixels."""
+    _check(a, np.uint8, 4, name)
+    bh, bw = int(border[0]), int(border[1])
+    if bh < 0 or bw < 0 or a.shape[1] - 2 * bh < 1 or a.shape[2] - 2 * bw < 1 or a.shape[3] < 1:
+        raise ValueError(f"{name}: border {(bh, bw)} does not fit a buffer of shape {a.shape}")
+    return a[:, bh:a.shape[1] - bh, bw:a.shape[2] - bw]
+
+
 class ConvOps(KernelBase):
     """The ``qconv2d`` capability."""
 
     capability = "qconv2d"
 
-    # -- public operations -----------------------------------------------------------------------------
+    # -- the convolution -------------------------------------------------------------------------------
     def conv_pack(self, w2d):
         """Pack int8 weights ``(N, KH*KW*Cp)`` (taps ordered ``(kh, kw, c)``, channels padded to ``Cp`` with
         zeros) once for :meth:`conv_run` with ``groups == 1``."""
@@ -82,28 +98,40 @@ class ConvOps(KernelBase):
             return False
         return bool(self._conv_quantize_rows(x, float(np.float32(inv)), int(z), int(lo), int(hi), out))
 
-    def conv_run(self, a, geom, za: int, packed, wg, zc, mult, bias, mode: int, relu: bool, zo: int, out,
-                 opad=(0, 0), nchw: bool = False):
+    def conv_run(self, a, geom, za: int, packed, wg, zc, mult, bias, mode: int, clamp, zo: int, out,
+                 opad=(0, 0), nchw: bool = False, crop=None):
         """The convolution of uint8 NHWC codes ``a`` ``(B, H, W, Cp)`` into ``out`` (module doc).
 
-        ``geom``: :data:`GEOMETRY`.  ``groups == 1``: ``packed`` from :meth:`conv_pack`; ``groups > 1``: ``wg``
-        the C-contiguous int8 ``(N, KH*KW, Cg)`` weights.  ``zc`` (``za`` times the column sums, int32
-        wrapping), ``mult``, ``bias`` (or None): arrays of at least the padded column count.  ``mode`` 0 / 1 / 2:
-        int32 / float32 / uint8 output.  ``out``: 2-D, ``B * (OH + 2*opad[0]) * (OW + 2*opad[1])`` pixel rows of
-        at least ``N`` elements (``opad``: the next layer's zero padding, uint8 output only, filled with ``zo``
-        by the caller; only the interior is written), or with ``nchw`` (float output) ``(B*N, OH*OW)``."""
+        ``crop = (y0, x0, H', W')``: the input is that window of each image of ``a`` (the interior of a buffer
+        with a border, seen with the border the layer's padding needs); None: all of ``a``.  ``geom``:
+        :data:`GEOMETRY`.  ``groups == 1``: ``packed`` from :meth:`conv_pack`; ``groups > 1``: ``wg`` the
+        C-contiguous int8 ``(N, KH*KW, Cg)`` weights.  ``zc`` (``za`` times the column sums, int32 wrapping),
+        ``mult``, ``bias`` (or None): arrays of at least the padded column count.  ``mode`` 0 / 1 / 2: int32 /
+        float32 / uint8 output.  ``clamp``: None or ``(lo, hi)`` (module doc; uint8: within ``[-zo, 255 - zo]``).
+        ``out``: 2-D, ``B * (OH + 2*opad[0]) * (OW + 2*opad[1])`` pixel rows of at least ``N`` elements
+        (``opad``: the next layer's zero padding, uint8 output only, filled with ``zo`` by the caller; only the
+        interior is written), or with ``nchw`` (float output) ``(B*N, OH*OW)``."""
         _check(a, np.uint8, 4, "a")
         geom = tuple(int(v) for v in geom)
         if len(geom) != len(GEOMETRY):
             raise ValueError(f"geom must be {GEOMETRY}")
         oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, n, groups, cg = geom
         bsz, h, w, cp = a.shape
+        if crop is not None:
+            y0, x0, h2, w2 = (int(v) for v in crop)
+            if y0 < 0 or x0 < 0 or h2 < 1 or w2 < 1 or y0 + h2 > h or x0 + w2 > w:
+                raise ValueError("conv_run: crop outside the input")
+            crop, h, w = (y0, x0, h2, w2), h2, w2
         if min(oh, ow, kh, kw, sh, sw, dh, dw, n, groups) < 1 or ph < 0 or pw < 0 or cp % 4 or cp < 4:
             raise ValueError("conv_run: bad geometry")
         if oh > (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1 or ow > (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1:
             raise ValueError("conv_run: output size inconsistent with the input")
         if mode not in (0, 1, 2) or not (0 <= za <= 255 and 0 <= zo <= 255):
             raise ValueError("conv_run: bad mode or zero point")
+        if clamp is not None:
+            clamp = (float(clamp[0]), float(clamp[1]))
+            if mode == 2 and not (-zo <= clamp[0] <= clamp[1] <= 255 - zo):
+                raise ValueError("conv_run: a uint8 clamp must lie within [-zo, 255 - zo]")
         if groups > 1:
             _check(wg, np.int8, 3, "wg")
             if wg.shape != (n, kh * kw, cg) or n % groups or groups * cg > cp:
@@ -119,8 +147,83 @@ class ConvOps(KernelBase):
             raise ValueError("conv_run: bad output array")
         if bsz == 0:
             return out
-        self._conv_run(a, geom, int(za), packed, wg, zc, mult, bias, int(mode), bool(relu), int(zo), out, opad,
-                       bool(nchw))
+        self._conv_run(a, geom, int(za), packed, wg, zc, mult, bias, int(mode), clamp, int(zo), out, opad,
+                       bool(nchw), crop)
+        return out
+
+    # -- the uint8 operations between convolutions --------------------------------------------------------
+    def cnn_add(self, a, a_border, za: int, ma: float, b, b_border, zb: int, mb: float, out, out_border, zo: int,
+                lo: float, hi: float):
+        """``out = rint(clip(float32(a - za) * ma + float32(b - zb) * mb, lo, hi)) + zo`` over the interiors (the
+        same ``(B, H, W, Cp)``) of three uint8 NHWC buffers; ``[lo, hi]`` within ``[-zo, 255 - zo]``."""
+        ia, ib, io = interior(a, a_border), interior(b, b_border, "b"), interior(out, out_border, "out")
+        if not (ia.shape == ib.shape == io.shape):
+            raise ValueError("cnn_add: a, b and out must have the same batch, interior size and channels")
+        if not (0 <= za <= 255 and 0 <= zb <= 255 and 0 <= zo <= 255) or not (-zo <= lo <= hi <= 255 - zo):
+            raise ValueError("cnn_add: zero points must lie in [0, 255] and [lo, hi] within [-zo, 255 - zo]")
+        self._cnn_add(a, a_border, int(za), float(ma), b, b_border, int(zb), float(mb), out, out_border, int(zo),
+                      float(lo), float(hi))
+        return out
+
+    def cnn_maxpool(self, a, a_border, out, out_border, kernel, stride, padding, dilation):
+        """Max pooling of the interior of ``a`` into the interior of ``out`` (its size is the output size): output
+        pixel ``(oh, ow)`` is the largest code over the taps ``(oh*sh - ph + kh*dh, ow*sw - pw + kw*dw)`` inside
+        the input (every window must hold one)."""
+        ia, io = interior(a, a_border), interior(out, out_border, "out")
+        k, s, p, d = (tuple(int(v) for v in t) for t in (kernel, stride, padding, dilation))
+        if io.shape[0] != ia.shape[0] or io.shape[3] != ia.shape[3]:
+            raise ValueError("cnn_maxpool: out must have the batch and channels of a")
+        if min(k + s + d) < 1 or min(p) < 0:
+            raise ValueError("cnn_maxpool: bad window")
+        if (io.shape[1] - 1) * s[0] - p[0] >= ia.shape[1] or (io.shape[2] - 1) * s[1] - p[1] >= ia.shape[2] \
+                or p[0] > (k[0] - 1) * d[0] or p[1] > (k[1] - 1) * d[1]:
+            raise ValueError("cnn_maxpool: a window lies outside the input")
+        self._cnn_maxpool(a, a_border, out, out_border, k, s, p, d)
+        return out
+
+    def cnn_avgpool(self, a, a_border, out, out_border, hs, he, ws, we, div, z: int):
+        """Average pooling of the interior of ``a`` into the interior of ``out``: output pixel ``(oh, ow)``
+        averages input rows ``[hs[oh], he[oh])`` x columns ``[ws[ow], we[ow])`` (int32 arrays, inside the input)
+        with the divisor ``div[oh, ow]`` (float64 ``(OH, OW)``): ``q = clip(rint((S - n*z) / d) + z, 0, 255)``."""
+        ia, io = interior(a, a_border), interior(out, out_border, "out")
+        if io.shape[0] != ia.shape[0] or io.shape[3] != ia.shape[3]:
+            raise ValueError("cnn_avgpool: out must have the batch and channels of a")
+        for name, t in (("hs", hs), ("he", he), ("ws", ws), ("we", we)):
+            _check(t, np.int32, 1, name)
+        _check(div, np.float64, 2, "div")
+        oh, ow = io.shape[1], io.shape[2]
+        if hs.shape[0] != oh or he.shape[0] != oh or ws.shape[0] != ow or we.shape[0] != ow or div.shape != (oh, ow):
+            raise ValueError("cnn_avgpool: window tables do not match the output size")
+        if (hs < 0).any() or (he > ia.shape[1]).any() or (he <= hs).any() or (ws < 0).any() \
+                or (we > ia.shape[2]).any() or (we <= ws).any() or not (div > 0).all() or not 0 <= z <= 255:
+            raise ValueError("cnn_avgpool: windows must be non-empty and inside the input, divisors positive")
+        self._cnn_avgpool(a, a_border, out, out_border, hs, he, ws, we, div, int(z))
+        return out
+
+    def cnn_lut(self, a, a_border, channels: int, out, out_border, channel_offset: int, table):
+        """The first ``channels`` bytes of every interior pixel of ``a`` through the 256-entry uint8 ``table``
+        (None: copied) into channels ``[channel_offset, channel_offset + channels)`` of the interior pixels of
+        ``out`` (the same batch and interior size)."""
+        ia, io = interior(a, a_border), interior(out, out_border, "out")
+        if io.shape[:3] != ia.shape[:3]:
+            raise ValueError("cnn_lut: a and out must have the same batch and interior size")
+        if channels < 1 or channels > ia.shape[3] or channel_offset < 0 or channel_offset + channels > io.shape[3]:
+            raise ValueError("cnn_lut: channels out of range")
+        if table is not None:
+            _check(table, np.uint8, 1, "table")
+            if table.shape[0] != 256:
+                raise ValueError("cnn_lut: table must have 256 entries")
+        self._cnn_lut(a, a_border, int(channels), out, out_border, int(channel_offset), table)
+        return out
+
+    def cnn_dequantize(self, a, a_border, channels: int, z: int, scale: float, out):
+        """float32 NCHW ``out`` ``(B, channels, H, W)`` = ``float32(q - z) * scale`` of the interior of ``a``."""
+        ia = interior(a, a_border)
+        _check(out, np.float32, 4, "out")
+        b, h, w, cp = ia.shape
+        if out.shape != (b, channels, h, w) or channels < 1 or channels > cp or not 0 <= z <= 255:
+            raise ValueError("cnn_dequantize: out must have shape (B, channels, H, W) with channels <= Cp")
+        self._cnn_dequantize(a, a_border, int(channels), int(z), float(scale), out)
         return out
 
     # -- the reference (a kernel overrides what it accelerates) ------------------------------------------
@@ -136,34 +239,33 @@ class ConvOps(KernelBase):
         b, c, h, w = x.shape
         ph, pw = pad
         out[:, ph:ph + h, pw:pw + w, :] = z
-        out[:, ph:ph + h, pw:pw + w, :c] = quantize_codes(x.transpose(0, 2, 3, 1), inv, z, lo, hi)
+        out[:, ph:ph + h, pw:pw + w, :c] = ref.quantize_codes(x, inv, z, lo, hi).transpose(0, 2, 3, 1)
         return not np.isfinite(x).all()
 
     def _conv_quantize_rows(self, x, inv, z, lo, hi, out) -> bool:
         out[...] = z
-        out[:, :x.shape[1]] = quantize_codes(x, inv, z, lo, hi)
+        out[:, :x.shape[1]] = ref.quantize_codes(x, inv, z, lo, hi)
         return not np.isfinite(x).all()
 
-    def _conv_run(self, a, geom, za, packed, wg, zc, mult, bias, mode, relu, zo, out, opad, nchw) -> None:
+    def _conv_run(self, a, geom, za, packed, wg, zc, mult, bias, mode, clamp, zo, out, opad, nchw, crop) -> None:
         oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, n, groups, cg = geom
+        if crop is not None:
+            y0, x0, h, w = crop
+            a = a[:, y0:y0 + h, x0:x0 + w]
+        cp = a.shape[3]
         if groups == 1:
-            if not isinstance(packed, ReferenceConvWeight) or packed.codes.shape != (n, kh * kw * a.shape[3]):
+            if not isinstance(packed, ReferenceConvWeight) or packed.codes.shape != (n, kh * kw * cp):
                 raise ValueError("conv_run: packed weights do not match the geometry")
-            weights = packed.codes.reshape(n, kh * kw, a.shape[3])
+            weights = packed.codes.reshape(n, kh, kw, cp).transpose(0, 3, 1, 2)
         else:
-            weights = wg
-        acc = conv_int64(a, za, weights, geom)
+            weights = wg.reshape(n, kh, kw, cg).transpose(0, 3, 1, 2)
+            a = a[..., :groups * cg]
+        acc = ref.conv2d_int32(a, za, weights, (sh, sw), (ph, pw), (dh, dw), groups)[:, :oh, :ow]
         if mode == 0:
             y = acc.astype(np.int32)
         else:
-            y = acc.astype(np.int32).astype(np.float32) * np.asarray(mult, np.float32)[:n]
-            if bias is not None:
-                y = y + np.asarray(bias, np.float32)[:n]
-            if relu:
-                y = np.maximum(y, np.float32(0))
-            if mode == 2:
-                y = np.minimum(np.maximum(y, np.float32(0 if relu else -zo)), np.float32(255 - zo))
-                y = (np.rint(y).astype(np.int32) + zo).astype(np.uint8)
+            y = ref.conv_epilogue(acc, np.asarray(mult, np.float32)[:n], None if bias is None else
+                                  np.asarray(bias, np.float32)[:n], clamp, zo if mode == 2 else None)
         bsz = a.shape[0]
         if nchw:
             out[...] = y.transpose(0, 3, 1, 2).reshape(bsz * n, oh * ow)
@@ -173,6 +275,25 @@ class ConvOps(KernelBase):
         inner[..., :n] = y
         if mode == 2:
             inner[..., n:] = zo
+
+    def _cnn_add(self, a, a_border, za, ma, b, b_border, zb, mb, out, out_border, zo, lo, hi) -> None:
+        interior(out, out_border)[...] = ref.add(interior(a, a_border), za, ma, interior(b, b_border), zb, mb, zo,
+                                                 lo, hi)
+
+    def _cnn_maxpool(self, a, a_border, out, out_border, kernel, stride, padding, dilation) -> None:
+        io = interior(out, out_border)
+        io[...] = ref.max_pool2d(interior(a, a_border), kernel, stride, padding, dilation, io.shape[1:3])
+
+    def _cnn_avgpool(self, a, a_border, out, out_border, hs, he, ws, we, div, z) -> None:
+        interior(out, out_border)[...] = ref.avg_pool_windows(interior(a, a_border), z, hs, he, ws, we, div)
+
+    def _cnn_lut(self, a, a_border, channels, out, out_border, channel_offset, table) -> None:
+        src = interior(a, a_border)[..., :channels]
+        interior(out, out_border)[..., channel_offset:channel_offset + channels] = (
+            src if table is None else ref.lookup(src, table))
+
+    def _cnn_dequantize(self, a, a_border, channels, z, scale, out) -> None:
+        out[...] = ref.dequantize(interior(a, a_border)[..., :channels], z, scale)
 
 
 class ReferenceConvWeight:
@@ -185,33 +306,3 @@ class ReferenceConvWeight:
     @property
     def nbytes(self):
         return self.codes.nbytes + self.colsum.nbytes
-
-
-def quantize_codes(x, inv: float, z: int, lo: int, hi: int) -> np.ndarray:
-    """uint8 ``rint(min(max(x * inv, lo - z), hi - z)) + z`` (float32; NaN/Inf give some code in range)."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        t = np.asarray(x, np.float32) * np.float32(inv)
-        t = np.minimum(np.maximum(t, np.float32(lo - z)), np.float32(hi - z))
-        t = np.where(np.isnan(t), np.float32(lo - z), t)
-    return (np.rint(t).astype(np.int32) + z).astype(np.uint8)
-
-
-def conv_int64(a, za: int, weights, geom) -> np.ndarray:
-    """Exact ``acc[b, oh, ow, n] = sum_{t, c} (a[b, ih, iw, c] - za) * weights[n, t, c]`` (int64) of uint8 NHWC
-    ``a`` and int8 ``weights`` ``(N, KH*KW, Cg)`` (``Cg`` the channels of one group; taps ordered ``(kh, kw)``);
-    positions in the zero padding contribute 0."""
-    oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, n, groups, cg = geom
-    bsz, h, w, cp = a.shape
-    ap = np.zeros((bsz, h + 2 * ph, w + 2 * pw, cp), np.int64)
-    ap[:, ph:ph + h, pw:pw + w] = a.astype(np.int64) - za
-    wt = np.asarray(weights).astype(np.int64)
-    acc = np.zeros((bsz, oh, ow, n), np.int64)
-    ng = n // groups
-    for i in range(kh):
-        for j in range(kw):
-            tap = ap[:, i * dh: i * dh + (oh - 1) * sh + 1: sh, j * dw: j * dw + (ow - 1) * sw + 1: sw]
-            t = i * kw + j
-            for g in range(groups):
-                cin = tap[..., g * cg:(g + 1) * cg] if groups > 1 else tap[..., :wt.shape[2]]
-                acc[..., g * ng:(g + 1) * ng] += cin @ wt[g * ng:(g + 1) * ng, t, :].T
-    return acc

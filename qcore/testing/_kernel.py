@@ -447,13 +447,15 @@ def check_kernel_int8_gemm(obj):
         raise AssertionError("int8_linear accepted an object its kernel did not pack (expected TypeError)")
 
 
-def _conv_case(rng, k, ref, groups, stride, pad, dil, mode, relu, nchw, opad):
+def _conv_case(rng, k, ref, groups, stride, pad, dil, mode, clamp, nchw, opad, crop=None):
     b, cin, h, w, n, kh, kw = 2, 6 if groups > 1 else 5, 9, 8, 12 if groups > 1 else 7, 3, 2
     cp = (cin + 3) // 4 * 4
     cg = cin // groups
-    codes = rng.integers(0, 256, (b, h, w, cp)).astype(np.uint8)
     za = int(rng.integers(0, 256))
-    codes[..., cin:] = za
+    bh, bw = (0, 0) if crop is None else crop
+    codes = np.full((b, h + 2 * bh, w + 2 * bw, cp), za, np.uint8)  # the image inside a border of za
+    codes[:, bh:bh + h, bw:bw + w, :cin] = rng.integers(0, 256, (b, h, w, cin))
+    window = None if crop is None else (bh, bw, h, w)
     wt = rng.integers(-127, 128, (n, kh * kw, cg)).astype(np.int8)
     oh = (h + 2 * pad[0] - dil[0] * (kh - 1) - 1) // stride[0] + 1
     ow = (w + 2 * pad[1] - dil[1] * (kw - 1) - 1) // stride[1] + 1
@@ -480,15 +482,16 @@ def _conv_case(rng, k, ref, groups, stride, pad, dil, mode, relu, nchw, opad):
         else:
             rows = b * (oh + 2 * opad[0]) * (ow + 2 * opad[1])
             out = np.full((rows, cols), zo, (np.int32, np.float32, np.uint8)[mode])
-        kern.conv_run(codes, geom, za, packed, wg, zc, m, bi, mode, relu, zo, out, opad, nchw)
+        kern.conv_run(codes, geom, za, packed, wg, zc, m, bi, mode, clamp, zo, out, opad, nchw, window)
         results.append(out)
     return results
 
 
 def check_kernel_qconv2d(obj):
     """The ``qconv2d`` operations equal the reference bit for bit: input quantization (NCHW with padding, rows;
-    NaN reported), the convolution with packed and grouped weights, stride, padding and dilation, int32 / float
-    (ReLU, NCHW) / uint8 (requantized, output padding) outputs."""
+    NaN reported), the convolution with packed and grouped weights, stride, padding and dilation, an input inside
+    a border, int32 / float (clamped, NCHW) / uint8 (requantized, clamped, output padding) outputs; residual
+    addition, max and average pooling, table lookups and dequantization on buffers with borders."""
     k, ref = Spec(obj).make(), _reference()
     rng = np.random.default_rng(50)
     x = (rng.standard_normal((2, 3, 5, 6)) * 4).astype(np.float32)
@@ -511,11 +514,42 @@ def check_kernel_qconv2d(obj):
     assert k.conv_quantize_rows(rows, 10.0, 0, 0, 255, np.empty((13, 12), np.uint8)), \
         "conv_quantize_rows did not report NaN"
     for groups, stride, pad, dil in ((1, (1, 1), (1, 0), (1, 1)), (1, (2, 1), (0, 1), (1, 2)), (3, (1, 2), (1, 1), (1, 1))):
-        for mode, relu, nchw, opad in ((0, False, False, (0, 0)), (1, True, False, (0, 0)), (1, False, True, (0, 0)),
-                                       (2, True, False, (0, 0)), (2, False, False, (1, 2))):
-            got, want = _conv_case(rng, k, ref, groups, stride, pad, dil, mode, relu, nchw, opad)
+        for mode, clamp, nchw, opad, crop in ((0, None, False, (0, 0), None), (1, (0.0, np.inf), False, (0, 0), None),
+                                              (1, (-0.5, 6.0), True, (0, 0), (2, 1)), (2, (-7.0, 40.5), False, (0, 0), None),
+                                              (2, None, False, (1, 2), (1, 3))):
+            got, want = _conv_case(rng, k, ref, groups, stride, pad, dil, mode, clamp, nchw, opad, crop)
             _eq(got, want, f"conv_run groups={groups} stride={stride} pad={pad} dilation={dil} mode={mode} "
-                           f"relu={relu} nchw={nchw} out_padding={opad}")
+                           f"clamp={clamp} nchw={nchw} out_padding={opad} in a border {crop}")
+    _check_cnn_ops(k, ref, rng)
+
+
+def _check_cnn_ops(k, ref, rng):
+    """The uint8 operations between convolutions, on buffers with borders, against the reference."""
+    a = rng.integers(0, 256, (2, 7 + 2, 6 + 4, 8)).astype(np.uint8)  # interior 7x6, border (1, 2)
+    b = rng.integers(0, 256, (2, 7, 6, 8)).astype(np.uint8)
+    outs = []
+    for kern in (k, ref):
+        o = np.full((2, 7 + 4, 6 + 2, 8), 3, np.uint8)  # border (2, 1)
+        outs.append(kern.cnn_add(a, (1, 2), 120, 0.031, b, (0, 0), 7, 0.77, o, (2, 1), 3, -3.0, 200.25))
+    _eq(outs[0], outs[1], "cnn_add")
+    for kernel, stride, padding, dilation in (((3, 3), (2, 2), (1, 1), (1, 1)), ((2, 3), (1, 2), (0, 1), (2, 1))):
+        oh = (7 + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
+        ow = (6 + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
+        outs = [kern.cnn_maxpool(a, (1, 2), np.zeros((2, oh, ow, 8), np.uint8), (0, 0), kernel, stride, padding,
+                                 dilation) for kern in (k, ref)]
+        _eq(outs[0], outs[1], f"cnn_maxpool kernel={kernel} stride={stride} padding={padding} dilation={dilation}")
+    hs, he = np.array([0, 2, 4], np.int32), np.array([3, 5, 7], np.int32)
+    ws, we = np.array([0, 3], np.int32), np.array([4, 6], np.int32)
+    div = np.array([[12.0, 9.0], [12.0, 7.0], [9.0, 9.0]])
+    outs = [kern.cnn_avgpool(a, (1, 2), np.zeros((2, 3 + 2, 2, 8), np.uint8), (1, 0), hs, he, ws, we, div, 131)
+            for kern in (k, ref)]
+    _eq(outs[0], outs[1], "cnn_avgpool")
+    table = rng.integers(0, 256, 256).astype(np.uint8)
+    for tab, off in ((table, 4), (None, 0)):
+        outs = [kern.cnn_lut(a, (1, 2), 3, np.full((2, 7, 6, 8), 9, np.uint8), (0, 0), off, tab) for kern in (k, ref)]
+        _eq(outs[0], outs[1], f"cnn_lut table={'yes' if tab is not None else 'copy'} offset={off}")
+    outs = [kern.cnn_dequantize(a, (1, 2), 5, 77, 0.0625, np.empty((2, 5, 7, 6), np.float32)) for kern in (k, ref)]
+    _eq(outs[0], outs[1], "cnn_dequantize")
 
 
 def _kmeans_rows(rng, G, n):
