@@ -94,6 +94,9 @@ class LinearQuantizer(qcore.Quantizer):
                "zero": "point"}
     self_checking = True
     linear_rule = True
+    #: a model's weights: one scale per output channel, symmetric (no zero point; the int8 GEMM and static
+    #: convolutions take them as they are); activations: the plain defaults, per tensor, affine
+    role_defaults = {"weight": {"granularity": "channel", "symmetric": True}}
 
     def __init__(self, bits=8, observer=None, kernel=None, **options):
         super().__init__(bits, observer, kernel, **options)

@@ -57,6 +57,8 @@ class LogQuantizer(qcore.Quantizer):
     options = {"granularity": "tensor", "axis": 0, "group_size": 128, "method": "mse", "rounding": "nearest"}
     self_checking = True
     default_bits = 4
+    #: a model's weights: one scale per output channel
+    role_defaults = {"weight": {"granularity": "channel"}}
 
     def __init__(self, bits=None, observer=None, kernel=None, **options):
         super().__init__(bits, observer, kernel, **options)
