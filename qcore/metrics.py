@@ -68,3 +68,47 @@ def report_row(name: str, *, scheme: str | None, bits: int | None, shape, bytes_
     return {"name": name, "scheme": scheme, "bits": bits, "shape": [int(s) for s in shape],
             "bytes_fp32": int(bytes_fp32), "bytes_q": int(bytes_q), "sqnr_db": sqnr_db,
             "options": dict(options or {}), "planned_by": planned_by, **extra}
+
+
+#: what a planner recorded about a tensor's choice (``QModel.info[name]``, saved in the file, report columns):
+#: the candidate's label, the method that fitted it, its held-out and in-sample output errors, whether the
+#: error is held out
+PLAN_KEYS = ("candidate", "method", "error", "error_in_sample", "held_out")
+_PLAN_TYPES = {"candidate": str, "method": str, "error": (int, float), "error_in_sample": (int, float),
+               "held_out": bool}
+
+
+def plan_info(info: dict) -> dict[str, Any]:
+    """The plan keys of a tensor's ``info`` that can be saved (finite numbers only)."""
+    out = {}
+    for key in PLAN_KEYS:
+        v = info.get(key)
+        if v is None:
+            continue
+        if key in ("error", "error_in_sample"):
+            v = float(v)
+            if not math.isfinite(v):
+                continue
+        out[key] = v
+    return out
+
+
+def check_plan_info(plan) -> None:
+    """A saved plan object: a dict of the :data:`PLAN_KEYS` with their types (``ValueError``/``TypeError``)."""
+    if not isinstance(plan, dict):
+        raise TypeError(f"must be an object, got {type(plan).__name__}")
+    for key, v in plan.items():
+        if key not in _PLAN_TYPES:
+            raise ValueError(f"unknown key {key!r}")
+        want = _PLAN_TYPES[key]
+        if not isinstance(v, want) or (want != bool and isinstance(v, bool)):
+            raise TypeError(f"{key} has type {type(v).__name__}")
+        if key in ("error", "error_in_sample") and not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"{key} must be a finite number >= 0, got {v!r}")
+
+
+def plan_columns(info: dict) -> dict[str, Any]:
+    """The report columns of a tensor's plan: ``candidate``, ``error`` (held out where ``held_out``),
+    ``error_in_sample``, ``held_out`` (None where unknown)."""
+    return {"candidate": info.get("candidate"), "error": info.get("error"),
+            "error_in_sample": info.get("error_in_sample"), "held_out": info.get("held_out")}

@@ -165,6 +165,43 @@ class QTensor:
         return out.reshape(self.shape)
 
     @property
+    def layout(self):
+        """The :class:`~qcore.quantization.forms.Layout` of the parameters (granularity, axis, group size), as the
+        scheme reads it from the stored options (``quantizer.layout_of(qt)``): no need to know the scheme."""
+        return self.quantizer.layout_of(self)
+
+    def decodes_as(self):
+        """What the codes decode as (``quantizer.decodes_as(params)``): an ``Affine`` or ``Table`` form, or None."""
+        return self.quantizer.decodes_as(self.params)
+
+    def decode_rows(self, start: int, stop: int) -> np.ndarray:
+        """float32 values of rows ``[start, stop)`` of a 2-D tensor, decoded by the scheme from those rows' codes
+        only (unpacked from the packed bytes when the rows start on a byte boundary, e.g. ``start`` a multiple of
+        8) and their parameters (sliced by :attr:`layout`): the one way to compute with a weight a block of rows
+        at a time without a float copy of all of it."""
+        codes = self.row_codes(start, stop)
+        layout = self.layout
+        params = {name: layout.rows(p, start, stop, self.shape[0]) for name, p in self.params.items()}
+        return np.asarray(self.quantizer.decode(codes, params), dtype=np.float32).reshape(codes.shape)
+
+    def row_codes(self, start: int, stop: int) -> np.ndarray:
+        """The codes of rows ``[start, stop)`` of a 2-D tensor (int8/uint8 ``(stop - start, K)``), unpacked from
+        those rows' bytes only when they start on a byte boundary (else from all the codes)."""
+        if len(self.shape) != 2:
+            raise ValueError(f"row_codes/decode_rows need a 2-D tensor, got shape {self.shape}")
+        n, k = self.shape
+        start, stop = int(start), int(stop)
+        if not 0 <= start <= stop <= n:
+            raise ValueError(f"rows [{start}, {stop}) are out of range for {n} rows")
+        if self.bits == 8 or (start * k * self.bits) % 8:
+            return self.codes[start:stop]
+        first = start * k * self.bits // 8
+        count = (stop - start) * k
+        part = np.ascontiguousarray(self.packed[first:first + packed_size(count, self.bits)])
+        kernel = getattr(self._quantizer, "kernel", None) or _kernel()
+        return kernel.unpack(part, self.bits, count, self.signed).reshape(stop - start, k)
+
+    @property
     def size(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64))
 

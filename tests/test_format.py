@@ -397,3 +397,22 @@ def test_worked_packing_examples_of_docs_format():
     k = qcore.get_kernel()
     assert k.pack(np.array([1, 2, 15], np.uint8), 4).tolist() == [0x21, 0x0F]
     assert k.pack(np.array([-1, 2, 0, -4], np.int8), 3).tolist() == [0x17, 0x08]
+
+
+def test_a_saved_plan_is_validated(tmp_path):
+    """The per-tensor plan a planner recorded (candidate, held-out and in-sample errors) round-trips; a
+    malformed one is a FormatError naming the tensor."""
+    w = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)
+    qm = qcore.quantize_model({"w": w}, "mixed", budget_bits=5.0, progress=False,
+                              calibrate={"w": np.random.default_rng(1).standard_normal((64, 64)).astype(np.float32)})
+    path = tmp_path / "m.safetensors"
+    qm.save(path)
+    info = qcore.load_quantized(path).info["w"]
+    assert {k: info[k] for k in ("candidate", "error", "error_in_sample", "held_out")} == \
+           {k: qm.info["w"][k] for k in ("candidate", "error", "error_in_sample", "held_out")}
+    for bad in ({"error": "big"}, {"error": -1.0}, {"held_out": 1}, {"surprise": 1}, ["candidate"]):
+        p = tmp_path / "bad.safetensors"
+        p.write_bytes(path.read_bytes())
+        edit_meta(p, lambda doc, bad=bad: entry(doc, "w").__setitem__("plan", bad))
+        with pytest.raises(qcore.FormatError, match="'w': plan"):
+            qcore.load_quantized(p)

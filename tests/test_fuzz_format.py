@@ -204,7 +204,7 @@ OPTION_VALUES = {
     "unknown_option": JUNK,
 }
 QUANTIZED_FIELDS = ["scheme", "bits", "signed", "shape", "dtype", "options", "codes", "params", "plugin",
-                    "sqnr_db", "planned_by", "kind", "name"]
+                    "sqnr_db", "planned_by", "plan", "kind", "name"]
 
 
 @st.composite

@@ -14,10 +14,11 @@ import pytest
 
 import qcore
 import qcore.ops as ops
-from qcore.kernels.base import lowbit_table_bytes
+from qcore.kernels.lowbit import lowbit_table_bytes
 from qcore.ops import lowbit
+from qcore.quantization import forms
 from qcore_plugins import _lowbit
-from qcore_plugins.kernels.numpy_kernel import lowbit_quantize_blocks
+from qcore.kernels.lowbit import lowbit_quantize_blocks
 
 CY = qcore.get_kernel("cython")
 NP = qcore.get_kernel("numpy")
@@ -214,11 +215,12 @@ def test_qlinear_paths(scheme, opts, mode):
         wb[:, :k] = wd
         act = 0.5 * sa.astype(np.float64) @ wb.reshape(n, nb, 32).sum(axis=2).T
         tab = 0.0
-        table = lowbit.lookup_table(w)
-        if table is not None:
+        form = lowbit.form_of(w)
+        if isinstance(form, forms.Table) and w.bits > 1:  # (1-bit +-alpha tables run as affine: exact)
+            table = form.table
             xa = np.abs(x2).astype(np.float64)
             half_step = np.abs(table).max(axis=-1, keepdims=True) / 254.0
-            per_el = lowbit._decode_rows(w, 0, n, np.broadcast_to(half_step, table.shape).astype(np.float32))
+            per_el = forms.decode(forms.Table(np.broadcast_to(half_step, table.shape)), w.codes, w.layout, w.bits)
             tab = (xa + 0.5 * sa.repeat(32, axis=1)[:, :k]) @ per_el.T.astype(np.float64)
         bound = act + tab + 1e-5 * np.abs(exact).max()
         assert np.all(np.abs(y.reshape(-1, n) - exact) <= bound * 1.001)
@@ -297,8 +299,9 @@ def test_plugin_lookup_table_contract():
     q = _TableScheme(bits=4, kernel="numpy", observer="minmax")
     wf = _weight(20, 96, 6)
     w = q.quantize(wf)
-    table = lowbit.lookup_table(w)
-    np.testing.assert_array_equal(lowbit._decode_rows(w, 0, 20, table), w.dequantize())  # the contract holds
+    form = lowbit.form_of(w)
+    assert isinstance(form, forms.Table)  # the default decodes_as wraps lookup_table
+    np.testing.assert_array_equal(forms.decode(form, w.codes, w.layout, w.bits), w.dequantize())  # the contract holds
     x = np.random.default_rng(6).standard_normal((3, 96)).astype(np.float32)
     plan = lowbit.plan_for(w)
     assert plan.mode == "kernel" and plan.packed.lut == 2  # per-column tables in the inner loop
@@ -316,8 +319,11 @@ def test_builtin_tables_follow_the_contract():
         w = qcore.quantize(wf, scheme, **opts)
         table = w.quantizer.lookup_table(w.params)
         assert table.dtype == np.float32 and table.shape == tuple(w.quantizer.param_shape(wf)) + (1 << w.bits,)
-        np.testing.assert_array_equal(lowbit._decode_rows(w, 0, 16, table), w.dequantize())
-    assert qcore.get_quantizer("linear").lookup_table({}) is None
+        form = w.decodes_as()
+        assert isinstance(form, forms.Table)
+        np.testing.assert_array_equal(form.table, table)
+        np.testing.assert_array_equal(forms.decode(form, w.codes, w.layout, w.bits), w.dequantize())
+    assert qcore.get_quantizer("linear").lookup_table({}) is None  # linear declares an Affine form instead
 
 
 def test_bad_input_qlinear():

@@ -82,21 +82,29 @@ def test_sensitivity_moves_bits_to_the_sensitive_layer(tensors):
 
 
 def test_calibration_data_measures_output_error(tensors):
+    """Activation arrays become Hessians (``quantize_model(calibrate=)``; ``calibration=`` is the deprecated
+    spelling): the absolute score is the mean output error ``||X (W - W')||^2 / rows`` of the (in, out)
+    scikit-learn layout, ``y = X @ W``."""
+    from qcore.ptq import HessianAccumulator
+
     _, _, _, Xtr = _train(0, (128, 64), 300)
     X = Xtr[:200].astype(np.float32)
-    q = qcore.get_quantizer("mixed")
+    q = qcore.get_quantizer("mixed", output_error="absolute")
     w = tensors["layer0.weight"]  # (64 inputs, 128 outputs): y = X @ W
     plain = q.measure(w)
-    calib = q.measure(w, calibration=X)
+    calib = q.measure(w, hessians=HessianAccumulator().update(X).folds())
     assert [c["label"] for c in plain] == [c["label"] for c in calib]
     for c in calib:
         deq = q.quantize_candidate(w, c["spec"]).dequantize()
-        expect = float(np.sum((X.astype(np.float64) @ (w - deq).astype(np.float64)) ** 2))
+        expect = float(np.sum((X.astype(np.float64) @ (w - deq).astype(np.float64)) ** 2)) / len(X)
         assert c["error"] == pytest.approx(expect, rel=1e-3)
-    qm = qcore.quantize_model(tensors, "mixed", budget_bits=3.5, calibration={"layer0.weight": X})
-    assert qm.average_bits <= 3.5
-    with pytest.raises(ValueError, match="calibration"):
-        q.measure(w, calibration=np.ones((5, 7), np.float32))
+    qm = qcore.quantize_model(tensors, "mixed", budget_bits=3.5, calibrate={"layer0.weight": X})
+    assert qm.average_bits <= 3.5 and qm.info["layer0.weight"]["held_out"] is True
+    with pytest.warns(DeprecationWarning, match="calibrate"):
+        old = qcore.quantize_model(tensors, "mixed", budget_bits=3.5, calibration={"layer0.weight": X})
+    assert all(np.array_equal(old[n].codes, qm[n].codes) for n in qm.quantized)
+    with pytest.raises(ValueError, match="width 7"):
+        q.measure(w, hessians=np.eye(7, dtype=np.float32))
 
 
 def test_candidates_are_configurable(tensors):

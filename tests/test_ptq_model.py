@@ -66,14 +66,22 @@ def test_cli_method_gptq(tmp_path, capsys):
     model, hfile, out = tmp_path / "m.safetensors", tmp_path / "h.safetensors", tmp_path / "q.safetensors"
     save_file(tensors, str(model))
     save_file({k: v.astype(np.float32) for k, v in hs.items()}, str(hfile))
-    assert main(["quantize", str(model), "-o", str(out), "--bits", "4", "--granularity", "group", "--group-size", "16",
-                 "--method", "gptq", "--calibration", str(hfile), "--quiet"]) == 0
+    opts = ["--bits", "4", "--granularity", "group", "--group-size", "16", "--method", "gptq", "--quiet"]
+    assert main(["quantize", str(model), "-o", str(out), *opts, "--hessians", str(hfile)]) == 0
     qm = qcore.load_quantized(str(out))
     want = qcore.gptq(tensors["l2.weight"], hs["l2.weight"].astype(np.float32), bits=4, granularity="group",
                       group_size=16)
     np.testing.assert_array_equal(qm["l2.weight"].codes, want.codes)
+    # --calibration: the deprecated spelling, same result, says so
+    old = tmp_path / "old.safetensors"
+    assert main(["quantize", str(model), "-o", str(old), *opts, "--calibration", str(hfile)]) == 0
+    assert "deprecated" in capsys.readouterr().err
+    np.testing.assert_array_equal(qcore.load_quantized(str(old))["l2.weight"].codes, want.codes)
+    assert main(["quantize", str(model), "-o", str(tmp_path / "y.safetensors"), *opts, "--calibration", str(hfile),
+                 "--hessians", str(hfile)]) != 0
+    assert "one of them" in capsys.readouterr().err
     assert main(["quantize", str(model), "-o", str(tmp_path / "x.safetensors"), "--method", "gptq"]) != 0
-    assert "--calibration" in capsys.readouterr().err
+    assert "--hessians" in capsys.readouterr().err
 
 
 # -- mixed by output error ---------------------------------------------------------------------------------
@@ -135,8 +143,39 @@ def test_relative_output_error():
     # scale-free: a layer with 30x larger inputs has the same relative error
     assert score_candidate(w, qt, hessian=900 * h, relative=True)["error"] == pytest.approx(rel, rel=1e-6)
     p = qcore.get_quantizer("mixed", output_error="relative", candidates="linear:3:channel,linear:4:channel")
-    m = p.measure(w, hessian=h)
+    m = p.measure(w, hessians=h)
     assert m[0]["error"] == pytest.approx(score_candidate(w, qcore.quantize(w, bits=3, granularity="channel"),
                                                          hessian=h, relative=True)["error"])
     with pytest.raises(ValueError, match="output_error"):
         qcore.get_quantizer("mixed", output_error="loud")
+
+
+# -- the report shows what the plan chose and how far it is from held-out data ---------------------------------
+def test_report_lists_the_plans_held_out_and_in_sample_errors(tmp_path, capsys):
+    from safetensors.numpy import save_file
+
+    from qcore.ptq import HessianAccumulator
+
+    tensors, _ = model_and_hessians()
+    hs = {n: HessianAccumulator(2).update(anisotropic_inputs(tensors[n].shape[1], seed=i)).folds()
+          for i, n in enumerate(("l1.weight", "l2.weight"))}
+    qm = qcore.quantize_model(tensors, "mixed", hessians=hs, method="gptq", budget_bits=5.0, progress=False,
+                              candidates="linear:3:channel,linear:4:channel,linear:8:channel")
+    rows = {r["name"]: r for r in qm.report()}
+    for n in hs:
+        assert rows[n]["held_out"] is True and rows[n]["candidate"] == qm.info[n]["candidate"]
+        assert rows[n]["error"] > 0 and rows[n]["error_in_sample"] > 0
+    assert rows["emb.weight"]["held_out"] is None and rows["emb.weight"]["error"] is None  # no data for it
+    path = tmp_path / "q.safetensors"
+    qm.save(path)
+    back = {r["name"]: r for r in qcore.load_quantized(path).report()}
+    for n in hs:
+        assert {k: back[n][k] for k in ("candidate", "error", "error_in_sample", "held_out")} == \
+               {k: rows[n][k] for k in ("candidate", "error", "error_in_sample", "held_out")}
+    model = tmp_path / "m.safetensors"
+    save_file(tensors, str(model))
+    assert main(["report", str(model), str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "held-out err" in out and f"{rows['l1.weight']['error']:.3e}" in out
+    assert main(["inspect", str(path)]) == 0
+    assert f"{rows['l2.weight']['error_in_sample']:.3e}" in capsys.readouterr().out

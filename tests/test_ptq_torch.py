@@ -170,9 +170,21 @@ def test_collect_hessians(tmp_path):
     x = torch.cat(CALIB).double()
     np.testing.assert_allclose(hs["inp.weight"], (x.T @ x / x.shape[0]).numpy(), rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(hs["blocks.0.a.weight"], hs["blocks.0.b.weight"])
-    back = qcore.load_tensors(path)
+    # two folds, rows dealt round-robin over every batch of the run (each row of a 2-d input is a sample)
+    h = hs["inp.weight"]
+    assert h.k == 2 and h.counts == ((x.shape[0] + 1) // 2, x.shape[0] // 2)
+    for f in range(2):
+        xf = x[f::2]
+        np.testing.assert_allclose(h.fold(f), (xf.T @ xf / xf.shape[0]).numpy(), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(h.abs_means[f], xf.abs().mean(0).numpy(), rtol=1e-5)
+    back = qcore.ptq.load_hessians(path)  # the file keeps the folds, their counts and the mean |x|
     assert set(back) == set(hs)
-    np.testing.assert_array_equal(back["head.weight"], hs["head.weight"])
+    for name in hs:
+        assert back[name].counts == hs[name].counts
+        for f in range(2):
+            np.testing.assert_array_equal(back[name].folds[f], hs[name].folds[f])
+            np.testing.assert_array_equal(back[name].abs_means[f].astype(np.float32),
+                                          hs[name].abs_means[f].astype(np.float32))
     # the file drives quantize_model: the same GPTQ as qcore.gptq with that Hessian
     w = net.head.weight.detach().numpy()
     qm = qcore.quantize_model({"head.weight": w}, "linear", bits=4, method="gptq", hessians=path, progress=False)
@@ -290,15 +302,21 @@ def test_mixed_with_calibrate_plans_by_output_error():
     net = Net().eval()
     g = qtorch.quantize_dynamic(net, "mixed", 8, calibrate=calibrate, **MIXED)
     assert _bits(g) <= 4.0
-    # the same plan by hand: every candidate scored by trace((W - W') H (W - W')^T) with the float Hessians
+    # the same plan by hand: every candidate scored by trace((W - W') H (W - W')^T) on held-out folds of the
+    # float model's Hessians
     hs = qtorch.collect_hessians(net, calibrate)
     planner = qcore.get_quantizer("mixed", bits=8, axis=0, **MIXED)
     names = [n for n, m in net.named_modules() if isinstance(m, nn.Linear)]
-    ms = [planner.measure(net.get_submodule(n).weight.detach().numpy(), hessian=hs[n + ".weight"]) for n in names]
+    ms = [planner.measure(net.get_submodule(n).weight.detach().numpy(), hessians=hs[n + ".weight"]) for n in names]
     total = sum(net.get_submodule(n).weight.numel() for n in names)
     picks = planner.plan(ms, capacity_bits=4.0 * total)
     for n, m, k in zip(names, ms, picks):
         assert g.get_submodule(n).weight.bits == m[k]["spec"]["bits"], n
+    # the model says what it chose, with the in-sample and held-out errors of each choice
+    assert [r["layer"] for r in g.qcore_plan] == names
+    for r, m, k in zip(g.qcore_plan, ms, picks):
+        assert r["candidate"] == m[k]["label"] and r["held_out"] is True
+        assert r["error"] == m[k]["error"] and r["error_in_sample"] == m[k]["error_in_sample"]
 
 
 def test_mixed_with_gptq_keeps_the_budget_and_beats_rtn_mixed():
@@ -307,3 +325,27 @@ def test_mixed_with_gptq_keeps_the_budget_and_beats_rtn_mixed():
     g = qtorch.quantize_dynamic(net, "mixed", 8, calibrate=calibrate, method="gptq", **MIXED)
     assert _bits(g) <= 4.0
     assert out_err(g, net) < out_err(r, net)
+
+
+# -- several calibration sources, one argument ----------------------------------------------------------------
+def test_calibrate_mixes_sources_with_equal_weight():
+    net = Net().eval()
+    small, large = CALIB[0][:64], torch.cat(CALIB[1:])             # sources of very different sizes
+    hs = qtorch.collect_hessians(net, [small, tuple(CALIB[1:])])  # data: a tensor, a tuple of batches
+    h = hs["inp.weight"]
+    x1, x2 = small.double(), large.double()
+    want = (x1.T @ x1 / len(x1) + x2.T @ x2 / len(x2)) / 2
+    np.testing.assert_allclose(h.full(), want.numpy(), rtol=2e-4, atol=1e-6)
+    # functions or data, the layer-by-layer GPTQ weighs the sources the same way (two spellings, one result),
+    # and differently from running them as one source
+    fn_small, fn_large = (lambda m: m(small)), (lambda m: [m(b) for b in CALIB[1:]])
+    opts = dict(granularity="group", group_size=32, symmetric=False)
+    g1 = qtorch.quantize_dynamic(net, "linear", 3, method="gptq", calibrate=[fn_small, fn_large], **opts)
+    g2 = qtorch.quantize_dynamic(net, "linear", 3, method="gptq", calibrate=[small, tuple(CALIB[1:])], **opts)
+    g3 = qtorch.quantize_dynamic(net, "linear", 3, method="gptq", calibrate=calibrate, **opts)
+    codes = lambda g: [m.weight.codes for m in g.modules() if isinstance(m, qtorch.QLinear)]  # noqa: E731
+    assert all(np.array_equal(a, b) for a, b in zip(codes(g1), codes(g2)))
+    assert not all(np.array_equal(a, b) for a, b in zip(codes(g1), codes(g3)))  # one source: other weights
+    for bad, match in ((42, "calibrate must be"), ([calibrate, "x"], r"calibrate\[1\]"), ([], "empty")):
+        with pytest.raises((TypeError, ValueError), match=match):
+            qtorch.quantize_dynamic(net, "linear", 3, method="gptq", calibrate=bad, **opts)

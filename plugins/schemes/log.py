@@ -32,7 +32,7 @@ A constant tensor (or channel) comes back exactly (its scale is ``|c|``); an all
 code 0.  NaN/Inf raise :class:`qcore.InputError`.  Granularity ``tensor``, ``channel`` or ``group``.
 
 Encode, error search and decode are operations of the scheme's :class:`qcore.Kernel` (``log_encode``,
-``log_sse``, ``lut_decode``; their numerics are specified in qcore/kernels/base.py): the default ``cython``
+``log_sse``, ``lut_decode``; their numerics are specified in qcore/kernels/codebook.py): the default ``cython``
 kernel runs them in C (GIL released, OpenMP), ``kernel="numpy"`` in the numpy reference, with the same codes
 bit for bit.
 """
@@ -41,6 +41,7 @@ from __future__ import annotations
 import numpy as np
 
 import qcore
+from qcore.quantization.forms import Table
 from qcore.validation import as_float32
 
 #: scales are kept above this so that |x| / scale stays finite for finite x of a sane magnitude
@@ -119,6 +120,9 @@ class LogQuantizer(qcore.Quantizer):
         m = np.minimum(np.abs(code), self.levels)
         table = np.where(code < 0, -mag[:, m], mag[:, m]).astype(np.float32)
         return table.reshape(scale.shape + (e,))
+
+    def decodes_as(self, params):
+        return Table(self.lookup_table(params))
 
     def decode(self, codes, params):
         codes = np.asarray(codes)

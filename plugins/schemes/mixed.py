@@ -15,9 +15,10 @@ parameters, in bits) and the error.  Then:
 * ``target_sqnr=T`` (dB): per tensor, the smallest candidate whose SQNR reaches ``T`` (the most accurate
   one when none does).
 
-Error (:func:`score_candidate`, the one function that scores a candidate): squared error ``sum (w - w')^2``,
-times a ``sensitivity`` weight (a number, or an array of the tensor's shape, e.g. a Fisher diagonal), or, given
-``calibration`` inputs ``X``, the output error ``||X (W - W')||^2``.
+Error: without data, the squared error ``sum (w - w')^2`` times a ``sensitivity`` weight (a number, or an
+array of the tensor's shape, e.g. a Fisher diagonal); given the layer's input statistics (``hessians``, a
+:class:`qcore.ptq.HessianFolds`), the output error ``trace((W - W') H (W - W')^T)``, relative to the layer's
+output energy by default, **scored on held-out folds** (see :class:`MixedPlanner`).
 
 On a single tensor (``qcore.quantize(w, "mixed", budget_bits=4)``) the budget applies to that tensor.  The
 result is the :class:`qcore.QTensor` of the chosen candidate: its ``scheme`` is the scheme that decodes it
@@ -27,11 +28,14 @@ uses :meth:`MixedPlanner.measure` / :meth:`plan` / :meth:`quantize_candidate` to
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
 import qcore
 from qcore.metrics import sqnr_from_sums, sumsq
+from qcore.ptq import HessianFolds, check_hessian
+from qcore.quantization.candidates import label_of, parse_candidate, parse_candidates
 from qcore.validation import as_float32
 
 DEFAULT_CANDIDATES = (
@@ -42,66 +46,6 @@ DEFAULT_CANDIDATES = (
 )
 #: group sizes tried, largest first, when a group candidate does not name one
 GROUP_SIZES = (128, 64, 32)
-
-
-def parse_candidate(spec) -> dict:
-    """``"linear:4:group:64"`` / ``{"scheme": "linear", "bits": 4, ...}`` -> ``{"scheme", "bits", **options}``."""
-    if isinstance(spec, dict):
-        d = dict(spec)
-        if not isinstance(d.get("scheme"), str):
-            raise ValueError(f"a candidate needs a 'scheme' name, got {spec!r}")
-        return d
-    if not isinstance(spec, str):
-        raise TypeError(f"a candidate is a 'scheme:bits[:granularity[:group_size]]' string or a dict, got {spec!r}")
-    parts = spec.strip().split(":")
-    if not 2 <= len(parts) <= 4 or not parts[0]:
-        raise ValueError(f"candidate {spec!r}: expected 'scheme:bits[:granularity[:group_size]]', e.g. 'linear:4:channel'")
-    try:
-        d = {"scheme": parts[0], "bits": int(parts[1])}
-        if len(parts) >= 3:
-            d["granularity"] = parts[2]
-        if len(parts) == 4:
-            d["group_size"] = int(parts[3])
-    except ValueError:
-        raise ValueError(f"candidate {spec!r}: bits and group_size must be integers") from None
-    return d
-
-
-def label_of(spec: dict) -> str:
-    s = f"{spec['scheme']}:{spec.get('bits', '?')}"
-    g = spec.get("granularity")
-    if g:
-        s += f":{g}" + (f"{spec['group_size']}" if g == "group" and "group_size" in spec else "")
-    return s
-
-
-def output_error(x: np.ndarray, d: np.ndarray, sensitivity=1.0, calibration=None) -> float:
-    """The error measure: weighted squared error, or ``||X d||^2`` with calibration inputs ``X``."""
-    if calibration is not None:
-        X = np.asarray(calibration, dtype=np.float32)
-        if d.ndim != 2:
-            raise ValueError(f"calibration inputs need a 2-d weight, got shape {d.shape}")
-        X = X.reshape(1, -1) if X.ndim == 1 else X.reshape(-1, X.shape[-1])
-        if X.shape[1] == d.shape[0]:  # y = X @ W  (scikit-learn coefs_: (in, out))
-            e = X @ d
-        elif X.shape[1] == d.shape[1]:  # y = X @ W.T  (torch Linear.weight: (out, in))
-            e = X @ d.T
-        else:
-            raise ValueError(f"calibration inputs of width {X.shape[1]} fit neither axis of weight shape {d.shape}")
-        err = sumsq(e)
-    else:
-        if np.ndim(sensitivity) == 0:
-            err = sumsq(d)
-        else:
-            s = np.broadcast_to(np.asarray(sensitivity, dtype=np.float64), d.shape)
-            if (s < 0).any() or not np.isfinite(s).all():
-                raise ValueError("sensitivity weights must be finite and >= 0")
-            d64 = d.astype(np.float64)
-            return float(np.sum(s * d64 * d64))
-    s = float(sensitivity) if np.ndim(sensitivity) == 0 and sensitivity is not None else 1.0
-    if not (math.isfinite(s) and s >= 0):
-        raise ValueError(f"sensitivity must be a finite number >= 0, got {sensitivity!r}")
-    return s * err
 
 
 def knapsack(costs: list[np.ndarray], errors: list[np.ndarray], capacity: float, resolution: int | None = None) -> list[int]:
@@ -173,41 +117,67 @@ def knapsack(costs: list[np.ndarray], errors: list[np.ndarray], capacity: float,
     return [int(k) for k in pick]
 
 
-def score_candidate(x: np.ndarray, qt: qcore.QTensor, *, sensitivity=1.0, calibration=None, signal=None,
-                    hessian=None, relative=False) -> dict:
+#: how a candidate's output error is normalised (option ``output_error``)
+OUTPUT_ERRORS = ("relative", "absolute")
+
+
+def _h_axis(shape: tuple[int, ...], width: int) -> int:
+    """Which axis of a 2-d weight the Hessian's inputs run along: 1 (``y = x W^T``, torch's ``(N, K)`` layout,
+    preferred) or 0 (``y = x W``, scikit-learn's ``coefs_``); a clear error when neither fits."""
+    if len(shape) != 2:
+        raise ValueError(f"Hessians need a 2-d weight, got shape {shape}")
+    if shape[1] == width:
+        return 1
+    if shape[0] == width:
+        return 0
+    raise ValueError(f"Hessians of width {width} fit neither axis of weight shape {shape}")
+
+
+def _trace(d: np.ndarray, h32: np.ndarray, axis: int) -> float:
+    """``trace(d H d^T)`` (inputs along axis 1) or ``trace(d^T H d)`` (axis 0): float32 products, float64 sum."""
+    p = d @ h32 if axis == 1 else h32 @ d
+    return float(np.einsum("ij,ij->", p, d, dtype=np.float64))
+
+
+def score_candidate(x: np.ndarray, qt: qcore.QTensor, *, sensitivity=1.0, signal=None, hessian=None,
+                    relative=False) -> dict:
     """How good one candidate is on ``x``: ``{"error", "sse", "sqnr_db"}``.
 
-    The one place the planner measures error (the plan minimises ``error``): the squared error ``sse`` of the
-    weights, times ``sensitivity`` (a number, or per-element weights), or with ``calibration`` inputs ``X``
-    the output error ``||X (W - W')||^2`` (:func:`output_error`), or with the layer's input Hessian
-    ``H = mean(x x^T)`` (``(K, K)`` for a ``(N, K)`` weight) the mean output error
-    ``trace((W - W') H (W - W')^T)`` — what the model's output feels, not the weight error; ``relative=True``
-    divides it by the layer's output energy ``trace(W H W^T)`` (a noise-to-signal ratio, comparable between
-    layers whose outputs have different scales).  ``sqnr_db`` is the weight SQNR (``signal``: ``sum x^2`` when
-    the caller has it already).
+    Without data: the squared error ``sse`` of the weights, times ``sensitivity`` (a number, or per-element
+    weights).  With the layer's input Hessian ``H = mean(x x^T)`` (``(K, K)`` for a ``(N, K)`` weight): the mean
+    output error ``trace((W - W') H (W - W')^T)`` — what the layer's output feels; ``relative=True`` divides it
+    by the layer's output energy ``trace(W H W^T)`` (a noise-to-signal ratio, comparable between layers whose
+    outputs have different scales).  ``sqnr_db`` is the weight SQNR (``signal``: ``sum x^2`` when known).
     """
     d = qt.dequantize()
     np.subtract(x, d, out=d)
     sse = sumsq(d)
     if hessian is not None:
-        from qcore.ptq import check_hessian
-
-        if d.ndim != 2:
-            raise ValueError(f"a Hessian needs a 2-d weight, got shape {d.shape}")
-        h = check_hessian(hessian, d.shape[1])
-        d64 = d.astype(np.float64)
-        error = float(np.einsum("nk,nk->", d64 @ h, d64))
+        axis = _h_axis(d.shape, np.shape(hessian)[0])
+        h = check_hessian(hessian, d.shape[axis]).astype(np.float32)
+        error = _trace(d, h, axis)
         if relative:
-            x64 = np.asarray(x, np.float64)
-            energy = float(np.einsum("nk,nk->", x64 @ h, x64))
+            energy = _trace(np.asarray(x, np.float32), h, axis)
             error = error / energy if energy > 0 else (0.0 if error == 0 else math.inf)
-    elif np.ndim(sensitivity) == 0 and calibration is None:
-        if not (math.isfinite(float(sensitivity)) and float(sensitivity) >= 0):
-            raise ValueError(f"sensitivity must be a finite number >= 0, got {sensitivity!r}")
-        error = sse * float(sensitivity)
     else:
-        error = output_error(x, d, sensitivity, calibration)
+        error = _weighted(d, sse, sensitivity)
     return {"error": error, "sse": sse, "sqnr_db": sqnr_from_sums(sumsq(x) if signal is None else signal, sse)}
+
+
+def _weighted(d: np.ndarray, sse: float, sensitivity) -> float:
+    """``sse * sensitivity`` (a number) or ``sum(sensitivity * d^2)`` (per-element weights)."""
+    if sensitivity is None:
+        return sse
+    if np.ndim(sensitivity) == 0:
+        s = float(sensitivity)
+        if not (math.isfinite(s) and s >= 0):
+            raise ValueError(f"sensitivity must be a finite number >= 0, got {sensitivity!r}")
+        return sse * s
+    s = np.broadcast_to(np.asarray(sensitivity, dtype=np.float64), d.shape)
+    if (s < 0).any() or not np.isfinite(s).all():
+        raise ValueError("sensitivity weights must be finite and >= 0")
+    d64 = d.astype(np.float64)
+    return float(np.sum(s * d64 * d64))
 
 
 class MixedPlanner(qcore.Planner):
@@ -216,15 +186,24 @@ class MixedPlanner(qcore.Planner):
     Options: ``budget_bits`` (average bits per weight, parameters counted; default 4.5), ``target_sqnr`` (dB;
     overrides the budget), ``candidates`` (list of ``"scheme:bits[:granularity[:group_size]]"`` strings or
     dicts; a comma-separated string works too; default :data:`DEFAULT_CANDIDATES`, skipping schemes that are
-    not installed), ``axis`` (channel axis for per-channel candidates, default 0), ``sensitivity`` and
-    ``calibration`` (the error measure, see :func:`score_candidate`), ``output_error`` (with Hessians:
-    ``"relative"`` (default; each layer's output error over its output energy) or ``"absolute"``).  ``bits`` (default 8) is the widest code
-    a candidate may use.
+    not installed), ``axis`` (channel axis for per-channel candidates, default 0), ``sensitivity`` (weight of
+    the weight error without data), ``output_error`` (with Hessians: ``"relative"`` (default; each layer's
+    output error over its output energy) or ``"absolute"``), ``gptq_options`` (``block_size``, ``damp``,
+    ``act_order``, ``clip_search`` for ``method="gptq"``).  ``bits`` (default 8) is the widest code a candidate
+    may use.  ``calibration`` (activation arrays) is a deprecated alias: pass their Hessians
+    (``qcore.ptq.HessianAccumulator(folds=2).update(X).folds()``) as ``hessians=`` instead.
+
+    **Held-out scoring.**  Given Hessians of ``k >= 2`` folds, a candidate fitted on data (``method="gptq"``)
+    is fitted ``k`` times, each time on every fold but one (``hessians.rest(i)``), and scored on the fold left
+    out (``hessians.fold(i)``); ``error`` is the count-weighted mean of those held-out scores and
+    ``error_in_sample`` the mean of each fit's score on the folds it was fitted on.  A data-free candidate
+    (``method="rtn"``) is fitted once and scored the same two ways.  With one fold both are the in-sample score
+    (``held_out`` False; the driver warns).  :meth:`quantize_candidate` fits on everything (``full()``).
     """
 
     name = "mixed"
     options = {"budget_bits": 4.5, "target_sqnr": None, "candidates": None, "axis": 0,
-               "sensitivity": None, "calibration": None, "output_error": "relative"}
+               "sensitivity": None, "calibration": None, "output_error": "relative", "gptq_options": None}
 
     def __init__(self, bits=None, observer=None, kernel=None, **options):
         super().__init__(bits, observer, kernel, **options)
@@ -236,15 +215,22 @@ class MixedPlanner(qcore.Planner):
                     raise TypeError(f"{key} must be a number, got {v!r}")
                 if not math.isfinite(v) or (key == "budget_bits" and v <= 0):
                     raise ValueError(f"{key} must be a finite{' positive' if key == 'budget_bits' else ''} number, got {v}")
-        if cfg["output_error"] not in ("absolute", "relative"):
-            raise ValueError(f"output_error must be 'absolute' or 'relative', got {cfg['output_error']!r}")
+        if cfg["output_error"] not in OUTPUT_ERRORS:
+            raise ValueError(f"output_error must be one of {', '.join(map(repr, OUTPUT_ERRORS))}, got {cfg['output_error']!r}")
+        gopts = cfg["gptq_options"]
+        if gopts is not None:
+            if not isinstance(gopts, dict):
+                raise TypeError(f"gptq_options must be a dict, got {type(gopts).__name__}")
+            unknown = set(gopts) - {"block_size", "damp", "act_order", "clip_search"}
+            if unknown:
+                raise TypeError(f"unknown gptq_options {', '.join(sorted(unknown))}; they are block_size, damp, "
+                                "act_order, clip_search")
+        if cfg["calibration"] is not None:
+            warnings.warn("mixed: calibration= (activation arrays) is deprecated; pass hessians= to measure() "
+                          "(or calibrate= to quantize_model)", DeprecationWarning, stacklevel=3)
         cands = cfg["candidates"]
         explicit = cands is not None
-        if cands is None:
-            cands = DEFAULT_CANDIDATES
-        elif isinstance(cands, str):
-            cands = [c for c in cands.split(",") if c.strip()]
-        specs = [parse_candidate(c) for c in cands]
+        specs = parse_candidates(DEFAULT_CANDIDATES if cands is None else cands)
         installed = set(qcore.list_schemes())
         self.specs = []
         for s in specs:
@@ -261,6 +247,11 @@ class MixedPlanner(qcore.Planner):
         if not self.specs:
             raise ValueError("the mixed scheme has no candidate left (all excluded by bits or not installed)")
         self._cache: dict[tuple, qcore.Quantizer | None] = {}
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_cache"] = {}  # rebuilt on demand where it is unpickled
+        return state
 
     # -- candidates --------------------------------------------------------------------------------------
     def _concrete(self, spec: dict, shape: tuple[int, ...]) -> dict | None:
@@ -297,18 +288,50 @@ class MixedPlanner(qcore.Planner):
                 self._cache[key] = None  # e.g. a scheme without granularity options: candidate skipped
         return self._cache[key]
 
-    def measure(self, x, *, sensitivity=None, calibration=None, hessian=None, method="rtn") -> list[dict]:
-        """Quantize ``x`` with every applicable candidate: ``[{"spec", "label", "bits", "nbytes", "error", "sse", "sqnr_db"}]``.
+    def _folds(self, x, hessians, method):
+        """``hessians`` as :class:`HessianFolds` (or None), the axis its inputs run along, checked."""
+        if method not in ("rtn", "gptq"):
+            raise ValueError(f"method must be 'rtn' or 'gptq', got {method!r}")
+        if hessians is None:
+            if method == "gptq":
+                raise TypeError("method='gptq' needs the layer's hessians")
+            return None, 1
+        folds = HessianFolds.of(hessians)
+        axis = _h_axis(x.shape, folds.width)
+        if method == "gptq" and axis != 1:
+            raise ValueError(f"method='gptq' needs the (N, K) weight layout with Hessians (K, K); weight shape "
+                             f"{x.shape}, Hessian width {folds.width}")
+        return folds, axis
 
-        ``hessian`` (the layer's ``mean(x x^T)``): errors are output errors (:func:`score_candidate`);
-        ``method="gptq"`` (with ``hessian``): each candidate is quantized by :func:`qcore.gptq`.
-        """
+    def _encode(self, q, x, h, method):
+        if method == "gptq":
+            return qcore.gptq(x, h, q, **(self.config["gptq_options"] or {}))
+        return q.quantize(x)
+
+    def measure(self, x, *, hessians=None, method="rtn", sensitivity=None, calibration=None) -> list[dict]:
+        """Quantize ``x`` with every applicable candidate: ``[{"spec", "label", "bits", "nbytes", "error",
+        "error_in_sample", "held_out", "sse", "sqnr_db"}]`` (see the class docstring for the scores)."""
         x = as_float32(x)
-        sensitivity = self.config["sensitivity"] if sensitivity is None else sensitivity
         calibration = self.config["calibration"] if calibration is None else calibration
-        if sensitivity is None:
-            sensitivity = 1.0
+        if calibration is not None and hessians is None:  # deprecated: activation arrays
+            from qcore.ptq import HessianAccumulator
+
+            hessians = HessianAccumulator(folds=1).update(np.asarray(calibration, np.float32)).folds()
+        folds, axis = self._folds(x, hessians, method)
+        sensitivity = self.config["sensitivity"] if sensitivity is None else sensitivity
+        if sensitivity is not None:  # checked once, before the candidates (whose ValueErrors mean "skip me")
+            _weighted(np.zeros(x.shape, np.float32), 0.0, sensitivity)
+        relative = self.config["output_error"] == "relative"
         signal = sumsq(x)
+        held = folds is not None and folds.k >= 2
+        if folds is not None:
+            idx = range(folds.k) if held else [0]
+            weights = folds._weights(list(idx))
+            test = [(folds.fold(i) if held else folds.full()).astype(np.float32) for i in idx]
+            train = [(folds.rest(i) if held else folds.full()) for i in idx]
+            train32 = [t.astype(np.float32) for t in train]
+            energy_test = [_trace(x, t, axis) for t in test] if relative else None
+            energy_train = [_trace(x, t, axis) for t in train32] if relative else None
         out = []
         for spec in self.specs:
             s = self._concrete(spec, x.shape)
@@ -318,12 +341,30 @@ class MixedPlanner(qcore.Planner):
             if q is None:
                 continue
             try:
-                qt = self._encode(q, x, hessian, method)
+                if folds is None:
+                    qt = q.quantize(x)
+                    d = qt.dequantize()
+                    np.subtract(x, d, out=d)
+                    sse = sumsq(d)
+                    err = err_in = _weighted(d, sse, sensitivity)
+                else:
+                    err = err_in = sse = 0.0
+                    for j, wj in enumerate(weights):
+                        if method == "gptq" or j == 0:
+                            qt = self._encode(q, x, train[j], method)
+                            d = qt.dequantize()
+                            np.subtract(x, d, out=d)
+                        e_out, e_in = _trace(d, test[j], axis), _trace(d, train32[j], axis)
+                        if relative:
+                            e_out, e_in = _ratio(e_out, energy_test[j]), _ratio(e_in, energy_train[j])
+                        err += wj * e_out
+                        err_in += wj * e_in
+                        sse += wj * sumsq(d)
             except ValueError:
                 continue  # the candidate cannot take this tensor (e.g. a shape it does not support)
-            score = score_candidate(x, qt, sensitivity=sensitivity, calibration=calibration, signal=signal,
-                                    hessian=hessian, relative=self.config["output_error"] == "relative")
-            out.append({"spec": s, "label": label_of(s), "bits": qt.bits, "nbytes": int(qt.nbytes), **score})
+            out.append({"spec": s, "label": label_of(s), "bits": int(qt.bits), "nbytes": int(qt.nbytes),
+                        "error": float(err), "error_in_sample": float(err_in), "held_out": bool(held),
+                        "sse": float(sse), "sqnr_db": float(sqnr_from_sums(signal, sse))})
             del qt
         return out
 
@@ -350,25 +391,22 @@ class MixedPlanner(qcore.Planner):
         except ValueError as exc:
             raise ValueError(f"mixed: {exc}; raise budget_bits or add cheaper candidates") from None
 
-    @staticmethod
-    def _encode(q, x, hessian, method):
-        if method not in ("rtn", "gptq"):
-            raise ValueError(f"method must be 'rtn' or 'gptq', got {method!r}")
-        if method == "gptq":
-            if hessian is None:
-                raise TypeError("method='gptq' needs the layer's hessian")
-            return qcore.gptq(x, hessian, q)
-        return q.quantize(x)
-
-    def quantize_candidate(self, x, spec: dict, *, hessian=None, method="rtn") -> qcore.QTensor:
+    def quantize_candidate(self, x, spec: dict, *, hessians=None, method="rtn") -> qcore.QTensor:
+        """The candidate ``spec`` fitted on all the data (``hessians.full()`` for ``method="gptq"``)."""
+        x = as_float32(x)
+        folds, _ = self._folds(x, hessians, method)
         q = self._quantizer(spec)
-        if q is None:  # pragma: no cover - measure() only returns candidates that built
+        if q is None:
             raise ValueError(f"candidate {label_of(spec)!r} cannot be built")
-        return self._encode(q, as_float32(x), hessian, method)
+        return self._encode(q, x, None if folds is None else folds.full(), method)
 
     def capacity_bits(self, size: int):
         # target_sqnr overrides the budget (plan() ignores the capacity then)
         return None if self.config["target_sqnr"] is not None else super().capacity_bits(size)
+
+
+def _ratio(err: float, energy: float) -> float:
+    return err / energy if energy > 0 else (0.0 if err == 0 else math.inf)
 
 
 @qcore.hookimpl

@@ -10,6 +10,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from typing import Any
 
 from ..quantization.planner import Planner
@@ -39,16 +40,19 @@ def _formats() -> list[str]:
 
 
 def register(sub) -> None:
-    sp = sub.add_parser("quantize", help="quantize a model (file, Hugging Face folder or shard index) into a qcore file "
-                                          "or a compressed-tensors folder",
+    sp = sub.add_parser("quantize", help="quantize a model (file, Hugging Face folder or shard index) into a qcore file, "
+                                          "a compressed-tensors folder or a GGUF file",
                         description="Quantize every float tensor of 2+ dimensions (or those chosen by --include/--exclude "
-                                    "and rules) and write a qcore quantized-model file (--format qcore) or a "
-                                    "compressed-tensors folder that transformers loads (--format compressed-tensors). "
+                                    "and rules) and write a qcore quantized-model file (--format qcore), a "
+                                    "compressed-tensors folder that transformers loads (--format compressed-tensors) or "
+                                    "a GGUF file for llama.cpp (--format gguf: llama-family folders; without options, "
+                                    "8-bit symmetric blocks of 32 with float16 scales, i.e. Q8_0; docs/deploy.md). "
                                     "Every option is checked before any work starts.")
     sp.epilog_fn = lambda: f"installed schemes: {_installed_schemes()}"
     sp.add_argument("input", help="model: .safetensors or .npz file, Hugging Face model folder, or model.safetensors.index.json")
     sp.add_argument("-o", "--output", required=True,
-                    help="--format qcore: the .safetensors file to write; compressed-tensors: the folder to write")
+                    help="--format qcore: the .safetensors file to write; compressed-tensors: the folder to write; "
+                         "gguf: the .gguf file to write")
     sp.add_argument("--format", choices=_formats(), default="qcore", help="output format (default: qcore)")
     sp.add_argument("--force", action="store_true", help="replace an existing output (default: refuse)")
     sp.add_argument("--scheme", help="scheme for every tensor (default: linear; 'mixed' plans bits per tensor)")
@@ -66,10 +70,13 @@ def register(sub) -> None:
                                           "(default: linear 2/3/4/8 per channel and group, kmeans 2-4, log 4-5)")
     sp.add_argument("--method", choices=("rtn", "gptq"), default="rtn",
                     help="rtn: round to nearest (default); gptq: minimise each layer's output error with the "
-                         "Hessians of --calibration (docs/ptq.md)")
-    sp.add_argument("--calibration", metavar="HESSIANS.safetensors",
+                         "Hessians of --hessians (docs/ptq.md)")
+    sp.add_argument("--hessians", metavar="HESSIANS.safetensors", action="append",
                     help="per-layer input Hessians (qtorch.collect_hessians); needed by --method gptq, and with "
-                         "--scheme mixed the candidates are judged by their output error")
+                         "--scheme mixed the candidates are judged by their output error on held-out folds; "
+                         "repeat it to mix calibration sources with equal weight")
+    sp.add_argument("--calibration", dest="calibration_alias", metavar="HESSIANS.safetensors", action="append",
+                    help="deprecated spelling of --hessians")
     sp.add_argument("--include", action="append", metavar="GLOB", help="quantize only matching tensors (repeatable)")
     sp.add_argument("--exclude", action="append", metavar="GLOB", help="keep matching tensors as they are (repeatable)")
     sp.add_argument("--config", metavar="RULES.toml", help="options and [rules.\"GLOB\"] tables (see docs/models.md)")
@@ -77,14 +84,14 @@ def register(sub) -> None:
     sp.add_argument("--quiet", action="store_true", help="no progress bar, no table")
     sp.set_defaults(func=cmd_quantize)
 
-    sp = sub.add_parser("inspect", help="per-tensor table of a quantized model (qcore file or compressed-tensors "
-                                         "folder; header only, no plugin needed)")
-    sp.add_argument("file", help="qcore .safetensors file, or a compressed-tensors folder")
+    sp = sub.add_parser("inspect", help="per-tensor table of a quantized model (qcore file, compressed-tensors folder "
+                                         "or GGUF file; header only, no plugin needed)")
+    sp.add_argument("file", help="qcore .safetensors file, compressed-tensors folder or GGUF file")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=cmd_inspect)
 
     sp = sub.add_parser("dequantize", help="write a quantized model back as plain float safetensors")
-    sp.add_argument("file", help="qcore .safetensors file, or a compressed-tensors folder")
+    sp.add_argument("file", help="qcore .safetensors file, compressed-tensors folder or GGUF file")
     sp.add_argument("-o", "--output", required=True, help="plain .safetensors file to write")
     sp.add_argument("--force", action="store_true", help="replace an existing output (default: refuse)")
     sp.add_argument("--dtype", choices=DTYPE_CHOICES,
@@ -93,7 +100,7 @@ def register(sub) -> None:
 
     sp = sub.add_parser("report", help="size and SQNR per layer of a quantized model against its float original")
     sp.add_argument("original", help="the float model (.safetensors, .npz, Hugging Face folder or shard index)")
-    sp.add_argument("quantized", help="the quantized model (qcore file or compressed-tensors folder)")
+    sp.add_argument("quantized", help="the quantized model (qcore file, compressed-tensors folder or GGUF file)")
     sp.add_argument("--plot", metavar="FILE.png", help="also draw bits and SQNR per layer (matplotlib)")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=cmd_report)
@@ -131,6 +138,8 @@ def _orig(row: dict) -> int:
 
 def _describe(row: dict) -> str:
     opts = row.get("options") or {}
+    if opts.get("gguf_type"):  # a GGUF file says what each tensor is stored as
+        return str(opts["gguf_type"])
     if row.get("scheme") is None:
         return ""
     g = opts.get("granularity")
@@ -139,11 +148,22 @@ def _describe(row: dict) -> str:
     return str(g or "")
 
 
+def _fmt_plan(row: dict) -> str:
+    """The plan columns: the chosen candidate's output error on held-out data (``-`` if it was scored in-sample
+    only) and on its own calibration data."""
+    held = row.get("error") if row.get("held_out") else None
+    ins = row.get("error_in_sample")
+    return f" {'-' if held is None else f'{held:.3e}':>12s} {'-' if ins is None else f'{ins:.3e}':>13s}"
+
+
 def format_table(rows: list[dict]) -> str:
     """The per-tensor table printed by quantize/inspect/report, with a total line."""
     name_w = max([len(r["name"]) for r in rows] + [6])
     name_w = min(name_w, 48)
+    planned = any(r.get("error") is not None for r in rows)  # a plan judged on data: its errors are columns
     head = f"{'tensor':{name_w}s} {'scheme':8s} {'bits':>4s} {'layout':>10s} {'shape':>14s} {'dtype':>8s} {'original':>10s} {'quantized':>10s} {'ratio':>6s} {'SQNR dB':>8s}"
+    if planned:
+        head += f" {'held-out err':>12s} {'in-sample err':>13s}"
     lines = [head, "-" * len(head)]
     for r in rows:
         name = r["name"] if len(r["name"]) <= name_w else "…" + r["name"][-(name_w - 1):]
@@ -152,7 +172,7 @@ def format_table(rows: list[dict]) -> str:
         ratio = orig / r["bytes_q"] if r["bytes_q"] else float("inf")
         lines.append(f"{name:{name_w}s} {str(r['scheme'] or 'kept'):8s} {str(r['bits'] if r['bits'] is not None else '-'):>4s} "
                      f"{_describe(r):>10s} {shape:>14s} {str(r.get('dtype', '')):>8s} {_fmt_bytes(orig):>10s} {_fmt_bytes(r['bytes_q']):>10s} "
-                     f"{ratio:6.2f} {_fmt_snr(r['sqnr_db']):>8s}")
+                     f"{ratio:6.2f} {_fmt_snr(r['sqnr_db']):>8s}" + (_fmt_plan(r) if planned else ""))
     fp = sum(_orig(r) for r in rows)
     q = sum(r["bytes_q"] for r in rows)
     quant = [r for r in rows if r["scheme"] is not None]
@@ -200,23 +220,18 @@ def _is_planner(q) -> bool:
 
 
 def _parse_candidates(text: str) -> list[dict]:
-    """``"linear:4:channel,kmeans:3"`` -> candidate dicts, each checked against its scheme now (a misspelled
-    granularity or scheme is named as such, not reported later as 'no candidate applies')."""
+    """``"linear:4:channel,kmeans:3"`` -> candidate dicts (:func:`qcore.quantization.candidates.parse_candidate`),
+    each checked against its scheme now (a misspelled granularity or scheme is named as such, not reported later
+    as 'no candidate applies')."""
     from ..api import get_quantizer
+    from ..quantization.candidates import parse_candidate
 
     out = []
     for spec in [c.strip() for c in text.split(",") if c.strip()]:
-        parts = spec.split(":")
-        if not 2 <= len(parts) <= 4 or not parts[0]:
-            raise UsageError(f"--candidates: {spec!r} is not 'scheme:bits[:granularity[:group_size]]' (e.g. linear:4:channel)")
         try:
-            d: dict[str, Any] = {"scheme": parts[0], "bits": int(parts[1])}
-            if len(parts) >= 3:
-                d["granularity"] = parts[2]
-            if len(parts) == 4:
-                d["group_size"] = int(parts[3])
-        except ValueError:
-            raise UsageError(f"--candidates: {spec!r}: bits and group size must be integers") from None
+            d = parse_candidate(spec)
+        except ValueError as exc:
+            raise UsageError(f"--candidates: {exc}") from None
         try:
             get_quantizer(d["scheme"], **{k: v for k, v in d.items() if k != "scheme"})
         except KeyError as exc:
@@ -291,15 +306,20 @@ def cmd_quantize(args) -> int:
                          f"(qcore dequantize writes a float copy, but quantizing that again compounds the error)")
     if args.config:
         check_exists(args.config, "--config file")
-    if args.method == "gptq" and not args.calibration:
-        raise UsageError("--method gptq needs --calibration HESSIANS.safetensors (per-layer Hessians written by "
+    if args.calibration_alias:
+        if args.hessians:
+            raise UsageError("--calibration is the deprecated spelling of --hessians; give one of them")
+        print("qcore quantize: --calibration is deprecated; use --hessians", file=sys.stderr)
+        args.hessians = args.calibration_alias
+    if args.method == "gptq" and not args.hessians:
+        raise UsageError("--method gptq needs --hessians HESSIANS.safetensors (per-layer Hessians written by "
                          "qtorch.collect_hessians, see docs/ptq.md)")
-    if args.calibration:
-        check_exists(args.calibration, "--calibration file")
+    for h in args.hessians or []:
+        check_exists(h, "--hessians file")
     cfg: dict[str, Any] = load_config(args.config) if args.config else {}
     # 2. the output: right kind of name, not an input, in a folder we can write
     inputs = input_files(args.input) + ([args.config] if args.config else []) + (
-        [args.calibration] if args.calibration else [])
+        list(args.hessians or []))
     fmt = get_format(args.format)
     save_options = {"source": args.input} if fmt.uses_source else {}
     if fmt.output == "file":
@@ -312,6 +332,7 @@ def cmd_quantize(args) -> int:
         raise UsageError(f"--format {fmt.name}: {exc}") from None
     # 3. scheme and options
     scheme, options, budget = _options_from(args, cfg)
+    options = fmt.default_options(scheme, options)
     if scheme == "linear" and "granularity" not in options:
         options["granularity"] = "channel"
     q = _check_scheme_options(scheme, options, budget)
@@ -340,16 +361,17 @@ def cmd_quantize(args) -> int:
         raise UsageError(str(exc)) from None
     # 5. the work
     t0 = time.perf_counter()
-    ptq = {"method": args.method, "hessians": args.calibration} if args.calibration else {}
+    ptq = {"method": args.method, "hessians": args.hessians if len(args.hessians) > 1 else args.hessians[0]} \
+        if args.hessians else {}
     if ptq and args.method == "rtn" and not _is_planner(q):
-        raise UsageError("--calibration is used by --method gptq or --scheme mixed")
+        raise UsageError("--hessians is used by --method gptq or --scheme mixed")
     try:
         qm = quantize_model(tensors, scheme, include=include, exclude=exclude, rules=rules,
                             budget_bits=budget, progress=not args.quiet, **ptq, **options)
     except (ValueError, TypeError) as exc:
         if not ptq:
             raise
-        raise UsageError(f"--calibration {args.calibration}: {exc}") from None
+        raise UsageError(f"--hessians {' '.join(args.hessians)}: {exc}") from None
     t1 = time.perf_counter()
     bar = progress_bar(1, not args.quiet, "writing")
 
@@ -358,9 +380,13 @@ def cmd_quantize(args) -> int:
         bar.update(done - bar.n)
 
     try:
-        size = qm.save(args.output, format=fmt.name, progress=on_write, **save_options)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            size = qm.save(args.output, format=fmt.name, progress=on_write, **save_options)
     finally:
         bar.close()
+    for w in caught:  # what the output lacks (e.g. a GGUF vocabulary): one line each
+        print(f"qcore: warning: {w.message}", file=sys.stderr)
     rows = qm.report()
     if args.json:
         print(json.dumps({"output": args.output, "format": args.format, "file_size": size, "seconds": t1 - t0,

@@ -19,12 +19,12 @@ from .._version import __version__
 from ..api import get_quantizer
 from ..errors import FormatError, SchemeNotFound
 from ..kernels.base import packed_size
+from ..metrics import check_plan_info, plan_columns, plan_info, report_row
 from ..plugin.manager import get_manager
 from ..tensor import QTensor
 from .folders import copy_file, copy_side_files, same_folder, source_folder
 from .formats import ModelFormat
 from .qmodel import QModel
-from ..metrics import report_row
 from .safetensors_io import (DTYPES, MAX_NDIM, Entry, Header, read_header, read_tensor, refuse_json_constant, shape_fits,
                              st_dtype, write_safetensors)
 
@@ -91,6 +91,9 @@ def describe(model: QModel) -> tuple[list[Entry], dict[str, str]]:
             }
             if info.get("planned_by"):
                 d["planned_by"] = str(info["planned_by"])
+            plan = plan_info(info)
+            if plan:
+                d["plan"] = plan
             described.append(d)
         else:
             arr = np.ascontiguousarray(t)
@@ -225,6 +228,10 @@ def parse_description(header: Header) -> list[dict[str, Any]]:
             plugin = d.get("plugin", {})
             if not isinstance(plugin, dict) or not all(isinstance(v, str) for v in plugin.values()):
                 raise bad(f"{what}: plugin must be an object of strings")
+            try:
+                check_plan_info(d.get("plan", {}))
+            except (TypeError, ValueError) as exc:
+                raise bad(f"{what}: plan: {exc}") from None
         else:
             raise bad(f"{what}: unknown kind {kind!r}")
         out.append(d)
@@ -318,6 +325,7 @@ def load_qcore_file(path: str | os.PathLike, *, verify: bool = True) -> QModel:
             info: dict[str, Any] = {"sqnr_db": d.get("sqnr_db"), "plugin": d.get("plugin")}
             if d.get("planned_by"):
                 info["planned_by"] = d["planned_by"]
+            info.update(d.get("plan", {}))
             model.info[name] = info
     return model
 
@@ -341,7 +349,7 @@ def inspect_file(path: str | os.PathLike) -> dict[str, Any]:
                                    bytes_q=nbytes, sqnr_db=d.get("sqnr_db"),
                                    options={k: v for k, v in d["options"].items() if k != "bits"},
                                    planned_by=d.get("planned_by"), bytes_orig=isz * count, dtype=dt,
-                                   plugin=d.get("plugin", {})))
+                                   plugin=d.get("plugin", {}), **plan_columns(d.get("plan", {}))))
         else:
             info = header.tensors[d["tensor"]]
             dt = "bfloat16" if info.dtype == "BF16" else str(DTYPES[info.dtype])

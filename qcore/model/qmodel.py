@@ -12,7 +12,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from ..metrics import report_row, sqnr_db  # sqnr_db is also qcore.model.sqnr_db
+from ..metrics import plan_columns, report_row, sqnr_db  # sqnr_db is also qcore.model.sqnr_db
 from ..tensor import QTensor
 
 
@@ -112,11 +112,14 @@ class QModel:
         return t
 
     def report(self, reference: Mapping[str, np.ndarray] | None = None) -> list[dict]:
-        """One dict per tensor: ``name, scheme, bits, shape, bytes_fp32, bytes_q, sqnr_db`` (+ ``options``, ``planned_by``).
+        """One dict per tensor: ``name, scheme, bits, shape, bytes_fp32, bytes_q, sqnr_db`` (+ ``options``,
+        ``planned_by``, and the plan's ``candidate``, ``error``, ``error_in_sample``, ``held_out``).
 
         ``sqnr_db`` is measured against ``reference`` (the float model) when given, else it is the value
         recorded at quantization time (saved in the file; ``None`` if unknown).  Tensors kept as they were
-        have ``scheme None``, ``bits`` of their dtype and ``sqnr_db inf``.
+        have ``scheme None``, ``bits`` of their dtype and ``sqnr_db inf``.  A tensor a planner chose with
+        calibration data has its candidate's output error on held-out data (``error``, ``held_out`` True) and on
+        the data it was fitted on (``error_in_sample``); the others have None there.
         """
         rows = []
         for name, t in self.tensors.items():
@@ -130,7 +133,8 @@ class QModel:
                 rows.append(report_row(
                     name, scheme=t.scheme, bits=t.bits, shape=t.shape, bytes_fp32=4 * t.size, bytes_q=int(t.nbytes),
                     sqnr_db=snr, options={k: v for k, v in t.options.items() if k != "bits"},
-                    planned_by=info.get("planned_by"), bytes_orig=_bytes_orig(t, str(t.dtype)), dtype=str(t.dtype)))
+                    planned_by=info.get("planned_by"), bytes_orig=_bytes_orig(t, str(t.dtype)), dtype=str(t.dtype),
+                    **plan_columns(info)))
             else:
                 dt = self.dtype_of(name)
                 rows.append(report_row(

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import warnings
 from collections.abc import Mapping
 from typing import Any, Iterable
 
@@ -11,8 +12,11 @@ import numpy as np
 
 from ..api import get_quantizer
 from ..metrics import matches, sqnr_db
-from ..quantization.planner import Planner
 from ..ptq import gptq
+from ..ptq.hessian import (DEFAULT_FOLDS, HessianAccumulator, HessianFile, HessianFolds, MixedHessians, hessian_for,
+                           hessian_key, load_hessians)
+from ..quantization.driver import PlanItem, choose, measure_items, named_error, planner_kwargs
+from ..quantization.planner import Planner
 from ..tensor import QTensor
 from .qmodel import QModel
 from .tensors import TensorFile, load_tensors, shape_and_dtype
@@ -189,47 +193,68 @@ def _check_budget_floor(planned, fixed, counts, total_weights, budget_bits) -> N
                          f"{floor:.3f} bits per weight, before their parameters; raise the budget or add narrower candidates")
 
 
-def _named(exc: Exception, name: str) -> Exception:
-    try:
-        new = type(exc)(f"tensor {name!r}: {exc}")
-    except Exception:  # noqa: BLE001 - exotic exception signature: keep the original
-        return exc
-    new.__cause__ = exc
-    return new
-
-
 def _hessian_source(hessians):
-    """``hessians`` as a mapping (a path is opened lazily with :func:`load_tensors`)."""
+    """``hessians`` as a mapping ``name -> HessianFolds or (K, K) array`` (a path opens a lazy
+    :class:`qcore.ptq.HessianFile`; a list of paths or mappings mixes them with equal weight), and what to close
+    (or None)."""
     if hessians is None:
         return None, None
+    if isinstance(hessians, (list, tuple)):
+        if not hessians:
+            raise ValueError("hessians is an empty list")
+        parts = [_hessian_source(h)[0] for h in hessians]
+        mixed = MixedHessians(parts)
+        return mixed, mixed
     if isinstance(hessians, (str, os.PathLike)):
-        f = load_tensors(hessians)
+        f = load_hessians(hessians)
         return f, f
     if not isinstance(hessians, Mapping):
-        raise TypeError(f"hessians must be a mapping name -> (K, K) array or a path to a file of them, "
-                        f"got {type(hessians).__name__}")
+        raise TypeError(f"hessians must be a mapping name -> (K, K) array (or qcore.ptq.HessianFolds), a path to "
+                        f"a Hessian file, or a list of them (mixed with equal weight), got {type(hessians).__name__}")
     return hessians, None
 
 
-def hessian_for(hessians, name: str):
-    """The Hessian of tensor ``name``: the exact key, else the one key that ends the name (or that the name
-    ends) at a dot boundary — e.g. ``"0.model.encoder.layer.0.attention.self.query.weight"`` collected from
-    a sentence-transformers wrapper matches the checkpoint's ``"encoder.layer.0.attention.self.query.weight"``.
-    ``None`` if there is none (an ambiguous match is a ``ValueError``)."""
-    if hessians is None:
-        return None
-    if name in hessians:
-        return hessians[name]
-    hits = [k for k in hessians if isinstance(k, str) and (k.endswith("." + name) or name.endswith("." + k))]
-    if len(hits) > 1:
-        raise ValueError(f"tensor {name!r}: several Hessians match ({', '.join(sorted(hits)[:4])}); "
-                         "name them exactly")
-    return hessians[hits[0]] if hits else None
+def _hessians_of_arrays(calibrate, names, tensors) -> dict[str, HessianFolds]:
+    """``calibrate={name or pattern: input activations X}`` as Hessians in folds, for the tensors it names."""
+    if not isinstance(calibrate, Mapping):
+        raise TypeError("quantize_model's calibrate= is a mapping {tensor name or glob pattern: input activations X} "
+                        f"(functions running a model are the torch adapter's calibrate=), got {type(calibrate).__name__}")
+    out = {}
+    for name in names:
+        x = _per_tensor(calibrate, name)
+        if x is None:
+            continue
+        try:
+            out[name] = HessianAccumulator(folds=DEFAULT_FOLDS).update(x).folds()
+        except (TypeError, ValueError) as exc:
+            raise named_error(exc, name) from exc
+    return out
+
+
+class _Load:
+    """``load()`` of a :class:`PlanItem`: ``(tensor, HessianFolds or None)``.  Holds only what the tensor needs:
+    a lazily read file (which pickles as its path) or the one array, and the one Hessian entry."""
+
+    def __init__(self, tensors, name: str, hessians, hkey: str | None):
+        self.name = name
+        self.tensors = tensors if isinstance(tensors, TensorFile) else {name: tensors[name]}
+        if hkey is None or hessians is None:
+            self.hessians, self.hkey = None, None
+        elif isinstance(hessians, HessianFile) or (isinstance(hessians, MixedHessians) and all(
+                isinstance(src, HessianFile) for src in hessians.sources)):  # lazy: pickles as paths
+            self.hessians, self.hkey = hessians, hkey
+        else:
+            self.hessians, self.hkey = {hkey: hessians[hkey]}, hkey
+
+    def __call__(self):
+        x = self.tensors[self.name]
+        h = None if self.hkey is None else HessianFolds.of(self.hessians[self.hkey])
+        return x, h
 
 
 def quantize_model(tensors, scheme: str = "linear", *, include=None, exclude=None, rules=None,
                    budget_bits: float | None = None, progress: bool = True, method: str = "rtn", hessians=None,
-                   **options: Any) -> QModel:
+                   calibrate=None, **options: Any) -> QModel:
     """Quantize a model's named tensors into a :class:`qcore.QModel`.
 
     :param tensors: ``{name: array}`` (a dict, ``qcore.load_tensors(...)``'s lazy mapping), or a path to a
@@ -247,18 +272,27 @@ def quantize_model(tensors, scheme: str = "linear", *, include=None, exclude=Non
     :param method: ``"rtn"`` (round to nearest) or ``"gptq"`` (:func:`qcore.gptq` with each tensor's Hessian;
         tensors without one — embeddings, say — are rounded to nearest, and ``qm.info[name]["method"]`` says
         which method each tensor got)
-    :param hessians: ``{tensor name: H}`` (``H = mean(x x^T)`` of the layer's inputs, ``(K, K)`` for a ``(N, K)``
-        weight) or the path of a safetensors file of them (``qtorch.collect_hessians``); names match exactly or
-        by a dotted suffix.  Needed by ``method="gptq"``; with ``scheme="mixed"`` the candidates are also judged
-        by their output error ``trace((W - W') H (W - W')^T)`` instead of the weight error
+    :param hessians: the layers' input statistics: ``{tensor name: H}`` (``H = mean(x x^T)`` of the layer's
+        inputs, ``(K, K)`` for a ``(N, K)`` weight, or a :class:`qcore.ptq.HessianFolds`) or the path of a
+        Hessian file (``qtorch.collect_hessians``; older one-fold files too); names match exactly or by a
+        dotted suffix.  Needed by ``method="gptq"``; with ``scheme="mixed"`` the candidates are judged by their
+        output error ``trace((W - W') H (W - W')^T)`` on held-out folds (docs/ptq.md)
+    :param calibrate: ``{tensor name or pattern: input activations X}``: Hessians in folds made from ``X``
+        (for the tensors ``hessians`` does not cover).  ``calibration=`` is its deprecated spelling.
     :param options: scheme options (``bits``, ``granularity``, ...).  For ``mixed``: ``candidates``,
-        ``target_sqnr``, ``sensitivity`` (a number, or ``{name or pattern: weight or per-element array}``) and
-        ``calibration`` (``{name or pattern: input activations X}``: error becomes ``||X (W - W')||^2``)
+        ``target_sqnr``, ``output_error``, ``gptq_options`` and ``sensitivity`` (a number, or
+        ``{name or pattern: weight or per-element array}``, weighting the weight error of tensors without data)
 
     Memory: tensors are read, quantized and dropped one at a time, so a lazily loaded file needs about its
     largest tensor plus the output.  ``mixed`` makes two passes (measure every candidate, then quantize the
-    chosen one) to keep that bound.
+    chosen one) to keep that bound; its measure -> plan loop is :func:`qcore.quantization.driver.run_plan`.
     """
+    if "calibration" in options:
+        warnings.warn("quantize_model(calibration=...) is deprecated; use calibrate= (activation arrays) or "
+                      "hessians= (Hessians)", DeprecationWarning, stacklevel=2)
+        if calibrate is not None:
+            raise TypeError("pass calibrate= or its deprecated spelling calibration=, not both")
+        calibrate = options.pop("calibration")
     own_file = None
     if isinstance(tensors, (str, os.PathLike)):
         tensors = own_file = load_tensors(tensors)
@@ -273,11 +307,10 @@ def quantize_model(tensors, scheme: str = "linear", *, include=None, exclude=Non
             raise ValueError(f"budget_bits must be a positive number, got {budget_bits}")
     if method not in ("rtn", "gptq"):
         raise ValueError(f"method must be 'rtn' or 'gptq', got {method!r}")
-    if method == "gptq" and hessians is None:
+    if method == "gptq" and hessians is None and calibrate is None:
         raise TypeError("method='gptq' needs hessians= (a mapping or a file of per-tensor Hessians, "
-                        "e.g. from qtorch.collect_hessians)")
+                        "e.g. from qtorch.collect_hessians) or calibrate= (input activations per tensor)")
     sensitivity = options.pop("sensitivity", None)
-    calibration = options.pop("calibration", None)
     plan = plan_tensors(tensors, scheme, include, exclude, rules, options)
     hess, own_hess = _hessian_source(hessians)
 
@@ -297,12 +330,16 @@ def quantize_model(tensors, scheme: str = "linear", *, include=None, exclude=Non
             continue
         q = quantizer_for(s, {k: v for k, v in opts.items() if k != "__rule__"})
         (planned if isinstance(q, Planner) else fixed).append((name, q, opts.get("__rule__")))
-    if hess is not None and method == "rtn" and not planned:
-        raise TypeError("hessians are used by method='gptq' or by a planning scheme (scheme='mixed')")
-    if (sensitivity is not None or calibration is not None) and not planned:
-        raise TypeError("sensitivity and calibration are options of a planning scheme (scheme='mixed')")
+    if (hess is not None or calibrate is not None) and method == "rtn" and not planned:
+        raise TypeError("hessians and calibrate are used by method='gptq' or by a planning scheme (scheme='mixed')")
+    if sensitivity is not None and not planned:
+        raise TypeError("sensitivity is an option of a planning scheme (scheme='mixed')")
     if budget_bits is not None and not planned:
         raise ValueError(f"budget_bits needs a planning scheme (scheme='mixed'); scheme {scheme!r} quantizes every tensor at fixed bits")
+    if calibrate is not None:  # activation arrays: Hessians in folds, for the tensors hessians= does not cover
+        names = [n for n, _, _ in fixed + planned if hessian_for(hess, n) is None]
+        extra = _hessians_of_arrays(calibrate, names, tensors)
+        hess = extra if hess is None else _Chain(extra, hess)
 
     def count(name):
         n = 1
@@ -323,9 +360,9 @@ def quantize_model(tensors, scheme: str = "linear", *, include=None, exclude=Non
             x = tensors[name]
             h = hessian_for(hess, name) if method == "gptq" and np.ndim(x) == 2 else None
             try:
-                qt = q.quantize(x) if h is None else gptq(x, h, q)
+                qt = q.quantize(x) if h is None else gptq(x, HessianFolds.of(h).full(), q)
             except (ValueError, TypeError) as exc:
-                raise _named(exc, name) from exc
+                raise named_error(exc, name) from exc
             _set_source_dtype(qt, tensors, name)
             info = {"rule": rule} if rule else {}
             if method == "gptq":
@@ -335,8 +372,8 @@ def quantize_model(tensors, scheme: str = "linear", *, include=None, exclude=Non
             del x
             bar.update(counts[name])
         if planned:
-            _quantize_planned(tensors, planned, fixed, results, fixed_bits, budget_bits, sensitivity, calibration, bar,
-                              counts, hess, method)
+            _quantize_planned(tensors, planned, fixed, results, fixed_bits, budget_bits, sensitivity, bar, counts,
+                              hess, method)
         for name, s, opts in plan:
             if name in results:
                 qt, snr, info = results[name]
@@ -358,32 +395,48 @@ def quantize_model(tensors, scheme: str = "linear", *, include=None, exclude=Non
     return model
 
 
-def _quantize_planned(tensors, planned, fixed, results, fixed_bits, budget_bits, sensitivity, calibration, bar,
-                      counts, hess=None, method="rtn"):
-    # pass 1: measure every candidate of every planned tensor
+class _Chain(Mapping):
+    """Hessians from activation arrays first, then a Hessian file."""
+
+    def __init__(self, first: Mapping, second: Mapping):
+        self.first, self.second = first, second
+
+    def __getitem__(self, key):
+        return self.first[key] if key in self.first else self.second[key]
+
+    def __iter__(self):
+        yield from self.first
+        yield from (k for k in self.second if k not in self.first)
+
+    def __len__(self):
+        return sum(1 for _ in self)
+
+    def __contains__(self, key):
+        return key in self.first or key in self.second
+
+
+def _plan_item(tensors, name, hess, count, sensitivity) -> PlanItem:
+    hkey = hessian_key(hess, name) if hess is not None and len(shape_and_dtype(tensors, name)[0]) == 2 else None
+    return PlanItem(name, count, _Load(tensors, name, hess, hkey), _per_tensor(sensitivity, name))
+
+
+def _quantize_planned(tensors, planned, fixed, results, fixed_bits, budget_bits, sensitivity, bar, counts,
+                      hess=None, method="rtn"):
+    # pass 1: measure every candidate of every planned tensor (the driver; one task per tensor)
     bar.reset(total=sum(counts[n] for n, _, _ in planned))
     bar.set_description_str("measuring")
-    measured = []
-    for name, q, rule in planned:
-        bar.set_postfix_str(name[-40:])
-        x = tensors[name]
-        extra = _planner_extra(hess, method, name, x)
-        try:
-            m = q.measure(x, sensitivity=_per_tensor(sensitivity, name, 1.0), calibration=_per_tensor(calibration, name),
-                          **extra)
-        except (ValueError, TypeError) as exc:
-            raise _named(exc, name) from exc
-        if not m:
-            raise ValueError(f"tensor {name!r}: no candidate of the mixed scheme applies to shape {np.shape(x)}")
-        measured.append(m)
-        del x
-        bar.update(counts[name])
-    # plan: one planner decides for all tensors that share it (normally one mixed quantizer)
-    groups: dict[int, list[int]] = {}
+    groups: dict[int, list[int]] = {}  # one planner decides for all tensors that share it (normally one)
     for i, (_, q, _) in enumerate(planned):
         groups.setdefault(id(q), []).append(i)
-    total_count = sum(int(np.prod(shape_and_dtype(tensors, n)[0], dtype=np.int64)) for n, _, _ in planned + fixed)
-    choice: dict[int, int] = {}
+    items = [_plan_item(tensors, name, hess, counts[name], sensitivity) for name, _, _ in planned]
+    measured: list = [None] * len(planned)
+    for idxs in groups.values():
+        q = planned[idxs[0]][1]
+        for i, m in zip(idxs, measure_items(q, [items[i] for i in idxs], method=method, progress=bar)):
+            measured[i] = m
+    # plan: the budget left by fixed-scheme tensors; other planner groups (rare) keep their own minimum
+    total_count = sum(counts[n] for n, _, _ in planned + fixed)
+    choice: dict[int, dict] = {}
     for idxs in groups.values():
         q = planned[idxs[0]][1]
         budget = budget_bits if budget_bits is not None else q.config.get("budget_bits")
@@ -391,7 +444,6 @@ def _quantize_planned(tensors, planned, fixed, results, fixed_bits, budget_bits,
         capacity = None
         if budget is not None and target is None:
             capacity = budget * total_count - fixed_bits
-            # other planner groups (rare): give them their own minimum so this one does not take their share
             for j, other in enumerate(measured):
                 if j not in idxs:
                     capacity -= min(8 * c["nbytes"] for c in other)
@@ -402,23 +454,27 @@ def _quantize_planned(tensors, planned, fixed, results, fixed_bits, budget_bits,
                 raise ValueError(f"budget_bits={budget:g} is too small: the cheapest candidates need {floor:.3f} bits per "
                                  f"weight (parameters counted); raise the budget to at least {math.ceil(floor * 1000) / 1000:.3f} "
                                  f"or add cheaper candidates")
-        picks = q.plan([measured[i] for i in idxs], capacity_bits=capacity, target_sqnr=target,
-                       names=[planned[i][0] for i in idxs])
-        for i, k in zip(idxs, picks):
-            choice[i] = k
-    # pass 2: quantize each tensor with its chosen candidate
+        picks = choose(q, [items[i] for i in idxs], [measured[i] for i in idxs], capacity_bits=capacity,
+                       target_sqnr=target)
+        for i, c in zip(idxs, picks):
+            choice[i] = c
+    # pass 2: quantize each tensor with its chosen candidate, fitted on all its data
     bar.reset(total=sum(counts[n] for n, _, _ in planned))
     bar.set_description_str("quantizing")
     for i, (name, q, rule) in enumerate(planned):
         bar.set_postfix_str(name[-40:])
-        x = tensors[name]
-        cand = measured[i][choice[i]]
-        extra = _planner_extra(hess, method, name, x)
-        qt = q.quantize_candidate(x, cand["spec"], **extra)
+        x, h = items[i].load()
+        cand = choice[i]
+        qt = q.quantize_candidate(x, cand["spec"], **planner_kwargs(h, method if h is not None else "rtn"))
         _set_source_dtype(qt, tensors, name)
         info = {"planned_by": q.name, "candidate": cand["label"]}
+        for key in ("error", "error_in_sample"):
+            if key in cand and h is not None:
+                info[key] = float(cand[key])
+        if h is not None:
+            info["held_out"] = bool(cand.get("held_out", False))
         if method == "gptq":
-            info["method"] = "gptq" if extra.get("hessian") is not None else "rtn"
+            info["method"] = "gptq" if h is not None else "rtn"
         if rule:
             info["rule"] = rule
         results[name] = (qt, sqnr_db(x, qt.dequantize()), info)
@@ -428,14 +484,3 @@ def _quantize_planned(tensors, planned, fixed, results, fixed_bits, budget_bits,
         used = sum(8 * r[0].nbytes for r in results.values())
         if used > budget_bits * total_count + 1e-6:  # pragma: no cover - the planner guarantees this
             raise RuntimeError(f"mixed plan exceeds its budget: {used / total_count:.4f} > {budget_bits} bits per weight")
-
-
-def _planner_extra(hess, method, name, x) -> dict:
-    """Keyword arguments for a planner's measure/quantize_candidate: the tensor's Hessian and the method."""
-    h = hessian_for(hess, name) if hess is not None and np.ndim(x) == 2 else None
-    extra = {}
-    if h is not None:
-        extra["hessian"] = h
-        if method != "rtn":
-            extra["method"] = method
-    return extra

@@ -2,21 +2,24 @@
 
 Which weights take which path (docs/gemm.md, "Low-bit weights"):
 
-* ``linear`` 1-7 bits (and 8 bits with groups), per tensor / per output channel / per group of a multiple of 32,
-  symmetric or affine: the low-bit kernel on the codes' bit patterns (``Kernel.pack_lowbit``), with
+* codes that decode as an ``Affine`` form (``decodes_as``, docs/contracts.md §2; e.g. ``linear``) at 1-7 bits
+  (and 8 bits with groups), per tensor / per output channel / per group of a multiple of 32: the low-bit kernel
+  (a kernel's ``lowbit_gemm`` capability, ``Kernel.pack_lowbit``) on the codes' bit patterns, with
   ``W = scale * (v - zero)``: signed codes are offset to unsigned (``v = code + 2**(bits-1)``), the zero point
-  shifted alike (absent zero point: 0); 1-bit binary codes (``-alpha`` / ``+alpha``) are ``2*alpha*(v - 1/2)``.
-* any scheme whose quantizer defines ``lookup_table(params)`` (kmeans, log, plugins such as NF4) with
-  ``bits <= 4``: the same kernel through a 16-entry byte table per tensor / output channel / group.
-* everything else a scheme can express (scales along the input axis, group sizes that are not a multiple of
-  32, tables at 5-8 bits): the *rows* path — blocks of output rows decoded to float32 one at a time (at most
-  ``ROWS_PATH_FLOATS`` floats) and multiplied with numpy; never a float copy of the whole weight.
+  shifted alike (absent zero point: 0; an offset folded into it); a 1-bit ``(+alpha, -alpha)`` table (binary
+  ``linear``) is ``2*alpha*(v - 1/2)``.
+* a ``Table`` form (kmeans, log, plugins such as NF4) with ``bits <= 4``: the same kernel through a 16-entry
+  byte table per tensor / output channel / group.
+* everything else (scales along the input axis, group sizes that are not a multiple of 32, tables at 5-8
+  bits, schemes without a form): the *rows* path — blocks of output rows decoded by the scheme one at a time
+  (at most ``ROWS_PATH_FLOATS`` floats) and multiplied with numpy; never a float copy of the whole weight.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..validation import check_all_finite, normalize_axis
+from ..quantization import forms
+from ..validation import check_all_finite
 
 _KEY = "qcore.ops.qlinear/lowbit"
 #: floats of decoded weight the rows path holds at a time
@@ -28,12 +31,12 @@ _CHECK_ROWS = 4
 class LowbitPlan:
     """How one weight runs: ``mode`` "kernel" (``packed`` from ``kernel.pack_lowbit``) or "rows"."""
 
-    __slots__ = ("mode", "kernel", "packed", "n", "k", "reason", "table", "flip", "scale_mul")
+    __slots__ = ("mode", "kernel", "packed", "n", "k", "reason", "flip", "scale_mul")
 
-    def __init__(self, mode, n, k, kernel=None, packed=None, reason="", table=None, flip=0, scale_mul=None):
-        self.mode, self.n, self.k, self.kernel, self.packed, self.reason, self.table = mode, n, k, kernel, packed, reason, table
+    def __init__(self, mode, n, k, kernel=None, packed=None, reason="", flip=0, scale_mul=None):
+        self.mode, self.n, self.k, self.kernel, self.packed, self.reason = mode, n, k, kernel, packed, reason
         self.flip = flip  # packed values = code bits ^ flip (so the codes come back with unpack_lowbit(packed, flip))
-        self.scale_mul = scale_mul  # linear weights: the layout's scales are the QTensor's times this (None: tables)
+        self.scale_mul = scale_mul  # affine weights: the layout's scales are the form's times this (None: tables)
 
     def stored_scale(self, shape, dtype):
         """The QTensor's ``scale`` parameter rebuilt from the layout's scales (linear weights), or None."""
@@ -58,200 +61,133 @@ class LowbitPlan:
         return f"<LowbitPlan {self.mode} {self.n}x{self.k}{' (' + self.reason + ')' if self.reason else ''}>"
 
 
-# ------------------------------------------------------------------------------------------------ helpers
+# ------------------------------------------------------------------------------------------------ forms
 
-def _granularity(w):
-    opts = w.options or {}
-    gran = opts.get("granularity", "tensor")
-    axis = opts.get("axis", 0)
-    return gran, axis, opts.get("group_size")
-
-
-def _row_sliced(w, name, arr, n0, n1):
-    """The parameter array ``arr`` restricted to output rows [n0, n1) (a per-row or per-group parameter)."""
-    gran, axis, _ = _granularity(w)
-    n = w.shape[0]
-    if gran == "group" or (gran == "channel" and normalize_axis(axis, 2) == 0):
-        if arr.ndim >= 1 and arr.shape[0] == n:
-            return arr[n0:n1]
-    return arr
+def form_of(w):
+    """What ``w``'s codes decode as (``w.quantizer.decodes_as(w.params)``), checked against its layout: an
+    ``Affine`` or ``Table`` form, or None (only the scheme's ``decode`` knows)."""
+    form = w.quantizer.decodes_as(w.params)
+    forms.check_form(form, w.layout, w.shape, w.bits, f"scheme {w.scheme!r}: decodes_as")
+    return form
 
 
-def _codes_rows(w, n0, n1):
-    """Codes of rows [n0, n1) as int8/uint8 (n1-n0, K), unpacked from the packed bytes when the rows start on a
-    byte boundary (they do for n0 a multiple of 8), else from ``w.codes``."""
-    n, k = w.shape
-    packed = getattr(w, "packed", None)
-    if w.bits == 8 or packed is None or (n0 * k * w.bits) % 8:
-        return np.asarray(w.codes)[n0:n1]
-    start = n0 * k * w.bits // 8
-    count = (n1 - n0) * k
-    nbytes = (count * w.bits + 7) // 8
-    kern = getattr(w.quantizer, "kernel", None)
-    if kern is None:
-        from ..api import get_kernel
-
-        kern = get_kernel()
-    return kern.unpack(np.ascontiguousarray(packed[start:start + nbytes]), w.bits, count, w.signed).reshape(n1 - n0, k)
-
-
-def _table_index(w, n0, n1, tshape):
-    """Index (rows, K) into ``table.reshape(-1, E)`` for rows [n0, n1), or None if the layout is not known."""
-    n, k = w.shape
-    pshape = tuple(tshape[:-1])
-    rows = np.arange(n0, n1)[:, None]
-    cols = np.arange(k)[None, :]
-    if pshape == (1,):
-        return np.zeros((n1 - n0, k), np.int64)
-    gran, axis, gs = _granularity(w)
-    if gran == "channel" and pshape == (w.shape[normalize_axis(axis, 2)],):
-        return np.broadcast_to(rows if normalize_axis(axis, 2) == 0 else cols, (n1 - n0, k)).astype(np.int64)
-    if gran == "group" and gs and len(pshape) == 2 and pshape == (n, k // gs):
-        return (rows * (k // gs) + cols // gs).astype(np.int64)
-    return None
-
-
-def _decode_rows(w, n0, n1, table=None):
-    """float32 values of rows [n0, n1): through the lookup table when the scheme has one, else the scheme's decode."""
-    codes = _codes_rows(w, n0, n1)
-    if table is not None:
-        e = table.shape[-1]
-        idx = _table_index(w, n0, n1, table.shape)
-        return table.reshape(-1, e)[idx, codes.view(np.uint8) & (e - 1)].astype(np.float32)
-    params = {name: _row_sliced(w, name, np.asarray(p), n0, n1) for name, p in w.params.items()}
-    return np.asarray(w.quantizer.decode(codes, params), dtype=np.float32).reshape(n1 - n0, w.shape[1])
-
-
-def lookup_table(w):
-    """The scheme's lookup table for ``w`` (validated), or None if its quantizer declares none."""
-    fn = getattr(w.quantizer, "lookup_table", None)
-    table = fn(w.params) if fn is not None else None
-    if table is None:
-        return None
-    table = np.asarray(table)
-    if table.dtype.kind != "f":
-        raise ValueError(f"scheme {w.scheme!r}: lookup_table must return a float array, got dtype {table.dtype}")
-    table = table.astype(np.float32)
-    try:
-        pshape = tuple(w.quantizer.param_shape(np.broadcast_to(np.float32(0), w.shape)))
-    except Exception:  # a scheme without the standard layout: one table per tensor is all we can check
-        pshape = (1,)
-    want = pshape + (1 << w.bits,)
-    if table.shape != want:
-        raise ValueError(f"scheme {w.scheme!r}: lookup_table returned shape {table.shape}, expected {want} "
-                         f"(param_shape {pshape} + (2**bits,)); see docs/plugins.md")
-    if not np.isfinite(table).all():
-        raise ValueError(f"scheme {w.scheme!r}: lookup_table holds NaN or Inf values")
-    return table
+def form_agrees(w, form, rows: int = _CHECK_ROWS) -> bool:
+    """The declared form reproduces the scheme's own ``decode`` on the first rows (a cheap guard, at plan time,
+    against a plugin whose declaration is wrong: its weight then takes the rows path)."""
+    r = min(w.shape[0], rows)
+    mine = forms.decode(form, w.row_codes(0, r), w.layout, w.bits)
+    return bool(np.allclose(mine, w.decode_rows(0, r), rtol=1e-6, atol=1e-30))
 
 
 # ------------------------------------------------------------------------------------------------ plans
 
-def _linear_spec(w):
-    """(values, scale, zero, group_size) for the kernel, or a reason string why the linear weight cannot."""
+def _per_row(w, arr):
+    """A form's array (laid out per tensor / output channel / group) as float64 ``(N, G)`` and the group size,
+    or a reason string why the layout has no per-row form."""
     n, k = w.shape
-    bits = w.bits
-    gran, axis, gs = _granularity(w)
-    if "scale" not in w.params:
-        return "no scale parameter"
-    scale = np.asarray(w.params["scale"], dtype=np.float32)
-    zp = np.asarray(w.params.get("zero_point", np.zeros(1, np.int32)))
-    if gran == "tensor":
-        if scale.size != 1 or zp.size != 1:
-            return "per-tensor parameters of an unexpected shape"
-        scale = np.full((n, 1), scale.reshape(-1)[0], np.float32)
-        zp = np.full((n, 1), zp.reshape(-1)[0], np.float64)
-        gsz = k
-    elif gran == "channel":
-        if normalize_axis(axis, 2) != 0:
+    lay = w.layout
+    arr = np.asarray(arr, np.float64).reshape(-1)
+    if lay.granularity == "tensor" or arr.size == 1:
+        return np.full((n, 1), arr[0]), k
+    if lay.granularity == "channel":
+        if lay.axis != 0:
             return "scales along the input axis"
-        if scale.size != n or zp.size not in (1, n):
-            return "per-channel parameters of an unexpected shape"
-        scale = scale.reshape(n, 1)
-        zp = np.broadcast_to(zp.reshape(-1, 1), (n, 1)).astype(np.float64)
-        gsz = k
-    elif gran == "group":
-        if not gs or k % gs:
-            return "group size does not divide K"
-        if gs % 32:
-            return f"group size {gs} is not a multiple of 32"
-        if scale.size != n * (k // gs) or zp.size not in (1, n * (k // gs)):
-            return "per-group parameters of an unexpected shape"
-        scale = scale.reshape(n, k // gs)
-        zp = np.broadcast_to(zp.reshape(-1) if zp.size > 1 else zp.reshape(1), (n * (k // gs),)).reshape(n, k // gs).astype(np.float64)
-        gsz = gs
-    else:
-        return f"unknown granularity {gran!r}"
-    # the kernel's values are the code bits ^ flip (made from the packed stream by the kernel, see build_plan)
-    if w.signed and bits == 1:  # binary: code -1 -> -alpha, 0 -> +alpha: 2*alpha*(v - 1/2) with v = code + 1
-        flip = 1
-        scale = (2 * scale).astype(np.float32)
-        zero = np.full(scale.shape, 0.5, np.float32)
-    elif w.signed:
-        flip = 1 << (bits - 1)
-        zero = (zp + (1 << (bits - 1))).astype(np.float32)
-    else:
-        flip = 0
-        zero = zp.astype(np.float32)
-    # the formula must be how this tensor decodes: compare a few rows with the scheme's own decode
-    r = min(n, _CHECK_ROWS)
-    values = (_codes_rows(w, 0, r).view(np.uint8) & np.uint8((1 << bits) - 1)) ^ np.uint8(flip)
-    mine = np.repeat(scale[:r], gsz, axis=1) if gsz != k else np.broadcast_to(scale[:r], (r, k))
-    zr = np.repeat(zero[:r], gsz, axis=1) if gsz != k else np.broadcast_to(zero[:r], (r, k))
-    approx = mine * (values.astype(np.float32) - zr)
-    if not np.allclose(approx, _decode_rows(w, 0, r), rtol=1e-5, atol=1e-30):
-        return "codes do not decode as scale * (code - zero_point)"
-    return flip, scale, zero, gsz
+        return arr.reshape(n, 1), k
+    gs = lay.group_size
+    if gs % 32:
+        return f"group size {gs} is not a multiple of 32"
+    return arr.reshape(n, k // gs), gs
 
 
-def _table_spec(w, table):
+def _affine_spec(w, form):
+    """(flip, scale, zero, group_size, scale_mul) for the kernel (``W = scale * (v - zero)``, ``v`` the code bits
+    ``^ flip``), or a reason string why this affine weight cannot take the kernel."""
+    bits = w.bits
+    scale = _per_row(w, form.scale)
+    if isinstance(scale, str):
+        return scale
+    scale, gsz = scale
+    zero, _ = _per_row(w, form.zero_points())
+    if form.offset is not None:  # x = (q - zp) * s + off = s * (q - (zp - off / s))
+        off, _ = _per_row(w, form.offset)
+        if np.any((scale == 0) & (off != 0)):
+            return "an offset with a zero scale"
+        zero = zero - np.where(scale != 0, off / np.where(scale != 0, scale, 1.0), 0.0)
+    # the kernel's values are the code bits ^ flip (offset binary): signed codes move up by 2**(bits-1)
+    flip = (1 << (bits - 1)) if w.signed else 0
+    return flip, scale.astype(np.float32), (zero + flip).astype(np.float32), gsz, 1
+
+
+def _binary_spec(w, form):
+    """A 1-bit table ``(t0, t1) = (+a, -a)`` (binary ``±alpha`` codes) as the affine ``2a * (v - 1/2)`` with
+    ``v`` the code bit flipped; None if the table is not of that shape."""
+    t = form.table.reshape(-1, 2)
+    if not np.array_equal(t[:, 1], -t[:, 0]):
+        return None
+    alpha = _per_row(w, t[:, 0])
+    if isinstance(alpha, str):
+        return None
+    alpha, gsz = alpha
+    scale = (2 * alpha.astype(np.float32)).astype(np.float32)
+    return 1, scale, np.full(scale.shape, 0.5, np.float32), gsz, 2
+
+
+def _table_spec(w, form):
     n, k = w.shape
+    table = form.table
     if w.bits > 4:
         return f"{w.bits}-bit tables (the table path takes at most 4 bits)"
-    pshape = table.shape[:-1]
-    gran, axis, gs = _granularity(w)
-    if pshape == (1,):
-        t3, tg = table.reshape(1, 1, -1), k
-    elif gran == "channel" and pshape == (n,) and normalize_axis(axis, 2) == 0:
-        t3, tg = table.reshape(n, 1, -1), k
-    elif gran == "group" and gs and pshape == (n, k // gs):
-        if gs % 32:
-            return f"group size {gs} is not a multiple of 32"
-        t3, tg = table, gs
-    else:
-        return "tables along the input axis"
-    return t3, tg
+    lay = w.layout
+    if table.reshape(-1, table.shape[-1]).shape[0] == 1:
+        return table.reshape(1, 1, -1), k
+    if lay.granularity == "channel":
+        if lay.axis != 0:
+            return "tables along the input axis"
+        return table.reshape(n, 1, -1), k
+    gs = lay.group_size
+    if gs % 32:
+        return f"group size {gs} is not a multiple of 32"
+    return table.reshape(n, k // gs, -1), gs
 
 
 def build_plan(w, kernel) -> LowbitPlan:
+    """The plan of ``w`` on ``kernel`` (one declaring ``lowbit_gemm``; None: the rows path)."""
     n, k = w.shape
-    table = lookup_table(w)
-    if table is None and w.scheme != "linear":
-        raise ValueError(f"qlinear needs a 'linear' weight or a scheme whose quantizer declares lookup_table(); "
-                         f"scheme {w.scheme!r} declares none (see docs/plugins.md)")
-    if table is not None:
-        spec = _table_spec(w, table)
-        if isinstance(spec, str):
-            return LowbitPlan("rows", n, k, reason=spec, table=table)
-        t3, tg = spec
+    form = form_of(w)
+    if form is None:
+        return LowbitPlan("rows", n, k, reason=f"scheme {w.scheme!r} declares no decode form")
+    if kernel is None:
+        return LowbitPlan("rows", n, k, reason="no kernel with the lowbit_gemm capability")
+    spec = None
+    if isinstance(form, forms.Table) and w.bits == 1:
+        spec = _binary_spec(w, form)
+    if spec is None and isinstance(form, forms.Table):
+        tspec = _table_spec(w, form)
+        if isinstance(tspec, str):
+            return LowbitPlan("rows", n, k, reason=tspec)
+        if not form_agrees(w, form):
+            return LowbitPlan("rows", n, k, reason="the declared table does not reproduce decode")
+        t3, tg = tspec
         # built from the packed stream: no unpacked (N, K) copy of the codes (pyx/lowbit_pack.h)
         packed = kernel.pack_lowbit_packed(w.packed, (n, k), w.bits, None, None, tg, table=t3, table_group_size=tg)
         return LowbitPlan("kernel", n, k, kernel=kernel, packed=packed)
-    spec = _linear_spec(w)
+    if spec is None:
+        spec = _affine_spec(w, form)
     if isinstance(spec, str):
         return LowbitPlan("rows", n, k, reason=spec)
-    flip, scale, zero, gsz = spec
+    if not form_agrees(w, form):
+        return LowbitPlan("rows", n, k, reason="the declared form does not reproduce decode")
+    flip, scale, zero, gsz, scale_mul = spec
     packed = kernel.pack_lowbit_packed(w.packed, (n, k), w.bits, scale, zero, gsz, flip=flip)
-    return LowbitPlan("kernel", n, k, kernel=kernel, packed=packed, flip=flip,
-                      scale_mul=2 if (w.signed and w.bits == 1) else 1)
+    return LowbitPlan("kernel", n, k, kernel=kernel, packed=packed, flip=flip, scale_mul=scale_mul)
 
 
 def plan_for(w, kernel=None) -> LowbitPlan:
-    """The cached plan of ``w`` for ``kernel`` (default: the fastest installed kernel)."""
-    if kernel is None:
-        from ..api import get_kernel
+    """The cached plan of ``w`` for ``kernel`` (a name or instance declaring ``lowbit_gemm``; None: the default
+    kernel of that capability)."""
+    from ..api import get_kernel
 
-        kernel = get_kernel()
+    kernel = get_kernel(kernel, capability="lowbit_gemm")
     key = f"{_KEY}/{kernel.name}"
     plan = w.cache.get(key)
     if plan is None:
@@ -266,15 +202,22 @@ def run(plan: LowbitPlan, w, x2, bias):
     if plan.mode == "kernel":
         return plan.kernel._lowbit_linear(x2, plan.packed, bias)
     check_all_finite(x2, "x")
-    n, k = plan.n, plan.k
+    return rows_linear(x2, w, bias)
+
+
+def rows_linear(x2, w, bias=None, block_floats: int = ROWS_PATH_FLOATS):
+    """The rows path: ``x2 @ W.T + bias`` (float32 ``(M, N)``) with blocks of ``w``'s rows decoded by its scheme
+    (:meth:`qcore.QTensor.decode_rows`) one at a time — at most ``block_floats`` floats, never all of ``W``.
+    Blocks start on multiples of 8 rows (a byte of the packed stream)."""
+    n, k = w.shape
     out = np.empty((x2.shape[0], n), np.float32)
-    step = max(8, (ROWS_PATH_FLOATS // max(k, 1)) // 8 * 8)
+    step = max(8, (block_floats // max(k, 1)) // 8 * 8)
     for n0 in range(0, n, step):
         n1 = min(n, n0 + step)
-        out[:, n0:n1] = x2 @ _decode_rows(w, n0, n1, plan.table).T
+        np.matmul(x2, w.decode_rows(n0, n1).T, out=out[:, n0:n1])
     if bias is not None:
         out += bias
     return out
 
 
-__all__ = ["LowbitPlan", "build_plan", "plan_for", "run", "lookup_table"]
+__all__ = ["LowbitPlan", "build_plan", "plan_for", "run", "rows_linear", "form_of"]

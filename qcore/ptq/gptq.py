@@ -99,47 +99,6 @@ def check_hessian(hessian, k: int, name: str = "hessian") -> np.ndarray:
     return (h + h.T) * 0.5
 
 
-def hessian(x) -> np.ndarray:
-    """``mean(x x^T)`` over the rows of ``x`` (any leading shape, last axis = input features), float64.
-
-    For many batches use :class:`HessianAccumulator`.
-    """
-    acc = HessianAccumulator()
-    acc.update(x)
-    return acc.value()
-
-
-class HessianAccumulator:
-    """Streaming ``mean(x x^T)``: ``update(batch)`` any number of times (``K x K`` memory), ``value()``."""
-
-    def __init__(self):
-        self.sum = None
-        self.count = 0
-
-    def update(self, x) -> "HessianAccumulator":
-        x = np.asarray(x)
-        if x.ndim == 0:
-            raise ValueError("activations must have at least one dimension (the input features)")
-        if x.dtype.kind not in "fiu":
-            raise TypeError(f"activations must be numbers, got dtype {x.dtype}")
-        x = x.reshape(-1, x.shape[-1]).astype(np.float32, copy=False)
-        if x.size and not np.isfinite(x).all():
-            raise InputError("activations contain NaN or Inf values")
-        g = x.T @ x  # BLAS, float32 products
-        if self.sum is None:
-            self.sum = np.zeros(g.shape, np.float64)
-        elif self.sum.shape != g.shape:
-            raise ValueError(f"activations of width {g.shape[0]} after width {self.sum.shape[0]}")
-        self.sum += g
-        self.count += x.shape[0]
-        return self
-
-    def value(self) -> np.ndarray:
-        if self.sum is None:
-            raise ValueError("no activations were added")
-        return self.sum / max(self.count, 1)
-
-
 def output_error(w, w_hat, hessian) -> float:
     """``trace((W - W') H (W - W')^T)``: the mean squared output error of ``W'`` on the calibration inputs."""
     d = np.asarray(w, np.float64) - np.asarray(w_hat, np.float64)
@@ -472,4 +431,4 @@ def gptq(w, hessian, scheme="linear", *, block_size: int = 128, damp: float = 0.
     return QTensor(codes, q.name, q.bits, params, q.export_options(), signed=q.signed, dtype=orig_dtype, quantizer=q)
 
 
-__all__ = ["gptq", "hessian", "HessianAccumulator", "output_error", "check_hessian"]
+__all__ = ["gptq", "output_error", "check_hessian"]

@@ -1,25 +1,36 @@
 """The :class:`Planner` interface: a plugin that *chooses* a scheme and options per tensor, from measured error.
 
-A planner is not an encoding.  It never fits, encodes or decodes anything itself: for each tensor it
-measures a list of candidates (each one a scheme plus options, quantized with that scheme), picks one per
-tensor under a budget or an error target, and returns the chosen candidate's :class:`qcore.QTensor`, whose
-``scheme`` is the candidate's (so a file needs only that scheme's plugin to load).  Planners register with
-the ``qcore_planners`` hook (docs/plugins.md) and are used by name like schemes:
-``qcore.quantize(w, "mixed", budget_bits=4)``, ``qcore.quantize_model(tensors, "mixed", budget_bits=4.5)``.
+A planner is not an encoding.  It never decodes anything itself: for each tensor it measures a list of
+candidates (each one a scheme plus options, quantized with that scheme), picks one per tensor under a budget or
+an error target, and returns the chosen candidate's :class:`qcore.QTensor`, whose ``scheme`` is the candidate's
+(so a file needs only that scheme's plugin to load).  Planners register with the ``qcore_planners`` hook
+(docs/plugins.md) and are used by name like schemes: ``qcore.quantize(w, "mixed", budget_bits=4)``,
+``qcore.quantize_model(tensors, "mixed", budget_bits=4.5, hessians=...)``.
 
-A planner implements:
+The contract (docs/contracts.md §3; ``qcore.testing.check_planner`` exercises all of it) — three methods:
 
-* ``measure(x, *, sensitivity=None, calibration=None) -> list[dict]`` — one record per applicable
-  candidate with at least ``"spec"`` (what :meth:`quantize_candidate` takes), ``"label"``, ``"nbytes"``
-  (true storage), ``"error"`` (what the plan minimises) and ``"sqnr_db"``;
+* ``measure(x, *, hessians=None, method="rtn", sensitivity=None) -> list[dict]`` — one record per applicable
+  candidate.  ``hessians`` is a :class:`qcore.ptq.HessianFolds` (the layer's input statistics, ``K x K`` for a
+  ``(N, K)`` weight, in ``k >= 1`` folds) or ``None`` (no data: judge by the weight); ``method`` is ``"rtn"``
+  or ``"gptq"`` (fit each candidate by :func:`qcore.gptq`, which needs ``hessians``); ``sensitivity`` a weight
+  (a number, or per-element array) a planner may apply to its error.  **Held-out scoring:** with two or more
+  folds, a data-aware fit (GPTQ) is made on some folds and scored on the one held out.  A record is a dict of
+  JSON-serialisable values (no arrays: records travel through executors) with at least ``"spec"`` (what
+  :meth:`quantize_candidate` takes), ``"label"``, ``"bits"``, ``"nbytes"`` (true storage), ``"error"`` (what
+  the plan minimises: held out when it can be), ``"error_in_sample"``, ``"held_out"`` (bool) and
+  ``"sqnr_db"``;
 * ``plan(measurements, *, capacity_bits=None, target_sqnr=None, names=None) -> list[int]`` — the index of
-  the chosen candidate of each tensor, never above ``capacity_bits`` in total when that is given;
-* ``quantize_candidate(x, spec) -> QTensor``.
+  the chosen candidate of each tensor, never above ``capacity_bits`` in total when that is given; the same
+  inputs give the same plan;
+* ``quantize_candidate(x, spec, *, hessians=None, method="rtn") -> QTensor`` — the candidate fitted on all the
+  data (``hessians.full()``); its ``nbytes`` is the measured one.
 
-:meth:`quantize` (one tensor) is built from those three; ``qcore.quantize_model`` plans all the tensors
-a planner handles together.  Options: ``bits`` (the widest code a candidate may use), ``kernel`` and
-``observer`` (passed on to the candidate schemes), ``budget_bits`` and ``target_sqnr`` when the planner
-declares them in ``options``, and the planner's own.
+Callers (``quantize_model``, the torch adapter, the CLI) go through one driver,
+:mod:`qcore.quantization.driver`, which passes ``hessians``/``method``/``sensitivity`` only when they are
+given (so a planner without data-aware methods may leave them out of its signature).
+:meth:`quantize` (one tensor) is built from the three methods.  Options: ``bits`` (the widest code a candidate
+may use), ``kernel`` and ``observer`` (passed on to the candidate schemes), ``budget_bits`` and ``target_sqnr``
+when the planner declares them in ``options``, and the planner's own.
 """
 from __future__ import annotations
 
@@ -57,14 +68,14 @@ class Planner:
         self.observer_name = observer
 
     # -- what a planner implements ------------------------------------------------------------------------
-    def measure(self, x, *, sensitivity=None, calibration=None) -> list[dict]:
+    def measure(self, x, *, hessians=None, method: str = "rtn", sensitivity=None) -> list[dict]:
         raise NotImplementedError
 
     def plan(self, measurements: list[list[dict]], *, capacity_bits: float | None = None,
              target_sqnr: float | None = None, names=None) -> list[int]:
         raise NotImplementedError
 
-    def quantize_candidate(self, x, spec: dict) -> QTensor:
+    def quantize_candidate(self, x, spec: dict, *, hessians=None, method: str = "rtn") -> QTensor:
         raise NotImplementedError
 
     # -- one tensor ------------------------------------------------------------------------------------

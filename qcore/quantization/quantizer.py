@@ -19,8 +19,8 @@ from .. import resolve
 from ..kernels.base import Kernel, code_dtype
 from ..tensor import QTensor
 from ..validation import as_float32, check_int, normalize_axis
+from .forms import GRANULARITIES, Form, Layout, Table
 
-GRANULARITIES = ("tensor", "channel", "group")
 
 
 class Quantizer:
@@ -46,6 +46,11 @@ class Quantizer:
     granularities: ClassVar[tuple[str, ...]] = GRANULARITIES
     default_observer: ClassVar[str] = "minmax"
     default_bits: ClassVar[int] = 8
+    #: True when fit() and encode() follow the built-in ``linear`` scheme's rule exactly with the options
+    #: ``symmetric``/``granularity``/``axis``/``group_size`` (docs/schemes.md; a renamed copy of it, for instance):
+    #: the torch adapter then fake-quantizes on torch ops, on any device, instead of through numpy.
+    #: ``qcore.testing.check_quantizer`` checks the claim (when torch is installed).
+    linear_rule: ClassVar[bool] = False
     #: True when fit()/encode() themselves reject NaN/Inf and produce in-range codes of the right dtype,
     #: so the base class can skip its own extra pass over the data (built-in schemes).
     self_checking: ClassVar[bool] = False
@@ -163,13 +168,36 @@ class Quantizer:
         raise NotImplementedError
 
     def lookup_table(self, params: dict[str, np.ndarray]) -> np.ndarray | None:
-        """Optional: the decode as a table, so ``qcore.ops.qlinear`` can compute on the packed codes.
+        """Optional (the stage-2 spelling of ``decodes_as(params) -> Table``): the decode as a table.
 
         Return float32 of shape ``param_shape + (2**bits,)`` such that ``decode(codes)`` equals
         ``table[<param index of the element>, code & (2**bits - 1)]`` (the code's bit pattern, two's complement
         for signed codes).  ``None`` (the default): the scheme is not table-decodable.  See docs/plugins.md.
         """
         return None
+
+    def decodes_as(self, params: dict[str, np.ndarray]) -> Form | None:
+        """What this scheme's codes decode as, for code that computes on codes without decoding them
+        (``qcore.ops.qlinear``, the torch modules, model writers; docs/contracts.md §2):
+
+        * :class:`~qcore.quantization.forms.Affine` ``(scale, zero_point=None, offset=None)``:
+          ``x = float32(q - zero_point) * scale (+ offset)``;
+        * :class:`~qcore.quantization.forms.Table` ``(table)``: ``x = table[<param index>, q & (2**bits - 1)]``;
+        * ``None``: only :meth:`decode` knows (every path still works, through ``decode``, more slowly).
+
+        Arrays are laid out by :meth:`layout_of` (``param_shape``).  A declared form must reproduce
+        :meth:`decode` bit for bit (``qcore.testing.check_quantizer`` checks it).  The default wraps
+        :meth:`lookup_table` (``Table``) or returns None.
+        """
+        table = self.lookup_table(params)
+        return None if table is None else Table(table)
+
+    def layout_of(self, qt) -> Layout:
+        """The :class:`~qcore.quantization.forms.Layout` (granularity, axis, group size) of a QTensor of this
+        scheme, read from its stored options: which parameter set each element uses."""
+        if "granularity" not in self.config:
+            return Layout()
+        return Layout.from_options({**self.config, **(qt.options or {})}, qt.shape)
 
     # -- the public entry --------------------------------------------------------------------------------
     def quantize(self, x) -> QTensor:

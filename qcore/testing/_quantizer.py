@@ -439,6 +439,58 @@ def check_calibration(obj):
         assert np.isfinite(qt.dequantize()).all(), f"[{_label(cfg)}] calibrated dequantize gave NaN/Inf"
 
 
+def check_decode_form(obj):
+    """A declared decode form (``decodes_as(params)``: ``Affine``/``Table``, docs/contracts.md §2) fits the
+    tensor's layout and reproduces ``decode`` bit for bit, on the whole tensor and on blocks of rows; ``None``
+    (no form) is always allowed.  ``qt.layout`` names the granularity without knowing the scheme."""
+    from ..quantization import forms
+
+    spec = Spec(obj)
+    x = _data(11, shape=(16, 64))
+    x.reshape(-1)[5] = 0.0
+    for cfg, q in spec.instances():
+        tag = f"[{_label(cfg)}]"
+        qt = q.quantize(x)
+        layout = qt.layout
+        assert isinstance(layout, forms.Layout), f"{tag} layout_of() returned {type(layout).__name__}, expected a Layout"
+        assert tuple(layout.param_shape(qt.shape)) == tuple(q.param_shape(x)), \
+            f"{tag} layout {layout} gives param_shape {layout.param_shape(qt.shape)}, the scheme {q.param_shape(x)}"
+        form = q.decodes_as(qt.params)
+        if form is None:
+            continue
+        forms.check_form(form, layout, qt.shape, qt.bits, f"{tag} decodes_as")
+        want = qt.dequantize()
+        got = forms.decode(form, qt.codes, layout, qt.bits)
+        if not np.array_equal(got, want):
+            bad = int(np.count_nonzero(got != want))
+            raise AssertionError(f"{tag} decodes_as returned {form!r}, which decodes {bad} of {want.size} values "
+                                 f"differently from decode() (max difference {float(np.max(np.abs(got - want))):.3g})")
+        rows = qt.decode_rows(8, 16)
+        assert np.array_equal(rows, want[8:16]), f"{tag} QTensor.decode_rows(8, 16) differs from the whole decode"
+
+
+def check_linear_rule(obj):
+    """A scheme that declares ``linear_rule = True`` fits and encodes exactly as the built-in ``linear`` scheme:
+    the torch adapter's fake quantization on torch ops (qcore/integrations/torch/_fakequant.py) gives its
+    ``quantize(x).dequantize()`` bit for bit.  Chosen only for schemes that declare the flag; skipped without torch."""
+    spec = Spec(obj)
+    if not getattr(spec.cls, "linear_rule", False):
+        raise SkipCheck("the scheme does not declare linear_rule")
+    try:
+        import torch
+
+        from ..integrations.torch import _fakequant as fq
+    except ImportError:
+        raise SkipCheck("torch is not installed") from None
+    x = _data(12)
+    for cfg, q in spec.instances():
+        if not fq.torch_supported(q):
+            continue
+        want = q.quantize(x).dequantize()
+        got = fq.linear_fake_quant_values(torch.from_numpy(x.copy()), **fq.options_of(q)).numpy()
+        assert np.array_equal(got, want), f"[{_label(cfg)}] the linear rule on torch ops differs from quantize().dequantize()"
+
+
 def check_thread_safety(obj):
     """One instance used from several threads at once gives the results of one thread."""
     spec = Spec(obj)
@@ -489,9 +541,15 @@ QUANTIZER_CHECKS = [
     check_rebuild_from_options,
     check_file_round_trip,
     check_calibration,
+    check_decode_form,
+    check_linear_rule,
     check_thread_safety,
 ]
 
 
 def quantizer_checks(obj=None) -> list[Check]:
-    return [Check(f.__name__, f, "scheme") for f in QUANTIZER_CHECKS]
+    """The checks that apply to ``obj``, chosen by what its class declares (scikit-learn's tag-driven checks):
+    ``check_linear_rule`` only for schemes that declare ``linear_rule``."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    declared = bool(getattr(cls, "linear_rule", False)) if obj is not None else True
+    return [Check(f.__name__, f, "scheme") for f in QUANTIZER_CHECKS if declared or f is not check_linear_rule]

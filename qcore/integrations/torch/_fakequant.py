@@ -39,14 +39,15 @@ def torch_supported(quantizer) -> bool:
 
 
 def linear_options_supported(quantizer) -> bool:
-    """True for the ``linear`` scheme with only options whose numerics this module reproduces."""
-    if getattr(quantizer, "name", None) != "linear":
+    """True for a scheme that declares the linear rule (``Quantizer.linear_rule``: the built-in ``linear``
+    scheme, a copy of it) with only options whose numerics this module reproduces."""
+    if not getattr(quantizer, "linear_rule", False):
         return False
     cfg = dict(quantizer.config)
     known = {"symmetric", "granularity", "axis", "group_size"}
     extra = set(cfg) - known
     # options another stage may add to the scheme: supported only at the values that do not change numerics
-    benign = {"scale_dtype": "float32"}
+    benign = {"scale_dtype": "float32", "zero": "point"}
     if any(k not in benign or cfg[k] != benign[k] for k in extra):
         return False
     return cfg.get("granularity", "tensor") in _LAYOUTS

@@ -38,7 +38,9 @@ def quantize_dynamic(module: nn.Module, scheme: str = "linear", bits: int = 8, *
         Hessian of its inputs while ``calibrate(model)`` runs, layer after layer, each seeing the earlier layers
         already quantized (see ``qcore.integrations.torch._ptq``)
     :param calibrate: ``fn(model)`` running forward passes on calibration data (needed by ``method="gptq"``
-        and by ``scheme="mixed"`` to measure candidates on the layers' outputs)
+        and by ``scheme="mixed"`` to measure candidates on the layers' outputs); or data (a tensor, a dict of
+        tensors, a list of strings for a sentence-transformers model, a list of batches); or a list of such
+        sources ``[fn1, fn2, ...]``, mixed with equal weight in every layer's statistics whatever their sizes
     :param gptq_options: ``block_size``, ``damp``, ``act_order``, ``clip_search`` for :func:`qcore.gptq`
         (``clip_search`` also applies to ``awq=True`` with ``method="rtn"``)
     :param awq: activation-aware scaling (``qcore.ptq.awq``; needs ``calibrate``): each layer's weight is
@@ -55,8 +57,10 @@ def quantize_dynamic(module: nn.Module, scheme: str = "linear", bits: int = 8, *
         raise ValueError(f"method must be 'rtn' or 'gptq', got {method!r}")
     if method == "gptq" and calibrate is None:
         raise TypeError("method='gptq' needs calibrate=fn, a function running calibration forwards on the model")
-    if calibrate is not None and not callable(calibrate):
-        raise TypeError(f"calibrate must be a function fn(model), got {calibrate!r}")
+    if calibrate is not None:
+        from ._ptq import Sources
+
+        calibrate = Sources(calibrate)  # a function, data, or a list of them (mixed with equal weight)
     if not isinstance(awq, bool):
         raise TypeError(f"awq must be True or False, got {awq!r}")
     if awq and calibrate is None:
@@ -72,9 +76,13 @@ def quantize_dynamic(module: nn.Module, scheme: str = "linear", bits: int = 8, *
         from ._ptq import check_gptq_options
         from ._ptq_mixed import quantize_mixed
 
+        gopts = check_gptq_options(gptq_options)
+        if gopts:
+            if "gptq_options" not in scheme_class(scheme).options:
+                raise TypeError(f"planner {scheme!r} takes no gptq_options")
+            wopts = {**wopts, "gptq_options": gopts}
         return quantize_mixed(model, qcore.get_quantizer(scheme, **wopts), calibrate, method=method,
-                              include=include, exclude=exclude, gptq_options=check_gptq_options(gptq_options),
-                              progress=progress)
+                              include=include, exclude=exclude, progress=progress)
     if method == "gptq" or awq:
         from ._ptq import quantize_calibrated
 
@@ -163,6 +171,10 @@ def convert(module: nn.Module, *, inplace: bool = False) -> nn.Module:
     one of the same kind passes uint8 codes instead of float (see ``docs/integrations.md``).
     """
     _check_module(module)
+    from ._graph import convert_model, is_graph_prepared
+
+    if is_graph_prepared(module):
+        return convert_model(module, inplace)
     model = module if inplace else copy.deepcopy(module)
     plan = plan_fusion(model)
     made = {}

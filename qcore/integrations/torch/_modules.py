@@ -11,7 +11,6 @@ import qcore
 from qcore.tensor import QTensor
 
 from .._common import plain, weight_options
-from .._packed import linear_rows
 from ._qat import ActivationFakeQuant
 from ._tensors import _numpy_view, _qtensor_of
 
@@ -156,36 +155,16 @@ class _QWeightModule(nn.Module):
 
 def _check_decodes(qt: QTensor) -> None:
     """Decode the weight (a block of rows of it when 2-D) to check its parameters fit its codes."""
-    if len(qt.shape) == 2 and qt.shape[0] > 8:
-        from .._packed import decode_rows
-
-        values = decode_rows(qt, 0, 8)
-    else:
-        values = qt.dequantize()
+    values = qt.decode_rows(0, 8) if len(qt.shape) == 2 and qt.shape[0] > 8 else qt.dequantize()
     if not np.isfinite(values).all():
         raise ValueError("the weight decodes to NaN or Inf values")
 
 
-def _int8_gemm_weight(qt: QTensor) -> bool:
-    opts = qt.options or {}
-    gran = opts.get("granularity", "tensor")
-    return (qt.scheme == "linear" and qt.bits == 8 and gran in ("tensor", "channel")
-            and (gran == "tensor" or opts.get("axis", 0) in (0, -2)))
-
-
 def _kernel_supported(qt: QTensor) -> bool:
-    """Weights the forward runs through ``qcore.ops.qlinear``: every 2-D weight when this qcore has the low-bit
-    ``qlinear`` (``qcore.ops.lowbit``: linear 1-8 bits of any granularity, lookup-table schemes, and a
-    rows-at-a-time path for the rest, never a float copy), else the 8-bit linear weights of the int8 GEMM."""
-    if len(qt.shape) != 2:
-        return False
-    if _int8_gemm_weight(qt):
-        return True
-    try:
-        from qcore.ops import lowbit  # noqa: F401 - the low-bit qlinear
-    except ImportError:
-        return False
-    return True
+    """Weights the forward runs through ``qcore.ops.qlinear``: every 2-D weight (the int8 GEMM for 8-bit codes
+    that decode affinely per tensor / output channel, the low-bit kernel for other affine and table forms, and
+    a rows-at-a-time decode for the rest; never a float copy)."""
+    return len(qt.shape) == 2
 
 
 _OPS: list = []  # qcore.ops once imported (looked up by attribute at each call, so it can be patched in tests)
@@ -286,13 +265,10 @@ class QLinear(_QWeightModule):
         fast = (x.dtype is torch.float32 and not x.requires_grad and x.is_contiguous() and x.device.type == "cpu"
                 and not x.is_conj() and not x.is_neg())
         a = x.numpy() if fast else _numpy_view(x)  # no copy for contiguous CPU float32 input
-        if self._use_kernel:
-            ops = _OPS[0] if _OPS else _ops()
-            out = ops.qlinear(a.reshape(-1, self.in_features), self.weight, self._bias_numpy())
-            if self._qweight.holds_codes:  # e.g. after copy.deepcopy / unpickling: one copy again
-                self._hold_once()
-        else:  # blocks of decoded rows, one at a time
-            out = linear_rows(a.reshape(-1, self.in_features), self.weight, self._bias_numpy())
+        ops = _OPS[0] if _OPS else _ops()
+        out = ops.qlinear(a.reshape(-1, self.in_features), self.weight, self._bias_numpy())
+        if self._qweight.holds_codes:  # e.g. after copy.deepcopy / unpickling: one copy again
+            self._hold_once()
         y = torch.from_numpy(out.reshape(a.shape[:-1] + (self.out_features,)))
         return y if fast else y.to(device=x.device, dtype=x.dtype)
 
@@ -306,7 +282,9 @@ class QLinear(_QWeightModule):
         return self._kernel_forward(x)
 
     def extra_repr(self) -> str:
-        path = ("int8 qlinear" if _int8_gemm_weight(self.weight) else "qlinear") if self.uses_kernel else "packed rows"
+        ops = _OPS[0] if _OPS else _ops()
+        path = {"int8": "int8 qlinear", "lowbit": "qlinear", "rows": "qlinear (decoded rows)"}.get(
+            ops.qlinear_path(self.weight), "qlinear")
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"{self._weight_repr()}, compute={path!r}")
 

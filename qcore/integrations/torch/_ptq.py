@@ -21,8 +21,8 @@ layer):
 
 A layer that never runs during calibration is quantized by round to nearest, with a warning.
 
-``collect_hessians(model, fn, path)`` runs ``fn`` once on the float model and writes ``{"<layer>.weight": H}``
-(float32) to a safetensors file — the ``--calibration`` file of ``qcore quantize --method gptq``.
+``collect_hessians(model, fn, path)`` runs ``fn`` once on the float model and writes every layer's Hessian, in
+folds, to a Hessian file (:mod:`qcore.ptq.hessian`) — the ``--hessians`` file of ``qcore quantize``.
 """
 from __future__ import annotations
 
@@ -36,12 +36,82 @@ import torch
 from torch import nn
 
 import qcore
+from qcore.ptq.hessian import DEFAULT_FOLDS, HessianAccumulator, HessianFolds, save_hessians
 
 from .._common import name_selected
 
 
 class _StopForward(Exception):
     """Raised inside a replay once the current wave has seen its inputs: the rest of the block is skipped."""
+
+
+class Sources:
+    """``calibrate=``: one calibration source or several, mixed with equal weight.
+
+    A source is a function ``fn(model)`` running forward passes, or data: a tensor (``model(x)``), a dict of
+    tensors (``model(**batch)``), a list of strings for a model with an ``encode`` method (sentence-transformers:
+    ``model.encode(texts)``), or a list/tuple of such batches.  ``Sources(calibrate)(model)`` runs every source
+    in turn; ``current`` is the index of the one running, which the Hessian hooks pass to
+    :class:`qcore.ptq.HessianAccumulator` so that every source weighs the same in each layer's statistics
+    whatever its size.
+    """
+
+    def __init__(self, calibrate):
+        if isinstance(calibrate, Sources):
+            self.items, self.current = calibrate.items, 0
+            return
+        items = list(calibrate) if isinstance(calibrate, list) and not _is_texts(calibrate) else [calibrate]
+        if not items:
+            raise ValueError("calibrate is an empty list; give a function fn(model) or data to run")
+        for i, item in enumerate(items):
+            if not (callable(item) or _is_data(item)):
+                where = f"calibrate[{i}]" if len(items) > 1 else "calibrate"
+                raise TypeError(f"{where} must be a function fn(model) running calibration forwards, or data "
+                                f"(a tensor, a dict of tensors, a list of strings, or a list of such batches), "
+                                f"got {type(item).__name__}")
+        self.items = items
+        self.current = 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __call__(self, model: nn.Module) -> None:
+        try:
+            for i, item in enumerate(self.items):
+                self.current = i
+                item(model) if callable(item) else _run_data(model, item)
+        finally:
+            self.current = 0
+
+
+def _is_texts(x) -> bool:
+    return isinstance(x, (list, tuple)) and bool(x) and all(isinstance(t, str) for t in x)
+
+
+def _is_data(x) -> bool:
+    if isinstance(x, torch.Tensor) or _is_texts(x):
+        return True
+    if isinstance(x, dict):
+        return all(isinstance(v, torch.Tensor) for v in x.values())
+    if isinstance(x, (list, tuple)) and x:
+        return all(_is_data(b) and not isinstance(b, (list, tuple)) or _is_texts(b) for b in x)
+    return False
+
+
+def _run_data(model: nn.Module, data) -> None:
+    if _is_texts(data):
+        encode = getattr(model, "encode", None)
+        if not callable(encode):
+            raise TypeError(f"calibration texts need a model with an encode() method (sentence-transformers); "
+                            f"{type(model).__name__} has none: pass a function fn(model) instead")
+        encode(list(data), batch_size=64, show_progress_bar=False)
+    elif isinstance(data, torch.Tensor):
+        model(data)
+    elif isinstance(data, dict):
+        model(**data)
+    else:
+        for batch in data:
+            _run_data(model, batch)
 
 
 def _progress(total: int, enabled: bool, desc: str):
@@ -59,40 +129,6 @@ def _targets(model: nn.Module, include, exclude) -> dict[str, nn.Linear]:
             seen.add(id(mod))
             out[name] = mod
     return out
-
-
-class _Hess:
-    """``sum x x^T`` and the row count of one input (shared by the layers that receive that same input).
-
-    Accumulated with BLAS ``ssyrk`` (the upper triangle only: half the work of ``X^T X``) into a float32
-    matrix; the float64 mean is formed once at the end.
-    """
-
-    def __init__(self, k: int):
-        from scipy.linalg import blas
-
-        self._syrk = blas.ssyrk
-        self.sum = np.zeros((k, k), np.float32, order="F")
-        self.abs_sum = torch.zeros(k, dtype=torch.float64)  # sum |x| per input channel (AWQ's activation scale)
-        self.count = 0
-
-    def add(self, x: torch.Tensor) -> None:
-        x = x.detach().reshape(-1, x.shape[-1])
-        if x.device.type != "cpu" or x.dtype != torch.float32:
-            x = x.to(device="cpu", dtype=torch.float32)
-        a = np.ascontiguousarray(x.numpy())  # (M, K) C order == (K, M) Fortran order: a.T is x^T
-        if a.shape[0] == 0:
-            return
-        self.sum = self._syrk(1.0, a.T, beta=1.0, c=self.sum, trans=0, lower=0, overwrite_c=1)
-        self.abs_sum += x.abs().sum(0, dtype=torch.float64)
-        self.count += a.shape[0]
-
-    def value(self) -> np.ndarray:
-        u = np.triu(self.sum.astype(np.float64))
-        return (u + np.triu(u, 1).T) / max(self.count, 1)
-
-    def abs_mean(self) -> np.ndarray:
-        return self.abs_sum.numpy() / max(self.count, 1)
 
 
 def _hidden_slot(args, kwargs):
@@ -150,7 +186,7 @@ class _Layerwise:
         self.model = model
         self.targets = dict(targets)  # name -> nn.Linear, not yet quantized
         self.quantize_layer = quantize_layer  # (name, linear, H or None) -> new module
-        self.calibrate = calibrate
+        self.calibrate = Sources(calibrate)
         self.bar = _progress(len(targets), progress, "gptq")
         self.parent = {}
         for pname, parent in model.named_modules():
@@ -160,7 +196,7 @@ class _Layerwise:
                     self.parent[full] = (parent, cname)
 
     # -- bookkeeping ------------------------------------------------------------------------------------
-    def _replace(self, names: Iterable[str], hess: dict[str, _Hess]) -> None:
+    def _replace(self, names: Iterable[str], hess: dict[str, HessianAccumulator]) -> None:
         for name in names:
             lin = self.targets.pop(name)
             h = hess.get(name)
@@ -198,13 +234,13 @@ class _Layerwise:
                 if state["calls"] == 0 and name not in wave:
                     if state["leader_x"] is None:
                         state["leader_x"] = x
-                        state["shared"] = _Hess(mod.in_features)
+                        state["shared"] = HessianAccumulator()
                         wave.append(name)
                     elif x is state["leader_x"]:
                         wave.append(name)
                 if name in wave:
                     if name == wave[0]:
-                        state["shared"].add(x)
+                        state["shared"].update(x, source=self.calibrate.current)
                     state["seen"].add(name)
                     if stop_after_wave and state["calls"] > 0 and len(state["seen"]) == len(wave):
                         raise _StopForward
@@ -252,6 +288,7 @@ class _Layerwise:
     def _capture(self, blocks):
         """One calibrate run: per block, its calls' (args, kwargs) with the hidden input of block 0 kept."""
         calls = [[] for _ in blocks]
+        sources = []  # the calibration source of each call
         chain_ok = [True] * len(blocks)
         last_out = [None]
         handles = []
@@ -268,6 +305,8 @@ class _Layerwise:
                     chain_ok[i] = False
                 a, k = _with_hidden(slot, args, kwargs, h if i == 0 else None)
                 calls[i].append((slot, a, k))
+                if i == 0:
+                    sources.append(self.calibrate.current)
                 return None
             return hook
 
@@ -288,6 +327,7 @@ class _Layerwise:
                 hd.remove()
         n = len(calls[0])
         ok = n > 0 and all(chain_ok) and all(len(c) == n for c in calls)
+        self.call_sources = sources
         return calls, ok
 
     def _run_blocks(self, found) -> bool:
@@ -315,12 +355,14 @@ class _Layerwise:
                         for c, (slot, a, k) in enumerate(calls[i]):
                             state["calls"] = c
                             state["seen"] = set()
+                            self.calibrate.current = self.call_sources[c]
                             aa, kk = _with_hidden(slot, a, k, hidden[c])
                             try:
                                 blk(*aa, **kk)
                             except _StopForward:
                                 pass
                 finally:
+                    self.calibrate.current = 0
                     for hd in handles:
                         hd.remove()
                 wave = state["wave"]
@@ -353,8 +395,7 @@ def gptq_layers(model: nn.Module, calibrate: Callable[[nn.Module], object], quan
     ``quantize_layer(name, linear, H)`` returns the replacement module (``H`` is ``None`` for a layer that never
     ran).  Returns the model.
     """
-    if not callable(calibrate):
-        raise TypeError(f"calibrate must be a function fn(model) running calibration forwards, got {calibrate!r}")
+    calibrate = Sources(calibrate)
     targets = _targets(model, include, exclude)
     if not targets:
         warnings.warn("quantize_dynamic: no nn.Linear module was selected; the model is unchanged", stacklevel=3)
@@ -408,53 +449,47 @@ def quantize_calibrated(model: nn.Module, scheme: str, wopts: dict, calibrate, *
 
 def collect_hessians(model: nn.Module, fn: Callable[[nn.Module], object], path: str | os.PathLike | None = None, *,
                      include: Iterable[str] | str | None = None, exclude: Iterable[str] | str | None = None,
-                     prefix: str = "") -> dict[str, np.ndarray]:
-    """Run ``fn(model)`` once and return (and write to ``path``, a ``.safetensors`` file) the input Hessian
-    ``H = mean(x x^T)`` of every selected ``nn.Linear``, keyed ``"<prefix><layer name>.weight"`` — the name of the
-    layer's weight in the model's own state dict, so ``qcore quantize --calibration`` matches it to the weight.
+                     prefix: str = "", folds: int = DEFAULT_FOLDS) -> dict[str, HessianFolds]:
+    """Run ``fn(model)`` once (``fn`` may also be calibration data, or a list of sources mixed with equal weight:
+    see :class:`Sources`) and return (and write to ``path``, a ``.safetensors`` Hessian file) the input
+    statistics of every selected ``nn.Linear`` as :class:`qcore.ptq.HessianFolds` — ``H = mean(x x^T)`` in
+    ``folds`` folds (samples dealt round-robin, see :mod:`qcore.ptq.hessian`), plus the mean ``|x|`` —, keyed
+    ``"<prefix><layer name>.weight"``: the name of the layer's weight in the model's own state dict, so
+    ``qcore quantize --hessians`` matches it to the weight.  ``np.asarray(hs[name])`` is the mean over all folds.
 
-    Layers that never ran are left out.  Memory: one ``K x K`` float32 matrix per distinct layer input (layers fed
-    the same tensor, such as query/key/value, share one while collecting).
+    Layers that never ran are left out.  Memory: ``folds`` float32 ``K x K`` matrices per layer (every layer
+    keeps its own, even layers fed the same tensor such as query/key/value).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not callable(fn):
-        raise TypeError(f"fn must be a function fn(model) running calibration forwards, got {fn!r}")
+    sources = Sources(fn)
     targets = _targets(model, include, exclude)
-    hess: dict[str, _Hess] = {}
+    hess: dict[str, HessianAccumulator] = {}
     handles = []
 
     def pre(name):
         def hook(mod, args):
             x = args[0] if args else None
             if isinstance(x, torch.Tensor):
-                hess.setdefault(name, _Hess(mod.in_features)).add(x)
+                if name not in hess:
+                    hess[name] = HessianAccumulator(folds)
+                hess[name].update(x, source=sources.current)
         return hook
 
+    HessianAccumulator(folds)  # a bad ``folds`` fails here, before any forward pass
     for name, mod in targets.items():
         handles.append(mod.register_forward_pre_hook(pre(name)))
     try:
         with torch.no_grad():
-            fn(model)
+            sources(model)
     finally:
         for hd in handles:
             hd.remove()
-    out = {f"{prefix}{name}.weight" if name else f"{prefix}weight": h.value().astype(np.float32)
+    out = {f"{prefix}{name}.weight" if name else f"{prefix}weight": h.folds()
            for name, h in hess.items() if h.count}
     if path is not None:
-        _write(path, out, {name: h.count for name, h in hess.items() if h.count}, prefix)
+        save_hessians(path, out)
     return out
 
 
-def _write(path, hessians: dict[str, np.ndarray], counts: dict[str, int], prefix: str) -> None:
-    import json
-
-    from qcore.model import safetensors_io
-
-    meta = {"format": "qcore-hessians", "version": "1",
-            "samples": json.dumps({f"{prefix}{n}.weight" if n else f"{prefix}weight": c for n, c in counts.items()})}
-    entries = [safetensors_io.Entry.of(n, np.ascontiguousarray(h)) for n, h in hessians.items()]
-    safetensors_io.write_safetensors(path, entries, meta)
-
-
-__all__ = ["collect_hessians", "gptq_layers"]
+__all__ = ["collect_hessians", "gptq_layers", "Sources"]

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 import qcore
+from qcore.quantization.forms import Affine
 from qcore.tensor import QTensor
 
 from .._common import plain
@@ -66,7 +67,7 @@ class ActivationFakeQuant(nn.Module):
     def uses_torch_ops(self) -> bool:
         """True when forward runs on torch ops (no numpy): linear, per tensor, minmax/moving_average."""
         q = self.quantizer
-        if q.name != "linear" or self.observer not in _TORCH_OBSERVERS:
+        if not q.linear_rule or self.observer not in _TORCH_OBSERVERS:
             return False
         if q.config.get("granularity", "tensor") != "tensor" or (q.signed and self.bits <= 2):
             return False
@@ -133,11 +134,11 @@ class ActivationFakeQuant(nn.Module):
             return float(self._scale), int(self._zp)
         if self.params is None:
             raise qcore.QcoreError("ActivationFakeQuant has not seen data yet: run calibration batches first")
-        scale = np.asarray(self.params["scale"]).reshape(-1)
-        zp = np.asarray(self.params.get("zero_point", np.zeros(1, np.int32))).reshape(-1)
-        if scale.size != 1 or self.scheme != "linear":
-            raise ValueError("qparams(): only a per-tensor linear quantizer has a single (scale, zero_point)")
-        return float(scale[0]), int(zp[0])
+        form = self.quantizer.decodes_as(self.params)
+        if not isinstance(form, Affine) or form.offset is not None or form.scale.size != 1:
+            raise ValueError("qparams(): only a quantizer whose codes decode affinely per tensor "
+                             "((q - zero_point) * scale) has a single (scale, zero_point)")
+        return float(form.scale.reshape(-1)[0]), int(form.zero_points().reshape(-1)[0])
 
     # -- numpy path ---------------------------------------------------------------------------------------
     def _fake_quant(self, a: np.ndarray) -> np.ndarray:
