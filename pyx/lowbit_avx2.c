@@ -158,14 +158,4 @@ QLB_AVX2_T QLB_AI void qlb_store_a(float *y, int64_t left, __m256 o, const float
 #define QLB_MRV2 2
 #define QLB_NV2 1
 #include "lowbit_tile.h"
-#undef QLB_P
-#undef QLB_T
-#undef QLB_VI
-#undef QLB_VF
-#undef QLB_LANES
-#undef QLB_VPP
-#undef QLB_SPLIT_OK
-#undef QLB_NV1
-#undef QLB_MRV2
-#undef QLB_NV2
 #endif /* QLB_X86 */

@@ -123,14 +123,4 @@ QLB_VNNI_T QLB_AI void qlb_store_v(float *y, int64_t left, __m512 o, const float
 #define QLB_MRV2 6
 #define QLB_NV2 2
 #include "lowbit_tile.h"
-#undef QLB_P
-#undef QLB_T
-#undef QLB_VI
-#undef QLB_VF
-#undef QLB_LANES
-#undef QLB_VPP
-#undef QLB_SPLIT_OK
-#undef QLB_NV1
-#undef QLB_MRV2
-#undef QLB_NV2
 #endif /* QLB_X86 */
