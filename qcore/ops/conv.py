@@ -1,4 +1,5 @@
-"""Static int8 convolution (and Linear as a 1x1 convolution): validation, weight packing, the ``_conv`` kernels.
+"""Static int8 convolution (and Linear as a 1x1 convolution): validation and geometry here, the arithmetic in a
+kernel's ``qconv2d`` capability (qcore/kernels/conv.py; ``kernel=None``: the default one, ``cython``).
 
 :class:`PackedConv2d` holds one layer: int8 weights (symmetric, one scale per output channel) packed once,
 the calibrated input quantization parameters (per tensor) and, optionally, a fused ReLU.  It runs
@@ -23,26 +24,10 @@ import math
 
 import numpy as np
 
+from ..api import get_kernel
 from ..validation import as_float32, non_finite_error
 
 _INT32_MAX = (1 << 31) - 1
-
-
-_EXT: list = []
-
-
-def _ext():
-    if _EXT:
-        return _EXT[0]
-    try:
-        from qcore_plugins import _conv, _gemm
-    except ImportError as exc:  # pragma: no cover - only without a built extension
-        raise ImportError(
-            "qcore.ops.PackedConv2d needs the compiled extensions qcore_plugins._conv and _gemm; build them with "
-            "`python setup.py build_ext --inplace` or `pip install .`"
-        ) from exc
-    _EXT.append((_conv, _gemm))
-    return _EXT[0]
 
 
 def _pair(v, name, minimum):
@@ -94,10 +79,13 @@ class PackedConv2d:
     :param input_bits, input_signed: the activation codes' width and signedness (affine: unsigned)
     :param relu: fuse ``max(., 0)`` into the output (the same as ``activation=(0, inf)``)
     :param activation: ``None`` or the bounds ``(lo, hi)`` of a fused clamp (ReLU ``(0, inf)``, ReLU6 ``(0, 6)``)
+    :param kernel: the kernel that computes (a name or instance declaring ``qconv2d``); None: the default
     """
 
     def __init__(self, weight_codes, weight_scale, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
-                 input_scale, input_zero_point=0, input_bits=8, input_signed=False, relu=False, activation=None):
+                 input_scale, input_zero_point=0, input_bits=8, input_signed=False, relu=False, activation=None,
+                 kernel=None):
+        self.kernel = get_kernel(kernel, capability="qconv2d")
         w = np.asarray(weight_codes)
         if w.dtype != np.int8:
             raise TypeError(f"weight_codes must be int8 (symmetric codes), got dtype {w.dtype}")
@@ -153,8 +141,6 @@ class PackedConv2d:
             self._w2d = None
             self._wg = wt.reshape(n, t, cg)
             self._wg_colsum = self._wg.astype(np.int64).sum(axis=(1, 2))
-        #: depthwise (one input and one output channel per group): weights packed per copy (_dw_for)
-        self.depthwise = self.groups == n == self.in_channels
         self._packed: dict[str, object] = {}
         self._zc: dict = {}
         self._epi: dict = {}
@@ -204,21 +190,10 @@ class PackedConv2d:
         return oh, ow
 
     def _packed_for(self, isa: str):
+        """The weights packed by the kernel at its current level ``isa`` (one packing per level)."""
         p = self._packed.get(isa)
         if p is None:
-            _, g = _ext()
-            p = self._packed.setdefault(isa, g.pack_b(self._w2d, isa))
-        return p
-
-    def _dw_for(self, isa: str):
-        """The depthwise weights packed for copy ``isa`` (cached), or None for other layers."""
-        if not self.depthwise:
-            return None
-        key = ("dw", isa)
-        p = self._packed.get(key)
-        if p is None:
-            conv, _ = _ext()
-            p = self._packed.setdefault(key, conv.pack_depthwise(np.ascontiguousarray(self._wg[:, :, 0]), isa))
+            p = self._packed.setdefault(isa, self.kernel.conv_pack(self._w2d))
         return p
 
     def _epilogue(self, np_: int, mode: int, out_scale, out_zp):
@@ -248,26 +223,24 @@ class PackedConv2d:
         ``padded=True``: ``(B, H + 2*ph, W + 2*pw, Cp)`` with this layer's zero padding already in place (the
         border holds the zero point) — the form :meth:`run_codes` takes with ``padded_input=True``.
         """
-        conv, g = _ext()
         x = as_float32(x, "x", check_finite=False)
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must have shape (B, {self.in_channels}, H, W), got {x.shape}")
         b, _, h, w = x.shape
         ph, pw = self.padding if padded else (0, 0)
         out = _padded_empty(b, h, w, self.cp, ph, pw, self._za)
-        if conv.quantize_nchw(np.ascontiguousarray(x), self._inv, self._za, self._qlo, self._qhi, out, g.ISA.copy,
-                              (ph, pw)):
+        if self.kernel.conv_quantize_nchw(np.ascontiguousarray(x), self._inv, self._za, self._qlo, self._qhi, out,
+                                          (ph, pw)):
             raise non_finite_error(x, "x")
         return out
 
     def quantize_rows(self, x) -> np.ndarray:
         """float ``(R, C)`` rows (NHWC pixels or Linear inputs) -> uint8 ``(R, Cp)``."""
-        conv, g = _ext()
         x = as_float32(x, "x", check_finite=False)
         if x.ndim != 2 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must have shape (R, {self.in_channels}), got {x.shape}")
         out = np.empty((x.shape[0], self.cp), np.uint8)
-        if conv.quantize_rows(np.ascontiguousarray(x), self._inv, self._za, self._qlo, self._qhi, out, g.ISA.copy):
+        if self.kernel.conv_quantize_rows(np.ascontiguousarray(x), self._inv, self._za, self._qlo, self._qhi, out):
             raise non_finite_error(x, "x")
         return out
 
@@ -288,21 +261,19 @@ class PackedConv2d:
         residual addition fused into the epilogue — ``codes`` laid out like the output (its border and padded
         channels), ``y = y + float32(r - zr) * float32(sr / so)`` after the bias and before the clamp.
 
-        The kernel's arguments are validated and prepared once per input shape and output form
-        (``qcore_plugins._conv.ConvCall``, cached on the layer); later calls check only ``a``.
+        The kernel's arguments are validated and prepared once per input shape and output form (the kernel's
+        ``conv_prepare``, cached on the layer); later calls check only the arrays.
         """
-        conv, g = _ext()
-        isa = g.ISA.copy
         rspec, rcodes = None, None
         if residual is not None:
             rcodes, rs, rz = residual
             rspec = (float(rs), int(rz))
-        key = (isa, getattr(a, "shape", None), output, out_scale, out_zero_point, padded_input, out_padding, nchw,
-               in_border, rspec)
+        key = (self.kernel.isa, getattr(a, "shape", None), output, out_scale, out_zero_point, padded_input,
+               out_padding, nchw, in_border, rspec)
         hit = self._calls.get(key)
         if hit is None:
             hit = self._calls.setdefault(key, self._prepare_call(a, output, out_scale, out_zero_point, padded_input,
-                                                                 out_padding, nchw, in_border, isa, rspec))
+                                                                 out_padding, nchw, in_border, rspec))
         call, shape = hit
         if not a.flags.c_contiguous:
             a = np.ascontiguousarray(a)
@@ -311,13 +282,13 @@ class PackedConv2d:
             if not isinstance(rcodes, np.ndarray) or rcodes.dtype != np.uint8 or rcodes.shape != shape:
                 raise ValueError(f"residual codes must be uint8 of the output's shape {shape}")
             rcodes = np.ascontiguousarray(rcodes).reshape(call.out_shape)
-        call.run(a, out, rcodes)
+        self.kernel.conv_call(call, a, out, rcodes)
         return out.reshape(shape)
 
-    def _prepare_call(self, a, output, out_scale, out_zero_point, padded_input, out_padding, nchw, in_border, isa,
+    def _prepare_call(self, a, output, out_scale, out_zero_point, padded_input, out_padding, nchw, in_border,
                       rspec=None):
-        """(ConvCall, result shape) for inputs like ``a`` (all of :meth:`run_codes`'s validation)."""
-        conv, g = _ext()
+        """(the kernel's prepared call, result shape) for inputs like ``a`` (all of :meth:`run_codes`'s
+        validation)."""
         if not isinstance(a, np.ndarray) or a.dtype != np.uint8 or a.ndim != 4 or a.shape[3] != self.cp:
             raise ValueError(f"a must be uint8 NHWC codes of shape (B, H, W, {self.cp})")
         bsz, hb, wb, _ = a.shape
@@ -354,9 +325,17 @@ class PackedConv2d:
         if nchw and mode != 1:
             raise ValueError("nchw is for float output only")
         n = self.out_channels
+        isa = self.kernel.isa
+        tapsum = None
         if self.groups == 1:
             packed = self._packed_for(isa)
-            np_, cs, wg = packed.np_, packed.colsum, None
+            (np_, cs), wg = self.kernel.conv_columns(packed), None
+            if lpad != (0, 0):  # per-tap column sums: skipping the taps in the padding corrects the zero point
+                tapsum = self._packed.get(("tapsum", np_))
+                if tapsum is None:
+                    tapsum = np.zeros((self._w2d.shape[1] // self.cp, np_), np.int32)
+                    tapsum[:, :n] = self._w2d.reshape(n, -1, self.cp).astype(np.int32).sum(axis=2).T
+                    tapsum = self._packed.setdefault(("tapsum", np_), tapsum)
         else:
             packed, np_, cs, wg = None, n, self._wg_colsum, self._wg
         zc = self._zc.get(isa)
@@ -365,15 +344,6 @@ class PackedConv2d:
         mult, bias = self._epilogue(np_, mode, so, zo)
         if mode == 0:
             bias = None
-        geom = (oh, ow) + self.kernel_size + self.stride + kpad + self.dilation + (
-            n, self.groups, self.in_channels // self.groups)
-        tapsum = None
-        if self.groups == 1 and lpad != (0, 0):  # per-tap column sums: the padding-skipping path's correction
-            tapsum = self._packed.get(("tapsum", np_))
-            if tapsum is None:
-                tapsum = np.zeros((self._w2d.shape[1] // self.cp, np_), np.int32)
-                tapsum[:, :n] = self._w2d.reshape(n, -1, self.cp).astype(np.int32).sum(axis=2).T
-                tapsum = self._packed.setdefault(("tapsum", np_), tapsum)
         res = None
         if rspec is not None:
             if mode != 2 or self.groups != 1:
@@ -382,8 +352,10 @@ class PackedConv2d:
             if not (np.isfinite(rs) and rs > 0) or not 0 <= rz <= 255:
                 raise ValueError("the residual's scale must be positive and finite and its zero point in [0, 255]")
             res = (rz, float(np.float32(rs / so)))
-        call = conv.prepare(a.shape, geom, self._za, packed, wg, zc, mult, bias, mode, clamp, zo, isa, opad, nchw,
-                            crop, self._dw_for(isa), lpad, tapsum, res)
+        geom = (oh, ow) + self.kernel_size + self.stride + kpad + self.dilation + (
+            n, self.groups, self.in_channels // self.groups)
+        call = self.kernel.conv_prepare(a.shape, geom, self._za, packed, wg, zc, mult, bias, mode, clamp, zo, opad,
+                                        nchw, crop, lpad, tapsum, res)
         if nchw:
             shape = (bsz, n, oh, ow)
         else:
