@@ -314,3 +314,11 @@ def test_fused_residual_addition_equals_the_reference(isa, batch):
                        input_scale=0.05, input_zero_point=20)
     with pytest.raises(ValueError, match="groups == 1"):
         dwc.run_codes(a.codes, "uint8", so, zo, in_border=(1, 1), residual=(a.codes, 0.05, 20))
+
+
+def test_cython_kernel_passes_the_qconv2d_conformance_check(isa):
+    """The kit's qconv2d check (every operation, prepared calls with padding skipping, depthwise and fused
+    residuals included) on the cython kernel at this level, against the numpy reference."""
+    from qcore.testing._kernel import check_kernel_qconv2d
+
+    check_kernel_qconv2d(qcore.get_kernel("cython"))
