@@ -64,6 +64,10 @@ class TensorFile(Mapping):
     def close(self) -> None:
         pass
 
+    def __reduce__(self):
+        # pickles as its path (an executor's task reads its tensor where it runs; no array travels)
+        return (load_tensors, (self.path,))
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.path!r}: {len(self)} tensors>"
 
