@@ -191,7 +191,7 @@ def dask_executor(workers: int | None = None, scheduler: str | None = None, *, q
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be a positive integer, got {workers!r}")
         kw = {"silence_logs": 40} if quiet else {}  # logging.ERROR
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, **kw)
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0", **kw)
         client = Client(cluster)
     try:
         yield client.get_executor()

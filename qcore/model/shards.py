@@ -37,8 +37,8 @@ SHARD_PATTERN = "model-{i:05d}-of-{n:05d}.safetensors"
 _SHARD_RE = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-#: bytes copied at a time from a spool file into its shard
-_COPY_CHUNK = 16 << 20
+#: bytes copied at a time from a spool file into its shard (when the kernel cannot copy file to file)
+_COPY_CHUNK = 1 << 20
 
 
 def parse_size(value, what: str = "max_shard_size") -> int:
@@ -118,8 +118,8 @@ class _Shard:
         with open(path_tmp, "wb") as out, open(self.spool, "rb") as data:
             out.write(struct.pack("<Q", len(header)))
             out.write(header)
-            shutil.copyfileobj(data, out, _COPY_CHUNK)
             out.flush()
+            _append(data, out, self.nbytes)
             os.fsync(out.fileno())
         os.unlink(self.spool)
         self.path = path_tmp
@@ -130,6 +130,30 @@ class _Shard:
         for p in (self.spool, self.path):
             if p and os.path.exists(p):
                 os.unlink(p)
+
+
+def _append(src, dst, count: int) -> None:
+    """Append ``count`` bytes of the open file ``src`` (at its start) to ``dst`` (flushed): in the kernel where
+    it can (no copy through this process), else in chunks."""
+    start = dst.tell()
+    copy = getattr(os, "copy_file_range", None)
+    if copy is not None:
+        try:
+            done = 0
+            while done < count:
+                n = copy(src.fileno(), dst.fileno(), count - done)
+                if n == 0:
+                    break
+                done += n
+            if done == count:
+                return
+        except OSError:  # a file system without it: copy by hand
+            pass
+        src.seek(0)
+        dst.seek(start)
+        dst.truncate(start)
+    shutil.copyfileobj(src, dst, _COPY_CHUNK)
+    dst.flush()
 
 
 def _no_data():  # pragma: no cover - entries of a finished shard are never produced again
