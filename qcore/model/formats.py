@@ -70,11 +70,11 @@ class ModelFormat:
         """A header-only description: ``{"path", "format", "file_size", "title", "tensors": [report rows], ...}``."""
         raise NotImplementedError
 
-    def open_writer(self, path: str, *, metadata: dict[str, str] | None = None, **options) -> "ModelWriter":
+    def open_writer(self, path: str, *, metadata: dict[str, str] | None = None, **options) -> "ModelWriter | None":
         """A :class:`ModelWriter` saving to ``path`` tensor by tensor, as ``quantize_model(output=...)`` produces
-        them (``options``: the save options).  The base class collects the tensors into a :class:`QModel` and
-        calls :meth:`save` at the end (memory: the whole model); a format that can write as it goes overrides it."""
-        return _CollectingWriter(self, path, metadata, options)
+        them (``options``: the save options), or None (the base class): the format cannot write as it goes, and
+        ``quantize_model`` collects the model in memory and calls :meth:`save` at the end."""
+        return None
 
     # -- checks made before any work (the command line calls them before quantizing) ----------------------
     def check_plan(self, plan, options: dict | None = None) -> None:
@@ -115,28 +115,6 @@ class ModelWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
-
-
-class _CollectingWriter(ModelWriter):
-    """The default writer: the model in memory, saved at :meth:`close`."""
-
-    def __init__(self, fmt: ModelFormat, path: str, metadata, options: dict):
-        from .qmodel import QModel
-
-        fmt.check_save_options(options)
-        self.fmt, self.path, self.options = fmt, os.fspath(path), options
-        self.model = QModel(metadata=metadata)
-
-    def add(self, name, tensor, info=None, dtype=None):
-        self.model[name] = tensor
-        info = dict(info or {})
-        if dtype == "bfloat16":
-            info["dtype"] = "bfloat16"
-        if info:
-            self.model.info[name] = info
-
-    def close(self) -> int:
-        return self.fmt.save(self.model, self.path, **self.options)
 
 
 _FORMATS: dict[str, ModelFormat] = {}

@@ -18,6 +18,7 @@ from ..kernels.base import packed_size
 from ..quantization.driver import PlanItem, choose, measure_items, named_error
 from ..quantization.planner import Planner
 from .execution import QuantizeTask, executor_map, ordered_map, run_task
+from .formats import ModelWriter
 from .qmodel import QModel
 from .shards import check_fits, parse_size
 from .tensors import TensorFile, load_tensors, shape_and_dtype
@@ -388,7 +389,7 @@ def quantize_model(tensors, scheme: str = "linear", *, include=None, exclude=Non
         stream = ordered_map(executor, run_task, [tasks[n] for n in order], names=order)
         if writer_args is not None:
             fmt, path, save_options = writer_args
-            writer = fmt.open_writer(path, metadata={}, **save_options)
+            writer = fmt.open_writer(path, metadata={}, **save_options) or _CollectingWriter(fmt, path, save_options)
             sink = WrittenModel(path, fmt.name)
         else:
             sink = QModel()
@@ -478,6 +479,22 @@ def _check_shard_size(plan, tensors, counts, quantizers, quantizer_for, writer_a
         bits = [int(sp["bits"]) for sp in specs if isinstance(sp, dict) and "bits" in sp] or [int(getattr(q, "bits", 1))]
         sizes[name] = packed_size(counts[name], min(bits))
     check_fits(sizes, parse_size(limit))
+
+
+class _CollectingWriter(ModelWriter):
+    """For a format without a writer of its own: the model collected in memory, saved at :meth:`close`."""
+
+    def __init__(self, fmt, path: str, options: dict):
+        self.fmt, self.path, self.options = fmt, path, options
+        self.model = QModel()
+
+    def add(self, name, tensor, info=None, dtype=None):
+        self.model[name] = tensor
+        if info:
+            self.model.info[name] = dict(info)
+
+    def close(self) -> int:
+        return self.fmt.save(self.model, self.path, **self.options)
 
 
 class WrittenModel:
