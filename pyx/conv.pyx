@@ -9,7 +9,7 @@ entry point is ``qcore.ops.conv`` (``PackedConv2d``); the C core is ``pyx/conv_k
 import numpy as np
 
 cimport numpy as cnp
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t
 
 from qcore_isa cimport isa_switch
@@ -28,6 +28,7 @@ cdef extern from "conv_kernels.h" nogil:
         int isa
         const uint8_t *inp "in"
         int64_t H, W, Cp
+        int64_t in_rs, in_is
         int64_t OH, OW, KH, KW, sh, sw, ph, pw, dh, dw
         int64_t M, N
         const void *Bp
@@ -39,7 +40,8 @@ cdef extern from "conv_kernels.h" nogil:
         const float *mult
         const float *bias
         int mode
-        int relu
+        int clamp
+        float clo, chi
         int32_t zo
         void *out
         int64_t ldo
@@ -140,9 +142,15 @@ def quantize_rows(x, float inv, int z, int lo, int hi, out, isa):
     return bool(np.any(np.asarray(bad)))
 
 
-def conv(a, geom, int za, packed, wg, zc, mult, bias, int mode, bint relu, int zo, out, isa, opad=(0, 0),
-         bint nchw=False):
+def conv(a, geom, int za, packed, wg, zc, mult, bias, int mode, clamp, int zo, out, isa, opad=(0, 0),
+         bint nchw=False, crop=None):
     """The int8 convolution of uint8 NHWC ``a`` (B, H, W, Cp) into ``out`` (B*OH*OW rows of ``ldo`` elements).
+
+    ``crop`` = (y0, x0, H', W'): the convolution's input is the H' x W' window of ``a`` starting at pixel
+    (y0, x0) of each image (the interior of a buffer with a border, seen with the border this layer's padding
+    needs); None: all of ``a``.  ``clamp``: None, or (lo, hi) floats the output is clipped to before rounding
+    (float output: the activation's bounds, e.g. (0, inf) for ReLU; uint8 output: in code units relative to
+    ``zo``, within [-zo, 255 - zo]); uint8 output without a clamp clips to [-zo, 255 - zo].
 
     ``geom``: (OH, OW, KH, KW, sh, sw, ph, pw, dh, dw, N, groups, Cg).  groups == 1: ``packed`` is the
     ``qcore_plugins._gemm.PackedB`` of the (N, KH*KW*Cp) weights (its ISA is used); groups > 1: ``wg`` is the
@@ -155,6 +163,11 @@ def conv(a, geom, int za, packed, wg, zc, mult, bias, int mode, bint relu, int z
     """
     _check(a, np.uint8, 4, "a")
     cdef int64_t B = a.shape[0], H = a.shape[1], W = a.shape[2], Cp = a.shape[3]
+    cdef int64_t Hb = H, Wb = W, y0 = 0, x0 = 0
+    if crop is not None:
+        y0, x0, H, W = [int(v) for v in crop]
+        if y0 < 0 or x0 < 0 or H < 1 or W < 1 or y0 + H > Hb or x0 + W > Wb:
+            raise ValueError("conv: crop outside the input")
     cdef int64_t OH, OW, KH, KW, sh, sw, ph, pw, dh, dw, N, groups, Cg
     OH, OW, KH, KW, sh, sw, ph, pw, dh, dw, N, groups, Cg = [int(v) for v in geom]
     if min(OH, OW, KH, KW, sh, sw, dh, dw, N, groups) < 1 or ph < 0 or pw < 0 or Cp % 4 or Cp < 4:
@@ -210,8 +223,9 @@ def conv(a, geom, int za, packed, wg, zc, mult, bias, int mode, bint relu, int z
     cdef qc_conv_args g
     g.isa = code
     cdef cnp.ndarray aa = a
-    g.inp = <const uint8_t *>cnp.PyArray_DATA(aa)
+    g.inp = <const uint8_t *>cnp.PyArray_DATA(aa) + (y0 * Wb + x0) * Cp
     g.H, g.W, g.Cp = H, W, Cp
+    g.in_rs, g.in_is = Wb * Cp, Hb * Wb * Cp
     g.OH, g.OW, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw = OH, OW, KH, KW, sh, sw, ph, pw, dh, dw
     g.M, g.N = M, N
     g.Bp = &bp[0] if groups == 1 else NULL
@@ -222,7 +236,14 @@ def conv(a, geom, int za, packed, wg, zc, mult, bias, int mode, bint relu, int z
     g.zc = &csv[0]
     g.mult = &mv[0]
     g.bias = &bv[0] if bias is not None else NULL
-    g.mode, g.relu, g.zo = mode, relu, zo
+    g.mode, g.zo = mode, zo
+    g.clamp = clamp is not None or mode == 2
+    if clamp is not None:
+        g.clo, g.chi = float(clamp[0]), float(clamp[1])
+        if mode == 2 and not (-zo <= g.clo <= g.chi <= 255 - zo):
+            raise ValueError("conv: a uint8 clamp must lie within [-zo, 255 - zo]")
+    else:
+        g.clo, g.chi = -zo, 255 - zo
     g.out = cnp.PyArray_DATA(outa)
     g.ldo = ldo
     g.MC = 64
@@ -240,4 +261,190 @@ def conv(a, geom, int za, packed, wg, zc, mult, bias, int mode, bint relu, int z
                 fail[u] = qc_conv_unit(&g, u)
     if np.any(np.asarray(fail)):
         raise MemoryError("conv: out of memory for the tap pointer table")
+    return out
+
+
+# ------------------------------------------------------------------------------------------ static CNN ops
+
+cdef extern from "qcnn_kernels.h" nogil:
+    ctypedef struct qc_pool_args:
+        const uint8_t *inp "in"
+        int64_t H, W, Cp, in_rs, in_is
+        uint8_t *out
+        int64_t OH, OW, out_rs, out_is
+        const int32_t *hs
+        const int32_t *he
+        const int32_t *ws
+        const int32_t *we
+        int64_t KH, KW, sh, sw, ph, pw, dh, dw
+        const double *div
+        int32_t z
+    void qc_add_span(int isa, const uint8_t *a, const uint8_t *b, uint8_t *o, int64_t n, int32_t za, int32_t zb,
+                     float ma, float mb, float lo, float hi, int32_t zo)
+    void qc_maxpool_row(int isa, const qc_pool_args *g, int64_t b, int64_t oh)
+    void qc_avgpool_row(int isa, const qc_pool_args *g, int64_t b, int64_t oh, int32_t *acc)
+    void qc_lut_pixels(int isa, const uint8_t *s, int64_t sld, int64_t C, uint8_t *d, int64_t dld, int64_t npix,
+                       const uint8_t *T)
+    void qc_dequant_row(int isa, const uint8_t *row, int64_t ld, int64_t C, int64_t W, int32_t z, float sc,
+                        float *out, int64_t plane)
+
+#: below this many bytes of output an op runs on one thread
+PARALLEL_MIN_BYTES = 1 << 16
+
+
+def _interior(a, border, name):
+    """(H, W, Cp, row stride, image stride, byte offset of the interior) of a uint8 NHWC buffer with a border."""
+    _check(a, np.uint8, 4, name)
+    bh, bw = int(border[0]), int(border[1])
+    hb, wb, cp = a.shape[1], a.shape[2], a.shape[3]
+    if bh < 0 or bw < 0 or hb - 2 * bh < 1 or wb - 2 * bw < 1 or cp < 1:
+        raise ValueError(f"{name}: border {(bh, bw)} does not fit a buffer of shape {a.shape}")
+    return hb - 2 * bh, wb - 2 * bw, cp, wb * cp, hb * wb * cp, (bh * wb + bw) * cp
+
+
+cdef inline uint8_t *_ptr(cnp.ndarray a, int64_t off):
+    return <uint8_t *>cnp.PyArray_DATA(a) + off
+
+
+def add(a, a_border, int za, float ma, b, b_border, int zb, float mb, out, out_border, int zo, float lo, float hi,
+        isa=None):
+    """``out = rint(clip(float(a - za) * ma + float(b - zb) * mb, lo, hi)) + zo`` over the interiors (the same
+    (B, H, W, Cp)) of three uint8 NHWC buffers; [lo, hi] within [-zo, 255 - zo] (float32, no FMA)."""
+    cdef int code = _code(isa)
+    H, W, Cp, ars, ais, aoff = _interior(a, a_border, "a")
+    bH, bW, bCp, brs, bis, boff = _interior(b, b_border, "b")
+    oH, oW, oCp, ors, ois, ooff = _interior(out, out_border, "out")
+    if not (a.shape[0] == b.shape[0] == out.shape[0]) or (H, W, Cp) != (bH, bW, bCp) or (H, W, Cp) != (oH, oW, oCp):
+        raise ValueError("add: a, b and out must have the same batch, interior size and channels")
+    if not (0 <= za <= 255 and 0 <= zb <= 255 and 0 <= zo <= 255) or not (-zo <= lo <= hi <= 255 - zo):
+        raise ValueError("add: zero points must lie in [0, 255] and [lo, hi] within [-zo, 255 - zo]")
+    cdef int64_t rows = a.shape[0] * H, n = W * Cp, r, bb, h
+    cdef int64_t Hc = H, ars_ = ars, ais_ = ais, brs_ = brs, bis_ = bis, ors_ = ors, ois_ = ois
+    cdef uint8_t *pa = _ptr(a, aoff)
+    cdef uint8_t *pb = _ptr(b, boff)
+    cdef uint8_t *po = _ptr(out, ooff)
+    cdef int nt = qcore_omp_max_threads() if rows * n >= PARALLEL_MIN_BYTES and rows > 1 else 1
+    with nogil:
+        for r in prange(rows, schedule="static", num_threads=nt):
+            bb = r // Hc
+            h = r % Hc
+            qc_add_span(code, pa + bb * ais_ + h * ars_, pb + bb * bis_ + h * brs_, po + bb * ois_ + h * ors_, n,
+                        za, zb, ma, mb, lo, hi, zo)
+    return out
+
+
+cdef int _pool_setup(qc_pool_args *g, a, a_border, out, out_border) except -1:
+    H, W, Cp, rs, is_, off = _interior(a, a_border, "a")
+    OH, OW, oCp, ors, ois, ooff = _interior(out, out_border, "out")
+    if out.shape[0] != a.shape[0] or oCp != Cp:
+        raise ValueError("pool: out must have the batch and channels of a")
+    g.inp = _ptr(a, off)
+    g.H, g.W, g.Cp, g.in_rs, g.in_is = H, W, Cp, rs, is_
+    g.out = _ptr(out, ooff)
+    g.OH, g.OW, g.out_rs, g.out_is = OH, OW, ors, ois
+    return 0
+
+
+def maxpool(a, a_border, out, out_border, kernel, stride, padding, dilation, isa=None):
+    """Max pooling of the interior of uint8 NHWC ``a`` into the interior of ``out`` (its size is the output
+    size): output pixel (oh, ow) is the largest code over the taps (oh*sh - ph + kh*dh, ow*sw - pw + kw*dw)
+    inside the input (every window must hold one)."""
+    cdef int code = _code(isa)
+    cdef qc_pool_args g
+    _pool_setup(&g, a, a_border, out, out_border)
+    g.KH, g.KW = [int(v) for v in kernel]
+    g.sh, g.sw = [int(v) for v in stride]
+    g.ph, g.pw = [int(v) for v in padding]
+    g.dh, g.dw = [int(v) for v in dilation]
+    if min(g.KH, g.KW, g.sh, g.sw, g.dh, g.dw) < 1 or g.ph < 0 or g.pw < 0:
+        raise ValueError("maxpool: bad window")
+    # every window holds a tap inside the input (torch's own condition: padding <= kernel / 2, and the last
+    # window starts inside the input or the left padding)
+    if (g.OH - 1) * g.sh - g.ph >= g.H or (g.OW - 1) * g.sw - g.pw >= g.W or g.ph > (g.KH - 1) * g.dh \
+            or g.pw > (g.KW - 1) * g.dw:
+        raise ValueError("maxpool: a window lies outside the input")
+    cdef int64_t B = a.shape[0], rows = B * g.OH, r
+    cdef int nt = qcore_omp_max_threads() if rows * g.OW * g.Cp * g.KH * g.KW >= PARALLEL_MIN_BYTES and rows > 1 else 1
+    with nogil:
+        for r in prange(rows, schedule="static", num_threads=nt):
+            qc_maxpool_row(code, &g, r // g.OH, r % g.OH)
+    return out
+
+
+def avgpool(a, a_border, out, out_border, hs, he, ws, we, div, int z, isa=None):
+    """Average pooling of the interior of uint8 NHWC ``a`` into the interior of ``out``: output pixel (oh, ow)
+    averages input rows [hs[oh], he[oh]) x columns [ws[ow], we[ow]) (inside the input, int32 arrays) with the
+    divisor ``div[oh, ow]`` (float64 (OH, OW)): ``q = clip(rint((S - n*z) / d) + z, 0, 255)``."""
+    cdef int code = _code(isa)
+    cdef qc_pool_args g
+    _pool_setup(&g, a, a_border, out, out_border)
+    _check(hs, np.int32, 1, "hs"); _check(he, np.int32, 1, "he")
+    _check(ws, np.int32, 1, "ws"); _check(we, np.int32, 1, "we")
+    _check(div, np.float64, 2, "div")
+    if hs.shape[0] != g.OH or he.shape[0] != g.OH or ws.shape[0] != g.OW or we.shape[0] != g.OW \
+            or div.shape != (g.OH, g.OW):
+        raise ValueError("avgpool: window tables do not match the output size")
+    if (hs < 0).any() or (he > g.H).any() or (he <= hs).any() or (ws < 0).any() or (we > g.W).any() \
+            or (we <= ws).any() or not (div > 0).all() or not 0 <= z <= 255:
+        raise ValueError("avgpool: windows must be non-empty and inside the input, divisors positive")
+    cdef const int32_t[::1] hsv = hs, hev = he, wsv = ws, wev = we
+    cdef const double[:, ::1] dv = div
+    g.hs, g.he, g.ws, g.we, g.div, g.z = &hsv[0], &hev[0], &wsv[0], &wev[0], &dv[0, 0], z
+    cdef int64_t B = a.shape[0], rows = B * g.OH, r
+    cdef int nt = qcore_omp_max_threads() if rows * g.OW * g.Cp >= PARALLEL_MIN_BYTES // 8 and rows > 1 else 1
+    cdef int32_t[:, ::1] acc = np.empty((max(nt, 1), g.Cp), np.int32)
+    cdef int tid
+    with nogil:
+        for r in prange(rows, schedule="static", num_threads=nt):
+            tid = threadid()
+            qc_avgpool_row(code, &g, r // g.OH, r % g.OH, &acc[tid, 0])
+    return out
+
+
+def lut(a, a_border, int channels, out, out_border, int channel_offset, table, isa=None):
+    """The first ``channels`` bytes of every interior pixel of ``a`` through the 256-entry uint8 ``table``
+    (None: copied) into channels [channel_offset, channel_offset + channels) of the interior pixels of ``out``
+    (the same batch and interior size)."""
+    cdef int code = _code(isa)
+    H, W, Cp, rs, is_, off = _interior(a, a_border, "a")
+    oH, oW, oCp, ors, ois, ooff = _interior(out, out_border, "out")
+    if out.shape[0] != a.shape[0] or (H, W) != (oH, oW):
+        raise ValueError("lut: a and out must have the same batch and interior size")
+    if channels < 1 or channels > Cp or channel_offset < 0 or channel_offset + channels > oCp:
+        raise ValueError("lut: channels out of range")
+    cdef const uint8_t[::1] tv
+    cdef const uint8_t *tp = NULL
+    if table is not None:
+        _check(table, np.uint8, 1, "table")
+        if table.shape[0] != 256:
+            raise ValueError("lut: table must have 256 entries")
+        tv = table
+        tp = &tv[0]
+    cdef int64_t rows = a.shape[0] * H, r, Hc = H, Wc = W, Cpc = Cp, oCpc = oCp, C = channels
+    cdef int64_t rs_ = rs, is__ = is_, ors_ = ors, ois_ = ois
+    cdef uint8_t *pa = _ptr(a, off)
+    cdef uint8_t *po = _ptr(out, ooff + channel_offset)
+    cdef int nt = qcore_omp_max_threads() if rows * W * channels >= PARALLEL_MIN_BYTES and rows > 1 else 1
+    with nogil:
+        for r in prange(rows, schedule="static", num_threads=nt):
+            qc_lut_pixels(code, pa + (r // Hc) * is__ + (r % Hc) * rs_, Cpc, C,
+                          po + (r // Hc) * ois_ + (r % Hc) * ors_, oCpc, Wc, tp)
+    return out
+
+
+def dequantize(a, a_border, int channels, int z, float scale, out, isa=None):
+    """float32 NCHW ``out`` (B, channels, H, W) = ``float(q - z) * scale`` of the interior of uint8 NHWC ``a``."""
+    cdef int code = _code(isa)
+    H, W, Cp, rs, is_, off = _interior(a, a_border, "a")
+    _check(out, np.float32, 4, "out")
+    if out.shape != (a.shape[0], channels, H, W) or channels < 1 or channels > Cp or not 0 <= z <= 255:
+        raise ValueError("dequantize: out must have shape (B, channels, H, W) with channels <= Cp")
+    cdef int64_t rows = a.shape[0] * H, r, Hc = H, Wc = W, Cpc = Cp, C = channels, rs_ = rs, is__ = is_
+    cdef uint8_t *pa = _ptr(a, off)
+    cdef float *po = <float *>cnp.PyArray_DATA(<cnp.ndarray>out)
+    cdef int nt = qcore_omp_max_threads() if rows * W * channels >= PARALLEL_MIN_BYTES and rows > 1 else 1
+    with nogil:
+        for r in prange(rows, schedule="static", num_threads=nt):
+            qc_dequant_row(code, pa + (r // Hc) * is__ + (r % Hc) * rs_, Cpc, C, Wc, z, scale,
+                           po + (r // Hc) * C * Hc * Wc + (r % Hc) * Wc, Hc * Wc)
     return out

@@ -12,9 +12,9 @@
  * (precomputed per layer, wrapping int32 arithmetic).
  * Epilogue per output (float32 arithmetic, in this order, no fused multiply-add):
  *   mode 0 (int32):  out = C
- *   mode 1 (float):  y = float(C) * mult[n] + bias[n];  relu: y = max(y, 0)
- *   mode 2 (uint8):  y = float(C) * mult[n] + bias[n];  relu: y = max(y, 0);
- *                    out = rint(min(max(y, -zo), 255 - zo)) + zo      (rint: half to even)
+ *   mode 1 (float):  y = float(C) * mult[n] + bias[n];  clamp: y = min(max(y, clo), chi)
+ *   mode 2 (uint8):  y = float(C) * mult[n] + bias[n];  out = rint(min(max(y, clo), chi)) + zo   (rint: half to
+ *                    even; [clo, chi] within [-zo, 255 - zo]: the code range, narrowed by a fused ReLU/ReLU6)
  * mult = sa * sw[n] for float output and sa * sw[n] / so for uint8 output (bias likewise divided by so).
  *
  * groups > 1 runs a direct loop (qc_conv_grouped_rows) on unpacked weights (N, KH*KW, Cg) instead of the GEMM.
@@ -26,8 +26,10 @@
 
 typedef struct {
     int isa;
-    const uint8_t *in;        /* (B, H, W, Cp) uint8 */
+    const uint8_t *in;        /* pixel (0, 0) of image 0: H x W pixels of Cp bytes, rows in_rs bytes apart and
+                                 images in_is bytes apart (the interior of a buffer with a border, or a crop) */
     int64_t H, W, Cp;
+    int64_t in_rs, in_is;
     int64_t OH, OW, KH, KW, sh, sw, ph, pw, dh, dw;
     int64_t M, N;             /* M = B * OH * OW */
     const void *Bp;           /* packed weights (groups == 1): K = KH*KW*Cp, Kp = K */
@@ -39,7 +41,8 @@ typedef struct {
     const float *mult;        /* per column, padded */
     const float *bias;        /* per column, padded, or NULL */
     int mode;                 /* 0 int32, 1 float32, 2 uint8 */
-    int relu;
+    int clamp;                /* clip y to [clo, chi] (ReLU, ReLU6, ...); uint8 output always clips */
+    float clo, chi;           /* float: the activation's bounds; uint8: in output-code units, within [-zo, 255-zo] */
     int32_t zo;               /* output zero point (mode 2) */
     void *out; int64_t ldo;   /* row stride in elements */
     int64_t MC;               /* rows per work unit */
@@ -214,14 +217,15 @@ static inline void qc_conv_epi_scalar(const qc_conv_args *g, int64_t ro, int64_t
     float y = (float)x * g->mult[j];
     if (g->bias) y = y + g->bias[j];
     if (g->mode == 1) {
-        if (g->relu) y = y > 0.f ? y : 0.f;
+        if (g->clamp) {
+            y = y < g->clo ? g->clo : y;
+            y = y > g->chi ? g->chi : y;
+        }
         ((float *)g->out)[ro + (g->nchw ? j * g->OH * g->OW : j)] = y;
         return;
     }
-    /* ReLU then clip to [-zo, 255 - zo]: since -zo <= 0, the lower bound is 0 with ReLU */
-    float flo = g->relu ? 0.f : (float)(-g->zo), fhi = (float)(255 - g->zo);
-    y = y < flo ? flo : y;
-    y = y > fhi ? fhi : y;
+    y = y < g->clo ? g->clo : y;
+    y = y > g->chi ? g->chi : y;
     float m = y + 12582912.0f;
     int32_t b; memcpy(&b, &m, 4);
     ((uint8_t *)g->out)[ro + j] = (uint8_t)(b - 0x4B400000 + g->zo);
@@ -232,7 +236,7 @@ static inline void qc_conv_epi_scalar(const qc_conv_args *g, int64_t ro, int64_t
 static void qc_conv_taps(const qc_conv_args *g, int64_t m0, int64_t rows, const uint8_t **P)
 {
     const int64_t T = g->KH * g->KW, ohw = g->OH * g->OW;
-    const int64_t rowb = g->W * g->Cp;
+    const int64_t rowb = g->in_rs;
     int64_t off[64];
     const int fast = T <= 64; /* larger kernels: every pixel takes the checked path */
     if (fast)
@@ -240,7 +244,7 @@ static void qc_conv_taps(const qc_conv_args *g, int64_t m0, int64_t rows, const 
             for (int64_t kw = 0; kw < g->KW; kw++) off[kh * g->KW + kw] = kh * g->dh * rowb + kw * g->dw * g->Cp;
     int64_t b = m0 / ohw, rem = m0 % ohw, oh = rem / g->OW, ow = rem % g->OW;
     for (int64_t r = 0; r < rows; r++) {
-        const uint8_t *img = g->in + b * g->H * rowb;
+        const uint8_t *img = g->in + b * g->in_is;
         const uint8_t **pr = P + r * T;
         int64_t ih0 = oh * g->sh - g->ph, iw0 = ow * g->sw - g->pw;
         if (fast && ih0 >= 0 && ih0 + (g->KH - 1) * g->dh < g->H && iw0 >= 0 && iw0 + (g->KW - 1) * g->dw < g->W) {
@@ -333,8 +337,7 @@ qc_cukr_vnni_body(int64_t T, int64_t Cp, const uint8_t *const *P, const int8_t *
         w = w < 0 ? 0 : (w > 16 ? 16 : w);
         m[v] = (__mmask16)((1u << w) - 1u);
     }
-    const __m512 zero = _mm512_setzero_ps();
-    const __m512 flo = _mm512_set1_ps(g->relu ? 0.f : (float)(-g->zo)), fhi = _mm512_set1_ps((float)(255 - g->zo));
+    const __m512 flo = _mm512_set1_ps(g->clo), fhi = _mm512_set1_ps(g->chi);
     const __m512 magic = _mm512_set1_ps(12582912.0f);
     const __m512i off = _mm512_set1_epi32(g->zo - 0x4B400000);
     const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
@@ -354,7 +357,7 @@ qc_cukr_vnni_body(int64_t T, int64_t Cp, const uint8_t *const *P, const int8_t *
             __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(x), _mm512_loadu_ps(g->mult + j));
             if (g->bias) y = _mm512_add_ps(y, _mm512_loadu_ps(g->bias + j));
             if (g->mode == 1) {
-                if (g->relu) y = _mm512_max_ps(y, zero);
+                if (g->clamp) y = _mm512_min_ps(_mm512_max_ps(y, flo), fhi);
                 if (g->nchw) /* one pixel's 16 channels go to 16 planes */
                     _mm512_mask_i32scatter_ps((float *)g->out + o, m[v],
                                               _mm512_mullo_epi32(_mm512_add_epi32(_mm512_set1_epi32((int32_t)j),
@@ -486,7 +489,7 @@ static void qc_conv_out_rows(const qc_conv_args *g, int64_t m0, int64_t rows, in
 static int qc_conv_row_taps(const qc_conv_args *g, int64_t m0, int64_t rows, const uint8_t **P)
 {
     if (g->dw != 1) return 0;
-    const int64_t ohw = g->OH * g->OW, rowb = g->W * g->Cp, KH = g->KH, khs = g->dh * rowb;
+    const int64_t ohw = g->OH * g->OW, rowb = g->in_rs, KH = g->KH, khs = g->dh * rowb;
     const int64_t b0 = m0 / ohw, rem = m0 % ohw, oh0 = rem / g->OW, ow0 = rem % g->OW;
     if (g->ph || g->pw) {
         int64_t bb = b0, h = oh0, w = ow0;
@@ -501,7 +504,7 @@ static int qc_conv_row_taps(const qc_conv_args *g, int64_t m0, int64_t rows, con
     }
     int64_t b = b0, oh = oh0, ow = ow0;
     const int64_t step = g->sw * g->Cp;
-    const uint8_t *base = g->in + ((b * g->H + oh * g->sh - g->ph) * g->W + ow * g->sw - g->pw) * g->Cp;
+    const uint8_t *base = g->in + b * g->in_is + (oh * g->sh - g->ph) * rowb + (ow * g->sw - g->pw) * g->Cp;
     for (int64_t r = 0; r < rows; r++) {
         const uint8_t **pr = P + r * KH;
         const uint8_t *p = base;
@@ -509,7 +512,7 @@ static int qc_conv_row_taps(const qc_conv_args *g, int64_t m0, int64_t rows, con
         if (++ow == g->OW) {
             ow = 0;
             if (++oh == g->OH) { oh = 0; b++; }
-            base = g->in + ((b * g->H + oh * g->sh - g->ph) * g->W - g->pw) * g->Cp;
+            base = g->in + b * g->in_is + (oh * g->sh - g->ph) * rowb - g->pw * g->Cp;
         } else {
             base += step;
         }

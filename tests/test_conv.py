@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import qcore
+from qcore.kernels import conv_reference as ref
 from qcore.ops import PackedConv2d
 
 
@@ -23,40 +24,23 @@ def ref_codes(x, scale, za, lo=0, hi=255, cp=None):
 
 def ref_conv_int(a, za, w, stride, pad, dil, groups):
     """sum over taps and channels of (a - za) * w in int64; padding holds za (i.e. a float zero)."""
-    b, h, wd, cp = a.shape
-    n, cg, kh, kw = w.shape
-    ap = np.full((b, h + 2 * pad[0], wd + 2 * pad[1], cp), za, np.int64)
-    ap[:, pad[0]:pad[0] + h, pad[1]:pad[1] + wd] = a
-    oh = (h + 2 * pad[0] - dil[0] * (kh - 1) - 1) // stride[0] + 1
-    ow = (wd + 2 * pad[1] - dil[1] * (kw - 1) - 1) // stride[1] + 1
-    out = np.zeros((b, oh, ow, n), np.int64)
-    ng = n // groups
-    for i in range(kh):
-        for j in range(kw):
-            patch = ap[:, i * dil[0]: i * dil[0] + (oh - 1) * stride[0] + 1: stride[0],
-                       j * dil[1]: j * dil[1] + (ow - 1) * stride[1] + 1: stride[1], :] - za
-            for g in range(groups):
-                out[..., g * ng:(g + 1) * ng] += patch[..., g * cg:(g + 1) * cg] @ \
-                    w[g * ng:(g + 1) * ng, :, i, j].astype(np.int64).T
-    return out
+    return ref.conv2d_int32(a, za, w, stride, pad, dil, groups)
+
+
+def _mult(sa, sw, so=1.0):
+    """M[n] = float32(sa * sw[n] / so) (docs/gemm.md §11)."""
+    return (np.float64(np.float32(sa)) * sw.astype(np.float64) / so).astype(np.float32)
 
 
 def ref_float(acc, sa, sw, bias, relu):
-    m = (np.float64(np.float32(sa)) * sw.astype(np.float64)).astype(np.float32)
-    y = acc.astype(np.float32) * m
-    if bias is not None:
-        y = y + bias
-    return np.maximum(y, np.float32(0)) if relu else y
+    return ref.conv_epilogue(acc, _mult(sa, sw), bias, (0.0, np.inf) if relu else None)
 
 
-def ref_uint8(acc, sa, sw, bias, relu, so, zo):
-    m = (np.float64(np.float32(sa)) * sw.astype(np.float64) / so).astype(np.float32)
-    y = acc.astype(np.float32) * m
-    if bias is not None:
-        y = y + (bias.astype(np.float64) / so).astype(np.float32)
+def ref_uint8(acc, sa, sw, bias, relu, so, zo, clamp=None):
+    b = None if bias is None else (bias.astype(np.float64) / so).astype(np.float32)
     if relu:
-        y = np.maximum(y, np.float32(0))
-    return np.rint(np.clip(y, np.float32(-zo), np.float32(255 - zo))).astype(np.int64) + zo
+        clamp = (0.0, np.float32(255 - zo))
+    return ref.conv_epilogue(acc, _mult(sa, sw, so), b, clamp, zo).astype(np.int64)
 
 
 # (C_in, C_out, kernel, stride, padding, dilation, groups, H, W)
@@ -231,3 +215,32 @@ def test_padded_buffers_give_the_same_results(isa):
                                                (1, 2), 1))
     with pytest.raises(ValueError, match="out_padding"):
         c1.run_codes(a, "float", out_padding=(1, 1))
+
+
+@pytest.mark.parametrize("border", [(0, 0), (1, 1), (3, 2), (1, 0)])
+def test_activation_clamps_and_input_borders(isa, border):
+    """A fused ReLU6 (float and uint8 output, the bounds in code units) and inputs whose border is larger or
+    smaller than the padding (the crop path and the checked-tap path) equal the reference."""
+    from qcore.ops.cnn import Codes, code_bounds, quantize
+
+    rng = np.random.default_rng(11)
+    wc = rng.integers(-127, 128, (20, 6, 3, 3)).astype(np.int8)
+    sw = rng.uniform(0.01, 0.05, 20).astype(np.float32)
+    bias = rng.normal(size=20).astype(np.float32)
+    sa, za, so, zo = 0.03, 7, 0.05, 11
+    pc = PackedConv2d(wc, sw, bias, stride=(2, 1), padding=(1, 1), input_scale=sa, input_zero_point=za,
+                      activation=(0.0, 6.0))
+    x = rng.normal(size=(2, 6, 9, 8)).astype(np.float32) * 3
+    a = quantize(x, sa, za, border=border)
+    assert isinstance(a, Codes)
+    racc = ref_conv_int(a.interior(), za, wc, (2, 1), (1, 1), (1, 1), 1)
+    np.testing.assert_array_equal(pc.run_codes(a.codes, "int32", in_border=border), racc)
+    np.testing.assert_array_equal(pc.run_codes(a.codes, "float", in_border=border),
+                                  ref.conv_epilogue(racc, _mult(sa, sw), bias, (0.0, 6.0)))
+    u = pc.run_codes(a.codes, "uint8", so, zo, in_border=border)
+    lo, hi = code_bounds(0.0, 6.0, so, zo)
+    assert (lo, hi) == (0.0, np.float32(6.0 / so)) and hi < 255 - zo
+    np.testing.assert_array_equal(u[..., :20], ref_uint8(racc, sa, sw, bias, False, so, zo, (lo, hi)))
+    assert u[..., :20].max() == zo + 120  # the ReLU6 bound is reached
+    with pytest.raises(ValueError, match="activation"):
+        PackedConv2d(wc, sw, input_scale=sa, activation=(1.0, 0.0))

@@ -10,6 +10,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from typing import Any
 
 from ..quantization.planner import Planner
@@ -39,17 +40,19 @@ def _formats() -> list[str]:
 
 
 def register(sub) -> None:
-    sp = sub.add_parser("quantize", help="quantize a model (file, Hugging Face folder or shard index) into a qcore file "
-                                          "or a compressed-tensors folder",
+    sp = sub.add_parser("quantize", help="quantize a model (file, Hugging Face folder or shard index) into a qcore file, "
+                                          "a compressed-tensors folder or a GGUF file",
                         description="Quantize every float tensor of 2+ dimensions (or those chosen by --include/--exclude "
-                                    "and rules) and write a qcore quantized-model file (--format qcore) or a "
-                                    "compressed-tensors folder that transformers loads (--format compressed-tensors). "
+                                    "and rules) and write a qcore quantized-model file (--format qcore), a "
+                                    "compressed-tensors folder that transformers loads (--format compressed-tensors) or "
+                                    "a GGUF file for llama.cpp (--format gguf: llama-family folders; without options, "
+                                    "8-bit symmetric blocks of 32 with float16 scales, i.e. Q8_0; docs/deploy.md). "
                                     "Every option is checked before any work starts.")
     sp.epilog_fn = lambda: f"installed schemes: {_installed_schemes()}"
     sp.add_argument("input", help="model: .safetensors or .npz file, Hugging Face model folder, or model.safetensors.index.json")
     sp.add_argument("-o", "--output", required=True,
                     help="--format qcore: the .safetensors file to write (a folder with --max-shard-size); "
-                         "compressed-tensors: the folder to write")
+                         "compressed-tensors: the folder to write; gguf: the .gguf file to write")
     sp.add_argument("--format", choices=_formats(), default="qcore", help="output format (default: qcore)")
     sp.add_argument("--force", action="store_true", help="replace an existing output (default: refuse)")
     sp.add_argument("--max-shard-size", metavar="SIZE",
@@ -90,14 +93,14 @@ def register(sub) -> None:
     sp.add_argument("--quiet", action="store_true", help="no progress bar, no table")
     sp.set_defaults(func=cmd_quantize)
 
-    sp = sub.add_parser("inspect", help="per-tensor table of a quantized model (qcore file or compressed-tensors "
-                                         "folder; header only, no plugin needed)")
-    sp.add_argument("file", help="qcore .safetensors file, or a compressed-tensors folder")
+    sp = sub.add_parser("inspect", help="per-tensor table of a quantized model (qcore file, compressed-tensors folder "
+                                         "or GGUF file; header only, no plugin needed)")
+    sp.add_argument("file", help="qcore .safetensors file, compressed-tensors folder or GGUF file")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=cmd_inspect)
 
     sp = sub.add_parser("dequantize", help="write a quantized model back as plain float safetensors")
-    sp.add_argument("file", help="qcore .safetensors file, or a compressed-tensors folder")
+    sp.add_argument("file", help="qcore .safetensors file, compressed-tensors folder or GGUF file")
     sp.add_argument("-o", "--output", required=True, help="plain .safetensors file to write")
     sp.add_argument("--force", action="store_true", help="replace an existing output (default: refuse)")
     sp.add_argument("--dtype", choices=DTYPE_CHOICES,
@@ -106,7 +109,7 @@ def register(sub) -> None:
 
     sp = sub.add_parser("report", help="size and SQNR per layer of a quantized model against its float original")
     sp.add_argument("original", help="the float model (.safetensors, .npz, Hugging Face folder or shard index)")
-    sp.add_argument("quantized", help="the quantized model (qcore file or compressed-tensors folder)")
+    sp.add_argument("quantized", help="the quantized model (qcore file, compressed-tensors folder or GGUF file)")
     sp.add_argument("--plot", metavar="FILE.png", help="also draw bits and SQNR per layer (matplotlib)")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=cmd_report)
@@ -144,6 +147,8 @@ def _orig(row: dict) -> int:
 
 def _describe(row: dict) -> str:
     opts = row.get("options") or {}
+    if opts.get("gguf_type"):  # a GGUF file says what each tensor is stored as
+        return str(opts["gguf_type"])
     if row.get("scheme") is None:
         return ""
     g = opts.get("granularity")
@@ -350,6 +355,7 @@ def cmd_quantize(args) -> int:
             raise UsageError(DASK_MISSING) from None
     # 3. scheme and options
     scheme, options, budget = _options_from(args, cfg)
+    options = fmt.default_options(scheme, options)
     if scheme == "linear" and "granularity" not in options:
         options["granularity"] = "channel"
     q = _check_scheme_options(scheme, options, budget)
@@ -384,7 +390,8 @@ def cmd_quantize(args) -> int:
         raise UsageError("--hessians is used by --method gptq or --scheme mixed")
     stream = {"output": args.output, "format": fmt.name, **save_options}
     try:
-        with _executor(args) as executor:
+        with _executor(args) as executor, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             qm = quantize_model(tensors, scheme, include=include, exclude=exclude, rules=rules, budget_bits=budget,
                                 progress=not args.quiet, executor=executor, **stream, **ptq, **options)
     except (ValueError, TypeError) as exc:
@@ -393,6 +400,8 @@ def cmd_quantize(args) -> int:
         raise UsageError(f"--hessians {' '.join(args.hessians)}: {exc}") from None
     t1 = time.perf_counter()
     size = qm.nbytes_written
+    for w in caught:  # what the output lacks (e.g. a GGUF vocabulary): one line each
+        print(f"qcore: warning: {w.message}", file=sys.stderr)
     rows = qm.report()
     if args.json:
         print(json.dumps({"output": args.output, "format": args.format, "file_size": size, "seconds": t1 - t0,

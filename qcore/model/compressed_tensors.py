@@ -31,7 +31,8 @@ from ..errors import FormatError
 from ..metrics import report_row
 from ..tensor import QTensor
 from .folders import copy_side_files, same_folder, source_folder
-from .formats import ModelFormat, ModelWriter
+from ..quantization.forms import Affine
+from .formats import ModelFormat, ModelWriter, check_plan_tensors
 from .qmodel import QModel
 from .safetensors_io import Entry, float32_to_bf16, write_safetensors
 from .shards import ShardWriter, parse_size, stale_weight_files, write_json_atomic
@@ -81,21 +82,36 @@ def _module_of(name: str) -> str:
     return name[: -len(".weight")] if name.endswith(".weight") else name
 
 
+def _form(t: QTensor):
+    """``(form, reason)``: the tensor's Affine decode form if pack-quantized holds it, else ``(None, why not)``.
+    Decided from what the codes decode as and their layout, never from the scheme's name."""
+    form = t.decodes_as()
+    if not isinstance(form, Affine):
+        how = "a lookup table" if form is not None else "its own decode"
+        return None, f"scheme {t.scheme!r} at {t.bits} bits decodes through {how} (pack-quantized holds (code - zero_point) * scale)"
+    if form.offset is not None:
+        return None, "a minimum instead of a zero point (zero='minimum'; pack-quantized holds (code - zero_point) * scale)"
+    if t.signed and np.any(form.zero_points() != 0):
+        return None, "signed codes with a zero point"
+    return form, None
+
+
 def _why_not(name: str, t: QTensor) -> str | None:
     """Why ``t`` cannot be stored as pack-quantized, or None."""
-    if t.scheme != "linear":
-        return f"scheme {t.scheme!r} (pack-quantized holds linear integer codes only)"
+    form, why = _form(t)
+    if why:
+        return why
     if not 2 <= t.bits <= 8:
         return f"{t.bits}-bit codes (pack-quantized here: 2 to 8 bits)"
     if len(t.shape) != 2:
         return f"shape {t.shape} (a Linear weight is 2-d)"
     if not name.endswith(".weight"):
         return "a name not ending in '.weight' (compressed-tensors stores Linear weights as MODULE.weight_packed)"
-    g = t.options.get("granularity", "tensor")
-    if g not in ("channel", "group"):
-        return f"granularity {g!r} (per channel or per group only)"
-    if int(t.options.get("axis", 0)) not in (0, -2):
-        return f"axis {t.options.get('axis')} (the channels of a Linear weight are axis 0)"
+    layout = t.layout
+    if layout.granularity not in ("channel", "group"):
+        return f"granularity {layout.granularity!r} (per channel or per group only)"
+    if layout.granularity == "channel" and layout.axis != 0:
+        return f"axis {layout.axis} (the channels of a Linear weight are axis 0)"
     return None
 
 
@@ -109,43 +125,21 @@ def check_model(model: QModel) -> None:
 
 
 def check_plan(plan) -> None:
-    """The same refusal from a quantization plan ``[(name, scheme, options)]``, before any work."""
-    bad = []
-    for name, scheme, opts in plan:
-        if scheme is None:
-            continue
-        if scheme == "mixed":
-            cands = opts.get("candidates")
-            if cands is None:
-                bad.append(f"{name}: the mixed scheme's default candidates include kmeans and log; pass "
-                           f"--candidates with linear ones only")
-            else:
-                for c in cands:
-                    s = c.get("scheme") if isinstance(c, dict) else str(c).split(":")[0]
-                    g = c.get("granularity") if isinstance(c, dict) else (str(c).split(":")[2] if str(c).count(":") >= 2 else None)
-                    b = int(c.get("bits", 8)) if isinstance(c, dict) else int(str(c).split(":")[1])
-                    if s != "linear" or g not in ("channel", "group") or not 2 <= b <= 8:
-                        bad.append(f"candidate {c if isinstance(c, str) else c!r}: linear 2-8 bits per channel or group only")
-                        break
-            continue
-        if scheme != "linear":
-            bad.append(f"{name}: scheme {scheme!r}")
-        elif not 2 <= int(opts.get("bits", 8)) <= 8:
-            bad.append(f"{name}: {opts.get('bits')}-bit codes")
-        elif opts.get("granularity", "tensor") not in ("channel", "group"):
-            bad.append(f"{name}: granularity {opts.get('granularity', 'tensor')!r}")
-        elif not name.endswith(".weight"):
-            bad.append(f"{name}: not a Linear weight (MODULE.weight)")
-        if len(bad) > 20:
-            break
-    if bad:
-        raise ValueError(f"--format compressed-tensors (pack-quantized) holds linear 2-8 bit weights per channel or "
-                         f"group only; not: {'; '.join(dict.fromkeys(bad[:6]))}{' ...' if len(bad) > 6 else ''}")
+    """The same refusal from a quantization plan ``[(name, scheme, options)]``, before any work: each planned
+    scheme (a planner's candidates each) quantizes a small probe whose decode form and layout are checked."""
+    def why(name, qt):
+        # the probe is 2-d; the layout check holds for any Linear weight, the name check for this one
+        return _why_not(name if name.endswith(".weight") else name + ".weight", qt) or (
+            None if name.endswith(".weight") else "not a Linear weight (MODULE.weight)")
+
+    check_plan_tensors(plan, why, "--format compressed-tensors (pack-quantized)",
+                       "it holds linear 2-8 bit weights per channel or group")
 
 
 def _scheme_key(t: QTensor) -> tuple:
-    g = t.options.get("granularity")
-    return (int(t.bits), bool(t.signed), g, int(t.options.get("group_size", 128)) if g == "group" else None)
+    layout = t.layout
+    g = layout.granularity
+    return (int(t.bits), bool(t.signed), g, int(layout.group_size) if g == "group" else None)
 
 
 def _scale_dtype(t: QTensor) -> str:
@@ -217,8 +211,9 @@ def _tensor_entries(name: str, t, dtype: str) -> list[Entry]:
         signed = codes.astype(np.int16) if t.signed else codes.astype(np.int16) - half
         return pack_int32(signed, bits)
 
+    form, _ = _form(t)
     entries.append(Entry(f"{mod}.weight_packed", "I32", (rows, nwords), 4 * rows * nwords, packed))
-    scale = np.asarray(t.params["scale"], dtype=np.float32).reshape(rows, -1)
+    scale = np.asarray(form.scale, dtype=np.float32).reshape(rows, -1)
     sdt = _scale_dtype(t)
     if sdt == "bfloat16":
         e = Entry.of(f"{mod}.weight_scale", float32_to_bf16(scale))
@@ -227,7 +222,7 @@ def _tensor_entries(name: str, t, dtype: str) -> list[Entry]:
         e = Entry.of(f"{mod}.weight_scale", scale.astype(sdt))
     entries.append(e)
     if not t.signed:
-        zp = np.asarray(t.params["zero_point"]).astype(np.int16).reshape(rows, -1) - half
+        zp = form.zero_points().astype(np.int16).reshape(rows, -1) - half
         entries.append(Entry.of(f"{mod}.weight_zero_point", np.ascontiguousarray(pack_int32(zp.T, bits).T)))
     entries.append(Entry.of(f"{mod}.weight_shape", np.array([rows, cols], dtype=np.int64)))
     return entries

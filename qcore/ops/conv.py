@@ -11,11 +11,15 @@ Arithmetic (documented in docs/gemm.md, "Static int8 convolution"; the tests rep
 
 * input codes: ``q = clamp(rint(x * float32(1/sa)) + za, qmin, qmax)`` (half to even; the linear scheme's rule)
 * ``C[m, n] = sum_{kh, kw, c} (q[pixel, c] - za) * w[n, c, kh, kw]`` exactly (int32; padding reads ``za``)
-* float output: ``y = float32(C) * M[n] + bias[n]`` then ``max(y, 0)`` with ReLU, ``M[n] = float32(sa * sw[n])``
+* float output: ``y = float32(C) * M[n] + bias[n]`` then ``clip(y, lo, hi)`` with a fused activation (ReLU:
+  ``(0, inf)``, ReLU6: ``(0, 6)``), ``M[n] = float32(sa * sw[n])``
 * uint8 output: the same with ``M[n] = float32(sa * sw[n] / so)``, ``bias[n] / so``, then
-  ``rint(clip(y, -zo, 255 - zo)) + zo`` — the next layer's input codes, NHWC, channels padded to 4
+  ``rint(clip(y, clo, chi)) + zo`` — the next layer's input codes, NHWC, channels padded to 4; ``[clo, chi]`` is
+  the code range ``[-zo, 255 - zo]`` narrowed by the activation (``qcore.ops.cnn.code_bounds``)
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -82,11 +86,12 @@ class PackedConv2d:
     :param bias: ``None`` or float ``(N,)``
     :param input_scale, input_zero_point: the calibrated per-tensor activation parameters
     :param input_bits, input_signed: the activation codes' width and signedness (affine: unsigned)
-    :param relu: fuse ``max(., 0)`` into the output
+    :param relu: fuse ``max(., 0)`` into the output (the same as ``activation=(0, inf)``)
+    :param activation: ``None`` or the bounds ``(lo, hi)`` of a fused clamp (ReLU ``(0, inf)``, ReLU6 ``(0, 6)``)
     """
 
     def __init__(self, weight_codes, weight_scale, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
-                 input_scale, input_zero_point=0, input_bits=8, input_signed=False, relu=False):
+                 input_scale, input_zero_point=0, input_bits=8, input_signed=False, relu=False, activation=None):
         w = np.asarray(weight_codes)
         if w.dtype != np.int8:
             raise TypeError(f"weight_codes must be int8 (symmetric codes), got dtype {w.dtype}")
@@ -118,7 +123,15 @@ class PackedConv2d:
                 raise ValueError(f"bias must have shape ({n},), got {bias.shape}")
         self.bias = bias
         self.set_input_params(input_scale, input_zero_point, input_bits, input_signed)
-        self.relu = bool(relu)
+        if activation is None and relu:
+            activation = (0.0, math.inf)
+        if activation is not None:
+            lo, hi = (float(v) for v in activation)
+            if math.isnan(lo) or math.isnan(hi) or lo > hi or lo == math.inf or hi == -math.inf:
+                raise ValueError(f"activation must be bounds (lo, hi) with lo <= hi, got {activation}")
+            activation = (lo, hi)
+        self.activation = activation
+        self.relu = activation == (0.0, math.inf)
         t = kh * kw
         wmax = int(np.abs(w.astype(np.int32)).max())
         if t * (self.cp if self.groups == 1 else cg) * 255 * max(wmax, 1) > _INT32_MAX:
@@ -234,43 +247,54 @@ class PackedConv2d:
 
     # -- the convolution ---------------------------------------------------------------------------------
     def run_codes(self, a, output: str = "float", out_scale=None, out_zero_point=0, *, padded_input: bool = False,
-                  out_padding=(0, 0), nchw: bool = False) -> np.ndarray:
+                  out_padding=(0, 0), nchw: bool = False, in_border=None) -> np.ndarray:
         """The convolution of uint8 NHWC input codes ``a`` ``(B, H, W, Cp)`` (zero point = the input's).
 
         ``output``: ``"float"`` -> float32 ``(B, OH, OW, N)``; ``"uint8"`` -> codes ``(B, OH, OW, roundup4(N))``
-        requantized with ``out_scale``/``out_zero_point`` (ReLU applied first if fused); ``"int32"`` -> the exact
-        ``sum (a - za) * w`` ``(B, OH, OW, N)`` (no bias, no ReLU).
-        ``padded_input``: ``a`` already holds this layer's zero padding (:meth:`quantize_input` with
-        ``padded=True``): every window lies inside it, the fastest path.  ``out_padding`` (uint8 output): write
-        the codes into ``(B, OH + 2*p, OW + 2*q, Cp')`` with a border of ``out_zero_point`` — the padded input of
-        a next layer whose padding is ``(p, q)``.  ``nchw`` (float output): float32 ``(B, N, OH, OW)`` instead.
+        requantized with ``out_scale``/``out_zero_point`` (the fused activation clips first); ``"int32"`` -> the
+        exact ``sum (a - za) * w`` ``(B, OH, OW, N)`` (no bias, no activation).
+        ``in_border=(bh, bw)``: ``a`` is an image with a border of that many pixels around it, holding the input
+        zero point (``qcore.ops.cnn.Codes``); where the border is at least this layer's padding, every window lies
+        inside the buffer, the fastest path.  ``padded_input``: the same with a border equal to the padding
+        (:meth:`quantize_input` with ``padded=True``).  ``out_padding`` (uint8 output): write the codes into
+        ``(B, OH + 2*p, OW + 2*q, Cp')`` with a border of ``out_zero_point``.  ``nchw`` (float output): float32
+        ``(B, N, OH, OW)`` instead.
         """
         conv, g = _ext()
         if not isinstance(a, np.ndarray) or a.dtype != np.uint8 or a.ndim != 4 or a.shape[3] != self.cp:
             raise ValueError(f"a must be uint8 NHWC codes of shape (B, H, W, {self.cp})")
         a = np.ascontiguousarray(a)
-        bsz, h, w, _ = a.shape
+        bsz, hb, wb, _ = a.shape
         pad = self.padding
-        if padded_input:
-            h, w = h - 2 * pad[0], w - 2 * pad[1]
-            if h < 0 or w < 0:
-                raise ValueError(f"a padded input must be at least {2 * pad[0]}x{2 * pad[1]} pixels (the padding)")
+        if in_border is None:
+            in_border = pad if padded_input else (0, 0)
+        bh, bw = _pair(in_border, "in_border", 0)
+        h, w = hb - 2 * bh, wb - 2 * bw
         oh, ow = self.output_size(h, w)
         if oh < 1 or ow < 1 or h < 1 or w < 1:
             raise ValueError(f"input {h}x{w} is smaller than the (dilated) kernel {self.kernel_size} with padding "
                              f"{self.padding}: the output would be {oh}x{ow}")
+        if bh >= pad[0] and bw >= pad[1]:  # the border holds the padding: windows inside the buffer
+            crop, kpad = (bh - pad[0], bw - pad[1], h + 2 * pad[0], w + 2 * pad[1]), (0, 0)
+        else:
+            crop, kpad = (bh, bw, h, w), pad
         mode = {"int32": 0, "float": 1, "uint8": 2}.get(output)
         if mode is None:
             raise ValueError(f"output must be 'float', 'uint8' or 'int32', got {output!r}")
         so, zo = None, 0
         opad = _pair(out_padding, "out_padding", 0)
+        clamp = self.activation
         if mode == 2:
             so = float(out_scale)
             zo = int(out_zero_point)
             if not np.isfinite(so) or so <= 0 or not 0 <= zo <= 255:
                 raise ValueError("out_scale must be positive and finite and out_zero_point in [0, 255]")
+            lo, hi = clamp if clamp is not None else (-math.inf, math.inf)
+            clamp = (float(np.float32(max(-zo, lo / so))), float(np.float32(min(255 - zo, hi / so))))
         elif opad != (0, 0):
             raise ValueError("out_padding is for uint8 output only")
+        if mode == 0:
+            clamp = None
         if nchw and mode != 1:
             raise ValueError("nchw is for float output only")
         n = self.out_channels
@@ -293,12 +317,10 @@ class PackedConv2d:
             out = np.empty((bsz, n, oh, ow), np.float32)
         else:
             out = np.empty((bsz, oh, ow, cols), (np.int32, np.float32)[mode])
-        kpad = (0, 0) if padded_input else pad
         geom = (oh, ow) + self.kernel_size + self.stride + kpad + self.dilation + (
             n, self.groups, self.in_channels // self.groups)
         flat = out.reshape(bsz * n, oh * ow) if nchw else out.reshape(-1, cols)
-        conv.conv(a, geom, self._za, packed, wg, zc, mult, bias, mode, self.relu and mode != 0, zo, flat, isa, opad,
-                  nchw)
+        conv.conv(a, geom, self._za, packed, wg, zc, mult, bias, mode, clamp, zo, flat, isa, opad, nchw, crop)
         return out
 
     def __call__(self, x) -> np.ndarray:

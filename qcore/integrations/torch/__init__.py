@@ -22,7 +22,8 @@ the input tensor's own memory: contiguous CPU float32 input is viewed through ``
 Other schemes and bit widths are weight-only: the dequantized weight (computed once, cached) and ``F.linear``.
 
 The package is split by concern: ``_tensors`` (torch <-> numpy, fake quantization), ``_qat`` (QAT modules
-and activation fake quantization), ``_modules`` (``QLinear``, ``QConv2d``), ``_model`` (the model-level functions), ``_static`` (static int8: prepare, StaticLinear, StaticConv2d).
+and activation fake quantization), ``_modules`` (``QLinear``, ``QConv2d``), ``_model`` (the model-level functions), ``_static`` (static int8: prepare, StaticLinear, StaticConv2d), ``_onnx`` (``export_onnx``: ONNX files with
+the weights kept quantized, docs/deploy.md).
 New features go in modules of their own, imported here.
 
 Importing this module without PyTorch raises an ``ImportError`` saying how to install it.
@@ -41,13 +42,19 @@ from ._apply import apply_quantized
 from ._awq import AWQLinear
 from ._model import convert, prepare_qat, quantize_dynamic
 from ._modules import QConv2d, QLinear
+from ._onnx import ONNXExportWarning, export_onnx
 from ._ptq import collect_hessians
 from ._qat import ActivationFakeQuant, QATConv2d, QATLinear
-from ._static import ObservedConv2d, ObservedLinear, QuantizedActivation, StaticConv2d, StaticLinear, prepare
+from ._qops import (DequantizeActivation, QAdaptiveAvgPool2d, QAdd, QAvgPool2d, QCat, QClamp, QFlatten, QMaxPool2d,
+                    QTableActivation, QuantizeActivation)
+from ._graph import prepare
+from ._static import ObservedConv2d, ObservedLinear, QuantizedActivation, StaticConv2d, StaticLinear
 from ._tensors import fake_quantize
 
 __all__ = [
-    "quantize_dynamic", "prepare_qat", "convert", "apply_quantized", "collect_hessians",
+    "quantize_dynamic", "prepare_qat", "convert", "apply_quantized", "collect_hessians", "export_onnx", "ONNXExportWarning",
     "QLinear", "AWQLinear", "QConv2d", "QATLinear", "QATConv2d", "ActivationFakeQuant", "fake_quantize",
     "prepare", "StaticLinear", "StaticConv2d", "ObservedLinear", "ObservedConv2d", "QuantizedActivation",
+    "QuantizeActivation", "DequantizeActivation", "QAdd", "QCat", "QClamp", "QFlatten", "QMaxPool2d", "QAvgPool2d",
+    "QAdaptiveAvgPool2d", "QTableActivation",
 ]

@@ -171,6 +171,10 @@ def convert(module: nn.Module, *, inplace: bool = False) -> nn.Module:
     one of the same kind passes uint8 codes instead of float (see ``docs/integrations.md``).
     """
     _check_module(module)
+    from ._graph import convert_model, is_graph_prepared
+
+    if is_graph_prepared(module):
+        return convert_model(module, inplace)
     model = module if inplace else copy.deepcopy(module)
     plan = plan_fusion(model)
     made = {}
