@@ -32,10 +32,10 @@ from ..metrics import report_row
 from ..tensor import QTensor
 from .folders import copy_side_files, same_folder, source_folder
 from ..quantization.forms import Affine
-from .formats import ModelFormat, ModelWriter, check_plan_tensors
+from .formats import ModelFormat, check_plan_tensors
 from .qmodel import QModel
 from .safetensors_io import Entry, float32_to_bf16, write_safetensors
-from .shards import ShardWriter, parse_size, stale_weight_files, write_json_atomic
+from .shards import ShardedModelWriter, ShardWriter, parse_size, stale_weight_files, write_json_atomic
 
 PACK_FORMAT = "pack-quantized"
 #: the compressed-tensors version whose layout this writes
@@ -287,7 +287,7 @@ def save_compressed_tensors(model: QModel, path: str | os.PathLike, source: str 
     return size + _write_config(out, src_folder, quantization_config(model))
 
 
-class CompressedTensorsWriter(ModelWriter):
+class CompressedTensorsWriter(ShardedModelWriter):
     """A compressed-tensors folder written tensor by tensor: ``model.safetensors`` or shards, then the source's side
     files and config.json, then the shard index (last)."""
 
@@ -297,11 +297,9 @@ class CompressedTensorsWriter(ModelWriter):
             for f in stale_weight_files(self.out):
                 os.unlink(f)
         target = self.out if max_shard_size is not None else os.path.join(self.out, WEIGHT_FILE)
-        self.shards = ShardWriter(target, max_shard_size=max_shard_size,
-                                  shard_metadata=lambda units: {"format": "pt"})
+        super().__init__(ShardWriter(target, max_shard_size=max_shard_size, shard_metadata=lambda units: {"format": "pt"}),
+                         progress)
         self.summary = _Summary()
-        self.progress = progress
-        self.written = 0
 
     def add(self, name, tensor, info=None, dtype=None):
         if isinstance(tensor, QTensor):
@@ -311,23 +309,11 @@ class CompressedTensorsWriter(ModelWriter):
                                  f"quantize it with linear 2-8 bits per channel or group")
         else:
             tensor = np.asarray(tensor)
-        entries = _tensor_entries(name, tensor, dtype or str(tensor.dtype))
-        self.shards.add(name, entries)
+        self._write(name, _tensor_entries(name, tensor, dtype or str(tensor.dtype)))
         self.summary.add(name, tensor)
-        self.written += sum(e.nbytes for e in entries)
-        if self.progress is not None:
-            self.progress(self.written, None)
 
-    def close(self) -> int:
-        extra = [0]
-
-        def config():
-            extra[0] = _write_config(self.out, self.src, self.summary.config())
-
-        return self.shards.close(before_complete=config) + extra[0]
-
-    def abort(self) -> None:
-        self.shards.abort()
+    def side_files(self) -> int:
+        return _write_config(self.out, self.src, self.summary.config())
 
 
 # -- reading ----------------------------------------------------------------------------------------------

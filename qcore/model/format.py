@@ -23,11 +23,11 @@ from ..metrics import check_plan_info, plan_columns, plan_info, report_row
 from ..plugin.manager import get_manager
 from ..tensor import QTensor
 from .folders import copy_file, copy_side_files, same_folder, source_folder
-from .formats import ModelFormat, ModelWriter
+from .formats import ModelFormat
 from .qmodel import QModel
 from .safetensors_io import (DTYPES, MAX_NDIM, Entry, Header, read_header, read_tensor, refuse_json_constant, shape_fits,
                              st_dtype, write_safetensors)
-from .shards import ShardWriter, parse_size, stale_weight_files
+from .shards import ShardedModelWriter, ShardWriter, parse_size, stale_weight_files
 from .tensors import INDEX_NAME, ShardedFile
 
 FORMAT_NAME = "qcore.quantized-model"
@@ -441,7 +441,7 @@ def _copy_source_files(src: str | None, p: str) -> int:
     return size
 
 
-class QcoreWriter(ModelWriter):
+class QcoreWriter(ShardedModelWriter):
     """qcore's format written tensor by tensor: one file, or a folder of shards each of which is a complete qcore
     file describing its own tensors (plus ``model.safetensors.index.json``); see qcore/model/shards.py."""
 
@@ -449,41 +449,26 @@ class QcoreWriter(ModelWriter):
         p = os.fspath(path)
         self.metadata = dict(metadata or {})
         self.src = None
-        self.folder = folder_target(p, {"source": source, "max_shard_size": max_shard_size})
-        if self.folder:
+        self.path = p
+        target = p
+        if folder_target(p, {"source": source, "max_shard_size": max_shard_size}):
             self.src = _folder_output(p, source)
-            target = p if max_shard_size is not None else os.path.join(p, FOLDER_FILE)
-            if max_shard_size is None:  # one file replaces a sharded model: its index goes first
+            if max_shard_size is None:  # one file in the folder; a sharded model there goes, index first
+                target = os.path.join(p, FOLDER_FILE)
                 for f in stale_weight_files(p):
                     os.unlink(f)
-        else:
-            target = p
-        self.path = p
-        self.progress = progress
-        self.written = 0
-        self.shards = ShardWriter(target, max_shard_size=max_shard_size,
-                                  shard_metadata=lambda described: file_metadata(described, self.metadata),
-                                  index_metadata={"format": "qcore"})
+        super().__init__(ShardWriter(target, max_shard_size=max_shard_size,
+                                     shard_metadata=lambda described: file_metadata(described, self.metadata),
+                                     index_metadata={"format": "qcore"}), progress)
 
     def add(self, name, tensor, info=None, dtype=None):
         if not isinstance(tensor, QTensor):
             tensor = np.asarray(tensor)
         entries, d = describe_tensor(name, tensor, dict(info or {}), dtype or str(getattr(tensor, "dtype", "")))
-        self.shards.add(name, entries, d)
-        self.written += sum(e.nbytes for e in entries)
-        if self.progress is not None:
-            self.progress(self.written, None)
+        self._write(name, entries, d)
 
-    def close(self) -> int:
-        extra = [0]
-
-        def side_files():
-            extra[0] = _copy_source_files(self.src, self.path)
-
-        return self.shards.close(before_complete=side_files) + extra[0]
-
-    def abort(self) -> None:
-        self.shards.abort()
+    def side_files(self) -> int:
+        return _copy_source_files(self.src, self.path)
 
 
 class QcoreFormat(ModelFormat):

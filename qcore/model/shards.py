@@ -29,6 +29,7 @@ import struct
 import tempfile
 from typing import Any, Callable
 
+from .formats import ModelWriter
 from .safetensors_io import Entry, _header_bytes, _write_chunk
 from .tensors import INDEX_NAME, SINGLE_NAME
 
@@ -267,6 +268,38 @@ class ShardWriter:
         self.closed = True
 
 
+class ShardedModelWriter(ModelWriter):
+    """A format's :class:`~qcore.model.formats.ModelWriter` on a :class:`ShardWriter`: subclasses turn each tensor
+    into entries and call :meth:`_write`; :meth:`side_files` writes what goes along (config, tokenizer) just
+    before the output becomes complete."""
+
+    def __init__(self, shards: ShardWriter, progress=None):
+        self.shards = shards
+        self.progress = progress
+        self.written = 0
+
+    def _write(self, name: str, entries: list[Entry], unit=None) -> None:
+        self.shards.add(name, entries, unit)
+        self.written += sum(e.nbytes for e in entries)
+        if self.progress is not None:
+            self.progress(self.written, None)
+
+    def side_files(self) -> int:
+        """Write the files that complete a folder output; returns their bytes (none here)."""
+        return 0
+
+    def close(self) -> int:
+        extra = [0]
+
+        def before_complete():
+            extra[0] = self.side_files()
+
+        return self.shards.close(before_complete=before_complete) + extra[0]
+
+    def abort(self) -> None:
+        self.shards.abort()
+
+
 def write_json_atomic(path: str, obj: Any) -> None:
     """``obj`` as JSON into ``path`` through a temporary file renamed into place."""
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix="." + os.path.basename(path) + ".",
@@ -291,4 +324,4 @@ def _umask() -> int:
     return m
 
 
-__all__ = ["ShardWriter", "parse_size", "check_fits", "stale_weight_files", "write_json_atomic", "SHARD_PATTERN"]
+__all__ = ["ShardWriter", "ShardedModelWriter", "parse_size", "check_fits", "stale_weight_files", "write_json_atomic", "SHARD_PATTERN"]
