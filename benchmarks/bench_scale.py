@@ -5,14 +5,15 @@ vocabulary 32000; 1.10B parameters, 2.2 GB of float16 in shards of about 500 MB)
 a per-row scale, and is written to a temporary folder (deleted at the end; ``--dir`` to choose where, ``--keep``
 to keep it).  For each scheme (``--schemes``: ``kmeans`` 4-bit group-128 and ``linear`` 4-bit symmetric
 group-32 by default), every 2-d tensor is quantized straight from the shards into a sharded output
-(``quantize_model(path, ..., output=..., max_shard_size=...)``), in two configurations, each in a fresh process:
+(``quantize_model(path, ..., output=..., max_shard_size=...)``) in these configurations, each in a fresh process:
 
 * **one process** with ``--threads`` OpenMP threads (default 2): the kernels parallelise inside each tensor;
 * **LocalCluster**: ``--workers`` Dask worker processes (default 2) of one thread each, tensors in parallel; the
-  driver only plans and writes.  Cluster start-up is timed apart from the work.
+  driver only plans and writes.  Cluster start-up is timed apart from the work;
+* for reference, **one process with one thread** (``--no-one-thread`` skips it): what each worker is.
 
-Printed per configuration: wall time, throughput (parameters per second), the ratio of the cluster's throughput
-to the one process's, peak resident memory (``ru_maxrss``) of the driver and of each worker, the output size and
+Printed per configuration: wall time, throughput (parameters per second), its ratio to the one process with
+``--threads`` threads, peak resident memory (``ru_maxrss``) of the driver and of each worker, the output size and
 shard count, and whether both outputs are the same bytes.  Targets (issue 25): driver peak RSS <= 1.5 GB for the
 k-means model; cluster throughput >= 1.6x one process; identical bytes.
 
@@ -142,6 +143,7 @@ def main(argv=None):
     ap.add_argument("--max-shard-size", default="500MB")
     ap.add_argument("--dir", help="where to write the model and outputs (default: a temporary folder)")
     ap.add_argument("--keep", action="store_true", help="keep the generated model (and its folder)")
+    ap.add_argument("--no-one-thread", action="store_true", help="skip the one-process one-thread reference run")
     ap.add_argument("--layers", type=int, default=LAYERS, help="decoder layers (default 22: 1.1B parameters; "
                                                                 "fewer for a quick run)")
     ap.add_argument("--child", choices=("single", "dask"), help=argparse.SUPPRESS)
@@ -169,29 +171,29 @@ def main(argv=None):
             args.scheme = name
             scheme, opts = SCHEMES[name]
             label = f"{scheme} {opts['bits']}-bit g{opts['group_size']}"
-            outs = {}
-            runs = {}
-            for mode in ("single", "dask"):
-                out = os.path.join(root, f"out-{name}-{mode}")
-                env = dict(os.environ, OMP_NUM_THREADS=str(args.threads if mode == "single" else 1))
-                runs[mode] = _run(args, mode, out, env)
-                outs[mode] = _digest(out)
-            same = outs["single"][0] == outs["dask"][0]
+            outs, runs = {}, {}
+            modes = [("single", "single", args.threads, f"1 process x {args.threads} threads"),
+                     ("dask", "dask", 1, f"LocalCluster {args.workers} x 1 thread")]
+            if not args.no_one_thread:
+                modes.append(("one", "single", 1, "1 process x 1 thread (reference)"))
+            for key, mode, threads, _ in modes:
+                out = os.path.join(root, f"out-{name}-{key}")
+                runs[key] = _run(args, mode, out, dict(os.environ, OMP_NUM_THREADS=str(threads)))
+                outs[key] = _digest(out)
+                shutil.rmtree(out)
+            same = len({o[0] for o in outs.values()}) == 1
             ratio = runs["single"]["seconds"] / runs["dask"]["seconds"]
-            for mode, conf in (("single", f"1 process x {args.threads} threads"),
-                               ("dask", f"LocalCluster {args.workers} x 1 thread")):
-                r = runs[mode]
+            for key, _, _, conf in modes:
+                r = runs[key]
                 wrss = ", ".join(f"{v / 1e9:.2f}" for v in r.get("worker_rss", [])) or "-"
                 print(f"{label:<22} {conf:<34} {r['seconds']:>7.1f} {params / r['seconds'] / 1e6:>9.1f} "
-                      f"{(ratio if mode == 'dask' else 1.0):>6.2f} {r['driver_rss'] / 1e9:>9.2f}GB {wrss:>12}GB "
-                      f"{outs[mode][1] / 1e9:>7.2f}GB {outs[mode][2]:>6}")
+                      f"{runs['single']['seconds'] / r['seconds']:>6.2f} {r['driver_rss'] / 1e9:>9.2f}GB {wrss:>12}GB "
+                      f"{outs[key][1] / 1e9:>7.2f}GB {outs[key][2]:>6}")
             print(f"{'':<22} cluster start-up {runs['dask']['startup']:.1f} s (not counted); worker OMP_NUM_THREADS "
-                  f"{runs['dask']['worker_threads']}; outputs {'identical' if same else 'DIFFER'}")
+                  f"{runs['dask']['worker_threads']}; outputs of every configuration {'identical' if same else 'DIFFER'}")
             ok &= same and ratio >= 1.6
             if name == "kmeans":
                 ok &= runs["single"]["driver_rss"] <= 1.5e9 and runs["dask"]["driver_rss"] <= 1.5e9
-            for mode in ("single", "dask"):
-                shutil.rmtree(os.path.join(root, f"out-{name}-{mode}"))
         print("targets: identical bytes; LocalCluster >= 1.6x one process; driver peak RSS <= 1.5 GB (kmeans):",
               "met" if ok else "NOT met")
         return 0 if ok else 1

@@ -4,8 +4,9 @@
   (``load()``: the input file by path, never the array), the quantizer (or planner and chosen candidate), the
   method.  :func:`run_task` runs it where it lands and returns a :class:`TensorResult` (the
   :class:`qcore.QTensor` — packed codes and parameters — its SQNR and its info record).
-* :func:`ordered_map` — submits tasks to an executor a few at a time and yields their results in submission
-  order, so the caller writes the model in order while workers run ahead (memory: about ``window`` results).
+* :func:`ordered_map` — submits tasks to an executor as its workers free up and yields their results in
+  submission order, so the caller writes the model in order while workers run ahead (memory: at most ``window``
+  results waiting for their turn).
   Without an executor the tasks run here, one at a time.
 * :func:`dask_executor` — a ``dask.distributed`` executor for the command line (``--workers N``: a local
   cluster of N single-threaded worker processes; ``--scheduler ADDRESS``: an existing cluster).
@@ -18,8 +19,12 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import deque
+from concurrent.futures import FIRST_COMPLETED
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
 
 from ..errors import QcoreError
 
@@ -55,12 +60,13 @@ class QuantizeTask:
 
 def run_task(task: QuantizeTask) -> TensorResult:
     """Run one :class:`QuantizeTask` (a top-level function, so any executor can)."""
-    from ..metrics import sqnr_db
     from ..ptq import gptq
     from ..ptq.hessian import HessianFolds
     from ..quantization.driver import named_error, planner_kwargs
 
     x, h = task.load()
+    if getattr(x, "dtype", None) == np.float16:  # the float32 copy every scheme makes, made once: no half copy kept
+        x = x.astype(np.float32)
     info = dict(task.info)
     try:
         if task.spec is not None:  # a planner's chosen candidate, fitted on all the data
@@ -79,7 +85,27 @@ def run_task(task: QuantizeTask) -> TensorResult:
         info["method"] = "gptq" if h is not None and (task.spec is not None or getattr(x, "ndim", 0) == 2) else "rtn"
     if task.dtype in ("float16", "bfloat16", "float32", "float64"):
         qt.dtype = task.dtype
-    return TensorResult(task.name, qt, sqnr_db(x, qt.dequantize()), info)
+    return TensorResult(task.name, qt, tensor_sqnr(x, qt), info)
+
+
+def tensor_sqnr(x, qt, block_bytes: int = 16 << 20) -> float:
+    """``sqnr_db(x, qt.dequantize())`` of a 2-D tensor decoded a block of rows at a time (``qt.decode_rows``), so no
+    float copy of the whole tensor is made; the same float64 sums, chunk by chunk."""
+    from ..metrics import signal_noise, sqnr_db, sqnr_from_sums
+
+    x = np.asarray(x)
+    # blocks of rows only for the standard layout (granularity, axis, group_size), which slices by rows exactly
+    standard = "granularity" in getattr(qt.quantizer, "config", {})
+    if not standard or x.ndim != 2 or tuple(qt.shape) != x.shape or x.shape[0] < 16:
+        return sqnr_db(x, qt.dequantize())
+    n, k = x.shape
+    rows = max(8, block_bytes // (4 * k) // 8 * 8)  # a multiple of 8 rows starts on a byte of the packed codes
+    signal = noise = 0.0
+    for r in range(0, n, rows):
+        s, e = signal_noise(x[r:r + rows], qt.decode_rows(r, min(n, r + rows)))
+        signal += s
+        noise += e
+    return sqnr_from_sums(signal, noise)
 
 
 class TaskFailed(QcoreError, RuntimeError):
@@ -102,9 +128,13 @@ def task_error(exc: BaseException, name: str) -> BaseException:
 
 def ordered_map(executor, fn: Callable, items: Iterable, *, names: list[str] | None = None,
                 window: int | None = None) -> Iterator:
-    """``fn(item)`` for every item, yielded in order.  With an executor at most ``window`` tasks are in flight
-    (default: twice its workers, at least 4); a failed task raises :func:`task_error` (naming ``names[i]``) after
-    the tasks not yet started are cancelled.  Without one (``None``) each runs here when its turn comes."""
+    """``fn(item)`` for every item, yielded in order.
+
+    With an executor, tasks are submitted as workers free up (about two per worker running or queued), whether or
+    not the task at the head of the order is done — a large tensor does not idle the other workers — and at most
+    ``window`` results (default: eight per worker, at least 8) are held waiting for their turn, which bounds the
+    memory.  A failed task raises :func:`task_error` (naming ``names[i]``) after the tasks not yet started are
+    cancelled.  Without an executor (``None``) each item runs here when its turn comes."""
     items = list(items)
     names = names or [getattr(it, "name", str(i)) for i, it in enumerate(items)]
     if executor is None:
@@ -114,16 +144,29 @@ def ordered_map(executor, fn: Callable, items: Iterable, *, names: list[str] | N
             except Exception as exc:
                 raise task_error(exc, name) from exc
         return
-    window = window or max(4, 2 * _workers(executor))
+    workers = _workers(executor)
+    busy_max = 2 * workers
+    window = window or max(8, 8 * workers)
     pending: deque = deque()
-    it = iter(zip(names, items))
+    todo = iter(zip(names, items))
+    exhausted = False
     try:
-        for name, item in it:
-            pending.append((name, executor.submit(fn, item)))
-            if len(pending) >= window:
-                yield _result(*pending.popleft())
-        while pending:
-            yield _result(*pending.popleft())
+        while True:
+            while not exhausted and len(pending) < window and sum(not f.done() for _, f in pending) < busy_max:
+                nxt = next(todo, None)
+                if nxt is None:
+                    exhausted = True
+                    break
+                pending.append((nxt[0], executor.submit(fn, nxt[1])))
+            if not pending:
+                return
+            name, fut = pending[0]
+            if fut.done():
+                pending.popleft()
+                yield _result(name, fut)
+                continue
+            running = [f for _, f in pending if not f.done()]
+            futures_wait(running, return_when=FIRST_COMPLETED)
     finally:
         for _, fut in pending:
             fut.cancel()
@@ -168,6 +211,13 @@ def _workers(executor) -> int:
     return os.cpu_count() or 2
 
 
+def _warm_up() -> None:
+    import qcore
+
+    qcore.list_schemes()
+    qcore.get_kernel()
+
+
 DASK_MISSING = ("dask.distributed is not installed: `pip install \"qcore[dask]\"` (or `pip install \"dask[distributed]\"`) "
                 "to run quantize_model on a Dask cluster (--workers / --scheduler)")
 
@@ -190,9 +240,19 @@ def dask_executor(workers: int | None = None, scheduler: str | None = None, *, q
     else:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be a positive integer, got {workers!r}")
+        import dask
+
         kw = {"silence_logs": 40} if quiet else {}  # logging.ERROR
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0", **kw)
+        # Dask sets MALLOC_TRIM_THRESHOLD_ in its workers, which also turns off glibc's adaptive mmap threshold: every
+        # large temporary array then is a fresh mapping, page-faulted again (about 1.5x the CPU time of a 4-bit
+        # quantize of a large tensor, measured here); one thread per worker is kept
+        environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
+                   if k != "MALLOC_TRIM_THRESHOLD_"}
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                   **kw)
         client = Client(cluster)
+    client.run(_warm_up)  # imports and plugin loading now, not inside the first tasks
     try:
         yield client.get_executor()
     finally:
