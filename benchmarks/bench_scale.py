@@ -146,11 +146,14 @@ def main(argv=None):
     ap.add_argument("--no-one-thread", action="store_true", help="skip the one-process one-thread reference run")
     ap.add_argument("--layers", type=int, default=LAYERS, help="decoder layers (default 22: 1.1B parameters; "
                                                                 "fewer for a quick run)")
-    ap.add_argument("--child", choices=("single", "dask"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=("single", "dask", "make"), help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--scheme", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.child == "make":
+        print(make_model(args.model, args.layers))
+        return 0
     if args.child:
         return child(args)
     root = tempfile.mkdtemp(prefix="qcore-scale-", dir=args.dir)
@@ -158,7 +161,10 @@ def main(argv=None):
         args.model = os.path.join(root, "model")
         os.makedirs(args.model)
         t = time.perf_counter()
-        params = make_model(args.model, args.layers)
+        # in a process of its own: a child's peak RSS (ru_maxrss) starts from its parent's, which must stay small
+        res = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", "make", "--model", args.model,
+                              "--layers", str(args.layers)], capture_output=True, text=True, check=True)
+        params = int(res.stdout.strip().splitlines()[-1])
         made = time.perf_counter() - t
         print(f"model: {params / 1e9:.3f}B parameters, float16, "
               f"{sum(os.path.getsize(os.path.join(args.model, f)) for f in os.listdir(args.model)) / 1e9:.2f} GB in "
