@@ -163,7 +163,7 @@ def test_prepare_arguments_and_bad_input(cnn):
     with pytest.raises(TypeError, match="unknown option"):
         qtorch.prepare(CNN(), granularity="channel")
     with pytest.raises(ValueError, match="bits"):
-        qtorch.prepare(CNN(), bits=9)
+        qtorch.prepare(CNN(), activation_bits=9)
     with pytest.raises(qcore.QcoreError):
         qtorch.prepare(CNN(), observer="no-such-observer")
     with pytest.warns(UserWarning, match="no nn.Linear"):
@@ -183,7 +183,7 @@ def test_prepare_arguments_and_bad_input(cnn):
 
 def _trained_qat(model, steps=5):
     """``prepare_qat`` (8-bit weights, fake-quantized activations), a few SGD steps on random 3x8x8 batches, eval mode."""
-    qat = qtorch.prepare_qat(model, bits=8, activations=True)
+    qat = qtorch.prepare_qat(model, weight_bits=8, activations=True)
     opt = torch.optim.SGD(qat.parameters(), lr=0.01)
     qat.train()
     for _ in range(steps):
@@ -207,7 +207,7 @@ def test_qat_with_fake_quantized_activations_converts_to_static_modules():
     qt = qat[0].quantized_weight()
     np.testing.assert_array_equal(q[0].weight_codes.numpy(), qt.codes)
     # 4-bit activations are not the static int8 path: the weight-only modules with the fake quantizer stay
-    q4 = qtorch.convert(qtorch.prepare_qat(model, bits=8, activations={"bits": 4}).eval())
+    q4 = qtorch.convert(qtorch.prepare_qat(model, weight_bits=8, activations={"bits": 4}).eval())
     assert isinstance(q4[3], qtorch.QLinear)
 
 

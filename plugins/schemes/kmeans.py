@@ -31,7 +31,7 @@ whatever the thread count (the kernel fits each channel on one thread from its o
 * ``observe()`` calibration: the values are clipped to the observed range before fitting (and the
   ``linear`` comparison is skipped); k-means is meant for weights, fitted on the tensor itself.
 
-**Assign** — the kernel's ``nearest_entry`` (qcore/kernels/base.py): the ``K-1`` midpoints of the sorted
+**Assign** — the kernel's ``nearest_entry`` (qcore/kernels/codebook.py): the ``K-1`` midpoints of the sorted
 codebook (exact, in double); a value exactly on a midpoint takes the lower entry.  The ``cython`` kernel runs
 a branchless binary search per value (GIL released, OpenMP over chunks), ``kernel="numpy"`` uses
 ``np.searchsorted`` (same codes).  The histogram of the fit is the kernel's ``bin_stats``, the comparison

@@ -41,7 +41,7 @@ from __future__ import annotations
 import numpy as np
 
 import qcore
-from qcore.kernels import reference
+from qcore.kernels.affine import search_scales as search_scales_reference  # the numpy reference (tests)
 from qcore.quantization.forms import Affine, Table
 
 #: below this a scale would make 1/scale overflow float32; ranges that small quantize to zero
@@ -60,9 +60,6 @@ def scale_divisors(bits: int) -> np.ndarray:
     top = 1 << (bits - 1)
     return np.linspace(top - 1.5, top + 0.5, 9).astype(np.float32)
 
-
-# the numpy reference of the scale search (the base Kernel's ``search_scales``), under its old name here
-search_scales_reference = reference.search_scales
 
 
 def finite_grid(scale: np.ndarray, zp: np.ndarray, qmin: int, qmax: int) -> np.ndarray:
@@ -97,6 +94,9 @@ class LinearQuantizer(qcore.Quantizer):
                "zero": "point"}
     self_checking = True
     linear_rule = True
+    #: a model's weights: one scale per output channel, symmetric (no zero point; the int8 GEMM and static
+    #: convolutions take them as they are); activations: the plain defaults, per tensor, affine
+    role_defaults = {"weight": {"granularity": "channel", "symmetric": True}}
 
     def __init__(self, bits=8, observer=None, kernel=None, **options):
         super().__init__(bits, observer, kernel, **options)

@@ -5,6 +5,7 @@ exceptions; ``main`` turns them into one clean line and exit status 2.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -65,12 +66,14 @@ def register(sub) -> None:
                     help="quantize on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786); every "
                          "worker must see the input path")
     sp.add_argument("--scheme", help="scheme for every tensor (default: linear; 'mixed' plans bits per tensor)")
-    sp.add_argument("--bits", type=int, help="bits per code (default: 8; for mixed: the widest candidate)")
-    sp.add_argument("--granularity", choices=("tensor", "channel", "group"), help="linear (default: channel)")
+    sp.add_argument("--bits", type=int, help="bits per code (default: the scheme's: 8 for linear, 4 for log and "
+                                             "kmeans; for mixed: the widest candidate)")
+    sp.add_argument("--granularity", choices=("tensor", "channel", "group"),
+                    help="(default: channel for linear and log, their default for weights)")
     sp.add_argument("--group-size", type=int, help="group size; only with --granularity group (default: 128)")
     sp.add_argument("--axis", type=int, help="channel axis for --granularity channel (default: 0)")
-    sp.add_argument("--symmetric", action="store_true", default=None,
-                    help="linear: signed codes, no zero point (default: affine)")
+    sp.add_argument("--symmetric", action=argparse.BooleanOptionalAction, default=None,
+                    help="linear: signed codes, no zero point; --no-symmetric: affine (default for weights: symmetric)")
     sp.add_argument("--budget-bits", type=float,
                     help="mixed only: average bits per weight, parameters counted (default for mixed: 4.5)")
     sp.add_argument("--target-sqnr", type=float,
@@ -270,6 +273,20 @@ def _options_from(args, cfg) -> tuple[str, dict, Any]:
     return scheme, options, budget
 
 
+def _weight_defaults(scheme: str, options: dict) -> dict:
+    """The scheme's own defaults for weights where the user left options unset (``role_defaults["weight"]``:
+    ``linear`` per output channel, symmetric; docs/usage.md "Defaults"); the tensors are in the torch layout,
+    output channels on axis 0.  An unknown scheme is left for :func:`_check_scheme_options` to report."""
+    from ..api import scheme_class
+    from ..quantization.defaults import role_options
+
+    try:
+        cls = scheme_class(scheme)
+    except (KeyError, TypeError):
+        return options
+    return role_options(cls, "weight", options, channel_axis=0)
+
+
 def _check_scheme_options(scheme: str, options: dict, budget) -> Any:
     """Build the quantizer now: an unknown scheme, an option it does not take, a flag that does not apply."""
     from ..api import get_quantizer
@@ -356,8 +373,7 @@ def cmd_quantize(args) -> int:
     # 3. scheme and options
     scheme, options, budget = _options_from(args, cfg)
     options = fmt.default_options(scheme, options)
-    if scheme == "linear" and "granularity" not in options:
-        options["granularity"] = "channel"
+    options = _weight_defaults(scheme, options)
     q = _check_scheme_options(scheme, options, budget)
     if _is_planner(q) and budget is None and options.get("target_sqnr") is None:
         budget = 4.5

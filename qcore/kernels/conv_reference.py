@@ -80,44 +80,50 @@ def max_pool2d(q, kernel, stride, padding, dilation, out_size) -> np.ndarray:
     return out
 
 
+def avg_pool_windows(q, z: int, hs, he, ws, we, div) -> np.ndarray:
+    """Average pooling of uint8 NHWC ``q`` over explicit windows: output pixel ``(i, j)`` averages the codes of rows
+    ``[hs[i], he[i])`` x columns ``[ws[j], we[j])`` (inside the image) with the divisor ``div[i, j]``:
+    ``clip(rint((S - n*z) / d) + z, 0, 255)`` in float64 (``S`` their sum, ``n`` their count)."""
+    q = np.asarray(q).astype(np.int64)
+    b, _, _, c = q.shape
+    div = np.asarray(div, np.float64)
+    out = np.zeros((b, len(hs), len(ws), c), np.uint8)
+    for i, (r0, r1) in enumerate(zip(hs, he)):
+        for j, (c0, c1) in enumerate(zip(ws, we)):
+            n = (r1 - r0) * (c1 - c0)
+            s = q[:, r0:r1, c0:c1].sum(axis=(1, 2)) - n * z
+            out[:, i, j] = np.clip(np.rint(s / div[i, j]) + z, 0, 255).astype(np.uint8)
+    return out
+
+
 def avg_pool2d(q, z: int, kernel, stride, padding, out_size, count_include_pad=True, divisor_override=None):
     """torch's ``avg_pool2d`` on uint8 NHWC codes with the input's scale and zero point ``z``:
     ``clip(rint((sum of the codes inside the image - n*z) / d) + z, 0, 255)`` in float64, ``d`` torch's divisor
     (the window clipped to the padded input, or the taps inside the image, or ``divisor_override``)."""
-    q = np.asarray(q).astype(np.int64)
-    b, h, w, c = q.shape
+    _, h, w, _ = np.shape(q)
     oh, ow = out_size
-    out = np.zeros((b, oh, ow, c), np.uint8)
-    for i in range(oh):
-        h0 = i * stride[0] - padding[0]
-        h1 = min(h0 + kernel[0], h + padding[0])
-        for j in range(ow):
-            w0 = j * stride[1] - padding[1]
-            w1 = min(w0 + kernel[1], w + padding[1])
-            size = (h1 - h0) * (w1 - w0)
-            r0, r1, c0, c1 = max(h0, 0), min(h1, h), max(w0, 0), min(w1, w)
-            n = (r1 - r0) * (c1 - c0)
-            d = divisor_override or (size if count_include_pad else n)
-            s = q[:, r0:r1, c0:c1].sum(axis=(1, 2)) - n * z
-            out[:, i, j] = np.clip(np.rint(s / float(d)) + z, 0, 255).astype(np.uint8)
-    return out
+    h0 = np.arange(oh) * stride[0] - padding[0]
+    h1 = np.minimum(h0 + kernel[0], h + padding[0])
+    w0 = np.arange(ow) * stride[1] - padding[1]
+    w1 = np.minimum(w0 + kernel[1], w + padding[1])
+    hs, he, ws, we = np.maximum(h0, 0), np.minimum(h1, h), np.maximum(w0, 0), np.minimum(w1, w)
+    if divisor_override:
+        div = np.full((oh, ow), float(divisor_override))
+    elif count_include_pad:
+        div = np.outer(h1 - h0, w1 - w0).astype(np.float64)
+    else:
+        div = np.outer(he - hs, we - ws).astype(np.float64)
+    return avg_pool_windows(q, z, hs, he, ws, we, div)
 
 
 def adaptive_avg_pool2d(q, z: int, out_size) -> np.ndarray:
     """torch's ``adaptive_avg_pool2d`` on uint8 NHWC codes: windows ``[floor(i*H/OH), ceil((i+1)*H/OH))``, the
     average ``clip(rint((S - n*z) / n) + z, 0, 255)`` in float64."""
-    q = np.asarray(q).astype(np.int64)
-    b, h, w, c = q.shape
+    _, h, w, _ = np.shape(q)
     oh, ow = out_size
-    out = np.zeros((b, oh, ow, c), np.uint8)
-    for i in range(oh):
-        r0, r1 = (i * h) // oh, -((-(i + 1) * h) // oh)
-        for j in range(ow):
-            c0, c1 = (j * w) // ow, -((-(j + 1) * w) // ow)
-            n = (r1 - r0) * (c1 - c0)
-            s = q[:, r0:r1, c0:c1].sum(axis=(1, 2)) - n * z
-            out[:, i, j] = np.clip(np.rint(s / float(n)) + z, 0, 255).astype(np.uint8)
-    return out
+    hs, he = (np.arange(oh) * h) // oh, -((-(np.arange(oh) + 1) * h) // oh)
+    ws, we = (np.arange(ow) * w) // ow, -((-(np.arange(ow) + 1) * w) // ow)
+    return avg_pool_windows(q, z, hs, he, ws, we, np.outer(he - hs, we - ws).astype(np.float64))
 
 
 def lookup(q, table) -> np.ndarray:
@@ -131,10 +137,18 @@ def dequantize(q, z: int, scale) -> np.ndarray:
     return np.ascontiguousarray(v.transpose(0, 3, 1, 2))
 
 
+def quantize_codes(x, inv, z: int, lo: int = 0, hi: int = 255) -> np.ndarray:
+    """uint8 ``rint(min(max(x * inv, lo - z), hi - z)) + z`` elementwise (float32 ``x * inv``, half to even; the
+    linear scheme's rule with ``inv = float32(1 / scale)``).  NaN gives some code in range."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        t = np.asarray(x, np.float32) * np.float32(inv)
+        t = np.minimum(np.maximum(t, np.float32(lo - z)), np.float32(hi - z))
+        t = np.where(np.isnan(t), np.float32(lo - z), t)
+    return (np.rint(t).astype(np.int32) + z).astype(np.uint8)
+
+
 def quantize(x, scale, z: int, lo: int = 0, hi: int = 255) -> np.ndarray:
     """uint8 NHWC codes of float32 NCHW ``x``: ``clip(rint(x * float32(1/scale)) + z, lo, hi)`` (the linear
     scheme's rule: ``x * inv`` clipped to ``[lo - z, hi - z]`` in float32, then rounded)."""
     inv = np.float32(1) / np.float32(scale)
-    t = np.asarray(x, np.float32) * inv
-    t = np.minimum(np.maximum(t, np.float32(lo - z)), np.float32(hi - z))
-    return (np.rint(t).astype(np.int32) + z).astype(np.uint8).transpose(0, 2, 3, 1)
+    return quantize_codes(x, inv, z, lo, hi).transpose(0, 2, 3, 1)

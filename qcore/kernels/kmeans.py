@@ -45,6 +45,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..validation import as_float32, check_int
+from .core import KernelBase
 
 #: groups per batch of the reference's vectorized Lloyd (bounds its working memory)
 _CHUNK = 1 << 12
@@ -277,7 +278,7 @@ def fit_weighted(x, w, K, tol, max_iter):
 
 
 # -- the capability --------------------------------------------------------------------------------------------
-class KMeansFit:
+class KMeansFit(KernelBase):
     """Capability ``"kmeans_fit"``: validated public methods; a kernel overrides the ``_`` methods."""
 
     capability = "kmeans_fit"

@@ -4,8 +4,9 @@
 Activations travel between layers as :class:`Codes`: uint8 NHWC images whose channels are padded to a multiple
 of 4, with a border of ``border = (bh, bw)`` pixels around each image holding the zero point (the zero padding
 of the convolutions that read it), one per-tensor ``scale`` and ``zero_point``.  Each function validates its
-arguments and runs the C kernels (``pyx/qcnn_kernels.h``); the numpy reference is
-``qcore/kernels/conv_reference.py``, and docs/gemm.md ("The uint8 operations of a static CNN") has the arithmetic.
+arguments and runs a kernel's ``qconv2d`` capability (qcore/kernels/conv.py; ``kernel=None``: the default one,
+``cython``, whose C kernels are ``pyx/qcnn_kernels.h``); the numpy reference is ``qcore/kernels/conv_reference.py``
+(``kernel="numpy"``), and docs/gemm.md ("The uint8 operations of a static CNN") has the arithmetic.
 """
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import math
 
 import numpy as np
 
+from ..api import get_kernel
 from ..validation import as_float32, non_finite_error
-from .conv import _ext, _pair, _padded_empty, roundup4
+from .conv import _pair, _padded_empty, roundup4
 
 
 class Codes:
@@ -58,8 +60,8 @@ class Codes:
                      self.zero_point if zero_point is None else zero_point, border)
 
 
-def _isa():
-    return None  # the copy of the level qcore_plugins._conv runs at (qcore/isa.py)
+def _kernel(kernel):
+    return get_kernel(kernel, capability="qconv2d")
 
 
 def _new(b, h, w, cp, border, fill) -> np.ndarray:
@@ -89,10 +91,10 @@ def code_bounds(lo: float, hi: float, scale: float, zero_point: int) -> tuple[np
 # ------------------------------------------------------------------------------------------------ float <-> codes
 
 
-def quantize(x, scale, zero_point, border=(0, 0)) -> Codes:
+def quantize(x, scale, zero_point, border=(0, 0), *, kernel=None) -> Codes:
     """float32 NCHW ``x`` -> :class:`Codes` (``clip(rint(x * float32(1/scale)) + z, 0, 255)``); NaN/Inf raise
     :class:`qcore.InputError`."""
-    conv, _ = _ext()
+    k = _kernel(kernel)
     s, z = _params(scale, zero_point)
     x = as_float32(x, "x", check_finite=False)
     if x.ndim != 4 or 0 in x.shape:
@@ -101,29 +103,29 @@ def quantize(x, scale, zero_point, border=(0, 0)) -> Codes:
     bh, bw = _pair(border, "border", 0)
     out = _new(b, h, w, roundup4(c), (bh, bw), z)
     inv = float(np.float32(1) / np.float32(s))
-    if conv.quantize_nchw(np.ascontiguousarray(x), inv, z, 0, 255, out, _isa(), (bh, bw)):
+    if k.conv_quantize_nchw(np.ascontiguousarray(x), inv, z, 0, 255, out, (bh, bw)):
         raise non_finite_error(x, "x")
     return Codes(out, c, s, z, (bh, bw))
 
 
-def dequantize(a: Codes) -> np.ndarray:
+def dequantize(a: Codes, *, kernel=None) -> np.ndarray:
     """float32 NCHW ``float32(code - z) * scale`` of the image's real channels."""
-    conv, _ = _ext()
+    k = _kernel(kernel)
     a = _check_codes(a)
     b, c, h, w = a.shape
     out = np.empty((b, c, h, w), np.float32)
-    return conv.dequantize(a.codes, a.border, c, a.zero_point, a.scale, out, _isa())
+    return k.cnn_dequantize(a.codes, a.border, c, a.zero_point, a.scale, out)
 
 
 # ------------------------------------------------------------------------------------------------ add
 
 
-def add(a: Codes, b: Codes, scale, zero_point, *, clamp=None, border=(0, 0)) -> Codes:
+def add(a: Codes, b: Codes, scale, zero_point, *, clamp=None, border=(0, 0), kernel=None) -> Codes:
     """The residual addition ``a + b`` requantized to its own ``scale``/``zero_point``:
     ``rint(clip(float32(qa - za) * ma + float32(qb - zb) * mb, lo, hi)) + z`` with ``ma = float32(sa / s)``,
     ``mb = float32(sb / s)`` and ``[lo, hi]`` the code range, narrowed by ``clamp = (lo, hi)`` float bounds of a
     fused activation (ReLU: ``(0, inf)``) as :func:`code_bounds` computes them."""
-    conv, _ = _ext()
+    k = _kernel(kernel)
     a, b = _check_codes(a), _check_codes(b, "b")
     if a.shape != b.shape:
         raise ValueError(f"add: the operands' shapes differ: {a.shape} and {b.shape}")
@@ -134,8 +136,8 @@ def add(a: Codes, b: Codes, scale, zero_point, *, clamp=None, border=(0, 0)) -> 
     bt, c, h, w = a.shape
     out = _new(bt, h, w, a.codes.shape[3], _pair(border, "border", 0), z)
     ma, mb = np.float32(a.scale / s), np.float32(b.scale / s)
-    conv.add(a.codes, a.border, a.zero_point, float(ma), b.codes, b.border, b.zero_point, float(mb), out, border, z,
-             float(lo), float(hi), _isa())
+    k.cnn_add(a.codes, a.border, a.zero_point, float(ma), b.codes, b.border, b.zero_point, float(mb), out, border, z,
+              float(lo), float(hi))
     return Codes(out, c, s, z, border)
 
 
@@ -167,29 +169,29 @@ def _pool_args(a, kernel_size, stride, padding, dilation, ceil_mode):
 
 
 def max_pool2d(a: Codes, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
-               border=(0, 0)) -> Codes:
+               border=(0, 0), kernel=None) -> Codes:
     """torch's ``max_pool2d`` on codes (the largest code of each window; same scale and zero point)."""
-    conv, _ = _ext()
+    kern = _kernel(kernel)
     a = _check_codes(a)
     k, s, p, d, oh, ow = _pool_args(a, kernel_size, stride, padding, dilation, ceil_mode)
     border = _pair(border, "border", 0)
     out = _new(a.codes.shape[0], oh, ow, a.codes.shape[3], border, a.zero_point)
-    conv.maxpool(a.codes, a.border, out, border, k, s, p, d, _isa())
+    kern.cnn_maxpool(a.codes, a.border, out, border, k, s, p, d)
     return a.like(out, border=border)
 
 
-def _avg(a, hs, he, ws, we, div, border):
-    conv, _ = _ext()
+def _avg(a, hs, he, ws, we, div, border, kernel):
+    k = _kernel(kernel)
     border = _pair(border, "border", 0)
     out = _new(a.codes.shape[0], len(hs), len(ws), a.codes.shape[3], border, a.zero_point)
-    conv.avgpool(a.codes, a.border, out, border, np.asarray(hs, np.int32), np.asarray(he, np.int32),
-                 np.asarray(ws, np.int32), np.asarray(we, np.int32), np.ascontiguousarray(div, np.float64),
-                 a.zero_point, _isa())
+    k.cnn_avgpool(a.codes, a.border, out, border, np.asarray(hs, np.int32), np.asarray(he, np.int32),
+                  np.asarray(ws, np.int32), np.asarray(we, np.int32), np.ascontiguousarray(div, np.float64),
+                  a.zero_point)
     return a.like(out, border=border)
 
 
 def avg_pool2d(a: Codes, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
-               divisor_override=None, *, border=(0, 0)) -> Codes:
+               divisor_override=None, *, border=(0, 0), kernel=None) -> Codes:
     """torch's ``avg_pool2d`` on codes, with the input's scale and zero point:
     ``clip(rint((S - n*z) / d) + z, 0, 255)`` (float64; S the sum of the n codes inside the image, d torch's
     divisor)."""
@@ -212,10 +214,10 @@ def avg_pool2d(a: Codes, kernel_size, stride=None, padding=0, ceil_mode=False, c
         div = np.outer(h1 - h0, w1 - w0).astype(np.float64)
     else:
         div = np.outer(he - hs, we - ws).astype(np.float64)
-    return _avg(a, hs, he, ws, we, div, border)
+    return _avg(a, hs, he, ws, we, div, border, kernel)
 
 
-def adaptive_avg_pool2d(a: Codes, output_size, *, border=(0, 0)) -> Codes:
+def adaptive_avg_pool2d(a: Codes, output_size, *, border=(0, 0), kernel=None) -> Codes:
     """torch's ``adaptive_avg_pool2d`` on codes (windows ``[floor(i*H/OH), ceil((i+1)*H/OH))``), with the input's
     scale and zero point; ``output_size`` an int or a pair (None keeps that dimension)."""
     a = _check_codes(a)
@@ -229,7 +231,7 @@ def adaptive_avg_pool2d(a: Codes, output_size, *, border=(0, 0)) -> Codes:
     he = -((-(np.arange(oh) + 1) * h) // oh)
     ws = (np.arange(ow) * w) // ow
     we = -((-(np.arange(ow) + 1) * w) // ow)
-    return _avg(a, hs, he, ws, we, np.outer(he - hs, we - ws).astype(np.float64), border)
+    return _avg(a, hs, he, ws, we, np.outer(he - hs, we - ws).astype(np.float64), border, kernel)
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -245,10 +247,10 @@ def unary_table(fn, scale_in, zero_in, scale_out, zero_out) -> np.ndarray:
     return np.clip(np.rint(y / float(scale_out)) + int(zero_out), 0, 255).astype(np.uint8)
 
 
-def lookup(a: Codes, table, scale, zero_point, *, border=(0, 0)) -> Codes:
+def lookup(a: Codes, table, scale, zero_point, *, border=(0, 0), kernel=None) -> Codes:
     """Every code through a 256-entry uint8 ``table`` (:func:`unary_table`), giving codes of ``scale`` and
     ``zero_point``."""
-    conv, _ = _ext()
+    k = _kernel(kernel)
     a = _check_codes(a)
     s, z = _params(scale, zero_point)
     t = np.ascontiguousarray(table, np.uint8)
@@ -258,14 +260,14 @@ def lookup(a: Codes, table, scale, zero_point, *, border=(0, 0)) -> Codes:
     b, c, h, w = a.shape
     cp = a.codes.shape[3]
     out = _new(b, h, w, cp, border, z)
-    conv.lut(a.codes, a.border, cp, out, border, 0, t, _isa())
+    k.cnn_lut(a.codes, a.border, cp, out, border, 0, t)
     return Codes(out, c, s, z, border)
 
 
-def cat(items, scale, zero_point, *, border=(0, 0)) -> Codes:
+def cat(items, scale, zero_point, *, border=(0, 0), kernel=None) -> Codes:
     """Channel concatenation (torch.cat along dim 1) of codes of the same batch and size, requantized to
     ``scale``/``zero_point`` (copied where an input already has them)."""
-    conv, _ = _ext()
+    k = _kernel(kernel)
     items = [_check_codes(a, f"items[{i}]") for i, a in enumerate(items)]
     if not items:
         raise ValueError("cat needs at least one input")
@@ -282,7 +284,7 @@ def cat(items, scale, zero_point, *, border=(0, 0)) -> Codes:
     for a in items:
         same = a.scale == s and a.zero_point == z
         t = None if same else unary_table(lambda v: v, a.scale, a.zero_point, s, z)
-        conv.lut(a.codes, a.border, a.channels, out, border, off, t, _isa())
+        k.cnn_lut(a.codes, a.border, a.channels, out, border, off, t)
         off += a.channels
     if cp > c:
         (bh, bw) = border

@@ -1,4 +1,5 @@
-"""Static int8 convolution (and Linear as a 1x1 convolution): validation, weight packing, the ``_conv`` kernels.
+"""Static int8 convolution (and Linear as a 1x1 convolution): validation and geometry here, the arithmetic in a
+kernel's ``qconv2d`` capability (qcore/kernels/conv.py; ``kernel=None``: the default one, ``cython``).
 
 :class:`PackedConv2d` holds one layer: int8 weights (symmetric, one scale per output channel) packed once,
 the calibrated input quantization parameters (per tensor) and, optionally, a fused ReLU.  It runs
@@ -23,20 +24,10 @@ import math
 
 import numpy as np
 
+from ..api import get_kernel
 from ..validation import as_float32, non_finite_error
 
 _INT32_MAX = (1 << 31) - 1
-
-
-def _ext():
-    try:
-        from qcore_plugins import _conv, _gemm
-    except ImportError as exc:  # pragma: no cover - only without a built extension
-        raise ImportError(
-            "qcore.ops.PackedConv2d needs the compiled extensions qcore_plugins._conv and _gemm; build them with "
-            "`python setup.py build_ext --inplace` or `pip install .`"
-        ) from exc
-    return _conv, _gemm
 
 
 def _pair(v, name, minimum):
@@ -88,10 +79,13 @@ class PackedConv2d:
     :param input_bits, input_signed: the activation codes' width and signedness (affine: unsigned)
     :param relu: fuse ``max(., 0)`` into the output (the same as ``activation=(0, inf)``)
     :param activation: ``None`` or the bounds ``(lo, hi)`` of a fused clamp (ReLU ``(0, inf)``, ReLU6 ``(0, 6)``)
+    :param kernel: the kernel that computes (a name or instance declaring ``qconv2d``); None: the default
     """
 
     def __init__(self, weight_codes, weight_scale, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
-                 input_scale, input_zero_point=0, input_bits=8, input_signed=False, relu=False, activation=None):
+                 input_scale, input_zero_point=0, input_bits=8, input_signed=False, relu=False, activation=None,
+                 kernel=None):
+        self.kernel = get_kernel(kernel, capability="qconv2d")
         w = np.asarray(weight_codes)
         if w.dtype != np.int8:
             raise TypeError(f"weight_codes must be int8 (symmetric codes), got dtype {w.dtype}")
@@ -189,10 +183,10 @@ class PackedConv2d:
         return oh, ow
 
     def _packed_for(self, isa: str):
+        """The weights packed by the kernel at its current level ``isa`` (one packing per level)."""
         p = self._packed.get(isa)
         if p is None:
-            _, g = _ext()
-            p = self._packed.setdefault(isa, g.pack_b(self._w2d, isa))
+            p = self._packed.setdefault(isa, self.kernel.conv_pack(self._w2d))
         return p
 
     def _epilogue(self, np_: int, mode: int, out_scale, out_zp):
@@ -222,26 +216,24 @@ class PackedConv2d:
         ``padded=True``: ``(B, H + 2*ph, W + 2*pw, Cp)`` with this layer's zero padding already in place (the
         border holds the zero point) — the form :meth:`run_codes` takes with ``padded_input=True``.
         """
-        conv, g = _ext()
         x = as_float32(x, "x", check_finite=False)
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must have shape (B, {self.in_channels}, H, W), got {x.shape}")
         b, _, h, w = x.shape
         ph, pw = self.padding if padded else (0, 0)
         out = _padded_empty(b, h, w, self.cp, ph, pw, self._za)
-        if conv.quantize_nchw(np.ascontiguousarray(x), self._inv, self._za, self._qlo, self._qhi, out, g.ISA.copy,
-                              (ph, pw)):
+        if self.kernel.conv_quantize_nchw(np.ascontiguousarray(x), self._inv, self._za, self._qlo, self._qhi, out,
+                                          (ph, pw)):
             raise non_finite_error(x, "x")
         return out
 
     def quantize_rows(self, x) -> np.ndarray:
         """float ``(R, C)`` rows (NHWC pixels or Linear inputs) -> uint8 ``(R, Cp)``."""
-        conv, g = _ext()
         x = as_float32(x, "x", check_finite=False)
         if x.ndim != 2 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must have shape (R, {self.in_channels}), got {x.shape}")
         out = np.empty((x.shape[0], self.cp), np.uint8)
-        if conv.quantize_rows(np.ascontiguousarray(x), self._inv, self._za, self._qlo, self._qhi, out, g.ISA.copy):
+        if self.kernel.conv_quantize_rows(np.ascontiguousarray(x), self._inv, self._za, self._qlo, self._qhi, out):
             raise non_finite_error(x, "x")
         return out
 
@@ -260,7 +252,6 @@ class PackedConv2d:
         ``(B, OH + 2*p, OW + 2*q, Cp')`` with a border of ``out_zero_point``.  ``nchw`` (float output): float32
         ``(B, N, OH, OW)`` instead.
         """
-        conv, g = _ext()
         if not isinstance(a, np.ndarray) or a.dtype != np.uint8 or a.ndim != 4 or a.shape[3] != self.cp:
             raise ValueError(f"a must be uint8 NHWC codes of shape (B, H, W, {self.cp})")
         a = np.ascontiguousarray(a)
@@ -298,10 +289,10 @@ class PackedConv2d:
         if nchw and mode != 1:
             raise ValueError("nchw is for float output only")
         n = self.out_channels
-        isa = g.ISA.copy
+        isa = self.kernel.isa
         if self.groups == 1:
             packed = self._packed_for(isa)
-            np_, cs, wg = packed.np_, packed.colsum, None
+            (np_, cs), wg = self.kernel.conv_columns(packed), None
         else:
             packed, np_, cs, wg = None, n, self._wg_colsum, self._wg
         zc = self._zc.get(isa)
@@ -320,7 +311,7 @@ class PackedConv2d:
         geom = (oh, ow) + self.kernel_size + self.stride + kpad + self.dilation + (
             n, self.groups, self.in_channels // self.groups)
         flat = out.reshape(bsz * n, oh * ow) if nchw else out.reshape(-1, cols)
-        conv.conv(a, geom, self._za, packed, wg, zc, mult, bias, mode, clamp, zo, flat, isa, opad, nchw, crop)
+        self.kernel.conv_run(a, geom, self._za, packed, wg, zc, mult, bias, mode, clamp, zo, flat, opad, nchw, crop)
         return out
 
     def __call__(self, x) -> np.ndarray:

@@ -39,7 +39,7 @@ from torch import nn
 
 import qcore
 
-from .._common import name_selected
+from .._common import bits_alias, name_selected, scheme_class
 from ._qops import (TABLE_FUNCTIONS, DequantizeActivation, QAdaptiveAvgPool2d, QAdd, QAvgPool2d, QCat, QClamp,
                     QFlatten, QMaxPool2d, QTableActivation, QuantizeActivation)
 from . import _walk
@@ -450,14 +450,17 @@ def is_graph_prepared(model) -> bool:
 # ------------------------------------------------------------------------------------------------ prepare
 
 
-def prepare(model: nn.Module, bits: int = 8, observer: str = "histogram", symmetric: bool = False, *,
-            include: Iterable[str] | str | None = None, exclude: Iterable[str] | str | None = None,
-            weight_bits: int = 8, inplace: bool = False, **options) -> nn.Module:
+def prepare(model: nn.Module, bits: int | None = None, observer: str = "histogram", symmetric: bool = False, *,
+            activation_bits: int | None = None, include: Iterable[str] | str | None = None,
+            exclude: Iterable[str] | str | None = None, weight_bits: int | None = None, inplace: bool = False,
+            **options) -> nn.Module:
     """A copy of ``model`` with a qcore observer on the input of every ``nn.Linear`` and ``nn.Conv2d``.
 
     Run calibration batches through the result (``prepared(x)``; outputs are the float model's), then
-    :func:`convert` it.  ``bits``/``observer``/``symmetric``: the activation quantization (``linear`` scheme,
-    per tensor; affine uint8 by default).  ``weight_bits``: 2..8, symmetric per output channel.
+    :func:`convert` it.  ``activation_bits``/``observer``/``symmetric``: the activation quantization (``linear``
+    scheme, per tensor; affine uint8 by default; ``activation_bits`` None: the scheme's activation default, 8).
+    ``weight_bits``: 2..8, symmetric per output channel (None: the scheme's weight default, 8).  ``bits`` is the
+    deprecated alias of ``activation_bits`` (it meant weight bits in :func:`prepare_qat`).
     ``include``/``exclude``: glob patterns on qualified module names.  Layers with ``padding_mode`` other
     than ``"zeros"`` are left in float.
 
@@ -467,9 +470,12 @@ def prepare(model: nn.Module, bits: int = 8, observer: str = "histogram", symmet
     """
     _check_module(model)
     if options:
-        raise TypeError(f"prepare got unknown option(s) {sorted(options)}; it takes bits, observer, symmetric, "
-                        "include, exclude, weight_bits and inplace")
-    bits, weight_bits = int(bits), int(weight_bits)
+        raise TypeError(f"prepare got unknown option(s) {sorted(options)}; it takes activation_bits, observer, "
+                        "symmetric, include, exclude, weight_bits and inplace")
+    bits = bits_alias(bits, activation_bits, "bits", "activation_bits", warn=True)
+    linear = scheme_class(_ACT_SCHEME)  # activations and weights of static layers: the linear scheme
+    bits = int(linear.defaults("activation")["bits"] if bits is None else bits)
+    weight_bits = int(linear.defaults("weight")["bits"] if weight_bits is None else weight_bits)
     if not 2 <= bits <= 8:
         raise ValueError(f"bits (activations) must be in 2..8, got {bits}")
     if not 2 <= weight_bits <= 8:
