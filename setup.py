@@ -161,6 +161,8 @@ setup(
     ],
     extras_require={
         "torch": ["torch==2.13.0"],
+        # quantize_model(executor=...) and `qcore quantize --workers/--scheduler` on a Dask cluster
+        "dask": ["dask[distributed]>=2023.1"],
         "test": ["pytest>=7", "hypothesis>=6"],
     },
     entry_points={

@@ -28,7 +28,7 @@ typedef struct {
     int64_t n;
     int K;
     uint32_t *keys, *tmp; /* n each: sort keys and the radix sort's second buffer */
-    float *xs;            /* n + 8: the sorted row, then +inf */
+    float *xs;            /* n + 16: the sorted row, then +inf (the block count may read a block past n) */
     float *blk;           /* QC_KM_BLOCKS: the last value of each block of 8 sorted values (+inf after) */
     double *W, *S1, *S2;  /* n + 1 each: prefix sums of w, w*x, w*x*x */
     double *cdf, *pts, *wv; /* n each: weighted rows' start, and their weights */
@@ -52,7 +52,7 @@ static qc_km_scratch *qc_km_alloc(int64_t n, int K) {
     s->K = K;
     s->keys = (uint32_t *)malloc((size_t)(n > QC_KM_NET_MAX ? n : QC_KM_NET_MAX) * sizeof(uint32_t));
     s->tmp = (uint32_t *)malloc((size_t)n * sizeof(uint32_t));
-    s->xs = (float *)malloc((size_t)(n + 8) * sizeof(float));
+    s->xs = (float *)malloc((size_t)(n + 16) * sizeof(float));
     s->blk = (float *)malloc(QC_KM_BLOCKS * sizeof(float));
     s->W = (double *)malloc((size_t)(n + 1) * sizeof(double));
     s->S1 = (double *)malloc((size_t)(n + 1) * sizeof(double));
@@ -229,7 +229,7 @@ static inline int64_t qc_km_upper(const float *x, int64_t n, float m) {
 
 /* after s->xs[0..n) is set: its +inf padding and the block index used by qc_km_count_le */
 static void qc_km_index(qc_km_scratch *s, int64_t n) {
-    for (int i = 0; i < 8; i++) s->xs[n + i] = INFINITY;
+    for (int i = 0; i < 16; i++) s->xs[n + i] = INFINITY;
     if (n > 8 * QC_KM_BLOCKS) return;
     int64_t nb = (n + 7) / 8;
     for (int64_t b = 0; b < QC_KM_BLOCKS; b++) s->blk[b] = b < nb ? s->xs[(8 * b + 7 < n ? 8 * b + 7 : n - 1)] : INFINITY;

@@ -52,10 +52,19 @@ def register(sub) -> None:
     sp.epilog_fn = lambda: f"installed schemes: {_installed_schemes()}"
     sp.add_argument("input", help="model: .safetensors or .npz file, Hugging Face model folder, or model.safetensors.index.json")
     sp.add_argument("-o", "--output", required=True,
-                    help="--format qcore: the .safetensors file to write; compressed-tensors: the folder to write; "
-                         "gguf: the .gguf file to write")
+                    help="--format qcore: the .safetensors file to write (a folder with --max-shard-size); "
+                         "compressed-tensors: the folder to write; gguf: the .gguf file to write")
     sp.add_argument("--format", choices=_formats(), default="qcore", help="output format (default: qcore)")
     sp.add_argument("--force", action="store_true", help="replace an existing output (default: refuse)")
+    sp.add_argument("--max-shard-size", metavar="SIZE",
+                    help="write shards of at most SIZE (e.g. 5GB, 500MB, 2GiB) plus model.safetensors.index.json "
+                         "into the output folder (default: one file)")
+    sp.add_argument("--workers", type=int, metavar="N",
+                    help="quantize on a local Dask cluster of N single-threaded worker processes "
+                         "(pip install \"qcore[dask]\")")
+    sp.add_argument("--scheduler", metavar="ADDRESS",
+                    help="quantize on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786); every "
+                         "worker must see the input path")
     sp.add_argument("--scheme", help="scheme for every tensor (default: linear; 'mixed' plans bits per tensor)")
     sp.add_argument("--bits", type=int, help="bits per code (default: the scheme's: 8 for linear, 4 for log and "
                                              "kmeans; for mixed: the widest candidate)")
@@ -313,7 +322,7 @@ def _check_scheme_options(scheme: str, options: dict, budget) -> Any:
 def cmd_quantize(args) -> int:
     from ..model import load_tensors, quantize_model
     from ..model.formats import get_format
-    from ..model.quantize import plan_tensors, progress_bar
+    from ..model.quantize import plan_tensors
 
     # 1. the input: exists, is not quantized already
     check_exists(args.input, "input")
@@ -339,14 +348,28 @@ def cmd_quantize(args) -> int:
         list(args.hessians or []))
     fmt = get_format(args.format)
     save_options = {"source": args.input} if fmt.uses_source else {}
-    if fmt.output == "file":
+    if args.max_shard_size is not None:
+        save_options["max_shard_size"] = args.max_shard_size
+    if fmt.output == "file" and args.max_shard_size is None:
         check_output_file(args.output, inputs, fmt.suffixes, f"a {fmt.name} model", force=args.force)
     else:
-        check_output_folder(args.output, inputs, f"a {fmt.name} model", force=args.force)
+        check_output_folder(args.output, inputs, f"a {fmt.name} model" + (" in shards" if args.max_shard_size else ""),
+                            force=args.force)
     try:
         fmt.check_save_options(save_options)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"--format {fmt.name}: {exc}") from None
+    if args.workers is not None and args.scheduler is not None:
+        raise UsageError("give --workers N (a local Dask cluster) or --scheduler ADDRESS (an existing one), not both")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    if args.workers is not None or args.scheduler is not None:
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            from ..model.execution import DASK_MISSING
+
+            raise UsageError(DASK_MISSING) from None
     # 3. scheme and options
     scheme, options, budget = _options_from(args, cfg)
     options = fmt.default_options(scheme, options)
@@ -375,32 +398,24 @@ def cmd_quantize(args) -> int:
         fmt.check_plan([(n, s, o) for n, s, o in plan], save_options)
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
-    # 5. the work
+    # 5. the work: each tensor written as soon as it is quantized (on Dask workers with --workers/--scheduler)
     t0 = time.perf_counter()
     ptq = {"method": args.method, "hessians": args.hessians if len(args.hessians) > 1 else args.hessians[0]} \
         if args.hessians else {}
     if ptq and args.method == "rtn" and not _is_planner(q):
         raise UsageError("--hessians is used by --method gptq or --scheme mixed")
+    stream = {"output": args.output, "format": fmt.name, **save_options}
     try:
-        qm = quantize_model(tensors, scheme, include=include, exclude=exclude, rules=rules,
-                            budget_bits=budget, progress=not args.quiet, **ptq, **options)
+        with _executor(args) as executor, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            qm = quantize_model(tensors, scheme, include=include, exclude=exclude, rules=rules, budget_bits=budget,
+                                progress=not args.quiet, executor=executor, **stream, **ptq, **options)
     except (ValueError, TypeError) as exc:
         if not ptq:
             raise
         raise UsageError(f"--hessians {' '.join(args.hessians)}: {exc}") from None
     t1 = time.perf_counter()
-    bar = progress_bar(1, not args.quiet, "writing")
-
-    def on_write(done, total):
-        bar.total = total
-        bar.update(done - bar.n)
-
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            size = qm.save(args.output, format=fmt.name, progress=on_write, **save_options)
-    finally:
-        bar.close()
+    size = qm.nbytes_written
     for w in caught:  # what the output lacks (e.g. a GGUF vocabulary): one line each
         print(f"qcore: warning: {w.message}", file=sys.stderr)
     rows = qm.report()
@@ -411,6 +426,17 @@ def cmd_quantize(args) -> int:
         print(format_table(rows))
         print(f"wrote {args.output} ({_fmt_bytes(size)}) in {t1 - t0:.2f} s")
     return 0
+
+
+def _executor(args):
+    """The Dask executor of ``--workers``/``--scheduler`` (a context manager), or a null one."""
+    import contextlib
+
+    if args.workers is None and args.scheduler is None:
+        return contextlib.nullcontext(None)
+    from ..model.execution import dask_executor
+
+    return dask_executor(workers=args.workers, scheduler=args.scheduler)
 
 
 def cmd_inspect(args) -> int:

@@ -3,9 +3,10 @@
 A format is a :class:`ModelFormat` with four operations::
 
     fmt.sniff(path) -> bool                  # is this file/folder in this format (header only, never raises)
-    fmt.save(model, path, **options) -> int  # bytes written; atomic; options: source=, ...
+    fmt.save(model, path, **options) -> int  # bytes written; atomic; options: source=, max_shard_size=, ...
     fmt.load(path, *, verify=True) -> QModel
     fmt.inspect(path) -> dict                # header-only description: what ``qcore inspect`` prints
+    fmt.open_writer(path, metadata=, **options) -> ModelWriter   # add(name, tensor, info) ... close(): streaming
 
 :meth:`QModel.save` (``format=``), :func:`load_quantized` (``qcore.load_quantized``), :func:`inspect` and the
 command line (``quantize``, ``inspect``, ``dequantize``, ``report``) reach formats through this registry only.
@@ -69,6 +70,12 @@ class ModelFormat:
         """A header-only description: ``{"path", "format", "file_size", "title", "tensors": [report rows], ...}``."""
         raise NotImplementedError
 
+    def open_writer(self, path: str, *, metadata: dict[str, str] | None = None, **options) -> "ModelWriter | None":
+        """A :class:`ModelWriter` saving to ``path`` tensor by tensor, as ``quantize_model(output=...)`` produces
+        them (``options``: the save options), or None (the base class): the format cannot write as it goes, and
+        ``quantize_model`` collects the model in memory and calls :meth:`save` at the end."""
+        return None
+
     # -- checks made before any work (the command line calls them before quantizing) ----------------------
     def check_plan(self, plan, options: dict | None = None) -> None:
         """Refuse, naming them, the entries of a quantization plan ``[(name, scheme, options)]`` this format
@@ -89,6 +96,30 @@ class ModelFormat:
 
     def __repr__(self) -> str:
         return f"<qcore model format {self.name!r}>"
+
+
+class ModelWriter:
+    """Saves a model tensor by tensor: :meth:`add` each tensor in model order, then :meth:`close`; :meth:`abort`
+    on failure leaves no output that looks complete.  A context manager: leaving it by an exception aborts."""
+
+    def add(self, name: str, tensor, info: dict | None = None, dtype: str | None = None) -> None:
+        """Write one tensor: a :class:`qcore.QTensor` or an array; ``info`` its ``QModel.info`` record; ``dtype``
+        its original dtype when the array does not say it (``"bfloat16"`` for uint16 bit patterns)."""
+        raise NotImplementedError
+
+    def close(self) -> int:
+        """Complete the output (an index or config, if any, last); returns the bytes written."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Remove what was written so far."""
+
+    def __enter__(self) -> "ModelWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
 
 
 _FORMATS: dict[str, ModelFormat] = {}
@@ -248,5 +279,5 @@ def inspect(path: str | os.PathLike) -> dict[str, Any]:
     return format_of(p).inspect(p)
 
 
-__all__ = ["ModelFormat", "BUILTIN", "register_format", "get_format", "format_of", "list_formats", "load_quantized",
-           "inspect", "probe", "check_plan_tensors"]
+__all__ = ["ModelFormat", "ModelWriter", "BUILTIN", "register_format", "get_format", "format_of", "list_formats",
+           "load_quantized", "inspect", "probe", "check_plan_tensors"]
