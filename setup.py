@@ -1,7 +1,8 @@
 """Build of qcore: the core package, the built-in plugins (``qcore_plugins``) and their Cython kernels.
 
 Every ``pyx/NAME.pyx`` becomes the extension module ``qcore_plugins._NAME``.  C helpers included by the
-``.pyx`` files live beside them in ``pyx/``.  OpenMP is used where the compiler accepts ``-fopenmp``; the
+``.pyx`` files live beside them in ``pyx/``; an extension may add C files of its own (``C_SOURCES``), each a
+translation unit compiled side by side with the others.  OpenMP is used where the compiler accepts ``-fopenmp``; the
 build still succeeds, serially, where it does not.  We never tune for the build machine (no native -march flag): instruction sets beyond
 baseline x86-64 are chosen at run time inside the C helpers (``__attribute__((target(...)))`` + cpuid).
 """
@@ -9,6 +10,7 @@ import glob
 import os
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
@@ -26,6 +28,24 @@ def _compiler_accepts(compiler, flags):
         except Exception:
             return False
     return True
+
+
+def _compile_side_by_side(compiler, jobs):
+    """Make ``compiler`` compile the sources of one extension in ``jobs`` threads (distutils compiles them one
+    after the other): the low-bit GEMM's SIMD paths, its slowest part, then build in parallel."""
+
+    def compile(sources, output_dir=None, macros=None, include_dirs=None, debug=0, extra_preargs=None,
+                extra_postargs=None, depends=None):
+        macros, objects, extra_postargs, pp_opts, build = compiler._setup_compile(
+            output_dir, macros, include_dirs, sources, depends, extra_postargs)
+        cc_args = compiler._get_cc_args(pp_opts, debug, extra_preargs)
+        todo = [obj for obj in objects if obj in build]
+        with ThreadPoolExecutor(max(1, min(jobs, len(todo)))) as pool:
+            for _ in pool.map(lambda obj: compiler._compile(obj, *build[obj], cc_args, extra_postargs, pp_opts), todo):
+                pass
+        return objects
+
+    compiler.compile = compile
 
 
 class BuildExt(build_ext):
@@ -48,6 +68,10 @@ class BuildExt(build_ext):
             omp = []
         if not omp:
             sys.stderr.write("qcore: building without OpenMP; kernels will run on one thread\n")
+        if ctype != "msvc":
+            _compile_side_by_side(self.compiler, self.parallel or 1)
+        # the extensions with the most translation units first: they are the longest to build
+        self.extensions.sort(key=lambda e: -len(e.sources))
         extra = os.environ.get("QCORE_EXTRA_CFLAGS", "").split()
         for ext in self.extensions:
             if ctype != "msvc":
@@ -59,6 +83,13 @@ class BuildExt(build_ext):
         super().build_extensions()
 
 
+#: C files an extension compiles besides its .pyx (each its own translation unit)
+C_SOURCES = {
+    # the portable part and driver, and one file per SIMD path with its 32 tile functions (pyx/lowbit_tile.h)
+    "lowbit": ["pyx/lowbit_kernels.c", "pyx/lowbit_avx2.c", "pyx/lowbit_vnni.c"],
+}
+
+
 def extensions():
     import numpy
 
@@ -68,7 +99,7 @@ def extensions():
         exts.append(
             Extension(
                 f"qcore_plugins._{name}",
-                [path],
+                [path] + C_SOURCES.get(name, []),
                 include_dirs=[numpy.get_include(), "pyx"],
                 define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
                 depends=glob.glob(os.path.join("pyx", "*.h")) + glob.glob(os.path.join("pyx", "*.pxd")),
@@ -130,6 +161,8 @@ setup(
     ],
     extras_require={
         "torch": ["torch==2.13.0"],
+        # quantize_model(executor=...) and `qcore quantize --workers/--scheduler` on a Dask cluster
+        "dask": ["dask[distributed]>=2023.1"],
         "test": ["pytest>=7", "hypothesis>=6"],
     },
     entry_points={

@@ -46,7 +46,7 @@ class LSQW(nn.Module):
 for bits in (2, 3, 4):
     for seed in (1, 2):
         torch.manual_seed(seed)
-        qat = T._train(qtorch.prepare_qat(fp32, bits=bits), d, 4, 1e-3, seed)
+        qat = T._train(qtorch.prepare_qat(fp32, weight_bits=bits), d, 4, 1e-3, seed)
         a_ref = T._eval(qat, d)[1]
         m = copy.deepcopy(fp32); m.conv = LSQW(m.conv, bits); m.fc = LSQW(m.fc, bits)
         torch.manual_seed(seed)

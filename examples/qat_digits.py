@@ -118,9 +118,9 @@ def main(argv=None) -> int:
     fp32 = train(Model(), data, args.epochs, 1e-2, args.seed)
     models = {"fp32": fp32}
     for bits in (8, 4, 2):
-        models[f"PTQ {bits}-bit"] = qtorch.convert(qtorch.prepare_qat(fp32, bits=bits))
+        models[f"PTQ {bits}-bit"] = qtorch.convert(qtorch.prepare_qat(fp32, weight_bits=bits))
         torch.manual_seed(args.seed + 1)
-        qat = train(qtorch.prepare_qat(fp32, bits=bits), data, args.qat_epochs, 1e-3, args.seed + 1)
+        qat = train(qtorch.prepare_qat(fp32, weight_bits=bits), data, args.qat_epochs, 1e-3, args.seed + 1)
         models[f"QAT {bits}-bit"] = qtorch.convert(qat)
     ms = speed_ms(models, data[2])
     size32 = weight_bytes(fp32)

@@ -26,6 +26,7 @@ cdef extern from "lowbit_kernels.h" nogil:
         QLB_LUT_SHARED
         QLB_LUT_COLUMN
         QLB_NP
+        QLB_GENERIC_TILES
     ctypedef struct qlb_w:
         int bits
         int lut
@@ -69,6 +70,8 @@ cdef extern from "lowbit_pack.h" nogil:
 
 #: below this many multiply-adds a product runs on one thread
 PARALLEL_MIN_MACS = 1 << 19
+#: the tiles were compiled once per path with their shape as run-time values (the sanitizer build), not specialised
+GENERIC_TILES = bool(QLB_GENERIC_TILES)
 #: rows per work unit (the weight columns of a unit stay in cache while its rows are computed)
 ROWS_PER_UNIT = 64
 

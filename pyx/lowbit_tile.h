@@ -1,4 +1,4 @@
-/* The low-bit GEMM tile, written once for every SIMD path (included by lowbit_kernels.h once per path; no
+/* The low-bit GEMM tile, written once for every SIMD path (included by lowbit_vnni.c and lowbit_avx2.c; no
  * include guard on purpose).  The including file defines:
  *   QLB_P(x)       the path's suffix: x##_v (AVX-512 VNNI) or x##_a (AVX2); the primitives below carry it
  *   QLB_T          the path's target attribute
@@ -13,9 +13,9 @@
  *   store(y, left, o, bias)  the first min(left, QLB_LANES) lanes of o (+ bias, if not NULL) to y
  *
  * The tile: rows [i0, i0+mr) (mr <= MRV) x panels [p0, p0+np) (np <= NV), all of K; MRV/NV/BITS/LUT are
- * compile-time constants after inlining.  See the top of lowbit_kernels.h for the arithmetic. */
+ * compile-time constants after inlining (run-time values in the QCORE_GENERIC_TILES build, lowbit_kernels.h).  See the top of lowbit_kernels.h for the arithmetic. */
 
-QLB_T static inline __attribute__((always_inline)) void
+QLB_T QLB_TILE_BODY void
 QLB_P(qlb_tile_body)(const qlb_w *w, const qlb_a *a, int64_t i0, int mr, int64_t p0, int np,
                      const int BITS, const int LUT, const int MRV, const int NV)
 {
@@ -155,7 +155,7 @@ QLB_TILE_BITS(1, 2) QLB_TILE_BITS(2, 2) QLB_TILE_BITS(3, 2) QLB_TILE_BITS(4, 2)
 #undef QLB_TILE_BITS
 #undef QLB_TILE_FN
 
-static qlb_tile_fn QLB_P(qlb_pick)(int bits, int lut, int mrv)
+qlb_tile_fn QLB_P(qlb_pick)(int bits, int lut, int mrv)
 {
 #define QLB_PICK(BITS, LUT) return mrv == 1 ? QLB_P(qlb_tile_##BITS##_##LUT##_1) : QLB_P(qlb_tile_##BITS##_##LUT##_2x)
     switch (lut * 16 + bits) {

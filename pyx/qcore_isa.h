@@ -40,7 +40,7 @@ enum {
     __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
 
 /* the best level this CPU runs */
-static int qc_cpu_level(void)
+static inline int qc_cpu_level(void)
 {
 #if QC_X86_CPUID
     __builtin_cpu_init();

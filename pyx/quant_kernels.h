@@ -315,7 +315,7 @@ QC_DEQ_RUN_STREAM(qc_deq_run_s8_avx512_stream, int8_t, _mm512_cvtepi8_epi32)
 QC_DEQ_RUN_STREAM(qc_deq_run_u8_avx512_stream, uint8_t, _mm512_cvtepu8_epi32)
 #endif
 
-/* the selected variant; written once at import (and by tests through select_isa) */
+/* the selected variant: set at import and by the extension's ISA switch (quant.pyx, qcore/isa.py) */
 static qc_ops_t qc_ops = {qc_quant_run_baseline, qc_quant_vec_baseline, qc_deq_run_s8_baseline,
                           qc_deq_run_u8_baseline, qc_deq_vec_s8_baseline, qc_deq_vec_u8_baseline,
                           qc_minmax_run_baseline, qc_minmax_vec_baseline, qc_quant_run_baseline,

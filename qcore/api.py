@@ -12,7 +12,7 @@ from typing import Any
 
 from . import resolve
 from .errors import KernelNotFound, SchemeNotFound
-from .kernels.base import Kernel, kernel_instance
+from .kernels.base import CAPABILITIES, SCHEME_CAPABILITIES, Kernel, kernel_instance
 from .plugin.manager import PluginRecord, get_manager
 from .quantization.observer import Observer
 from .quantization.planner import Planner
@@ -69,23 +69,50 @@ def get_observer(name: str, **options) -> Observer:
     return cls(**options)
 
 
-def get_kernel(name: str | Kernel | None = None) -> Kernel:
-    """A kernel: ``None`` picks the available kernel of highest priority (``cython``); ``"numpy"`` is the reference.
+def get_kernel(name: str | Kernel | None = None, *, capability: str | None = None) -> Kernel:
+    """A kernel (docs/contracts.md §1).
 
-    An unknown name, or a kernel whose extension cannot run here, raises :class:`qcore.KernelNotFound`.
+    * ``name`` given: that kernel (``"numpy"`` is the reference of every capability); with ``capability``, it
+      must declare it.
+    * ``capability`` given: the available kernel of highest priority that declares it (``"affine"``,
+      ``"codebook"``, ``"histogram"``, ``"kmeans_fit"``, ``"int8_gemm"``, ``"lowbit_gemm"``, ``"qconv2d"``).
+    * neither: the available kernel of highest priority among those declaring what schemes and observers use
+      (``affine``, ``codebook``, ``histogram``, ``kmeans_fit``): ``cython``, else ``numpy``.
+
+    :raises qcore.KernelNotFound: an unknown name, a kernel whose extension cannot run here, a kernel without
+        the capability, no available kernel with it, or an unknown capability name
     """
     if isinstance(name, Kernel):
+        if capability is not None and not name.supports(_capability(capability)):
+            raise KernelNotFound(f"kernel {name.name!r} does not declare the capability {capability!r} "
+                                 f"(it declares {', '.join(sorted(name.capabilities)) or 'none'})")
         return name
-    kernels = get_manager().registries()["kernel"]
+    manager = get_manager()
     if name is None:
-        usable = [cls for cls in kernels.values() if cls.available()]
-        if not usable:
-            raise KernelNotFound("no kernel is available; reinstall qcore")
-        return kernel_instance(max(usable, key=lambda c: (c.priority, c.name)))
-    cls = get_manager().get("kernel", name)
+        return manager.memo(("kernel", capability), lambda: _default_kernel(manager, capability))
+    cls = manager.get("kernel", name)
     if not cls.available():
         raise KernelNotFound(f"kernel {name!r} is installed but cannot run here (its extension did not load)")
+    if capability is not None and not cls.supports(_capability(capability)):
+        raise KernelNotFound(f"kernel {name!r} does not declare the capability {capability!r} "
+                             f"(it declares {', '.join(sorted(cls.capabilities)) or 'none'})")
     return kernel_instance(cls)
+
+
+def _capability(capability: str) -> str:
+    if capability not in CAPABILITIES:
+        raise KernelNotFound(f"no kernel capability is named {capability!r}; capabilities: {', '.join(sorted(CAPABILITIES))}")
+    return capability
+
+
+def _default_kernel(manager, capability: str | None) -> Kernel:
+    kernels = manager.registries()["kernel"]
+    need = SCHEME_CAPABILITIES if capability is None else {_capability(capability)}
+    usable = [cls for cls in kernels.values() if cls.available() and need <= cls.capabilities]
+    if not usable:
+        what = "what schemes use (" + ", ".join(sorted(need)) + ")" if capability is None else f"the capability {capability!r}"
+        raise KernelNotFound(f"no available kernel declares {what}; installed kernels: {', '.join(sorted(kernels)) or 'none'}")
+    return kernel_instance(max(usable, key=lambda c: (c.priority, c.name)))
 
 
 def plugins(all: bool = False) -> list[PluginRecord]:

@@ -30,8 +30,10 @@ class PlannerNotFound(SchemeNotFound):
     ``scheme=`` names schemes and planners alike)."""
 
 
-class KernelNotFound(_NameNotFound):
-    """A kernel name that no installed plugin provides, or a kernel that cannot run here (a ``KeyError``)."""
+class KernelNotFound(SchemeNotFound):
+    """A kernel name that no installed plugin provides, a kernel that cannot run here, or no available kernel
+    with a requested capability (a ``KeyError``; a :class:`SchemeNotFound` like the other "not installed"
+    errors)."""
 
 
 class FormatError(QcoreError, ValueError):

@@ -17,7 +17,7 @@ directly — never a kernel silently left out.  ``QCORE_GEMM_ISA`` (the GEMM's v
 Each extension holds one :class:`Switch` (``qcore_plugins._quant.ISA`` …) saying the level it runs at and the
 copy that level selects (an extension without a copy at exactly that level runs the next one below: the
 affine kernels have no VNNI copy, the int8 GEMM no plain AVX-512 one).  The level belongs to the kernel:
-``kernel.isas()``, ``kernel.isa`` and ``kernel.set_isa(level)`` (qcore/kernels/base.py) switch every
+``kernel.isas()``, ``kernel.isa`` and ``kernel.set_isa(level)`` (qcore/kernels/core.py) switch every
 extension of a kernel together.
 """
 from __future__ import annotations

@@ -32,6 +32,12 @@ def sqnr_db(ref, approx, chunk: int = 1 << 16) -> float:
 
     Sums accumulate in float64 over chunks, so the extra memory is a few MB whatever the tensor size.
     """
+    return sqnr_from_sums(*signal_noise(ref, approx, chunk))
+
+
+def signal_noise(ref, approx, chunk: int = 1 << 16) -> tuple[float, float]:
+    """``(sum x^2, sum (x - x')^2)`` in float64, chunk by chunk (what :func:`sqnr_db` divides); sums of several
+    parts of a tensor add up to the whole's."""
     ref = np.asarray(ref).reshape(-1)
     approx = np.asarray(approx).reshape(-1)
     if ref.shape != approx.shape:
@@ -42,7 +48,7 @@ def sqnr_db(ref, approx, chunk: int = 1 << 16) -> float:
         d = r - approx[i : i + chunk]
         noise += float(np.einsum("i,i->", d, d))  # not np.dot: BLAS threads on small vectors cost far more
         signal += float(np.einsum("i,i->", r, r))
-    return sqnr_from_sums(signal, noise)
+    return signal, noise
 
 
 def matches(name: str, patterns: Iterable[str] | str) -> bool:

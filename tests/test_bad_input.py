@@ -92,10 +92,10 @@ def test_unknown_scheme_lists_installed():
     with pytest.raises(qcore.SchemeNotFound) as info:
         qcore.get_quantizer("nosuchscheme")
     assert not isinstance(info.value, (qcore.ObserverNotFound, qcore.PlannerNotFound))
-    # kernels have their own not-found error (still a KeyError), not SchemeNotFound
+    # kernels have their own not-found error, a KeyError and (docs/contracts.md §1) a SchemeNotFound
     with pytest.raises(qcore.KernelNotFound) as info:
         qcore.get_kernel("nosuchkernel")
-    assert isinstance(info.value, KeyError) and not isinstance(info.value, qcore.SchemeNotFound)
+    assert isinstance(info.value, KeyError) and isinstance(info.value, qcore.SchemeNotFound)
     assert "nosuchkernel" in str(info.value) and "numpy" in str(info.value)
     with pytest.raises(qcore.KernelNotFound):
         qcore.get_quantizer("linear", kernel="nosuchkernel")

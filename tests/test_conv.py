@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import qcore
+from qcore.kernels import conv_reference as ref
 from qcore.ops import PackedConv2d
 
 
@@ -23,40 +24,23 @@ def ref_codes(x, scale, za, lo=0, hi=255, cp=None):
 
 def ref_conv_int(a, za, w, stride, pad, dil, groups):
     """sum over taps and channels of (a - za) * w in int64; padding holds za (i.e. a float zero)."""
-    b, h, wd, cp = a.shape
-    n, cg, kh, kw = w.shape
-    ap = np.full((b, h + 2 * pad[0], wd + 2 * pad[1], cp), za, np.int64)
-    ap[:, pad[0]:pad[0] + h, pad[1]:pad[1] + wd] = a
-    oh = (h + 2 * pad[0] - dil[0] * (kh - 1) - 1) // stride[0] + 1
-    ow = (wd + 2 * pad[1] - dil[1] * (kw - 1) - 1) // stride[1] + 1
-    out = np.zeros((b, oh, ow, n), np.int64)
-    ng = n // groups
-    for i in range(kh):
-        for j in range(kw):
-            patch = ap[:, i * dil[0]: i * dil[0] + (oh - 1) * stride[0] + 1: stride[0],
-                       j * dil[1]: j * dil[1] + (ow - 1) * stride[1] + 1: stride[1], :] - za
-            for g in range(groups):
-                out[..., g * ng:(g + 1) * ng] += patch[..., g * cg:(g + 1) * cg] @ \
-                    w[g * ng:(g + 1) * ng, :, i, j].astype(np.int64).T
-    return out
+    return ref.conv2d_int32(a, za, w, stride, pad, dil, groups)
+
+
+def _mult(sa, sw, so=1.0):
+    """M[n] = float32(sa * sw[n] / so) (docs/gemm.md §11)."""
+    return (np.float64(np.float32(sa)) * sw.astype(np.float64) / so).astype(np.float32)
 
 
 def ref_float(acc, sa, sw, bias, relu):
-    m = (np.float64(np.float32(sa)) * sw.astype(np.float64)).astype(np.float32)
-    y = acc.astype(np.float32) * m
-    if bias is not None:
-        y = y + bias
-    return np.maximum(y, np.float32(0)) if relu else y
+    return ref.conv_epilogue(acc, _mult(sa, sw), bias, (0.0, np.inf) if relu else None)
 
 
-def ref_uint8(acc, sa, sw, bias, relu, so, zo):
-    m = (np.float64(np.float32(sa)) * sw.astype(np.float64) / so).astype(np.float32)
-    y = acc.astype(np.float32) * m
-    if bias is not None:
-        y = y + (bias.astype(np.float64) / so).astype(np.float32)
+def ref_uint8(acc, sa, sw, bias, relu, so, zo, clamp=None):
+    b = None if bias is None else (bias.astype(np.float64) / so).astype(np.float32)
     if relu:
-        y = np.maximum(y, np.float32(0))
-    return np.rint(np.clip(y, np.float32(-zo), np.float32(255 - zo))).astype(np.int64) + zo
+        clamp = (0.0, np.float32(255 - zo))
+    return ref.conv_epilogue(acc, _mult(sa, sw, so), b, clamp, zo).astype(np.int64)
 
 
 # (C_in, C_out, kernel, stride, padding, dilation, groups, H, W)
@@ -68,11 +52,16 @@ CASES = [
     (64, 64, (3, 3), (2, 2), (1, 1), (1, 1), 1, 8, 8),     # the benchmark's third layer
     (8, 8, (3, 3), (1, 1), (1, 1), (1, 1), 8, 6, 7),       # depthwise
     (72, 72, (3, 3), (2, 2), (1, 1), (1, 1), 72, 7, 6),    # depthwise, 64 + 8 channel chunks, stride 2
+    (20, 20, (3, 3), (1, 1), (1, 1), (1, 1), 20, 5, 6),    # depthwise, 16 + 4 channels (a masked block)
+    (960, 960, (3, 3), (1, 1), (1, 1), (1, 1), 960, 3, 4), # depthwise, MobileNetV2's widest
+    (24, 24, (5, 5), (2, 2), (2, 2), (1, 1), 24, 9, 8),    # depthwise 5x5: 25 taps in 7 groups of 4
+    (12, 12, (7, 7), (1, 1), (3, 3), (1, 1), 12, 8, 8),    # depthwise 7x7: 49 taps, the int32 loop on every copy
     (4, 8, (3, 3), (1, 1), (1, 1), (1, 1), 4, 5, 5),       # depthwise with channel multiplier 2: grouped loop
     (8, 12, (1, 1), (1, 1), (0, 0), (1, 1), 4, 5, 5),      # grouped 1x1
     (6, 4, (2, 2), (2, 2), (0, 0), (1, 1), 2, 6, 6),       # grouped, C/groups = 3
     (4, 20, (9, 9), (1, 1), (4, 4), (1, 1), 1, 10, 10),    # 81 taps: the checked (non-table) tap path
     (12, 7, (1, 1), (1, 1), (0, 0), (1, 1), 1, 1, 1),      # a Linear as a 1x1 convolution
+    (16, 200, (3, 3), (1, 1), (1, 1), (1, 1), 1, 2, 3),    # few pixels, many channels: units split the channels
 ]
 
 
@@ -231,3 +220,105 @@ def test_padded_buffers_give_the_same_results(isa):
                                                (1, 2), 1))
     with pytest.raises(ValueError, match="out_padding"):
         c1.run_codes(a, "float", out_padding=(1, 1))
+
+
+@pytest.mark.parametrize("border", [(0, 0), (1, 1), (3, 2), (1, 0)])
+def test_activation_clamps_and_input_borders(isa, border):
+    """A fused ReLU6 (float and uint8 output, the bounds in code units) and inputs whose border is larger or
+    smaller than the padding (the crop path and the checked-tap path) equal the reference."""
+    from qcore.ops.cnn import Codes, code_bounds, quantize
+
+    rng = np.random.default_rng(11)
+    wc = rng.integers(-127, 128, (20, 6, 3, 3)).astype(np.int8)
+    sw = rng.uniform(0.01, 0.05, 20).astype(np.float32)
+    bias = rng.normal(size=20).astype(np.float32)
+    sa, za, so, zo = 0.03, 7, 0.05, 11
+    pc = PackedConv2d(wc, sw, bias, stride=(2, 1), padding=(1, 1), input_scale=sa, input_zero_point=za,
+                      activation=(0.0, 6.0))
+    x = rng.normal(size=(2, 6, 9, 8)).astype(np.float32) * 3
+    a = quantize(x, sa, za, border=border)
+    assert isinstance(a, Codes)
+    racc = ref_conv_int(a.interior(), za, wc, (2, 1), (1, 1), (1, 1), 1)
+    np.testing.assert_array_equal(pc.run_codes(a.codes, "int32", in_border=border), racc)
+    np.testing.assert_array_equal(pc.run_codes(a.codes, "float", in_border=border),
+                                  ref.conv_epilogue(racc, _mult(sa, sw), bias, (0.0, 6.0)))
+    u = pc.run_codes(a.codes, "uint8", so, zo, in_border=border)
+    lo, hi = code_bounds(0.0, 6.0, so, zo)
+    assert (lo, hi) == (0.0, np.float32(6.0 / so)) and hi < 255 - zo
+    np.testing.assert_array_equal(u[..., :20], ref_uint8(racc, sa, sw, bias, False, so, zo, (lo, hi)))
+    assert u[..., :20].max() == zo + 120  # the ReLU6 bound is reached
+    with pytest.raises(ValueError, match="activation"):
+        PackedConv2d(wc, sw, input_scale=sa, activation=(1.0, 0.0))
+
+
+@pytest.mark.parametrize("case", [
+    (3, 64, (7, 7), (2, 2), (3, 3), (1, 1), 9, 13, 11),     # the stem: 9 images, tiles straddle positions
+    (16, 40, (3, 3), (1, 1), (1, 1), (1, 1), 16, 4, 4),     # a small image: a third of the taps are padding
+    (8, 33, (5, 3), (2, 1), (2, 1), (2, 1), 8, 7, 6),       # rectangular kernel, dilated rows
+    (12, 16, (3, 3), (1, 1), (1, 1), (1, 1), 8, 1, 1),      # 1x1 image: only the centre tap is inside
+], ids=["stem", "small", "rect", "1x1"])
+def test_batches_of_eight_skip_the_padding_exactly(isa, case):
+    """With 8 images or more and the padding carried in the input's border, the VNNI path takes output pixels
+    position by position and skips the taps in the padding: the same sums as the reference."""
+    from qcore.ops.cnn import quantize
+
+    c, n, k, s, p, d, b, h, w = case
+    rng = np.random.default_rng(sum(k) + b)
+    wc = rng.integers(-127, 128, (n, c) + k).astype(np.int8)
+    sw = rng.uniform(0.01, 0.05, n).astype(np.float32)
+    bias = rng.normal(size=n).astype(np.float32)
+    pc = PackedConv2d(wc, sw, bias, stride=s, padding=p, dilation=d, input_scale=0.05, input_zero_point=37,
+                      relu=True)
+    x = rng.normal(size=(b, c, h, w)).astype(np.float32)
+    for border in (p, (p[0] + 1, p[1] + 2)):
+        a = quantize(x, 0.05, 37, border=border)
+        racc = ref_conv_int(a.interior(), 37, wc, s, p, d, 1)
+        np.testing.assert_array_equal(pc.run_codes(a.codes, "int32", in_border=border), racc)
+        u = pc.run_codes(a.codes, "uint8", 0.04, 3, in_border=border, out_padding=(1, 1))
+        np.testing.assert_array_equal(u[:, 1:-1, 1:-1, :n], ref_uint8(racc, 0.05, sw, bias, True, 0.04, 3))
+        assert (u[:, 0] == 3).all() and (u[:, :, -1] == 3).all()
+        np.testing.assert_array_equal(pc.run_codes(a.codes, "float", in_border=border, nchw=True),
+                                      ref_float(racc, 0.05, sw, bias, True).transpose(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("batch", [2, 8])
+def test_fused_residual_addition_equals_the_reference(isa, batch):
+    """A residual added in the epilogue (ResNet's conv -> BN -> + identity -> ReLU in one pass)."""
+    from qcore.ops.cnn import quantize
+
+    rng = np.random.default_rng(12)
+    wc = rng.integers(-127, 128, (24, 16, 3, 3)).astype(np.int8)
+    sw = rng.uniform(0.005, 0.02, 24).astype(np.float32)
+    bias = rng.normal(size=24).astype(np.float32)
+    pc = PackedConv2d(wc, sw, bias, padding=1, input_scale=0.05, input_zero_point=20, relu=True)
+    x = rng.normal(size=(batch, 16, 6, 7)).astype(np.float32)
+    a = quantize(x, 0.05, 20, border=(1, 1))
+    r = quantize(rng.normal(size=(batch, 24, 6, 7)).astype(np.float32), 0.03, 110, border=(1, 1))
+    so, zo = 0.06, 9
+    u = pc.run_codes(a.codes, "uint8", so, zo, in_border=(1, 1), out_padding=(1, 1),
+                     residual=(r.codes, r.scale, r.zero_point))
+    racc = ref_conv_int(a.interior(), 20, wc, (1, 1), (1, 1), (1, 1), 1)
+    b = (bias.astype(np.float64) / so).astype(np.float32)
+    want = ref.conv_epilogue(racc, _mult(0.05, sw, so), b, (0.0, np.float32(255 - zo)), zo,
+                             residual=(r.interior()[..., :24], 110, np.float32(0.03 / so)))
+    np.testing.assert_array_equal(u[:, 1:-1, 1:-1, :24], want)
+    assert (u[:, 0] == zo).all() and (u[..., 24:] == zo).all()
+    # the float sum of the two, requantized, within a code or two
+    conv_f = ref.conv_epilogue(racc, _mult(0.05, sw), bias)
+    exp = np.clip(np.rint(np.maximum(conv_f + (r.interior()[..., :24].astype(np.float32) - 110) * 0.03, 0) / so) + zo,
+                  0, 255)
+    assert np.abs(u[:, 1:-1, 1:-1, :24].astype(np.int64) - exp).max() <= 2
+    with pytest.raises(ValueError, match="residual codes"):
+        pc.run_codes(a.codes, "uint8", so, zo, in_border=(1, 1), residual=(r.codes, r.scale, r.zero_point))
+    dwc = PackedConv2d(rng.integers(-127, 128, (16, 1, 3, 3)).astype(np.int8), np.ones(16), padding=1, groups=16,
+                       input_scale=0.05, input_zero_point=20)
+    with pytest.raises(ValueError, match="groups == 1"):
+        dwc.run_codes(a.codes, "uint8", so, zo, in_border=(1, 1), residual=(a.codes, 0.05, 20))
+
+
+def test_cython_kernel_passes_the_qconv2d_conformance_check(isa):
+    """The kit's qconv2d check (every operation, prepared calls with padding skipping, depthwise and fused
+    residuals included) on the cython kernel at this level, against the numpy reference."""
+    from qcore.testing._kernel import check_kernel_qconv2d
+
+    check_kernel_qconv2d(qcore.get_kernel("cython"))

@@ -219,7 +219,7 @@ def test_third_party_affine_in_torch_qlinear_qat_and_static(third_party):
         with torch.no_grad():
             assert float((qm(x) - ref).norm() / ref.norm()) < 0.05
         # QAT: the renamed linear declares the linear rule (torch ops), pow2 goes through numpy
-        qat = qtorch.prepare_qat(model, scheme, bits=8, activations={"scheme": scheme, "bits": 8, "granularity": "tensor"})
+        qat = qtorch.prepare_qat(model, scheme, weight_bits=8, activations={"scheme": scheme, "bits": 8, "granularity": "tensor"})
         assert qat[0].uses_torch_ops == (scheme == "renamed-linear")
         assert qat[0].input_quantizer.uses_torch_ops == (scheme == "renamed-linear")
         qat.train()

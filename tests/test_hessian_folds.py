@@ -216,8 +216,9 @@ def test_several_hessian_files_mix_with_equal_weight(tmp_path):
 
     model, out = tmp_path / "m.safetensors", tmp_path / "q.safetensors"
     save_file(w, str(model))
+    # (--no-symmetric: the command line quantizes weights symmetrically by default, quantize_model as the scheme does)
     assert main(["quantize", str(model), "-o", str(out), "--bits", "4", "--granularity", "group", "--group-size", "16",
-                 "--method", "gptq", "--hessians", str(p1), "--hessians", str(p2), "--quiet"]) == 0
+                 "--no-symmetric", "--method", "gptq", "--hessians", str(p1), "--hessians", str(p2), "--quiet"]) == 0
     np.testing.assert_array_equal(qcore.load_quantized(out)["a.weight"].codes, qm["a.weight"].codes)
     with pytest.raises(ValueError, match="widths"):
         HessianFolds.mix([np.eye(3), np.eye(4)])

@@ -224,3 +224,20 @@ def test_no_import_cycles():
             lines.append("import cycle: " + " -> ".join(cyc) + "\n" + "\n".join(steps)
                          + "\n    break it by moving what both need into a module below them, or import under TYPE_CHECKING")
         pytest.fail("imports must flow one way (a layer imports only from layers below it):\n" + "\n".join(lines))
+
+
+def test_no_core_module_imports_the_builtin_plugins():
+    """``qcore/`` reaches plugins only through the registry (docs/contracts.md §1): no module of it imports
+    ``qcore_plugins`` (its schemes, kernels or compiled extensions), wherever the import statement is."""
+    mods = _modules()
+    offenders = []
+    for name, path in mods.items():
+        if not name.startswith("qcore.") and name != "qcore":
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        for node in _imports(tree):
+            targets = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [_absolute(name, _is_package(mods, name), node)]
+            if any(t == "qcore_plugins" or t.startswith("qcore_plugins.") for t in targets):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not offenders, "qcore/ imports the built-in plugin package at " + ", ".join(offenders)

@@ -242,3 +242,41 @@ def test_bfloat16_models_stay_bfloat16(hf_folder, tmp_path):
         got, want = loaded(IDS).logits.float(), ref(IDS).logits.float()
     assert loaded.model.norm.weight.dtype == torch.bfloat16
     assert (got - want).abs().max() < 0.02 * want.abs().max()  # bfloat16 arithmetic, scales rounded to bfloat16
+
+
+def test_transformers_loads_a_sharded_compressed_tensors_folder(hf_folder, tmp_path):
+    """max_shard_size: several model-0000i-of-0000n.safetensors and the index transformers follows; the same logits
+    as the reference, and qcore reads the shards back."""
+    qm = qcore.quantize_model(hf_folder, "linear", bits=4, granularity="group", group_size=32, symmetric=True,
+                              exclude=EXCLUDE, progress=False)
+    out = tmp_path / "ct-sharded"
+    qm.save(out, format="compressed-tensors", source=hf_folder, max_shard_size="40kB")
+    shards = sorted(f for f in os.listdir(out) if f.startswith("model-"))
+    assert len(shards) > 3 and "model.safetensors" not in os.listdir(out)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"].values()) == set(shards) and index["metadata"]["total_size"] > 0
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        got = loaded(IDS).logits
+    ref = _reference_logits(qm, IDS)
+    assert torch.allclose(got, ref, atol=1e-5, rtol=0), (got - ref).abs().max()
+    back = qcore.load_quantized(out)
+    for n in qm.quantized:
+        assert np.array_equal(back[n].codes, qm[n].codes)
+
+
+def test_cli_streams_shards_from_a_folder(hf_folder, tmp_path, capsys):
+    out = tmp_path / "cli-sharded"
+    assert main(["quantize", str(hf_folder), "-o", str(out), "--format", "compressed-tensors", "--scheme", "linear",
+                 "--bits", "4", "--granularity", "group", "--group-size", "32", "--symmetric", "--exclude",
+                 EXCLUDE[0], "--exclude", EXCLUDE[1], "--max-shard-size", "40kB", "--quiet"]) == 0
+    assert "model.safetensors.index.json" in os.listdir(out) and "tokenizer.json" in os.listdir(out)
+    transformers.AutoModelForCausalLM.from_pretrained(out)
+    # an output folder holding a model: refused without --force, replaced with it
+    assert main(["quantize", str(hf_folder), "-o", str(out), "--format", "compressed-tensors", "--scheme", "linear",
+                 "--bits", "4", "--granularity", "channel", "--quiet"]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert main(["quantize", str(hf_folder), "-o", str(out), "--format", "compressed-tensors", "--scheme", "linear",
+                 "--bits", "4", "--granularity", "channel", "--quiet", "--force"]) == 0
+    assert "model.safetensors" in os.listdir(out) and "model.safetensors.index.json" not in os.listdir(out)
+    assert not [f for f in os.listdir(out) if f.startswith("model-")]

@@ -108,7 +108,7 @@ def test_scale_search_error_equals_numpy_reference_on_every_isa(bits, rounding):
     rng = np.random.default_rng(bits)
     x3 = (rng.laplace(size=(3, 5, 1001)) * rng.choice([1e-38, 1e-3, 1.0, 1e30], (3, 5, 1))).astype(np.float32)
     x3[0, 0, :7] = [0.0, -0.0, 1e-45, np.float32(3.4e38), -1e-40, 2.0**-126, 7.0]
-    c, r = qcore.get_kernel("cython"), qcore.get_kernel("numpy")  # the kernels' log_sse (qcore/kernels/base.py)
+    c, r = qcore.get_kernel("cython"), qcore.get_kernel("numpy")  # the kernels' log_sse (qcore/kernels/codebook.py)
     L = (1 << (bits - 1)) - 1
     for scale in (rng.uniform(0.1, 10, 5), np.full(5, 2.0**-100), np.full(5, 1e-30), np.full(5, 3e38)):
         scale = scale.astype(np.float32)

@@ -14,11 +14,11 @@ import pytest
 
 import qcore
 import qcore.ops as ops
-from qcore.kernels.base import lowbit_table_bytes
+from qcore.kernels.lowbit import lowbit_table_bytes
 from qcore.ops import lowbit
 from qcore.quantization import forms
 from qcore_plugins import _lowbit
-from qcore_plugins.kernels.numpy_kernel import lowbit_quantize_blocks
+from qcore.kernels.lowbit import lowbit_quantize_blocks
 
 CY = qcore.get_kernel("cython")
 NP = qcore.get_kernel("numpy")

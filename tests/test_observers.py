@@ -177,7 +177,7 @@ def reference_hist(x3, lo, width, nb):
 @pytest.mark.parametrize("kernel", ["cython", "numpy"])
 @pytest.mark.parametrize("shape", [(1, 1, 300_001), (4000, 7, 1), (3, 5, 70_000), (5, 3000, 2), (2, 300, 100), (1, 1, 5)])
 def test_kernel_histogram_and_minmax_match_numpy(shape, kernel):
-    """What the histogram observers count with: the kernel's minmax and histogram (qcore/kernels/base.py)."""
+    """What the histogram observers count with: the kernel's minmax and histogram (qcore/kernels/affine.py, histogram.py)."""
     k = qcore.get_kernel(kernel)
     rng = np.random.default_rng(8)
     x3 = rng.laplace(size=shape).astype(np.float32)

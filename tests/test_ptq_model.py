@@ -69,8 +69,9 @@ def test_cli_method_gptq(tmp_path, capsys):
     opts = ["--bits", "4", "--granularity", "group", "--group-size", "16", "--method", "gptq", "--quiet"]
     assert main(["quantize", str(model), "-o", str(out), *opts, "--hessians", str(hfile)]) == 0
     qm = qcore.load_quantized(str(out))
+    # the command line quantizes weights with the scheme's weight defaults: linear symmetric
     want = qcore.gptq(tensors["l2.weight"], hs["l2.weight"].astype(np.float32), bits=4, granularity="group",
-                      group_size=16)
+                      group_size=16, symmetric=True)
     np.testing.assert_array_equal(qm["l2.weight"].codes, want.codes)
     # --calibration: the deprecated spelling, same result, says so
     old = tmp_path / "old.safetensors"

@@ -81,7 +81,7 @@ def test_linear_qat_runs_on_torch_ops_without_numpy(monkeypatch, options):
 
 def test_torch_ops_qat_runs_on_another_device():
     """The 'meta' device computes shapes only: any CPU-only or numpy step in forward/backward would fail."""
-    qat = qtorch.prepare_qat(ArticleModel(in_ch=3), bits=5, activations=True).to("meta")
+    qat = qtorch.prepare_qat(ArticleModel(in_ch=3), weight_bits=5, activations=True).to("meta")
     out = qat(torch.empty(2, 3, 8, 8, device="meta"))
     out.sum().backward()
     assert out.device.type == "meta" and qat.fc.weight.grad.device.type == "meta"
@@ -90,7 +90,7 @@ def test_torch_ops_qat_runs_on_another_device():
 
 def test_weight_gradient_is_straight_through_and_forward_exact():
     lin = nn.Linear(32, 8)
-    qat = qtorch.prepare_qat(lin, bits=3)
+    qat = qtorch.prepare_qat(lin, weight_bits=3)
     x = torch.randn(5, 32)
     qat(x).sum().backward()
     torch.testing.assert_close(qat.weight.grad, torch.ones(5, 8).T @ x)  # d/dW of sum(x W^T) with W' = fq(W)
@@ -156,7 +156,7 @@ def test_article_int8_qat_convert_within_one_point(digits3, fp32_article):
     _, acc_fp32 = evaluate(fp32_article, digits3)
     assert acc_fp32 > 0.95
     torch.manual_seed(1)
-    qat = train(qtorch.prepare_qat(fp32_article, bits=8, activations=True), digits3, epochs=3, lr=1e-3, seed=1)
+    qat = train(qtorch.prepare_qat(fp32_article, weight_bits=8, activations=True), digits3, epochs=3, lr=1e-3, seed=1)
     assert qat.fc.uses_torch_ops and qat.fc.input_quantizer.uses_torch_ops
     out_qat, acc_qat = evaluate(qat, digits3)
     int8 = qtorch.convert(qat)
@@ -176,7 +176,7 @@ def test_article_int8_qat_convert_within_one_point(digits3, fp32_article):
 def test_article_low_bit_weights_qat_convert(digits3, fp32_article, bits):
     _, acc_fp32 = evaluate(fp32_article, digits3)
     torch.manual_seed(2)
-    qat = train(qtorch.prepare_qat(fp32_article, bits=bits, activations=True), digits3, epochs=4, lr=1e-3, seed=2)
+    qat = train(qtorch.prepare_qat(fp32_article, weight_bits=bits, activations=True), digits3, epochs=4, lr=1e-3, seed=2)
     out_qat, acc_qat = evaluate(qat, digits3)
     conv = qtorch.convert(qat)
     for m in (conv.fc, conv.conv):  # static int8 modules (int8 activations, low-bit weight codes) or weight-only

@@ -58,6 +58,14 @@ def test_extensions_are_the_instrumented_build():
         assert any(n.startswith("libubsan") for n in needed), (path, needed)
 
 
+def test_the_lowbit_tiles_are_specialised_except_in_the_sanitizer_build():
+    """The sanitizer build compiles the low-bit tiles generically (tox.ini: QCORE_GENERIC_TILES); a normal build never
+    ships that slower form."""
+    from qcore_plugins import _lowbit
+
+    assert _lowbit.GENERIC_TILES == (os.environ.get("QCORE_EXPECT_SANITIZER") == "1")
+
+
 @pytest.fixture(params=copy_levels(_quant))
 def quant_isa(request):
     with at_level(request.param):

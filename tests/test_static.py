@@ -42,12 +42,14 @@ def test_prepare_keeps_float_outputs_and_convert_builds_static_modules(cnn):
     with torch.no_grad():
         torch.testing.assert_close(prepared(calib[0]), model(calib[0]), rtol=0, atol=0)
     assert isinstance(q.features[0], qtorch.StaticConv2d) and isinstance(q.fc, qtorch.StaticLinear)
-    # ReLUs fused, conv -> conv hand uint8 codes, the last conv gives float (a flatten follows in forward)
+    # ReLUs fused, every layer hands uint8 codes to the next (the last conv's through the flatten, which fc reads
+    # as the image it is), fc gives float
     assert all(isinstance(q.features[i], nn.Identity) for i in (1, 3, 5))
     assert all(q.features[i].relu for i in (0, 2, 4))
-    assert q.features[0].output_scale is not None and q.features[2].output_scale is not None
-    assert q.features[4].output_scale is None and q.fc.output_scale is None
+    assert all(q.features[i].output_scale is not None for i in (0, 2, 4)) and q.fc.output_scale is None
     assert q.features[2].output_scale == q.features[4].plan.input_scale
+    assert q.features[4].output_scale == q.fc.input_scale and q.features[4].output_padding == (0, 0)
+    assert q.features[0].output_padding == (1, 1)  # the next convolution's zero padding, carried in the codes
 
 
 def test_static_model_close_to_float_and_to_torch_ao(cnn):
@@ -161,7 +163,7 @@ def test_prepare_arguments_and_bad_input(cnn):
     with pytest.raises(TypeError, match="unknown option"):
         qtorch.prepare(CNN(), granularity="channel")
     with pytest.raises(ValueError, match="bits"):
-        qtorch.prepare(CNN(), bits=9)
+        qtorch.prepare(CNN(), activation_bits=9)
     with pytest.raises(qcore.QcoreError):
         qtorch.prepare(CNN(), observer="no-such-observer")
     with pytest.warns(UserWarning, match="no nn.Linear"):
@@ -181,7 +183,7 @@ def test_prepare_arguments_and_bad_input(cnn):
 
 def _trained_qat(model, steps=5):
     """``prepare_qat`` (8-bit weights, fake-quantized activations), a few SGD steps on random 3x8x8 batches, eval mode."""
-    qat = qtorch.prepare_qat(model, bits=8, activations=True)
+    qat = qtorch.prepare_qat(model, weight_bits=8, activations=True)
     opt = torch.optim.SGD(qat.parameters(), lr=0.01)
     qat.train()
     for _ in range(steps):
@@ -205,7 +207,7 @@ def test_qat_with_fake_quantized_activations_converts_to_static_modules():
     qt = qat[0].quantized_weight()
     np.testing.assert_array_equal(q[0].weight_codes.numpy(), qt.codes)
     # 4-bit activations are not the static int8 path: the weight-only modules with the fake quantizer stay
-    q4 = qtorch.convert(qtorch.prepare_qat(model, bits=8, activations={"bits": 4}).eval())
+    q4 = qtorch.convert(qtorch.prepare_qat(model, weight_bits=8, activations={"bits": 4}).eval())
     assert isinstance(q4[3], qtorch.QLinear)
 
 
@@ -301,9 +303,9 @@ def test_functional_relu_and_batch_norm_are_fused(functional):
     assert isinstance(q, FunctionalCNN)  # the user's class and forward are kept
     assert all(isinstance(getattr(q, n), nn.Identity) for n in ("b1", "b2", "b3", "act"))
     assert q.c1.relu and q.c2.relu and q.c3.relu and not q.fc.relu
-    # conv -> BN -> F.relu -> conv hands uint8 codes; c3's output goes through flatten: float
+    # conv -> BN -> F.relu -> conv hands uint8 codes; c3's go through the flatten to fc
     assert q.c1.output_scale == q.c2.input_scale and q.c2.output_scale == q.c3.input_scale
-    assert q.c3.output_scale is None
+    assert q.c3.output_scale == q.fc.input_scale
     torch.manual_seed(11)
     x = torch.randn(16, 3, 32, 32)
     with torch.no_grad():
@@ -344,8 +346,8 @@ def test_fused_and_module_order_fusion_compute_the_same(functional, monkeypatch)
         torch.testing.assert_close(seq(x), model(x), rtol=0, atol=0)
         q_seq = _static(seq, calib)
         torch.testing.assert_close(q_seq(x), q(x), rtol=0, atol=0)
-        from qcore.integrations.torch import _fusion
-        monkeypatch.setattr(_fusion, "_trace", lambda model: None)  # as if fx could not trace
+        from qcore.integrations.torch import _walk
+        monkeypatch.setattr(_walk, "trace", lambda model: None)  # as if fx could not trace
         q_order = _static(seq, calib)
         assert all(type(q_order.features[i]) is nn.Identity for i in (1, 2, 4, 5, 7, 8))
         torch.testing.assert_close(q_order(x), q(x), rtol=0, atol=0)
@@ -402,13 +404,15 @@ def test_fusion_only_where_the_layer_output_has_one_reader():
         def forward(self, x):
             y = self.a(x)
             z = self.act(self.b(self.act(y)))  # self.act also after b
-            return z + y  # y has a second reader: a's ReLU is not fused, the shared act stays
+            return z + y  # y has a second reader: a's ReLU is not fused (a standalone clamp on codes)
 
     torch.manual_seed(13)
     model = Branchy().eval()
     calib = [torch.randn(4, 3, 8, 8)]
     q = _static(model, calib)
-    assert not q.a.relu and q.b.relu and type(q.act) is nn.ReLU and q.a.output_scale is None
+    assert not q.a.relu and q.b.relu and q.a.output_scale is not None
+    assert isinstance(q.qcore_ops.act, qtorch.QClamp) and isinstance(q.qcore_ops.add, qtorch.QAdd)
+    assert type(q.act) is nn.Identity  # both of its calls became quantized ops
     x = torch.randn(4, 3, 8, 8)
     with torch.no_grad():
         assert _rel(q(x), model(x)) < 0.05
@@ -451,7 +455,8 @@ def test_qat_conv_batch_norm_folds_into_the_trained_codes():
 def test_fused_relu_is_the_unfused_layer_followed_by_relu(functional):
     """The epilogue's ReLU is torch.relu of the same layer's float output: bit for bit, BN folded in both."""
     _, calib, q = functional
-    fused = q.c3  # float output (a flatten follows)
+    fused = copy.deepcopy(q.c3)
+    fused._link(None)  # float output
     unfused = copy.deepcopy(fused)
     unfused.relu = False
     with torch.no_grad():

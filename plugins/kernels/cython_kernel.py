@@ -1,13 +1,18 @@
 """The ``cython`` kernel: the fast default, equal bit for bit to the ``numpy`` reference.
 
-The work happens in three extensions, each a plain set of functions on validated arrays:
+It implements every kernel capability (docs/contracts.md §1).  The work happens in extensions, each a plain
+set of functions on validated arrays:
 
 * ``qcore_plugins._quant`` (``pyx/quant.pyx``, ``pyx/quant_kernels.h``): min/max, affine quantize and
   dequantize, bit packing;
 * ``qcore_plugins._codebook`` (``pyx/codebook.pyx``, ``pyx/codebook_kernels.h``): table decode, nearest
   codebook entry, log levels and their squared errors (the ``log`` and ``kmeans`` schemes);
 * ``qcore_plugins._hist`` (``pyx/hist.pyx``, ``pyx/hist_kernels.h``): histograms — streaming counts, per-bin
-  statistics (``kmeans``) — and the error models evaluated on them (the histogram observers).
+  statistics (``kmeans``) — and the error models evaluated on them (the histogram observers);
+* ``qcore_plugins._scalesearch``: the ``linear`` scheme's low-bit scale search;
+* ``qcore_plugins._gemm`` (``pyx/gemm.pyx``): the int8 GEMM (``int8_gemm``); ``qcore_plugins._lowbit``
+  (``pyx/lowbit.pyx``): the low-bit GEMM (``lowbit_gemm``); ``qcore_plugins._conv`` (``pyx/conv.pyx``): the
+  static int8 convolution (``qconv2d``).
 
 One fused pass per operation, GIL released, OpenMP threads over rows/chunks (``OMP_NUM_THREADS`` honoured;
 small calls stay on one thread), inner loops vectorized at baseline x86-64 with AVX2 / AVX-512 copies: one
@@ -30,6 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 from qcore import Kernel, hookimpl
+from qcore.kernels import CAPABILITIES
 from qcore.validation import non_finite_error
 
 try:
@@ -40,6 +46,10 @@ except ImportError as exc:  # extensions not built: the kernel reports itself un
 else:
     _IMPORT_ERROR = None
 try:
+    from qcore_plugins import _kmeans
+except ImportError:  # pragma: no cover - only without a built extension
+    _kmeans = None
+try:
     from qcore_plugins import _lowbit
 except ImportError:  # pragma: no cover - only without a built extension
     _lowbit = None
@@ -49,7 +59,8 @@ except ImportError:  # pragma: no cover - only without a built extension
     _gemm = _conv = None
 
 #: every extension of this kernel: each holds a ``qcore.isa.Switch`` (``ISA``), and ``set_isa`` switches all
-EXTENSIONS = tuple(m for m in (_quant, _codebook, _hist, _scalesearch, _gemm, _lowbit, _conv) if m is not None)
+EXTENSIONS = tuple(m for m in (_quant, _codebook, _hist, _scalesearch, _gemm, _lowbit, _conv, _kmeans)
+                   if m is not None)
 
 # runs shorter than this use the element-wise "rows" layout instead of one call per run
 _RUN_MIN = 16
@@ -70,6 +81,7 @@ def _row_tiling(outer: int, width: int) -> tuple[int, int]:
 class CythonKernel(Kernel):
     name = "cython"
     priority = 100
+    capabilities = CAPABILITIES
 
     @classmethod
     def available(cls) -> bool:
@@ -86,6 +98,17 @@ class CythonKernel(Kernel):
     def _set_isa(self, level):
         for ext in EXTENSIONS:
             ext.ISA.set(level)
+
+    # -- k-means fitting (capability "kmeans_fit", pyx/kmeans.pyx) ---------------------------------------
+    def _kmeans_fit_groups(self, rows, K, max_iter, alt, float16):
+        out = np.empty((rows.shape[0], K), np.float32)
+        return out, _kmeans.fit_groups(rows, K, max_iter, alt, float16, out)  # status: see KMeansFit
+
+    def _kmeans_fit_weighted(self, x, w, K, tol, max_iter):
+        out = np.zeros((x.shape[0], K), np.float32)
+        status = np.zeros(x.shape[0], np.int8)
+        _kmeans.fit_weighted(x, w, K, tol, max_iter, out, status)
+        return out, status
 
     # -- min / max ------------------------------------------------------------------------------------
     def _minmax(self, x3):
@@ -276,6 +299,116 @@ class CythonKernel(Kernel):
         if _lowbit.gemm(x2, packed, bias, out) >= 0:
             raise non_finite_error(x2)
         return out
+
+    # -- int8 GEMM (qcore_plugins._gemm: pyx/gemm.pyx, pyx/gemm_kernels.h) -------------------------------------
+    # weights packed into the panels of the current level's copy (PackedB keeps its copy); activations uint8
+    # (int8 shifted by +128), weights int8 (uint8 shifted by -128, the zero point alike)
+    def _pack_int8(self, b):
+        return _gemm.pack_b(b)
+
+    def _int8_info(self, packed):
+        if isinstance(packed, _Int8Weight):
+            packed = packed.packed
+        if _gemm is None or not isinstance(packed, _gemm.PackedB):
+            raise self._foreign("packed", packed)
+        return packed.n, packed.k, np.dtype(np.uint8 if packed.flipped else np.int8)
+
+    def _qgemm(self, a, packed, za, zb):
+        m, n = a.shape[0], packed.n
+        za_u = (za + (128 if a.dtype == np.int8 else 0)).astype(np.int32)
+        zb_s = zb - (128 if packed.flipped else 0)
+        zb_arr = None
+        if np.any(zb_s):
+            zb_arr = np.zeros(packed.np_, np.int32)
+            zb_arr[:n] = zb_s
+        out = np.empty((m, n), np.int32)
+        _gemm.gemm_s32(a, packed, za_u, zb_arr, out)
+        return out
+
+    def _int8_weight(self, codes, scale, zero_point):
+        return _Int8Weight(_gemm.pack_b(codes), scale, zero_point)
+
+    def _int8_linear(self, x2, w, bias):
+        bias_p = None
+        if bias is not None:
+            bias_p = np.zeros(w.np_, np.float32)
+            bias_p[:w.n] = bias
+        out = np.empty((x2.shape[0], w.n), np.float32)
+        if _gemm.qlinear_f32(x2, w.packed, w.sw, w.zb, bias_p, out) >= 0:
+            raise non_finite_error(x2, "x")  # the kernel saw NaN/Inf (the one message, qcore/validation.py)
+        return out
+
+    def _unpack_int8(self, packed):
+        return _gemm.unpack_b(packed.packed if isinstance(packed, _Int8Weight) else packed)
+
+    # -- static int8 convolution (qcore_plugins._conv: pyx/conv.pyx, pyx/conv_kernels.h) -------------------------
+    def _conv_pack(self, w2d):
+        return _gemm.pack_b(w2d)
+
+    def _conv_columns(self, packed):
+        if _gemm is None or not isinstance(packed, _gemm.PackedB):
+            raise self._foreign("packed", packed)
+        return packed.np_, packed.colsum
+
+    def _conv_quantize_nchw(self, x, inv, z, lo, hi, out, pad):
+        return _conv.quantize_nchw(x, inv, z, lo, hi, out, None, pad)
+
+    def _conv_quantize_rows(self, x, inv, z, lo, hi, out):
+        return _conv.quantize_rows(x, inv, z, lo, hi, out, None)
+
+    def _conv_run(self, a, geom, za, packed, wg, zc, mult, bias, mode, clamp, zo, out, opad, nchw, crop):
+        _conv.conv(a, geom, za, packed, wg, zc, mult, bias, mode, clamp, zo, out, None, opad, nchw, crop)
+
+    # the uint8 operations between convolutions (pyx/conv.pyx, pyx/qcnn_kernels.h), at the current level's copy
+    def _conv_prepare(self, in_shape, geom, za, packed, wg, zc, mult, bias, mode, clamp, zo, opad, nchw, crop, lpad,
+                      tapsum, residual):
+        n, groups, cg = geom[10], geom[11], geom[12]
+        dw = None
+        if groups > 1 and groups == n and cg == 1 and wg is not None:  # depthwise: weights packed for the copy
+            dw = _conv.pack_depthwise(np.ascontiguousarray(wg[:, :, 0]))
+        return _conv.prepare(in_shape, geom, za, packed, wg, zc, mult, bias, mode, clamp, zo, None, opad, nchw, crop,
+                             dw, lpad, tapsum, residual)
+
+    def _conv_call(self, prepared, a, out, res):
+        if _conv is None or not isinstance(prepared, _conv.ConvCall):
+            raise self._foreign("prepared", prepared)
+        return prepared.run(a, out, res)
+
+    def _cnn_add(self, a, a_border, za, ma, b, b_border, zb, mb, out, out_border, zo, lo, hi):
+        _conv.add(a, a_border, za, ma, b, b_border, zb, mb, out, out_border, zo, lo, hi)
+
+    def _cnn_maxpool(self, a, a_border, out, out_border, kernel, stride, padding, dilation):
+        _conv.maxpool(a, a_border, out, out_border, kernel, stride, padding, dilation)
+
+    def _cnn_avgpool(self, a, a_border, out, out_border, hs, he, ws, we, div, z):
+        _conv.avgpool(a, a_border, out, out_border, hs, he, ws, we, div, z)
+
+    def _cnn_lut(self, a, a_border, channels, out, out_border, channel_offset, table):
+        _conv.lut(a, a_border, channels, out, out_border, channel_offset, table)
+
+    def _cnn_dequantize(self, a, a_border, channels, z, scale, out):
+        _conv.dequantize(a, a_border, channels, z, scale, out)
+
+
+class _Int8Weight:
+    """A weight for ``int8_linear``: the packed panels and the per-column scale and zero point, padded to the
+    panel width (the zero point moved to the packed int8 domain)."""
+
+    __slots__ = ("packed", "sw", "zb", "n", "np_")
+
+    def __init__(self, packed, scale, zero_point):
+        self.packed, self.n, self.np_ = packed, packed.n, packed.np_
+        self.sw = np.zeros(packed.np_, np.float32)
+        self.sw[:packed.n] = scale
+        zb = zero_point - (128 if packed.flipped else 0)
+        self.zb = None
+        if np.any(zb):
+            self.zb = np.zeros(packed.np_, np.int32)
+            self.zb[:packed.n] = zb
+
+    @property
+    def nbytes(self):
+        return self.packed.nbytes + self.sw.nbytes + (self.zb.nbytes if self.zb is not None else 0)
 
 
 @hookimpl

@@ -13,7 +13,7 @@ outgrows the histogram and at least half the bins always cover data.
 The counting is the observer's kernel's (``self.kernel``: ``minmax``, ``histogram``, ``minmax_histogram_spill``; the
 ``cython`` kernel runs them with OpenMP threads and per-thread partial histograms, GIL released).  Range searches
 evaluate, for each candidate clipping range, the **exact** squared error of the quantizer's own grid on the
-histogram (values uniform inside each bin): the kernel's ``histogram_sq_error`` (qcore/kernels/base.py).
+histogram (values uniform inside each bin): the kernel's ``histogram_sq_error`` (qcore/kernels/histogram.py).
 """
 from __future__ import annotations
 

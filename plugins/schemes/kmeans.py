@@ -1,4 +1,4 @@
-"""The ``kmeans`` scheme: a sorted codebook of ``K = 2^bits`` values per tensor or channel, codes are indices.
+"""The ``kmeans`` scheme: a sorted codebook of ``K = 2^bits`` values per tensor, channel or group; codes are indices.
 
 ::
 
@@ -6,16 +6,19 @@
     code   = argmin_j |x - codebook[c, j]|     # unsigned, 0..K-1
     x'     = codebook[c, code]
 
-**Fit** — k-means (Lloyd) in one dimension with scikit-learn's ``KMeans`` (``n_init=1``, ``random_state``),
-but not on every value: the values of a channel go into a histogram of ``bins`` equal bins (default
-``clip(16*K, 1024, 65536)``) that keeps per bin the count, the sum, the minimum and the maximum.  k-means
-runs on the non-empty bins' means weighted by their counts.  For the k-means objective a bin's points and
-their mean (weighted by the count) differ by a constant (the within-bin scatter) as long as no cluster
-boundary cuts the bin, so with bins much narrower than the clusters the centroids match k-means on all
-points while the work drops from ``n*K`` to ``bins*K`` per iteration.  The initial centroids are the
+**Fit** — k-means (Lloyd) in one dimension, as scikit-learn's ``KMeans`` runs it (``n_init=1``, ``tol=1e-6``
+of the points' variance, ``max_iter``), but not on every value and not one scikit-learn call per channel: the
+values of a channel go into a histogram of ``bins`` equal bins (default ``clip(16*K, 1024, 65536)``) that keeps
+per bin the count, the sum, the minimum and the maximum, and k-means runs on the non-empty bins' means weighted
+by their counts — all channels at once in the kernel's ``kmeans_fit_weighted`` (capability ``"kmeans_fit"``,
+qcore/kernels/kmeans.py; C with OpenMP over channels in the ``cython`` kernel).  For the k-means objective a
+bin's points and their mean (weighted by the count) differ by a constant (the within-bin scatter) as long as
+no cluster boundary cuts the bin, so with bins much narrower than the clusters the centroids match k-means on
+all points while the work drops from ``n*K`` to ``bins*K`` per iteration.  The initial centroids are the
 quantiles of ``density^(1/3)`` (the asymptotically optimal point density of a scalar quantizer, Panter &
-Dite), which converges in a few Lloyd iterations; when that gives fewer than ``K`` distinct starting
-points scikit-learn's ``k-means++`` (with ``random_state``) is used instead.
+Dite), which converges in a few Lloyd iterations; when that gives two equal starting points scikit-learn's
+``k-means++`` (with ``random_state``, on one thread) fits that channel instead.  The result is the same bits
+whatever the thread count (the kernel fits each channel on one thread from its own data).
 
 * Fewer distinct values than ``K``: when every non-empty bin holds a single value and there are at most
   ``K`` of them, the codebook is those values (padded by repeating the largest); when bins are too few
@@ -28,7 +31,7 @@ points scikit-learn's ``k-means++`` (with ``random_state``) is used instead.
 * ``observe()`` calibration: the values are clipped to the observed range before fitting (and the
   ``linear`` comparison is skipped); k-means is meant for weights, fitted on the tensor itself.
 
-**Assign** — the kernel's ``nearest_entry`` (qcore/kernels/base.py): the ``K-1`` midpoints of the sorted
+**Assign** — the kernel's ``nearest_entry`` (qcore/kernels/codebook.py): the ``K-1`` midpoints of the sorted
 codebook (exact, in double); a value exactly on a midpoint takes the lower entry.  The ``cython`` kernel runs
 a branchless binary search per value (GIL released, OpenMP over chunks), ``kernel="numpy"`` uses
 ``np.searchsorted`` (same codes).  The histogram of the fit is the kernel's ``bin_stats``, the comparison
@@ -37,20 +40,19 @@ with ``linear`` its ``nearest_entry_sse``, and decode its ``lut_decode`` (a tabl
 **Groups** — ``granularity="group"``: one codebook per block of ``group_size`` (default 128) consecutive
 elements along the last axis (for a torch ``Linear`` weight ``(N, K)``: per output row and group of input
 columns), ``params["codebook"]`` of shape ``shape[:-1] + (shape[-1] // group_size, 2**bits)``.  There are many
-small groups (131,072 of 128 values for a 4096 x 4096 weight), so they are not fitted one sklearn call each:
-Lloyd's algorithm runs on all groups at once (numpy over the sorted groups with prefix sums; the assignment is
-the kernel's ``nearest_entry``), started from the quantiles ``(j + 1/2) / K`` of each group and iterated until
-no centroid of the group moves (at most ``max_iter`` times).  Groups with at most ``K`` distinct values get them
-exactly, and the ``linear`` comparison is per group.  Storage at 4 bits: 16 float32 entries per group,
-``4 + 512 / group_size`` bits per weight (8.0 at 128, 6.0 at 256); ``codebook_dtype="float16"`` halves the
-codebooks (6.0 at 128, 5.0 at 256).  ``group_size`` must divide the last axis (else ``ValueError``).
+small groups (131,072 of 128 values for a 4096 x 4096 weight), each fitted on all its values by the kernel's
+``kmeans_fit_groups``: the group sorted, Lloyd on its prefix sums, started by LBG splitting (from the mean,
+every entry split in two and refined, until there are ``K``) and iterated until no entry moves (at most
+``max_iter`` times); the same kernel call keeps the ``linear`` grid for the groups where it has the smaller
+error.  Groups with at most ``K`` distinct values get them exactly.  Storage at 4 bits: 16 float32 entries
+per group, ``4 + 512 / group_size`` bits per weight (8.0 at 128, 6.0 at 256); ``codebook_dtype="float16"``
+halves the codebooks (6.0 at 128, 5.0 at 256).  ``group_size`` must divide the last axis (else ``ValueError``).
 
 ``codebook_dtype``: ``"float32"`` (default) or ``"float16"`` (any granularity): the codebook is rounded to
 float16 after fitting and the codes are the nearest entries of the rounded codebook; entries beyond float16's
 range are a ``ValueError``.
 
-NaN/Inf raise :class:`qcore.InputError`.  Granularity ``tensor``, ``channel`` (one sklearn fit per channel) or
-``group`` (batched Lloyd, above).
+NaN/Inf raise :class:`qcore.InputError`.
 """
 from __future__ import annotations
 
@@ -79,31 +81,13 @@ def _pad(values: np.ndarray, K: int) -> np.ndarray:
 
 CODEBOOK_DTYPES = {"float32": np.float32, "float16": np.float16}
 _F16_MAX = float(np.finfo(np.float16).max)
-#: groups per chunk of the batched Lloyd iteration (bounds its working memory; the sorted keys of a chunk,
-#: 4096 groups of 128, stay in L2 for the searches)
-_GROUP_CHUNK = 1 << 12
 
 
-def _order_keys(x: np.ndarray) -> np.ndarray:
-    """int64 keys in the order of the float32 values ``x`` (finite; -0.0 and 0.0 equal)."""
-    b = (x.astype(np.float32) + np.float32(0)).view(np.int32).astype(np.int64)  # + 0: -0.0 becomes 0.0
-    return np.where(b < 0, -(b & 0x7FFFFFFF), b) + (1 << 31)
-
-
-def _cluster_sums(keys, cum, n, c, rows):
-    """Per row of ``rows``: count, sum and sum of squares of the values nearest each entry of the sorted codebook
-    ``c``, and each cluster's [start, end) in the sorted row (a value on a midpoint takes the lower entry)."""
-    mid = ((c[:, 1:].astype(np.float64) + c[:, :-1]) * 0.5).astype(np.float32)
-    # x <= mid goes to the lower entry: float32 rounding of the midpoint may move a value lying within half an
-    # ulp of it to the other side, which Lloyd's iteration does not care about (the final codes are encode's)
-    r64 = rows.astype(np.int64)
-    q = _order_keys(mid) + (r64 << 32)[:, None]
-    pos = np.searchsorted(keys, q.reshape(-1), side="right").reshape(q.shape) - (r64 * n)[:, None]
-    end = np.concatenate([pos, np.full((rows.size, 1), n, np.int64)], axis=1)
-    start = np.concatenate([np.zeros((rows.size, 1), np.int64), pos], axis=1)
-    base = (r64 * (n + 1))[:, None]
-    f1, f2 = cum[0].reshape(-1), cum[1].reshape(-1)
-    return end - start, f1[base + end] - f1[base + start], f2[base + end] - f2[base + start], start, end
+def _f16_range_error(codebook):
+    big = np.abs(codebook) > _F16_MAX
+    if big.any():
+        raise ValueError(f"codebook_dtype='float16' cannot hold the entry {float(codebook[big][0]):.6g} "
+                         f"(float16 stops at 65504); use codebook_dtype='float32'")
 
 
 class KMeansQuantizer(qcore.Quantizer):
@@ -141,162 +125,108 @@ class KMeansQuantizer(qcore.Quantizer):
         dt = CODEBOOK_DTYPES[self.config["codebook_dtype"]]
         if x.size == 0:
             return {"codebook": np.zeros(pshape + (K,), dt)}
-        lo, hi = self.observed_range(x)  # InputError on NaN/Inf
-        view, axis = self.layout(x)
-        rows = _rows(view, axis)
-        if self.calibrated:
-            rows = np.clip(rows, lo[:, None], hi[:, None])
         if self.granularity == "group":
-            codebook = self._fit_groups(rows)
+            codebook = self._fit_groups(x)
         else:
-            cnt, sm, bmin, bmax = self.kernel.bin_stats(rows, lo, hi, self.n_bins)
-            codebook = np.empty((rows.shape[0], K), np.float32)
-            # k-means runs on at most `bins` points: too little work per Lloyd iteration for OpenMP threads to
-            # pay (on a busy machine, waiting for a descheduled thread costs more than the iteration itself)
-            with threadpool_limits(limits=1, user_api="openmp"):
-                for c in range(rows.shape[0]):
-                    codebook[c] = self._fit_row(rows[c], cnt[c], sm[c], bmin[c], bmax[c])
-        codebook = self._stored(codebook)
-        if not self.calibrated:
-            codebook = self._not_worse_than_linear(x, view, axis, codebook)
-        return {"codebook": codebook.reshape(pshape + (K,)).astype(dt)}
+            lo, hi = self.observed_range(x)  # InputError on NaN/Inf
+            view, axis = self.layout(x)
+            rows = _rows(view, axis)
+            if self.calibrated:
+                rows = np.clip(rows, lo[:, None], hi[:, None])
+            codebook = self._stored(self._fit_rows(rows, *self.kernel.bin_stats(rows, lo, hi, self.n_bins)))
+            if not self.calibrated:
+                codebook = self._not_worse_than_linear(x, view, axis, codebook)
+        return {"codebook": codebook.reshape(pshape + (K,)).astype(dt, copy=False)}
 
     def _stored(self, codebook):
         """``codebook`` as it will be stored (float32, or rounded to float16), as sorted float32."""
         codebook = np.asarray(codebook, np.float32)
         if self.config["codebook_dtype"] == "float16":
-            big = np.abs(codebook) > _F16_MAX
-            if big.any():
-                raise ValueError(f"codebook_dtype='float16' cannot hold the entry {float(codebook[big][0]):.6g} "
-                                 f"(float16 stops at 65504); use codebook_dtype='float32'")
+            _f16_range_error(codebook)
             codebook = codebook.astype(np.float16).astype(np.float32)  # rounding keeps the order
         return codebook
 
-    def _fit_groups(self, rows):
-        """Batched 1-D k-means: a sorted codebook of K entries for every row of ``rows`` (G, n) (module doc)."""
-        K = self.K
-        G, n = rows.shape
-        out = np.empty((G, K), np.float32)
-        for g0 in range(0, G, _GROUP_CHUNK):
-            out[g0:g0 + _GROUP_CHUNK] = self._lloyd_sorted(np.sort(rows[g0:g0 + _GROUP_CHUNK], axis=1))
-        return out
+    def _fit_groups(self, x):
+        """One codebook per group: the kernel's ``kmeans_fit_groups`` (batched Lloyd from LBG splitting,
+        qcore/kernels/kmeans.py), which also keeps the ``linear`` grid where that is better."""
+        view, axis = self.layout(x)
+        rows = view
+        alt = None
+        if self.calibrated:
+            lo, hi = self.observed_range(x)
+            rows = np.clip(rows, lo[:, None], hi[:, None])
+        else:
+            alt = self._linear_grid(x)  # InputError on NaN/Inf
+        f16 = self.config["codebook_dtype"] == "float16"
+        codebook = self.kernel.kmeans_fit_groups(rows, self.K, max_iter=self.config["max_iter"], alt=alt, float16=f16)
+        if f16:
+            _f16_range_error(codebook)
+        return codebook
 
-    def _lloyd_sorted(self, xs):
-        """Codebooks (G, K) of the sorted rows ``xs`` (G, n): the best of Lloyd runs from a few starts."""
+    def _fit_rows(self, rows, cnt, sm, bmin, bmax):
+        """One codebook per row from its histogram (module doc): exact when the row has at most K distinct
+        values, else weighted k-means on the non-empty bins' means (the kernel's ``kmeans_fit_weighted``)."""
         K = self.K
-        G, n = xs.shape
-        cb = np.empty((G, K), np.float32)
-        new = np.ones((G, n), bool)
-        new[:, 1:] = xs[:, 1:] != xs[:, :-1]
-        exact = new.sum(axis=1) <= K
-        if exact.any():  # at most K distinct values: those values, padded by repeating the largest
-            e = np.flatnonzero(exact)
-            cbe = np.repeat(xs[e, -1:], K, axis=1)
-            np.put_along_axis(cbe, np.cumsum(new[e], axis=1) - 1, xs[e], axis=1)
-            cb[e] = cbe
-        live = np.flatnonzero(~exact)
-        if live.size == 0:
-            return cb
-        x = np.ascontiguousarray(xs[live])
-        R = live.size
-        cum = np.zeros((2, R, n + 1), np.float64)  # prefix sums of x and of x^2
-        np.cumsum(x, axis=1, dtype=np.float64, out=cum[0, :, 1:])
-        np.cumsum(np.square(x, dtype=np.float64), axis=1, out=cum[1, :, 1:])
-        # exact order keys: row index in the high 32 bits, the float32 value's order-preserving bits below, so
-        # one searchsorted over the whole chunk finds every midpoint's place in its own row
-        keys = (_order_keys(x) + (np.arange(R, dtype=np.int64) << 32)[:, None]).reshape(-1)
-        lo, hi = x[:, :1].astype(np.float64), x[:, -1:].astype(np.float64)
-        # start by splitting (LBG): from the group's mean, double the entries (each c to c -/+ eps) and run
-        # Lloyd, until there are K; Lloyd from the linear grid ends 20-30 % higher on Gaussian groups
-        c = (cum[0, :, -1:] / n).astype(np.float32)
-        eps = (1e-3 * (hi - lo)).astype(np.float32)
-        while c.shape[1] < K:
-            c = np.sort(np.concatenate([c - eps, c + eps], axis=1), axis=1)
-            # the intermediate codebooks are only starts: a few iterations place them well enough
-            c = self._lloyd_keys(x, keys, cum, n, c, None if c.shape[1] == K else 8)
-        cb[live] = c
+        nnz = np.count_nonzero(cnt, axis=1)
+        main = nnz >= 2 * K
+        codebook = np.empty((cnt.shape[0], K), np.float32)
+        for r in np.flatnonzero(~main):  # few bins (rare: nearly constant rows): exact values where possible
+            nz = cnt[r] > 0
+            if nnz[r] <= K and np.array_equal(bmin[r, nz], bmax[r, nz]):
+                codebook[r] = _pad(bmin[r, nz], K)  # at most K distinct values: exact
+                continue
+            pts, w = np.unique(rows[r] + np.float32(0), return_counts=True)  # too few bins to cluster
+            codebook[r] = _pad(pts, K) if pts.size <= K else self._weighted(pts[None, :], w[None, :])[0]
+        if main.all():
+            codebook[:] = self._weighted(np.divide(sm, cnt, out=np.zeros_like(sm), where=cnt > 0), cnt)
+        elif main.any():
+            c = cnt[main]
+            codebook[main] = self._weighted(np.divide(sm[main], c, out=np.zeros(c.shape), where=c > 0), c)
+        return codebook
+
+    def _weighted(self, pts, w):
+        """k-means of the weighted points (rows of ``pts``, sorted among weights > 0) in the kernel, from the
+        Panter-Dite start, stopped as scikit-learn stops (``tol=1e-6`` of the points' variance); rows whose start
+        has equal entries go to scikit-learn's k-means++ (``random_state``)."""
+        w = np.asarray(w, np.float64)
+        cb, ok = self.kernel.kmeans_fit_weighted(pts, w, self.K, tol=1e-6, max_iter=self.config["max_iter"])
+        for r in np.flatnonzero(~ok):
+            z = w[r] > 0
+            cb[r] = self._kmeans_pp(np.asarray(pts[r][z], np.float64), w[r][z])
         return cb
 
-    def _lloyd_keys(self, x, keys, cum, n, c, max_iter=None):
-        """Lloyd on the sorted rows ``x`` (order ``keys``, prefix sums ``cum``) from the sorted codebooks ``c``.
+    def _kmeans_pp(self, pts, w):
+        from sklearn.cluster import KMeans  # imported before limiting its threads (else the limit misses it)
 
-        An entry left without values moves to the value farthest from its entry in the cluster of the largest
-        squared error (as scikit-learn relocates empty clusters), one per row and iteration."""
-        R = c.shape[0]
-        active = np.arange(R)
-        for _ in range(self.config["max_iter"] if max_iter is None else max_iter):
-            ca = c[active]
-            cnt, s, s2, start, end = _cluster_sums(keys, cum, n, ca, active)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                upd = np.where(cnt > 0, s / np.maximum(cnt, 1), ca).astype(np.float32)
-            empty = (cnt == 0).any(axis=1)
-            if empty.any():
-                e = np.flatnonzero(empty)
-                ce = cnt[e]
-                sse = np.where(ce > 0, s2[e] - s[e] ** 2 / np.maximum(ce, 1), -1.0)
-                jw = np.argmax(sse, axis=1)  # the worst cluster
-                r = active[e]
-                first = x[r, start[e, jw]]
-                last = x[r, np.maximum(end[e, jw] - 1, 0)]
-                cen = upd[e, jw]
-                far = np.where(np.abs(first - cen) > np.abs(last - cen), first, last)
-                je = np.argmax(ce == 0, axis=1)  # the first empty entry
-                has = sse[np.arange(e.size), jw] > 0
-                upd[e[has], je[has]] = far[has]
-            upd.sort(axis=1)  # moved and emptied entries may be out of order
-            moved = (upd != ca).any(axis=1)
-            c[active] = upd
-            active = active[moved]
-            if active.size == 0:
-                break
-        return c
-
-    def _fit_row(self, row, cnt, sm, bmin, bmax):
-        K = self.K
-        nz = cnt > 0
-        if np.count_nonzero(nz) <= K and np.array_equal(bmin[nz], bmax[nz]):
-            return _pad(bmin[nz], K)  # at most K distinct values: exact
-        if np.count_nonzero(nz) < 2 * K:  # too few bins to cluster: use the exact distinct values
-            pts, w = np.unique(row, return_counts=True)
-            if pts.size <= K:
-                return _pad(pts, K)
-            pts = pts.astype(np.float64)
-            w = w.astype(np.float64)
-        else:
-            w = cnt[nz].astype(np.float64)
-            pts = sm[nz] / w
-        return self._kmeans(pts, w)
-
-    def _kmeans(self, pts, w):
-        from sklearn.cluster import KMeans
-
-        K = self.K
-        d = np.cbrt(w)  # point density of the optimal quantizer ~ p^(1/3)
-        cdf = (np.cumsum(d) - 0.5 * d) / d.sum()
-        init = np.interp((np.arange(K) + 0.5) / K, cdf, pts)
-        if np.unique(init).size < K:
-            init = "k-means++"
-        else:
-            init = init.reshape(-1, 1)
-        km = KMeans(n_clusters=K, init=init, n_init=1, tol=1e-6, max_iter=self.config["max_iter"],
+        km = KMeans(n_clusters=self.K, init="k-means++", n_init=1, tol=1e-6, max_iter=self.config["max_iter"],
                     random_state=self.config["random_state"])
-        with warnings.catch_warnings():
+        # one thread: scikit-learn adds per-thread partial sums in whatever order threads finish
+        with threadpool_limits(limits=1), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             km.fit(pts.reshape(-1, 1), sample_weight=w)
         return np.sort(km.cluster_centers_.ravel().astype(np.float32))
 
-    def _not_worse_than_linear(self, x, view, axis, codebook):
-        from qcore_plugins.schemes.linear import LinearQuantizer
-
+    def _linear_opts(self):
         opts = {"granularity": self.granularity}
         if self.granularity == "channel":
             opts["axis"] = self.config["axis"]
         if self.granularity == "group":
             opts["group_size"] = self.config["group_size"]
-        lin = LinearQuantizer(bits=self.bits, kernel=self.kernel, observer=self.observer_name, **opts).fit(x)
+        return opts
+
+    def _linear_grid(self, x):
+        """The affine ``linear`` grid at the same bits and granularity, as a codebook per row (as stored)."""
+        from qcore_plugins.schemes.linear import LinearQuantizer
+
+        lin = LinearQuantizer(bits=self.bits, kernel=self.kernel, observer=self.observer_name,
+                              **self._linear_opts()).fit(x)
         scale = lin["scale"].reshape(-1, 1).astype(np.float32)
-        zp = lin["zero_point"].reshape(-1, 1).astype(np.int64)
-        grid = self._stored((np.arange(self.K)[None, :] - zp).astype(np.float32) * scale)  # as linear's dequantize
+        zp = lin["zero_point"].reshape(-1, 1).astype(np.float32)
+        # as linear's dequantize, float32(q - zp) * scale: q - zp is a small integer, exact in float32
+        return self._stored((np.arange(self.K, dtype=np.float32)[None, :] - zp) * scale)
+
+    def _not_worse_than_linear(self, x, view, axis, codebook):
+        grid = self._linear_grid(x)
         view = np.ascontiguousarray(view)
         mine = self.kernel.nearest_entry_sse(view, codebook, axis)
         theirs = self.kernel.nearest_entry_sse(view, grid, axis)

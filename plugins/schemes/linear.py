@@ -24,18 +24,31 @@ symmetric 3- and 4-bit, fitted on the data with the default ``minmax`` observer:
 and the codes are computed with that rounded scale; a scale above 65504 is an error.
 A constant tensor (or channel) comes back exactly: its scale is the constant's magnitude.  The 1- and 2-bit
 symmetric α comes from the data being quantized (least squares needs the values, not only a range).
+
+``zero="minimum"`` (affine only): the grid starts at the range's minimum instead of containing zero exactly —
+parameters ``scale`` and ``minimum`` (both in ``scale_dtype``), no zero point:
+
+            scale = (hi - m) / (2^k - 1),  m = minimum = lo (each rounded to scale_dtype, m first)
+            q = clamp(rint((x - m) / scale), 0, 2^k - 1),   x' = q * scale + m   (float32, two roundings)
+
+This is GGUF's Q4_1 block (``y = d·q + m``, fp16 ``d`` and ``m``) with ``bits=4, granularity="group",
+group_size=32, scale_dtype="float16"``, so such tensors go to GGUF exactly.  A constant comes back as
+``minimum`` (exact in float32; rounded to float16 with ``scale_dtype="float16"``).  The default,
+``zero="point"``, is the zero-point form above.
 """
 from __future__ import annotations
 
 import numpy as np
 
 import qcore
-from qcore.kernels import reference
+from qcore.kernels.affine import search_scales as search_scales_reference  # the numpy reference (tests)
 from qcore.quantization.forms import Affine, Table
 
 #: below this a scale would make 1/scale overflow float32; ranges that small quantize to zero
 MIN_SCALE = np.float32(2.0**-100)
 SCALE_DTYPES = {"float32": np.float32, "float16": np.float16}
+#: where the grid of an affine tensor is anchored: a zero point (zero exactly representable) or the minimum
+ZEROS = ("point", "minimum")
 #: symmetric bit widths that use the full signed range with a searched scale
 FULL_RANGE_BITS = (3, 4)
 _F16_MAX = float(np.finfo(np.float16).max)
@@ -47,9 +60,6 @@ def scale_divisors(bits: int) -> np.ndarray:
     top = 1 << (bits - 1)
     return np.linspace(top - 1.5, top + 0.5, 9).astype(np.float32)
 
-
-# the numpy reference of the scale search (the base Kernel's ``search_scales``), under its old name here
-search_scales_reference = reference.search_scales
 
 
 def finite_grid(scale: np.ndarray, zp: np.ndarray, qmin: int, qmax: int) -> np.ndarray:
@@ -80,9 +90,13 @@ def finite_grid(scale: np.ndarray, zp: np.ndarray, qmin: int, qmax: int) -> np.n
 class LinearQuantizer(qcore.Quantizer):
     name = "linear"
     bits_range = (1, 8)
-    options = {"symmetric": False, "granularity": "tensor", "axis": 0, "group_size": 128, "scale_dtype": "float32"}
+    options = {"symmetric": False, "granularity": "tensor", "axis": 0, "group_size": 128, "scale_dtype": "float32",
+               "zero": "point"}
     self_checking = True
     linear_rule = True
+    #: a model's weights: one scale per output channel, symmetric (no zero point; the int8 GEMM and static
+    #: convolutions take them as they are); activations: the plain defaults, per tensor, affine
+    role_defaults = {"weight": {"granularity": "channel", "symmetric": True}}
 
     def __init__(self, bits=8, observer=None, kernel=None, **options):
         super().__init__(bits, observer, kernel, **options)
@@ -96,6 +110,17 @@ class LinearQuantizer(qcore.Quantizer):
             raise TypeError(f"scale_dtype must be 'float32' or 'float16', got {sd!r}")
         if sd not in SCALE_DTYPES:
             raise ValueError(f"scale_dtype must be 'float32' or 'float16', got {sd!r}")
+        zero = self.config["zero"]
+        if zero not in ZEROS:
+            raise ValueError(f"zero must be one of {', '.join(map(repr, ZEROS))}, got {zero!r}")
+        if zero == "minimum" and self.signed:
+            raise ValueError("zero='minimum' is an affine parameterisation (unsigned codes from the minimum); it does "
+                             "not combine with symmetric=True")
+
+    @property
+    def from_minimum(self) -> bool:
+        """Codes count steps up from the stored minimum (``zero="minimum"``), not from a zero point."""
+        return self.config["zero"] == "minimum"
 
     @property
     def full_range(self) -> bool:
@@ -117,6 +142,11 @@ class LinearQuantizer(qcore.Quantizer):
     def fit(self, x):
         view, axis = self.layout(x)
         pshape = self.param_shape(x)
+        if self.from_minimum:
+            if x.size == 0:
+                return self._minimum_params(np.zeros(pshape, np.float32), np.zeros(pshape, np.float32))
+            lo, hi = self.observed_range(x)
+            return self._minimum_params(lo.reshape(pshape), hi.reshape(pshape))
         if x.size == 0:
             return self._params(np.ones(pshape, np.float32), np.zeros(pshape, np.int32))
         if self.signed and self.bits <= 2:
@@ -134,6 +164,21 @@ class LinearQuantizer(qcore.Quantizer):
         if zp is not None and self.config["scale_dtype"] != "float32":  # the zero point of the rounded scale
             _, zp = self._affine_params(lo.astype(np.float64), hi.astype(np.float64), scale.astype(np.float64))
         return self._params(scale.reshape(pshape), None if zp is None else zp.reshape(pshape))
+
+    def _minimum_params(self, lo, hi):
+        """``scale`` and ``minimum`` of the grid ``minimum + q * scale``, q in [0, 2^k - 1], over [lo, hi]:
+        the minimum is rounded to its storage dtype first and the scale spans what is left up to ``hi``."""
+        sdt = SCALE_DTYPES[self.config["scale_dtype"]]
+        if sdt is np.float16 and (np.abs(lo) > _F16_MAX).any():
+            raise ValueError(f"scale_dtype='float16' cannot hold the minimum {float(lo[np.abs(lo) > _F16_MAX][0]):.6g} "
+                             f"(float16 stops at 65504); use scale_dtype='float32'")
+        m = lo.astype(np.float32).astype(sdt)
+        span = np.maximum(hi.astype(np.float64) - m.astype(np.float64), 0.0)
+        with np.errstate(over="ignore"):
+            scale = (span / self.qmax).astype(np.float32)
+        scale = np.where(scale > 0, np.maximum(scale, MIN_SCALE), np.float32(1.0))  # a constant: code 0 is m
+        scale = finite_grid(scale, np.zeros(scale.shape, np.int32), 0, self.qmax)
+        return {"scale": self._stored_scale(scale).astype(sdt), "minimum": m}
 
     def _params(self, scale, zp):
         if self.signed:  # symmetric: no zero point stored (it is 0)
@@ -213,6 +258,14 @@ class LinearQuantizer(qcore.Quantizer):
         if self.signed and self.bits == 1:
             qcore.validation.check_all_finite(x)  # no kernel pass here to catch NaN/Inf
             return np.where(x >= 0, 0, -1).astype(np.int8)
+        if self.from_minimum:  # steps up from the minimum: quantize x - m with no zero point
+            m = self._broadcast(np.asarray(params["minimum"], np.float32).reshape(-1), view, axis)
+            with np.errstate(over="ignore", invalid="ignore"):
+                d = np.asarray(view - m, np.float32)
+            over = np.isinf(d) & np.isfinite(view)  # a finite range wider than float32: clamps to the last code
+            if over.any():
+                d[over] = np.copysign(np.finfo(np.float32).max, d[over])
+            view = d
         codes = self.kernel.quantize_affine(view, scale.astype(np.float32), self._zero_point(params), self.qmin,
                                             self.qmax, axis=axis)
         return codes.reshape(x.shape)
@@ -224,14 +277,21 @@ class LinearQuantizer(qcore.Quantizer):
         if self.signed and self.bits == 1:
             alpha = self._broadcast(scale, view, axis).reshape(codes.shape)
             return (alpha * (2 * codes.astype(np.float32) + 1)).astype(np.float32)
-        return self.kernel.dequantize_affine(view, scale, self._zero_point(params), axis=axis).reshape(codes.shape)
+        values = self.kernel.dequantize_affine(view, scale, self._zero_point(params), axis=axis)
+        if self.from_minimum:  # q * scale, then + minimum: two float32 roundings, as GGUF's Q4_1 decodes
+            values = np.asarray(values, np.float32) + self._broadcast(
+                np.asarray(params["minimum"], np.float32).reshape(-1), view, axis)
+        return values.reshape(codes.shape)
 
     def decodes_as(self, params):
-        """``Affine(scale, zero_point)`` (symmetric: no zero point; 3-/4-bit scales may be negative); binary
-        1-bit codes are the table ``(+alpha, -alpha)`` for the bit patterns ``0`` (code 0) and ``1`` (code -1)."""
+        """``Affine(scale, zero_point)`` (symmetric: no zero point; 3-/4-bit scales may be negative;
+        ``zero="minimum"``: ``Affine(scale, offset=minimum)``); binary 1-bit codes are the table
+        ``(+alpha, -alpha)`` for the bit patterns ``0`` (code 0) and ``1`` (code -1)."""
         scale = np.asarray(params["scale"]).astype(np.float32)
         if self.signed and self.bits == 1:
             return Table(np.stack([scale, -scale], axis=-1))
+        if self.from_minimum:
+            return Affine(scale, offset=params["minimum"])
         return Affine(scale, params.get("zero_point"))
 
     @staticmethod

@@ -32,7 +32,7 @@ A constant tensor (or channel) comes back exactly (its scale is ``|c|``); an all
 code 0.  NaN/Inf raise :class:`qcore.InputError`.  Granularity ``tensor``, ``channel`` or ``group``.
 
 Encode, error search and decode are operations of the scheme's :class:`qcore.Kernel` (``log_encode``,
-``log_sse``, ``lut_decode``; their numerics are specified in qcore/kernels/base.py): the default ``cython``
+``log_sse``, ``lut_decode``; their numerics are specified in qcore/kernels/codebook.py): the default ``cython``
 kernel runs them in C (GIL released, OpenMP), ``kernel="numpy"`` in the numpy reference, with the same codes
 bit for bit.
 """
@@ -57,6 +57,8 @@ class LogQuantizer(qcore.Quantizer):
     options = {"granularity": "tensor", "axis": 0, "group_size": 128, "method": "mse", "rounding": "nearest"}
     self_checking = True
     default_bits = 4
+    #: a model's weights: one scale per output channel
+    role_defaults = {"weight": {"granularity": "channel"}}
 
     def __init__(self, bits=None, observer=None, kernel=None, **options):
         super().__init__(bits, observer, kernel, **options)

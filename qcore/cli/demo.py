@@ -63,27 +63,31 @@ def accuracy_with(clf, tensors: dict[str, np.ndarray], X, y) -> float:
     return float(model.score(X, y))
 
 
-def demo_configs(schemes: list[str]) -> list[tuple[str, str, dict]]:
-    """``(label, scheme, options)`` of each run: every installed scheme, then mixed precision at three budgets."""
-    runs = []
-    if "linear" in schemes:
-        runs += [
-            ("linear 8b channel", "linear", {"bits": 8, "granularity": "channel", "axis": 1}),
-            ("linear 4b channel", "linear", {"bits": 4, "granularity": "channel", "axis": 1}),
-            # the 10-wide output layer cannot hold groups of 32: a rule gives it per-channel scales instead
-            ("linear 4b group32", "linear", {"bits": 4, "granularity": "group", "group_size": 32,
-                                             "rules": {"layer2.weight": {"granularity": "channel", "axis": 1}}}),
-            ("linear 3b channel", "linear", {"bits": 3, "granularity": "channel", "axis": 1}),
-            ("linear 2b channel", "linear", {"bits": 2, "granularity": "channel", "axis": 1}),
-        ]
+#: the demo's own showcase of named schemes (its content, not a capability test): several layouts and widths
+SHOWCASE = {
+    "linear": [
+        ("linear 8b channel", "linear", {"bits": 8, "granularity": "channel", "axis": 1}),
+        ("linear 4b channel", "linear", {"bits": 4, "granularity": "channel", "axis": 1}),
+        # the 10-wide output layer cannot hold groups of 32: a rule gives it per-channel scales instead
+        ("linear 4b group32", "linear", {"bits": 4, "granularity": "group", "group_size": 32,
+                                         "rules": {"layer2.weight": {"granularity": "channel", "axis": 1}}}),
+        ("linear 3b channel", "linear", {"bits": 3, "granularity": "channel", "axis": 1}),
+        ("linear 2b channel", "linear", {"bits": 2, "granularity": "channel", "axis": 1}),
+    ],
+    "mixed": [(f"mixed @{b:g} bits", "mixed", {"budget_bits": b, "axis": 1}) for b in (3.0, 4.0, 5.0)]
+    + [("mixed SQNR>=25dB", "mixed", {"target_sqnr": 25.0, "axis": 1})],
+}
+
+
+def demo_configs(schemes: list[str], planners: list[str] = ()) -> list[tuple[str, str, dict]]:
+    """``(label, scheme, options)`` of each run: the showcase of the schemes it names, every other installed scheme
+    at 4 and 3 bits, then the showcase planners (other planners are not run: they need their own options)."""
+    runs = list(SHOWCASE["linear"]) if "linear" in schemes else []
     for s in schemes:
-        if s in ("linear", "mixed"):
-            continue
-        runs += [(f"{s} 4b", s, {"bits": 4}), (f"{s} 3b", s, {"bits": 3})]
-    if "mixed" in schemes:
-        for b in (3.0, 4.0, 5.0):
-            runs.append((f"mixed @{b:g} bits", "mixed", {"budget_bits": b, "axis": 1}))
-        runs.append(("mixed SQNR>=25dB", "mixed", {"target_sqnr": 25.0, "axis": 1}))
+        if s not in SHOWCASE and s not in planners:
+            runs += [(f"{s} 4b", s, {"bits": 4}), (f"{s} 3b", s, {"bits": 3})]
+    for s in planners:
+        runs += SHOWCASE.get(s, [])
     return runs
 
 
@@ -107,7 +111,7 @@ def run_demo(quiet: bool = False) -> int:
     print(f"{'float32':20s} {fp32:7d} {1.0:6.2f} {32.0:6.2f} {'inf':>8s} {base_acc:8.4f}")
     ref = np.concatenate([tensors[n].ravel() for n in weights])
     kept = None
-    for label, scheme, opts in demo_configs(qcore.list_schemes()):
+    for label, scheme, opts in demo_configs(qcore.list_schemes(), qcore.list_planners()):
         try:
             qm = qcore.quantize_model(tensors, scheme, progress=not quiet, **opts)
         except (TypeError, ValueError) as exc:
@@ -117,7 +121,7 @@ def run_demo(quiet: bool = False) -> int:
         acc = accuracy_with(clf, deq, Xte, yte)
         snr = sqnr_db(ref, np.concatenate([deq[n].ravel() for n in weights]))
         chosen = ""
-        if scheme == "mixed":
+        if scheme in qcore.list_planners():
             chosen = ", ".join(f"{qm[n].scheme}{qm[n].bits}" + ("g" if qm[n].options.get("granularity") == "group" else "")
                                for n in weights)
             if kept is None:

@@ -5,11 +5,13 @@ exceptions; ``main`` turns them into one clean line and exit status 2.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
 import sys
 import time
+import warnings
 from typing import Any
 
 from ..quantization.planner import Planner
@@ -39,25 +41,39 @@ def _formats() -> list[str]:
 
 
 def register(sub) -> None:
-    sp = sub.add_parser("quantize", help="quantize a model (file, Hugging Face folder or shard index) into a qcore file "
-                                          "or a compressed-tensors folder",
+    sp = sub.add_parser("quantize", help="quantize a model (file, Hugging Face folder or shard index) into a qcore file, "
+                                          "a compressed-tensors folder or a GGUF file",
                         description="Quantize every float tensor of 2+ dimensions (or those chosen by --include/--exclude "
-                                    "and rules) and write a qcore quantized-model file (--format qcore) or a "
-                                    "compressed-tensors folder that transformers loads (--format compressed-tensors). "
+                                    "and rules) and write a qcore quantized-model file (--format qcore), a "
+                                    "compressed-tensors folder that transformers loads (--format compressed-tensors) or "
+                                    "a GGUF file for llama.cpp (--format gguf: llama-family folders; without options, "
+                                    "8-bit symmetric blocks of 32 with float16 scales, i.e. Q8_0; docs/deploy.md). "
                                     "Every option is checked before any work starts.")
     sp.epilog_fn = lambda: f"installed schemes: {_installed_schemes()}"
     sp.add_argument("input", help="model: .safetensors or .npz file, Hugging Face model folder, or model.safetensors.index.json")
     sp.add_argument("-o", "--output", required=True,
-                    help="--format qcore: the .safetensors file to write; compressed-tensors: the folder to write")
+                    help="--format qcore: the .safetensors file to write (a folder with --max-shard-size); "
+                         "compressed-tensors: the folder to write; gguf: the .gguf file to write")
     sp.add_argument("--format", choices=_formats(), default="qcore", help="output format (default: qcore)")
     sp.add_argument("--force", action="store_true", help="replace an existing output (default: refuse)")
+    sp.add_argument("--max-shard-size", metavar="SIZE",
+                    help="write shards of at most SIZE (e.g. 5GB, 500MB, 2GiB) plus model.safetensors.index.json "
+                         "into the output folder (default: one file)")
+    sp.add_argument("--workers", type=int, metavar="N",
+                    help="quantize on a local Dask cluster of N single-threaded worker processes "
+                         "(pip install \"qcore[dask]\")")
+    sp.add_argument("--scheduler", metavar="ADDRESS",
+                    help="quantize on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786); every "
+                         "worker must see the input path")
     sp.add_argument("--scheme", help="scheme for every tensor (default: linear; 'mixed' plans bits per tensor)")
-    sp.add_argument("--bits", type=int, help="bits per code (default: 8; for mixed: the widest candidate)")
-    sp.add_argument("--granularity", choices=("tensor", "channel", "group"), help="linear (default: channel)")
+    sp.add_argument("--bits", type=int, help="bits per code (default: the scheme's: 8 for linear, 4 for log and "
+                                             "kmeans; for mixed: the widest candidate)")
+    sp.add_argument("--granularity", choices=("tensor", "channel", "group"),
+                    help="(default: channel for linear and log, their default for weights)")
     sp.add_argument("--group-size", type=int, help="group size; only with --granularity group (default: 128)")
     sp.add_argument("--axis", type=int, help="channel axis for --granularity channel (default: 0)")
-    sp.add_argument("--symmetric", action="store_true", default=None,
-                    help="linear: signed codes, no zero point (default: affine)")
+    sp.add_argument("--symmetric", action=argparse.BooleanOptionalAction, default=None,
+                    help="linear: signed codes, no zero point; --no-symmetric: affine (default for weights: symmetric)")
     sp.add_argument("--budget-bits", type=float,
                     help="mixed only: average bits per weight, parameters counted (default for mixed: 4.5)")
     sp.add_argument("--target-sqnr", type=float,
@@ -80,14 +96,14 @@ def register(sub) -> None:
     sp.add_argument("--quiet", action="store_true", help="no progress bar, no table")
     sp.set_defaults(func=cmd_quantize)
 
-    sp = sub.add_parser("inspect", help="per-tensor table of a quantized model (qcore file or compressed-tensors "
-                                         "folder; header only, no plugin needed)")
-    sp.add_argument("file", help="qcore .safetensors file, or a compressed-tensors folder")
+    sp = sub.add_parser("inspect", help="per-tensor table of a quantized model (qcore file, compressed-tensors folder "
+                                         "or GGUF file; header only, no plugin needed)")
+    sp.add_argument("file", help="qcore .safetensors file, compressed-tensors folder or GGUF file")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=cmd_inspect)
 
     sp = sub.add_parser("dequantize", help="write a quantized model back as plain float safetensors")
-    sp.add_argument("file", help="qcore .safetensors file, or a compressed-tensors folder")
+    sp.add_argument("file", help="qcore .safetensors file, compressed-tensors folder or GGUF file")
     sp.add_argument("-o", "--output", required=True, help="plain .safetensors file to write")
     sp.add_argument("--force", action="store_true", help="replace an existing output (default: refuse)")
     sp.add_argument("--dtype", choices=DTYPE_CHOICES,
@@ -96,7 +112,7 @@ def register(sub) -> None:
 
     sp = sub.add_parser("report", help="size and SQNR per layer of a quantized model against its float original")
     sp.add_argument("original", help="the float model (.safetensors, .npz, Hugging Face folder or shard index)")
-    sp.add_argument("quantized", help="the quantized model (qcore file or compressed-tensors folder)")
+    sp.add_argument("quantized", help="the quantized model (qcore file, compressed-tensors folder or GGUF file)")
     sp.add_argument("--plot", metavar="FILE.png", help="also draw bits and SQNR per layer (matplotlib)")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=cmd_report)
@@ -134,6 +150,8 @@ def _orig(row: dict) -> int:
 
 def _describe(row: dict) -> str:
     opts = row.get("options") or {}
+    if opts.get("gguf_type"):  # a GGUF file says what each tensor is stored as
+        return str(opts["gguf_type"])
     if row.get("scheme") is None:
         return ""
     g = opts.get("granularity")
@@ -255,6 +273,20 @@ def _options_from(args, cfg) -> tuple[str, dict, Any]:
     return scheme, options, budget
 
 
+def _weight_defaults(scheme: str, options: dict) -> dict:
+    """The scheme's own defaults for weights where the user left options unset (``role_defaults["weight"]``:
+    ``linear`` per output channel, symmetric; docs/usage.md "Defaults"); the tensors are in the torch layout,
+    output channels on axis 0.  An unknown scheme is left for :func:`_check_scheme_options` to report."""
+    from ..api import scheme_class
+    from ..quantization.defaults import role_options
+
+    try:
+        cls = scheme_class(scheme)
+    except (KeyError, TypeError):
+        return options
+    return role_options(cls, "weight", options, channel_axis=0)
+
+
 def _check_scheme_options(scheme: str, options: dict, budget) -> Any:
     """Build the quantizer now: an unknown scheme, an option it does not take, a flag that does not apply."""
     from ..api import get_quantizer
@@ -290,7 +322,7 @@ def _check_scheme_options(scheme: str, options: dict, budget) -> Any:
 def cmd_quantize(args) -> int:
     from ..model import load_tensors, quantize_model
     from ..model.formats import get_format
-    from ..model.quantize import plan_tensors, progress_bar
+    from ..model.quantize import plan_tensors
 
     # 1. the input: exists, is not quantized already
     check_exists(args.input, "input")
@@ -316,18 +348,32 @@ def cmd_quantize(args) -> int:
         list(args.hessians or []))
     fmt = get_format(args.format)
     save_options = {"source": args.input} if fmt.uses_source else {}
-    if fmt.output == "file":
+    if args.max_shard_size is not None:
+        save_options["max_shard_size"] = args.max_shard_size
+    if fmt.output == "file" and args.max_shard_size is None:
         check_output_file(args.output, inputs, fmt.suffixes, f"a {fmt.name} model", force=args.force)
     else:
-        check_output_folder(args.output, inputs, f"a {fmt.name} model", force=args.force)
+        check_output_folder(args.output, inputs, f"a {fmt.name} model" + (" in shards" if args.max_shard_size else ""),
+                            force=args.force)
     try:
         fmt.check_save_options(save_options)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"--format {fmt.name}: {exc}") from None
+    if args.workers is not None and args.scheduler is not None:
+        raise UsageError("give --workers N (a local Dask cluster) or --scheduler ADDRESS (an existing one), not both")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    if args.workers is not None or args.scheduler is not None:
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            from ..model.execution import DASK_MISSING
+
+            raise UsageError(DASK_MISSING) from None
     # 3. scheme and options
     scheme, options, budget = _options_from(args, cfg)
-    if scheme == "linear" and "granularity" not in options:
-        options["granularity"] = "channel"
+    options = fmt.default_options(scheme, options)
+    options = _weight_defaults(scheme, options)
     q = _check_scheme_options(scheme, options, budget)
     if _is_planner(q) and budget is None and options.get("target_sqnr") is None:
         budget = 4.5
@@ -352,30 +398,26 @@ def cmd_quantize(args) -> int:
         fmt.check_plan([(n, s, o) for n, s, o in plan], save_options)
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
-    # 5. the work
+    # 5. the work: each tensor written as soon as it is quantized (on Dask workers with --workers/--scheduler)
     t0 = time.perf_counter()
     ptq = {"method": args.method, "hessians": args.hessians if len(args.hessians) > 1 else args.hessians[0]} \
         if args.hessians else {}
     if ptq and args.method == "rtn" and not _is_planner(q):
         raise UsageError("--hessians is used by --method gptq or --scheme mixed")
+    stream = {"output": args.output, "format": fmt.name, **save_options}
     try:
-        qm = quantize_model(tensors, scheme, include=include, exclude=exclude, rules=rules,
-                            budget_bits=budget, progress=not args.quiet, **ptq, **options)
+        with _executor(args) as executor, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            qm = quantize_model(tensors, scheme, include=include, exclude=exclude, rules=rules, budget_bits=budget,
+                                progress=not args.quiet, executor=executor, **stream, **ptq, **options)
     except (ValueError, TypeError) as exc:
         if not ptq:
             raise
         raise UsageError(f"--hessians {' '.join(args.hessians)}: {exc}") from None
     t1 = time.perf_counter()
-    bar = progress_bar(1, not args.quiet, "writing")
-
-    def on_write(done, total):
-        bar.total = total
-        bar.update(done - bar.n)
-
-    try:
-        size = qm.save(args.output, format=fmt.name, progress=on_write, **save_options)
-    finally:
-        bar.close()
+    size = qm.nbytes_written
+    for w in caught:  # what the output lacks (e.g. a GGUF vocabulary): one line each
+        print(f"qcore: warning: {w.message}", file=sys.stderr)
     rows = qm.report()
     if args.json:
         print(json.dumps({"output": args.output, "format": args.format, "file_size": size, "seconds": t1 - t0,
@@ -384,6 +426,17 @@ def cmd_quantize(args) -> int:
         print(format_table(rows))
         print(f"wrote {args.output} ({_fmt_bytes(size)}) in {t1 - t0:.2f} s")
     return 0
+
+
+def _executor(args):
+    """The Dask executor of ``--workers``/``--scheduler`` (a context manager), or a null one."""
+    import contextlib
+
+    if args.workers is None and args.scheduler is None:
+        return contextlib.nullcontext(None)
+    from ..model.execution import dask_executor
+
+    return dask_executor(workers=args.workers, scheduler=args.scheduler)
 
 
 def cmd_inspect(args) -> int:

@@ -1,11 +1,13 @@
 """Helpers shared by the framework adapters (no framework imports here)."""
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
 
 from ..api import scheme_class as _scheme_class
+from ..quantization.defaults import role_options
 from ..metrics import selected as name_selected  # noqa: F401 - the adapters use it under this name
 
 
@@ -14,31 +16,29 @@ def scheme_class(scheme: str):
     return _scheme_class(scheme)
 
 
-#: schemes whose parameters are a codebook: one per tensor is already adaptive, so they keep their own default
-CODEBOOK_SCHEMES = frozenset({"kmeans"})
+def weight_options(scheme: str, bits: int | None, options: dict[str, Any], channel_axis: int) -> dict[str, Any]:
+    """Quantizer options for a weight: the caller's ``options`` (and ``bits``, None: the scheme's default) over the
+    scheme's own weight defaults (``role_defaults["weight"]``, qcore/quantization/defaults.py), with
+    ``axis=channel_axis`` (the output-unit axis of the framework's weight layout) where the layout is per
+    channel — the only thing the adapter decides."""
+    opts = dict(options) if bits is None else {**options, "bits": bits}
+    return role_options(scheme_class(scheme), "weight", opts, channel_axis)
 
 
-def weight_options(scheme: str, bits: int, options: dict[str, Any], channel_axis: int) -> dict[str, Any]:
-    """Quantizer options for a weight: the caller's ``options`` plus the adapter defaults the scheme supports.
+def activation_options(scheme: str, bits: int | None, options: dict[str, Any]) -> dict[str, Any]:
+    """Quantizer options for an activation: the caller's over the scheme's ``role_defaults["activation"]``."""
+    opts = dict(options) if bits is None else {**options, "bits": bits}
+    return role_options(scheme_class(scheme), "activation", opts)
 
-    Defaults, only for options the scheme declares and the caller did not pass: ``granularity="channel"``
-    (except for codebook schemes such as ``kmeans``), ``symmetric=True``, and ``axis=channel_axis`` (the
-    output-unit axis of the framework's weight layout) whenever the granularity is ``"channel"`` or the scheme
-    has an ``axis`` but no ``granularity`` (``mixed``).
-    """
-    cls = scheme_class(scheme)
-    declared = getattr(cls, "options", {}) or {}
-    out = dict(options)
-    if ("granularity" in declared and "granularity" not in out and scheme not in CODEBOOK_SCHEMES
-            and "channel" in getattr(cls, "granularities", ())):
-        out["granularity"] = "channel"
-    if "symmetric" in declared and "symmetric" not in out:
-        out["symmetric"] = True
-    if "axis" in declared and "axis" not in out:
-        gran = out.get("granularity", declared.get("granularity"))
-        if gran == "channel" or "granularity" not in declared:
-            out["axis"] = channel_axis
-    return {"bits": bits, **out}
+
+def bits_alias(bits, explicit, old: str, new: str, warn: bool, stacklevel: int = 3):
+    """The value of ``new`` (``weight_bits``/``activation_bits``) given either spelling; ``old`` (``bits``) is the
+    deprecated alias (a ``DeprecationWarning`` when ``warn``); both at once is a ``TypeError``."""
+    if bits is not None and explicit is not None:
+        raise TypeError(f"give {new}= or its deprecated alias {old}=, not both")
+    if bits is not None and warn:
+        warnings.warn(f"{old}= is deprecated here: use {new}=", DeprecationWarning, stacklevel=stacklevel)
+    return explicit if explicit is not None else bits
 
 
 def plain(value: Any) -> Any:

@@ -22,9 +22,10 @@ sees: hidden layers stay float32 (scikit-learn adds the bias ``intercepts_[i]`` 
 applies its activation in place), the output layer's product is cast to the estimator's dtype (float64 unless it
 was fitted on float32) before the bias and the output activation (softmax, logistic or identity).  ``np.asarray(qclf.coefs_[i])``
 decodes a weight on demand, in the ``(n_in, n_out)`` layout.  The copy is for inference: refitting it
-(``fit``/``partial_fit``) is not supported.  Adapter defaults, for schemes that have the options and unless given:
-one scale per output unit (``granularity="channel"``) and ``symmetric=True``.  ``axis`` options are given in
-scikit-learn's layout (``axis=1``: per output unit, the default; ``axis=0``: per input).
+(``fit``/``partial_fit``) is not supported.  Options not given take the scheme's own defaults for weights
+(``role_defaults["weight"]``; ``linear``: one scale per output unit, ``granularity="channel"``, and
+``symmetric=True``; docs/usage.md, "Defaults"); the adapter sets only the channel axis.  ``axis`` options are given
+in scikit-learn's layout (``axis=1``: per output unit, the default; ``axis=0``: per input).
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ except ImportError as exc:
 import qcore
 
 from ..validation import normalize_axis
-from ._common import weight_options
+from ._common import bits_alias, weight_options
 from ._packed import PackedMatrix
 
 __all__ = ["quantize_estimator"]
@@ -60,7 +61,9 @@ def quantize_estimator(estimator, scheme: str = "linear", *, include: Iterable[s
     :param scheme: any installed qcore scheme (``"linear"``, ``"log"``, ``"kmeans"``, ``"mixed"`` ...)
     :param include: glob pattern(s) of weight names to quantize (``"coefs_.0"`` ...); default all
     :param exclude: glob pattern(s) of weight names left in float
-    :param options: scheme options: ``bits`` (default 8), ``granularity``, ... and, for ``mixed``, ``budget_bits``
+    :param options: scheme options: ``weight_bits`` (or ``bits``, the same; default: the scheme's, 8 for ``linear``),
+        ``granularity``, ... and, for ``mixed``, ``budget_bits``; unset options take the scheme's weight defaults
+        (``linear``: per output unit, symmetric)
 
     The copy carries ``qcore_report_`` (per weight: ``name, scheme, bits, shape, bytes_fp32, bytes_q, sqnr_db``,
     the :meth:`qcore.QModel.report` format; weights left in float have ``scheme`` None and ``bits`` 32),
@@ -76,7 +79,7 @@ def quantize_estimator(estimator, scheme: str = "linear", *, include: Iterable[s
     if not isinstance(scheme, str):
         raise TypeError(f"scheme must be a scheme name (str), got {type(scheme).__name__}")
     options = dict(options)
-    bits = options.pop("bits", 8)
+    bits = bits_alias(options.pop("bits", None), options.pop("weight_bits", None), "bits", "weight_bits", warn=False)
     budget_bits = options.pop("budget_bits", None)
     opts = weight_options(scheme, bits, options, channel_axis=1)
     if "axis" in opts:  # given in scikit-learn's (n_in, n_out) layout; the tensors are transposed

@@ -31,9 +31,11 @@ from ..errors import FormatError
 from ..metrics import report_row
 from ..tensor import QTensor
 from .folders import copy_side_files, same_folder, source_folder
-from .formats import ModelFormat
+from ..quantization.forms import Affine
+from .formats import ModelFormat, check_plan_tensors
 from .qmodel import QModel
 from .safetensors_io import Entry, float32_to_bf16, write_safetensors
+from .shards import ShardedModelWriter, ShardWriter, parse_size, stale_weight_files, write_json_atomic
 
 PACK_FORMAT = "pack-quantized"
 #: the compressed-tensors version whose layout this writes
@@ -80,21 +82,36 @@ def _module_of(name: str) -> str:
     return name[: -len(".weight")] if name.endswith(".weight") else name
 
 
+def _form(t: QTensor):
+    """``(form, reason)``: the tensor's Affine decode form if pack-quantized holds it, else ``(None, why not)``.
+    Decided from what the codes decode as and their layout, never from the scheme's name."""
+    form = t.decodes_as()
+    if not isinstance(form, Affine):
+        how = "a lookup table" if form is not None else "its own decode"
+        return None, f"scheme {t.scheme!r} at {t.bits} bits decodes through {how} (pack-quantized holds (code - zero_point) * scale)"
+    if form.offset is not None:
+        return None, "a minimum instead of a zero point (zero='minimum'; pack-quantized holds (code - zero_point) * scale)"
+    if t.signed and np.any(form.zero_points() != 0):
+        return None, "signed codes with a zero point"
+    return form, None
+
+
 def _why_not(name: str, t: QTensor) -> str | None:
     """Why ``t`` cannot be stored as pack-quantized, or None."""
-    if t.scheme != "linear":
-        return f"scheme {t.scheme!r} (pack-quantized holds linear integer codes only)"
+    form, why = _form(t)
+    if why:
+        return why
     if not 2 <= t.bits <= 8:
         return f"{t.bits}-bit codes (pack-quantized here: 2 to 8 bits)"
     if len(t.shape) != 2:
         return f"shape {t.shape} (a Linear weight is 2-d)"
     if not name.endswith(".weight"):
         return "a name not ending in '.weight' (compressed-tensors stores Linear weights as MODULE.weight_packed)"
-    g = t.options.get("granularity", "tensor")
-    if g not in ("channel", "group"):
-        return f"granularity {g!r} (per channel or per group only)"
-    if int(t.options.get("axis", 0)) not in (0, -2):
-        return f"axis {t.options.get('axis')} (the channels of a Linear weight are axis 0)"
+    layout = t.layout
+    if layout.granularity not in ("channel", "group"):
+        return f"granularity {layout.granularity!r} (per channel or per group only)"
+    if layout.granularity == "channel" and layout.axis != 0:
+        return f"axis {layout.axis} (the channels of a Linear weight are axis 0)"
     return None
 
 
@@ -108,43 +125,21 @@ def check_model(model: QModel) -> None:
 
 
 def check_plan(plan) -> None:
-    """The same refusal from a quantization plan ``[(name, scheme, options)]``, before any work."""
-    bad = []
-    for name, scheme, opts in plan:
-        if scheme is None:
-            continue
-        if scheme == "mixed":
-            cands = opts.get("candidates")
-            if cands is None:
-                bad.append(f"{name}: the mixed scheme's default candidates include kmeans and log; pass "
-                           f"--candidates with linear ones only")
-            else:
-                for c in cands:
-                    s = c.get("scheme") if isinstance(c, dict) else str(c).split(":")[0]
-                    g = c.get("granularity") if isinstance(c, dict) else (str(c).split(":")[2] if str(c).count(":") >= 2 else None)
-                    b = int(c.get("bits", 8)) if isinstance(c, dict) else int(str(c).split(":")[1])
-                    if s != "linear" or g not in ("channel", "group") or not 2 <= b <= 8:
-                        bad.append(f"candidate {c if isinstance(c, str) else c!r}: linear 2-8 bits per channel or group only")
-                        break
-            continue
-        if scheme != "linear":
-            bad.append(f"{name}: scheme {scheme!r}")
-        elif not 2 <= int(opts.get("bits", 8)) <= 8:
-            bad.append(f"{name}: {opts.get('bits')}-bit codes")
-        elif opts.get("granularity", "tensor") not in ("channel", "group"):
-            bad.append(f"{name}: granularity {opts.get('granularity', 'tensor')!r}")
-        elif not name.endswith(".weight"):
-            bad.append(f"{name}: not a Linear weight (MODULE.weight)")
-        if len(bad) > 20:
-            break
-    if bad:
-        raise ValueError(f"--format compressed-tensors (pack-quantized) holds linear 2-8 bit weights per channel or "
-                         f"group only; not: {'; '.join(dict.fromkeys(bad[:6]))}{' ...' if len(bad) > 6 else ''}")
+    """The same refusal from a quantization plan ``[(name, scheme, options)]``, before any work: each planned
+    scheme (a planner's candidates each) quantizes a small probe whose decode form and layout are checked."""
+    def why(name, qt):
+        # the probe is 2-d; the layout check holds for any Linear weight, the name check for this one
+        return _why_not(name if name.endswith(".weight") else name + ".weight", qt) or (
+            None if name.endswith(".weight") else "not a Linear weight (MODULE.weight)")
+
+    check_plan_tensors(plan, why, "--format compressed-tensors (pack-quantized)",
+                       "it holds linear 2-8 bit weights per channel or group")
 
 
 def _scheme_key(t: QTensor) -> tuple:
-    g = t.options.get("granularity")
-    return (int(t.bits), bool(t.signed), g, int(t.options.get("group_size", 128)) if g == "group" else None)
+    layout = t.layout
+    g = layout.granularity
+    return (int(t.bits), bool(t.signed), g, int(layout.group_size) if g == "group" else None)
 
 
 def _scale_dtype(t: QTensor) -> str:
@@ -158,82 +153,83 @@ def _weights_args(key: tuple) -> dict:
 
 def quantization_config(model: QModel) -> dict:
     """The ``quantization_config`` entry of config.json for ``model``."""
-    groups: dict[tuple, list[str]] = {}
+    summary = _Summary()
     for name, t in model.items():
+        summary.add(name, t)
+    return summary.config()
+
+
+class _Summary:
+    """What config.json's ``quantization_config`` says about a model, gathered tensor by tensor."""
+
+    def __init__(self):
+        self.groups: dict[tuple, list[str]] = {}
+        self.ignore: list[str] = []
+
+    def add(self, name: str, t) -> None:
         if isinstance(t, QTensor):
-            groups.setdefault(_scheme_key(t), []).append(_module_of(name))
-    ignore = sorted(_module_of(n) for n, t in model.items()
-                    if not isinstance(t, QTensor) and n.endswith(".weight") and np.ndim(t) == 2)
-    single = len(groups) == 1
-    config_groups = {}
-    for i, (key, mods) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[0]))):
-        config_groups[f"group_{i}"] = {"targets": ["Linear"] if single else sorted(mods),
-                                       "weights": _weights_args(key),
-                                       "input_activations": None, "output_activations": None, "format": PACK_FORMAT}
-    return {"quant_method": "compressed-tensors", "format": PACK_FORMAT, "quantization_status": "compressed",
-            "config_groups": config_groups, "ignore": ignore if single else [], "kv_cache_scheme": None,
-            "global_compression_ratio": None, "sparsity_config": {}, "transform_config": {},
-            "version": CT_VERSION}
+            self.groups.setdefault(_scheme_key(t), []).append(_module_of(name))
+        elif name.endswith(".weight") and np.ndim(t) == 2:
+            self.ignore.append(_module_of(name))
+
+    def config(self) -> dict:
+        single = len(self.groups) == 1
+        config_groups = {}
+        for i, (key, mods) in enumerate(sorted(self.groups.items(), key=lambda kv: str(kv[0]))):
+            config_groups[f"group_{i}"] = {"targets": ["Linear"] if single else sorted(mods),
+                                           "weights": _weights_args(key),
+                                           "input_activations": None, "output_activations": None, "format": PACK_FORMAT}
+        return {"quant_method": "compressed-tensors", "format": PACK_FORMAT, "quantization_status": "compressed",
+                "config_groups": config_groups, "ignore": sorted(self.ignore) if single else [],
+                "kv_cache_scheme": None, "global_compression_ratio": None, "sparsity_config": {},
+                "transform_config": {}, "version": CT_VERSION}
 
 
 def _entries(model: QModel) -> list[Entry]:
     entries: list[Entry] = []
     for name, t in model.items():
-        if not isinstance(t, QTensor):
-            arr = np.ascontiguousarray(t)
-            e = Entry.of(name, arr)
-            if model.dtype_of(name) == "bfloat16":
-                e.dtype = "BF16"
-            entries.append(e)
-            continue
-        mod = _module_of(name)
-        rows, cols = t.shape
-        bits, half = t.bits, 1 << (t.bits - 1)
-        nwords = -(-cols * bits // 32)
-
-        def packed(t=t, half=half, bits=bits):
-            codes = np.asarray(t.codes)
-            signed = codes.astype(np.int16) if t.signed else codes.astype(np.int16) - half
-            return pack_int32(signed, bits)
-
-        entries.append(Entry(f"{mod}.weight_packed", "I32", (rows, nwords), 4 * rows * nwords, packed))
-        scale = np.asarray(t.params["scale"], dtype=np.float32).reshape(rows, -1)
-        sdt = _scale_dtype(t)
-        if sdt == "bfloat16":
-            e = Entry.of(f"{mod}.weight_scale", float32_to_bf16(scale))
-            e.dtype = "BF16"
-        else:
-            e = Entry.of(f"{mod}.weight_scale", scale.astype(sdt))
-        entries.append(e)
-        if not t.signed:
-            zp = np.asarray(t.params["zero_point"]).astype(np.int16).reshape(rows, -1) - half
-            entries.append(Entry.of(f"{mod}.weight_zero_point", np.ascontiguousarray(pack_int32(zp.T, bits).T)))
-        entries.append(Entry.of(f"{mod}.weight_shape", np.array([rows, cols], dtype=np.int64)))
+        entries += _tensor_entries(name, t, model.dtype_of(name))
     return entries
 
 
-def _write_json_atomic(path: str, obj: Any) -> None:
-    tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+def _tensor_entries(name: str, t, dtype: str) -> list[Entry]:
+    """The safetensors entries of one model tensor (``dtype``: its original dtype, ``"bfloat16"`` for bit patterns)."""
+    if not isinstance(t, QTensor):
+        arr = np.ascontiguousarray(t)
+        e = Entry.of(name, arr)
+        if dtype == "bfloat16":
+            e.dtype = "BF16"
+        return [e]
+    entries: list[Entry] = []
+    mod = _module_of(name)
+    rows, cols = t.shape
+    bits, half = t.bits, 1 << (t.bits - 1)
+    nwords = -(-cols * bits // 32)
+
+    def packed(t=t, half=half, bits=bits):
+        codes = np.asarray(t.codes)
+        signed = codes.astype(np.int16) if t.signed else codes.astype(np.int16) - half
+        return pack_int32(signed, bits)
+
+    form, _ = _form(t)
+    entries.append(Entry(f"{mod}.weight_packed", "I32", (rows, nwords), 4 * rows * nwords, packed))
+    scale = np.asarray(form.scale, dtype=np.float32).reshape(rows, -1)
+    sdt = _scale_dtype(t)
+    if sdt == "bfloat16":
+        e = Entry.of(f"{mod}.weight_scale", float32_to_bf16(scale))
+        e.dtype = "BF16"
+    else:
+        e = Entry.of(f"{mod}.weight_scale", scale.astype(sdt))
+    entries.append(e)
+    if not t.signed:
+        zp = form.zero_points().astype(np.int16).reshape(rows, -1) - half
+        entries.append(Entry.of(f"{mod}.weight_zero_point", np.ascontiguousarray(pack_int32(zp.T, bits).T)))
+    entries.append(Entry.of(f"{mod}.weight_shape", np.array([rows, cols], dtype=np.int64)))
+    return entries
 
 
-def save_compressed_tensors(model: QModel, path: str | os.PathLike, source: str | os.PathLike | None = None,
-                            progress=None) -> int:
-    """Write ``model`` as a compressed-tensors ``pack-quantized`` folder ``path``; returns the bytes written.
-
-    ``source``: the Hugging Face folder (or a file in it) the model came from: its ``config.json`` is copied with
-    ``quantization_config`` added, and every other file and subfolder that is not a weight (tokenizer,
-    sentence-transformers modules such as ``1_Pooling/``; see qcore/model/folders.py) is copied, so
-    ``transformers.AutoModelForCausalLM.from_pretrained(path)`` (or ``SentenceTransformer(path)``) loads the
-    result.  Without it only ``quantization_config`` is written to config.json (transformers then needs the
-    model's config).
-    """
-    if not isinstance(model, QModel):
-        raise TypeError(f"expected a QModel, got {type(model).__name__}")
-    check_model(model)
+def _folder_of(path, source):
+    """Checks of the output folder ``path`` (created); the source folder, if any."""
     out = os.fspath(path)
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"{out!r} exists and is not a folder; compressed-tensors output is a folder")
@@ -241,12 +237,12 @@ def save_compressed_tensors(model: QModel, path: str | os.PathLike, source: str 
     if src_folder is not None and same_folder(src_folder, out):
         raise ValueError(f"output folder {out!r} is the source folder: it would overwrite the input model")
     os.makedirs(out, exist_ok=True)
-    entries = _entries(model)
-    size = write_safetensors(os.path.join(out, WEIGHT_FILE), entries, {"format": "pt"}, progress=progress)
-    # a stale shard index from an earlier save would point transformers at other files
-    stale = os.path.join(out, WEIGHT_FILE + ".index.json")
-    if os.path.exists(stale):
-        os.unlink(stale)
+    return out, src_folder
+
+
+def _write_config(out: str, src_folder: str | None, qconfig: dict) -> int:
+    """The source's side files, then config.json (the source's, with ``quantization_config``); their bytes."""
+    size = 0
     config: dict[str, Any] = {}
     if src_folder is not None:
         cfg = os.path.join(src_folder, "config.json")
@@ -255,9 +251,69 @@ def save_compressed_tensors(model: QModel, path: str | os.PathLike, source: str 
                 config = json.load(f)
         for f in copy_side_files(src_folder, out):
             size += os.path.getsize(os.path.join(out, f))
-    config["quantization_config"] = quantization_config(model)
-    _write_json_atomic(os.path.join(out, "config.json"), config)
+    config["quantization_config"] = qconfig
+    write_json_atomic(os.path.join(out, "config.json"), config)
     return size + os.path.getsize(os.path.join(out, "config.json"))
+
+
+def save_compressed_tensors(model: QModel, path: str | os.PathLike, source: str | os.PathLike | None = None,
+                            progress=None, max_shard_size=None) -> int:
+    """Write ``model`` as a compressed-tensors ``pack-quantized`` folder ``path``; returns the bytes written.
+
+    ``source``: the Hugging Face folder (or a file in it) the model came from: its ``config.json`` is copied with
+    ``quantization_config`` added, and every other file and subfolder that is not a weight (tokenizer,
+    sentence-transformers modules such as ``1_Pooling/``; see qcore/model/folders.py) is copied, so
+    ``transformers.AutoModelForCausalLM.from_pretrained(path)`` (or ``SentenceTransformer(path)``) loads the
+    result.  Without it only ``quantization_config`` is written to config.json (transformers then needs the
+    model's config).  ``max_shard_size``: shards of at most that many bytes (``"5GB"``) and
+    ``model.safetensors.index.json``, written last (qcore/model/shards.py).
+    """
+    if not isinstance(model, QModel):
+        raise TypeError(f"expected a QModel, got {type(model).__name__}")
+    check_model(model)
+    if max_shard_size is not None:
+        total = model.nbytes
+        with CompressedTensorsWriter(path, source=source, max_shard_size=max_shard_size,
+                                     progress=None if progress is None else (lambda d, _: progress(d, total))) as w:
+            for name, t in model.items():
+                w.add(name, t, model.info.get(name, {}), model.dtype_of(name))
+            return w.close()
+    out, src_folder = _folder_of(path, source)
+    size = write_safetensors(os.path.join(out, WEIGHT_FILE), _entries(model), {"format": "pt"}, progress=progress)
+    # a stale shard index (and its shards) from an earlier save would point transformers at other files
+    for f in stale_weight_files(out):
+        if not f.endswith(WEIGHT_FILE):
+            os.unlink(f)
+    return size + _write_config(out, src_folder, quantization_config(model))
+
+
+class CompressedTensorsWriter(ShardedModelWriter):
+    """A compressed-tensors folder written tensor by tensor: ``model.safetensors`` or shards, then the source's side
+    files and config.json, then the shard index (last)."""
+
+    def __init__(self, path, *, metadata=None, source=None, max_shard_size=None, progress=None):
+        self.out, self.src = _folder_of(path, source)
+        if max_shard_size is None:
+            for f in stale_weight_files(self.out):
+                os.unlink(f)
+        target = self.out if max_shard_size is not None else os.path.join(self.out, WEIGHT_FILE)
+        super().__init__(ShardWriter(target, max_shard_size=max_shard_size, shard_metadata=lambda units: {"format": "pt"}),
+                         progress)
+        self.summary = _Summary()
+
+    def add(self, name, tensor, info=None, dtype=None):
+        if isinstance(tensor, QTensor):
+            why = _why_not(name, tensor)
+            if why:
+                raise ValueError(f"compressed-tensors cannot hold tensor {name}: {why}; save with format='qcore' or "
+                                 f"quantize it with linear 2-8 bits per channel or group")
+        else:
+            tensor = np.asarray(tensor)
+        self._write(name, _tensor_entries(name, tensor, dtype or str(tensor.dtype)))
+        self.summary.add(name, tensor)
+
+    def side_files(self) -> int:
+        return _write_config(self.out, self.src, self.summary.config())
 
 
 # -- reading ----------------------------------------------------------------------------------------------
@@ -439,7 +495,7 @@ class CompressedTensorsFormat(ModelFormat):
     description = "a Hugging Face folder in compressed-tensors pack-quantized form (transformers, vLLM)"
     output = "folder"
     uses_source = True
-    save_options = ("source", "progress")
+    save_options = ("source", "progress", "max_shard_size")
 
     def sniff(self, path: str) -> bool:
         return os.path.isdir(path) and is_compressed_tensors(path)
@@ -447,8 +503,17 @@ class CompressedTensorsFormat(ModelFormat):
     def check_plan(self, plan, options=None) -> None:
         check_plan(plan)
 
+    def check_save_options(self, options: dict) -> None:
+        super().check_save_options(options)
+        if options.get("max_shard_size") is not None:
+            parse_size(options["max_shard_size"])
+
     def save(self, model: QModel, path, **options) -> int:
         return save_compressed_tensors(model, path, **options)
+
+    def open_writer(self, path, *, metadata=None, **options) -> CompressedTensorsWriter:
+        self.check_save_options(options)
+        return CompressedTensorsWriter(path, **options)
 
     def load(self, path, *, verify: bool = True) -> QModel:
         return load_compressed_tensors(path, verify=verify)

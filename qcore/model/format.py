@@ -27,6 +27,8 @@ from .formats import ModelFormat
 from .qmodel import QModel
 from .safetensors_io import (DTYPES, MAX_NDIM, Entry, Header, read_header, read_tensor, refuse_json_constant, shape_fits,
                              st_dtype, write_safetensors)
+from .shards import ShardedModelWriter, ShardWriter, parse_size, stale_weight_files
+from .tensors import INDEX_NAME, ShardedFile
 
 FORMAT_NAME = "qcore.quantized-model"
 FORMAT_VERSION = 2  # 2: symmetric linear without zero_point, float16 scales (scale_dtype); 1 still reads
@@ -64,54 +66,66 @@ def _json_value(v):
     raise TypeError(f"option value {v!r} of type {type(v).__name__} cannot be saved (only str, int, float, bool, None)")
 
 
+def describe_tensor(name: str, t, info: dict, dtype: str) -> tuple[list[Entry], dict[str, Any]]:
+    """The safetensors entries that store one model tensor and its entry in qcore's description.
+
+    ``t``: a :class:`QTensor` or an array; ``info``: its ``QModel.info`` record; ``dtype``: its original dtype
+    (``QModel.dtype_of``: ``"bfloat16"`` for arrays holding bfloat16 bit patterns)."""
+    if isinstance(t, QTensor):
+        entries = []
+        params = {}
+        for pname in sorted(t.params):
+            arr = np.ascontiguousarray(t.params[pname])
+            st_dtype(arr)  # refuses dtypes the container cannot hold
+            key = param_key(name, pname)
+            params[pname] = key
+            entries.append(Entry.of(key, arr))
+        # codes first in the data buffer would be nicer to read, but params are tiny: order is free
+        nb = packed_size(t.size, t.bits)
+        entries.append(Entry(codes_key(name), "U8", (nb,), nb, lambda t=t: t.pack()))
+        snr = info.get("sqnr_db")
+        d = {
+            "name": name, "kind": "quantized", "scheme": t.scheme, "bits": t.bits, "signed": t.signed,
+            "shape": list(t.shape), "dtype": str(t.dtype),
+            "options": {str(k): _json_value(v) for k, v in t.options.items()},
+            "codes": codes_key(name), "params": params, "plugin": _plugin_of(t.scheme),
+            "sqnr_db": None if snr is None or not math.isfinite(float(snr)) else float(snr),
+        }
+        if info.get("planned_by"):
+            d["planned_by"] = str(info["planned_by"])
+        plan = plan_info(info)
+        if plan:
+            d["plan"] = plan
+        return entries, d
+    arr = np.ascontiguousarray(t)
+    e = Entry.of(name, arr)
+    if dtype == "bfloat16":  # bit patterns held as uint16: stored as what they are
+        if arr.dtype != np.uint16:
+            raise TypeError(f"tensor {name!r} is recorded as bfloat16 but holds {arr.dtype}, not its uint16 bit patterns")
+        e.dtype = "BF16"
+    return [e], {"name": name, "kind": "tensor", "tensor": name}
+
+
+def file_metadata(described: list[dict[str, Any]], metadata: dict[str, str]) -> dict[str, str]:
+    """The safetensors ``__metadata__`` of a file holding the tensors ``described`` (qcore's description)."""
+    doc = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "qcore_version": __version__,
+           "tensors": described, "metadata": dict(metadata)}
+    return {"format": "qcore", "qcore_format_version": str(FORMAT_VERSION), META_KEY: json.dumps(doc, allow_nan=False)}
+
+
 def describe(model: QModel) -> tuple[list[Entry], dict[str, str]]:
     """The safetensors entries and metadata that store ``model``."""
     entries: list[Entry] = []
     described: list[dict[str, Any]] = []
     for name, t in model.tensors.items():
-        info = model.info.get(name, {})
-        if isinstance(t, QTensor):
-            params = {}
-            for pname in sorted(t.params):
-                arr = np.ascontiguousarray(t.params[pname])
-                st_dtype(arr)  # refuses dtypes the container cannot hold
-                key = param_key(name, pname)
-                params[pname] = key
-                entries.append(Entry.of(key, arr))
-            # codes first in the data buffer would be nicer to read, but params are tiny: order is free
-            nb = packed_size(t.size, t.bits)
-            entries.append(Entry(codes_key(name), "U8", (nb,), nb, lambda t=t: t.pack()))
-            snr = info.get("sqnr_db")
-            d = {
-                "name": name, "kind": "quantized", "scheme": t.scheme, "bits": t.bits, "signed": t.signed,
-                "shape": list(t.shape), "dtype": str(t.dtype),
-                "options": {str(k): _json_value(v) for k, v in t.options.items()},
-                "codes": codes_key(name), "params": params, "plugin": _plugin_of(t.scheme),
-                "sqnr_db": None if snr is None or not math.isfinite(float(snr)) else float(snr),
-            }
-            if info.get("planned_by"):
-                d["planned_by"] = str(info["planned_by"])
-            plan = plan_info(info)
-            if plan:
-                d["plan"] = plan
-            described.append(d)
-        else:
-            arr = np.ascontiguousarray(t)
-            e = Entry.of(name, arr)
-            if model.dtype_of(name) == "bfloat16":  # bit patterns held as uint16: stored as what they are
-                if arr.dtype != np.uint16:
-                    raise TypeError(f"tensor {name!r} is recorded as bfloat16 but holds {arr.dtype}, not its uint16 bit patterns")
-                e.dtype = "BF16"
-            entries.append(e)
-            described.append({"name": name, "kind": "tensor", "tensor": name})
+        e, d = describe_tensor(name, t, model.info.get(name, {}), model.dtype_of(name))
+        entries += e
+        described.append(d)
     names = [e.name for e in entries]
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
         raise ValueError(f"tensor names collide with qcore's storage names: {dup}; rename them")
-    doc = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "qcore_version": __version__,
-           "tensors": described, "metadata": dict(model.metadata)}
-    meta = {"format": "qcore", "qcore_format_version": str(FORMAT_VERSION), META_KEY: json.dumps(doc, allow_nan=False)}
-    return entries, meta
+    return entries, file_metadata(described, model.metadata)
 
 
 def save_qmodel(model: QModel, path: str | os.PathLike, progress=None) -> int:
@@ -376,60 +390,164 @@ def _is_qcore_file(path: str) -> bool:
 
 
 def model_file(path: str) -> str:
-    """The qcore ``.safetensors`` file of ``path``: the file itself, or ``FOLDER_FILE`` in a folder."""
-    return os.path.join(path, FOLDER_FILE) if os.path.isdir(path) else path
+    """The qcore ``.safetensors`` file of ``path``: the file itself, or in a folder its shard index
+    (``model.safetensors.index.json``) or ``FOLDER_FILE``."""
+    if not os.path.isdir(path):
+        return path
+    index = os.path.join(path, INDEX_NAME)
+    return index if os.path.isfile(index) else os.path.join(path, FOLDER_FILE)
+
+
+def model_files(path: str) -> list[str]:
+    """The qcore files of ``path`` in model order: the shards its index lists (validated against the index,
+    :class:`qcore.FormatError` otherwise), or the one file."""
+    f = model_file(path)
+    if not f.endswith(INDEX_NAME):
+        return [f]
+    shards = ShardedFile(f)
+    return shards.files
 
 
 def folder_target(path: str, options: dict) -> bool:
-    """Whether :meth:`QcoreFormat.save` writes a folder: ``source=`` given, or ``path`` an existing folder or a
-    name ending in a path separator."""
-    return options.get("source") is not None or os.path.isdir(path) or path.endswith(("/", os.sep))
+    """Whether :meth:`QcoreFormat.save` writes a folder: ``source=`` or ``max_shard_size=`` given, or ``path`` an
+    existing folder or a name ending in a path separator."""
+    return (options.get("source") is not None or options.get("max_shard_size") is not None or os.path.isdir(path)
+            or path.endswith(("/", os.sep)))
+
+
+def _folder_output(p: str, source) -> str | None:
+    """Checks of a folder output ``p`` (created); the source folder, if any."""
+    if p.lower().endswith(".safetensors") and not os.path.isdir(p):
+        raise ValueError(f"{p!r}: with source= or max_shard_size= the qcore output is a folder (model.safetensors or "
+                         f"its shards, next to the source's other files); pass a folder name")
+    src = source_folder(source)
+    if src is not None and os.path.isdir(p) and same_folder(src, p):
+        raise ValueError(f"output folder {p!r} is the source folder: it would overwrite the input model")
+    os.makedirs(p, exist_ok=True)
+    return src
+
+
+def _copy_source_files(src: str | None, p: str) -> int:
+    """The source folder's non-weight files and its ``config.json`` (as it is) into ``p``; their bytes."""
+    if src is None:
+        return 0
+    size = 0
+    for rel in copy_side_files(src, p):
+        size += os.path.getsize(os.path.join(p, rel))
+    cfg = os.path.join(src, "config.json")
+    if os.path.isfile(cfg):
+        copy_file(cfg, os.path.join(p, "config.json"))
+        size += os.path.getsize(cfg)
+    return size
+
+
+class QcoreWriter(ShardedModelWriter):
+    """qcore's format written tensor by tensor: one file, or a folder of shards each of which is a complete qcore
+    file describing its own tensors (plus ``model.safetensors.index.json``); see qcore/model/shards.py."""
+
+    def __init__(self, path, *, metadata=None, source=None, max_shard_size=None, progress=None):
+        p = os.fspath(path)
+        self.metadata = dict(metadata or {})
+        self.src = None
+        self.path = p
+        target = p
+        if folder_target(p, {"source": source, "max_shard_size": max_shard_size}):
+            self.src = _folder_output(p, source)
+            if max_shard_size is None:  # one file in the folder; a sharded model there goes, index first
+                target = os.path.join(p, FOLDER_FILE)
+                for f in stale_weight_files(p):
+                    os.unlink(f)
+        super().__init__(ShardWriter(target, max_shard_size=max_shard_size,
+                                     shard_metadata=lambda described: file_metadata(described, self.metadata),
+                                     index_metadata={"format": "qcore"}), progress)
+
+    def add(self, name, tensor, info=None, dtype=None):
+        if not isinstance(tensor, QTensor):
+            tensor = np.asarray(tensor)
+        entries, d = describe_tensor(name, tensor, dict(info or {}), dtype or str(getattr(tensor, "dtype", "")))
+        self._write(name, entries, d)
+
+    def side_files(self) -> int:
+        return _copy_source_files(self.src, self.path)
 
 
 class QcoreFormat(ModelFormat):
     """qcore's own file (docs/format.md): any scheme, any bits; a ``.safetensors`` file, or a folder holding it as
-    ``model.safetensors`` next to the source model's other files (``source=``)."""
+    ``model.safetensors`` (or as shards with ``max_shard_size=``) next to the source model's other files
+    (``source=``)."""
 
     name = "qcore"
     description = "qcore's quantized-model .safetensors file (any scheme; docs/format.md)"
     output = "file"
     suffixes = (".safetensors",)
-    save_options = ("source", "progress")
+    save_options = ("source", "progress", "max_shard_size")
 
     def sniff(self, path: str) -> bool:
         f = model_file(path)
+        if f.endswith(INDEX_NAME):
+            try:
+                f = model_files(path)[0]
+            except (FormatError, OSError, IndexError):
+                return False
         return os.path.isfile(f) and _is_qcore_file(f)
 
-    def save(self, model: QModel, path, *, source=None, progress=None) -> int:
-        """Write ``model`` to ``path`` (a ``.safetensors`` file), or with ``source=`` (a Hugging Face folder) to the
-        folder ``path``: ``model.safetensors`` plus every file of ``source`` that is not a weight (qcore/model/folders.py),
+    def check_save_options(self, options: dict) -> None:
+        super().check_save_options(options)
+        if options.get("max_shard_size") is not None:
+            parse_size(options["max_shard_size"])
+
+    def save(self, model: QModel, path, *, source=None, progress=None, max_shard_size=None) -> int:
+        """Write ``model`` to ``path`` (a ``.safetensors`` file), or with ``source=`` (a Hugging Face folder) or
+        ``max_shard_size=`` to the folder ``path``: ``model.safetensors`` — or shards of at most ``max_shard_size``
+        bytes and their index — plus every file of ``source`` that is not a weight (qcore/model/folders.py),
         ``config.json`` included as it is.  Returns the bytes written."""
         p = os.fspath(path)
+        if max_shard_size is not None:
+            total = model.nbytes
+            with QcoreWriter(p, metadata=model.metadata, source=source, max_shard_size=max_shard_size,
+                             progress=None if progress is None else (lambda done, _: progress(done, total))) as w:
+                for name, t in model.items():
+                    w.add(name, t, model.info.get(name, {}), model.dtype_of(name))
+                return w.close()
         if not folder_target(p, {"source": source}):
             return save_qmodel(model, p, progress=progress)
-        if p.lower().endswith(".safetensors") and not os.path.isdir(p):
-            raise ValueError(f"{p!r}: with source= the qcore output is a folder (model.safetensors next to the "
-                             f"source's other files); pass a folder name")
-        src = source_folder(source)
-        if src is not None and os.path.isdir(p) and same_folder(src, p):
-            raise ValueError(f"output folder {p!r} is the source folder: it would overwrite the input model")
-        os.makedirs(p, exist_ok=True)
+        src = _folder_output(p, source)
+        for f in stale_weight_files(p):  # an earlier sharded model here: its index must not outlive it
+            if not f.endswith(FOLDER_FILE):
+                os.unlink(f)
         size = save_qmodel(model, os.path.join(p, FOLDER_FILE), progress=progress)
-        if src is not None:
-            for rel in copy_side_files(src, p):
-                size += os.path.getsize(os.path.join(p, rel))
-            cfg = os.path.join(src, "config.json")
-            if os.path.isfile(cfg):
-                copy_file(cfg, os.path.join(p, "config.json"))
-                size += os.path.getsize(cfg)
-        return size
+        return size + _copy_source_files(src, p)
+
+    def open_writer(self, path, *, metadata=None, **options) -> QcoreWriter:
+        self.check_save_options(options)
+        return QcoreWriter(path, metadata=metadata, **options)
 
     def load(self, path, *, verify: bool = True) -> QModel:
-        return load_qcore_file(model_file(os.fspath(path)), verify=verify)
+        files = model_files(os.fspath(path))
+        if len(files) == 1:
+            return load_qcore_file(files[0], verify=verify)
+        model = None
+        for f in files:
+            part = load_qcore_file(f, verify=verify)
+            if model is None:
+                model = QModel(metadata=part.metadata)
+            for name, t in part.items():
+                if name in model:
+                    raise FormatError(f"{path!r}: tensor {name!r} is in two shards")
+                model[name] = t
+                if name in part.info:
+                    model.info[name] = part.info[name]
+        return model
 
     def inspect(self, path) -> dict[str, Any]:
         p = os.fspath(path)
-        desc = inspect_file(model_file(p))
+        files = model_files(p)
+        descs = [inspect_file(f) for f in files]
+        desc = descs[0]
+        if len(files) > 1:
+            desc = dict(desc, tensors=[r for d in descs for r in d["tensors"]],
+                        file_size=sum(d["file_size"] for d in descs), shards=len(files),
+                        title=f"{desc['title']}, in {len(files)} shards")
         desc["path"] = p
         return desc
 

@@ -3,14 +3,15 @@
 A format is a :class:`ModelFormat` with four operations::
 
     fmt.sniff(path) -> bool                  # is this file/folder in this format (header only, never raises)
-    fmt.save(model, path, **options) -> int  # bytes written; atomic; options: source=, ...
+    fmt.save(model, path, **options) -> int  # bytes written; atomic; options: source=, max_shard_size=, ...
     fmt.load(path, *, verify=True) -> QModel
     fmt.inspect(path) -> dict                # header-only description: what ``qcore inspect`` prints
+    fmt.open_writer(path, metadata=, **options) -> ModelWriter   # add(name, tensor, info) ... close(): streaming
 
 :meth:`QModel.save` (``format=``), :func:`load_quantized` (``qcore.load_quantized``), :func:`inspect` and the
 command line (``quantize``, ``inspect``, ``dequantize``, ``report``) reach formats through this registry only.
 
-The built-in formats (qcore's own file, compressed-tensors folders) are listed by module name in
+The built-in formats (qcore's own file, compressed-tensors folders, GGUF files) are listed by module name in
 :data:`BUILTIN` and imported on first use, the way entry points name plugins: the format modules sit above
 :class:`QModel` (they build one when loading), so the registry below it names them instead of importing them.
 A third party registers its own with :func:`register_format`.
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from .qmodel import QModel
 
 #: modules defining the built-in formats, each as its module-level ``FORMAT`` (a ModelFormat instance)
-BUILTIN = ("qcore.model.format", "qcore.model.compressed_tensors")
+BUILTIN = ("qcore.model.format", "qcore.model.compressed_tensors", "qcore.model.gguf.format")
 
 
 class ModelFormat:
@@ -69,10 +70,21 @@ class ModelFormat:
         """A header-only description: ``{"path", "format", "file_size", "title", "tensors": [report rows], ...}``."""
         raise NotImplementedError
 
+    def open_writer(self, path: str, *, metadata: dict[str, str] | None = None, **options) -> "ModelWriter | None":
+        """A :class:`ModelWriter` saving to ``path`` tensor by tensor, as ``quantize_model(output=...)`` produces
+        them (``options``: the save options), or None (the base class): the format cannot write as it goes, and
+        ``quantize_model`` collects the model in memory and calls :meth:`save` at the end."""
+        return None
+
     # -- checks made before any work (the command line calls them before quantizing) ----------------------
     def check_plan(self, plan, options: dict | None = None) -> None:
         """Refuse, naming them, the entries of a quantization plan ``[(name, scheme, options)]`` this format
         cannot hold (``ValueError``).  ``options``: the save options that will be passed (e.g. ``source``)."""
+
+    def default_options(self, scheme: str, options: dict) -> dict:
+        """The scheme options the command line uses for this format when the user leaves some unset (default:
+        ``options`` unchanged; GGUF fills in 32-weight blocks with float16 scales)."""
+        return options
 
     def check_save_options(self, options: dict) -> None:
         """Refuse save options this format does not take or that are wrong (``ValueError``/``TypeError``),
@@ -84,6 +96,30 @@ class ModelFormat:
 
     def __repr__(self) -> str:
         return f"<qcore model format {self.name!r}>"
+
+
+class ModelWriter:
+    """Saves a model tensor by tensor: :meth:`add` each tensor in model order, then :meth:`close`; :meth:`abort`
+    on failure leaves no output that looks complete.  A context manager: leaving it by an exception aborts."""
+
+    def add(self, name: str, tensor, info: dict | None = None, dtype: str | None = None) -> None:
+        """Write one tensor: a :class:`qcore.QTensor` or an array; ``info`` its ``QModel.info`` record; ``dtype``
+        its original dtype when the array does not say it (``"bfloat16"`` for uint16 bit patterns)."""
+        raise NotImplementedError
+
+    def close(self) -> int:
+        """Complete the output (an index or config, if any, last); returns the bytes written."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Remove what was written so far."""
+
+    def __enter__(self) -> "ModelWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
 
 
 _FORMATS: dict[str, ModelFormat] = {}
@@ -168,9 +204,65 @@ def format_of(path: str | os.PathLike) -> ModelFormat:
     return get_format("qcore")
 
 
+def probe(scheme: str, options: dict):
+    """A small QTensor quantized with ``scheme`` and ``options`` (2 rows of ``2 * group_size`` or 64 values), or
+    the reason it cannot be made: what a format's ``check_plan`` asks its tensor check about, before any work,
+    without knowing the scheme (its decode form and layout say what it is)."""
+    import numpy as np
+
+    from ..api import get_quantizer
+    from ..quantization.planner import Planner
+
+    try:
+        q = get_quantizer(scheme, **options)
+        if isinstance(q, Planner):
+            return f"{scheme!r} is a planner"
+        cfg = getattr(q, "config", {})
+        width = 2 * int(cfg["group_size"]) if cfg.get("granularity") == "group" else 64
+        return q.quantize(np.linspace(-1.0, 1.5, 2 * width, dtype=np.float32).reshape(2, width))
+    except (TypeError, ValueError, KeyError) as exc:
+        return str(exc)
+
+
+def check_plan_tensors(plan, why, what: str, help_text: str) -> None:
+    """Refuse (``ValueError``) a quantization plan ``[(name, scheme, options)]`` whose tensors ``why(name, qt)``
+    refuses (it returns the reason, or None); a planner's candidates (``options["candidates"]``, dicts with a
+    ``"scheme"``) are each checked, and a planner without explicit candidates is refused."""
+    from ..api import get_quantizer
+    from ..quantization.planner import Planner
+
+    bad = []
+    for name, scheme, opts in plan:
+        if scheme is None:
+            continue
+        cands = opts.get("candidates")
+        try:
+            planner = isinstance(get_quantizer(scheme, **opts), Planner)
+        except Exception:  # noqa: BLE001 - the probe below reports the reason
+            planner = False
+        if planner or cands is not None:
+            if not isinstance(cands, list) or not all(isinstance(c, dict) for c in cands):
+                bad.append(f"{name}: scheme {scheme!r} with its default candidates (pass candidates that {what} holds)")
+                continue
+            specs = [(c.get("scheme", "linear"), {k: v for k, v in c.items() if k != "scheme"}) for c in cands]
+        else:
+            specs = [(scheme, opts)]
+        for s, o in specs:
+            qt = probe(s, o)
+            reason = qt if isinstance(qt, str) else why(name, qt)
+            if reason:
+                bad.append(f"{name}: {s} {', '.join(f'{k}={v!r}' for k, v in o.items())}: {reason}")
+                break
+        if len(bad) > 20:
+            break
+    if bad:
+        raise ValueError(f"{what} cannot hold {len(bad)}{'+' if len(bad) > 20 else ''} planned tensor(s) exactly "
+                         f"({'; '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}); {help_text}")
+
+
 def load_quantized(path: str | os.PathLike, *, verify: bool = True) -> "QModel":
     """Read a quantized model in any registered format: a qcore ``.safetensors`` file (or a folder holding
-    one) or a compressed-tensors ``pack-quantized`` folder.
+    one), a compressed-tensors ``pack-quantized`` folder, or a GGUF file of the types qcore writes.
 
     Headers are validated completely before any tensor data is read; a scheme that is not installed raises
     :class:`qcore.SchemeNotFound` naming the plugin distribution the file needs; with ``verify=True``
@@ -187,5 +279,5 @@ def inspect(path: str | os.PathLike) -> dict[str, Any]:
     return format_of(p).inspect(p)
 
 
-__all__ = ["ModelFormat", "BUILTIN", "register_format", "get_format", "format_of", "list_formats", "load_quantized",
-           "inspect"]
+__all__ = ["ModelFormat", "ModelWriter", "BUILTIN", "register_format", "get_format", "format_of", "list_formats",
+           "load_quantized", "inspect", "probe", "check_plan_tensors"]

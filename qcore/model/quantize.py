@@ -11,14 +11,16 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..api import get_quantizer
-from ..metrics import matches, sqnr_db
-from ..ptq import gptq
+from ..metrics import matches
 from ..ptq.hessian import (DEFAULT_FOLDS, HessianAccumulator, HessianFile, HessianFolds, MixedHessians, hessian_for,
                            hessian_key, load_hessians)
-from ..quantization.driver import PlanItem, choose, measure_items, named_error, planner_kwargs
+from ..kernels.base import packed_size
+from ..quantization.driver import PlanItem, choose, measure_items, named_error
 from ..quantization.planner import Planner
-from ..tensor import QTensor
+from .execution import QuantizeTask, executor_map, ordered_map, run_task
+from .formats import ModelWriter
 from .qmodel import QModel
+from .shards import check_fits, parse_size
 from .tensors import TensorFile, load_tensors, shape_and_dtype
 
 #: keys of a rule that are not scheme options
@@ -169,13 +171,6 @@ def _source_dtype(tensors, name: str) -> str:
     return str(shape_and_dtype(tensors, name)[1])
 
 
-def _set_source_dtype(qt: QTensor, tensors, name: str) -> None:
-    """Record the input's dtype in the QTensor (``qcore dequantize`` writes that dtype back by default)."""
-    src = _source_dtype(tensors, name)
-    if src in ("float16", "bfloat16", "float32", "float64"):
-        qt.dtype = src
-
-
 def _check_budget_floor(planned, fixed, counts, total_weights, budget_bits) -> None:
     """Refuse, before measuring anything, a budget below what the narrowest candidate's codes alone need."""
     floor = 0.0
@@ -254,11 +249,12 @@ class _Load:
 
 def quantize_model(tensors, scheme: str = "linear", *, include=None, exclude=None, rules=None,
                    budget_bits: float | None = None, progress: bool = True, method: str = "rtn", hessians=None,
-                   calibrate=None, **options: Any) -> QModel:
-    """Quantize a model's named tensors into a :class:`qcore.QModel`.
+                   calibrate=None, executor=None, output=None, format: str = "qcore", max_shard_size=None,
+                   source=None, **options: Any):
+    """Quantize a model's named tensors into a :class:`qcore.QModel` (or, with ``output=``, straight into files).
 
     :param tensors: ``{name: array}`` (a dict, ``qcore.load_tensors(...)``'s lazy mapping), or a path to a
-        ``.safetensors``/``.npz`` file, read tensor by tensor
+        ``.safetensors``/``.npz`` file or a Hugging Face model folder (shards too), read tensor by tensor
     :param scheme: the scheme for tensors no rule names; ``"mixed"`` chooses scheme and bits per tensor
     :param include: glob pattern(s): only matching tensors are quantized (default: every float tensor of 2+ dims)
     :param exclude: glob pattern(s): matching tensors stay as they are
@@ -279,13 +275,27 @@ def quantize_model(tensors, scheme: str = "linear", *, include=None, exclude=Non
         output error ``trace((W - W') H (W - W')^T)`` on held-out folds (docs/ptq.md)
     :param calibrate: ``{tensor name or pattern: input activations X}``: Hessians in folds made from ``X``
         (for the tensors ``hessians`` does not cover).  ``calibration=`` is its deprecated spelling.
+    :param executor: any ``concurrent.futures.Executor`` (a Dask ``Client.get_executor()``, Ray's, a
+        ``ProcessPoolExecutor``): each tensor's work — measuring the mixed candidates, quantizing — runs there
+        as a task that reads its own tensor from the input path (``tensors`` must then be a path or a
+        ``load_tensors`` mapping, never arrays), while this process plans and writes in model order.  The
+        result is the same bytes as without one (docs/models.md, "Many machines").
+    :param output: write the model to this path as tensors are quantized, in ``format`` (``"qcore"``,
+        ``"compressed-tensors"``, ...), and return a :class:`qcore.model.WrittenModel` (paths, report) instead of
+        a QModel: memory stays at about the largest tensor, whatever the model's size
+    :param max_shard_size: with ``output``: shards of at most this many bytes (``"5GB"``, ``"500MB"``, an int)
+        plus ``model.safetensors.index.json``, written last; a tensor larger than that is an error before any
+        work
+    :param source: with ``output``: the Hugging Face folder whose other files (config, tokenizer) go along
+        (``QModel.save``'s ``source=``); default: ``tensors`` when it is a folder and the format takes one
     :param options: scheme options (``bits``, ``granularity``, ...).  For ``mixed``: ``candidates``,
         ``target_sqnr``, ``output_error``, ``gptq_options`` and ``sensitivity`` (a number, or
         ``{name or pattern: weight or per-element array}``, weighting the weight error of tensors without data)
 
     Memory: tensors are read, quantized and dropped one at a time, so a lazily loaded file needs about its
-    largest tensor plus the output.  ``mixed`` makes two passes (measure every candidate, then quantize the
-    chosen one) to keep that bound; its measure -> plan loop is :func:`qcore.quantization.driver.run_plan`.
+    largest tensor plus the output (without ``output=``: the quantized model).  ``mixed`` makes two passes
+    (measure every candidate, then quantize the chosen one) to keep that bound; its measure -> plan loop is
+    :func:`qcore.quantization.driver.run_plan`.
     """
     if "calibration" in options:
         warnings.warn("quantize_model(calibration=...) is deprecated; use calibrate= (activation arrays) or "
@@ -293,9 +303,10 @@ def quantize_model(tensors, scheme: str = "linear", *, include=None, exclude=Non
         if calibrate is not None:
             raise TypeError("pass calibrate= or its deprecated spelling calibration=, not both")
         calibrate = options.pop("calibration")
+    input_path = os.fspath(tensors) if isinstance(tensors, (str, os.PathLike)) else None
     own_file = None
-    if isinstance(tensors, (str, os.PathLike)):
-        tensors = own_file = load_tensors(tensors)
+    if input_path is not None:
+        tensors = own_file = load_tensors(input_path)
     if not isinstance(tensors, Mapping):
         raise TypeError(f"tensors must be a mapping name -> array or a path, got {type(tensors).__name__}")
     if not isinstance(scheme, str):
@@ -310,11 +321,19 @@ def quantize_model(tensors, scheme: str = "linear", *, include=None, exclude=Non
     if method == "gptq" and hessians is None and calibrate is None:
         raise TypeError("method='gptq' needs hessians= (a mapping or a file of per-tensor Hessians, "
                         "e.g. from qtorch.collect_hessians) or calibrate= (input activations per tensor)")
+    if executor is not None:
+        if not callable(getattr(executor, "submit", None)):
+            raise TypeError(f"executor must be a concurrent.futures.Executor (with submit), got {type(executor).__name__}")
+        if not isinstance(tensors, TensorFile):
+            raise TypeError("executor= needs the model as a path (or a qcore.load_tensors mapping): each task reads "
+                            "its own tensor from the input file, so no array travels to the workers")
+    if output is None and (max_shard_size is not None or source is not None):
+        raise TypeError("max_shard_size= and source= are options of output= (or of QModel.save)")
     sensitivity = options.pop("sensitivity", None)
     plan = plan_tensors(tensors, scheme, include, exclude, rules, options)
+    writer_args = _writer_args(plan, tensors, input_path, output, format, max_shard_size, source, options)
     hess, own_hess = _hessian_source(hessians)
 
-    model = QModel()
     quantizers: dict[tuple, Any] = {}
 
     def quantizer_for(s, opts):
@@ -351,48 +370,173 @@ def quantize_model(tensors, scheme: str = "linear", *, include=None, exclude=Non
     total_weights = sum(counts.values())
     if planned and budget_bits is not None:
         _check_budget_floor(planned, fixed, counts, total_weights, budget_bits)
+    if writer_args is not None:
+        _check_shard_size(plan, tensors, counts, quantizers, quantizer_for, writer_args)
     bar = progress_bar(sum(counts[n] for n, _, _ in fixed), progress, "quantizing")
-    results: dict[str, tuple[QTensor, float, dict]] = {}
+    tasks: dict[str, QuantizeTask] = {}
+    for name, q, rule in fixed:
+        gptq_h = hess if method == "gptq" else None
+        tasks[name] = QuantizeTask(name, _plan_item(tensors, name, gptq_h, None, None).load, q, method=method,
+                                   dtype=_source_dtype(tensors, name), info={"rule": rule} if rule else {})
+    writer = stream = None
     try:
-        fixed_bits = 0
-        for name, q, rule in fixed:
-            bar.set_postfix_str(name[-40:])
-            x = tensors[name]
-            h = hessian_for(hess, name) if method == "gptq" and np.ndim(x) == 2 else None
-            try:
-                qt = q.quantize(x) if h is None else gptq(x, HessianFolds.of(h).full(), q)
-            except (ValueError, TypeError) as exc:
-                raise named_error(exc, name) from exc
-            _set_source_dtype(qt, tensors, name)
-            info = {"rule": rule} if rule else {}
-            if method == "gptq":
-                info["method"] = "rtn" if h is None else "gptq"
-            results[name] = (qt, sqnr_db(x, qt.dequantize()), info)
-            fixed_bits += 8 * qt.nbytes
-            del x
-            bar.update(counts[name])
         if planned:
-            _quantize_planned(tensors, planned, fixed, results, fixed_bits, budget_bits, sensitivity, bar, counts,
-                              hess, method)
+            _plan_tasks(tensors, planned, fixed, tasks, budget_bits, sensitivity, bar, counts, hess, method, executor)
+        # quantize in model order (tasks run ahead on the executor); write or collect each result as it comes
+        bar.reset(total=total_weights)
+        bar.set_description_str("quantizing")
+        order = [n for n, s, _ in plan if s is not None]
+        stream = ordered_map(executor, run_task, [tasks[n] for n in order], names=order)
+        if writer_args is not None:
+            fmt, path, save_options = writer_args
+            writer = fmt.open_writer(path, metadata={}, **save_options) or _CollectingWriter(fmt, path, save_options)
+            sink = WrittenModel(path, fmt.name)
+        else:
+            sink = QModel()
         for name, s, opts in plan:
-            if name in results:
-                qt, snr, info = results[name]
-                model[name] = qt
-                model.info[name] = {"sqnr_db": snr, **info}
+            if s is not None:
+                r = next(stream)
+                bar.set_postfix_str(name[-40:])
+                value, info = r.qtensor, {"sqnr_db": r.sqnr_db, **r.info}
+                bar.update(counts[name])
             else:
                 src = _source_dtype(tensors, name)
                 arr = tensors.raw(name) if src == "bfloat16" else tensors[name]
-                model[name] = np.array(arr, copy=True) if isinstance(tensors, TensorFile) and not arr.flags.writeable else arr
-                if src == "bfloat16":  # kept as its 16-bit patterns: written back as bfloat16, unchanged
-                    model.info.setdefault(name, {})["dtype"] = "bfloat16"
+                value = np.array(arr, copy=True) if isinstance(tensors, TensorFile) and not arr.flags.writeable else arr
+                info = {"dtype": "bfloat16"} if src == "bfloat16" else {}
                 if opts.get("rule"):
-                    model.info.setdefault(name, {})["rule"] = opts["rule"]
+                    info["rule"] = opts["rule"]
+            if writer is not None:
+                writer.add(name, value, info, info.get("dtype"))
+                sink.add_row(name, value, info)
+            else:
+                sink[name] = value
+                if info:
+                    sink.info[name] = info
+            del value
+        if budget_bits is not None:
+            used = sum(8 * r for r in _quantized_bytes(sink))
+            if used > budget_bits * total_weights + 1e-6:  # pragma: no cover - the planner guarantees this
+                raise RuntimeError(f"mixed plan exceeds its budget: {used / total_weights:.4f} > {budget_bits} bits per weight")
+        if writer is not None:
+            sink.nbytes_written = writer.close()
+            sink.files = list(getattr(getattr(writer, "shards", None), "files", []) or [path])
+        return sink
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
     finally:
+        if stream is not None:
+            stream.close()  # cancels the tasks not started yet
         bar.close()
         for f in (own_file, own_hess):
             if f is not None and hasattr(f, "close"):
                 f.close()
-    return model
+
+
+def _quantized_bytes(sink) -> list[int]:
+    if isinstance(sink, QModel):
+        return [int(sink[n].nbytes) for n in sink.quantized]
+    return [int(r["bytes_q"]) for r in sink.report() if r["scheme"] is not None]
+
+
+def _writer_args(plan, tensors, input_path, output, format, max_shard_size, source, options):
+    """``(format, path, save options)`` of ``output=``, checked before any work (None without output)."""
+    if output is None:
+        return None
+    from .formats import get_format
+
+    fmt = get_format(format)
+    path = os.fspath(output)
+    save_options: dict[str, Any] = {}
+    if source is None and fmt.uses_source and input_path is not None and os.path.isdir(input_path):
+        source = input_path
+    if source is not None:
+        save_options["source"] = source
+    if max_shard_size is not None:
+        save_options["max_shard_size"] = max_shard_size
+    fmt.check_save_options(save_options)
+    fmt.check_plan([(n, s, o) for n, s, o in plan], save_options)
+    return fmt, path, save_options
+
+
+def _check_shard_size(plan, tensors, counts, quantizers, quantizer_for, writer_args) -> None:
+    """A tensor that cannot fit one shard is an error before any work: kept tensors take their bytes, quantized
+    ones at least their packed codes (the narrowest candidate's for a planner)."""
+    limit = writer_args[2].get("max_shard_size")
+    if limit is None:
+        return
+    sizes = {}
+    for name, s, opts in plan:
+        if s is None:
+            src = _source_dtype(tensors, name)
+            shape, dtype = shape_and_dtype(tensors, name)
+            sizes[name] = int(np.prod(shape, dtype=np.int64)) * (2 if src == "bfloat16" else dtype.itemsize)
+            continue
+        q = quantizer_for(s, {k: v for k, v in opts.items() if k != "__rule__"})
+        specs = getattr(q, "specs", None) or []
+        bits = [int(sp["bits"]) for sp in specs if isinstance(sp, dict) and "bits" in sp] or [int(getattr(q, "bits", 1))]
+        sizes[name] = packed_size(counts[name], min(bits))
+    check_fits(sizes, parse_size(limit))
+
+
+class _CollectingWriter(ModelWriter):
+    """For a format without a writer of its own: the model collected in memory, saved at :meth:`close`."""
+
+    def __init__(self, fmt, path: str, options: dict):
+        self.fmt, self.path, self.options = fmt, path, options
+        self.model = QModel()
+
+    def add(self, name, tensor, info=None, dtype=None):
+        self.model[name] = tensor
+        if info:
+            self.model.info[name] = dict(info)
+
+    def close(self) -> int:
+        return self.fmt.save(self.model, self.path, **self.options)
+
+
+class WrittenModel:
+    """What ``quantize_model(..., output=path)`` returns: the model is in the files, not in memory.
+
+    :ivar path: the output path; :ivar format: its format's name; :ivar files: the files written (shards, index);
+    :ivar nbytes_written: their bytes.  :meth:`report` gives the rows ``QModel.report()`` would; :meth:`load`
+    reads the model back (``qcore.load_quantized``)."""
+
+    def __init__(self, path: str, format: str):
+        self.path, self.format = path, format
+        self.files: list[str] = []
+        self.nbytes_written = 0
+        self._rows: list[dict] = []
+
+    def add_row(self, name: str, value, info: dict) -> None:
+        row = QModel({name: value}, info={name: info}).report()[0]
+        self._rows.append(row)
+
+    def report(self) -> list[dict]:
+        """One row per tensor, as :meth:`qcore.QModel.report` (SQNR as measured while quantizing)."""
+        return [dict(r) for r in self._rows]
+
+    @property
+    def nbytes(self) -> int:
+        """Storage of the tensors (as ``QModel.nbytes``)."""
+        return sum(int(r["bytes_q"]) for r in self._rows)
+
+    @property
+    def average_bits(self) -> float:
+        q = [r for r in self._rows if r["scheme"] is not None]
+        count = sum(math.prod(r["shape"]) for r in q)
+        return 8.0 * sum(r["bytes_q"] for r in q) / count if count else math.nan
+
+    def load(self, *, verify: bool = True) -> QModel:
+        from .formats import load_quantized
+
+        return load_quantized(self.path, verify=verify)
+
+    def __repr__(self) -> str:
+        return (f"WrittenModel({self.path!r}, format={self.format!r}, {len(self._rows)} tensors, "
+                f"{len(self.files)} files, {self.nbytes_written} bytes)")
 
 
 class _Chain(Mapping):
@@ -420,9 +564,9 @@ def _plan_item(tensors, name, hess, count, sensitivity) -> PlanItem:
     return PlanItem(name, count, _Load(tensors, name, hess, hkey), _per_tensor(sensitivity, name))
 
 
-def _quantize_planned(tensors, planned, fixed, results, fixed_bits, budget_bits, sensitivity, bar, counts,
-                      hess=None, method="rtn"):
-    # pass 1: measure every candidate of every planned tensor (the driver; one task per tensor)
+def _plan_tasks(tensors, planned, fixed, tasks, budget_bits, sensitivity, bar, counts, hess, method, executor):
+    """Measure every candidate of every planned tensor (tasks on ``executor``), plan centrally, and add each
+    planned tensor's quantizing task (its chosen candidate) to ``tasks``."""
     bar.reset(total=sum(counts[n] for n, _, _ in planned))
     bar.set_description_str("measuring")
     groups: dict[int, list[int]] = {}  # one planner decides for all tensors that share it (normally one)
@@ -432,11 +576,17 @@ def _quantize_planned(tensors, planned, fixed, results, fixed_bits, budget_bits,
     measured: list = [None] * len(planned)
     for idxs in groups.values():
         q = planned[idxs[0]][1]
-        for i, m in zip(idxs, measure_items(q, [items[i] for i in idxs], method=method, progress=bar)):
+        sub = [items[i] for i in idxs]
+        mmap = map if executor is None else executor_map(executor, [it.name for it in sub])
+        for i, m in zip(idxs, measure_items(q, sub, method=method, progress=bar, measure_map=mmap)):
             measured[i] = m
-    # plan: the budget left by fixed-scheme tensors; other planner groups (rare) keep their own minimum
+    # the budget left by fixed-scheme tensors: their sizes, from quantizing them (again when they are written)
+    fixed_bits = 0
+    if budget_bits is not None and fixed:
+        for r in ordered_map(executor, run_task, [tasks[n] for n, _, _ in fixed], names=[n for n, _, _ in fixed]):
+            fixed_bits += 8 * r.qtensor.nbytes
+    # plan; other planner groups (rare) keep their own minimum
     total_count = sum(counts[n] for n, _, _ in planned + fixed)
-    choice: dict[int, dict] = {}
     for idxs in groups.values():
         q = planned[idxs[0]][1]
         budget = budget_bits if budget_bits is not None else q.config.get("budget_bits")
@@ -456,31 +606,11 @@ def _quantize_planned(tensors, planned, fixed, results, fixed_bits, budget_bits,
                                  f"or add cheaper candidates")
         picks = choose(q, [items[i] for i in idxs], [measured[i] for i in idxs], capacity_bits=capacity,
                        target_sqnr=target)
-        for i, c in zip(idxs, picks):
-            choice[i] = c
-    # pass 2: quantize each tensor with its chosen candidate, fitted on all its data
-    bar.reset(total=sum(counts[n] for n, _, _ in planned))
-    bar.set_description_str("quantizing")
-    for i, (name, q, rule) in enumerate(planned):
-        bar.set_postfix_str(name[-40:])
-        x, h = items[i].load()
-        cand = choice[i]
-        qt = q.quantize_candidate(x, cand["spec"], **planner_kwargs(h, method if h is not None else "rtn"))
-        _set_source_dtype(qt, tensors, name)
-        info = {"planned_by": q.name, "candidate": cand["label"]}
-        for key in ("error", "error_in_sample"):
-            if key in cand and h is not None:
-                info[key] = float(cand[key])
-        if h is not None:
-            info["held_out"] = bool(cand.get("held_out", False))
-        if method == "gptq":
-            info["method"] = "gptq" if h is not None else "rtn"
-        if rule:
-            info["rule"] = rule
-        results[name] = (qt, sqnr_db(x, qt.dequantize()), info)
-        del x
-        bar.update(counts[name])
-    if budget_bits is not None:
-        used = sum(8 * r[0].nbytes for r in results.values())
-        if used > budget_bits * total_count + 1e-6:  # pragma: no cover - the planner guarantees this
-            raise RuntimeError(f"mixed plan exceeds its budget: {used / total_count:.4f} > {budget_bits} bits per weight")
+        for i, cand in zip(idxs, picks):
+            name, _, rule = planned[i]
+            info = {"planned_by": q.name, "candidate": cand["label"]}
+            if rule:
+                info["rule"] = rule
+            tasks[name] = QuantizeTask(name, items[i].load, q, spec=cand["spec"], method=method,
+                                       dtype=_source_dtype(tensors, name), info=info,
+                                       plan={k: cand[k] for k in ("error", "error_in_sample", "held_out") if k in cand})

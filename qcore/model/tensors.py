@@ -64,6 +64,10 @@ class TensorFile(Mapping):
     def close(self) -> None:
         pass
 
+    def __reduce__(self):
+        # pickles as its path (an executor's task reads its tensor where it runs; no array travels)
+        return (load_tensors, (self.path,))
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.path!r}: {len(self)} tensors>"
 
@@ -211,7 +215,9 @@ class ShardedFile(TensorFile):
             extra = [n for n in f if n not in self._where or self._where[n] is not f]
             if extra:
                 raise FormatError(f"{shard!r} holds tensors the index does not list for it: {extra[:5]}")
-        # file order: shards in index order, tensors in data order within each
+        # file order: shards by file name (model-00001-of-... first; an index's keys are usually sorted by tensor
+        # name, which says nothing of the model's order), tensors in data order within each
+        self.shards = dict(sorted(self.shards.items()))
         self._names = [n for f in self.shards.values() for n in f if self._where[n] is f]
         self._index = set(self._names)
         self.metadata = dict(doc.get("metadata") or {}) if isinstance(doc.get("metadata"), dict) else {}

@@ -1,4 +1,5 @@
-"""Static int8 convolution (and Linear as a 1x1 convolution): validation, weight packing, the ``_conv`` kernels.
+"""Static int8 convolution (and Linear as a 1x1 convolution): validation and geometry here, the arithmetic in a
+kernel's ``qconv2d`` capability (qcore/kernels/conv.py; ``kernel=None``: the default one, ``cython``).
 
 :class:`PackedConv2d` holds one layer: int8 weights (symmetric, one scale per output channel) packed once,
 the calibrated input quantization parameters (per tensor) and, optionally, a fused ReLU.  It runs
@@ -11,28 +12,22 @@ Arithmetic (documented in docs/gemm.md, "Static int8 convolution"; the tests rep
 
 * input codes: ``q = clamp(rint(x * float32(1/sa)) + za, qmin, qmax)`` (half to even; the linear scheme's rule)
 * ``C[m, n] = sum_{kh, kw, c} (q[pixel, c] - za) * w[n, c, kh, kw]`` exactly (int32; padding reads ``za``)
-* float output: ``y = float32(C) * M[n] + bias[n]`` then ``max(y, 0)`` with ReLU, ``M[n] = float32(sa * sw[n])``
+* float output: ``y = float32(C) * M[n] + bias[n]`` then ``clip(y, lo, hi)`` with a fused activation (ReLU:
+  ``(0, inf)``, ReLU6: ``(0, 6)``), ``M[n] = float32(sa * sw[n])``
 * uint8 output: the same with ``M[n] = float32(sa * sw[n] / so)``, ``bias[n] / so``, then
-  ``rint(clip(y, -zo, 255 - zo)) + zo`` — the next layer's input codes, NHWC, channels padded to 4
+  ``rint(clip(y, clo, chi)) + zo`` — the next layer's input codes, NHWC, channels padded to 4; ``[clo, chi]`` is
+  the code range ``[-zo, 255 - zo]`` narrowed by the activation (``qcore.ops.cnn.code_bounds``)
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from ..api import get_kernel
 from ..validation import as_float32, non_finite_error
 
 _INT32_MAX = (1 << 31) - 1
-
-
-def _ext():
-    try:
-        from qcore_plugins import _conv, _gemm
-    except ImportError as exc:  # pragma: no cover - only without a built extension
-        raise ImportError(
-            "qcore.ops.PackedConv2d needs the compiled extensions qcore_plugins._conv and _gemm; build them with "
-            "`python setup.py build_ext --inplace` or `pip install .`"
-        ) from exc
-    return _conv, _gemm
 
 
 def _pair(v, name, minimum):
@@ -82,11 +77,15 @@ class PackedConv2d:
     :param bias: ``None`` or float ``(N,)``
     :param input_scale, input_zero_point: the calibrated per-tensor activation parameters
     :param input_bits, input_signed: the activation codes' width and signedness (affine: unsigned)
-    :param relu: fuse ``max(., 0)`` into the output
+    :param relu: fuse ``max(., 0)`` into the output (the same as ``activation=(0, inf)``)
+    :param activation: ``None`` or the bounds ``(lo, hi)`` of a fused clamp (ReLU ``(0, inf)``, ReLU6 ``(0, 6)``)
+    :param kernel: the kernel that computes (a name or instance declaring ``qconv2d``); None: the default
     """
 
     def __init__(self, weight_codes, weight_scale, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
-                 input_scale, input_zero_point=0, input_bits=8, input_signed=False, relu=False):
+                 input_scale, input_zero_point=0, input_bits=8, input_signed=False, relu=False, activation=None,
+                 kernel=None):
+        self.kernel = get_kernel(kernel, capability="qconv2d")
         w = np.asarray(weight_codes)
         if w.dtype != np.int8:
             raise TypeError(f"weight_codes must be int8 (symmetric codes), got dtype {w.dtype}")
@@ -118,7 +117,15 @@ class PackedConv2d:
                 raise ValueError(f"bias must have shape ({n},), got {bias.shape}")
         self.bias = bias
         self.set_input_params(input_scale, input_zero_point, input_bits, input_signed)
-        self.relu = bool(relu)
+        if activation is None and relu:
+            activation = (0.0, math.inf)
+        if activation is not None:
+            lo, hi = (float(v) for v in activation)
+            if math.isnan(lo) or math.isnan(hi) or lo > hi or lo == math.inf or hi == -math.inf:
+                raise ValueError(f"activation must be bounds (lo, hi) with lo <= hi, got {activation}")
+            activation = (lo, hi)
+        self.activation = activation
+        self.relu = activation == (0.0, math.inf)
         t = kh * kw
         wmax = int(np.abs(w.astype(np.int32)).max())
         if t * (self.cp if self.groups == 1 else cg) * 255 * max(wmax, 1) > _INT32_MAX:
@@ -137,6 +144,12 @@ class PackedConv2d:
         self._packed: dict[str, object] = {}
         self._zc: dict = {}
         self._epi: dict = {}
+        self._calls: dict = {}
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_calls"] = {}  # prepared kernel calls point into this object's arrays: made again after a copy
+        return state
 
     @classmethod
     def linear(cls, weight_codes, weight_scale, bias=None, **kwargs) -> "PackedConv2d":
@@ -168,6 +181,7 @@ class PackedConv2d:
         self._inv, self._za, self._qlo, self._qhi = float(inv), zu, lo, hi
         self._epi = {}
         self._zc = {}
+        self._calls = {}
 
     def output_size(self, h: int, w: int) -> tuple[int, int]:
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
@@ -176,10 +190,10 @@ class PackedConv2d:
         return oh, ow
 
     def _packed_for(self, isa: str):
+        """The weights packed by the kernel at its current level ``isa`` (one packing per level)."""
         p = self._packed.get(isa)
         if p is None:
-            _, g = _ext()
-            p = self._packed.setdefault(isa, g.pack_b(self._w2d, isa))
+            p = self._packed.setdefault(isa, self.kernel.conv_pack(self._w2d))
         return p
 
     def _epilogue(self, np_: int, mode: int, out_scale, out_zp):
@@ -209,75 +223,119 @@ class PackedConv2d:
         ``padded=True``: ``(B, H + 2*ph, W + 2*pw, Cp)`` with this layer's zero padding already in place (the
         border holds the zero point) — the form :meth:`run_codes` takes with ``padded_input=True``.
         """
-        conv, g = _ext()
         x = as_float32(x, "x", check_finite=False)
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must have shape (B, {self.in_channels}, H, W), got {x.shape}")
         b, _, h, w = x.shape
         ph, pw = self.padding if padded else (0, 0)
         out = _padded_empty(b, h, w, self.cp, ph, pw, self._za)
-        if conv.quantize_nchw(np.ascontiguousarray(x), self._inv, self._za, self._qlo, self._qhi, out, g.ISA.copy,
-                              (ph, pw)):
+        if self.kernel.conv_quantize_nchw(np.ascontiguousarray(x), self._inv, self._za, self._qlo, self._qhi, out,
+                                          (ph, pw)):
             raise non_finite_error(x, "x")
         return out
 
     def quantize_rows(self, x) -> np.ndarray:
         """float ``(R, C)`` rows (NHWC pixels or Linear inputs) -> uint8 ``(R, Cp)``."""
-        conv, g = _ext()
         x = as_float32(x, "x", check_finite=False)
         if x.ndim != 2 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must have shape (R, {self.in_channels}), got {x.shape}")
         out = np.empty((x.shape[0], self.cp), np.uint8)
-        if conv.quantize_rows(np.ascontiguousarray(x), self._inv, self._za, self._qlo, self._qhi, out, g.ISA.copy):
+        if self.kernel.conv_quantize_rows(np.ascontiguousarray(x), self._inv, self._za, self._qlo, self._qhi, out):
             raise non_finite_error(x, "x")
         return out
 
     # -- the convolution ---------------------------------------------------------------------------------
     def run_codes(self, a, output: str = "float", out_scale=None, out_zero_point=0, *, padded_input: bool = False,
-                  out_padding=(0, 0), nchw: bool = False) -> np.ndarray:
+                  out_padding=(0, 0), nchw: bool = False, in_border=None, residual=None) -> np.ndarray:
         """The convolution of uint8 NHWC input codes ``a`` ``(B, H, W, Cp)`` (zero point = the input's).
 
         ``output``: ``"float"`` -> float32 ``(B, OH, OW, N)``; ``"uint8"`` -> codes ``(B, OH, OW, roundup4(N))``
-        requantized with ``out_scale``/``out_zero_point`` (ReLU applied first if fused); ``"int32"`` -> the exact
-        ``sum (a - za) * w`` ``(B, OH, OW, N)`` (no bias, no ReLU).
-        ``padded_input``: ``a`` already holds this layer's zero padding (:meth:`quantize_input` with
-        ``padded=True``): every window lies inside it, the fastest path.  ``out_padding`` (uint8 output): write
-        the codes into ``(B, OH + 2*p, OW + 2*q, Cp')`` with a border of ``out_zero_point`` — the padded input of
-        a next layer whose padding is ``(p, q)``.  ``nchw`` (float output): float32 ``(B, N, OH, OW)`` instead.
+        requantized with ``out_scale``/``out_zero_point`` (the fused activation clips first); ``"int32"`` -> the
+        exact ``sum (a - za) * w`` ``(B, OH, OW, N)`` (no bias, no activation).
+        ``in_border=(bh, bw)``: ``a`` is an image with a border of that many pixels around it, holding the input
+        zero point (``qcore.ops.cnn.Codes``); where the border is at least this layer's padding, every window lies
+        inside the buffer, the fastest path.  ``padded_input``: the same with a border equal to the padding
+        (:meth:`quantize_input` with ``padded=True``).  ``out_padding`` (uint8 output): write the codes into
+        ``(B, OH + 2*p, OW + 2*q, Cp')`` with a border of ``out_zero_point``.  ``nchw`` (float output): float32
+        ``(B, N, OH, OW)`` instead.  ``residual = (codes, scale, zero_point)`` (uint8 output, ``groups == 1``): a
+        residual addition fused into the epilogue — ``codes`` laid out like the output (its border and padded
+        channels), ``y = y + float32(r - zr) * float32(sr / so)`` after the bias and before the clamp.
+
+        The kernel's arguments are validated and prepared once per input shape and output form (the kernel's
+        ``conv_prepare``, cached on the layer); later calls check only the arrays.
         """
-        conv, g = _ext()
+        rspec, rcodes = None, None
+        if residual is not None:
+            rcodes, rs, rz = residual
+            rspec = (float(rs), int(rz))
+        key = (self.kernel.isa, getattr(a, "shape", None), output, out_scale, out_zero_point, padded_input,
+               out_padding, nchw, in_border, rspec)
+        hit = self._calls.get(key)
+        if hit is None:
+            hit = self._calls.setdefault(key, self._prepare_call(a, output, out_scale, out_zero_point, padded_input,
+                                                                 out_padding, nchw, in_border, rspec))
+        call, shape = hit
+        if not a.flags.c_contiguous:
+            a = np.ascontiguousarray(a)
+        out = np.empty(call.out_shape, call.out_dtype)
+        if rcodes is not None:
+            if not isinstance(rcodes, np.ndarray) or rcodes.dtype != np.uint8 or rcodes.shape != shape:
+                raise ValueError(f"residual codes must be uint8 of the output's shape {shape}")
+            rcodes = np.ascontiguousarray(rcodes).reshape(call.out_shape)
+        self.kernel.conv_call(call, a, out, rcodes)
+        return out.reshape(shape)
+
+    def _prepare_call(self, a, output, out_scale, out_zero_point, padded_input, out_padding, nchw, in_border,
+                      rspec=None):
+        """(the kernel's prepared call, result shape) for inputs like ``a`` (all of :meth:`run_codes`'s
+        validation)."""
         if not isinstance(a, np.ndarray) or a.dtype != np.uint8 or a.ndim != 4 or a.shape[3] != self.cp:
             raise ValueError(f"a must be uint8 NHWC codes of shape (B, H, W, {self.cp})")
-        a = np.ascontiguousarray(a)
-        bsz, h, w, _ = a.shape
+        bsz, hb, wb, _ = a.shape
         pad = self.padding
-        if padded_input:
-            h, w = h - 2 * pad[0], w - 2 * pad[1]
-            if h < 0 or w < 0:
-                raise ValueError(f"a padded input must be at least {2 * pad[0]}x{2 * pad[1]} pixels (the padding)")
+        if in_border is None:
+            in_border = pad if padded_input else (0, 0)
+        bh, bw = _pair(in_border, "in_border", 0)
+        h, w = hb - 2 * bh, wb - 2 * bw
         oh, ow = self.output_size(h, w)
         if oh < 1 or ow < 1 or h < 1 or w < 1:
             raise ValueError(f"input {h}x{w} is smaller than the (dilated) kernel {self.kernel_size} with padding "
                              f"{self.padding}: the output would be {oh}x{ow}")
+        if bh >= pad[0] and bw >= pad[1]:  # the border holds the padding: windows inside the buffer
+            crop, kpad, lpad = (bh - pad[0], bw - pad[1], h + 2 * pad[0], w + 2 * pad[1]), (0, 0), pad
+        else:
+            crop, kpad, lpad = (bh, bw, h, w), pad, (0, 0)
         mode = {"int32": 0, "float": 1, "uint8": 2}.get(output)
         if mode is None:
             raise ValueError(f"output must be 'float', 'uint8' or 'int32', got {output!r}")
         so, zo = None, 0
         opad = _pair(out_padding, "out_padding", 0)
+        clamp = self.activation
         if mode == 2:
             so = float(out_scale)
             zo = int(out_zero_point)
             if not np.isfinite(so) or so <= 0 or not 0 <= zo <= 255:
                 raise ValueError("out_scale must be positive and finite and out_zero_point in [0, 255]")
+            lo, hi = clamp if clamp is not None else (-math.inf, math.inf)
+            clamp = (float(np.float32(max(-zo, lo / so))), float(np.float32(min(255 - zo, hi / so))))
         elif opad != (0, 0):
             raise ValueError("out_padding is for uint8 output only")
+        if mode == 0:
+            clamp = None
         if nchw and mode != 1:
             raise ValueError("nchw is for float output only")
         n = self.out_channels
-        isa = g.ISA.copy
+        isa = self.kernel.isa
+        tapsum = None
         if self.groups == 1:
             packed = self._packed_for(isa)
-            np_, cs, wg = packed.np_, packed.colsum, None
+            (np_, cs), wg = self.kernel.conv_columns(packed), None
+            if lpad != (0, 0):  # per-tap column sums: skipping the taps in the padding corrects the zero point
+                tapsum = self._packed.get(("tapsum", np_))
+                if tapsum is None:
+                    tapsum = np.zeros((self._w2d.shape[1] // self.cp, np_), np.int32)
+                    tapsum[:, :n] = self._w2d.reshape(n, -1, self.cp).astype(np.int32).sum(axis=2).T
+                    tapsum = self._packed.setdefault(("tapsum", np_), tapsum)
         else:
             packed, np_, cs, wg = None, n, self._wg_colsum, self._wg
         zc = self._zc.get(isa)
@@ -286,20 +344,23 @@ class PackedConv2d:
         mult, bias = self._epilogue(np_, mode, so, zo)
         if mode == 0:
             bias = None
-        cols = roundup4(n) if mode == 2 else n
-        if mode == 2:
-            out = _padded_empty(bsz, oh, ow, cols, opad[0], opad[1], zo)
-        elif nchw:
-            out = np.empty((bsz, n, oh, ow), np.float32)
-        else:
-            out = np.empty((bsz, oh, ow, cols), (np.int32, np.float32)[mode])
-        kpad = (0, 0) if padded_input else pad
+        res = None
+        if rspec is not None:
+            if mode != 2 or self.groups != 1:
+                raise ValueError("a residual is fused only into uint8 output of a convolution with groups == 1")
+            rs, rz = rspec
+            if not (np.isfinite(rs) and rs > 0) or not 0 <= rz <= 255:
+                raise ValueError("the residual's scale must be positive and finite and its zero point in [0, 255]")
+            res = (rz, float(np.float32(rs / so)))
         geom = (oh, ow) + self.kernel_size + self.stride + kpad + self.dilation + (
             n, self.groups, self.in_channels // self.groups)
-        flat = out.reshape(bsz * n, oh * ow) if nchw else out.reshape(-1, cols)
-        conv.conv(a, geom, self._za, packed, wg, zc, mult, bias, mode, self.relu and mode != 0, zo, flat, isa, opad,
-                  nchw)
-        return out
+        call = self.kernel.conv_prepare(a.shape, geom, self._za, packed, wg, zc, mult, bias, mode, clamp, zo, opad,
+                                        nchw, crop, lpad, tapsum, res)
+        if nchw:
+            shape = (bsz, n, oh, ow)
+        else:
+            shape = (bsz, oh + 2 * opad[0], ow + 2 * opad[1], call.out_shape[1])
+        return call, shape
 
     def __call__(self, x) -> np.ndarray:
         """float NCHW ``(B, C, H, W)`` -> float32 NHWC ``(B, OH, OW, N)``."""

@@ -2,15 +2,17 @@
 
 Which weights take which path (docs/gemm.md, "Low-bit weights"):
 
-* ``linear`` 1-7 bits (and 8 bits with groups), per tensor / per output channel / per group of a multiple of 32,
-  symmetric or affine: the low-bit kernel on the codes' bit patterns (``Kernel.pack_lowbit``), with
+* codes that decode as an ``Affine`` form (``decodes_as``, docs/contracts.md §2; e.g. ``linear``) at 1-7 bits
+  (and 8 bits with groups), per tensor / per output channel / per group of a multiple of 32: the low-bit kernel
+  (a kernel's ``lowbit_gemm`` capability, ``Kernel.pack_lowbit``) on the codes' bit patterns, with
   ``W = scale * (v - zero)``: signed codes are offset to unsigned (``v = code + 2**(bits-1)``), the zero point
-  shifted alike (absent zero point: 0); 1-bit binary codes (``-alpha`` / ``+alpha``) are ``2*alpha*(v - 1/2)``.
-* any scheme whose quantizer defines ``lookup_table(params)`` (kmeans, log, plugins such as NF4) with
-  ``bits <= 4``: the same kernel through a 16-entry byte table per tensor / output channel / group.
-* everything else a scheme can express (scales along the input axis, group sizes that are not a multiple of
-  32, tables at 5-8 bits): the *rows* path — blocks of output rows decoded to float32 one at a time (at most
-  ``ROWS_PATH_FLOATS`` floats) and multiplied with numpy; never a float copy of the whole weight.
+  shifted alike (absent zero point: 0; an offset folded into it); a 1-bit ``(+alpha, -alpha)`` table (binary
+  ``linear``) is ``2*alpha*(v - 1/2)``.
+* a ``Table`` form (kmeans, log, plugins such as NF4) with ``bits <= 4``: the same kernel through a 16-entry
+  byte table per tensor / output channel / group.
+* everything else (scales along the input axis, group sizes that are not a multiple of 32, tables at 5-8
+  bits, schemes without a form): the *rows* path — blocks of output rows decoded by the scheme one at a time
+  (at most ``ROWS_PATH_FLOATS`` floats) and multiplied with numpy; never a float copy of the whole weight.
 """
 from __future__ import annotations
 
@@ -149,10 +151,13 @@ def _table_spec(w, form):
 
 
 def build_plan(w, kernel) -> LowbitPlan:
+    """The plan of ``w`` on ``kernel`` (one declaring ``lowbit_gemm``; None: the rows path)."""
     n, k = w.shape
     form = form_of(w)
     if form is None:
         return LowbitPlan("rows", n, k, reason=f"scheme {w.scheme!r} declares no decode form")
+    if kernel is None:
+        return LowbitPlan("rows", n, k, reason="no kernel with the lowbit_gemm capability")
     spec = None
     if isinstance(form, forms.Table) and w.bits == 1:
         spec = _binary_spec(w, form)
@@ -178,11 +183,11 @@ def build_plan(w, kernel) -> LowbitPlan:
 
 
 def plan_for(w, kernel=None) -> LowbitPlan:
-    """The cached plan of ``w`` for ``kernel`` (default: the fastest installed kernel)."""
-    if kernel is None:
-        from ..api import get_kernel
+    """The cached plan of ``w`` for ``kernel`` (a name or instance declaring ``lowbit_gemm``; None: the default
+    kernel of that capability)."""
+    from ..api import get_kernel
 
-        kernel = get_kernel()
+    kernel = get_kernel(kernel, capability="lowbit_gemm")
     key = f"{_KEY}/{kernel.name}"
     plan = w.cache.get(key)
     if plan is None:

@@ -133,6 +133,7 @@ class PluginManager:
         self._loaded = False
         self._registries: dict[str, dict[str, type]] | None = None
         self._owners: dict[tuple[str, str], str] = {}  # (kind, name) -> plugin name
+        self._memo: dict = {}  # key -> (the registries it was computed from, value): see memo()
 
     # -- loading -----------------------------------------------------------------------------------
     def _fail(self, what: str) -> None:
@@ -337,6 +338,19 @@ class PluginManager:
             self._owners = owners
             self._registries = regs
             return regs
+
+    def memo(self, key, compute):
+        """A value derived from the registries (e.g. the default kernel of a capability), computed once and
+        kept until the registries change (a plugin registered or removed): a lookup of a few dict reads."""
+        regs = self._registries
+        if regs is None:
+            regs = self.registries()
+        hit = self._memo.get(key)
+        if hit is not None and hit[0] is regs:
+            return hit[1]
+        value = compute()
+        self._memo[key] = (regs, value)
+        return value
 
     def get(self, kind: str, name: str) -> type:
         regs = self.registries()[kind]

@@ -42,6 +42,7 @@ from .. import resolve
 from ..kernels.base import Kernel
 from ..tensor import QTensor
 from ..validation import as_float32, check_int
+from .defaults import option_defaults
 
 
 class Planner:
@@ -52,6 +53,13 @@ class Planner:
     options: ClassVar[dict[str, Any]] = {}
     #: default widest code of a candidate
     default_bits: ClassVar[int] = 8
+    #: option defaults per role (qcore/quantization/defaults.py), as for schemes
+    role_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    @classmethod
+    def defaults(cls, role: str | None = None) -> dict[str, Any]:
+        """Every option's default for ``role`` (``"weight"``, ``"activation"`` or None), ``bits`` included."""
+        return option_defaults(cls, role)
 
     def __init__(self, bits: int | None = None, observer: str | None = None, kernel=None, **options):
         self.bits = check_int(self.default_bits if bits is None else bits, "bits", 1, 8)

@@ -19,6 +19,7 @@ from .. import resolve
 from ..kernels.base import Kernel, code_dtype
 from ..tensor import QTensor
 from ..validation import as_float32, check_int, normalize_axis
+from .defaults import option_defaults
 from .forms import GRANULARITIES, Form, Layout, Table
 
 
@@ -36,7 +37,10 @@ class Quantizer:
       ``axis`` and ``group_size``) opts into the standard per-tensor / per-channel / per-group layout;
     * ``granularities`` — which of ``"tensor"``, ``"channel"``, ``"group"`` the scheme supports;
     * ``default_observer`` — the observer used when none is named;
-    * ``default_bits`` — ``bits`` when none is given (8; clipped into ``bits_range``).
+    * ``default_bits`` — ``bits`` when none is given (8; clipped into ``bits_range``);
+    * ``role_defaults`` — ``{"weight": {...}, "activation": {...}}``: option defaults for a model's weights or
+      activations, used by entry points that know the role (the framework adapters, ``qcore quantize``; see
+      qcore/quantization/defaults.py and the table in docs/usage.md); :meth:`defaults` lists them.
     """
 
     name: ClassVar[str] = ""
@@ -46,6 +50,7 @@ class Quantizer:
     granularities: ClassVar[tuple[str, ...]] = GRANULARITIES
     default_observer: ClassVar[str] = "minmax"
     default_bits: ClassVar[int] = 8
+    role_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
     #: True when fit() and encode() follow the built-in ``linear`` scheme's rule exactly with the options
     #: ``symmetric``/``granularity``/``axis``/``group_size`` (docs/schemes.md; a renamed copy of it, for instance):
     #: the torch adapter then fake-quantizes on torch ops, on any device, instead of through numpy.
@@ -75,6 +80,12 @@ class Quantizer:
         self.observer_name = observer if observer is not None else self.default_observer
         self._observer_cls = resolve.observer_class(self.observer_name)  # fails early on an unknown name
         self.observer = None  # created by the first observe()
+
+    @classmethod
+    def defaults(cls, role: str | None = None) -> dict[str, Any]:
+        """Every option's default for ``role`` (``"weight"``, ``"activation"`` or None: a plain tensor), ``bits``
+        included: the one default per option, owned by the scheme."""
+        return option_defaults(cls, role)
 
     # -- options and layout -------------------------------------------------------------------------
     def _check_layout_options(self) -> None:

@@ -6,7 +6,7 @@ import threading
 import numpy as np
 
 from ..errors import InputError
-from ..kernels.base import Kernel
+from ..kernels.base import CAPABILITIES, Kernel
 from ._common import Check, SkipCheck
 
 SHAPES = [(1,), (7,), (1031,), (3, 5), (4, 33), (2, 3, 17), (5, 1, 40)]
@@ -63,13 +63,24 @@ def _params(shape, axis, seed, signed):
 
 # -- the checks ---------------------------------------------------------------------------------------------
 def check_kernel_class_contract(obj):
-    """A non-empty ``name``, an integer ``priority`` and ``available()`` returning a bool."""
+    """A non-empty ``name``, an integer ``priority``, ``available()`` returning a bool, ``capabilities`` a
+    frozenset of known capability names (``supports`` agreeing with it), ``isas()`` levels and ``isa`` among them."""
     cls = Spec(obj).cls
     assert isinstance(cls.name, str) and cls.name and " " not in cls.name, f"`name` must be a non-empty string without spaces, got {cls.name!r}"
     assert isinstance(cls.priority, int), f"`priority` must be an int, got {cls.priority!r}"
     assert isinstance(cls.available(), bool), f"available() must return a bool, got {cls.available()!r}"
-    for meth in ("_minmax", "_quantize_affine", "_dequantize_affine", "_pack", "_unpack"):
-        assert getattr(cls, meth) is not getattr(Kernel, meth), f"the kernel must implement {meth}()"
+    caps = cls.capabilities
+    assert isinstance(caps, frozenset), f"`capabilities` must be a frozenset, got {type(caps).__name__}"
+    unknown = caps - CAPABILITIES
+    assert not unknown, f"`capabilities` names unknown capabilities {sorted(unknown)}; known: {sorted(CAPABILITIES)}"
+    assert caps, "`capabilities` is empty: declare what the kernel implements"
+    for cap in CAPABILITIES:
+        assert cls.supports(cap) == (cap in caps), f"supports({cap!r}) disagrees with `capabilities`"
+    if cls.available():
+        k = Spec(obj).make()
+        levels = k.isas()
+        assert levels and all(isinstance(v, str) for v in levels), f"isas() must list level names, got {levels!r}"
+        assert k.isa in levels, f"isa {k.isa!r} is not among isas() {levels}"
 
 
 def check_kernel_minmax(obj):
@@ -359,12 +370,10 @@ def check_kernel_search_scales(obj):
 
 
 def check_kernel_lowbit_linear(obj):
-    """``pack_lowbit``/``lowbit_linear`` (optional) agree with the numpy reference: linear codes of 1-8 bits per row
+    """``pack_lowbit``/``lowbit_linear`` agree with the numpy reference: linear codes of 1-8 bits per row
     and per group, affine zero points, shared and per-column 16-entry tables, K not a multiple of 32; float sums
     within 2e-6 of the largest output; NaN/Inf activations raise ``qcore.InputError``."""
     k, ref = Spec(obj).make(), _reference()
-    if type(k)._lowbit_linear is Kernel._lowbit_linear:
-        raise SkipCheck(f"kernel {type(k).name!r} has no low-bit GEMM (optional)")
     rng = np.random.default_rng(30)
     cases = [(4, 128, 32, None), (3, 100, 100, None), (8, 96, 32, None), (1, 64, 64, None), (2, 64, 32, "shared"),
              (4, 160, 32, "column"), (4, 70, 70, "column")]
@@ -394,22 +403,293 @@ def check_kernel_lowbit_linear(obj):
         raise AssertionError("lowbit_linear of activations holding NaN did not raise qcore.InputError")
 
 
-KERNEL_CHECKS = [
-    check_kernel_class_contract,
-    check_kernel_minmax,
-    check_kernel_quantize_affine,
-    check_kernel_dequantize_affine,
-    check_kernel_pack_unpack,
-    check_kernel_table_decode,
-    check_kernel_nearest_entry,
-    check_kernel_log_levels,
-    check_kernel_histograms,
-    check_kernel_search_scales,
-    check_kernel_input_unchanged,
-    check_kernel_thread_safety,
-    check_kernel_lowbit_linear,
+def check_kernel_int8_gemm(obj):
+    """``qgemm`` equals the exact int64 product for int8/uint8 operands, scalar and per-row/column zero points,
+    packed and unpacked weights; ``int8_linear`` equals the reference bit for bit (per-row uint8 activations,
+    per-column scales and zero points, bias; odd K); ``unpack_int8`` restores the codes; NaN/Inf activations raise
+    ``qcore.InputError``; a packed object of another kernel is a ``TypeError``."""
+    k, ref = Spec(obj).make(), _reference()
+    rng = np.random.default_rng(40)
+    for m, kk, n in ((1, 1, 1), (3, 37, 5), (17, 64, 33), (70, 130, 19)):
+        for adt, bdt in ((np.uint8, np.int8), (np.int8, np.int8), (np.uint8, np.uint8), (np.int8, np.uint8)):
+            lo_a, hi_a = (0, 256) if adt == np.uint8 else (-128, 128)
+            lo_b, hi_b = (0, 256) if bdt == np.uint8 else (-128, 128)
+            a = rng.integers(lo_a, hi_a, (m, kk)).astype(adt)
+            b = rng.integers(lo_b, hi_b, (n, kk)).astype(bdt)
+            for za, zb in ((0, 0), (int(rng.integers(lo_a, hi_a)), rng.integers(lo_b, hi_b, n))):
+                want = ((a.astype(np.int64) - za) @ (b.astype(np.int64) - np.reshape(zb, (-1, 1))).T).astype(np.int32)
+                _eq(k.qgemm(a, b, za, zb), want, f"qgemm {np.dtype(adt).name}x{np.dtype(bdt).name} ({m}, {kk}, {n})")
+                _eq(k.qgemm(a, k.pack_int8(b), za, zb), want, f"qgemm with packed weights ({m}, {kk}, {n})")
+    for m, kk, n, signed in ((1, 64, 48, True), (5, 37, 9, False), (33, 300, 70, True)):
+        codes = rng.integers(-127 if signed else 0, 128 if signed else 256, (n, kk)).astype(np.int8 if signed else np.uint8)
+        scale = rng.uniform(0.001, 0.1, n).astype(np.float32)
+        zp = np.zeros(n, np.int64) if signed else rng.integers(0, 256, n)
+        x = (rng.standard_normal((m, kk)) * rng.uniform(0.1, 10, (m, 1))).astype(np.float32)
+        x[0, :] = np.abs(x[0, :])  # a row without negative values: zero point 0
+        bias = rng.standard_normal(n).astype(np.float32)
+        w = k.int8_weight(codes, scale, zp)
+        _eq(k.int8_linear(x, w, bias), ref.int8_linear(x, ref.int8_weight(codes, scale, zp), bias),
+            f"int8_linear ({m}, {kk}, {n}) {codes.dtype}")
+        _eq(k.unpack_int8(w), codes, "unpack_int8")
+        assert k.int8_shape(w) == (n, kk, codes.dtype), f"int8_shape gave {k.int8_shape(w)}"
+        x[m - 1, kk - 1] = np.inf
+        try:
+            k.int8_linear(x, w)
+        except InputError:
+            pass
+        else:
+            raise AssertionError("int8_linear of activations holding Inf did not raise qcore.InputError")
+    try:
+        k.int8_linear(np.zeros((1, 4), np.float32), object())
+    except TypeError:
+        pass
+    else:
+        raise AssertionError("int8_linear accepted an object its kernel did not pack (expected TypeError)")
+
+
+def _conv_case(rng, k, ref, groups, stride, pad, dil, mode, clamp, nchw, opad, crop=None):
+    b, cin, h, w, n, kh, kw = 2, 6 if groups > 1 else 5, 9, 8, 12 if groups > 1 else 7, 3, 2
+    cp = (cin + 3) // 4 * 4
+    cg = cin // groups
+    za = int(rng.integers(0, 256))
+    bh, bw = (0, 0) if crop is None else crop
+    codes = np.full((b, h + 2 * bh, w + 2 * bw, cp), za, np.uint8)  # the image inside a border of za
+    codes[:, bh:bh + h, bw:bw + w, :cin] = rng.integers(0, 256, (b, h, w, cin))
+    window = None if crop is None else (bh, bw, h, w)
+    wt = rng.integers(-127, 128, (n, kh * kw, cg)).astype(np.int8)
+    oh = (h + 2 * pad[0] - dil[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (w + 2 * pad[1] - dil[1] * (kw - 1) - 1) // stride[1] + 1
+    geom = (oh, ow, kh, kw) + stride + pad + dil + (n, groups, cg)
+    mult = rng.uniform(1e-4, 1e-2, n + 16).astype(np.float32)
+    bias = rng.standard_normal(n + 16).astype(np.float32)
+    zo = 7 if mode == 2 else 0
+    results = []
+    for kern in (k, ref):
+        if groups == 1:
+            full = np.zeros((n, kh * kw, cp), np.int8)
+            full[..., :cin] = wt
+            packed, wg = kern.conv_pack(full.reshape(n, -1)), None
+            np_, cs = kern.conv_columns(packed)
+        else:
+            packed, wg = None, wt
+            np_, cs = n, wt.astype(np.int64).sum(axis=(1, 2))
+        zc = (np.int64(za) * np.asarray(cs, np.int64)[:np_]).astype(np.int32)
+        m, bi = np.zeros(np_, np.float32), np.zeros(np_, np.float32)
+        m[:n], bi[:n] = mult[:n], bias[:n]
+        cols = (n + 3) // 4 * 4 if mode == 2 else n
+        if nchw:
+            out = np.empty((b * n, oh * ow), np.float32)
+        else:
+            rows = b * (oh + 2 * opad[0]) * (ow + 2 * opad[1])
+            out = np.full((rows, cols), zo, (np.int32, np.float32, np.uint8)[mode])
+        kern.conv_run(codes, geom, za, packed, wg, zc, m, bi, mode, clamp, zo, out, opad, nchw, window)
+        results.append(out)
+    return results
+
+
+def _prepared_case(rng, k, ref, b, cin, n, groups, ksize, stride, pad, border, residual):
+    """``conv_prepare`` / ``conv_call`` of both kernels on one case: uint8 output with output padding, the input
+    inside a border at least the padding (``lpad`` and ``tapsum`` given: the padding may be skipped), optionally a
+    fused residual."""
+    h, w = 7, 6
+    kh, kw = ksize
+    cp = (cin + 3) // 4 * 4
+    cg = cin // groups
+    za, zo = int(rng.integers(0, 256)), 5
+    bh, bw = border
+    codes = np.full((b, h + 2 * bh, w + 2 * bw, cp), za, np.uint8)
+    codes[:, bh:bh + h, bw:bw + w, :cin] = rng.integers(0, 256, (b, h, w, cin))
+    crop = (bh - pad[0], bw - pad[1], h + 2 * pad[0], w + 2 * pad[1])
+    wt = rng.integers(-127, 128, (n, kh * kw, cg)).astype(np.int8)
+    oh = (h + 2 * pad[0] - kh) // stride[0] + 1
+    ow = (w + 2 * pad[1] - kw) // stride[1] + 1
+    geom = (oh, ow, kh, kw) + stride + (0, 0) + (1, 1) + (n, groups, cg)
+    mult = rng.uniform(1e-4, 1e-2, n + 32).astype(np.float32)
+    bias = rng.standard_normal(n + 32).astype(np.float32)
+    opad = (1, 1)
+    cols = (n + 3) // 4 * 4
+    res = rng.integers(0, 256, (b * (oh + 2) * (ow + 2), cols)).astype(np.uint8) if residual else None
+    rspec = (int(rng.integers(0, 256)), 0.37) if residual else None
+    results = []
+    for kern in (k, ref):
+        tapsum = None
+        if groups == 1:
+            full = np.zeros((n, kh * kw, cp), np.int8)
+            full[..., :cin] = wt
+            packed, wg = kern.conv_pack(full.reshape(n, -1)), None
+            np_, cs = kern.conv_columns(packed)
+            tapsum = np.zeros((kh * kw, np_), np.int32)
+            tapsum[:, :n] = full.astype(np.int32).sum(axis=2).T
+        else:
+            packed, wg = None, wt
+            np_, cs = n, wt.astype(np.int64).sum(axis=(1, 2))
+        zc = (np.int64(za) * np.asarray(cs, np.int64)[:np_]).astype(np.int32)
+        m, bi = np.zeros(np_, np.float32), np.zeros(np_, np.float32)
+        m[:n], bi[:n] = mult[:n], bias[:n]
+        call = kern.conv_prepare(codes.shape, geom, za, packed, wg, zc, m, bi, 2, (-5.0, 200.5), zo, opad, False,
+                                 crop, pad, tapsum, rspec)
+        out = np.empty(call.out_shape, call.out_dtype)
+        kern.conv_call(call, codes, out, res)
+        results.append(out)
+    return results
+
+
+def check_kernel_qconv2d(obj):
+    """The ``qconv2d`` operations equal the reference bit for bit: input quantization (NCHW with padding, rows;
+    NaN reported), the convolution with packed and grouped weights, stride, padding and dilation, an input inside
+    a border, int32 / float (clamped, NCHW) / uint8 (requantized, clamped, output padding) outputs; residual
+    addition, max and average pooling, table lookups and dequantization on buffers with borders."""
+    k, ref = Spec(obj).make(), _reference()
+    rng = np.random.default_rng(50)
+    x = (rng.standard_normal((2, 3, 5, 6)) * 4).astype(np.float32)
+    x[0, 1, 2, 3] = 1e30  # clamps
+    for pad in ((0, 0), (1, 2)):
+        outs = []
+        for kern in (k, ref):
+            o = np.full((2, 5 + 2 * pad[0], 6 + 2 * pad[1], 4), 9, np.uint8)
+            assert not kern.conv_quantize_nchw(x, np.float32(1 / 0.05), 9, 0, 255, o, pad)
+            outs.append(o)
+        _eq(outs[0], outs[1], f"conv_quantize_nchw pad={pad}")
+    rows = (rng.standard_normal((13, 10)) * 3).astype(np.float32)
+    outs = []
+    for kern in (k, ref):
+        o = np.empty((13, 12), np.uint8)
+        assert not kern.conv_quantize_rows(rows, np.float32(1 / 0.03), 128, 1, 255, o)
+        outs.append(o)
+    _eq(outs[0], outs[1], "conv_quantize_rows")
+    rows[4, 7] = np.nan
+    assert k.conv_quantize_rows(rows, 10.0, 0, 0, 255, np.empty((13, 12), np.uint8)), \
+        "conv_quantize_rows did not report NaN"
+    for groups, stride, pad, dil in ((1, (1, 1), (1, 0), (1, 1)), (1, (2, 1), (0, 1), (1, 2)), (3, (1, 2), (1, 1), (1, 1))):
+        for mode, clamp, nchw, opad, crop in ((0, None, False, (0, 0), None), (1, (0.0, np.inf), False, (0, 0), None),
+                                              (1, (-0.5, 6.0), True, (0, 0), (2, 1)), (2, (-7.0, 40.5), False, (0, 0), None),
+                                              (2, None, False, (1, 2), (1, 3))):
+            got, want = _conv_case(rng, k, ref, groups, stride, pad, dil, mode, clamp, nchw, opad, crop)
+            _eq(got, want, f"conv_run groups={groups} stride={stride} pad={pad} dilation={dil} mode={mode} "
+                           f"clamp={clamp} nchw={nchw} out_padding={opad} in a border {crop}")
+    # prepared calls: batches of 8+ with the padding inside the window (a kernel may skip it), depthwise layers,
+    # fused residual additions
+    for b, cin, n, groups, ksize, stride, pad, border, residual in (
+            (9, 5, 40, 1, (3, 3), (1, 1), (1, 1), (1, 2), False),
+            (8, 3, 33, 1, (7, 5), (2, 1), (3, 2), (3, 2), False),
+            (3, 6, 20, 1, (3, 3), (1, 1), (1, 1), (1, 1), True),
+            (8, 16, 16, 1, (1, 1), (1, 1), (0, 0), (1, 1), True),
+            (4, 40, 40, 40, (3, 3), (2, 2), (1, 1), (1, 1), False),
+            (2, 24, 24, 24, (5, 5), (1, 1), (2, 2), (2, 2), False)):
+        got, want = _prepared_case(rng, k, ref, b, cin, n, groups, ksize, stride, pad, border, residual)
+        _eq(got, want, f"conv_prepare/conv_call batch={b} channels={cin}->{n} groups={groups} kernel={ksize} "
+                       f"stride={stride} padding={pad} border={border} residual={residual}")
+    _check_cnn_ops(k, ref, rng)
+
+
+def _check_cnn_ops(k, ref, rng):
+    """The uint8 operations between convolutions, on buffers with borders, against the reference."""
+    a = rng.integers(0, 256, (2, 7 + 2, 6 + 4, 8)).astype(np.uint8)  # interior 7x6, border (1, 2)
+    b = rng.integers(0, 256, (2, 7, 6, 8)).astype(np.uint8)
+    outs = []
+    for kern in (k, ref):
+        o = np.full((2, 7 + 4, 6 + 2, 8), 3, np.uint8)  # border (2, 1)
+        outs.append(kern.cnn_add(a, (1, 2), 120, 0.031, b, (0, 0), 7, 0.77, o, (2, 1), 3, -3.0, 200.25))
+    _eq(outs[0], outs[1], "cnn_add")
+    for kernel, stride, padding, dilation in (((3, 3), (2, 2), (1, 1), (1, 1)), ((2, 3), (1, 2), (0, 1), (2, 1))):
+        oh = (7 + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
+        ow = (6 + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
+        outs = [kern.cnn_maxpool(a, (1, 2), np.zeros((2, oh, ow, 8), np.uint8), (0, 0), kernel, stride, padding,
+                                 dilation) for kern in (k, ref)]
+        _eq(outs[0], outs[1], f"cnn_maxpool kernel={kernel} stride={stride} padding={padding} dilation={dilation}")
+    hs, he = np.array([0, 2, 4], np.int32), np.array([3, 5, 7], np.int32)
+    ws, we = np.array([0, 3], np.int32), np.array([4, 6], np.int32)
+    div = np.array([[12.0, 9.0], [12.0, 7.0], [9.0, 9.0]])
+    outs = [kern.cnn_avgpool(a, (1, 2), np.zeros((2, 3 + 2, 2, 8), np.uint8), (1, 0), hs, he, ws, we, div, 131)
+            for kern in (k, ref)]
+    _eq(outs[0], outs[1], "cnn_avgpool")
+    table = rng.integers(0, 256, 256).astype(np.uint8)
+    for tab, off in ((table, 4), (None, 0)):
+        outs = [kern.cnn_lut(a, (1, 2), 3, np.full((2, 7, 6, 8), 9, np.uint8), (0, 0), off, tab) for kern in (k, ref)]
+        _eq(outs[0], outs[1], f"cnn_lut table={'yes' if tab is not None else 'copy'} offset={off}")
+    outs = [kern.cnn_dequantize(a, (1, 2), 5, 77, 0.0625, np.empty((2, 5, 7, 6), np.float32)) for kern in (k, ref)]
+    _eq(outs[0], outs[1], "cnn_dequantize")
+
+
+def _kmeans_rows(rng, G, n):
+    """Groups for the k-means checks: Gaussian, with ties, constant, few values, -0.0 and 0.0, offset far from 0."""
+    rows = rng.standard_normal((G, n)).astype(np.float32)
+    rows[1] = np.round(rows[1])
+    rows[2] = 3.5
+    rows[3, : n // 2] = -0.0
+    rows[3, n // 2:] = 0.0
+    rows[4] = rows[4] * np.float32(1e-3) + np.float32(1e3)
+    rows[5, ::3] = rows[5, 0]
+    return rows
+
+
+def check_kernel_kmeans_fit(obj):
+    """``kmeans_fit_groups`` and ``kmeans_fit_weighted`` (capability ``"kmeans_fit"``) equal the numpy reference
+    bit for bit: groups of 1 to 300 values at 1, 2, 4 and 8 bits, with and without an alternative codebook and
+    float16 rounding; weighted rows with points of weight 0 in between, starts with equal entries, two tolerances.
+    NaN in a group raises ``qcore.InputError``; an unsorted weighted row ``ValueError``."""
+    k, ref = Spec(obj).make(), _reference()
+    rng = np.random.default_rng(40)
+    for n, K in ((128, 16), (32, 16), (7, 4), (1, 2), (300, 4), (64, 256), (100, 2)):
+        rows = _kmeans_rows(rng, 9, n) if n >= 6 else rng.standard_normal((9, n)).astype(np.float32)
+        _eq(k.kmeans_fit_groups(rows, K), ref.kmeans_fit_groups(rows, K), f"kmeans_fit_groups n={n} K={K}")
+        alt = np.sort(rng.standard_normal((9, K)).astype(np.float32), axis=1)
+        _eq(k.kmeans_fit_groups(rows, K, max_iter=5, alt=alt, float16=True),
+            ref.kmeans_fit_groups(rows, K, max_iter=5, alt=alt, float16=True),
+            f"kmeans_fit_groups n={n} K={K} with alt and float16")
+    x = np.sort(rng.standard_normal((6, 500)).astype(np.float32), axis=1)
+    w = rng.integers(0, 40, (6, 500)).astype(np.float64)
+    w[1, ::2] = 0.0
+    x[2, :] = np.float32(0.25)  # one value: a start with equal entries
+    x[3, 100:] = x[3, 100]      # few distinct values
+    for K, tol in ((16, 1e-6), (4, 0.0), (256, 1e-4)):
+        got, want = k.kmeans_fit_weighted(x, w, K, tol=tol), ref.kmeans_fit_weighted(x, w, K, tol=tol)
+        _eq(got[1], want[1], f"kmeans_fit_weighted ok K={K}")
+        _eq(got[0][want[1]], want[0][want[1]], f"kmeans_fit_weighted K={K} tol={tol}")
+    bad = rng.standard_normal((3, 50)).astype(np.float32)
+    bad[1, 7] = np.nan
+    try:
+        k.kmeans_fit_groups(bad, 4)
+    except InputError:
+        pass
+    else:
+        raise AssertionError("kmeans_fit_groups of a group holding NaN did not raise qcore.InputError")
+    try:
+        k.kmeans_fit_weighted(x[:, ::-1], w, 4)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("kmeans_fit_weighted of unsorted points did not raise ValueError")
+
+
+#: (check, the capability it needs; None: every kernel)
+_KERNEL_CHECKS = [
+    (check_kernel_class_contract, None),
+    (check_kernel_minmax, "affine"),
+    (check_kernel_quantize_affine, "affine"),
+    (check_kernel_dequantize_affine, "affine"),
+    (check_kernel_pack_unpack, "affine"),
+    (check_kernel_table_decode, "codebook"),
+    (check_kernel_nearest_entry, "codebook"),
+    (check_kernel_log_levels, "codebook"),
+    (check_kernel_histograms, "histogram"),
+    (check_kernel_search_scales, "affine"),
+    (check_kernel_kmeans_fit, "kmeans_fit"),
+    (check_kernel_input_unchanged, "affine"),
+    (check_kernel_thread_safety, "affine"),
+    (check_kernel_lowbit_linear, "lowbit_gemm"),
+    (check_kernel_int8_gemm, "int8_gemm"),
+    (check_kernel_qconv2d, "qconv2d"),
 ]
+KERNEL_CHECKS = [f for f, _ in _KERNEL_CHECKS]
+#: check name -> the capability that selects it
+KERNEL_CHECK_CAPABILITY = {f.__name__: cap for f, cap in _KERNEL_CHECKS}
 
 
 def kernel_checks(obj=None) -> list[Check]:
-    return [Check(f.__name__, f, "kernel") for f in KERNEL_CHECKS]
+    """The checks of ``obj``'s declared capabilities (scikit-learn's tag-driven checks): every declared capability
+    is checked against the ``numpy`` reference; without ``obj``, all of them."""
+    cls = obj if obj is None or isinstance(obj, type) else type(obj)
+    caps = getattr(cls, "capabilities", None) if cls is not None else None
+    return [Check(f.__name__, f, "kernel") for f, cap in _KERNEL_CHECKS
+            if caps is None or cap is None or cap in caps]

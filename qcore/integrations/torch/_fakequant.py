@@ -47,7 +47,7 @@ def linear_options_supported(quantizer) -> bool:
     known = {"symmetric", "granularity", "axis", "group_size"}
     extra = set(cfg) - known
     # options another stage may add to the scheme: supported only at the values that do not change numerics
-    benign = {"scale_dtype": "float32"}
+    benign = {"scale_dtype": "float32", "zero": "point"}
     if any(k not in benign or cfg[k] != benign[k] for k in extra):
         return False
     return cfg.get("granularity", "tensor") in _LAYOUTS

@@ -19,7 +19,6 @@ that does not trace (data-dependent control flow, ...) falls back to the order o
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._qat import QATConv2d, QATLinear
+from . import _walk
 from ._static import ObservedConv2d, ObservedLinear, _StaticBase
 
 _LAYERS = (ObservedLinear, ObservedConv2d, QATLinear, QATConv2d)
@@ -62,22 +62,6 @@ def _foldable_bn(bn, layer) -> bool:
             and bn.num_features == layer.out_channels)
 
 
-class _Tracer(torch.fx.Tracer):
-    """torch.fx tracer keeping qcore's layers (observers, fake quantizers: not traceable) as leaves."""
-
-    def is_leaf_module(self, m, qualname):
-        return type(m).__module__.startswith("qcore") or super().is_leaf_module(m, qualname)
-
-
-def _trace(model: nn.Module):
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return _Tracer().trace(model)
-    except Exception:  # noqa: BLE001 - any failure to trace means: use the module order
-        return None
-
-
 def _only_user(node):
     users = list(node.users)
     return users[0] if len(users) == 1 else None
@@ -93,7 +77,7 @@ def _takes_only(user, node) -> bool:
 
 
 def plan_fx(model: nn.Module) -> FusionPlan | None:
-    graph = _trace(model)
+    graph = _walk.trace(model)
     if graph is None:
         return None
     plan = FusionPlan("fx")

@@ -1,4 +1,4 @@
-"""Model-level functions: quantize_dynamic, prepare_qat, convert (prepare: see _static)."""
+"""Model-level functions: quantize_dynamic, prepare_qat, convert (prepare: see _graph)."""
 from __future__ import annotations
 
 from torch import nn
@@ -9,7 +9,7 @@ from typing import Callable, Iterable
 
 import qcore
 
-from .._common import name_selected, scheme_class, weight_options
+from .._common import bits_alias, name_selected, scheme_class, weight_options
 from ._modules import QConv2d, QLinear
 from ._qat import ActivationFakeQuant, QATConv2d, QATLinear, _activation_spec
 from ._fusion import apply_fusion, plan_fusion
@@ -22,15 +22,20 @@ def _is_planner(scheme: str) -> bool:
     return isinstance(scheme_class(scheme), type) and issubclass(scheme_class(scheme), qcore.Planner)
 
 
-def quantize_dynamic(module: nn.Module, scheme: str = "linear", bits: int = 8, *,
+def quantize_dynamic(module: nn.Module, scheme: str = "linear", bits: int | None = None, *,
+                     weight_bits: int | None = None,
                      include: Iterable[str] | str | None = None, exclude: Iterable[str] | str | None = None,
                      inplace: bool = False, method: str = "rtn", calibrate: Callable[[nn.Module], object] | None = None,
                      gptq_options: dict | None = None, awq: bool = False, progress: bool = True,
                      **options) -> nn.Module:
     """A copy of ``module`` with every ``nn.Linear`` (exactly that type) replaced by :class:`QLinear`.
 
-    :param scheme: any installed qcore scheme; ``bits`` and ``options`` go to it.  Adapter defaults (when the
-        scheme has the option and it is not given): ``granularity="channel"``, ``axis=0``, ``symmetric=True``.
+    :param scheme: any installed qcore scheme; ``options`` go to it, over the scheme's own defaults for weights
+        (``role_defaults["weight"]``: ``linear`` per output channel and symmetric, ``log`` per output channel,
+        ``kmeans`` one codebook; docs/usage.md, "Defaults") with ``axis=0`` (torch's output channels) where the
+        layout is per channel
+    :param weight_bits: bits per weight code (None: the scheme's default, 8 for ``linear``, 4 for ``log`` and
+        ``kmeans``); ``bits`` is the same (the spelling DESIGN.md fixes)
     :param include: glob pattern(s) on qualified module names (``"encoder.*.fc?"``); only those are quantized
     :param exclude: glob pattern(s) of names left in float
     :param inplace: modify ``module`` itself instead of a deep copy
@@ -49,7 +54,8 @@ def quantize_dynamic(module: nn.Module, scheme: str = "linear", bits: int = 8, *
         quantized by GPTQ.  Not with ``scheme="mixed"``.
     :param progress: a progress bar over layers (on a terminal) while calibrating
 
-    8-bit ``linear`` weights run ``qcore.ops.qlinear``; other schemes and bit widths are weight-only.
+    Every layer runs ``qcore.ops.qlinear`` on the packed weight (the int8 GEMM for 8-bit affine weights per
+    channel, the low-bit kernel for other affine and table forms, decoded rows for the rest; no float copy).
     Subclasses of ``nn.Linear`` (e.g. attention's ``out_proj``, whose weight is read directly) are left alone.
     """
     _check_module(module)
@@ -67,6 +73,7 @@ def quantize_dynamic(module: nn.Module, scheme: str = "linear", bits: int = 8, *
         raise TypeError("awq=True needs calibrate=fn, a function running calibration forwards on the model")
     if gptq_options is not None and method != "gptq" and not awq:
         raise TypeError("gptq_options are for method='gptq' (or awq=True)")
+    bits = bits_alias(bits, weight_bits, "bits", "weight_bits", warn=False)
     model = module if inplace else copy.deepcopy(module)
     wopts = weight_options(scheme, bits, options, channel_axis=0)
     qcore.get_quantizer(scheme, **wopts)  # bad options fail here, before any layer is touched
@@ -104,22 +111,27 @@ def quantize_dynamic(module: nn.Module, scheme: str = "linear", bits: int = 8, *
     return model
 
 
-def prepare_qat(module: nn.Module, scheme: str = "linear", bits: int = 8, *, activations=False,
-                include: Iterable[str] | str | None = None, exclude: Iterable[str] | str | None = None,
-                inplace: bool = False, **options) -> nn.Module:
+def prepare_qat(module: nn.Module, scheme: str = "linear", bits: int | None = None, *, weight_bits: int | None = None,
+                activations=False, include: Iterable[str] | str | None = None,
+                exclude: Iterable[str] | str | None = None, inplace: bool = False, **options) -> nn.Module:
     """A copy of ``module`` ready for quantization-aware training.
 
     Every ``nn.Linear`` and ``nn.Conv2d`` (exactly those types, chosen by ``include``/``exclude`` glob patterns)
     becomes :class:`QATLinear` / :class:`QATConv2d`: the forward uses ``decode(encode(weight))`` of the qcore
     scheme (refitted on the current weight at every step), the backward is straight-through, so any optimizer
     trains the float weights.  ``activations=True`` (or a dict of :class:`ActivationFakeQuant` options such as
-    ``{"bits": 8, "observer": "minmax"}``) also fake-quantizes the input of each of those layers, calibrated by a
-    qcore observer while training.
+    ``{"activation_bits": 8, "observer": "minmax"}``) also fake-quantizes the input of each of those layers,
+    calibrated by a qcore observer while training.
+
+    ``weight_bits``: bits per weight code (None: the scheme's default; ``bits`` is its deprecated alias, which
+    meant weight bits here but activation bits in :func:`prepare`).  Weight options default to the scheme's
+    weight defaults, as in :func:`quantize_dynamic`.
 
     With ``inplace=False`` (default) the copy has its own parameters: build the optimizer on the returned model.
     With ``inplace=True`` the layers are swapped inside ``module`` and keep the very same ``Parameter`` objects.
     """
     _check_module(module)
+    bits = bits_alias(bits, weight_bits, "bits", "weight_bits", warn=True)
     model = module if inplace else copy.deepcopy(module)
     act = _activation_spec(activations)
     if act is not None:
@@ -158,10 +170,11 @@ def convert(module: nn.Module, *, inplace: bool = False) -> nn.Module:
     * Layers prepared for static quantization (observers on their inputs, calibrated by running batches)
       become :class:`StaticLinear` / :class:`StaticConv2d`: int8 input quantized with the calibrated per-tensor
       parameters, int8 per-channel weights, int32 accumulation.
-    * QAT layers whose input was fake-quantized by an 8-bit ``linear`` per-tensor :class:`ActivationFakeQuant`
-      (``prepare_qat(..., activations=True)``) and whose weight is ``linear`` symmetric (the default) become the
-      same static modules, with the fake quantizer's scale and zero point and the weight codes the QAT model
-      trained with.
+    * QAT layers whose input was fake-quantized by an 8-bit :class:`ActivationFakeQuant` whose codes decode
+      affinely per tensor (``prepare_qat(..., activations=True)``: ``linear``) and whose weight codes are signed
+      and decode as ``codes * scale`` per tensor or output channel (``linear`` symmetric, the weight default)
+      become the same static modules, with the fake quantizer's scale and zero point and the weight codes the
+      QAT model trained with.
     * Other QAT layers: :class:`QATLinear` → :class:`QLinear`, :class:`QATConv2d` → :class:`QConv2d`, weights
       quantized by the same scheme and options as during training.  Activation fake-quantizers are kept, frozen.
 
@@ -171,6 +184,10 @@ def convert(module: nn.Module, *, inplace: bool = False) -> nn.Module:
     one of the same kind passes uint8 codes instead of float (see ``docs/integrations.md``).
     """
     _check_module(module)
+    from ._graph import convert_model, is_graph_prepared
+
+    if is_graph_prepared(module):
+        return convert_model(module, inplace)
     model = module if inplace else copy.deepcopy(module)
     plan = plan_fusion(model)
     made = {}

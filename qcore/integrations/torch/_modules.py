@@ -10,7 +10,7 @@ import numpy as np
 import qcore
 from qcore.tensor import QTensor
 
-from .._common import plain, weight_options
+from .._common import bits_alias, plain, weight_options
 from ._qat import ActivationFakeQuant
 from ._tensors import _numpy_view, _qtensor_of
 
@@ -174,10 +174,7 @@ def _ops():
     try:
         from qcore import ops
     except ImportError as exc:
-        raise RuntimeError(
-            "QLinear with an int8 linear weight runs qcore.ops.qlinear, which this qcore build does not provide "
-            f"({exc}); quantize with another scheme or bit width for weight-only quantization"
-        ) from exc
+        raise RuntimeError(f"QLinear runs qcore.ops.qlinear, which could not be imported ({exc})") from exc
     _OPS[:] = [ops]
     return ops
 
@@ -216,16 +213,19 @@ class QLinear(_QWeightModule):
         self.out_features = int(out_features)
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, scheme: str = "linear", bits: int = 8, **options) -> "QLinear":
-        """Quantize ``linear``'s weight (adapter defaults: per output channel, symmetric — see the module doc)."""
+    def from_float(cls, linear: nn.Linear, scheme: str = "linear", bits: int | None = None, *,
+                   weight_bits: int | None = None, **options) -> "QLinear":
+        """Quantize ``linear``'s weight: options not given take the scheme's weight defaults (``linear``: per output
+        channel, symmetric; docs/usage.md "Defaults"); ``weight_bits`` (``bits``, the same) None: the scheme's."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"from_float needs an nn.Linear, got {type(linear).__name__}")
+        bits = bits_alias(bits, weight_bits, "bits", "weight_bits", warn=False)
         q = qcore.get_quantizer(scheme, **weight_options(scheme, bits, options, channel_axis=0))
         return cls(linear.in_features, linear.out_features, _qtensor_of(linear.weight, q), linear.bias)
 
     @property
     def uses_kernel(self) -> bool:
-        """True when the forward runs ``qcore.ops.qlinear`` (8-bit linear weight)."""
+        """True when the forward runs ``qcore.ops.qlinear`` (every 2-D weight: the int8, low-bit or rows path)."""
         return _kernel_supported(self.weight)
 
     def _set_weight(self, qt: QTensor) -> None:
@@ -311,9 +311,12 @@ class QConv2d(_QWeightModule):
         self._reversed_padding_repeated_twice = list(ref._reversed_padding_repeated_twice)
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, scheme: str = "linear", bits: int = 8, **options) -> "QConv2d":
+    def from_float(cls, conv: nn.Conv2d, scheme: str = "linear", bits: int | None = None, *,
+                   weight_bits: int | None = None, **options) -> "QConv2d":
+        """Quantize ``conv``'s weight with the scheme's weight defaults (as :meth:`QLinear.from_float`)."""
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"from_float needs an nn.Conv2d, got {type(conv).__name__}")
+        bits = bits_alias(bits, weight_bits, "bits", "weight_bits", warn=False)
         q = qcore.get_quantizer(scheme, **weight_options(scheme, bits, options, channel_axis=0))
         return cls._like(conv, _qtensor_of(conv.weight, q))
 

@@ -13,7 +13,7 @@ import qcore
 from qcore.quantization.forms import Affine
 from qcore.tensor import QTensor
 
-from .._common import plain
+from .._common import activation_options, bits_alias, plain
 from . import _fakequant as fq
 from ._tensors import _FakeQuantFn, _qtensor_of
 
@@ -31,8 +31,9 @@ class ActivationFakeQuant(nn.Module):
 
     In training mode (and in eval mode until it has seen data) every batch is fed to the observer and the
     parameters are refitted from the observer's range; in eval mode the last parameters are used as they are.
-    Backward is straight-through.  Defaults: ``linear`` 8-bit affine per tensor, observer ``moving_average``
-    when installed (else ``minmax``).
+    Backward is straight-through.  Defaults: ``linear`` with the scheme's activation defaults (8-bit affine per
+    tensor), observer ``moving_average`` when installed (else ``minmax``).  ``activation_bits`` (``bits``, the
+    same): None takes the scheme's default.
 
     ``linear`` per tensor with ``minmax`` or ``moving_average`` (and 3 bits or more when symmetric) runs on torch
     ops on the input's device: the running range is kept as tensors, exactly as those observers keep it, and
@@ -40,13 +41,16 @@ class ActivationFakeQuant(nn.Module):
     through numpy (``uses_torch_ops`` says which).  :meth:`qparams` gives the calibrated ``(scale, zero_point)``.
     """
 
-    def __init__(self, scheme: str = "linear", bits: int = 8, observer: str | None = None, **options):
+    def __init__(self, scheme: str = "linear", bits: int | None = None, observer: str | None = None, *,
+                 activation_bits: int | None = None, **options):
         super().__init__()
         self.scheme = scheme
-        self.bits = int(bits)
+        bits = bits_alias(bits, activation_bits, "bits", "activation_bits", warn=False)
+        opts = activation_options(scheme, bits, options)  # the scheme's activation defaults under the caller's
         self.observer = observer or _default_act_observer()
-        self.options = dict(options)
-        self.quantizer = qcore.get_quantizer(scheme, bits=self.bits, observer=self.observer, **self.options)
+        self.quantizer = qcore.get_quantizer(scheme, observer=self.observer, **opts)
+        self.bits = int(self.quantizer.bits)
+        self.options = {k: v for k, v in opts.items() if k != "bits"}
         self.params: dict[str, np.ndarray] | None = None
         self._reset_torch_state()
 

@@ -9,10 +9,7 @@ follow each other in an ``nn.Sequential``, uint8 codes already requantized for t
 """
 from __future__ import annotations
 
-import copy
 import math
-import warnings
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -21,10 +18,10 @@ from torch import nn
 import qcore
 from qcore.quantization.forms import Affine
 
-from .._common import name_selected
 from ._tensors import _numpy_view
 
 _ACT_SCHEME = "linear"
+_RELU = (0.0, math.inf)
 _RELU_FUNCS = (torch.nn.functional.relu, torch.relu, torch.relu_, torch.nn.functional.relu_, torch.Tensor.relu,
                torch.Tensor.relu_)
 
@@ -39,41 +36,79 @@ def _ops():
 
 
 class QuantizedActivation:
-    """uint8 activation codes handed from one static layer to the next (inside an ``nn.Sequential``).
+    """uint8 activation codes handed from one static layer or quantized op to the next.
 
-    ``codes``: numpy uint8, NHWC ``(B, H + 2*ph, W + 2*pw, Cp)`` for convolutions — already carrying the
-    consuming convolution's zero padding ``pad = (ph, pw)`` — or ``(M, Cp)`` rows for Linear (channels padded
-    to a multiple of 4); ``scale`` and ``zero_point`` are the consumer's calibrated input parameters.
-    Any other consumer can call :meth:`dequantize` (float32, NCHW / ``(..., N)``, as the float model would see);
-    torch functions given one (``F.relu(a)``, ``torch.flatten(a, 1)``, ...) see that float tensor, except the ReLU
-    functions, which return the codes themselves when the producer fused a ReLU (``nonnegative``).
+    ``codes``: numpy uint8, an NHWC image ``(B, H + 2*ph, W + 2*pw, Cp)`` with a border of ``pad = (ph, pw)``
+    pixels holding the zero point (the zero padding of the convolutions that read it), or ``(M, Cp)`` rows for
+    Linear layers (``lead``: the leading shape of the float input); channels padded to a multiple of 4.
+    ``flat = (C, H, W)``: the image seen flattened, as ``torch.flatten(x, 1)`` gives it (shape ``(B, C*H*W)``);
+    a Linear layer converted for it reads the image directly.  ``scale`` and ``zero_point`` are the per-tensor
+    calibrated parameters.  Any other consumer can call :meth:`dequantize` (float32, NCHW / ``(..., N)``, as the
+    float model would see); torch functions given one (``F.relu(a)``, ``torch.flatten(a, 1)``, ...) see that float
+    tensor, except the ReLU functions, which return the codes themselves when the producer fused a ReLU
+    (``nonnegative``).
     """
 
-    __slots__ = ("codes", "scale", "zero_point", "channels", "lead", "device", "dtype", "pad", "nonnegative")
+    __slots__ = ("codes", "scale", "zero_point", "channels", "lead", "device", "dtype", "pad", "nonnegative", "flat")
 
     def __init__(self, codes: np.ndarray, scale: float, zero_point: int, channels: int, lead=None,
-                 device=None, dtype=torch.float32, pad=(0, 0), nonnegative=False):
+                 device=None, dtype=torch.float32, pad=(0, 0), nonnegative=False, flat=None):
         self.pad = (int(pad[0]), int(pad[1]))
         self.nonnegative = bool(nonnegative)  # every code >= zero_point (a fused ReLU)
         self.codes, self.scale, self.zero_point, self.channels = codes, float(scale), int(zero_point), int(channels)
         self.lead = tuple(lead) if lead is not None else None  # Linear: the leading shape of the float input
+        self.flat = None if flat is None else tuple(int(v) for v in flat)
         # of the float tensor that entered the chain: float outputs further on are given back on it
         self.device, self.dtype = torch.device("cpu") if device is None else device, dtype
 
+    @classmethod
+    def of_image(cls, image, device=None, dtype=torch.float32, nonnegative=False) -> "QuantizedActivation":
+        """From :class:`qcore.ops.cnn.Codes`."""
+        return cls(image.codes, image.scale, image.zero_point, image.channels, device=device, dtype=dtype,
+                   pad=image.border, nonnegative=nonnegative)
+
+    def image(self):
+        """The image as :class:`qcore.ops.cnn.Codes` (the same codes; None for Linear rows)."""
+        if self.codes.ndim != 4:
+            return None
+        from qcore.ops.cnn import Codes
+
+        return Codes(self.codes, self.channels, self.scale, self.zero_point, self.pad)
+
+    @property
+    def is_image(self) -> bool:
+        """An NHWC image (not Linear rows, not flattened)."""
+        return self.lead is None and self.flat is None
+
     @property
     def shape(self) -> tuple:
+        if self.flat is not None:
+            return (self.codes.shape[0], self.flat[0] * self.flat[1] * self.flat[2])
         if self.lead is not None:
             return self.lead + (self.channels,)
         b, h, w, _ = self.codes.shape
         return (b, self.channels, h - 2 * self.pad[0], w - 2 * self.pad[1])
 
+    def size(self, dim=None):
+        shape = torch.Size(self.shape)
+        return shape if dim is None else shape[dim]
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    ndim = property(dim)
+
     def dequantize(self) -> torch.Tensor:
-        c = self.codes
-        if self.lead is None and self.pad != (0, 0):
-            c = c[:, self.pad[0]: c.shape[1] - self.pad[0], self.pad[1]: c.shape[2] - self.pad[1]]
-        v = (c[..., : self.channels].astype(np.float32) - np.float32(self.zero_point)) * np.float32(self.scale)
-        t = torch.from_numpy(v)
-        t = t.reshape(self.shape) if self.lead is not None else t.permute(0, 3, 1, 2)
+        if self.lead is None:  # an image (possibly seen flattened)
+            from qcore.ops.cnn import dequantize
+
+            t = torch.from_numpy(dequantize(self.image()))
+            if self.flat is not None:
+                t = t.reshape(self.shape)
+        else:
+            v = (self.codes[..., : self.channels].astype(np.float32) - np.float32(self.zero_point)) \
+                * np.float32(self.scale)
+            t = torch.from_numpy(v).reshape(self.shape)
         return t if (self.device.type == "cpu" and self.dtype == torch.float32) else t.to(self.device, self.dtype)
 
     def relu(self) -> "QuantizedActivation":
@@ -81,7 +116,7 @@ class QuantizedActivation:
         if self.nonnegative:
             return self
         return QuantizedActivation(np.maximum(self.codes, np.uint8(self.zero_point)), self.scale, self.zero_point,
-                                   self.channels, self.lead, self.device, self.dtype, self.pad, True)
+                                   self.channels, self.lead, self.device, self.dtype, self.pad, True, self.flat)
 
     relu_ = relu
 
@@ -110,8 +145,11 @@ class _ObservedMixin:
         self.input_quantizer = qcore.get_quantizer(_ACT_SCHEME, bits=self.activation_bits, observer=observer,
                                                    symmetric=self.activation_symmetric)
         self.observed_batches = 0
+        self.observe_input = True  # False: the quantizer is shared with an observer of the same value (graph mode)
 
     def _observe(self, x: torch.Tensor) -> None:
+        if not self.observe_input:
+            return
         a = _numpy_view(x)
         if a.size:
             self.input_quantizer.observe(a)
@@ -181,56 +219,6 @@ def _conv_supported(conv: nn.Conv2d) -> bool:
     return True
 
 
-def prepare(model: nn.Module, bits: int = 8, observer: str = "histogram", symmetric: bool = False, *,
-            include: Iterable[str] | str | None = None, exclude: Iterable[str] | str | None = None,
-            weight_bits: int = 8, inplace: bool = False, **options) -> nn.Module:
-    """A copy of ``model`` with a qcore observer on the input of every ``nn.Linear`` and ``nn.Conv2d``.
-
-    Run calibration batches through the result (``prepared(x)``; outputs are the float model's), then
-    :func:`convert` it.  ``bits``/``observer``/``symmetric``: the activation quantization (``linear`` scheme,
-    per tensor; affine uint8 by default).  ``weight_bits``: 2..8, symmetric per output channel.
-    ``include``/``exclude``: glob patterns on qualified module names.  Layers with ``padding_mode`` other
-    than ``"zeros"`` are left in float.
-
-    Batch norm is not folded here: folding changes a convolution's weights, not its input, so the observers
-    see the same activations either way; :func:`convert` folds a ``BatchNorm2d`` that follows a convolution
-    into it before quantizing the weights.  Calibrate in ``eval()`` mode (a warning says so otherwise).
-    """
-    from ._walk import _check_module, _swap
-
-    _check_module(model)
-    if options:
-        raise TypeError(f"prepare got unknown option(s) {sorted(options)}; it takes bits, observer, symmetric, "
-                        "include, exclude, weight_bits and inplace")
-    bits, weight_bits = int(bits), int(weight_bits)
-    if not 2 <= bits <= 8:
-        raise ValueError(f"bits (activations) must be in 2..8, got {bits}")
-    if not 2 <= weight_bits <= 8:
-        raise ValueError(f"weight_bits must be in 2..8, got {weight_bits}")
-    qcore.get_quantizer(_ACT_SCHEME, bits=bits, observer=observer, symmetric=bool(symmetric))  # unknown observer
-    model = model if inplace else copy.deepcopy(model)
-    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules()):
-        warnings.warn("prepare: the model has batch-norm layers in training mode; calibration batches would "
-                      "normalise with batch statistics and update the running ones, which convert folds into "
-                      "the convolutions: call model.eval() before calibrating", stacklevel=2)
-
-    def make(name, child):
-        if not name_selected(name, include, exclude):
-            return None
-        if type(child) is nn.Linear:
-            return ObservedLinear.from_float(child, bits, observer, symmetric, weight_bits)
-        if type(child) is nn.Conv2d and _conv_supported(child):
-            return ObservedConv2d.from_float(child, bits, observer, symmetric, weight_bits)
-        return None
-
-    if type(model) in (nn.Linear, nn.Conv2d):
-        new = make("", model)
-        return new if new is not None else model
-    if _swap(model, make) == 0:
-        warnings.warn("prepare: no nn.Linear or nn.Conv2d module was selected; the model is unchanged", stacklevel=2)
-    return model
-
-
 # ------------------------------------------------------------------------------------------------ static modules
 
 
@@ -278,35 +266,45 @@ class _StaticBase(nn.Module):
         self.register_buffer("bias", b)
         self.input_scale, self.input_zero_point = float(in_scale), int(in_zp)
         self.activation_bits, self.activation_signed, self.weight_bits = int(bits), bool(signed), int(weight_bits)
-        self.relu = bool(relu)
+        self.activation = _RELU if relu else None  # a fused clamp (lo, hi): ReLU (0, inf), ReLU6 (0, 6), ...
         self.output_scale: float | None = None  # set by convert when the next layer takes uint8 codes
         self.output_zero_point = 0
-        self.output_padding = (0, 0)  # the next convolution's zero padding, written into the codes
+        self.output_padding = (0, 0)  # the border of the uint8 output: the zero padding of the convolutions reading it
         self.__dict__["_plan"] = None
         self._build()
+
+    @property
+    def relu(self) -> bool:
+        """A fused ReLU (``activation == (0, inf)``); setting it to False removes any fused activation."""
+        return self.activation == _RELU
+
+    @relu.setter
+    def relu(self, value: bool) -> None:
+        self.activation = _RELU if value else None
 
     def _build(self):
         raise NotImplementedError
 
     def _plan_kwargs(self):
         return dict(input_scale=self.input_scale, input_zero_point=self.input_zero_point,
-                    input_bits=self.activation_bits, input_signed=self.activation_signed, relu=self.relu)
+                    input_bits=self.activation_bits, input_signed=self.activation_signed, activation=self.activation)
 
     @property
     def plan(self):
         """The :class:`qcore.ops.PackedConv2d` this layer runs (rebuilt after ``load_state_dict``)."""
-        if self.__dict__.get("_plan") is None or self.__dict__.get("_plan_relu") != self.relu:
+        if self.__dict__.get("_plan") is None or self.__dict__.get("_plan_activation") != self.activation:
             self._build()
         return self.__dict__["_plan"]
 
     def _set_plan(self, plan):
         self.__dict__["_plan"] = plan
-        self.__dict__["_plan_relu"] = self.relu
+        self.__dict__["_plan_activation"] = self.activation
 
     def get_extra_state(self):
         return {"input_scale": self.input_scale, "input_zero_point": self.input_zero_point,
                 "activation_bits": self.activation_bits, "activation_signed": self.activation_signed,
                 "weight_bits": self.weight_bits, "relu": self.relu, "output_scale": self.output_scale,
+                "activation": None if self.activation is None else [float(v) for v in self.activation],
                 "output_zero_point": self.output_zero_point, "output_padding": list(self.output_padding)}
 
     def set_extra_state(self, state):
@@ -315,6 +313,8 @@ class _StaticBase(nn.Module):
         self.input_scale, self.input_zero_point = float(state["input_scale"]), int(state["input_zero_point"])
         self.activation_bits, self.activation_signed = int(state["activation_bits"]), bool(state["activation_signed"])
         self.weight_bits, self.relu = int(state["weight_bits"]), bool(state["relu"])
+        if state.get("activation") is not None:
+            self.activation = tuple(float(v) for v in state["activation"])
         self.output_scale = state.get("output_scale")
         self.output_zero_point = int(state.get("output_zero_point", 0))
         self.output_padding = tuple(int(v) for v in state.get("output_padding", (0, 0)))
@@ -325,9 +325,9 @@ class _StaticBase(nn.Module):
         self.__dict__["_plan"] = None
 
     def _accepts(self, x: QuantizedActivation) -> bool:
+        """``x``'s codes are this layer's input codes (its calibrated parameters, 8-bit affine)."""
         p = self.plan
-        return (x.scale == float(p.input_scale) and x.zero_point == p._za and p._qlo == 0 and p._qhi == 255
-                and x.codes.shape[-1] == p.cp and (x.lead is not None or x.pad == tuple(p.padding)))
+        return x.scale == float(p.input_scale) and x.zero_point == p._za and p._qlo == 0 and p._qhi == 255
 
     def _link(self, consumer: "_StaticBase | None") -> None:
         """Hand uint8 codes to ``consumer`` (its input parameters) instead of float output; None: float output."""
@@ -341,6 +341,7 @@ class _StaticBase(nn.Module):
     def _weight_repr(self):
         return (f"weight_bits={self.weight_bits}, input_scale={self.input_scale:.6g}, "
                 f"input_zero_point={self.input_zero_point}, relu={self.relu}"
+                + ("" if self.activation in (None, _RELU) else f", activation={self.activation}")
                 + ("" if self.output_scale is None else ", output='uint8 codes'"))
 
 
@@ -359,18 +360,44 @@ class StaticLinear(_StaticBase):
         self.in_features, self.out_features = int(in_features), int(out_features)
         if tuple(np.shape(codes)) != (self.out_features, self.in_features):
             raise ValueError(f"weight codes must have shape ({out_features}, {in_features}), got {np.shape(codes)}")
+        #: (C, H, W) of the flattened image last given: the layer runs as a (H, W) convolution on the image's
+        #: codes (``torch.flatten`` of NCHW is the convolution's (c, h, w) reduction order)
+        self.image_shape: tuple | None = None
         self._init_static(codes, wscale, bias, in_scale, in_zp, bits, signed, weight_bits, relu)
 
     def _build(self):
         p = _ops().PackedConv2d.linear(self.weight_codes.numpy(), self.weight_scale.numpy(),
                                        None if self.bias is None else self.bias.numpy(), **self._plan_kwargs())
         self._set_plan(p)
+        self.__dict__["_image_plan_cache"] = None
+
+    def _image_plan(self):
+        ip = self.__dict__.get("_image_plan_cache")
+        if ip is None or ip[0] != self.image_shape:
+            c, h, w = self.image_shape
+            p = _ops().PackedConv2d(self.weight_codes.numpy().reshape(self.out_features, c, h, w),
+                                    self.weight_scale.numpy(), None if self.bias is None else self.bias.numpy(),
+                                    **self._plan_kwargs())
+            ip = self.__dict__["_image_plan_cache"] = (self.image_shape, p)
+        return ip[1]
 
     def forward(self, x):
         p = self.plan
         if isinstance(x, QuantizedActivation):
-            if x.lead is not None and self._accepts(x):
-                return self._run(x.codes, x.lead, x.device, x.dtype)
+            if self._accepts(x):
+                if x.lead is not None and x.codes.shape[-1] == p.cp:
+                    return self._run(x.codes, x.lead, x.device, x.dtype)
+                if x.flat is not None and math.prod(x.flat) == self.in_features:  # the image, read by a (H, W)
+                    self.image_shape = x.flat                                        # convolution
+                    ip = self._image_plan()
+                    if self.output_scale is not None:
+                        out = ip.run_codes(x.codes, "uint8", self.output_scale, self.output_zero_point,
+                                           in_border=x.pad)
+                        return QuantizedActivation(out.reshape(out.shape[0], -1), self.output_scale,
+                                                   self.output_zero_point, self.out_features, (out.shape[0],),
+                                                   x.device, x.dtype, nonnegative=self.relu)
+                    y = torch.from_numpy(ip.run_codes(x.codes, "float", in_border=x.pad).reshape(-1, self.out_features))
+                    return y if (x.device.type == "cpu" and x.dtype == torch.float32) else y.to(x.device, x.dtype)
             x = x.dequantize()
         _check_input_tensor(x, "StaticLinear")
         if x.dim() == 0 or x.shape[-1] != self.in_features:
@@ -430,11 +457,15 @@ class StaticConv2d(_StaticBase):
                                 **self._plan_kwargs())
         self._set_plan(p)
 
-    def forward(self, x):
+    def forward(self, x, residual=None):
+        """``x``: float NCHW or the input's codes; ``residual``: codes added before the activation (a residual
+        addition fused by ``convert``; its parameters given, the output's are this layer's output ones)."""
         p = self.plan
+        if residual is not None:
+            return self._forward_residual(x, residual)
         if isinstance(x, QuantizedActivation):
-            if x.lead is None and self._accepts(x):
-                return self._run(x.codes, x.device, x.dtype)
+            if x.is_image and self._accepts(x) and x.codes.shape[-1] == p.cp:
+                return self._run(x.codes, x.device, x.dtype, x.pad)
             x = x.dequantize()
         _check_input_tensor(x, "StaticConv2d")
         if x.dim() != 4 or x.shape[1] != self.in_channels:
@@ -450,16 +481,54 @@ class StaticConv2d(_StaticBase):
                 codes = np.pad(codes, ((0, 0), (ph, ph), (pw, pw), (0, 0)), constant_values=z)
         else:
             codes = p.quantize_input(_numpy_view(xd), padded=True)
-        return self._run(codes, x.device, x.dtype)
+        return self._run(codes, x.device, x.dtype, p.padding)
 
-    def _run(self, codes, device, dtype):
+    def _forward_residual(self, x, residual):
+        p = self.plan
+        if self.output_scale is None:
+            raise ValueError("a residual is added into uint8 output only: set the layer's output parameters")
+        if not isinstance(x, QuantizedActivation):
+            _check_input_tensor(x, "StaticConv2d")
+            x = QuantizedActivation(p.quantize_input(_numpy_view(x.detach()), padded=True), p.input_scale, p._za,
+                                    self.in_channels, device=x.device, dtype=x.dtype, pad=p.padding)
+        if isinstance(residual, QuantizedActivation) and residual.is_image and x.is_image and self._accepts(x) \
+                and x.codes.shape[-1] == p.cp:
+            b, _, h, w = x.shape
+            oh, ow = p.output_size(h, w)
+            want = (b, oh + 2 * self.output_padding[0], ow + 2 * self.output_padding[1], (self.out_channels + 3) // 4 * 4)
+            if residual.codes.shape == want and residual.pad == tuple(self.output_padding):
+                out = p.run_codes(x.codes, "uint8", self.output_scale, self.output_zero_point, in_border=x.pad,
+                                  out_padding=self.output_padding,
+                                  residual=(residual.codes, residual.scale, residual.zero_point))
+                return QuantizedActivation(out, self.output_scale, self.output_zero_point, self.out_channels,
+                                           device=x.device, dtype=x.dtype, pad=self.output_padding,
+                                           nonnegative=self.activation is not None and self.activation[0] >= 0)
+        # another layout: the float sum, clamped, quantized (the unfused arithmetic)
+        if not (x.is_image and self._accepts(x) and x.codes.shape[-1] == p.cp):
+            x = QuantizedActivation(p.quantize_input(_numpy_view(x.dequantize()), padded=True), p.input_scale,
+                                    p._za, self.in_channels, device=x.device, dtype=x.dtype, pad=p.padding)
+        acc = p.run_codes(x.codes, "int32", in_border=x.pad)
+        m, bias = p._epilogue(self.out_channels, 1, None, 0)
+        y = acc.astype(np.float32) * m + (0 if bias is None else bias)
+        y = torch.from_numpy(np.ascontiguousarray(y.transpose(0, 3, 1, 2)))
+        r = residual.dequantize() if isinstance(residual, QuantizedActivation) else residual
+        y = y + r.to(torch.float32)
+        if self.activation is not None:
+            y = y.clamp(*self.activation)
+        from qcore.ops.cnn import quantize
+
+        codes = quantize(_numpy_view(y), self.output_scale, self.output_zero_point, border=self.output_padding)
+        return QuantizedActivation.of_image(codes, x.device, x.dtype)
+
+    def _run(self, codes, device, dtype, border):
         p = self.plan
         if self.output_scale is not None:
-            out = p.run_codes(codes, "uint8", self.output_scale, self.output_zero_point, padded_input=True,
+            out = p.run_codes(codes, "uint8", self.output_scale, self.output_zero_point, in_border=border,
                               out_padding=self.output_padding)
             return QuantizedActivation(out, self.output_scale, self.output_zero_point, self.out_channels,
-                                       device=device, dtype=dtype, pad=self.output_padding, nonnegative=self.relu)
-        y = torch.from_numpy(p.run_codes(codes, padded_input=True, nchw=True))  # contiguous NCHW
+                                       device=device, dtype=dtype, pad=self.output_padding,
+                                       nonnegative=self.activation is not None and self.activation[0] >= 0)
+        y = torch.from_numpy(p.run_codes(codes, in_border=border, nchw=True))  # contiguous NCHW
         return y if (device.type == "cpu" and dtype == torch.float32) else y.to(device=device, dtype=dtype)
 
     def extra_repr(self):

@@ -40,10 +40,11 @@ class _FakeQuantFn(torch.autograd.Function):
         return grad, None
 
 
-def fake_quantize(x: torch.Tensor, scheme: str = "linear", bits: int = 8, **options) -> torch.Tensor:
+def fake_quantize(x: torch.Tensor, scheme: str = "linear", bits: int | None = None, **options) -> torch.Tensor:
     """``decode(encode(x))`` by the qcore scheme, as a tensor with a straight-through gradient.
 
-    Options are passed to the scheme as given (no adapter defaults).
+    Options are passed to the scheme as given: a plain tensor, the scheme's own defaults (``bits`` None: its
+    ``default_bits``).
     """
-    q = qcore.get_quantizer(scheme, bits=bits, **options)
+    q = qcore.get_quantizer(scheme, **({} if bits is None else {"bits": bits}), **options)
     return _FakeQuantFn.apply(x, lambda a: q.quantize(a).dequantize())

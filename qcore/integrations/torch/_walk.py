@@ -3,8 +3,10 @@ convert (_model.py), prepare (_static.py) and apply_quantized (_apply.py).  Its 
 it without importing each other (tests/test_import_graph.py)."""
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
+import torch
 from torch import nn
 
 
@@ -31,3 +33,20 @@ def _swap(model: nn.Module, make: Callable[[str, nn.Module], nn.Module | None]) 
                 parent._modules[name] = new
                 count += 1
     return count
+
+
+class _Tracer(torch.fx.Tracer):
+    """torch.fx tracer keeping qcore's layers (observers, fake quantizers: not traceable) as leaves."""
+
+    def is_leaf_module(self, m, qualname):
+        return type(m).__module__.startswith("qcore.integrations") or super().is_leaf_module(m, qualname)
+
+
+def trace(model: nn.Module):
+    """The ``torch.fx`` graph of ``model`` (qcore's layers as leaves), or None if it does not trace."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _Tracer().trace(model)
+    except Exception:  # noqa: BLE001 - any failure to trace means: the caller's fallback
+        return None
