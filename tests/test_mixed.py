@@ -93,7 +93,16 @@ def test_calibration_data_measures_output_error(tensors):
     w = tensors["layer0.weight"]  # (64 inputs, 128 outputs): y = X @ W
     plain = q.measure(w)
     calib = q.measure(w, hessians=HessianAccumulator().update(X).folds())
-    assert [c["label"] for c in plain] == [c["label"] for c in calib]
+    # with data the default candidates are the calibrated set (linear 3/4/5 per group, 4/5/6/8 per channel; the
+    # rows of 128 take groups of 64); without, the broad data-free set; an explicit list is used by both
+    assert [c["label"] for c in calib] == ["linear:3:group64", "linear:4:group64", "linear:5:group64",
+                                          "linear:4:channel", "linear:5:channel", "linear:6:channel",
+                                          "linear:8:channel"]
+    assert {"kmeans:4", "linear:2:channel"} <= {c["label"] for c in plain}
+    both = qcore.get_quantizer("mixed", candidates="kmeans:3,linear:2:channel")
+    assert ([c["label"] for c in both.measure(w)]
+            == [c["label"] for c in both.measure(w, hessians=HessianAccumulator().update(X).folds())]
+            == ["kmeans:3", "linear:2:channel"])
     for c in calib:
         deq = q.quantize_candidate(w, c["spec"]).dequantize()
         expect = float(np.sum((X.astype(np.float64) @ (w - deq).astype(np.float64)) ** 2)) / len(X)
@@ -224,3 +233,18 @@ def test_knapsack_edge_cases():
     with pytest.raises(ValueError, match="budget too small"):
         mixed_mod.knapsack([np.array([5.0, 10.0])], [np.array([1.0, 0.0])], 4.0)
     assert mixed_mod.knapsack([np.array([5.0, 10.0])], [np.array([1.0, 0.0])], 10.0) == [1]
+
+
+def test_error_power_default_spares_the_worst_layer_for_relative_output_errors():
+    """One upgrade fits the budget.  Summed errors favour B's larger gain (0.9 + 0 < 0.7 + 0.35); with relative
+    output errors (records with an energy) the default power 4 favours lifting A, the worst layer
+    (0.7^4 + 0.35^4 < 0.9^4).  Weight errors (no energy) and ``error_power=1`` keep the plain sum."""
+    def recs(errors, energy):
+        return [{"nbytes": nb, "error": e, **({"energy": 1.0} if energy else {})} for nb, e in zip((10, 20), errors)]
+
+    cap = 8.0 * 30
+    for energy, power, want in ((True, None, [1, 0]), (False, None, [0, 1]), (True, 1, [0, 1]), (False, 4, [1, 0])):
+        q = qcore.get_quantizer("mixed", error_power=power)
+        assert q.plan([recs((0.9, 0.7), energy), recs((0.35, 0.0), energy)], capacity_bits=cap) == want
+    with pytest.raises(ValueError, match="error_power"):
+        qcore.get_quantizer("mixed", error_power=0)

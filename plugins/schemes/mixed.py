@@ -3,8 +3,9 @@
 A :class:`qcore.Planner` (registered with the ``qcore_planners`` hook), not a scheme: it never encodes or
 decodes; it measures candidates, plans, and returns the chosen candidate's QTensor.
 
-For every tensor it quantizes with each candidate (by default linear 2/3/4/8 bits per channel and per group,
-kmeans 2/3/4 and log 4/5 when those plugins are installed), and records the true storage (packed codes plus
+For every tensor it quantizes with each candidate (by default, without data, linear 2/3/4/8 bits per channel
+and per group, kmeans 2/3/4 and log 4/5 when those plugins are installed; with Hessians, linear 3/4/5 bits per
+group and 4/5/6/8 per channel, :data:`DEFAULT_CALIBRATED_CANDIDATES`), and records the true storage (packed codes plus
 parameters, in bits) and the error.  Then:
 
 * ``budget_bits=B``: minimise the total error subject to ``sum(storage bits) <= B * sum(weights)`` — a
@@ -44,6 +45,17 @@ DEFAULT_CANDIDATES = (
     "kmeans:2", "kmeans:3", "kmeans:4",
     "log:4", "log:5",
 )
+#: the default candidates when the planner scores on data (Hessians): linear 3/4/5 bits per group (of 128 where
+#: the rows allow) and 4/5/6/8 bits per channel — the set measured on the sentence encoder's cross-domain
+#: benchmark (docs/ptq.md, "Calibration on one domain, use on another"), where the broad data-free set (per-tensor
+#: k-means, 2-bit) made plans that collapsed off their calibration domain
+DEFAULT_CALIBRATED_CANDIDATES = (
+    "linear:3:group", "linear:4:group", "linear:5:group",
+    "linear:4:channel", "linear:5:channel", "linear:6:channel", "linear:8:channel",
+)
+#: the default ``error_power`` for relative output errors (held-out measurement, docs/ptq.md): the plan
+#: minimises the sum of each layer's noise-to-signal ratio to the 4th power, which spares the worst layers
+RELATIVE_ERROR_POWER = 4.0
 #: group sizes tried, largest first, when a group candidate does not name one
 GROUP_SIZES = (128, 64, 32)
 
@@ -185,12 +197,15 @@ class MixedPlanner(qcore.Planner):
 
     Options: ``budget_bits`` (average bits per weight, parameters counted; default 4.5), ``target_sqnr`` (dB;
     overrides the budget), ``candidates`` (list of ``"scheme:bits[:granularity[:group_size]]"`` strings or
-    dicts; a comma-separated string works too; default :data:`DEFAULT_CANDIDATES`, skipping schemes that are
-    not installed), ``axis`` (channel axis for per-channel candidates, default 0), ``sensitivity`` (weight of
-    the weight error without data), ``output_error`` (with Hessians: ``"relative"`` (default; each layer's
-    output error over its output energy) or ``"absolute"``), ``gptq_options`` (``block_size``, ``damp``,
-    ``act_order``, ``clip_search`` for ``method="gptq"``).  ``bits`` (default 8) is the widest code a candidate
-    may use.  ``calibration`` (activation arrays) is a deprecated alias: pass their Hessians
+    dicts; a comma-separated string works too; default :data:`DEFAULT_CANDIDATES` without data and
+    :data:`DEFAULT_CALIBRATED_CANDIDATES` with Hessians, skipping schemes that are not installed), ``axis``
+    (channel axis for per-channel candidates, default 0), ``sensitivity`` (weight of the weight error without
+    data), ``output_error`` (with Hessians: ``"relative"`` (default; each layer's output error over its output
+    energy), ``"absolute"``, or ``"hawq"`` (HAWQ-V3's ``(Tr H / K) * ||W - W'||^2``)), ``error_power`` (the
+    plan minimises ``sum error ** p``; default None: :data:`RELATIVE_ERROR_POWER` for relative output errors,
+    1 otherwise), ``held_out_fits`` (how many of the folds are left out in turn; default every one),
+    ``gptq_options`` (``block_size``, ``damp``, ``act_order``, ``clip_search`` for ``method="gptq"``).
+    ``bits`` (default 8) is the widest code a candidate may use.  ``calibration`` (activation arrays) is a deprecated alias: pass their Hessians
     (``qcore.ptq.HessianAccumulator(folds=2).update(X).folds()``) as ``hessians=`` instead.
 
     **Held-out scoring.**  Given Hessians of ``k >= 2`` folds, a candidate fitted on data (``method="gptq"``)
@@ -204,7 +219,7 @@ class MixedPlanner(qcore.Planner):
     name = "mixed"
     options = {"budget_bits": 4.5, "target_sqnr": None, "candidates": None, "axis": 0,
                "sensitivity": None, "calibration": None, "output_error": "relative", "gptq_options": None,
-               "held_out_fits": None, "error_power": 1.0}
+               "held_out_fits": None, "error_power": None}
 
     def __init__(self, bits=None, observer=None, kernel=None, **options):
         super().__init__(bits, observer, kernel, **options)
@@ -230,30 +245,38 @@ class MixedPlanner(qcore.Planner):
         if fits is not None and (isinstance(fits, bool) or not isinstance(fits, (int, np.integer)) or fits < 1):
             raise ValueError(f"held_out_fits must be None (every fold) or an integer >= 1, got {fits!r}")
         p = cfg["error_power"]
-        if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)) or not (0 < p <= 8):
-            raise ValueError(f"error_power must be a number in (0, 8], got {p!r}")
+        if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating))
+                              or not (0 < p <= 8)):
+            raise ValueError(f"error_power must be None (the default) or a number in (0, 8], got {p!r}")
         if cfg["calibration"] is not None:
             warnings.warn("mixed: calibration= (activation arrays) is deprecated; pass hessians= to measure() "
                           "(or calibrate= to quantize_model)", DeprecationWarning, stacklevel=3)
         cands = cfg["candidates"]
-        explicit = cands is not None
-        specs = parse_candidates(DEFAULT_CANDIDATES if cands is None else cands)
+        self._explicit = cands is not None
+        self.specs = self._usable(parse_candidates(DEFAULT_CANDIDATES if cands is None else cands))
+        if not self.specs:
+            raise ValueError("the mixed scheme has no candidate left (all excluded by bits or not installed)")
+        # scored on data (Hessians), the default set is the one measured on held-out data (docs/ptq.md)
+        self.calibrated_specs = (self.specs if self._explicit
+                                 else self._usable(parse_candidates(DEFAULT_CALIBRATED_CANDIDATES)) or self.specs)
+        self._cache: dict[tuple, qcore.Quantizer | None] = {}
+
+    def _usable(self, specs: list[dict]) -> list[dict]:
+        """The candidates whose scheme is installed (an explicit list naming another one is an error) and whose
+        code fits in ``bits``."""
         installed = set(qcore.list_schemes())
-        self.specs = []
+        out = []
         for s in specs:
             if s["scheme"] == self.name:
                 raise ValueError("a mixed candidate cannot be 'mixed' itself")
             if s["scheme"] not in installed:
-                if explicit:
+                if self._explicit:
                     raise qcore.SchemeNotFound(f"mixed candidate {label_of(s)!r}: no scheme {s['scheme']!r} is installed; "
                                                f"installed schemes: {', '.join(sorted(installed))}")
                 continue
-            if int(s.get("bits", 8)) > self.bits:
-                continue
-            self.specs.append(s)
-        if not self.specs:
-            raise ValueError("the mixed scheme has no candidate left (all excluded by bits or not installed)")
-        self._cache: dict[tuple, qcore.Quantizer | None] = {}
+            if int(s.get("bits", 8)) <= self.bits:
+                out.append(s)
+        return out
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -346,7 +369,7 @@ class MixedPlanner(qcore.Planner):
             power_test = [float(np.trace(t)) / t.shape[0] for t in test]
             power_train = [float(np.trace(t)) / t.shape[0] for t in train32]
         out = []
-        for spec in self.specs:
+        for spec in (self.specs if folds is None else self.calibrated_specs):
             s = self._concrete(spec, x.shape)
             if s is None:
                 continue
@@ -406,7 +429,11 @@ class MixedPlanner(qcore.Planner):
         if capacity_bits is None:
             raise ValueError("the mixed scheme needs budget_bits or target_sqnr")
         costs = [np.array([8.0 * c["nbytes"] for c in m]) for m in measurements]
-        p = float(self.config["error_power"])  # p > 1: the sum of error^p penalises the worst layers more
+        p = self.config["error_power"]  # p > 1: the sum of error^p penalises the worst layers more
+        if p is None:  # relative output errors (records with an energy): RELATIVE_ERROR_POWER; else 1
+            relative = self.config["output_error"] == "relative" and any("energy" in c for m in measurements for c in m)
+            p = RELATIVE_ERROR_POWER if relative else 1.0
+        p = float(p)
         errors = [np.array([c["error"] for c in m]) ** p for m in measurements]
         try:
             return knapsack(costs, errors, float(capacity_bits))
