@@ -11,6 +11,7 @@ import numpy as np
 cimport numpy as cnp
 from cython.parallel cimport prange, threadid
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t
+from libc.string cimport memset
 
 from qcore_isa cimport isa_switch
 from qcore_omp cimport qcore_omp_max_threads
@@ -33,6 +34,7 @@ cdef extern from "conv_kernels.h" nogil:
         int64_t M, N
         const void *Bp
         const int8_t *wg
+        const void *dwp
         int64_t groups, Cg
         const uint8_t *zrow
         int32_t za
@@ -40,13 +42,20 @@ cdef extern from "conv_kernels.h" nogil:
         const float *mult
         const float *bias
         int mode
+        const uint8_t *res
+        int32_t zr
+        float mr
         int clamp
         float clo, chi
         int32_t zo
         void *out
         int64_t ldo
-        int64_t MC
+        int64_t MC, NC
         int nchw
+        const int32_t *tapsum
+        int64_t Np
+        int window
+        int64_t lph, lpw
         int64_t opad_h, opad_w
     int qc_sq_rows(int isa, const float *x, int64_t R, int64_t C, int64_t ldx, float inv, int32_t z, int32_t lo,
                    int32_t hi, uint8_t *q, int64_t Cp)
@@ -56,6 +65,9 @@ cdef extern from "conv_kernels.h" nogil:
 
 
 from qcore.isa import ISA_NAMES
+
+#: the fraction of taps in the padding above which a convolution skips them (qc_conv_window_mode)
+WINDOW_MIN_WASTE = 0.08
 
 #: below this many multiply-adds a convolution runs on one thread
 PARALLEL_MIN_MACS = 1 << 19
@@ -142,27 +154,90 @@ def quantize_rows(x, float inv, int z, int lo, int hi, out, isa):
     return bool(np.any(np.asarray(bad)))
 
 
-def conv(a, geom, int za, packed, wg, zc, mult, bias, int mode, clamp, int zo, out, isa, opad=(0, 0),
-         bint nchw=False, crop=None):
-    """The int8 convolution of uint8 NHWC ``a`` (B, H, W, Cp) into ``out`` (B*OH*OW rows of ``ldo`` elements).
+cdef class ConvCall:
+    """One convolution prepared for inputs and outputs of fixed shapes: every argument validated and the kernel's
+    argument block filled once (:func:`prepare`); :meth:`run` then checks only the two arrays' dtypes and shapes
+    and runs the kernel (a layer calls the same shapes again and again)."""
 
-    ``crop`` = (y0, x0, H', W'): the convolution's input is the H' x W' window of ``a`` starting at pixel
-    (y0, x0) of each image (the interior of a buffer with a border, seen with the border this layer's padding
-    needs); None: all of ``a``.  ``clamp``: None, or (lo, hi) floats the output is clipped to before rounding
-    (float output: the activation's bounds, e.g. (0, inf) for ReLU; uint8 output: in code units relative to
-    ``zo``, within [-zo, 255 - zo]); uint8 output without a clamp clips to [-zo, 255 - zo].
+    cdef qc_conv_args g
+    cdef object keep            # the arrays the argument block points into
+    cdef readonly tuple in_shape, out_shape
+    cdef readonly object out_dtype
+    cdef int64_t off, units, nu, nt
+    cdef int64_t oph, opw, rows_out, row_bytes, OHp, OWp
+    cdef readonly bint residual
+
+    def run(self, a, out, res=None):
+        """Convolve uint8 ``a`` (of ``in_shape``) into ``out`` (of ``out_shape``); for uint8 output the border
+        of ``out`` (the output padding) is filled with the output zero point here.  ``res``: the residual codes,
+        an array of ``out``'s shape and dtype, when the call was prepared with one."""
+        if not isinstance(a, np.ndarray) or a.dtype != np.uint8 or a.shape != self.in_shape \
+                or not a.flags.c_contiguous:
+            raise ValueError(f"conv: the input must be a C-contiguous uint8 array of shape {self.in_shape}")
+        if not isinstance(out, np.ndarray) or out.dtype != self.out_dtype or out.shape != self.out_shape \
+                or not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError(f"conv: the output must be a writeable C-contiguous {np.dtype(self.out_dtype).name} "
+                             f"array of shape {self.out_shape}")
+        cdef qc_conv_args g = self.g
+        if self.residual:
+            if not isinstance(res, np.ndarray) or res.dtype != np.uint8 or res.shape != self.out_shape \
+                    or not res.flags.c_contiguous:
+                raise ValueError(f"conv: the residual must be a C-contiguous uint8 array of shape {self.out_shape}")
+            g.res = <const uint8_t *>cnp.PyArray_DATA(<cnp.ndarray>res)
+        elif res is not None:
+            raise ValueError("conv: this call was prepared without a residual")
+        g.inp = <const uint8_t *>cnp.PyArray_DATA(<cnp.ndarray>a) + self.off
+        g.out = cnp.PyArray_DATA(<cnp.ndarray>out)
+        cdef int64_t units = self.units, u, nfail = 0, b, r
+        cdef int nt = self.nt
+        cdef uint8_t *o = <uint8_t *>g.out
+        with nogil:
+            if g.mode == 2 and (self.oph or self.opw):  # the border of the padded output holds zo
+                for b in range(self.rows_out // self.OHp):
+                    for r in range(self.OHp):
+                        if r < self.oph or r >= self.OHp - self.oph:
+                            memset(o + (b * self.OHp + r) * self.row_bytes, g.zo, <size_t>self.row_bytes)
+                        else:
+                            memset(o + (b * self.OHp + r) * self.row_bytes, g.zo, <size_t>(self.opw * g.ldo))
+                            memset(o + (b * self.OHp + r + 1) * self.row_bytes - self.opw * g.ldo, g.zo,
+                                   <size_t>(self.opw * g.ldo))
+            if nt <= 1:
+                for u in range(units):
+                    nfail += qc_conv_unit(&g, u)
+            else:
+                for u in prange(units, schedule="static", num_threads=nt):
+                    nfail += qc_conv_unit(&g, u)
+        if nfail:
+            raise MemoryError("conv: out of memory for the tap pointer table")
+        return out
+
+
+def prepare(in_shape, geom, int za, packed, wg, zc, mult, bias, int mode, clamp, int zo, isa, opad=(0, 0),
+            bint nchw=False, crop=None, dwpack=None, lpad=(0, 0), tapsum=None, residual=None):
+    """A :class:`ConvCall` for uint8 NHWC inputs of shape ``in_shape`` (B, H, W, Cp).
 
     ``geom``: (OH, OW, KH, KW, sh, sw, ph, pw, dh, dw, N, groups, Cg).  groups == 1: ``packed`` is the
     ``qcore_plugins._gemm.PackedB`` of the (N, KH*KW*Cp) weights (its ISA is used); groups > 1: ``wg`` is the
-    C-contiguous int8 (N, KH*KW, Cg) weights and ``isa`` is used.  ``zc`` (``za`` times the column sums of the
-    weights, int32 wrapping), ``mult``, ``bias`` (or None): int32 / float32 / float32 arrays of length >= the
-    padded column count.  ``opad`` (uint8 output only): ``out`` holds (B, OH + 2*opad[0], OW + 2*opad[1])
-    pixel rows — the next layer's zero padding, filled with ``zo`` by the caller — and only the interior is
-    written.  ``nchw`` (float output only): ``out`` is (B*N, OH*OW), i.e. float32 NCHW.  ``mode``: 0 int32, 1 float32,
-    2 uint8 output.
+    C-contiguous int8 (N, KH*KW, Cg) weights and ``isa`` is used (None: the current copy).  ``dwpack``:
+    depthwise layers (groups == N == C): the weights packed for that copy by :func:`pack_depthwise` (else the
+    grouped loop runs).  ``zc`` (``za`` times the column sums of the weights, int32 wrapping), ``mult``,
+    ``bias`` (or None): int32 / float32 / float32 arrays of length >= the padded column count.
+    ``crop`` = (y0, x0, H', W'): the convolution's input is the H' x W' window of each image starting at pixel
+    (y0, x0) (the interior of a buffer with a border, seen with the border this layer's padding needs); None:
+    the whole image.  ``lpad``: the zero padding carried inside that window (its outer ``lpad`` rows and columns
+    hold ``za``): taps there are skipped where the kernel can, which needs ``tapsum`` (int32 (KH*KW, Np): per
+    tap the sum over its channels of each column's weights, zero past N) to correct the zero point.
+    ``residual`` = (zr, mr) (uint8 output, groups == 1): :meth:`ConvCall.run` takes residual codes laid out like
+    the output, and the epilogue adds ``float32(r - zr) * mr`` after the bias, before the clamp.  ``clamp``: None, or (lo, hi) floats the output is clipped to before rounding (float
+    output: the activation's bounds, e.g. (0, inf) for ReLU; uint8 output: in code units relative to ``zo``,
+    within [-zo, 255 - zo]); uint8 output without a clamp clips to [-zo, 255 - zo].  ``mode``: 0 int32,
+    1 float32, 2 uint8 output.  The output array is ``(B*(OH + 2*opad[0])*(OW + 2*opad[1]), ldo)`` with
+    ``ldo`` = roundup(N, 4) for uint8 output (padding channels hold ``zo``; ``opad``: a border of that many
+    pixels holding ``zo``, the next layer's zero padding) and N otherwise, or ``(B*N, OH*OW)`` with ``nchw``
+    (float output in NCHW order).
     """
-    _check(a, np.uint8, 4, "a")
-    cdef int64_t B = a.shape[0], H = a.shape[1], W = a.shape[2], Cp = a.shape[3]
+    cdef int64_t B, H, W, Cp
+    B, H, W, Cp = [int(v) for v in in_shape]
     cdef int64_t Hb = H, Wb = W, y0 = 0, x0 = 0
     if crop is not None:
         y0, x0, H, W = [int(v) for v in crop]
@@ -170,25 +245,30 @@ def conv(a, geom, int za, packed, wg, zc, mult, bias, int mode, clamp, int zo, o
             raise ValueError("conv: crop outside the input")
     cdef int64_t OH, OW, KH, KW, sh, sw, ph, pw, dh, dw, N, groups, Cg
     OH, OW, KH, KW, sh, sw, ph, pw, dh, dw, N, groups, Cg = [int(v) for v in geom]
-    if min(OH, OW, KH, KW, sh, sw, dh, dw, N, groups) < 1 or ph < 0 or pw < 0 or Cp % 4 or Cp < 4:
+    if B < 0 or min(OH, OW, KH, KW, sh, sw, dh, dw, N, groups) < 1 or ph < 0 or pw < 0 or Cp % 4 or Cp < 4:
         raise ValueError("conv: bad geometry")
     # windows never start past the padded input (the unpadded fast path relies on it)
     if OH > (H + 2 * ph - dh * (KH - 1) - 1) // sh + 1 or OW > (W + 2 * pw - dw * (KW - 1) - 1) // sw + 1 \
             or H + 2 * ph < dh * (KH - 1) + 1 or W + 2 * pw < dw * (KW - 1) + 1:
         raise ValueError("conv: output size inconsistent with the input")
-    cdef int64_t T = KH * KW, Np, i
+    cdef int64_t T = KH * KW, Np
     cdef int code
     cdef const uint8_t[::1] bp
     cdef const int8_t[:, :, ::1] wgv
     cdef int64_t oph = int(opad[0]), opw = int(opad[1])
     if oph < 0 or opw < 0 or ((oph or opw) and mode != 2):
         raise ValueError("conv: output padding is for uint8 output only")
+    cdef ConvCall call = ConvCall.__new__(ConvCall)
+    keep = []
     if groups == 1:
         if packed is None or packed.k != T * Cp or packed.n != N:
             raise ValueError("conv: packed weights do not match the geometry")
         code = packed.isa_code
         Np = packed.np_
+        keep.append(packed)
         bp = packed.data.view(np.uint8)
+        call.g.Bp = &bp[0]
+        call.g.wg = NULL
     else:
         _check(wg, np.int8, 3, "wg")
         if wg.shape != (N, T, Cg) or N % groups or groups * Cg > Cp:
@@ -196,72 +276,161 @@ def conv(a, geom, int za, packed, wg, zc, mult, bias, int mode, clamp, int zo, o
         code = _code(isa)
         Np = N
         wgv = wg
+        keep.append(wg)
+        call.g.Bp = NULL
+        call.g.wg = &wgv[0, 0, 0]
+    call.g.dwp = NULL
+    cdef const uint8_t[::1] dwv
+    if dwpack is not None:
+        if groups == 1 or groups != N or Cg != 1:
+            raise ValueError("conv: packed depthwise weights for a layer that is not depthwise")
+        _check(dwpack, np.uint8, 1, "dwpack")
+        if dwpack.shape[0] != depthwise_packed_bytes(N, T, code):
+            raise ValueError("conv: packed depthwise weights do not match the geometry")
+        dwv = dwpack
+        keep.append(dwpack)
+        call.g.dwp = &dwv[0]
+    _check(zc, np.int32, 1, "zc")
+    _check(mult, np.float32, 1, "mult")
+    if bias is not None:
+        _check(bias, np.float32, 1, "bias")
     cdef const int32_t[::1] csv = zc
     cdef const float[::1] mv = mult
     cdef const float[::1] bv = bias if bias is not None else None
     if csv.shape[0] < Np or mv.shape[0] < Np or (bias is not None and bv.shape[0] < Np):
         raise ValueError("conv: per-channel arrays too short")
-    cdef int64_t M = B * OH * OW, ldo
     if mode not in (0, 1, 2) or not (0 <= za <= 255) or not (0 <= zo <= 255):
         raise ValueError("conv: bad mode or zero point")
-    want = (np.int32, np.float32, np.uint8)[mode]
-    if not isinstance(out, np.ndarray) or out.dtype != want or out.ndim != 2 or not out.flags.c_contiguous:
-        raise ValueError("conv: bad output array")
+    cdef int64_t M = B * OH * OW, ldo
     if nchw:
-        if mode != 1 or out.shape != (B * N, OH * OW) or N * OH * OW >= 2**31:
-            raise ValueError("conv: NCHW output needs float mode, shape (B*N, OH*OW) and N*OH*OW < 2**31")
+        if mode != 1 or N * OH * OW >= 2**31:
+            raise ValueError("conv: NCHW output needs float mode and N*OH*OW < 2**31")
         ldo = N
+        call.out_shape = (B * N, OH * OW)
     else:
-        if out.shape[0] != B * (OH + 2 * oph) * (OW + 2 * opw) or out.shape[1] < N:
-            raise ValueError("conv: bad output array")
-        ldo = out.shape[1]
-    if M == 0:
-        return out
+        ldo = (N + 3) // 4 * 4 if mode == 2 else N
+        call.out_shape = (B * (OH + 2 * oph) * (OW + 2 * opw), ldo)
+    call.out_dtype = (np.int32, np.float32, np.uint8)[mode]
+    call.in_shape = (B, Hb, Wb, Cp)
     zrow = np.full(Cp, za, np.uint8)
+    keep += [zc, mult, bias, zrow]
     cdef const uint8_t[::1] zv = zrow
-    cdef cnp.ndarray outa = out
-    cdef qc_conv_args g
-    g.isa = code
-    cdef cnp.ndarray aa = a
-    g.inp = <const uint8_t *>cnp.PyArray_DATA(aa) + (y0 * Wb + x0) * Cp
-    g.H, g.W, g.Cp = H, W, Cp
-    g.in_rs, g.in_is = Wb * Cp, Hb * Wb * Cp
-    g.OH, g.OW, g.KH, g.KW, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw = OH, OW, KH, KW, sh, sw, ph, pw, dh, dw
-    g.M, g.N = M, N
-    g.Bp = &bp[0] if groups == 1 else NULL
-    g.wg = &wgv[0, 0, 0] if groups > 1 else NULL
-    g.groups, g.Cg = groups, Cg
-    g.zrow = &zv[0]
-    g.za = za
-    g.zc = &csv[0]
-    g.mult = &mv[0]
-    g.bias = &bv[0] if bias is not None else NULL
-    g.mode, g.zo = mode, zo
-    g.clamp = clamp is not None or mode == 2
+    call.keep = keep
+    call.off = (y0 * Wb + x0) * Cp
+    call.g.isa = code
+    call.g.inp = NULL
+    call.g.H, call.g.W, call.g.Cp = H, W, Cp
+    call.g.in_rs, call.g.in_is = Wb * Cp, Hb * Wb * Cp
+    call.g.OH, call.g.OW, call.g.KH, call.g.KW = OH, OW, KH, KW
+    call.g.sh, call.g.sw, call.g.ph, call.g.pw, call.g.dh, call.g.dw = sh, sw, ph, pw, dh, dw
+    call.g.M, call.g.N = M, N
+    call.g.groups, call.g.Cg = groups, Cg
+    call.g.zrow = &zv[0]
+    call.g.za = za
+    call.g.zc = &csv[0]
+    call.g.mult = &mv[0]
+    call.g.bias = &bv[0] if bias is not None else NULL
+    call.g.mode, call.g.zo = mode, zo
+    call.g.res = NULL
+    call.residual = residual is not None
+    call.g.zr, call.g.mr = 0, 0.0
+    if residual is not None:
+        if mode != 2 or groups != 1:
+            raise ValueError("conv: a residual is for uint8 output of a convolution with groups == 1")
+        call.g.zr, call.g.mr = int(residual[0]), float(residual[1])
+        if not 0 <= call.g.zr <= 255:
+            raise ValueError("conv: the residual zero point must lie in [0, 255]")
+    call.g.clamp = clamp is not None or mode == 2
     if clamp is not None:
-        g.clo, g.chi = float(clamp[0]), float(clamp[1])
-        if mode == 2 and not (-zo <= g.clo <= g.chi <= 255 - zo):
+        call.g.clo, call.g.chi = float(clamp[0]), float(clamp[1])
+        if mode == 2 and not (-zo <= call.g.clo <= call.g.chi <= 255 - zo):
             raise ValueError("conv: a uint8 clamp must lie within [-zo, 255 - zo]")
     else:
-        g.clo, g.chi = -zo, 255 - zo
-    g.out = cnp.PyArray_DATA(outa)
-    g.ldo = ldo
-    g.MC = 64
-    g.opad_h, g.opad_w = oph, opw
-    g.nchw = nchw
-    cdef int64_t units = (M + g.MC - 1) // g.MC, u
-    cdef int nt = qcore_omp_max_threads() if M * N * T * Cp >= PARALLEL_MIN_MACS and units > 1 else 1
-    cdef uint8_t[::1] fail = np.zeros(units, np.uint8)
-    with nogil:
-        if nt <= 1:
-            for u in range(units):
-                fail[u] = qc_conv_unit(&g, u)
-        else:
-            for u in prange(units, schedule="static", num_threads=nt):
-                fail[u] = qc_conv_unit(&g, u)
-    if np.any(np.asarray(fail)):
-        raise MemoryError("conv: out of memory for the tap pointer table")
-    return out
+        call.g.clo, call.g.chi = -zo, 255 - zo
+    call.g.out = NULL
+    call.g.ldo = ldo
+    call.g.opad_h, call.g.opad_w = oph, opw
+    call.g.lph, call.g.lpw = int(lpad[0]), int(lpad[1])
+    call.g.tapsum = NULL
+    call.g.Np = Np
+    cdef const int32_t[:, ::1] tsv
+    if tapsum is not None:
+        _check(tapsum, np.int32, 2, "tapsum")
+        if tapsum.shape != (T, Np) or groups != 1:
+            raise ValueError("conv: tapsum must have shape (KH*KW, Np) for a convolution with groups == 1")
+        tsv = tapsum
+        keep.append(tapsum)
+        call.g.tapsum = &tsv[0, 0]
+    # skip the padding where it is at least WINDOW_MIN_WASTE of the taps (position-major order costs some input
+    # locality; a large image wastes little)
+    call.g.window = 0
+    if call.g.lph or call.g.lpw:
+        vh = sum(sum(1 for kh in range(KH) if call.g.lph <= oh * sh + kh * dh < H - call.g.lph) for oh in range(OH))
+        vw = sum(sum(1 for kw in range(KW) if call.g.lpw <= ow * sw + kw * dw < W - call.g.lpw) for ow in range(OW))
+        call.g.window = 1 - (vh * vw) / float(OH * KH * OW * KW) >= WINDOW_MIN_WASTE
+    if call.g.lph < 0 or call.g.lpw < 0 or 2 * call.g.lph >= H or 2 * call.g.lpw >= W or \
+            ((call.g.lph or call.g.lpw) and (ph or pw)):
+        raise ValueError("conv: bad padding inside the input window")
+    call.g.nchw = nchw
+    call.oph, call.opw = oph, opw
+    call.OHp, call.OWp = OH + 2 * oph, OW + 2 * opw
+    call.rows_out = B * call.OHp
+    call.row_bytes = call.OWp * ldo
+    # work units: blocks of MC output pixels x blocks of NC output channels; the channels are split only when
+    # the pixels alone give too few units for the threads
+    cdef int nthreads = qcore_omp_max_threads()
+    call.g.MC = 64
+    cdef int64_t mu = (M + 63) // 64, nc = N, step, nparts
+    if groups == 1:
+        step = qc_isa_nr(code)       # whole register panels
+    elif call.g.dwp != NULL:
+        step = 64                    # the depthwise kernels' channel blocks
+    else:
+        step = N                     # the grouped loop takes all channels
+    if 0 < mu < 4 * nthreads and N > step:
+        nparts = min((4 * nthreads + mu - 1) // mu, (N + step - 1) // step)
+        nc = ((N + nparts - 1) // nparts + step - 1) // step * step
+    call.g.NC = nc
+    call.nu = (N + nc - 1) // nc
+    call.units = mu * call.nu if M > 0 else 0
+    call.nt = nthreads if M * N * T * Cp // max(groups, 1) >= PARALLEL_MIN_MACS and call.units > 1 else 1
+    return call
+
+
+def conv(a, geom, int za, packed, wg, zc, mult, bias, int mode, clamp, int zo, out, isa, opad=(0, 0),
+         bint nchw=False, crop=None, dwpack=None):
+    """:func:`prepare` then :meth:`ConvCall.run` (one call): the int8 convolution of uint8 NHWC ``a`` into the
+    2-D ``out`` described there."""
+    _check(a, np.uint8, 4, "a")
+    return prepare(a.shape, geom, za, packed, wg, zc, mult, bias, mode, clamp, zo, isa, opad, nchw, crop,
+                   dwpack).run(a, out)
+
+
+def depthwise_packed_bytes(int64_t n, int64_t taps, int code):
+    """Bytes of the packed depthwise weights of ``n`` channels and ``taps`` taps for copy ``code``."""
+    if code == QC_ISA_VNNI:
+        return ((n + 63) // 64) * taps * 256
+    return taps * n * 4
+
+
+def pack_depthwise(w, isa=None):
+    """Depthwise int8 weights ``w`` (N, T) (T = KH*KW taps) in the layout of ``isa``'s copy (None: the current
+    one), as bytes (conv_kernels.h, "Depthwise"): VNNI: per block of 64 channels and tap, 4 phase vectors of 64
+    bytes, byte 4j + d of phase d = w[64b + 4j + d, t] (the other bytes 0); other copies: int32 (T, N)."""
+    cdef int code = _code(isa)
+    _check(w, np.int8, 2, "w")
+    n, taps = w.shape
+    if code == QC_ISA_VNNI:
+        nb = (n + 63) // 64
+        full = np.zeros((nb * 64, taps), np.int8)
+        full[:n] = w
+        blocks = full.reshape(nb, 16, 4, taps)                      # [b, j, d, t]: channel 64b + 4j + d
+        out = np.zeros((nb, taps, 4, 16, 4), np.int8)               # [b, t, phase, j, byte]
+        for d in range(4):
+            out[:, :, d, :, d] = blocks[:, :, d, :].transpose(0, 2, 1)
+    else:
+        out = w.T.astype(np.int32)
+    return np.ascontiguousarray(out).reshape(-1).view(np.uint8)
 
 
 # ------------------------------------------------------------------------------------------ static CNN ops

@@ -34,6 +34,7 @@ typedef struct {
     int64_t M, N;             /* M = B * OH * OW */
     const void *Bp;           /* packed weights (groups == 1): K = KH*KW*Cp, Kp = K */
     const int8_t *wg;         /* grouped weights (N, KH*KW, Cg) (groups > 1) */
+    const void *dwp;          /* depthwise weights packed for the copy in use (qc_dw_*), or NULL */
     int64_t groups, Cg;
     const uint8_t *zrow;      /* Cp bytes, all za */
     int32_t za;
@@ -41,13 +42,24 @@ typedef struct {
     const float *mult;        /* per column, padded */
     const float *bias;        /* per column, padded, or NULL */
     int mode;                 /* 0 int32, 1 float32, 2 uint8 */
+    const uint8_t *res;       /* uint8 output: a residual added before the clamp (the same layout as out, element
+                                 o of out meets res[o]), or NULL: y += float(res - zr) * mr */
+    int32_t zr;
+    float mr;
     int clamp;                /* clip y to [clo, chi] (ReLU, ReLU6, ...); uint8 output always clips */
     float clo, chi;           /* float: the activation's bounds; uint8: in output-code units, within [-zo, 255-zo] */
     int32_t zo;               /* output zero point (mode 2) */
     void *out; int64_t ldo;   /* row stride in elements */
-    int64_t MC;               /* rows per work unit */
+    int64_t MC;               /* output pixels per work unit */
+    int64_t NC;               /* output channels per work unit (a multiple of the kernel's block, or N) */
     int nchw;                 /* float output (mode 1) in NCHW order: element (b, n, oh, ow) at
                                  (b*N + n)*OH*OW + oh*OW + ow (a column stride of OH*OW) */
+    const int32_t *tapsum;    /* (T, Np): per tap, the sums over its channels of each column's weights (the
+                                 padding-skipping path corrects the zero point with them), or NULL */
+    int64_t Np;
+    int window;               /* take the padding-skipping path when it applies (qc_conv_window_mode) */
+    int64_t lph, lpw;         /* the zero padding inside the input window (a border holding za around the image
+                                 the layer reads): taps there contribute 0 and may be skipped; 0: none known */
     int64_t opad_h, opad_w;   /* uint8 output into a buffer padded by (opad_h, opad_w) pixels per side (the next
                                  layer's zero padding, pre-filled with zo by the caller); 0 for float/int32 */
 } qc_conv_args;
@@ -216,6 +228,10 @@ static inline void qc_conv_epi_scalar(const qc_conv_args *g, int64_t ro, int64_t
     }
     float y = (float)x * g->mult[j];
     if (g->bias) y = y + g->bias[j];
+    if (g->res && g->mode == 2) {
+        float t = (float)((int32_t)g->res[ro + j] - g->zr) * g->mr;
+        y = y + t;
+    }
     if (g->mode == 1) {
         if (g->clamp) {
             y = y < g->clo ? g->clo : y;
@@ -230,6 +246,64 @@ static inline void qc_conv_epi_scalar(const qc_conv_args *g, int64_t ro, int64_t
     int32_t b; memcpy(&b, &m, 4);
     ((uint8_t *)g->out)[ro + j] = (uint8_t)(b - 0x4B400000 + g->zo);
 }
+
+/* The epilogue of output channels [j0, j0 + n) of one output pixel (row offset ro) from their exact sums acc:
+ * the same arithmetic as qc_conv_epi_scalar, written as loops gcc vectorizes (chunks of 64 channels). */
+#define QC_EPI_ROW(NAME, ATTR)                                                                               \
+    ATTR static void NAME(const qc_conv_args *g, int64_t ro, int64_t j0, int64_t n, const int32_t *acc)      \
+    {                                                                                                        \
+        float y[64];                                                                                         \
+        for (int64_t c0 = 0; c0 < n; c0 += 64) {                                                             \
+            const int64_t m = n - c0 < 64 ? n - c0 : 64, j = j0 + c0;                                        \
+            const int32_t *a = acc + c0, *zc = g->zc + j;                                                    \
+            if (g->mode == 0) {                                                                              \
+                int32_t *o = (int32_t *)g->out + ro + j;                                                     \
+                for (int64_t i = 0; i < m; i++) o[i] = (int32_t)((uint32_t)a[i] - (uint32_t)zc[i]);          \
+                continue;                                                                                    \
+            }                                                                                                \
+            const float *mu = g->mult + j;                                                                   \
+            for (int64_t i = 0; i < m; i++) y[i] = (float)(int32_t)((uint32_t)a[i] - (uint32_t)zc[i]) * mu[i]; \
+            if (g->bias) {                                                                                   \
+                const float *bi = g->bias + j;                                                               \
+                for (int64_t i = 0; i < m; i++) y[i] = y[i] + bi[i];                                         \
+            }                                                                                                \
+            if (g->res && g->mode == 2) {                                                                    \
+                const uint8_t *rs = g->res + ro + j;                                                         \
+                const int32_t zr = g->zr;                                                                    \
+                const float mr = g->mr;                                                                      \
+                for (int64_t i = 0; i < m; i++) {                                                            \
+                    float t = (float)((int32_t)rs[i] - zr) * mr;                                             \
+                    y[i] = y[i] + t;                                                                         \
+                }                                                                                            \
+            }                                                                                                \
+            const float lo = g->clo, hi = g->chi;                                                            \
+            if (g->clamp)                                                                                    \
+                for (int64_t i = 0; i < m; i++) {                                                            \
+                    float v = y[i] < lo ? lo : y[i];                                                         \
+                    y[i] = v > hi ? hi : v;                                                                  \
+                }                                                                                            \
+            if (g->mode == 1) {                                                                              \
+                float *o = (float *)g->out + ro;                                                             \
+                if (g->nchw)                                                                                 \
+                    for (int64_t i = 0; i < m; i++) o[(j + i) * g->OH * g->OW] = y[i];                       \
+                else                                                                                         \
+                    for (int64_t i = 0; i < m; i++) o[j + i] = y[i];                                         \
+                continue;                                                                                    \
+            }                                                                                                \
+            uint8_t *o = (uint8_t *)g->out + ro + j;                                                         \
+            const int32_t zo = g->zo;                                                                        \
+            for (int64_t i = 0; i < m; i++) {                                                                \
+                float t = y[i] + 12582912.0f;                                                                \
+                int32_t bits;                                                                                \
+                memcpy(&bits, &t, 4);                                                                        \
+                o[i] = (uint8_t)(bits - 0x4B400000 + zo);                                                    \
+            }                                                                                                \
+        }                                                                                                    \
+    }
+QC_EPI_ROW(qc_epi_row_portable, )
+#if QC_X86
+QC_EPI_ROW(qc_epi_row_avx2, QC_AVX2_T)
+#endif
 
 /* pointers of the T taps of output pixels [m0, m0 + rows) (row-major: P[r * T + t]); one division per call,
  * then the pixel position is stepped; pixels whose window lies inside the image use fixed tap offsets */
@@ -283,8 +357,7 @@ static void qc_cukr_portable(int64_t T, int64_t Cp, const uint8_t *const *P, con
         for (int r = 0; r < QC_P_MR; r++) ap[r] = P[(r < mr ? r : mr - 1) * T + t];
         B = qc_acc_portable(acc, ap, Cp / 4, B);
     }
-    for (int r = 0; r < mr; r++)
-        for (int j = 0; j < nr; j++) qc_conv_epi_scalar(g, ro[r], j0 + j, acc[r][j]);
+    for (int r = 0; r < mr; r++) qc_epi_row_portable(g, ro[r], j0, nr, acc[r]);
 }
 
 #if QC_X86
@@ -309,26 +382,69 @@ QC_AVX2_T static void qc_cukr_avx2(int64_t T, int64_t Cp, const uint8_t *const *
         _mm256_storeu_si256((__m256i *)&tile[r][0], acc[r][0]);
         _mm256_storeu_si256((__m256i *)&tile[r][8], acc[r][1]);
     }
-    for (int r = 0; r < mr; r++)
-        for (int j = 0; j < nr; j++) qc_conv_epi_scalar(g, ro[r], j0 + j, tile[r][j]);
+    for (int r = 0; r < mr; r++) qc_epi_row_avx2(g, ro[r], j0, nr, tile[r]);
 }
 
 /* -------------------------------------------------------------------------------------- AVX-512 VNNI micro-kernel */
 
+/* the epilogue of 16 output channels [j, j + 16) (masked by m) of the pixel at row offset o, from their sums */
 QC_VNNI_T static inline __attribute__((always_inline)) void
-qc_cukr_vnni_body(int64_t T, int64_t Cp, const uint8_t *const *P, const int8_t *B, int mr, int nr,
+qc_epi16_vnni(const qc_conv_args *g, int64_t o, int64_t j, __m512i acc, __mmask16 m)
+{
+    __m512i x = _mm512_sub_epi32(acc, _mm512_maskz_loadu_epi32(m, g->zc + j));
+    if (g->mode == 0) {
+        _mm512_mask_storeu_epi32((int32_t *)g->out + o + j, m, x);
+        return;
+    }
+    __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(x), _mm512_maskz_loadu_ps(m, g->mult + j));
+    if (g->bias) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, g->bias + j));
+    if (g->res && g->mode == 2) {
+        __m512i r = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, g->res + o + j));
+        y = _mm512_add_ps(y, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(r, _mm512_set1_epi32(g->zr))),
+                                           _mm512_set1_ps(g->mr)));
+    }
+    const __m512 flo = _mm512_set1_ps(g->clo), fhi = _mm512_set1_ps(g->chi);
+    if (g->mode == 1) {
+        if (g->clamp) y = _mm512_min_ps(_mm512_max_ps(y, flo), fhi);
+        if (g->nchw) { /* one pixel's 16 channels go to 16 planes */
+            const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+            const __m512i vplane = _mm512_set1_epi32((int32_t)(g->OH * g->OW));
+            _mm512_mask_i32scatter_ps((float *)g->out + o, m,
+                                      _mm512_mullo_epi32(_mm512_add_epi32(_mm512_set1_epi32((int32_t)j), lane),
+                                                         vplane), y, 4);
+        } else {
+            _mm512_mask_storeu_ps((float *)g->out + o + j, m, y);
+        }
+        return;
+    }
+    y = _mm512_min_ps(_mm512_max_ps(y, flo), fhi);
+    __m512i c = _mm512_add_epi32(_mm512_castps_si512(_mm512_add_ps(y, _mm512_set1_ps(12582912.0f))),
+                                 _mm512_set1_epi32(g->zo - 0x4B400000));
+    _mm_mask_storeu_epi8((uint8_t *)g->out + o + j, m, _mm512_cvtepi32_epi8(c));
+}
+
+/* The register tile of MRV (a compile-time constant after inlining) output pixels x 32 channels.  Its reduction
+ * runs over segments s in [s0, s1): the pointer of pixel r for segment s is P[r * PT + s] + aoff, the segment's
+ * packed weights start at B + boff + s * bstride (bytes), and it is kg groups of 4 bytes long.  The plain form:
+ * every tap (or kernel row) a segment, sequential weights; the window form (padding skipped): the kernel rows
+ * inside the image, each from its first column inside the image (conv_kernels.h, qc_conv_unit). */
+QC_VNNI_T static inline __attribute__((always_inline)) void
+qc_cukr_vnni_body(int64_t s0, int64_t s1, int64_t PT, int64_t aoff, const uint8_t *const *P, const int8_t *B,
+                  int64_t boff, int64_t bstride, int64_t kg, const int32_t *fix, int mr, int nr,
                   const qc_conv_args *g, const int64_t *ro, int64_t j0, const int MRV)
 {
-    __m512i acc[QC_V_MR][QC_V_NV];
+    __m512i acc[QC_V_MR][QC_V_NV], a0[QC_V_NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < QC_V_NV; v++) a0[v] = fix ? _mm512_loadu_si512(fix + 16 * v) : _mm512_setzero_si512();
 #pragma GCC unroll 16
     for (int r = 0; r < MRV; r++)
 #pragma GCC unroll 4
-        for (int v = 0; v < QC_V_NV; v++) acc[r][v] = _mm512_setzero_si512();
-    for (int64_t t = 0; t < T; t++) {
+        for (int v = 0; v < QC_V_NV; v++) acc[r][v] = a0[v];
+    for (int64_t t = s0; t < s1; t++) {
         const uint8_t *ap[QC_V_MR];
 #pragma GCC unroll 16
-        for (int r = 0; r < MRV; r++) ap[r] = P[(r < mr ? r : mr - 1) * T + t];
-        B = qc_acc_vnni(acc, ap, Cp / 4, B, MRV);
+        for (int r = 0; r < MRV; r++) ap[r] = P[(r < mr ? r : mr - 1) * PT + t] + aoff;
+        qc_acc_vnni(acc, ap, kg, B + boff + t * bstride, MRV);
     }
     __mmask16 m[QC_V_NV];
 #pragma GCC unroll 4
@@ -337,52 +453,36 @@ qc_cukr_vnni_body(int64_t T, int64_t Cp, const uint8_t *const *P, const int8_t *
         w = w < 0 ? 0 : (w > 16 ? 16 : w);
         m[v] = (__mmask16)((1u << w) - 1u);
     }
-    const __m512 flo = _mm512_set1_ps(g->clo), fhi = _mm512_set1_ps(g->chi);
-    const __m512 magic = _mm512_set1_ps(12582912.0f);
-    const __m512i off = _mm512_set1_epi32(g->zo - 0x4B400000);
-    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-    const __m512i vplane = _mm512_set1_epi32((int32_t)(g->OH * g->OW));
 #pragma GCC unroll 16
     for (int r = 0; r < MRV; r++) {
         if (r >= mr) break;
-        const int64_t o = ro[r];
 #pragma GCC unroll 4
-        for (int v = 0; v < QC_V_NV; v++) {
-            int64_t j = j0 + 16 * v;
-            __m512i x = _mm512_sub_epi32(acc[r][v], _mm512_loadu_si512(g->zc + j));
-            if (g->mode == 0) {
-                _mm512_mask_storeu_epi32((int32_t *)g->out + o + j, m[v], x);
-                continue;
-            }
-            __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(x), _mm512_loadu_ps(g->mult + j));
-            if (g->bias) y = _mm512_add_ps(y, _mm512_loadu_ps(g->bias + j));
-            if (g->mode == 1) {
-                if (g->clamp) y = _mm512_min_ps(_mm512_max_ps(y, flo), fhi);
-                if (g->nchw) /* one pixel's 16 channels go to 16 planes */
-                    _mm512_mask_i32scatter_ps((float *)g->out + o, m[v],
-                                              _mm512_mullo_epi32(_mm512_add_epi32(_mm512_set1_epi32((int32_t)j),
-                                                                                  lane), vplane), y, 4);
-                else
-                    _mm512_mask_storeu_ps((float *)g->out + o + j, m[v], y);
-            } else {
-                y = _mm512_min_ps(_mm512_max_ps(y, flo), fhi);
-                __m512i c = _mm512_add_epi32(_mm512_castps_si512(_mm512_add_ps(y, magic)), off);
-                _mm_mask_storeu_epi8((uint8_t *)g->out + o + j, m[v], _mm512_cvtepi32_epi8(c));
-            }
-        }
+        for (int v = 0; v < QC_V_NV; v++) qc_epi16_vnni(g, ro[r], j0 + 16 * v, acc[r][v], m[v]);
     }
 }
 
 #define QC_CVNNI_UKR(NAME, MRV)                                                                              \
-    QC_VNNI_T static void NAME(int64_t T, int64_t Cp, const uint8_t *const *P, const int8_t *B, int mr, int nr, \
-                               const qc_conv_args *g, const int64_t *ro, int64_t j0)                                \
+    QC_VNNI_T static void NAME(int64_t s0, int64_t s1, int64_t PT, int64_t aoff, const uint8_t *const *P,      \
+                               const int8_t *B, int64_t boff, int64_t bstride, int64_t kg, const int32_t *fix, \
+                               int mr, int nr, const qc_conv_args *g, const int64_t *ro, int64_t j0)          \
     {                                                                                                        \
-        qc_cukr_vnni_body(T, Cp, P, B, mr, nr, g, ro, j0, MRV);                                              \
+        qc_cukr_vnni_body(s0, s1, PT, aoff, P, B, boff, bstride, kg, fix, mr, nr, g, ro, j0, MRV);           \
     }
 QC_CVNNI_UKR(qc_cukr_vnni8, 8)
 QC_CVNNI_UKR(qc_cukr_vnni4, 4)
 QC_CVNNI_UKR(qc_cukr_vnni2, 2)
 QC_CVNNI_UKR(qc_cukr_vnni1, 1)
+
+/* a tile of mr (<= 8) rows: the tile of the smallest sufficient height */
+QC_VNNI_T static void qc_cukr_vnni(int64_t s0, int64_t s1, int64_t PT, int64_t aoff, const uint8_t *const *P,
+                                   const int8_t *B, int64_t boff, int64_t bstride, int64_t kg, const int32_t *fix,
+                                   int mr, int nr, const qc_conv_args *g, const int64_t *ro, int64_t j0)
+{
+    if (mr > 4) qc_cukr_vnni8(s0, s1, PT, aoff, P, B, boff, bstride, kg, fix, mr, nr, g, ro, j0);
+    else if (mr > 2) qc_cukr_vnni4(s0, s1, PT, aoff, P, B, boff, bstride, kg, fix, mr, nr, g, ro, j0);
+    else if (mr > 1) qc_cukr_vnni2(s0, s1, PT, aoff, P, B, boff, bstride, kg, fix, mr, nr, g, ro, j0);
+    else qc_cukr_vnni1(s0, s1, PT, aoff, P, B, boff, bstride, kg, fix, mr, nr, g, ro, j0);
+}
 #endif /* QC_X86 */
 
 /* -------------------------------------------------------------------------------------- grouped (direct) */
@@ -415,39 +515,151 @@ QC_CONV_GROUPED(qc_conv_grouped_avx2, QC_AVX2_T)
 QC_CONV_GROUPED(qc_conv_grouped_avx512, QC_VNNI_T)
 #endif
 
-/* depthwise (groups == N == C, one channel per group): the taps' channels are contiguous, so the loop runs
- * across 64 output channels at a time (vectorized by gcc) on weights transposed to wt (T, N) int32 */
+/* Depthwise (groups == N == C, one channel per group).  The weights come packed per copy (qcore.ops.conv,
+ * pack_depthwise):
+ *   AVX-512 VNNI: per block of 64 channels and per tap, 4 "phase" vectors of 64 bytes: phase d holds, in dword j,
+ *                 w[64b + 4j + d][t] at byte d and zeros elsewhere;
+ *   other copies: int32 (T, N), w[t*N + n].
+ * The VNNI kernel multiplies 64 input bytes (64 channels of one tap) by each phase vector with vpdpbusd: dword j
+ * of accumulator d sums channel 4j + d only (the other three products are by zero), so no byte is shuffled;
+ * 4 output pixels x 4 phases are 16 accumulators.  The epilogue runs per phase (constants in phase order) and
+ * joins the 4 phases' codes into 64 bytes with shifts. */
 #define QC_DW_CHUNK 64
-#define QC_CONV_DW(NAME, ATTR)                                                                               \
+#define QC_CONV_DW(NAME, ATTR, EPI)                                                                          \
     ATTR static void NAME(const qc_conv_args *g, int64_t rows, const uint8_t **P, const int64_t *orow,       \
-                          const int32_t *wt)                                                                 \
+                          int64_t j0, int64_t j1)                                                            \
     {                                                                                                        \
         const int64_t T = g->KH * g->KW, N = g->N;                                                           \
+        const int32_t *wt = (const int32_t *)g->dwp;                                                         \
         int32_t acc[QC_DW_CHUNK];                                                                            \
         for (int64_t r = 0; r < rows; r++) {                                                                 \
             const uint8_t **pr = P + r * T;                                                                  \
-            for (int64_t n0 = 0; n0 < N; n0 += QC_DW_CHUNK) {                                                \
-                const int64_t nc = N - n0 < QC_DW_CHUNK ? N - n0 : QC_DW_CHUNK;                              \
+            for (int64_t n0 = j0; n0 < j1; n0 += QC_DW_CHUNK) {                                              \
+                const int64_t nc = j1 - n0 < QC_DW_CHUNK ? j1 - n0 : QC_DW_CHUNK;                            \
                 for (int64_t j = 0; j < nc; j++) acc[j] = 0;                                                 \
                 for (int64_t t = 0; t < T; t++) {                                                            \
                     const uint8_t *a = pr[t] + n0;                                                           \
                     const int32_t *w = wt + t * N + n0;                                                      \
                     for (int64_t j = 0; j < nc; j++) acc[j] += (int32_t)a[j] * w[j];                         \
                 }                                                                                            \
-                for (int64_t j = 0; j < nc; j++) qc_conv_epi_scalar(g, orow[r], n0 + j, acc[j]);             \
+                EPI(g, orow[r], n0, nc, acc);                                                                \
             }                                                                                                \
         }                                                                                                    \
     }
-QC_CONV_DW(qc_conv_dw_portable, )
+QC_CONV_DW(qc_conv_dw_portable, , qc_epi_row_portable)
 #if QC_X86
-QC_CONV_DW(qc_conv_dw_avx2, QC_AVX2_T)
-QC_CONV_DW(qc_conv_dw_avx512, QC_VNNI_T)
+QC_CONV_DW(qc_conv_dw_avx2, QC_AVX2_T, qc_epi_row_avx2)
+
+#define QC_DW_PX 4  /* output pixels per register tile of the VNNI depthwise kernel */
+
+/* one block of channels [c0, c0 + nc) (nc <= 4*L, L = dwords per vector: 16 for zmm, 8 for ymm) of rows output
+ * pixels; PFX is the intrinsics' prefix (_mm512 / _mm256), V the vector type, MK the byte mask type */
+#define QC_DW_VNNI_BLOCK(NAME, V, F, PFX, MK, L, LOADV, STOREV, ZEROV, CASTF)                                   \
+    QC_VNNI_T static void NAME(const qc_conv_args *g, int64_t rows, const uint8_t **P, const int64_t *orow,        \
+                               int64_t c0, int64_t nc, const int8_t *wb, int rowtaps)                            \
+    {                                                                                                            \
+        const int64_t T = g->KH * g->KW, KW = g->KW, PT = rowtaps ? g->KH : T, cs = rowtaps ? g->Cp : 0;       \
+        const MK mk = nc >= 4 * L ? (MK)~(MK)0 : (MK)((((MK)1) << nc) - 1);                                      \
+        /* the epilogue's per-channel constants in phase order: [d][j] is channel c0 + 4j + d (0 past nc) */    \
+        int32_t nzc[4][L];                                                                                       \
+        float mp[4][L], bp[4][L];                                                                                \
+        for (int d = 0; d < 4; d++)                                                                              \
+            for (int j = 0; j < L; j++) {                                                                        \
+                const int64_t i = 4 * j + d, c = c0 + i;                                                         \
+                const int ok = i < nc;                                                                           \
+                nzc[d][j] = ok ? (int32_t)(0u - (uint32_t)g->zc[c]) : 0;                                         \
+                mp[d][j] = ok ? g->mult[c] : 0.f;                                                                \
+                bp[d][j] = ok && g->bias ? g->bias[c] : 0.f;                                                     \
+            }                                                                                                    \
+        V init[4];                                                                                               \
+        for (int d = 0; d < 4; d++) init[d] = LOADV((const V *)nzc[d]);              \
+        for (int64_t r = 0; r < rows; r += QC_DW_PX) {                                                           \
+            const int np = rows - r < QC_DW_PX ? (int)(rows - r) : QC_DW_PX;                                     \
+            V acc[QC_DW_PX][4]; /* start at -zc: the sums come out with the zero point corrected */              \
+            _Pragma("GCC unroll 4") for (int p = 0; p < QC_DW_PX; p++)                                           \
+                _Pragma("GCC unroll 4") for (int d = 0; d < 4; d++) acc[p][d] = init[d];                          \
+            const uint8_t *const *pr[QC_DW_PX];                                                                  \
+            _Pragma("GCC unroll 4") for (int p = 0; p < QC_DW_PX; p++)                                           \
+                pr[p] = P + (r + (p < np ? p : np - 1)) * PT;                                                    \
+            for (int64_t t = 0; t < T; t++) {                                                                    \
+                const int8_t *wt = wb + t * 256;                                                                 \
+                /* tap t: its own pointer, or (row taps) the pointer of its kernel row + its column * Cp */       \
+                const int64_t ti = rowtaps ? t / KW : t, toff = rowtaps ? (t % KW) * cs + c0 : c0;               \
+                V w[4];                                                                                          \
+                _Pragma("GCC unroll 4") for (int d = 0; d < 4; d++)                                              \
+                    w[d] = LOADV((const V *)(wt + 64 * d));                           \
+                _Pragma("GCC unroll 4") for (int p = 0; p < QC_DW_PX; p++) {                                     \
+                    const V x = PFX##_maskz_loadu_epi8(mk, pr[p][ti] + toff);                                    \
+                    _Pragma("GCC unroll 4") for (int d = 0; d < 4; d++)                                          \
+                        acc[p][d] = PFX##_dpbusd_epi32(acc[p][d], x, w[d]);                                      \
+                }                                                                                                \
+            }                                                                                                    \
+            _Pragma("GCC unroll 4") for (int p = 0; p < QC_DW_PX; p++) { /* unrolled: acc[p] in registers */     \
+                if (p >= np) break;                                                                              \
+                const int64_t o = orow[r + p];                                                                   \
+                if (g->mode == 2) {                                                                              \
+                    V codes = ZEROV();                                                 \
+                    _Pragma("GCC unroll 4") for (int d = 0; d < 4; d++) {                                        \
+                        F y = PFX##_mul_ps(PFX##_cvtepi32_ps(acc[p][d]), PFX##_loadu_ps(mp[d]));        \
+                        y = PFX##_add_ps(y, PFX##_loadu_ps(bp[d]));                                              \
+                        y = PFX##_min_ps(PFX##_max_ps(y, PFX##_set1_ps(g->clo)), PFX##_set1_ps(g->chi));         \
+                        V c = PFX##_add_epi32(CASTF(                                     \
+                                                  PFX##_add_ps(y, PFX##_set1_ps(12582912.0f))),                  \
+                                              PFX##_set1_epi32(g->zo - 0x4B400000));                             \
+                        /* the code's byte to byte d of its dword (shift, then keep that byte) */                \
+                        codes = PFX##_ternarylogic_epi32(codes, PFX##_slli_epi32(c, 8 * d),                      \
+                                                         PFX##_set1_epi32(255 << (8 * d)), 0xF8);                \
+                    }                                                                                            \
+                    PFX##_mask_storeu_epi8((uint8_t *)g->out + o + c0, mk, codes);                               \
+                    continue;                                                                                    \
+                }                                                                                                \
+                /* int32 / float output (tests, a float consumer): back to channel order one element at a time */ \
+                uint32_t tmp[4][L];                                                                              \
+                _Pragma("GCC unroll 4") for (int d = 0; d < 4; d++) {                                            \
+                    if (g->mode == 0) {                                                                          \
+                        STOREV((V *)tmp[d], acc[p][d]);                               \
+                        continue;                                                                                \
+                    }                                                                                            \
+                    F y = PFX##_mul_ps(PFX##_cvtepi32_ps(acc[p][d]), PFX##_loadu_ps(mp[d]));            \
+                    y = PFX##_add_ps(y, PFX##_loadu_ps(bp[d]));                                                  \
+                    if (g->clamp) y = PFX##_min_ps(PFX##_max_ps(y, PFX##_set1_ps(g->clo)), PFX##_set1_ps(g->chi)); \
+                    PFX##_storeu_ps((float *)tmp[d], y);                                                         \
+                }                                                                                                \
+                for (int64_t i = 0; i < nc; i++) {                                                               \
+                    const uint32_t v = tmp[i & 3][i >> 2];                                                       \
+                    if (g->mode == 1 && g->nchw)                                                                 \
+                        ((uint32_t *)g->out)[o + (c0 + i) * g->OH * g->OW] = v;                                  \
+                    else                                                                                         \
+                        ((uint32_t *)g->out)[o + c0 + i] = v;                                                    \
+                }                                                                                                \
+            }                                                                                                    \
+        }                                                                                                        \
+    }
+QC_DW_VNNI_BLOCK(qc_dw_vnni_block64, __m512i, __m512, _mm512, __mmask64, 16, _mm512_loadu_si512, _mm512_storeu_si512,
+                 _mm512_setzero_si512, _mm512_castps_si512)
+QC_DW_VNNI_BLOCK(qc_dw_vnni_block32, __m256i, __m256, _mm256, __mmask32, 8, _mm256_loadu_si256, _mm256_storeu_si256,
+                 _mm256_setzero_si256, _mm256_castps_si256)
+
+/* channels [j0, j1): blocks of 64 (zmm), a last block of at most 32 in ymm (two of them per cycle) */
+QC_VNNI_T static void qc_conv_dw_vnni(const qc_conv_args *g, int64_t rows, const uint8_t **P, const int64_t *orow,
+                                      int64_t j0, int64_t j1, int rowtaps)
+{
+    const int64_t T = g->KH * g->KW;
+    const int8_t *wp = (const int8_t *)g->dwp;
+    for (int64_t c0 = j0; c0 < j1; c0 += 64) {
+        const int64_t nc = j1 - c0 < 64 ? j1 - c0 : 64;
+        const int8_t *wb = wp + (c0 / 64) * T * 256;
+        if (nc <= 32)
+            qc_dw_vnni_block32(g, rows, P, orow, c0, nc, wb, rowtaps);
+        else
+            qc_dw_vnni_block64(g, rows, P, orow, c0, nc, wb, rowtaps);
+    }
+}
 #endif
-#define QC_DW_WT_MAX 8192   /* T * N int32 transposed weights on the stack; larger layers take the grouped loop */
 
 /* -------------------------------------------------------------------------------------- driver */
 
-/* the zero-point padding channels [N, ldo) of each uint8 output row */
+/* the zero-point padding channels [N, ldo) of each uint8 output row (by the units of the last channel block) */
 static void qc_conv_pad_out(const qc_conv_args *g, int64_t rows, const int64_t *orow)
 {
     if (g->mode != 2 || g->ldo == g->N) return;
@@ -522,11 +734,77 @@ static int qc_conv_row_taps(const qc_conv_args *g, int64_t m0, int64_t rows, con
 
 #define QC_CONV_MC_MAX 64
 
+/* The element offset of output pixel (b, oh, ow): NCHW, padded uint8, or plain rows (qc_conv_out_rows) */
+static inline int64_t qc_conv_out_offset(const qc_conv_args *g, int64_t b, int64_t oh, int64_t ow)
+{
+    if (g->nchw) return b * g->N * g->OH * g->OW + oh * g->OW + ow;
+    if (g->opad_h || g->opad_w)
+        return ((b * (g->OH + 2 * g->opad_h) + oh + g->opad_h) * (g->OW + 2 * g->opad_w) + ow + g->opad_w) * g->ldo;
+    return ((b * g->OH + oh) * g->OW + ow) * g->ldo;
+}
+
+/* Padding skipped (AVX-512 VNNI, groups == 1, the input window carrying the zero padding, batch >= 8): output
+ * pixels are taken position-major (m = (oh*OW + ow) * B + b), so a register tile holds up to 8 images at one
+ * position, whose taps in the padding are the same: the tile's reduction runs over the kernel rows inside the
+ * image, each from its first column inside it.  Bit-identical to computing them (they add (za - za) * w = 0). */
+static int qc_conv_window_mode(const qc_conv_args *g)
+{
+    return g->window && g->groups == 1 && g->isa == QC_ISA_VNNI && g->dw == 1 && g->ph == 0 && g->pw == 0 &&
+           g->tapsum && (g->lph || g->lpw) && g->M / (g->OH * g->OW) >= 8;
+}
+
+#if QC_X86
+static void qc_conv_unit_window(const qc_conv_args *g, int64_t m0, int64_t rows, int64_t j0, int64_t j1,
+                                const uint8_t **P, int64_t *orow)
+{
+    const int64_t Bn = g->M / (g->OH * g->OW), KH = g->KH, KW = g->KW, Cp = g->Cp;
+    for (int64_t r = 0; r < rows; r++) {
+        const int64_t m = m0 + r, pos = m / Bn, b = m % Bn, oh = pos / g->OW, ow = pos % g->OW;
+        const uint8_t *base = g->in + b * g->in_is + oh * g->sh * g->in_rs + ow * g->sw * Cp;
+        for (int64_t kh = 0; kh < KH; kh++) P[r * KH + kh] = base + kh * g->dh * g->in_rs;
+        orow[r] = qc_conv_out_offset(g, b, oh, ow);
+    }
+    const int64_t kgrow = KW * Cp / 4, panel = KH * KW * Cp * QC_V_NR;
+    for (int64_t j = j0; j < j1; j += QC_V_NR) {
+        const int8_t *bp = (const int8_t *)g->Bp + (j / QC_V_NR) * panel;
+        const int nr = (int)(j1 - j < QC_V_NR ? j1 - j : QC_V_NR);
+        for (int64_t i = 0; i < rows;) {
+            const int64_t pos = (m0 + i) / Bn, oh = pos / g->OW, ow = pos % g->OW;
+            int64_t end = (pos + 1) * Bn - m0;
+            end = end < rows ? end : rows;
+            end = end < i + 8 ? end : i + 8;
+            int64_t kh0 = 0, kh1 = KH, kw0 = 0, kw1 = KW;
+            while (kh0 < KH && oh * g->sh + kh0 * g->dh < g->lph) kh0++;
+            while (kh1 > kh0 && oh * g->sh + (kh1 - 1) * g->dh >= g->H - g->lph) kh1--;
+            while (kw0 < KW && ow * g->sw + kw0 < g->lpw) kw0++;
+            while (kw1 > kw0 && ow * g->sw + kw1 - 1 >= g->W - g->lpw) kw1--;
+            if (kw0 >= kw1) kh1 = kh0;  /* every tap in the padding: the sums are 0 */
+            /* the zero-point correction subtracts za * (the column sums over every tap): add back za * the
+             * sums over the skipped taps (wrapping int32, like the correction) */
+            uint32_t fix[QC_V_NR];
+            for (int c = 0; c < QC_V_NR; c++) fix[c] = 0;
+            for (int64_t kh = 0; kh < KH; kh++)
+                for (int64_t kw = 0; kw < KW; kw++) {
+                    if (kh >= kh0 && kh < kh1 && kw >= kw0 && kw < kw1) continue;
+                    const int32_t *ts = g->tapsum + (kh * KW + kw) * g->Np + j;
+                    for (int c = 0; c < QC_V_NR; c++) fix[c] += (uint32_t)ts[c];
+                }
+            for (int c = 0; c < QC_V_NR; c++) fix[c] *= (uint32_t)g->za;
+            qc_cukr_vnni(kh0, kh1, KH, kw0 * Cp, P + i * KH, bp, (kw0 * Cp / 4) * QC_V_NR * 4, kgrow * QC_V_NR * 4,
+                         (kw1 - kw0) * Cp / 4, (const int32_t *)fix, (int)(end - i), nr, g, orow + i, j);
+            i = end;
+        }
+    }
+}
+#endif
+
 /* One work unit: output pixels [u*MC, (u+1)*MC), all output channels.  Returns nonzero if out of memory. */
 static int qc_conv_unit(const qc_conv_args *g, int64_t u)
 {
     const int64_t T = g->KH * g->KW;
-    const int64_t m0 = u * g->MC, rows = g->M - m0 < g->MC ? g->M - m0 : g->MC;
+    const int64_t nu = (g->N + g->NC - 1) / g->NC, ub = u / nu, jb = u % nu;
+    const int64_t j0 = jb * g->NC, j1 = g->N - j0 < g->NC ? g->N : j0 + g->NC;
+    const int64_t m0 = ub * g->MC, rows = g->M - m0 < g->MC ? g->M - m0 : g->MC;
     const uint8_t *stackP[1024];
     const uint8_t **P = stackP;
     if (rows * T > 1024) {
@@ -534,24 +812,31 @@ static int qc_conv_unit(const qc_conv_args *g, int64_t u)
         if (!P) return 1;
     }
     int64_t orow[QC_CONV_MC_MAX];
+#if QC_X86
+    if (qc_conv_window_mode(g)) {
+        qc_conv_unit_window(g, m0, rows, j0, j1, P, orow);
+        if (jb == nu - 1) qc_conv_pad_out(g, rows, orow);
+        if (P != stackP) free(P);
+        return 0;
+    }
+#endif
     qc_conv_out_rows(g, m0, rows, orow);
     int64_t Tk = T, Ck = g->Cp;
-    if (g->groups == 1 && qc_conv_row_taps(g, m0, rows, P)) {
-        Tk = g->KH;         /* every window inside the input: one pointer per kernel row, KW*Cp contiguous bytes */
+    int rowtaps = 0;
+    if ((g->groups == 1 || (g->dwp && g->isa == QC_ISA_VNNI)) && qc_conv_row_taps(g, m0, rows, P)) {
+        rowtaps = 1;        /* every window inside the input: one pointer per kernel row, KW*Cp contiguous bytes */
+        Tk = g->KH;
         Ck = g->KW * g->Cp;
     } else {
         qc_conv_taps(g, m0, rows, P);
     }
-    if (g->groups > 1 && g->groups == g->N && g->Cg == 1 && T * g->N <= QC_DW_WT_MAX) {
-        int32_t wt[QC_DW_WT_MAX];
-        for (int64_t n = 0; n < g->N; n++)
-            for (int64_t t = 0; t < T; t++) wt[t * g->N + n] = g->wg[n * T + t];
+    if (g->dwp) {  /* depthwise, weights packed for this copy */
 #if QC_X86
-        if (g->isa == QC_ISA_VNNI) qc_conv_dw_avx512(g, rows, P, orow, wt);
-        else if (g->isa == QC_ISA_AVX2) qc_conv_dw_avx2(g, rows, P, orow, wt);
+        if (g->isa == QC_ISA_VNNI) qc_conv_dw_vnni(g, rows, P, orow, j0, j1, rowtaps);
+        else if (g->isa != QC_ISA_PORTABLE) qc_conv_dw_avx2(g, rows, P, orow, j0, j1);
         else
 #endif
-            qc_conv_dw_portable(g, rows, P, orow, wt);
+            qc_conv_dw_portable(g, rows, P, orow, j0, j1);
     } else if (g->groups > 1) {
 #if QC_X86
         if (g->isa == QC_ISA_VNNI) qc_conv_grouped_avx512(g, rows, P, orow);
@@ -562,18 +847,16 @@ static int qc_conv_unit(const qc_conv_args *g, int64_t u)
     } else {
         const int MR = qc_isa_mr(g->isa), NR = qc_isa_nr(g->isa), bpe = qc_isa_bpe(g->isa);
         const int64_t Kp = Tk * Ck;
-        for (int64_t j = 0; j < g->N; j += NR) {
+        for (int64_t j = j0; j < j1; j += NR) {
             const char *bp = (const char *)g->Bp + (j / NR) * Kp * NR * bpe;
-            int nr = (int)(g->N - j < NR ? g->N - j : NR);
+            int nr = (int)(j1 - j < NR ? j1 - j : NR);
             for (int64_t i = 0; i < rows; i += MR) {
                 int mr = (int)(rows - i < MR ? rows - i : MR);
                 const uint8_t *const *pi = P + i * Tk;
 #if QC_X86
                 if (g->isa == QC_ISA_VNNI) {
-                    if (mr > 4) qc_cukr_vnni8(Tk, Ck, pi, (const int8_t *)bp, mr, nr, g, orow + i, j);
-                    else if (mr > 2) qc_cukr_vnni4(Tk, Ck, pi, (const int8_t *)bp, mr, nr, g, orow + i, j);
-                    else if (mr > 1) qc_cukr_vnni2(Tk, Ck, pi, (const int8_t *)bp, mr, nr, g, orow + i, j);
-                    else qc_cukr_vnni1(Tk, Ck, pi, (const int8_t *)bp, mr, nr, g, orow + i, j);
+                    qc_cukr_vnni(0, Tk, Tk, 0, pi, (const int8_t *)bp, 0, (Ck / 4) * QC_V_NR * 4, Ck / 4, NULL, mr,
+                                 nr, g, orow + i, j);
                 } else if (g->isa == QC_ISA_AVX2) {
                     qc_cukr_avx2(Tk, Ck, pi, (const int16_t *)bp, mr, nr, g, orow + i, j);
                 } else
@@ -582,7 +865,7 @@ static int qc_conv_unit(const qc_conv_args *g, int64_t u)
             }
         }
     }
-    qc_conv_pad_out(g, rows, orow);
+    if (jb == nu - 1) qc_conv_pad_out(g, rows, orow);
     if (P != stackP) free(P);
     return 0;
 }

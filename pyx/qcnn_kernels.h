@@ -104,13 +104,44 @@ typedef struct {
 QC_MAXPOOL_ROW(qc_maxpool_row_portable, )
 #if QC_X86
 QC_MAXPOOL_ROW(qc_maxpool_row_avx2, QC_AVX2_T)
-QC_MAXPOOL_ROW(qc_maxpool_row_avx512, QC_VNNI_T)
+#endif
+
+#if QC_X86
+/* AVX-512: the window's rows and columns inside the image found once per output pixel, then 64 channels per
+ * vector (masked at the end; codes are >= 0, so a zero vector starts the maximum) */
+QC_VNNI_T static void qc_maxpool_row_avx512bw(const qc_pool_args *g, int64_t b, int64_t oh)
+{
+    const int64_t Cp = g->Cp;
+    const uint8_t *img = g->in + b * g->in_is;
+    uint8_t *orow = g->out + b * g->out_is + oh * g->out_rs;
+    const int64_t h0 = oh * g->sh - g->ph;
+    int64_t kh0 = 0, kh1 = g->KH;
+    while (kh0 < kh1 && h0 + kh0 * g->dh < 0) kh0++;
+    while (kh1 > kh0 && h0 + (kh1 - 1) * g->dh >= g->H) kh1--;
+    for (int64_t ow = 0; ow < g->OW; ow++) {
+        const int64_t w0 = ow * g->sw - g->pw;
+        int64_t kw0 = 0, kw1 = g->KW;
+        while (kw0 < kw1 && w0 + kw0 * g->dw < 0) kw0++;
+        while (kw1 > kw0 && w0 + (kw1 - 1) * g->dw >= g->W) kw1--;
+        uint8_t *o = orow + ow * Cp;
+        for (int64_t c = 0; c < Cp; c += 64) {
+            const __mmask64 m = Cp - c >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (Cp - c)) - 1);
+            __m512i v = _mm512_setzero_si512();
+            for (int64_t kh = kh0; kh < kh1; kh++) {
+                const uint8_t *s = img + (h0 + kh * g->dh) * g->in_rs + (w0 + kw0 * g->dw) * Cp + c;
+                for (int64_t kw = kw0; kw < kw1; kw++, s += g->dw * Cp)
+                    v = _mm512_max_epu8(v, _mm512_maskz_loadu_epi8(m, s));
+            }
+            _mm512_mask_storeu_epi8(o + c, m, v);
+        }
+    }
+}
 #endif
 
 static void qc_maxpool_row(int isa, const qc_pool_args *g, int64_t b, int64_t oh)
 {
 #if QC_X86
-    if (isa == QC_ISA_VNNI) { qc_maxpool_row_avx512(g, b, oh); return; }
+    if (isa == QC_ISA_VNNI) { qc_maxpool_row_avx512bw(g, b, oh); return; }
     if (isa == QC_ISA_AVX2) { qc_maxpool_row_avx2(g, b, oh); return; }
 #endif
     qc_maxpool_row_portable(g, b, oh);

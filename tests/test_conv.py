@@ -52,11 +52,16 @@ CASES = [
     (64, 64, (3, 3), (2, 2), (1, 1), (1, 1), 1, 8, 8),     # the benchmark's third layer
     (8, 8, (3, 3), (1, 1), (1, 1), (1, 1), 8, 6, 7),       # depthwise
     (72, 72, (3, 3), (2, 2), (1, 1), (1, 1), 72, 7, 6),    # depthwise, 64 + 8 channel chunks, stride 2
+    (20, 20, (3, 3), (1, 1), (1, 1), (1, 1), 20, 5, 6),    # depthwise, 16 + 4 channels (a masked block)
+    (960, 960, (3, 3), (1, 1), (1, 1), (1, 1), 960, 3, 4), # depthwise, MobileNetV2's widest
+    (24, 24, (5, 5), (2, 2), (2, 2), (1, 1), 24, 9, 8),    # depthwise 5x5: 25 taps in 7 groups of 4
+    (12, 12, (7, 7), (1, 1), (3, 3), (1, 1), 12, 8, 8),    # depthwise 7x7: 49 taps, the int32 loop on every copy
     (4, 8, (3, 3), (1, 1), (1, 1), (1, 1), 4, 5, 5),       # depthwise with channel multiplier 2: grouped loop
     (8, 12, (1, 1), (1, 1), (0, 0), (1, 1), 4, 5, 5),      # grouped 1x1
     (6, 4, (2, 2), (2, 2), (0, 0), (1, 1), 2, 6, 6),       # grouped, C/groups = 3
     (4, 20, (9, 9), (1, 1), (4, 4), (1, 1), 1, 10, 10),    # 81 taps: the checked (non-table) tap path
     (12, 7, (1, 1), (1, 1), (0, 0), (1, 1), 1, 1, 1),      # a Linear as a 1x1 convolution
+    (16, 200, (3, 3), (1, 1), (1, 1), (1, 1), 1, 2, 3),    # few pixels, many channels: units split the channels
 ]
 
 
@@ -244,3 +249,76 @@ def test_activation_clamps_and_input_borders(isa, border):
     assert u[..., :20].max() == zo + 120  # the ReLU6 bound is reached
     with pytest.raises(ValueError, match="activation"):
         PackedConv2d(wc, sw, input_scale=sa, activation=(1.0, 0.0))
+
+
+@pytest.mark.parametrize("case", [
+    (3, 64, (7, 7), (2, 2), (3, 3), (1, 1), 9, 13, 11),     # the stem: 9 images, tiles straddle positions
+    (16, 40, (3, 3), (1, 1), (1, 1), (1, 1), 16, 4, 4),     # a small image: a third of the taps are padding
+    (8, 33, (5, 3), (2, 1), (2, 1), (2, 1), 8, 7, 6),       # rectangular kernel, dilated rows
+    (12, 16, (3, 3), (1, 1), (1, 1), (1, 1), 8, 1, 1),      # 1x1 image: only the centre tap is inside
+], ids=["stem", "small", "rect", "1x1"])
+def test_batches_of_eight_skip_the_padding_exactly(isa, case):
+    """With 8 images or more and the padding carried in the input's border, the VNNI path takes output pixels
+    position by position and skips the taps in the padding: the same sums as the reference."""
+    from qcore.ops.cnn import quantize
+
+    c, n, k, s, p, d, b, h, w = case
+    rng = np.random.default_rng(sum(k) + b)
+    wc = rng.integers(-127, 128, (n, c) + k).astype(np.int8)
+    sw = rng.uniform(0.01, 0.05, n).astype(np.float32)
+    bias = rng.normal(size=n).astype(np.float32)
+    pc = PackedConv2d(wc, sw, bias, stride=s, padding=p, dilation=d, input_scale=0.05, input_zero_point=37,
+                      relu=True)
+    x = rng.normal(size=(b, c, h, w)).astype(np.float32)
+    for border in (p, (p[0] + 1, p[1] + 2)):
+        a = quantize(x, 0.05, 37, border=border)
+        racc = ref_conv_int(a.interior(), 37, wc, s, p, d, 1)
+        np.testing.assert_array_equal(pc.run_codes(a.codes, "int32", in_border=border), racc)
+        u = pc.run_codes(a.codes, "uint8", 0.04, 3, in_border=border, out_padding=(1, 1))
+        np.testing.assert_array_equal(u[:, 1:-1, 1:-1, :n], ref_uint8(racc, 0.05, sw, bias, True, 0.04, 3))
+        assert (u[:, 0] == 3).all() and (u[:, :, -1] == 3).all()
+        np.testing.assert_array_equal(pc.run_codes(a.codes, "float", in_border=border, nchw=True),
+                                      ref_float(racc, 0.05, sw, bias, True).transpose(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("batch", [2, 8])
+def test_fused_residual_addition_equals_the_reference(isa, batch):
+    """A residual added in the epilogue (ResNet's conv -> BN -> + identity -> ReLU in one pass)."""
+    from qcore.ops.cnn import quantize
+
+    rng = np.random.default_rng(12)
+    wc = rng.integers(-127, 128, (24, 16, 3, 3)).astype(np.int8)
+    sw = rng.uniform(0.005, 0.02, 24).astype(np.float32)
+    bias = rng.normal(size=24).astype(np.float32)
+    pc = PackedConv2d(wc, sw, bias, padding=1, input_scale=0.05, input_zero_point=20, relu=True)
+    x = rng.normal(size=(batch, 16, 6, 7)).astype(np.float32)
+    a = quantize(x, 0.05, 20, border=(1, 1))
+    r = quantize(rng.normal(size=(batch, 24, 6, 7)).astype(np.float32), 0.03, 110, border=(1, 1))
+    so, zo = 0.06, 9
+    u = pc.run_codes(a.codes, "uint8", so, zo, in_border=(1, 1), out_padding=(1, 1),
+                     residual=(r.codes, r.scale, r.zero_point))
+    racc = ref_conv_int(a.interior(), 20, wc, (1, 1), (1, 1), (1, 1), 1)
+    b = (bias.astype(np.float64) / so).astype(np.float32)
+    want = ref.conv_epilogue(racc, _mult(0.05, sw, so), b, (0.0, np.float32(255 - zo)), zo,
+                             residual=(r.interior()[..., :24], 110, np.float32(0.03 / so)))
+    np.testing.assert_array_equal(u[:, 1:-1, 1:-1, :24], want)
+    assert (u[:, 0] == zo).all() and (u[..., 24:] == zo).all()
+    # the float sum of the two, requantized, within a code or two
+    conv_f = ref.conv_epilogue(racc, _mult(0.05, sw), bias)
+    exp = np.clip(np.rint(np.maximum(conv_f + (r.interior()[..., :24].astype(np.float32) - 110) * 0.03, 0) / so) + zo,
+                  0, 255)
+    assert np.abs(u[:, 1:-1, 1:-1, :24].astype(np.int64) - exp).max() <= 2
+    with pytest.raises(ValueError, match="residual codes"):
+        pc.run_codes(a.codes, "uint8", so, zo, in_border=(1, 1), residual=(r.codes, r.scale, r.zero_point))
+    dwc = PackedConv2d(rng.integers(-127, 128, (16, 1, 3, 3)).astype(np.int8), np.ones(16), padding=1, groups=16,
+                       input_scale=0.05, input_zero_point=20)
+    with pytest.raises(ValueError, match="groups == 1"):
+        dwc.run_codes(a.codes, "uint8", so, zo, in_border=(1, 1), residual=(a.codes, 0.05, 20))
+
+
+def test_cython_kernel_passes_the_qconv2d_conformance_check(isa):
+    """The kit's qconv2d check (every operation, prepared calls with padding skipping, depthwise and fused
+    residuals included) on the cython kernel at this level, against the numpy reference."""
+    from qcore.testing._kernel import check_kernel_qconv2d
+
+    check_kernel_qconv2d(qcore.get_kernel("cython"))

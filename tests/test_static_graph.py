@@ -43,6 +43,12 @@ def _called_modules(q):
     return [q.get_submodule(n.target) for n in q._qcore_graph.nodes if n.op == "call_module"]
 
 
+def _fused_residual_convs(q):
+    """The convolutions called with a residual (an addition fused into their epilogue)."""
+    return [q.get_submodule(n.target) for n in q._qcore_graph.nodes
+            if n.op == "call_module" and len(n.args) == 2 and isinstance(q.get_submodule(n.target), qtorch.StaticConv2d)]
+
+
 def _float_ops(q):
     """Graph nodes that compute on tensors outside qcore's quantized modules."""
     return [n for n in q._qcore_graph.nodes if n.op in ("call_function", "call_method")
@@ -65,8 +71,11 @@ def test_resnet18_converts_entirely_to_int8(resnet):
     assert all(isinstance(m, _QUANTIZED) for m in mods), [type(m) for m in mods if not isinstance(m, _QUANTIZED)]
     assert _float_ops(q) == []
     assert sum(isinstance(m, qtorch.StaticConv2d) for m in mods) == 20
-    assert sum(isinstance(m, qtorch.QAdd) for m in mods) == 8
-    assert all(m.activation == (0.0, float("inf")) for m in mods if isinstance(m, qtorch.QAdd))  # ReLU after add
+    # every residual addition (and the ReLU after it) is fused into the epilogue of the block's last convolution
+    fused = _fused_residual_convs(q)
+    assert len(fused) == 8 and not any(isinstance(m, qtorch.QAdd) for m in mods)
+    assert all(m.activation == (0.0, float("inf")) for m in fused)
+    assert q.layer1[0].conv2 in fused and q.layer2[0].conv2 in fused
     assert isinstance(q, type(model).__mro__[0]) and isinstance(q.maxpool, qtorch.QMaxPool2d)
     assert isinstance(q.bn1, nn.Identity) and isinstance(q.layer1[0].bn2, nn.Identity)  # folded
     # the only float values are the input and the logits: every activation between them is uint8 codes
@@ -125,7 +134,8 @@ def test_mobilenet_v2_converts_entirely_to_int8():
     convs = [m for m in mods if isinstance(m, qtorch.StaticConv2d)]
     assert len(convs) == 52 and sum(m.groups > 1 for m in convs) == 17
     assert sum(m.activation == (0.0, 6.0) for m in convs) == 35  # ReLU6 clamped in the epilogue
-    assert sum(isinstance(m, qtorch.QAdd) for m in mods) == 10
+    fused = _fused_residual_convs(q)  # x + conv(x): added in the projection convolution's epilogue
+    assert len(fused) == 10 and all(m.kernel_size == (1, 1) and m.activation is None for m in fused)
     x = torch.randn(8, 3, 32, 32, generator=g)
     ao = torch_ao_fx(model, calib, "x86")
     with torch.no_grad():
@@ -252,18 +262,29 @@ def test_pickle_deepcopy_and_state_dict(resnet):
         torch.testing.assert_close(again(x), y, rtol=0, atol=0)
 
 
-def test_graph_add_is_the_codes_reference(resnet):
-    """One residual addition of the converted ResNet, run alone, equals the numpy reference on its inputs."""
+def test_fused_residual_conv_is_the_codes_reference(resnet):
+    """layer1[0].conv2 of the converted ResNet (conv -> BN -> + identity -> ReLU in one epilogue), run alone,
+    equals the numpy reference on the codes it was given."""
     calib, q = resnet[1], resnet[3]
-    add = q.qcore_ops.add
+    conv = q.layer1[0].conv2
     captured = {}
-    h = add.register_forward_hook(lambda m, i, o: captured.update(a=i[0], b=i[1], out=o))
+    h = conv.register_forward_hook(lambda m, i, o: captured.update(x=i[0], r=i[1], out=o))
     with torch.no_grad():
         q(calib[1][:2])
     h.remove()
-    a, b, out = captured["a"].image(), captured["b"].image(), captured["out"].image()
-    s, z = add.output_scale, add.output_zero_point
+    x, r, out = captured["x"].image(), captured["r"].image(), captured["out"].image()
+    assert r.border == out.border and r.codes.shape == out.codes.shape  # one layout for the residual and the sum
+    acc = ref.conv2d_int32(x.interior(), x.zero_point, conv.weight_codes.numpy(), conv.stride, conv.padding,
+                           conv.dilation, conv.groups)
+    s, z = conv.output_scale, conv.output_zero_point
+    mult = (np.float64(np.float32(conv.input_scale)) * conv.weight_scale.numpy().astype(np.float64) / s)
+    bias = (conv.bias.numpy().astype(np.float64) / s).astype(np.float32)
     lo, hi = cnn.code_bounds(0.0, float("inf"), s, z)
-    want = ref.add(a.interior(), a.zero_point, np.float32(a.scale / s), b.interior(), b.zero_point,
-                   np.float32(b.scale / s), z, lo, hi)
-    np.testing.assert_array_equal(out.interior(), want)
+    want = ref.conv_epilogue(acc, mult.astype(np.float32), bias, (lo, hi), z,
+                             residual=(r.interior()[..., :64], r.zero_point, np.float32(r.scale / s)))
+    np.testing.assert_array_equal(out.interior()[..., :64], want)
+    # given its residual in another layout, the layer computes the unfused sum: within a code or two
+    other = qtorch.QuantizedActivation(np.ascontiguousarray(r.interior()), r.scale, r.zero_point, 64)
+    with torch.no_grad():
+        y = conv(captured["x"], other)
+    assert np.abs(y.image().interior().astype(np.int64) - out.interior().astype(np.int64)).max() <= 2

@@ -151,6 +151,49 @@ class ConvOps(KernelBase):
                        bool(nchw), crop)
         return out
 
+    def conv_prepare(self, in_shape, geom, za: int, packed, wg, zc, mult, bias, mode: int, clamp, zo: int,
+                     opad=(0, 0), nchw: bool = False, crop=None, lpad=(0, 0), tapsum=None, residual=None):
+        """The convolution of :meth:`conv_run` prepared for uint8 NHWC inputs of shape ``in_shape`` (a layer
+        calls the same shapes again and again): every argument validated once; :meth:`conv_call` runs it.
+
+        The prepared call (opaque, this kernel's) has ``out_shape`` and ``out_dtype``: the 2-D output array
+        :meth:`conv_call` takes (:meth:`conv_run`'s ``out``); it fills the output's border (``opad``) with ``zo``
+        itself.  ``lpad``: the zero padding carried inside the input window (its outer rows and columns hold
+        ``za``, e.g. a border at least the padding): taps there add ``(za - za) * w = 0`` and a kernel may skip
+        them, correcting the zero point with ``tapsum`` (int32 ``(KH*KW, np_)``: per tap, the sum over its
+        channels of each column's weights; groups == 1).  ``residual = (zr, mr)`` (uint8 output, groups == 1):
+        :meth:`conv_call` takes residual codes laid out like the output, and the epilogue adds
+        ``float32(r - zr) * mr`` after the bias and before the clamp."""
+        shape = tuple(int(v) for v in in_shape)
+        if len(shape) != 4 or min(shape) < 0 or shape[3] % 4 or shape[3] < 4:
+            raise ValueError(f"conv_prepare: in_shape must be (B, H, W, Cp) with Cp a multiple of 4, got {in_shape}")
+        geom = tuple(int(v) for v in geom)
+        if len(geom) != len(GEOMETRY):
+            raise ValueError(f"geom must be {GEOMETRY}")
+        groups = geom[11]
+        lpad = (int(lpad[0]), int(lpad[1]))
+        if min(lpad) < 0 or (lpad != (0, 0) and (geom[6] or geom[7])):
+            raise ValueError("conv_prepare: lpad is for an input window that carries the padding (ph = pw = 0)")
+        if tapsum is not None:
+            _check(tapsum, np.int32, 2, "tapsum")
+            if groups != 1 or tapsum.shape[0] != geom[2] * geom[3]:
+                raise ValueError("conv_prepare: tapsum must have shape (KH*KW, np_) for groups == 1")
+        if residual is not None:
+            zr, mr = int(residual[0]), float(residual[1])
+            if mode != 2 or groups != 1 or not 0 <= zr <= 255:
+                raise ValueError("conv_prepare: a residual is for uint8 output of groups == 1, zero point in [0, 255]")
+            residual = (zr, mr)
+        return self._conv_prepare(shape, geom, int(za), packed, wg, zc, mult, bias, int(mode),
+                                  None if clamp is None else (float(clamp[0]), float(clamp[1])), int(zo),
+                                  (int(opad[0]), int(opad[1])), bool(nchw),
+                                  None if crop is None else tuple(int(v) for v in crop), lpad, tapsum, residual)
+
+    def conv_call(self, prepared, a, out, res=None):
+        """Run a call of :meth:`conv_prepare` on uint8 ``a`` (of its ``in_shape``) into ``out`` (of its
+        ``out_shape`` and ``out_dtype``); ``res``: the residual codes (``out``'s shape, uint8) when prepared with
+        one."""
+        return self._conv_call(prepared, a, out, res)
+
     # -- the uint8 operations between convolutions --------------------------------------------------------
     def cnn_add(self, a, a_border, za: int, ma: float, b, b_border, zb: int, mb: float, out, out_border, zo: int,
                 lo: float, hi: float):
@@ -247,7 +290,8 @@ class ConvOps(KernelBase):
         out[:, :x.shape[1]] = ref.quantize_codes(x, inv, z, lo, hi)
         return not np.isfinite(x).all()
 
-    def _conv_run(self, a, geom, za, packed, wg, zc, mult, bias, mode, clamp, zo, out, opad, nchw, crop) -> None:
+    def _conv_run(self, a, geom, za, packed, wg, zc, mult, bias, mode, clamp, zo, out, opad, nchw, crop,
+                  residual=None) -> None:
         oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, n, groups, cg = geom
         if crop is not None:
             y0, x0, h, w = crop
@@ -264,8 +308,12 @@ class ConvOps(KernelBase):
         if mode == 0:
             y = acc.astype(np.int32)
         else:
+            bsz = a.shape[0]
+            if residual is not None:  # (codes laid out like out, zr, mr)
+                rimg = residual[0].reshape(bsz, oh + 2 * opad[0], ow + 2 * opad[1], -1)
+                residual = (rimg[:, opad[0]:opad[0] + oh, opad[1]:opad[1] + ow, :n], residual[1], residual[2])
             y = ref.conv_epilogue(acc, np.asarray(mult, np.float32)[:n], None if bias is None else
-                                  np.asarray(bias, np.float32)[:n], clamp, zo if mode == 2 else None)
+                                  np.asarray(bias, np.float32)[:n], clamp, zo if mode == 2 else None, residual)
         bsz = a.shape[0]
         if nchw:
             out[...] = y.transpose(0, 3, 1, 2).reshape(bsz * n, oh * ow)
@@ -275,6 +323,16 @@ class ConvOps(KernelBase):
         inner[..., :n] = y
         if mode == 2:
             inner[..., n:] = zo
+
+    def _conv_prepare(self, in_shape, geom, za, packed, wg, zc, mult, bias, mode, clamp, zo, opad, nchw, crop, lpad,
+                      tapsum, residual):
+        return ReferenceConvCall(in_shape, geom, za, packed, wg, zc, mult, bias, mode, clamp, zo, opad, nchw, crop,
+                                 residual)
+
+    def _conv_call(self, prepared, a, out, res):
+        if not isinstance(prepared, ReferenceConvCall):
+            raise self._foreign("prepared", prepared)
+        return prepared.run(self, a, out, res)
 
     def _cnn_add(self, a, a_border, za, ma, b, b_border, zb, mb, out, out_border, zo, lo, hi) -> None:
         interior(out, out_border)[...] = ref.add(interior(a, a_border), za, ma, interior(b, b_border), zb, mb, zo,
@@ -294,6 +352,39 @@ class ConvOps(KernelBase):
 
     def _cnn_dequantize(self, a, a_border, channels, z, scale, out) -> None:
         out[...] = ref.dequantize(interior(a, a_border)[..., :channels], z, scale)
+
+
+class ReferenceConvCall:
+    """The reference's prepared convolution: the arguments, run through the reference ``_conv_run``."""
+
+    def __init__(self, in_shape, geom, za, packed, wg, zc, mult, bias, mode, clamp, zo, opad, nchw, crop, residual):
+        oh, ow, n = geom[0], geom[1], geom[10]
+        bsz = in_shape[0]
+        self.in_shape, self.args = in_shape, (geom, za, packed, wg, zc, mult, bias, mode, clamp, zo)
+        self.opad, self.nchw, self.crop, self.residual = opad, nchw, crop, residual
+        self.out_dtype = (np.int32, np.float32, np.uint8)[mode]
+        if nchw:
+            self.out_shape = (bsz * n, oh * ow)
+        else:
+            self.out_shape = (bsz * (oh + 2 * opad[0]) * (ow + 2 * opad[1]), (n + 3) // 4 * 4 if mode == 2 else n)
+
+    def run(self, ops, a, out, res):
+        if not isinstance(a, np.ndarray) or a.dtype != np.uint8 or a.shape != self.in_shape:
+            raise ValueError(f"conv_call: the input must be uint8 of shape {self.in_shape}")
+        if not isinstance(out, np.ndarray) or out.dtype != self.out_dtype or out.shape != self.out_shape:
+            raise ValueError(f"conv_call: the output must be {np.dtype(self.out_dtype).name} of shape {self.out_shape}")
+        geom, za, packed, wg, zc, mult, bias, mode, clamp, zo = self.args
+        if mode == 2 and self.opad != (0, 0):
+            out[...] = zo
+        residual = None
+        if self.residual is not None:
+            if not isinstance(res, np.ndarray) or res.dtype != np.uint8 or res.shape != self.out_shape:
+                raise ValueError(f"conv_call: the residual must be uint8 of shape {self.out_shape}")
+            residual = (res, self.residual[0], self.residual[1])
+        if self.in_shape[0]:
+            ops._conv_run(np.ascontiguousarray(a), geom, za, packed, wg, zc, mult, bias, mode, clamp, zo, out,
+                          self.opad, self.nchw, self.crop, residual)
+        return out
 
 
 class ReferenceConvWeight:

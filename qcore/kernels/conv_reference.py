@@ -42,13 +42,17 @@ def round_codes(y: np.ndarray, zo: int, lo, hi) -> np.ndarray:
     return (np.rint(y).astype(np.int32) + int(zo)).astype(np.uint8)
 
 
-def conv_epilogue(acc: np.ndarray, mult, bias=None, clamp=None, zo=None) -> np.ndarray:
+def conv_epilogue(acc: np.ndarray, mult, bias=None, clamp=None, zo=None, residual=None) -> np.ndarray:
     """The convolution's epilogue on exact int32 sums ``acc`` (..., N): ``y = float32(acc) * mult + bias``;
+    ``residual = (r, zr, mr)`` (uint8 output): then ``y = y + float32(r - zr) * mr`` (a residual addition fused);
     float output (``zo`` None): ``clip(y, *clamp)`` when given; uint8 output: ``rint(clip(y, *clamp)) + zo`` with
     ``clamp`` defaulting to the code range ``(-zo, 255 - zo)``."""
     y = np.asarray(acc).astype(np.int32).astype(np.float32) * np.asarray(mult, np.float32)
     if bias is not None:
         y = y + np.asarray(bias, np.float32)
+    if residual is not None:
+        r, zr, mr = residual
+        y = y + (np.asarray(r).astype(np.int32) - int(zr)).astype(np.float32) * np.float32(mr)
     if zo is None:
         if clamp is not None:
             y = np.minimum(np.maximum(y, np.float32(clamp[0])), np.float32(clamp[1]))

@@ -144,6 +144,12 @@ class PackedConv2d:
         self._packed: dict[str, object] = {}
         self._zc: dict = {}
         self._epi: dict = {}
+        self._calls: dict = {}
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_calls"] = {}  # prepared kernel calls point into this object's arrays: made again after a copy
+        return state
 
     @classmethod
     def linear(cls, weight_codes, weight_scale, bias=None, **kwargs) -> "PackedConv2d":
@@ -175,6 +181,7 @@ class PackedConv2d:
         self._inv, self._za, self._qlo, self._qhi = float(inv), zu, lo, hi
         self._epi = {}
         self._zc = {}
+        self._calls = {}
 
     def output_size(self, h: int, w: int) -> tuple[int, int]:
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
@@ -239,7 +246,7 @@ class PackedConv2d:
 
     # -- the convolution ---------------------------------------------------------------------------------
     def run_codes(self, a, output: str = "float", out_scale=None, out_zero_point=0, *, padded_input: bool = False,
-                  out_padding=(0, 0), nchw: bool = False, in_border=None) -> np.ndarray:
+                  out_padding=(0, 0), nchw: bool = False, in_border=None, residual=None) -> np.ndarray:
         """The convolution of uint8 NHWC input codes ``a`` ``(B, H, W, Cp)`` (zero point = the input's).
 
         ``output``: ``"float"`` -> float32 ``(B, OH, OW, N)``; ``"uint8"`` -> codes ``(B, OH, OW, roundup4(N))``
@@ -250,11 +257,40 @@ class PackedConv2d:
         inside the buffer, the fastest path.  ``padded_input``: the same with a border equal to the padding
         (:meth:`quantize_input` with ``padded=True``).  ``out_padding`` (uint8 output): write the codes into
         ``(B, OH + 2*p, OW + 2*q, Cp')`` with a border of ``out_zero_point``.  ``nchw`` (float output): float32
-        ``(B, N, OH, OW)`` instead.
+        ``(B, N, OH, OW)`` instead.  ``residual = (codes, scale, zero_point)`` (uint8 output, ``groups == 1``): a
+        residual addition fused into the epilogue — ``codes`` laid out like the output (its border and padded
+        channels), ``y = y + float32(r - zr) * float32(sr / so)`` after the bias and before the clamp.
+
+        The kernel's arguments are validated and prepared once per input shape and output form (the kernel's
+        ``conv_prepare``, cached on the layer); later calls check only the arrays.
         """
+        rspec, rcodes = None, None
+        if residual is not None:
+            rcodes, rs, rz = residual
+            rspec = (float(rs), int(rz))
+        key = (self.kernel.isa, getattr(a, "shape", None), output, out_scale, out_zero_point, padded_input,
+               out_padding, nchw, in_border, rspec)
+        hit = self._calls.get(key)
+        if hit is None:
+            hit = self._calls.setdefault(key, self._prepare_call(a, output, out_scale, out_zero_point, padded_input,
+                                                                 out_padding, nchw, in_border, rspec))
+        call, shape = hit
+        if not a.flags.c_contiguous:
+            a = np.ascontiguousarray(a)
+        out = np.empty(call.out_shape, call.out_dtype)
+        if rcodes is not None:
+            if not isinstance(rcodes, np.ndarray) or rcodes.dtype != np.uint8 or rcodes.shape != shape:
+                raise ValueError(f"residual codes must be uint8 of the output's shape {shape}")
+            rcodes = np.ascontiguousarray(rcodes).reshape(call.out_shape)
+        self.kernel.conv_call(call, a, out, rcodes)
+        return out.reshape(shape)
+
+    def _prepare_call(self, a, output, out_scale, out_zero_point, padded_input, out_padding, nchw, in_border,
+                      rspec=None):
+        """(the kernel's prepared call, result shape) for inputs like ``a`` (all of :meth:`run_codes`'s
+        validation)."""
         if not isinstance(a, np.ndarray) or a.dtype != np.uint8 or a.ndim != 4 or a.shape[3] != self.cp:
             raise ValueError(f"a must be uint8 NHWC codes of shape (B, H, W, {self.cp})")
-        a = np.ascontiguousarray(a)
         bsz, hb, wb, _ = a.shape
         pad = self.padding
         if in_border is None:
@@ -266,9 +302,9 @@ class PackedConv2d:
             raise ValueError(f"input {h}x{w} is smaller than the (dilated) kernel {self.kernel_size} with padding "
                              f"{self.padding}: the output would be {oh}x{ow}")
         if bh >= pad[0] and bw >= pad[1]:  # the border holds the padding: windows inside the buffer
-            crop, kpad = (bh - pad[0], bw - pad[1], h + 2 * pad[0], w + 2 * pad[1]), (0, 0)
+            crop, kpad, lpad = (bh - pad[0], bw - pad[1], h + 2 * pad[0], w + 2 * pad[1]), (0, 0), pad
         else:
-            crop, kpad = (bh, bw, h, w), pad
+            crop, kpad, lpad = (bh, bw, h, w), pad, (0, 0)
         mode = {"int32": 0, "float": 1, "uint8": 2}.get(output)
         if mode is None:
             raise ValueError(f"output must be 'float', 'uint8' or 'int32', got {output!r}")
@@ -290,9 +326,16 @@ class PackedConv2d:
             raise ValueError("nchw is for float output only")
         n = self.out_channels
         isa = self.kernel.isa
+        tapsum = None
         if self.groups == 1:
             packed = self._packed_for(isa)
             (np_, cs), wg = self.kernel.conv_columns(packed), None
+            if lpad != (0, 0):  # per-tap column sums: skipping the taps in the padding corrects the zero point
+                tapsum = self._packed.get(("tapsum", np_))
+                if tapsum is None:
+                    tapsum = np.zeros((self._w2d.shape[1] // self.cp, np_), np.int32)
+                    tapsum[:, :n] = self._w2d.reshape(n, -1, self.cp).astype(np.int32).sum(axis=2).T
+                    tapsum = self._packed.setdefault(("tapsum", np_), tapsum)
         else:
             packed, np_, cs, wg = None, n, self._wg_colsum, self._wg
         zc = self._zc.get(isa)
@@ -301,18 +344,23 @@ class PackedConv2d:
         mult, bias = self._epilogue(np_, mode, so, zo)
         if mode == 0:
             bias = None
-        cols = roundup4(n) if mode == 2 else n
-        if mode == 2:
-            out = _padded_empty(bsz, oh, ow, cols, opad[0], opad[1], zo)
-        elif nchw:
-            out = np.empty((bsz, n, oh, ow), np.float32)
-        else:
-            out = np.empty((bsz, oh, ow, cols), (np.int32, np.float32)[mode])
+        res = None
+        if rspec is not None:
+            if mode != 2 or self.groups != 1:
+                raise ValueError("a residual is fused only into uint8 output of a convolution with groups == 1")
+            rs, rz = rspec
+            if not (np.isfinite(rs) and rs > 0) or not 0 <= rz <= 255:
+                raise ValueError("the residual's scale must be positive and finite and its zero point in [0, 255]")
+            res = (rz, float(np.float32(rs / so)))
         geom = (oh, ow) + self.kernel_size + self.stride + kpad + self.dilation + (
             n, self.groups, self.in_channels // self.groups)
-        flat = out.reshape(bsz * n, oh * ow) if nchw else out.reshape(-1, cols)
-        self.kernel.conv_run(a, geom, self._za, packed, wg, zc, mult, bias, mode, clamp, zo, flat, opad, nchw, crop)
-        return out
+        call = self.kernel.conv_prepare(a.shape, geom, self._za, packed, wg, zc, mult, bias, mode, clamp, zo, opad,
+                                        nchw, crop, lpad, tapsum, res)
+        if nchw:
+            shape = (bsz, n, oh, ow)
+        else:
+            shape = (bsz, oh + 2 * opad[0], ow + 2 * opad[1], call.out_shape[1])
+        return call, shape
 
     def __call__(self, x) -> np.ndarray:
         """float NCHW ``(B, C, H, W)`` -> float32 NHWC ``(B, OH, OW, N)``."""

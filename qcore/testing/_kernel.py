@@ -487,6 +487,53 @@ def _conv_case(rng, k, ref, groups, stride, pad, dil, mode, clamp, nchw, opad, c
     return results
 
 
+def _prepared_case(rng, k, ref, b, cin, n, groups, ksize, stride, pad, border, residual):
+    """``conv_prepare`` / ``conv_call`` of both kernels on one case: uint8 output with output padding, the input
+    inside a border at least the padding (``lpad`` and ``tapsum`` given: the padding may be skipped), optionally a
+    fused residual."""
+    h, w = 7, 6
+    kh, kw = ksize
+    cp = (cin + 3) // 4 * 4
+    cg = cin // groups
+    za, zo = int(rng.integers(0, 256)), 5
+    bh, bw = border
+    codes = np.full((b, h + 2 * bh, w + 2 * bw, cp), za, np.uint8)
+    codes[:, bh:bh + h, bw:bw + w, :cin] = rng.integers(0, 256, (b, h, w, cin))
+    crop = (bh - pad[0], bw - pad[1], h + 2 * pad[0], w + 2 * pad[1])
+    wt = rng.integers(-127, 128, (n, kh * kw, cg)).astype(np.int8)
+    oh = (h + 2 * pad[0] - kh) // stride[0] + 1
+    ow = (w + 2 * pad[1] - kw) // stride[1] + 1
+    geom = (oh, ow, kh, kw) + stride + (0, 0) + (1, 1) + (n, groups, cg)
+    mult = rng.uniform(1e-4, 1e-2, n + 32).astype(np.float32)
+    bias = rng.standard_normal(n + 32).astype(np.float32)
+    opad = (1, 1)
+    cols = (n + 3) // 4 * 4
+    res = rng.integers(0, 256, (b * (oh + 2) * (ow + 2), cols)).astype(np.uint8) if residual else None
+    rspec = (int(rng.integers(0, 256)), 0.37) if residual else None
+    results = []
+    for kern in (k, ref):
+        tapsum = None
+        if groups == 1:
+            full = np.zeros((n, kh * kw, cp), np.int8)
+            full[..., :cin] = wt
+            packed, wg = kern.conv_pack(full.reshape(n, -1)), None
+            np_, cs = kern.conv_columns(packed)
+            tapsum = np.zeros((kh * kw, np_), np.int32)
+            tapsum[:, :n] = full.astype(np.int32).sum(axis=2).T
+        else:
+            packed, wg = None, wt
+            np_, cs = n, wt.astype(np.int64).sum(axis=(1, 2))
+        zc = (np.int64(za) * np.asarray(cs, np.int64)[:np_]).astype(np.int32)
+        m, bi = np.zeros(np_, np.float32), np.zeros(np_, np.float32)
+        m[:n], bi[:n] = mult[:n], bias[:n]
+        call = kern.conv_prepare(codes.shape, geom, za, packed, wg, zc, m, bi, 2, (-5.0, 200.5), zo, opad, False,
+                                 crop, pad, tapsum, rspec)
+        out = np.empty(call.out_shape, call.out_dtype)
+        kern.conv_call(call, codes, out, res)
+        results.append(out)
+    return results
+
+
 def check_kernel_qconv2d(obj):
     """The ``qconv2d`` operations equal the reference bit for bit: input quantization (NCHW with padding, rows;
     NaN reported), the convolution with packed and grouped weights, stride, padding and dilation, an input inside
@@ -520,6 +567,18 @@ def check_kernel_qconv2d(obj):
             got, want = _conv_case(rng, k, ref, groups, stride, pad, dil, mode, clamp, nchw, opad, crop)
             _eq(got, want, f"conv_run groups={groups} stride={stride} pad={pad} dilation={dil} mode={mode} "
                            f"clamp={clamp} nchw={nchw} out_padding={opad} in a border {crop}")
+    # prepared calls: batches of 8+ with the padding inside the window (a kernel may skip it), depthwise layers,
+    # fused residual additions
+    for b, cin, n, groups, ksize, stride, pad, border, residual in (
+            (9, 5, 40, 1, (3, 3), (1, 1), (1, 1), (1, 2), False),
+            (8, 3, 33, 1, (7, 5), (2, 1), (3, 2), (3, 2), False),
+            (3, 6, 20, 1, (3, 3), (1, 1), (1, 1), (1, 1), True),
+            (8, 16, 16, 1, (1, 1), (1, 1), (0, 0), (1, 1), True),
+            (4, 40, 40, 40, (3, 3), (2, 2), (1, 1), (1, 1), False),
+            (2, 24, 24, 24, (5, 5), (1, 1), (2, 2), (2, 2), False)):
+        got, want = _prepared_case(rng, k, ref, b, cin, n, groups, ksize, stride, pad, border, residual)
+        _eq(got, want, f"conv_prepare/conv_call batch={b} channels={cin}->{n} groups={groups} kernel={ksize} "
+                       f"stride={stride} padding={pad} border={border} residual={residual}")
     _check_cnn_ops(k, ref, rng)
 
 

@@ -364,6 +364,26 @@ class Analysis:
         self.roles = classify(model, graph)
         self.groups = find_groups(model, graph, self.roles)
         self.member_of = {m: g for g in self.groups.values() for m in g.members}
+        self.fused_adds = self._fused_adds(model)
+
+    def _fused_adds(self, model) -> dict:
+        """add head -> (the conv group computing one operand, the other operand): the addition goes into that
+        convolution's epilogue (its output read by the add alone, no activation of its own, groups == 1)."""
+        fused = {}
+        for head, g in self.groups.items():
+            if self.roles[head].kind != "add":
+                continue
+            for i, v in enumerate(self.roles[head].inputs):
+                cg = self.member_of.get(v)
+                if cg is None or cg.out is not v or self.roles[cg.head].kind != "layer" or cg.activation is not None \
+                        or len(v.users) != 1:
+                    continue
+                conv = model.get_submodule(cg.head.target)
+                other = self.roles[head].inputs[1 - i]
+                if isinstance(conv, ObservedConv2d) and conv.groups == 1 and other is not v:
+                    fused[head] = (cg, other)
+                    break
+        return fused
 
     def root(self, node):
         """The node whose observer gives ``node``'s parameters (through ops that keep them)."""
@@ -568,6 +588,7 @@ def convert_graph(model: nn.Module) -> nn.Module:
             calls[n.target] = calls.get(n.target, 0) + 1
     in_float = []
     used_modules = set()
+    fused_residuals: dict = {}  # fused conv node -> the node of its residual codes
 
     def add_op(node, module, args):
         """A call of ``module`` for ``node``: in place of the node's own module when that is called only here."""
@@ -617,6 +638,22 @@ def convert_graph(model: nn.Module) -> nn.Module:
         if node.op == "output":
             env[node] = out.output(torch.fx.node.map_arg(node.args[0], lambda a: as_float(a) if a in env and
                                                          env[a] in codes else env[a]))
+            continue
+        if g is not None and role.kind == "layer" and any(cg is g for cg, _ in an.fused_adds.values()):
+            continue  # computed where its addition is (the residual may come later in the graph)
+        if g is not None and role.kind == "add" and node in an.fused_adds:
+            cg, other = an.fused_adds[node]
+            layer = model.get_submodule(cg.head.target)
+            static = static_from_observed(layer, bn=cg.bn)
+            static.activation = g.activation
+            static.output_scale, static.output_zero_point = params[g.out]
+            x = an.roles[cg.head].inputs[0]
+            _set_submodule(model, cg.head.target, static)
+            used_modules.add(cg.head.target)
+            new = out.call_module(cg.head.target, (env[x], as_codes(other)))
+            codes.add(new)
+            fused_residuals[new] = env[other] if env[other] in codes else quantized[other]
+            env[g.out] = new
             continue
         if g is not None and role.kind == "layer":
             layer = model.get_submodule(node.target)
@@ -683,7 +720,7 @@ def convert_graph(model: nn.Module) -> nn.Module:
         if node.op == "call_module":
             used_modules.add(node.target)
         env[node] = new
-    _set_borders(model, out, ops, codes)
+    _set_borders(model, out, ops, codes, fused_residuals)
     model.add_module(OPS, ops)
     del model._modules[OBSERVERS]
     _drop_unused(model, graph, used_modules, an)
@@ -713,20 +750,37 @@ def _set_submodule(model, target, module):
     setattr(parent, last, module)
 
 
-def _set_borders(model, graph, ops, codes):
-    """Each op writing codes gets the border the convolutions that read them need (their largest padding)."""
+def _set_borders(model, graph, ops, codes, fused_residuals):
+    """Each op writing codes gets the border the convolutions that read them need (their largest padding); a
+    convolution with a fused residual and the producer of that residual share one layout (the larger border)."""
+
+    def module(node):
+        return model.get_submodule(node.target) if not node.target.startswith(OPS + ".") else \
+            ops.get_submodule(node.target.split(".", 1)[1])
+
+    border = {}
     for node in graph.nodes:
         if node not in codes or node.op != "call_module":
             continue
-        pad = [0, 0]
+        pad = (0, 0)
         for u in node.users:
             if u.op == "call_module":
-                m = model.get_submodule(u.target) if not u.target.startswith(OPS + ".") else \
-                    ops.get_submodule(u.target.split(".", 1)[1])
-                if isinstance(m, StaticConv2d):
-                    pad = [max(pad[0], m.padding[0]), max(pad[1], m.padding[1])]
-        m = model.get_submodule(node.target) if not node.target.startswith(OPS + ".") else \
-            ops.get_submodule(node.target.split(".", 1)[1])
+                m = module(u)
+                if isinstance(m, StaticConv2d) and u.args[0] is node:
+                    pad = (max(pad[0], m.padding[0]), max(pad[1], m.padding[1]))
+        border[node] = pad
+    changed = True
+    while changed:  # a residual and the output it is added into: the same border
+        changed = False
+        for conv, res in fused_residuals.items():
+            if res not in border:
+                continue
+            both = (max(border[conv][0], border[res][0]), max(border[conv][1], border[res][1]))
+            if border[conv] != both or border[res] != both:
+                border[conv] = border[res] = both
+                changed = True
+    for node, pad in border.items():
+        m = module(node)
         if isinstance(m, StaticConv2d):
             m.output_padding = tuple(pad)
         elif hasattr(m, "output_border"):

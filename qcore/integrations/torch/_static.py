@@ -360,8 +360,8 @@ class StaticLinear(_StaticBase):
         self.in_features, self.out_features = int(in_features), int(out_features)
         if tuple(np.shape(codes)) != (self.out_features, self.in_features):
             raise ValueError(f"weight codes must have shape ({out_features}, {in_features}), got {np.shape(codes)}")
-        #: (C, H, W) when the input is a flattened image: the layer then also runs as a (H, W) convolution on the
-        #: image's codes (``torch.flatten`` of NCHW is the convolution's (c, h, w) reduction order)
+        #: (C, H, W) of the flattened image last given: the layer runs as a (H, W) convolution on the image's
+        #: codes (``torch.flatten`` of NCHW is the convolution's (c, h, w) reduction order)
         self.image_shape: tuple | None = None
         self._init_static(codes, wscale, bias, in_scale, in_zp, bits, signed, weight_bits, relu)
 
@@ -369,16 +369,16 @@ class StaticLinear(_StaticBase):
         p = _ops().PackedConv2d.linear(self.weight_codes.numpy(), self.weight_scale.numpy(),
                                        None if self.bias is None else self.bias.numpy(), **self._plan_kwargs())
         self._set_plan(p)
-        self.__dict__["_image_plan"] = None
+        self.__dict__["_image_plan_cache"] = None
 
     def _image_plan(self):
-        ip = self.__dict__.get("_image_plan")
+        ip = self.__dict__.get("_image_plan_cache")
         if ip is None or ip[0] != self.image_shape:
             c, h, w = self.image_shape
             p = _ops().PackedConv2d(self.weight_codes.numpy().reshape(self.out_features, c, h, w),
                                     self.weight_scale.numpy(), None if self.bias is None else self.bias.numpy(),
                                     **self._plan_kwargs())
-            ip = self.__dict__["_image_plan"] = (self.image_shape, p)
+            ip = self.__dict__["_image_plan_cache"] = (self.image_shape, p)
         return ip[1]
 
     def forward(self, x):
@@ -387,7 +387,8 @@ class StaticLinear(_StaticBase):
             if self._accepts(x):
                 if x.lead is not None and x.codes.shape[-1] == p.cp:
                     return self._run(x.codes, x.lead, x.device, x.dtype)
-                if x.flat is not None and x.flat == self.image_shape:  # the image, read by a (H, W) convolution
+                if x.flat is not None and math.prod(x.flat) == self.in_features:  # the image, read by a (H, W)
+                    self.image_shape = x.flat                                        # convolution
                     ip = self._image_plan()
                     if self.output_scale is not None:
                         out = ip.run_codes(x.codes, "uint8", self.output_scale, self.output_zero_point,
@@ -456,8 +457,12 @@ class StaticConv2d(_StaticBase):
                                 **self._plan_kwargs())
         self._set_plan(p)
 
-    def forward(self, x):
+    def forward(self, x, residual=None):
+        """``x``: float NCHW or the input's codes; ``residual``: codes added before the activation (a residual
+        addition fused by ``convert``; its parameters given, the output's are this layer's output ones)."""
         p = self.plan
+        if residual is not None:
+            return self._forward_residual(x, residual)
         if isinstance(x, QuantizedActivation):
             if x.is_image and self._accepts(x) and x.codes.shape[-1] == p.cp:
                 return self._run(x.codes, x.device, x.dtype, x.pad)
@@ -477,6 +482,43 @@ class StaticConv2d(_StaticBase):
         else:
             codes = p.quantize_input(_numpy_view(xd), padded=True)
         return self._run(codes, x.device, x.dtype, p.padding)
+
+    def _forward_residual(self, x, residual):
+        p = self.plan
+        if self.output_scale is None:
+            raise ValueError("a residual is added into uint8 output only: set the layer's output parameters")
+        if not isinstance(x, QuantizedActivation):
+            _check_input_tensor(x, "StaticConv2d")
+            x = QuantizedActivation(p.quantize_input(_numpy_view(x.detach()), padded=True), p.input_scale, p._za,
+                                    self.in_channels, device=x.device, dtype=x.dtype, pad=p.padding)
+        if isinstance(residual, QuantizedActivation) and residual.is_image and x.is_image and self._accepts(x) \
+                and x.codes.shape[-1] == p.cp:
+            b, _, h, w = x.shape
+            oh, ow = p.output_size(h, w)
+            want = (b, oh + 2 * self.output_padding[0], ow + 2 * self.output_padding[1], (self.out_channels + 3) // 4 * 4)
+            if residual.codes.shape == want and residual.pad == tuple(self.output_padding):
+                out = p.run_codes(x.codes, "uint8", self.output_scale, self.output_zero_point, in_border=x.pad,
+                                  out_padding=self.output_padding,
+                                  residual=(residual.codes, residual.scale, residual.zero_point))
+                return QuantizedActivation(out, self.output_scale, self.output_zero_point, self.out_channels,
+                                           device=x.device, dtype=x.dtype, pad=self.output_padding,
+                                           nonnegative=self.activation is not None and self.activation[0] >= 0)
+        # another layout: the float sum, clamped, quantized (the unfused arithmetic)
+        if not (x.is_image and self._accepts(x) and x.codes.shape[-1] == p.cp):
+            x = QuantizedActivation(p.quantize_input(_numpy_view(x.dequantize()), padded=True), p.input_scale,
+                                    p._za, self.in_channels, device=x.device, dtype=x.dtype, pad=p.padding)
+        acc = p.run_codes(x.codes, "int32", in_border=x.pad)
+        m, bias = p._epilogue(self.out_channels, 1, None, 0)
+        y = acc.astype(np.float32) * m + (0 if bias is None else bias)
+        y = torch.from_numpy(np.ascontiguousarray(y.transpose(0, 3, 1, 2)))
+        r = residual.dequantize() if isinstance(residual, QuantizedActivation) else residual
+        y = y + r.to(torch.float32)
+        if self.activation is not None:
+            y = y.clamp(*self.activation)
+        from qcore.ops.cnn import quantize
+
+        codes = quantize(_numpy_view(y), self.output_scale, self.output_zero_point, border=self.output_padding)
+        return QuantizedActivation.of_image(codes, x.device, x.dtype)
 
     def _run(self, codes, device, dtype, border):
         p = self.plan
