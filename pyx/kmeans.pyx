@@ -25,6 +25,9 @@ cdef extern from "kmeans_kernels.h" nogil:
                         qc_km_scratch *s)
     int qc_km_fit_weighted(const float *x, const double *w, int64_t n, int K, double tol, int max_iter,
                            float *out, qc_km_scratch *s)
+    qc_km_scratch *qc_km_alloc_bins(int64_t bins, int K)
+    int qc_km_fit_row(const float *row, int64_t n, int K, double lo, double hi, double tol_rel, int max_iter,
+                      float *out, qc_km_scratch *s)
     float qc_km_round_f16(float f)
     int qc_km_select_isa(int level)
     double qc_km_cbrt(double w)
@@ -100,6 +103,27 @@ def fit_weighted(const float[:, ::1] x, const double[:, ::1] w, int K, double to
         qc_km_free(s)
     if nomem[0]:
         raise MemoryError("kmeans_fit_weighted: no memory for the scratch buffers")
+
+
+def fit_rows(const float[:, ::1] rows, int K, int bins, const double[::1] lo, const double[::1] hi, double tol,
+             int max_iter, float[:, ::1] out, signed char[::1] status):
+    """Codebooks of the rows (a histogram of ``bins`` bins each, then the weighted fit) into ``out`` (R, K);
+    ``status[r]`` as qc_km_fit_row returns it."""
+    cdef int64_t R = rows.shape[0], n = rows.shape[1], r
+    cdef int nt = _threads(R, R * n)
+    cdef int nomem[1]
+    nomem[0] = 0
+    cdef qc_km_scratch *s
+    with nogil, parallel(num_threads=nt):
+        s = qc_km_alloc_bins(bins, K)
+        for r in prange(R, schedule='dynamic', chunksize=CHUNK):
+            if s == NULL:
+                nomem[0] = 1
+            else:
+                status[r] = <signed char>qc_km_fit_row(&rows[r, 0], n, K, lo[r], hi[r], tol, max_iter, &out[r, 0], s)
+        qc_km_free(s)
+    if nomem[0]:
+        raise MemoryError("kmeans_fit_rows: no memory for the scratch buffers")
 
 
 def round_f16(const float[::1] v, float[::1] out):

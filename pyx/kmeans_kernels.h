@@ -36,12 +36,17 @@ typedef struct {
     int64_t *pos;         /* K: count of values <= each midpoint */
     int64_t *cst, *cen;   /* K each: each cluster's run in the previous iteration (cen -1: empty) */
     float *mean;          /* K: its mean then */
+    int64_t bins;         /* histogram rows (qc_km_fit_row): per bin count, sum, min, max */
+    int64_t *bcnt;
+    double *bsum, *bw;
+    float *bmin, *bmax, *bpts;
 } qc_km_scratch;
 
 static void qc_km_free(qc_km_scratch *s) {
     if (!s) return;
     free(s->keys); free(s->tmp); free(s->xs); free(s->blk); free(s->W); free(s->S1); free(s->S2); free(s->cdf); free(s->pts); free(s->wv);
     free(s->c); free(s->upd); free(s->t); free(s->pos); free(s->cst); free(s->cen); free(s->mean);
+    free(s->bcnt); free(s->bsum); free(s->bw); free(s->bmin); free(s->bmax); free(s->bpts);
     free(s);
 }
 
@@ -468,6 +473,79 @@ static int qc_km_fit_group(const float *row, int64_t n, int K, int max_iter, con
 /* one weighted row: its points of positive weight (x sorted ascending among them, finite; weights finite and
  * >= 0), the Panter-Dite start and Lloyd, stopped when the squared move is at most tol_rel times the points'
  * variance.  Returns 1, 0 when the start has equal entries (out untouched), -1 on invalid input. */
+static int qc_km_fit_weighted(const float *x, const double *w, int64_t n, int K, double tol_rel, int max_iter,
+                              float *out, qc_km_scratch *s);
+
+/* scratch of qc_km_fit_row: a histogram of `bins` bins (the weighted fit then works on at most `bins` points) */
+static qc_km_scratch *qc_km_alloc_bins(int64_t bins, int K) {
+    qc_km_scratch *s = qc_km_alloc(bins, K);
+    if (!s) return NULL;
+    s->bins = bins;
+    s->bcnt = (int64_t *)malloc((size_t)bins * sizeof(int64_t));
+    s->bsum = (double *)malloc((size_t)bins * sizeof(double));
+    s->bw = (double *)malloc((size_t)bins * sizeof(double));
+    s->bmin = (float *)malloc((size_t)bins * sizeof(float));
+    s->bmax = (float *)malloc((size_t)bins * sizeof(float));
+    s->bpts = (float *)malloc((size_t)bins * sizeof(float));
+    if (!s->bcnt || !s->bsum || !s->bw || !s->bmin || !s->bmax || !s->bpts) {
+        qc_km_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+/* one row of values (see qcore/kernels/kmeans.py, "Rows"): its histogram over [lo, hi] — bin
+ * trunc((v - lo) * (bins / (hi - lo))) in float64, clamped, everything in bin 0 when hi == lo; per bin the count,
+ * the sum (float64, in row order), the minimum and the maximum — then
+ *   2: at most K non-empty bins each holding one value: out = those values ascending, padded by the largest;
+ *   3: fewer than 2K non-empty bins otherwise (out untouched: the caller clusters the exact values);
+ *   1: the weighted fit of the non-empty bins' means fl32(sum / count), weights the counts (qc_km_fit_weighted);
+ *   0: that fit's start had equal entries (out untouched);
+ *  -2: a value is NaN or Inf. */
+static int qc_km_fit_row(const float *row, int64_t n, int K, double lo, double hi, double tol_rel, int max_iter,
+                         float *out, qc_km_scratch *s) {
+    int64_t bins = s->bins;
+    int64_t *cnt = s->bcnt;
+    double *sum = s->bsum;
+    float *mn = s->bmin, *mx = s->bmax;
+    memset(cnt, 0, (size_t)bins * sizeof(int64_t));
+    memset(sum, 0, (size_t)bins * sizeof(double));
+    double sc = hi > lo ? (double)bins / (hi - lo) : 0.0;
+    uint32_t bad = 0;
+    for (int64_t i = 0; i < n; i++) {
+        float v = row[i];
+        uint32_t u;
+        memcpy(&u, &v, 4);
+        bad |= (u & 0x7f800000u) == 0x7f800000u;
+        double t = ((double)v - lo) * sc;
+        int64_t b = t >= (double)(bins - 1) ? bins - 1 : (t > 0 ? (int64_t)t : 0); /* clamped before the cast */
+        if (cnt[b] == 0) { mn[b] = v; mx[b] = v; }
+        else { if (v < mn[b]) mn[b] = v; if (v > mx[b]) mx[b] = v; }
+        cnt[b] += 1;
+        sum[b] += (double)v;
+    }
+    if (bad) return -2;
+    int64_t nz = 0;
+    int single = 1;
+    for (int64_t b = 0; b < bins; b++) {
+        if (!cnt[b]) continue;
+        single &= mn[b] == mx[b];
+        s->bpts[nz] = (float)(sum[b] / (double)cnt[b]);
+        s->bw[nz] = (double)cnt[b];
+        nz++;
+    }
+    if (nz <= K && single) {
+        int64_t j = 0;
+        for (int64_t b = 0; b < bins; b++)
+            if (cnt[b]) out[j++] = mn[b] + 0.0f;
+        for (; j < K; j++) out[j] = out[nz - 1];
+        return 2;
+    }
+    if (nz < 2 * (int64_t)K) return 3;
+    int r = qc_km_fit_weighted(s->bpts, s->bw, nz, K, tol_rel, max_iter, out, s);
+    return r < 0 ? -2 : r;
+}
+
 static int qc_km_fit_weighted(const float *x, const double *w, int64_t n, int K, double tol_rel, int max_iter,
                               float *out, qc_km_scratch *s) {
     float *xs = s->xs;

@@ -142,6 +142,42 @@ def test_weighted_equal_the_reference_bit_for_bit(isa, K, tol):
     np.testing.assert_array_equal(cy[ok], ref[ok])
 
 
+@pytest.mark.parametrize("K,bins", [(16, 1024), (4, 1024), (256, 4096), (2, 16)])
+def test_rows_equal_the_reference_bit_for_bit(isa, K, bins):
+    rng = np.random.default_rng(K + bins)
+    rows = (rng.standard_normal((60, 1500)) * rng.uniform(0.1, 5, (60, 1))).astype(np.float32)
+    rows[1] = -2.5
+    rows[2] = rng.choice(np.float32([-1, 0, 2.5]), 1500)
+    rows[3, :1400] = 0.25
+    rows[4] = np.concatenate([np.ones(1480, np.float32), rows[4, :20]])
+    lo, hi = rows.min(1), rows.max(1)
+    for threads in (1, 2):
+        with threadpool_limits(limits=threads, user_api="openmp"):
+            got, status = CY.kmeans_fit_rows(rows, K, bins=bins, lo=lo, hi=hi)
+        want, want_status = NP.kmeans_fit_rows(rows, K, bins=bins, lo=lo, hi=hi)
+        np.testing.assert_array_equal(status, want_status)
+        done = (status == 1) | (status == 2)
+        np.testing.assert_array_equal(got[done], want[done])
+    assert status[1] == 2 and (got[1] == -2.5).all()
+    if K >= 4:
+        assert status[2] == 2 and got[2].tolist() == [-1, 0, 2.5] + [2.5] * (K - 3)
+
+
+def test_rows_are_the_weighted_fit_of_their_histogram():
+    """kmeans_fit_rows is the histogram (the kernel's own bin_stats) followed by kmeans_fit_weighted on the non-empty
+    bins' means: checked with those two operations of the numpy kernel."""
+    rng = np.random.default_rng(21)
+    rows = rng.laplace(size=(20, 3000)).astype(np.float32)
+    lo, hi = rows.min(1), rows.max(1)
+    cb, status = CY.kmeans_fit_rows(rows, 16, bins=1024, lo=lo, hi=hi)
+    assert (status == 1).all()
+    cnt, sm, _, _ = NP.bin_stats(rows, lo, hi, 1024)
+    pts = np.where(cnt > 0, sm / np.maximum(cnt, 1), 0).astype(np.float32)
+    ref, ok = NP.kmeans_fit_weighted(pts, cnt.astype(np.float64), 16)
+    assert ok.all()
+    np.testing.assert_allclose(cb, ref, rtol=1e-6, atol=1e-6)  # bin sums may differ in the last bit
+
+
 def test_weighted_is_scikit_learns_lloyd_from_the_same_start():
     """The independent reference: ``sklearn.cluster.KMeans`` (float64 centres, its own assignment) from our start
     on the same weighted points, run to convergence: the same centroids up to float32 rounding."""
@@ -204,6 +240,21 @@ def test_bad_input_is_refused_with_a_clear_error():
             k.kmeans_fit_weighted(x, w[:, :3], 4)
         with pytest.raises(ValueError, match="K"):
             k.kmeans_fit_weighted(x, w, 0)
+        with pytest.raises(qcore.InputError):
+            k.kmeans_fit_rows(bad, 4, bins=16, lo=-10, hi=10)
+        with pytest.raises(ValueError, match="hi >= lo"):
+            k.kmeans_fit_rows(rows, 4, bins=16, lo=1, hi=0)
+        with pytest.raises(ValueError, match="bins"):
+            k.kmeans_fit_rows(rows, 4, bins=0, lo=-1, hi=1)
+        with pytest.raises(ValueError, match="2-d"):
+            k.kmeans_fit_rows(rows[0], 4, bins=16, lo=-1, hi=1)
+        # values beyond [lo, hi] go to the end bins (no out-of-range index): -1e30 and 0 share bin 0, 5 and 1e30
+        # bin 7, so 2 non-empty bins holding 2 values each (not exact, < 2K bins: left to the caller)
+        cb, st = k.kmeans_fit_rows(np.float32([[-1e30, 0, 1e30, 5]]), 4, bins=8, lo=0, hi=1)
+        assert st.tolist() == [3]
+        # the same values each alone in a bin: exact
+        cb, st = k.kmeans_fit_rows(np.float32([[-1e30, 0.5, 1e30, 0.2]]), 4, bins=8, lo=0, hi=1)
+        assert st.tolist() == [2] and cb[0].tolist() == [np.float32(-1e30), np.float32(0.2), np.float32(0.5), np.float32(1e30)]
 
 
 def test_conformance_check_passes_for_both_kernels():

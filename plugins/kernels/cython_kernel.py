@@ -104,6 +104,12 @@ class CythonKernel(Kernel):
         out = np.empty((rows.shape[0], K), np.float32)
         return out, _kmeans.fit_groups(rows, K, max_iter, alt, float16, out)  # status: see KMeansFit
 
+    def _kmeans_fit_rows(self, rows, K, bins, lo, hi, tol, max_iter):
+        out = np.zeros((rows.shape[0], K), np.float32)
+        status = np.zeros(rows.shape[0], np.int8)
+        _kmeans.fit_rows(rows, K, bins, lo, hi, tol, max_iter, out, status)
+        return out, status
+
     def _kmeans_fit_weighted(self, x, w, K, tol, max_iter):
         out = np.zeros((x.shape[0], K), np.float32)
         status = np.zeros(x.shape[0], np.int8)

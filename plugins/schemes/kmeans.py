@@ -10,7 +10,7 @@
 of the points' variance, ``max_iter``), but not on every value and not one scikit-learn call per channel: the
 values of a channel go into a histogram of ``bins`` equal bins (default ``clip(16*K, 1024, 65536)``) that keeps
 per bin the count, the sum, the minimum and the maximum, and k-means runs on the non-empty bins' means weighted
-by their counts — all channels at once in the kernel's ``kmeans_fit_weighted`` (capability ``"kmeans_fit"``,
+by their counts — all channels at once in the kernel's ``kmeans_fit_rows`` (capability ``"kmeans_fit"``,
 qcore/kernels/kmeans.py; C with OpenMP over channels in the ``cython`` kernel).  For the k-means objective a
 bin's points and their mean (weighted by the count) differ by a constant (the within-bin scatter) as long as
 no cluster boundary cuts the bin, so with bins much narrower than the clusters the centroids match k-means on
@@ -34,7 +34,7 @@ whatever the thread count (the kernel fits each channel on one thread from its o
 **Assign** — the kernel's ``nearest_entry`` (qcore/kernels/codebook.py): the ``K-1`` midpoints of the sorted
 codebook (exact, in double); a value exactly on a midpoint takes the lower entry.  The ``cython`` kernel runs
 a branchless binary search per value (GIL released, OpenMP over chunks), ``kernel="numpy"`` uses
-``np.searchsorted`` (same codes).  The histogram of the fit is the kernel's ``bin_stats``, the comparison
+``np.searchsorted`` (same codes).  The histogram of the fit is made in ``kmeans_fit_rows``, the comparison
 with ``linear`` its ``nearest_entry_sse``, and decode its ``lut_decode`` (a table lookup).
 
 **Groups** — ``granularity="group"``: one codebook per block of ``group_size`` (default 128) consecutive
@@ -133,7 +133,7 @@ class KMeansQuantizer(qcore.Quantizer):
             rows = _rows(view, axis)
             if self.calibrated:
                 rows = np.clip(rows, lo[:, None], hi[:, None])
-            codebook = self._stored(self._fit_rows(rows, *self.kernel.bin_stats(rows, lo, hi, self.n_bins)))
+            codebook = self._stored(self._fit_rows(rows, lo, hi))
             if not self.calibrated:
                 codebook = self._not_worse_than_linear(x, view, axis, codebook)
         return {"codebook": codebook.reshape(pshape + (K,)).astype(dt, copy=False)}
@@ -163,25 +163,21 @@ class KMeansQuantizer(qcore.Quantizer):
             _f16_range_error(codebook)
         return codebook
 
-    def _fit_rows(self, rows, cnt, sm, bmin, bmax):
-        """One codebook per row from its histogram (module doc): exact when the row has at most K distinct
-        values, else weighted k-means on the non-empty bins' means (the kernel's ``kmeans_fit_weighted``)."""
+    def _fit_rows(self, rows, lo, hi):
+        """One codebook per row from its histogram (module doc), in the kernel's ``kmeans_fit_rows``: exact when
+        the row has at most K distinct values, else weighted k-means of the non-empty bins' means; the rare rows
+        with too few bins to cluster use their exact distinct values, those whose start has equal entries
+        scikit-learn's k-means++."""
         K = self.K
-        nnz = np.count_nonzero(cnt, axis=1)
-        main = nnz >= 2 * K
-        codebook = np.empty((cnt.shape[0], K), np.float32)
-        for r in np.flatnonzero(~main):  # few bins (rare: nearly constant rows): exact values where possible
-            nz = cnt[r] > 0
-            if nnz[r] <= K and np.array_equal(bmin[r, nz], bmax[r, nz]):
-                codebook[r] = _pad(bmin[r, nz], K)  # at most K distinct values: exact
-                continue
-            pts, w = np.unique(rows[r] + np.float32(0), return_counts=True)  # too few bins to cluster
+        codebook, status = self.kernel.kmeans_fit_rows(rows, K, bins=self.n_bins, lo=lo, hi=hi,
+                                                       max_iter=self.config["max_iter"])
+        for r in np.flatnonzero(status == 3):  # too few bins to cluster: the exact distinct values, weighted
+            pts, w = np.unique(rows[r] + np.float32(0), return_counts=True)
             codebook[r] = _pad(pts, K) if pts.size <= K else self._weighted(pts[None, :], w[None, :])[0]
-        if main.all():
-            codebook[:] = self._weighted(np.divide(sm, cnt, out=np.zeros_like(sm), where=cnt > 0), cnt)
-        elif main.any():
-            c = cnt[main]
-            codebook[main] = self._weighted(np.divide(sm[main], c, out=np.zeros(c.shape), where=c > 0), c)
+        for r in np.flatnonzero(status == 0):  # a start with equal entries: k-means++ on the row's bins
+            cnt, sm, _, _ = self.kernel.bin_stats(rows[r:r + 1], lo[r:r + 1], hi[r:r + 1], self.n_bins)
+            nz = cnt[0] > 0
+            codebook[r] = self._kmeans_pp(sm[0, nz] / cnt[0, nz], cnt[0, nz].astype(np.float64))
         return codebook
 
     def _weighted(self, pts, w):

@@ -121,7 +121,7 @@ def run_demo(quiet: bool = False) -> int:
         acc = accuracy_with(clf, deq, Xte, yte)
         snr = sqnr_db(ref, np.concatenate([deq[n].ravel() for n in weights]))
         chosen = ""
-        if scheme == "mixed":
+        if scheme in qcore.list_planners():
             chosen = ", ".join(f"{qm[n].scheme}{qm[n].bits}" + ("g" if qm[n].options.get("granularity") == "group" else "")
                                for n in weights)
             if kept is None:

@@ -6,8 +6,9 @@ the thread count or on which worker ran a tensor):
 
 * :meth:`KMeansFit.kmeans_fit_groups` — the ``kmeans`` scheme's ``granularity="group"``: a sorted codebook of
   ``K`` entries for every row of ``rows`` ``(G, n)`` (one group of ``n`` values each), from all its values;
-* :meth:`KMeansFit.kmeans_fit_weighted` — per tensor / per channel: k-means of weighted points (the means of a
-  histogram's non-empty bins, weighted by their counts), one row per channel.
+* :meth:`KMeansFit.kmeans_fit_rows` — per tensor / per channel: each row's histogram, then k-means of its
+  non-empty bins' means weighted by their counts (:meth:`KMeansFit.kmeans_fit_weighted`, which also takes such
+  points directly), one row per channel.
 
 Numerics every implementation follows bit for bit (the ``cython`` kernel does; this module is the reference):
 
@@ -35,6 +36,13 @@ Numerics every implementation follows bit for bit (the ``cython`` kernel does; t
   ``j`` is the linear interpolation of the points at ``t_j = (j + 1/2) / K`` on ``cdf`` (the point itself at
   or beyond the ends), rounded to float32.  A start with two equal entries is reported (``ok = False``) and
   the row is left for the caller (the ``kmeans`` scheme then runs scikit-learn's k-means++).
+
+* **Rows** (a channel's values): a histogram of ``bins`` equal bins over ``[lo, hi]`` — bin
+  ``trunc((v - lo) * (bins / (hi - lo)))`` in float64, clamped to the end bins, every value in bin 0 when
+  ``hi == lo`` — keeping per bin the count, the float64 sum in row order, the minimum and the maximum.  At most
+  ``K`` non-empty bins each holding one value: those values (the codebook is exact); fewer than ``2K`` non-empty
+  bins otherwise: no result (the caller clusters the exact values); else the weighted fit of the bins' means
+  ``fl32(sum / count)`` weighted by their counts.
 
 A weighted row's points must be sorted; points of zero weight are allowed anywhere (they are skipped by the
 start and add nothing to a cluster), which lets rows of different lengths share one rectangular array.
@@ -237,6 +245,47 @@ def panter_dite_start(pts, w, K):
     return val, bool((val[1:] != val[:-1]).all())
 
 
+def fit_rows(rows, K, bins, lo, hi, tol, max_iter):
+    """Reference of :meth:`KMeansFit.kmeans_fit_rows`: ``(codebooks (R, K) float32, status (R,) int8)``."""
+    R, n = rows.shape
+    out = np.zeros((R, K), np.float32)
+    status = np.zeros(R, np.int8)
+    batch = []
+    for r in range(R):
+        row = rows[r]
+        if not np.isfinite(row).all():
+            status[r] = -2
+            continue
+        sc = bins / (hi[r] - lo[r]) if hi[r] > lo[r] else 0.0
+        t = (row.astype(np.float64) - lo[r]) * sc
+        b = np.where(t >= bins - 1, bins - 1, np.where(t > 0, np.trunc(t), 0)).astype(np.int64)
+        cnt = np.bincount(b, minlength=bins)
+        sm = np.bincount(b, weights=row.astype(np.float64), minlength=bins)  # in row order, as the C loop
+        mn = np.full(bins, np.inf, np.float32)
+        mx = np.full(bins, -np.inf, np.float32)
+        np.minimum.at(mn, b, row)
+        np.maximum.at(mx, b, row)
+        nz = cnt > 0
+        if nz.sum() <= K and (mn[nz] == mx[nz]).all():
+            vals = mn[nz] + np.float32(0)
+            out[r] = np.concatenate([vals, np.full(K - vals.size, vals[-1], np.float32)])
+            status[r] = 2
+        elif nz.sum() < 2 * K:
+            status[r] = 3
+        else:
+            batch.append((r, (sm[nz] / cnt[nz]).astype(np.float32), cnt[nz].astype(np.float64)))
+    if batch:
+        P = max(p.size for _, p, _ in batch)
+        x = np.array([np.pad(p, (0, P - p.size)) for _, p, _ in batch], np.float32)  # weight 0: no point
+        w = np.array([np.pad(c, (0, P - c.size)) for _, _, c in batch], np.float64)
+        cb, st = fit_weighted(x, w, K, tol, max_iter)
+        for i, (r, _, _) in enumerate(batch):
+            status[r] = st[i]
+            if st[i] == 1:
+                out[r] = cb[i]
+    return out, status
+
+
 def _sequential_sum(v):
     return np.cumsum(v)[-1]
 
@@ -343,6 +392,35 @@ class KMeansFit(KernelBase):
                              f"ascending, its weights finite, >= 0 and not all 0")
         return out, status > 0
 
+    def kmeans_fit_rows(self, rows, K: int, *, bins: int, lo, hi, tol: float = 1e-6, max_iter: int = 300):
+        """Per row of ``rows`` ``(R, n)``: its histogram of ``bins`` equal bins over ``[lo[r], hi[r]]``, then a codebook
+        (module doc, "Rows"); ``(codebooks (R, K) float32, status (R,) int8)``.
+
+        ``status``: 1 fitted (weighted k-means of the non-empty bins' means); 2 exact (at most K values, each bin
+        holding one: those values, padded by the largest); 3 too few non-empty bins to cluster (< 2K; no result:
+        the caller clusters the exact values); 0 the fit's start had equal entries (no result).  NaN/Inf raise
+        :class:`qcore.InputError` (found in the same pass)."""
+        rows = np.ascontiguousarray(as_float32(rows, "rows", check_finite=False))
+        if rows.ndim != 2 or rows.shape[1] == 0:
+            raise ValueError(f"rows must be 2-d with at least one value per row, got shape {rows.shape}")
+        K = check_int(K, "K", 1, 1 << 16)
+        bins = check_int(bins, "bins", 1, 1 << 24)
+        max_iter = check_int(max_iter, "max_iter", 1, 1 << 30)
+        R = rows.shape[0]
+        lo = np.ascontiguousarray(np.broadcast_to(np.asarray(lo, np.float64), (R,)))
+        hi = np.ascontiguousarray(np.broadcast_to(np.asarray(hi, np.float64), (R,)))
+        if not (np.isfinite(lo).all() and np.isfinite(hi).all() and (hi >= lo).all()):
+            raise ValueError("lo and hi must be finite with hi >= lo")
+        tol = float(tol)
+        if not (np.isfinite(tol) and tol >= 0):
+            raise ValueError(f"tol must be finite and >= 0, got {tol}")
+        if R == 0:
+            return np.empty((0, K), np.float32), np.empty(0, np.int8)
+        out, status = self._kmeans_fit_rows(rows, K, bins, lo, hi, tol, max_iter)
+        if (status == -2).any():
+            raise InputError("rows contains NaN or Inf")
+        return out, status
+
     # -- what a kernel overrides (numpy defaults) --
     def _kmeans_fit_groups(self, rows, K, max_iter, alt, float16):
         return fit_groups(rows, K, max_iter, alt, float16)
@@ -350,5 +428,8 @@ class KMeansFit(KernelBase):
     def _kmeans_fit_weighted(self, x, w, K, tol, max_iter):
         return fit_weighted(x, w, K, tol, max_iter)
 
+    def _kmeans_fit_rows(self, rows, K, bins, lo, hi, tol, max_iter):
+        return fit_rows(rows, K, bins, lo, hi, tol, max_iter)
 
-__all__ = ["KMeansFit", "cbrt", "codebook_sse", "fit_groups", "fit_weighted", "order_keys", "round_f16"]
+
+__all__ = ["KMeansFit", "cbrt", "codebook_sse", "fit_groups", "fit_rows", "fit_weighted", "order_keys", "round_f16"]

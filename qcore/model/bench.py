@@ -62,7 +62,8 @@ def run_one(src: str, dst: str, config: str, budget_bits: float = 4.5, candidate
 
     opts = dict(CONFIGS[config])
     scheme = opts.pop("scheme")
-    if scheme == "mixed":
+    planned = scheme in qcore.list_planners()  # a planner takes a budget, a scheme does not
+    if planned:
         opts["budget_bits"] = budget_bits
         if candidates:
             opts["candidates"] = candidates
@@ -82,7 +83,7 @@ def run_one(src: str, dst: str, config: str, budget_bits: float = 4.5, candidate
         key = f"{qm[n].scheme}:{qm[n].bits}:{qm[n].options.get('granularity', '-')}"
         chosen[key] = chosen.get(key, 0) + 1
     return {
-        "config": config if scheme != "mixed" else f"mixed@{budget_bits}",
+        "config": f"{scheme}@{budget_bits}" if planned else config,
         "quantize_s": t1 - t0, "save_s": t2 - t1,
         "weights": sum(qm[n].size for n in qm.quantized),
         "bits_per_weight": qm.average_bits, "bytes_in": os.path.getsize(src), "bytes_out": os.path.getsize(dst),

@@ -624,10 +624,11 @@ def _kmeans_rows(rng, G, n):
 
 
 def check_kernel_kmeans_fit(obj):
-    """``kmeans_fit_groups`` and ``kmeans_fit_weighted`` (capability ``"kmeans_fit"``) equal the numpy reference
-    bit for bit: groups of 1 to 300 values at 1, 2, 4 and 8 bits, with and without an alternative codebook and
-    float16 rounding; weighted rows with points of weight 0 in between, starts with equal entries, two tolerances.
-    NaN in a group raises ``qcore.InputError``; an unsorted weighted row ``ValueError``."""
+    """``kmeans_fit_groups``, ``kmeans_fit_rows`` and ``kmeans_fit_weighted`` (capability ``"kmeans_fit"``) equal the
+    numpy reference bit for bit: groups of 1 to 300 values at 1, 2, 4 and 8 bits, with and without an alternative
+    codebook and float16 rounding; rows through their histograms (exact, few-bin, fitted and equal-start rows);
+    weighted rows with points of weight 0 in between, starts with equal entries, two tolerances.  NaN in a group or
+    a row raises ``qcore.InputError``; an unsorted weighted row ``ValueError``."""
     k, ref = Spec(obj).make(), _reference()
     rng = np.random.default_rng(40)
     for n, K in ((128, 16), (32, 16), (7, 4), (1, 2), (300, 4), (64, 256), (100, 2)):
@@ -646,8 +647,25 @@ def check_kernel_kmeans_fit(obj):
         got, want = k.kmeans_fit_weighted(x, w, K, tol=tol), ref.kmeans_fit_weighted(x, w, K, tol=tol)
         _eq(got[1], want[1], f"kmeans_fit_weighted ok K={K}")
         _eq(got[0][want[1]], want[0][want[1]], f"kmeans_fit_weighted K={K} tol={tol}")
+    rows = rng.standard_normal((7, 700)).astype(np.float32)
+    rows[1] = 1.5                                                  # one value: exact
+    rows[2] = np.round(rows[2] * 2)                                # a few values: exact
+    rows[3, :690] = 0.5                                            # few bins: left to the caller
+    rows[4] = np.concatenate([np.ones(680, np.float32), rows[4, :20]])  # a start with equal entries
+    for K, bins in ((16, 1024), (4, 64), (256, 4096)):
+        got = k.kmeans_fit_rows(rows, K, bins=bins, lo=rows.min(1), hi=rows.max(1))
+        want = ref.kmeans_fit_rows(rows, K, bins=bins, lo=rows.min(1), hi=rows.max(1))
+        _eq(got[1], want[1], f"kmeans_fit_rows status K={K} bins={bins}")
+        done = (want[1] == 1) | (want[1] == 2)
+        _eq(got[0][done], want[0][done], f"kmeans_fit_rows K={K} bins={bins}")
     bad = rng.standard_normal((3, 50)).astype(np.float32)
     bad[1, 7] = np.nan
+    try:
+        k.kmeans_fit_rows(bad, 4, bins=64, lo=-5, hi=5)
+    except InputError:
+        pass
+    else:
+        raise AssertionError("kmeans_fit_rows of a row holding NaN did not raise qcore.InputError")
     try:
         k.kmeans_fit_groups(bad, 4)
     except InputError:
