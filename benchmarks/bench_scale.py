@@ -13,7 +13,9 @@ group-32 by default), every 2-d tensor is quantized straight from the shards int
 * for reference, **one process with one thread** (``--no-one-thread`` skips it): what each worker is.
 
 Printed per configuration: wall time, throughput (parameters per second), its ratio to the one process with
-``--threads`` threads, peak resident memory (``ru_maxrss``) of the driver and of each worker, the output size and
+``--threads`` threads, the CPU time of every process of the run (driver and workers, all threads) and the cores
+it kept busy on average (CPU time / wall time: what the run got from the machine, and how much of the second
+core one process with two threads uses — the ceiling of what two single-threaded workers can gain), peak resident memory (``ru_maxrss``) of the driver and of each worker, the output size and
 shard count, and whether both outputs are the same bytes.  Targets (issue 25): driver peak RSS <= 1.5 GB for the
 k-means model; cluster throughput >= 1.6x one process; identical bytes.
 
@@ -87,6 +89,12 @@ def _peak_rss():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kB
 
 
+def _cpu_seconds():
+    """CPU time (user + system) of this process so far, all its threads."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def child(args):
     """One configuration, in its own process: prints a JSON line of timings and peak memory."""
     import qcore
@@ -95,9 +103,10 @@ def child(args):
     kw = dict(output=args.out, max_shard_size=args.max_shard_size, progress=False, **opts)
     result = {}
     if args.child == "single":
-        t = time.perf_counter()
+        t, c = time.perf_counter(), _cpu_seconds()
         qcore.quantize_model(args.model, scheme, **kw)
         result["seconds"] = time.perf_counter() - t
+        result["cpu"] = _cpu_seconds() - c
     else:
         from qcore.model.execution import dask_executor
 
@@ -106,9 +115,10 @@ def child(args):
             result["startup"] = time.perf_counter() - t
             client = ex._client
             result["worker_threads"] = sorted(client.run(lambda: os.environ.get("OMP_NUM_THREADS")).values())
-            t = time.perf_counter()
+            t, c, wc = time.perf_counter(), _cpu_seconds(), sum(client.run(_cpu_seconds).values())
             qcore.quantize_model(args.model, scheme, executor=ex, **kw)
             result["seconds"] = time.perf_counter() - t
+            result["cpu"] = _cpu_seconds() - c + sum(client.run(_cpu_seconds).values()) - wc
             result["worker_rss"] = sorted(client.run(_peak_rss).values())
     result["driver_rss"] = _peak_rss()
     print(json.dumps(result))
@@ -170,8 +180,8 @@ def main(argv=None):
               f"{sum(os.path.getsize(os.path.join(args.model, f)) for f in os.listdir(args.model)) / 1e9:.2f} GB in "
               f"{len(os.listdir(args.model)) - 1} shards (made in {made:.0f} s); output shards of at most "
               f"{args.max_shard_size}; load average {os.getloadavg()[0]:.1f}")
-        print(f"{'scheme':<22} {'configuration':<34} {'s':>7} {'Mparam/s':>9} {'ratio':>6} {'driver RSS':>11} "
-              f"{'worker RSS':>14} {'output':>9} {'shards':>6}")
+        print(f"{'scheme':<22} {'configuration':<34} {'s':>7} {'Mparam/s':>9} {'ratio':>6} {'CPU s':>7} {'cores':>5} "
+              f"{'driver RSS':>11} {'worker RSS':>14} {'output':>9} {'shards':>6}")
         ok = True
         for name in args.schemes.split(","):
             args.scheme = name
@@ -193,7 +203,8 @@ def main(argv=None):
                 r = runs[key]
                 wrss = ", ".join(f"{v / 1e9:.2f}" for v in r.get("worker_rss", [])) or "-"
                 print(f"{label:<22} {conf:<34} {r['seconds']:>7.1f} {params / r['seconds'] / 1e6:>9.1f} "
-                      f"{runs['single']['seconds'] / r['seconds']:>6.2f} {r['driver_rss'] / 1e9:>9.2f}GB {wrss:>12}GB "
+                      f"{runs['single']['seconds'] / r['seconds']:>6.2f} {r['cpu']:>7.1f} {r['cpu'] / r['seconds']:>5.2f} "
+                      f"{r['driver_rss'] / 1e9:>9.2f}GB {wrss:>12}GB "
                       f"{outs[key][1] / 1e9:>7.2f}GB {outs[key][2]:>6}")
             print(f"{'':<22} cluster start-up {runs['dask']['startup']:.1f} s (not counted); worker OMP_NUM_THREADS "
                   f"{runs['dask']['worker_threads']}; outputs of every configuration {'identical' if same else 'DIFFER'}")
