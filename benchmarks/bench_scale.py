@@ -14,9 +14,10 @@ group-32 by default), every 2-d tensor is quantized straight from the shards int
 
 Printed per configuration: wall time, throughput (parameters per second), its ratio to the one process with
 ``--threads`` threads, the CPU time of every process of the run (driver and workers, all threads) and the cores
-it kept busy on average (CPU time / wall time: what the run got from the machine, and how much of the second
-core one process with two threads uses — the ceiling of what two single-threaded workers can gain), peak resident memory (``ru_maxrss``) of the driver and of each worker, the output size and
-shard count, and whether both outputs are the same bytes.  Targets (issue 25): driver peak RSS <= 1.5 GB for the
+it kept busy on average (CPU time / wall time: what the run got from the machine), peak resident memory (``ru_maxrss``) of the driver and of each worker, the output size and
+shard count, and whether both outputs are the same bytes.  After each scheme, a control: how much more work two
+single-threaded processes do at once than one alone on this machine at that moment (a fixed k-means job; 2.00 on
+two free cores) — on a shared machine it falls toward 1 and so does any cluster's gain.  Targets (issue 25): driver peak RSS <= 1.5 GB for the
 k-means model; cluster throughput >= 1.6x one process; identical bytes.
 
     python benchmarks/bench_scale.py [--schemes kmeans,linear] [--workers 2] [--threads 2] [--max-shard-size 500MB]
@@ -124,6 +125,37 @@ def child(args):
     print(json.dumps(result))
 
 
+def control_work(seconds=3.0):
+    """A fixed CPU-bound job (k-means-4 group-128 of one 1024 x 2048 weight, one thread) repeated for ``seconds``;
+    prints the jobs done per second."""
+    import numpy as np
+
+    import qcore
+
+    w = np.random.default_rng(0).standard_normal((1024, 2048)).astype(np.float32)
+    q = qcore.get_quantizer("kmeans", bits=4, granularity="group", group_size=128)
+    q.quantize(w)
+    n, t = 0, time.perf_counter()
+    while time.perf_counter() - t < seconds:
+        q.quantize(w)
+        n += 1
+    print(n / (time.perf_counter() - t))
+
+
+def machine_scaling(seconds=3.0):
+    """How much more work two single-threaded processes do at once than one alone, here and now (ideal 2.0): the
+    ceiling of the cluster's ratio on this machine at this load.  Each process runs :func:`control_work`."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", "control", "--seconds", str(seconds)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+
+    def rates(k):
+        procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True) for _ in range(k)]
+        return [float(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+
+    one = rates(1)[0]
+    return sum(rates(2)) / one
+
+
 def _run(args, mode, out, env):
     cmd = [sys.executable, os.path.abspath(__file__), "--child", mode, "--model", args.model, "--out", out,
            "--scheme", args.scheme, "--workers", str(args.workers), "--max-shard-size", args.max_shard_size]
@@ -156,11 +188,15 @@ def main(argv=None):
     ap.add_argument("--no-one-thread", action="store_true", help="skip the one-process one-thread reference run")
     ap.add_argument("--layers", type=int, default=LAYERS, help="decoder layers (default 22: 1.1B parameters; "
                                                                 "fewer for a quick run)")
-    ap.add_argument("--child", choices=("single", "dask", "make"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=("single", "dask", "make", "control"), help=argparse.SUPPRESS)
+    ap.add_argument("--seconds", type=float, default=3.0, help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--scheme", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.child == "control":
+        control_work(args.seconds)
+        return 0
     if args.child == "make":
         print(make_model(args.model, args.layers))
         return 0
@@ -208,6 +244,8 @@ def main(argv=None):
                       f"{outs[key][1] / 1e9:>7.2f}GB {outs[key][2]:>6}")
             print(f"{'':<22} cluster start-up {runs['dask']['startup']:.1f} s (not counted); worker OMP_NUM_THREADS "
                   f"{runs['dask']['worker_threads']}; outputs of every configuration {'identical' if same else 'DIFFER'}")
+            print(f"{'':<22} machine now: 2 single-threaded processes at once do {machine_scaling():.2f}x the work of "
+                  f"one (ideal 2.00; the ceiling of the cluster's gain here); load average {os.getloadavg()[0]:.1f}")
             ok &= same and ratio >= 1.6
             if name == "kmeans":
                 ok &= runs["single"]["driver_rss"] <= 1.5e9 and runs["dask"]["driver_rss"] <= 1.5e9
