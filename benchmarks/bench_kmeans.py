@@ -110,12 +110,14 @@ def section_4096(args):
     print(f"{'granularity':>12} {'qcore s':>8} {'today s':>8} {'speed-up':>9} {'sklearn s':>10} {'speed-up':>9} "
           f"{'MSE/today':>10} {'MSE/sklearn':>12}")
     ok = True
+    seconds_ok = True
     rng = np.random.default_rng(1)
-    for gran, opts in (("group-128", dict(granularity="group", group_size=128)),
-                       ("channel", dict(granularity="channel", axis=0))):
+    for gran, opts, limit in (("group-128", dict(granularity="group", group_size=128), 0.22),
+                              ("channel", dict(granularity="channel", axis=0), 0.6)):
         q = qcore.get_quantizer("kmeans", bits=4, **opts)
         q.quantize(w[:64])  # warm-up
         tq, qt = _median_time(lambda: q.quantize(w), args.repeat)
+        seconds_ok &= tq <= limit
         err = (qt.dequantize() - w).astype(np.float64) ** 2
         mse = float(err.mean())
         tt = ratio_t = None
@@ -137,7 +139,9 @@ def section_4096(args):
           f"that sample")
     print("target: >= 8x faster than today per group-128 and per channel, MSE <= 1.01x today's:",
           "met" if ok else "NOT met")
-    return ok
+    print(f"issue 25's seconds on {args.threads} quiet threads (today took 1.74 s / 5.0 s there): group-128 <= 0.22 s, "
+          f"channel <= 0.6 s:", "met" if seconds_ok else "NOT met", f"(load average now {os.getloadavg()[0]:.1f})")
+    return ok and seconds_ok
 
 
 def main(argv=None):

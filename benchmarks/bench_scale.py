@@ -13,8 +13,11 @@ group-32 by default), every 2-d tensor is quantized straight from the shards int
 * for reference, **one process with one thread** (``--no-one-thread`` skips it): what each worker is.
 
 Printed per configuration: wall time, throughput (parameters per second), its ratio to the one process with
-``--threads`` threads, peak resident memory (``ru_maxrss``) of the driver and of each worker, the output size and
-shard count, and whether both outputs are the same bytes.  Targets (issue 25): driver peak RSS <= 1.5 GB for the
+``--threads`` threads, the CPU time of every process of the run (driver and workers, all threads) and the cores
+it kept busy on average (CPU time / wall time: what the run got from the machine), peak resident memory (``ru_maxrss``) of the driver and of each worker, the output size and
+shard count, and whether both outputs are the same bytes.  After each scheme, a control: how much more work two
+single-threaded processes do at once than one alone on this machine at that moment (a fixed k-means job; 2.00 on
+two free cores) — on a shared machine it falls toward 1 and so does any cluster's gain.  Targets (issue 25): driver peak RSS <= 1.5 GB for the
 k-means model; cluster throughput >= 1.6x one process; identical bytes.
 
     python benchmarks/bench_scale.py [--schemes kmeans,linear] [--workers 2] [--threads 2] [--max-shard-size 500MB]
@@ -87,6 +90,12 @@ def _peak_rss():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kB
 
 
+def _cpu_seconds():
+    """CPU time (user + system) of this process so far, all its threads."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def child(args):
     """One configuration, in its own process: prints a JSON line of timings and peak memory."""
     import qcore
@@ -95,9 +104,10 @@ def child(args):
     kw = dict(output=args.out, max_shard_size=args.max_shard_size, progress=False, **opts)
     result = {}
     if args.child == "single":
-        t = time.perf_counter()
+        t, c = time.perf_counter(), _cpu_seconds()
         qcore.quantize_model(args.model, scheme, **kw)
         result["seconds"] = time.perf_counter() - t
+        result["cpu"] = _cpu_seconds() - c
     else:
         from qcore.model.execution import dask_executor
 
@@ -106,12 +116,44 @@ def child(args):
             result["startup"] = time.perf_counter() - t
             client = ex._client
             result["worker_threads"] = sorted(client.run(lambda: os.environ.get("OMP_NUM_THREADS")).values())
-            t = time.perf_counter()
+            t, c, wc = time.perf_counter(), _cpu_seconds(), sum(client.run(_cpu_seconds).values())
             qcore.quantize_model(args.model, scheme, executor=ex, **kw)
             result["seconds"] = time.perf_counter() - t
+            result["cpu"] = _cpu_seconds() - c + sum(client.run(_cpu_seconds).values()) - wc
             result["worker_rss"] = sorted(client.run(_peak_rss).values())
     result["driver_rss"] = _peak_rss()
     print(json.dumps(result))
+
+
+def control_work(seconds=3.0):
+    """A fixed CPU-bound job (k-means-4 group-128 of one 1024 x 2048 weight, one thread) repeated for ``seconds``;
+    prints the jobs done per second."""
+    import numpy as np
+
+    import qcore
+
+    w = np.random.default_rng(0).standard_normal((1024, 2048)).astype(np.float32)
+    q = qcore.get_quantizer("kmeans", bits=4, granularity="group", group_size=128)
+    q.quantize(w)
+    n, t = 0, time.perf_counter()
+    while time.perf_counter() - t < seconds:
+        q.quantize(w)
+        n += 1
+    print(n / (time.perf_counter() - t))
+
+
+def machine_scaling(seconds=3.0):
+    """How much more work two single-threaded processes do at once than one alone, here and now (ideal 2.0): the
+    ceiling of the cluster's ratio on this machine at this load.  Each process runs :func:`control_work`."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", "control", "--seconds", str(seconds)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+
+    def rates(k):
+        procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True) for _ in range(k)]
+        return [float(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+
+    one = rates(1)[0]
+    return sum(rates(2)) / one
 
 
 def _run(args, mode, out, env):
@@ -146,11 +188,15 @@ def main(argv=None):
     ap.add_argument("--no-one-thread", action="store_true", help="skip the one-process one-thread reference run")
     ap.add_argument("--layers", type=int, default=LAYERS, help="decoder layers (default 22: 1.1B parameters; "
                                                                 "fewer for a quick run)")
-    ap.add_argument("--child", choices=("single", "dask", "make"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=("single", "dask", "make", "control"), help=argparse.SUPPRESS)
+    ap.add_argument("--seconds", type=float, default=3.0, help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--scheme", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.child == "control":
+        control_work(args.seconds)
+        return 0
     if args.child == "make":
         print(make_model(args.model, args.layers))
         return 0
@@ -170,8 +216,8 @@ def main(argv=None):
               f"{sum(os.path.getsize(os.path.join(args.model, f)) for f in os.listdir(args.model)) / 1e9:.2f} GB in "
               f"{len(os.listdir(args.model)) - 1} shards (made in {made:.0f} s); output shards of at most "
               f"{args.max_shard_size}; load average {os.getloadavg()[0]:.1f}")
-        print(f"{'scheme':<22} {'configuration':<34} {'s':>7} {'Mparam/s':>9} {'ratio':>6} {'driver RSS':>11} "
-              f"{'worker RSS':>14} {'output':>9} {'shards':>6}")
+        print(f"{'scheme':<22} {'configuration':<34} {'s':>7} {'Mparam/s':>9} {'ratio':>6} {'CPU s':>7} {'cores':>5} "
+              f"{'driver RSS':>11} {'worker RSS':>14} {'output':>9} {'shards':>6}")
         ok = True
         for name in args.schemes.split(","):
             args.scheme = name
@@ -193,10 +239,13 @@ def main(argv=None):
                 r = runs[key]
                 wrss = ", ".join(f"{v / 1e9:.2f}" for v in r.get("worker_rss", [])) or "-"
                 print(f"{label:<22} {conf:<34} {r['seconds']:>7.1f} {params / r['seconds'] / 1e6:>9.1f} "
-                      f"{runs['single']['seconds'] / r['seconds']:>6.2f} {r['driver_rss'] / 1e9:>9.2f}GB {wrss:>12}GB "
+                      f"{runs['single']['seconds'] / r['seconds']:>6.2f} {r['cpu']:>7.1f} {r['cpu'] / r['seconds']:>5.2f} "
+                      f"{r['driver_rss'] / 1e9:>9.2f}GB {wrss:>12}GB "
                       f"{outs[key][1] / 1e9:>7.2f}GB {outs[key][2]:>6}")
             print(f"{'':<22} cluster start-up {runs['dask']['startup']:.1f} s (not counted); worker OMP_NUM_THREADS "
                   f"{runs['dask']['worker_threads']}; outputs of every configuration {'identical' if same else 'DIFFER'}")
+            print(f"{'':<22} machine now: 2 single-threaded processes at once do {machine_scaling():.2f}x the work of "
+                  f"one (ideal 2.00; the ceiling of the cluster's gain here); load average {os.getloadavg()[0]:.1f}")
             ok &= same and ratio >= 1.6
             if name == "kmeans":
                 ok &= runs["single"]["driver_rss"] <= 1.5e9 and runs["dask"]["driver_rss"] <= 1.5e9

@@ -12,7 +12,7 @@ over each contender, the fastest single call of each (a hint of the quiet-machin
 loaded), and per model the relative output error of each int8 model against fp32 (||y - y_fp32|| / ||y_fp32||)
 and, for ResNet-18, the top-1 agreement with fp32 on random images.
 
-    OMP_NUM_THREADS=2 python benchmarks/bench_static.py                 # everything: CIFAR CNN, ResNet-18, MobileNetV2
+    OMP_NUM_THREADS=2 python benchmarks/bench_static.py                 # everything, then one summary table
     OMP_NUM_THREADS=2 python benchmarks/bench_static.py --models cifar   # the CIFAR CNN only (--batch 64)
     OMP_NUM_THREADS=2 python benchmarks/bench_static.py --models resnet18 --sizes 112 --batches 32
 """
@@ -48,15 +48,38 @@ def main():
     warnings.filterwarnings("ignore")  # torch.ao's deprecation warnings
     print(f"static int8 CNNs, {args.threads} threads (torch {torch.__version__}, {platform.machine()}, "
           f"load average at start {os.getloadavg()[0]:.2f})")
+    speed, accuracy = [], []
     for name in args.models.split(","):
         if name not in MODELS:
             raise SystemExit(f"unknown model {name!r}: use {', '.join(MODELS)}")
         if name == "cifar":
-            run_model(name, 32, [args.batch], args)
+            run_model(name, 32, [args.batch], args, speed, accuracy)
         else:
             for size in (int(s) for s in args.sizes.split(",")):
-                run_model(name, size, [int(b) for b in args.batches.split(",")], args)
+                run_model(name, size, [int(b) for b in args.batches.split(",")], args, speed, accuracy)
+    print_summary(speed, accuracy, args)
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
+
+
+def print_summary(speed, accuracy, args):
+    """One table of every configuration against issue 23's targets (speed-up = contender's time / qcore's;
+    "median": of the rounds' block medians; "best": fastest single calls)."""
+    print(f"\nsummary, {args.threads} threads: qcore's speed-up (median of rounds / fastest call) and the targets")
+    print(f"  {'model':11s} {'size':>4s} {'batch':>5s} {'qcore ms':>9s} {'vs x86 engine':>13s} {'vs fbgemm':>13s} "
+          f"{'vs fp32':>13s}  target (median)")
+    for r in speed:
+        met = r["x86"][0] >= 1.1 and (r["need_fp32"] is None or r["fp32"][0] >= r["need_fp32"])
+        need = ">= 1.1x x86" + (f", >= {r['need_fp32']:g}x fp32" if r["need_fp32"] else "")
+        print(f"  {r['model']:11s} {r['size']:4d} {r['batch']:5d} {r['ms']:9.3f} "
+              + " ".join(f"{r[k][0]:6.2f}/{r[k][1]:5.2f}x" for k in ("x86", "fbgemm", "fp32"))
+              + f"  {need}: {'met' if met else 'NOT met'}")
+    print(f"  {'model':11s} {'size':>4s} {'rel. error qcore / torch.ao x86':>32s} {'top-1 qcore / torch.ao x86':>27s}  "
+          f"float fallback")
+    for a in accuracy:
+        top1 = f"{a['top1'][0]:.3f} / {a['top1'][1]:.3f}" if a["top1"] else "-"
+        ok = a["err"][0] <= 1.5 * a["err"][1] and (not a["top1"] or a["top1"][0] >= a["top1"][1])
+        print(f"  {a['model']:11s} {a['size']:4d} {a['err'][0]:14.2e} / {a['err'][1]:.2e} = {a['err'][0] / a['err'][1]:4.2f} "
+              f"{top1:>27s}  {a['fallback'] or 'none'}  (error <= 1.5x, top-1 >=: {'met' if ok else 'NOT met'})")
 
 
 def build(name, size):
@@ -70,7 +93,7 @@ def build(name, size):
     return (resnet18 if name == "resnet18" else mobilenet_v2)(seed=0, image_size=size)
 
 
-def run_model(name, size, batches, args):
+def run_model(name, size, batches, args, speed, accuracy):
     import torch
 
     from qcore.integrations import torch as qtorch
@@ -119,6 +142,10 @@ def run_model(name, size, batches, args):
     if name == "resnet18":
         print(f"  top-1 agreement with fp32 on {ref.shape[0]} random images: "
               + ", ".join(f"{k} {v:.3f}" for k, v in top1.items()) + " (target: qcore >= torch.ao x86)")
+    accuracy.append({"model": title, "size": size, "fallback": fallback,
+                     "err": (err["qcore static int8"], err["torch.ao FX (x86 engine)"]),
+                     "top1": (top1["qcore static int8"], top1["torch.ao FX (x86 engine)"]) if name == "resnet18"
+                     else None})
     for b in batches:
         x = torch.randn(b, 3, size, size, generator=g)
         med, best = time_contenders(contenders, engines, x, args)
@@ -134,6 +161,10 @@ def run_model(name, size, batches, args):
             targets += ", >= 2x fp32"
         if name == "cifar":
             targets += ", >= 1.5x fp32"
+        ratios = {k: (med[c] / q, best[c] / best["qcore static int8"]) for k, c in
+                  (("x86", "torch.ao FX (x86 engine)"), ("fbgemm", "torch.ao FX (fbgemm)"), ("fp32", "fp32 torch"))}
+        speed.append({"model": title, "size": size, "batch": b, "ms": q * 1e3, **ratios,
+                      "need_fp32": 2.0 if name == "resnet18" and b >= 32 else (1.5 if name == "cifar" else None)})
         print(f"    speed-up vs torch.ao x86 {med['torch.ao FX (x86 engine)'] / q:.2f}x, vs fbgemm "
               f"{med['torch.ao FX (fbgemm)'] / q:.2f}x, vs fp32 {med['fp32 torch'] / q:.2f}x ({targets})")
 

@@ -30,6 +30,9 @@ from qcore_omp cimport qcore_have_openmp, qcore_omp_max_threads, qcore_threads_f
 
 cdef extern from "codebook_kernels.h" nogil:
     double (*qc_log_sse)(const float *, Py_ssize_t, float, int, uint32_t, float) noexcept nogil
+    int (*qc_cb_count)(const float *, uint8_t *, Py_ssize_t, const float *, int) noexcept nogil
+    float qc_cb_f32_floor(double m)
+    int QC_CB_COUNT_MAX
     int qc_codebook_select_isa(int level)
 
 
@@ -193,7 +196,8 @@ def lut_decode(const uint8_t[:, :, ::1] q, const float[:, ::1] table, float[:, :
 # ----------------------------------------------------------------------------------------------------
 # kmeans: nearest entry of a sorted codebook of K = 2^bits entries, by branchless binary search over the
 # K-1 midpoints (double, exact: (a+b)/2 of two floats).  code = number of midpoints < x, so a value exactly
-# on a midpoint takes the lower entry.
+# on a midpoint takes the lower entry.  Up to 16 entries the midpoints below are counted instead
+# (qc_cb_count in codebook_kernels.h, vectorized; the same codes).
 
 cdef inline int _cb_code(double v, const double *mid, int half) noexcept nogil:
     cdef int pos = 0, step = half
@@ -208,6 +212,12 @@ cdef inline int _cb_run(const float *x, uint8_t *q, Py_ssize_t n, const double *
     cdef Py_ssize_t i
     cdef uint32_t bad = 0
     cdef float v
+    cdef float mf[16]
+    cdef int j
+    if 2 * half - 1 <= QC_CB_COUNT_MAX:  # up to 16 entries: count the midpoints below (codebook_kernels.h)
+        for j in range(2 * half - 1):
+            mf[j] = qc_cb_f32_floor(mid[j])
+        return qc_cb_count(x, q, n, mf, 2 * half - 1)
     for i in range(n):
         v = x[i]
         bad |= (~_fbits(v)) & 0x7F800000 == 0
@@ -217,8 +227,23 @@ cdef inline int _cb_run(const float *x, uint8_t *q, Py_ssize_t n, const double *
 
 cdef inline double _cb_sse_run(const float *x, Py_ssize_t n, const double *mid, int half,
                                const float *cb) noexcept nogil:
-    cdef Py_ssize_t i
+    cdef Py_ssize_t i, b, e
     cdef double acc = 0.0, d, v
+    cdef float mf[16]
+    cdef uint8_t codes[256]
+    cdef int j
+    if 2 * half - 1 <= QC_CB_COUNT_MAX:  # codes a block at a time by counting (as _cb_run), summed in the same order
+        for j in range(2 * half - 1):
+            mf[j] = qc_cb_f32_floor(mid[j])
+        b = 0
+        while b < n:
+            e = n - b if n - b < 256 else 256
+            qc_cb_count(x + b, codes, e, mf, 2 * half - 1)
+            for i in range(e):
+                d = <double>x[b + i] - <double>cb[codes[i]]
+                acc += d * d
+            b += e
+        return acc
     for i in range(n):
         v = x[i]
         d = v - <double>cb[_cb_code(v, mid, half)]

@@ -387,17 +387,17 @@ QC_AVX2_T static void qc_cukr_avx2(int64_t T, int64_t Cp, const uint8_t *const *
 
 /* -------------------------------------------------------------------------------------- AVX-512 VNNI micro-kernel */
 
-/* the epilogue of 16 output channels [j, j + 16) (masked by m) of the pixel at row offset o, from their sums */
+/* the epilogue of 16 output channels [j, j + 16) (masked by m) of the pixel at row offset o, from their sums
+ * (already corrected for the zero point); mv, bv: those channels' mult and bias (bias 0 without one) */
 QC_VNNI_T static inline __attribute__((always_inline)) void
-qc_epi16_vnni(const qc_conv_args *g, int64_t o, int64_t j, __m512i acc, __mmask16 m)
+qc_epi16_vnni(const qc_conv_args *g, int64_t o, int64_t j, __m512i x, __mmask16 m, __m512 mv, __m512 bv)
 {
-    __m512i x = _mm512_sub_epi32(acc, _mm512_maskz_loadu_epi32(m, g->zc + j));
     if (g->mode == 0) {
         _mm512_mask_storeu_epi32((int32_t *)g->out + o + j, m, x);
         return;
     }
-    __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(x), _mm512_maskz_loadu_ps(m, g->mult + j));
-    if (g->bias) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, g->bias + j));
+    __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(x), mv);
+    if (g->bias) y = _mm512_add_ps(y, bv);
     if (g->res && g->mode == 2) {
         __m512i r = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, g->res + o + j));
         y = _mm512_add_ps(y, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(r, _mm512_set1_epi32(g->zr))),
@@ -434,8 +434,19 @@ qc_cukr_vnni_body(int64_t s0, int64_t s1, int64_t PT, int64_t aoff, const uint8_
                   const qc_conv_args *g, const int64_t *ro, int64_t j0, const int MRV)
 {
     __m512i acc[QC_V_MR][QC_V_NV], a0[QC_V_NV];
+    __mmask16 m[QC_V_NV];
 #pragma GCC unroll 4
-    for (int v = 0; v < QC_V_NV; v++) a0[v] = fix ? _mm512_loadu_si512(fix + 16 * v) : _mm512_setzero_si512();
+    for (int v = 0; v < QC_V_NV; v++) {
+        int w = nr - 16 * v;
+        w = w < 0 ? 0 : (w > 16 ? 16 : w);
+        m[v] = (__mmask16)((1u << w) - 1u);
+    }
+    /* the sums start at -za*colsum (the zero-point correction; + za * the skipped taps' sums in the window form) */
+#pragma GCC unroll 4
+    for (int v = 0; v < QC_V_NV; v++) {
+        a0[v] = _mm512_sub_epi32(fix ? _mm512_loadu_si512(fix + 16 * v) : _mm512_setzero_si512(),
+                                 _mm512_maskz_loadu_epi32(m[v], g->zc + j0 + 16 * v));
+    }
 #pragma GCC unroll 16
     for (int r = 0; r < MRV; r++)
 #pragma GCC unroll 4
@@ -446,18 +457,16 @@ qc_cukr_vnni_body(int64_t s0, int64_t s1, int64_t PT, int64_t aoff, const uint8_
         for (int r = 0; r < MRV; r++) ap[r] = P[(r < mr ? r : mr - 1) * PT + t] + aoff;
         qc_acc_vnni(acc, ap, kg, B + boff + t * bstride, MRV);
     }
-    __mmask16 m[QC_V_NV];
 #pragma GCC unroll 4
-    for (int v = 0; v < QC_V_NV; v++) {
-        int w = nr - 16 * v;
-        w = w < 0 ? 0 : (w > 16 ? 16 : w);
-        m[v] = (__mmask16)((1u << w) - 1u);
-    }
+    for (int v = 0; v < QC_V_NV; v++) {  /* per column vector: its constants once, then every row */
+        const int64_t j = j0 + 16 * v;
+        const __m512 mv = _mm512_maskz_loadu_ps(m[v], g->mult + j);
+        const __m512 bv = g->bias ? _mm512_maskz_loadu_ps(m[v], g->bias + j) : _mm512_setzero_ps();
 #pragma GCC unroll 16
-    for (int r = 0; r < MRV; r++) {
-        if (r >= mr) break;
-#pragma GCC unroll 4
-        for (int v = 0; v < QC_V_NV; v++) qc_epi16_vnni(g, ro[r], j0 + 16 * v, acc[r][v], m[v]);
+        for (int r = 0; r < MRV; r++) {
+            if (r >= mr) break;
+            qc_epi16_vnni(g, ro[r], j, acc[r][v], m[v], mv, bv);
+        }
     }
 }
 

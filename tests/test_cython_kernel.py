@@ -16,7 +16,7 @@ from hypothesis.extra import numpy as hnp
 
 from qcore.errors import InputError
 from isa_levels import at_level, copy_levels
-from qcore_plugins import _quant
+from qcore_plugins import _codebook, _quant
 from qcore_plugins.kernels.cython_kernel import CythonKernel
 from qcore_plugins.kernels.numpy_kernel import NumpyKernel
 
@@ -481,3 +481,33 @@ def test_minmax_histogram_spill_equals_reference(threads, hist_isa):
     with pytest.raises(InputError, match="NaN or Inf"):
         CK.minmax_histogram_spill(bad, -25.0, 50.0 / nb, h, 10_000)
     assert not h.any()
+
+
+@pytest.mark.parametrize("level", copy_levels(_codebook))
+@pytest.mark.parametrize("K", [2, 4, 8, 16, 32])
+def test_small_codebook_codes_by_counting_equal_the_search(level, K):
+    """Codebooks of up to 16 entries are coded by counting the midpoints below each value (codebook_kernels.h):
+    the same codes as numpy's search over the exact float64 midpoints, at every copy, for values on, just below
+    and just above each midpoint (a midpoint that float32 cannot hold included), runs not a multiple of the
+    block, and the squared error summed from those codes."""
+    rng = np.random.default_rng(K)
+    C = 7
+    cb = np.sort(rng.normal(size=(C, K)).astype(np.float32) * 3, axis=1)
+    cb[1] = np.float32(1) + np.arange(K, dtype=np.float32) * np.float32(2**-23)  # adjacent floats: unrepresentable midpoints
+    cb[2, :2] = cb[2, 0]  # two equal entries: a midpoint equal to both
+    mid = (cb[:, :-1].astype(np.float64) + cb[:, 1:].astype(np.float64)) / 2
+    x = (rng.normal(size=(C, 203)) * 3).astype(np.float32)
+    m32 = mid.astype(np.float32)
+    near = np.concatenate([m32, np.nextafter(m32, np.float32(np.inf)), np.nextafter(m32, np.float32(-np.inf)), cb],
+                          axis=1)
+    x[:, :near.shape[1]] = near
+    with at_level(level):
+        got = CK.nearest_entry(x, cb, axis=0)
+        sse = CK.nearest_entry_sse(x, cb, axis=0)
+    want = np.stack([np.searchsorted(mid[c], x[c].astype(np.float64), side="left") for c in range(C)])
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got, NK.nearest_entry(x, cb, axis=0))
+    err = ((x.astype(np.float64) - np.take_along_axis(cb, want, 1).astype(np.float64)) ** 2).sum(1)
+    np.testing.assert_allclose(sse, err, rtol=1e-12)
+    if K > 2:
+        assert (got[1] > 0).any() and (got[1] < K - 1).any()

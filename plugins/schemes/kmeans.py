@@ -32,8 +32,9 @@ whatever the thread count (the kernel fits each channel on one thread from its o
   ``linear`` comparison is skipped); k-means is meant for weights, fitted on the tensor itself.
 
 **Assign** — the kernel's ``nearest_entry`` (qcore/kernels/codebook.py): the ``K-1`` midpoints of the sorted
-codebook (exact, in double); a value exactly on a midpoint takes the lower entry.  The ``cython`` kernel runs
-a branchless binary search per value (GIL released, OpenMP over chunks), ``kernel="numpy"`` uses
+codebook (exact, in double); a value exactly on a midpoint takes the lower entry.  The ``cython`` kernel counts
+the midpoints below each value when ``K <= 16`` (vectorized compares), else runs a branchless binary search per
+value (GIL released, OpenMP over chunks), ``kernel="numpy"`` uses
 ``np.searchsorted`` (same codes).  The histogram of the fit is made in ``kmeans_fit_rows``, the comparison
 with ``linear`` its ``nearest_entry_sse``, and decode its ``lut_decode`` (a table lookup).
 
