@@ -93,12 +93,16 @@ def test_calibration_data_measures_output_error(tensors):
     w = tensors["layer0.weight"]  # (64 inputs, 128 outputs): y = X @ W
     plain = q.measure(w)
     calib = q.measure(w, hessians=HessianAccumulator().update(X).folds())
-    # with data the default candidates are the calibrated set (linear 3/4/5 per group, 4/5/6/8 per channel; the
-    # rows of 128 take groups of 64); without, the broad data-free set; an explicit list is used by both
-    assert [c["label"] for c in calib] == ["linear:3:group64", "linear:4:group64", "linear:5:group64",
-                                          "linear:4:channel", "linear:5:channel", "linear:6:channel",
-                                          "linear:8:channel"]
-    assert {"kmeans:4", "linear:2:channel"} <= {c["label"] for c in plain}
+    # rows of 128 (one group of 128): the data-free default set with or without data
+    assert [c["label"] for c in plain] == [c["label"] for c in calib]
+    # rows that split into groups of 128: with data the default candidates are the calibrated set (linear 3/4/5
+    # per group, 4/5/6/8 per channel); without, the broad data-free set; an explicit list is used by both
+    wide = np.random.default_rng(5).standard_normal((16, 256)).astype(np.float32)
+    X2 = np.random.default_rng(6).standard_normal((64, 256)).astype(np.float32)
+    assert [c["label"] for c in q.measure(wide, hessians=HessianAccumulator().update(X2).folds())] == [
+        "linear:3:group128", "linear:4:group128", "linear:5:group128", "linear:4:channel", "linear:5:channel",
+        "linear:6:channel", "linear:8:channel"]
+    assert {"kmeans:4", "linear:2:channel"} <= {c["label"] for c in q.measure(wide)}
     both = qcore.get_quantizer("mixed", candidates="kmeans:3,linear:2:channel")
     assert ([c["label"] for c in both.measure(w)]
             == [c["label"] for c in both.measure(w, hessians=HessianAccumulator().update(X).folds())]

@@ -45,7 +45,8 @@ DEFAULT_CANDIDATES = (
     "kmeans:2", "kmeans:3", "kmeans:4",
     "log:4", "log:5",
 )
-#: the default candidates when the planner scores on data (Hessians): linear 3/4/5 bits per group (of 128 where
+#: the default candidates when the planner scores on data (Hessians), for 2-d weights whose rows split into
+#: several groups of 128 (smaller tensors keep :data:`DEFAULT_CANDIDATES`): linear 3/4/5 bits per group (of 128 where
 #: the rows allow) and 4/5/6/8 bits per channel — the set measured on the sentence encoder's cross-domain
 #: benchmark (docs/ptq.md, "Calibration on one domain, use on another"), where the broad data-free set (per-tensor
 #: k-means, 2-bit) made plans that collapsed off their calibration domain
@@ -369,7 +370,10 @@ class MixedPlanner(qcore.Planner):
             power_test = [float(np.trace(t)) / t.shape[0] for t in test]
             power_train = [float(np.trace(t)) / t.shape[0] for t in train32]
         out = []
-        for spec in (self.specs if folds is None else self.calibrated_specs):
+        # the calibrated set was measured on matrices whose rows split into groups of 128; smaller ones (where it
+        # has nothing cheaper than ~5 bits) keep the data-free set
+        calibrated = folds is not None and x.ndim == 2 and x.shape[1] > 128 and x.shape[1] % 128 == 0
+        for spec in (self.calibrated_specs if calibrated else self.specs):
             s = self._concrete(spec, x.shape)
             if s is None:
                 continue
