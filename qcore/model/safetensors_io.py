@@ -18,12 +18,12 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from ..errors import FormatError
+from .atomic import atomic_output
 
 #: safetensors dtype name -> numpy dtype (little-endian)
 DTYPES: dict[str, np.dtype] = {
@@ -258,32 +258,17 @@ def write_safetensors(path: str | os.PathLike, entries: Iterable[Entry], metadat
     path = os.fspath(path)
     entries = list(entries)
     header = _header_bytes(entries, metadata)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(struct.pack("<Q", len(header)))
-            f.write(header)
-            total = sum(e.nbytes for e in entries)
-            done = 0
-            for e in entries:
-                arr = np.asarray(e.produce())
-                if arr.nbytes != e.nbytes or tuple(arr.shape) != e.shape:
-                    raise RuntimeError(f"tensor {e.name!r} produced {arr.shape}/{arr.nbytes} bytes, announced {e.shape}/{e.nbytes}")
-                _write_chunk(f, arr)
-                done += e.nbytes
-                if progress is not None:
-                    progress(done, total)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_output(path) as f:
+        f.write(struct.pack("<Q", len(header)))
+        f.write(header)
+        total = sum(e.nbytes for e in entries)
+        done = 0
+        for e in entries:
+            arr = np.asarray(e.produce())
+            if arr.nbytes != e.nbytes or tuple(arr.shape) != e.shape:
+                raise RuntimeError(f"tensor {e.name!r} produced {arr.shape}/{arr.nbytes} bytes, announced {e.shape}/{e.nbytes}")
+            _write_chunk(f, arr)
+            done += e.nbytes
+            if progress is not None:
+                progress(done, total)
     return os.path.getsize(path)

@@ -29,6 +29,7 @@ import struct
 import tempfile
 from typing import Any, Callable
 
+from .atomic import atomic_output, current_umask
 from .formats import ModelWriter
 from .safetensors_io import Entry, _header_bytes, _write_chunk
 from .tensors import INDEX_NAME, SINGLE_NAME
@@ -231,7 +232,7 @@ class ShardWriter:
                 self.current = _Shard(self.folder, 1)
             self._finish_current()
         n = len(self.done)
-        mode = 0o666 & ~_umask()
+        mode = 0o666 & ~current_umask()
         for s in self.done:
             os.chmod(s.path, mode)
         if self.max is None or n == 1:
@@ -302,26 +303,9 @@ class ShardedModelWriter(ModelWriter):
 
 def write_json_atomic(path: str, obj: Any) -> None:
     """``obj`` as JSON into ``path`` through a temporary file renamed into place."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix="." + os.path.basename(path) + ".",
-                               suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    m = os.umask(0)
-    os.umask(m)
-    return m
+    with atomic_output(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
 
 
 __all__ = ["ShardWriter", "ShardedModelWriter", "parse_size", "check_fits", "stale_weight_files", "write_json_atomic", "SHARD_PATTERN"]

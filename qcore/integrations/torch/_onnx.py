@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 import warnings
 from typing import Any
 
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ...model.atomic import atomic_output
 from ...quantization.forms import Affine
 from ...tensor import QTensor
 from ._modules import QConv2d, QLinear
@@ -464,15 +464,8 @@ def export_onnx(model: nn.Module, example_inputs, path, standard: bool = False, 
         warnings.warn(f"export_onnx: {len(floats)} layer(s) stay float32 ({cost / 2**20:.2f} MiB): "
                       + "; ".join(f"{n}: {why}" for n, why, _ in floats[:5]) + (" ..." if len(floats) > 5 else ""),
                       ONNXExportWarning, stacklevel=2)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(out) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(proto.SerializeToString())
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_output(out) as f:
+        f.write(proto.SerializeToString())
     return {"path": out, "file_size": os.path.getsize(out), "layers": kinds, "opset": _opset_of(proto),
             "embeddings": {n: qt for n, (m, qt) in found.items() if isinstance(m, nn.Embedding)}}
 

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from ...errors import FormatError
+from ..atomic import atomic_output
 
 MAGIC = b"GGUF"
 VERSION = 3
@@ -309,32 +309,17 @@ def write_gguf(path: str | os.PathLike, metadata: list[tuple], tensors: list[Out
     Tensors are produced and written one at a time (streaming); ``progress(done, total)`` in bytes."""
     p = os.fspath(path)
     head = header_bytes(metadata, tensors, alignment)
-    folder = os.path.dirname(os.path.abspath(p))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(p) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(head)
-            total = sum(t.nbytes for t in tensors)
-            done = 0
-            for t in tensors:
-                data = np.ascontiguousarray(t.produce(), dtype=np.uint8).reshape(-1)
-                if data.size != t.nbytes:
-                    raise RuntimeError(f"tensor {t.name!r} produced {data.size} bytes, announced {t.nbytes}")
-                f.write(memoryview(data))
-                f.write(b"\0" * (-t.nbytes % alignment))
-                done += t.nbytes
-                if progress is not None:
-                    progress(done, total)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_output(p) as f:
+        f.write(head)
+        total = sum(t.nbytes for t in tensors)
+        done = 0
+        for t in tensors:
+            data = np.ascontiguousarray(t.produce(), dtype=np.uint8).reshape(-1)
+            if data.size != t.nbytes:
+                raise RuntimeError(f"tensor {t.name!r} produced {data.size} bytes, announced {t.nbytes}")
+            f.write(memoryview(data))
+            f.write(b"\0" * (-t.nbytes % alignment))
+            done += t.nbytes
+            if progress is not None:
+                progress(done, total)
     return os.path.getsize(p)
