@@ -41,8 +41,7 @@ class HistogramOps(KernelBase):
         out = self._hist_out(out, C)
         lo = self._per_channel(lo, C, "lo", np.float64)
         width = self._per_channel(width, C, "width", np.float64)
-        if not (np.isfinite(lo).all() and np.isfinite(width).all() and (width > 0).all()):
-            raise ValueError("lo must be finite and width finite and > 0")
+        _check_range(lo, width)
         if x.size:
             self._histogram(x3, lo, width, out)
         return out
@@ -53,9 +52,7 @@ class HistogramOps(KernelBase):
         NaN/Inf raise ``qcore.InputError`` with ``out`` untouched."""
         x = as_float32(x, check_finite=False).reshape(-1)
         out = self._hist_out(out, 1)
-        lo, width = float(lo), float(width)
-        if not (np.isfinite(lo) and np.isfinite(width) and width > 0):
-            raise ValueError("lo must be finite and width finite and > 0")
+        lo, width = _check_range(float(lo), float(width))
         if x.size == 0:
             raise ValueError("minmax_histogram of an empty array is undefined")
         mn, mx, finite, added = self._minmax_histogram(x, lo, width, out)
@@ -71,9 +68,7 @@ class HistogramOps(KernelBase):
         ``capacity`` values fall outside.  NaN/Inf raise ``qcore.InputError`` with ``out`` untouched."""
         x = as_float32(x, check_finite=False).reshape(-1)
         out = self._hist_out(out, 1)
-        lo, width = float(lo), float(width)
-        if not (np.isfinite(lo) and np.isfinite(width) and width > 0):
-            raise ValueError("lo must be finite and width finite and > 0")
+        lo, width = _check_range(float(lo), float(width))
         if x.size == 0:
             raise ValueError("minmax_histogram_spill of an empty array is undefined")
         capacity = check_int(capacity, "capacity", 0, 1 << 40)
@@ -289,3 +284,10 @@ def histogram_kl(hist, start, end, levels):
                 kl += float(np.sum(pp * np.log(pp / qv)))
             out[c, k] = kl
     return out
+
+
+def _check_range(lo, width):
+    """``(lo, width)`` of a histogram (scalars or per-channel arrays), refused unless finite with ``width > 0``."""
+    if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(width)) and np.all(np.greater(width, 0))):
+        raise ValueError("lo must be finite and width finite and > 0")
+    return lo, width
