@@ -29,7 +29,7 @@ from typing import ClassVar
 import numpy as np
 
 from .. import isa as _isa
-from ..validation import normalize_axis
+from ..validation import as_float32, normalize_axis
 from .memory import new_array
 
 
@@ -116,6 +116,19 @@ class KernelBase:
         """The error for a packed object that another kernel (or nothing) made."""
         return TypeError(f"{what} must come from kernel {self.name!r} (its packed objects are valid only for the "
                          f"kernel that made them), got {type(obj).__name__}")
+
+
+def linear_operands(x, n: int, k: int, bias):
+    """The checked operands of a ``y = x @ W.T + bias`` call on an (N, K) weight: ``x`` float32 (M, K) (NaN/Inf
+    are left for the kernel to refuse), ``bias`` None or contiguous float32 (N,)."""
+    x = as_float32(x, "x", check_finite=False)
+    if x.ndim != 2 or x.shape[1] != k:
+        raise ValueError(f"x must have shape (M, {k}), got {x.shape}")
+    if bias is not None:
+        bias = np.ascontiguousarray(np.asarray(bias, dtype=np.float32))
+        if bias.shape != (n,):
+            raise ValueError(f"bias must have shape ({n},), got {bias.shape}")
+    return x, bias
 
 
 def rows_of(arr3):

@@ -20,8 +20,8 @@ import operator
 
 import numpy as np
 
-from ..validation import as_float32, non_finite_error
-from .core import KernelBase
+from ..validation import non_finite_error
+from .core import KernelBase, linear_operands
 
 _INT32_MAX = (1 << 31) - 1
 _RANGE = {np.dtype(np.uint8): (0, 255), np.dtype(np.int8): (-128, 127)}
@@ -132,14 +132,8 @@ class Int8GemmOps(KernelBase):
     def int8_linear(self, x, weight, bias=None) -> np.ndarray:
         """``y = x @ W.T + bias`` (float32 (M, N)) with the activations quantized per row (module doc);
         NaN/Inf in ``x`` raise :class:`qcore.InputError`."""
-        x = as_float32(x, "x", check_finite=False)
         n, k, _ = self.int8_shape(weight)
-        if x.ndim != 2 or x.shape[1] != k:
-            raise ValueError(f"x must have shape (M, {k}), got {x.shape}")
-        if bias is not None:
-            bias = np.ascontiguousarray(np.asarray(bias, dtype=np.float32))
-            if bias.shape != (n,):
-                raise ValueError(f"bias must have shape ({n},), got {bias.shape}")
+        x, bias = linear_operands(x, n, k, bias)
         if x.shape[0] == 0:
             return np.zeros((0, n), np.float32)
         return self._int8_linear(x, weight, bias)

@@ -22,8 +22,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..validation import as_float32, check_int, non_finite_error
-from .core import KernelBase, packed_size
+from ..validation import check_int, non_finite_error
+from .core import KernelBase, linear_operands, packed_size
 
 
 class LowbitOps(KernelBase):
@@ -148,17 +148,10 @@ class LowbitOps(KernelBase):
 
         ``x``: float32 (M, K) (converted and made contiguous); NaN/Inf raise :class:`qcore.InputError`.
         """
-        x = as_float32(x, "x", check_finite=False)
         n, k = self._lowbit_shape(packed)
-        if x.ndim != 2 or x.shape[1] != k:
-            raise ValueError(f"x must have shape (M, {k}), got {x.shape}")
-        if bias is not None:
-            bias = np.ascontiguousarray(np.asarray(bias, dtype=np.float32))
-            if bias.shape != (n,):
-                raise ValueError(f"bias must have shape ({n},), got {bias.shape}")
+        x, bias = linear_operands(x, n, k, bias)
         if x.shape[0] == 0:
-            out = np.zeros((0, n), np.float32)
-            return out
+            return np.zeros((0, n), np.float32)
         return self._lowbit_linear(x, packed, bias)
 
     # -- the reference (a kernel overrides what it accelerates) ------------------------------------------
