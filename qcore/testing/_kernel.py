@@ -447,6 +447,25 @@ def check_kernel_int8_gemm(obj):
         raise AssertionError("int8_linear accepted an object its kernel did not pack (expected TypeError)")
 
 
+def _conv_weight_operands(kern, wt, groups, cin, cp, za, mult, bias):
+    """A convolution's weight operands for ``kern``: ``(packed, grouped weight, padded dense weight or None,
+    zero-point column correction, multipliers, bias)``, the last three over the kernel's padded columns."""
+    n, taps, _ = wt.shape
+    full = None
+    if groups == 1:
+        full = np.zeros((n, taps, cp), np.int8)
+        full[..., :cin] = wt
+        packed, wg = kern.conv_pack(full.reshape(n, -1)), None
+        np_, cs = kern.conv_columns(packed)
+    else:
+        packed, wg = None, wt
+        np_, cs = n, wt.astype(np.int64).sum(axis=(1, 2))
+    zc = (np.int64(za) * np.asarray(cs, np.int64)[:np_]).astype(np.int32)
+    m, bi = np.zeros(np_, np.float32), np.zeros(np_, np.float32)
+    m[:n], bi[:n] = mult[:n], bias[:n]
+    return packed, wg, full, zc, m, bi
+
+
 def _conv_case(rng, k, ref, groups, stride, pad, dil, mode, clamp, nchw, opad, crop=None):
     b, cin, h, w, n, kh, kw = 2, 6 if groups > 1 else 5, 9, 8, 12 if groups > 1 else 7, 3, 2
     cp = (cin + 3) // 4 * 4
@@ -465,17 +484,7 @@ def _conv_case(rng, k, ref, groups, stride, pad, dil, mode, clamp, nchw, opad, c
     zo = 7 if mode == 2 else 0
     results = []
     for kern in (k, ref):
-        if groups == 1:
-            full = np.zeros((n, kh * kw, cp), np.int8)
-            full[..., :cin] = wt
-            packed, wg = kern.conv_pack(full.reshape(n, -1)), None
-            np_, cs = kern.conv_columns(packed)
-        else:
-            packed, wg = None, wt
-            np_, cs = n, wt.astype(np.int64).sum(axis=(1, 2))
-        zc = (np.int64(za) * np.asarray(cs, np.int64)[:np_]).astype(np.int32)
-        m, bi = np.zeros(np_, np.float32), np.zeros(np_, np.float32)
-        m[:n], bi[:n] = mult[:n], bias[:n]
+        packed, wg, _, zc, m, bi = _conv_weight_operands(kern, wt, groups, cin, cp, za, mult, bias)
         cols = (n + 3) // 4 * 4 if mode == 2 else n
         if nchw:
             out = np.empty((b * n, oh * ow), np.float32)
@@ -512,20 +521,11 @@ def _prepared_case(rng, k, ref, b, cin, n, groups, ksize, stride, pad, border, r
     rspec = (int(rng.integers(0, 256)), 0.37) if residual else None
     results = []
     for kern in (k, ref):
+        packed, wg, full, zc, m, bi = _conv_weight_operands(kern, wt, groups, cin, cp, za, mult, bias)
         tapsum = None
-        if groups == 1:
-            full = np.zeros((n, kh * kw, cp), np.int8)
-            full[..., :cin] = wt
-            packed, wg = kern.conv_pack(full.reshape(n, -1)), None
-            np_, cs = kern.conv_columns(packed)
-            tapsum = np.zeros((kh * kw, np_), np.int32)
+        if full is not None:
+            tapsum = np.zeros((kh * kw, len(zc)), np.int32)
             tapsum[:, :n] = full.astype(np.int32).sum(axis=2).T
-        else:
-            packed, wg = None, wt
-            np_, cs = n, wt.astype(np.int64).sum(axis=(1, 2))
-        zc = (np.int64(za) * np.asarray(cs, np.int64)[:np_]).astype(np.int32)
-        m, bi = np.zeros(np_, np.float32), np.zeros(np_, np.float32)
-        m[:n], bi[:n] = mult[:n], bias[:n]
         call = kern.conv_prepare(codes.shape, geom, za, packed, wg, zc, m, bi, 2, (-5.0, 200.5), zo, opad, False,
                                  crop, pad, tapsum, rspec)
         out = np.empty(call.out_shape, call.out_dtype)
