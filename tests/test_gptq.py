@@ -277,3 +277,40 @@ def test_clip_search_lowers_the_output_error(aniso256):
         np.testing.assert_array_equal(again, clipped.dequantize())
     with pytest.raises(TypeError, match="clip_search"):
         qcore.gptq(w, h, clip_search="yes")
+
+
+def test_correct_for_input_shift_is_the_least_squares_weight():
+    """W' = W + W E (H + lam I)^-1 is, as lam -> 0, the least-squares fit of the float outputs x_f W^T from the
+    shifted inputs x_q (numpy's lstsq as the reference); no shift gives W back exactly."""
+    from qcore.ptq import correct_for_input_shift
+
+    rng = np.random.default_rng(0)
+    n, k, rows = 6, 10, 400
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    x_q = rng.standard_normal((rows, k))
+    x_f = x_q @ (np.eye(k) + 0.1 * rng.standard_normal((k, k)))  # a shift linear in x_q
+    h = x_q.T @ x_q / rows
+    e = (x_f - x_q).T @ x_q / rows
+    ref = np.linalg.lstsq(x_q, x_f @ w.T.astype(np.float64), rcond=None)[0].T
+    got = correct_for_input_shift(w, e, h, damp=1e-9)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    assert np.array_equal(correct_for_input_shift(w, np.zeros((k, k)), h), w)
+    # damping shrinks the correction towards W
+    mid = correct_for_input_shift(w, e, h, damp=1.0)
+    assert np.linalg.norm(mid - w) < np.linalg.norm(got - w)
+
+
+def test_correct_for_input_shift_bad_input():
+    from qcore.ptq import correct_for_input_shift
+
+    w, h = np.ones((2, 3), np.float32), np.eye(3)
+    with pytest.raises(ValueError, match="shift"):
+        correct_for_input_shift(w, np.zeros((2, 2)), h)
+    with pytest.raises(ValueError, match="hessian"):
+        correct_for_input_shift(w, np.zeros((3, 3)), np.eye(2))
+    with pytest.raises(qcore.InputError):
+        correct_for_input_shift(w, np.full((3, 3), np.nan), h)
+    with pytest.raises(ValueError, match="damp"):
+        correct_for_input_shift(w, np.zeros((3, 3)), h, damp=0)
+    with pytest.raises(TypeError, match="float"):
+        correct_for_input_shift(w, np.zeros((3, 3), np.int64), h)

@@ -79,8 +79,21 @@ def test_gptq_beats_rtn_and_leaves_the_model_alone():
     assert out_err(g, net) < 0.6 * out_err(r, net)
 
 
-def manual_sequential(net, bits, opts):
-    """Layer by layer in execution order; layers fed the same tensor (a, b) share one Hessian."""
+def inputs_of(model, name):
+    """Every calibration input row of ``model``'s layer ``name``, float64."""
+    xs = []
+    hd = model.get_submodule(name).register_forward_pre_hook(
+        lambda m, a: xs.append(a[0].detach().reshape(-1, a[0].shape[-1])))
+    with torch.no_grad():
+        calibrate(model)
+    hd.remove()
+    return torch.cat(xs).double()
+
+
+def manual_sequential(net, bits, opts, float_targets=False):
+    """Layer by layer in execution order; layers fed the same tensor (a, b) share one Hessian.  With
+    ``float_targets``, layers inside the blocks get the weight correcting their input shift against the float
+    model ``net`` (shift and Hessian from the captured inputs, by hand)."""
     model = Net().eval()
     model.load_state_dict(net.state_dict())
     q = qcore.get_quantizer("linear", bits=bits, **opts)
@@ -89,17 +102,18 @@ def manual_sequential(net, bits, opts):
         waves += [[f"blocks.{i}.a", f"blocks.{i}.b"], [f"blocks.{i}.c"]]
     waves.append(["head"])
     for wave in waves:
-        lead = model.get_submodule(wave[0])
-        xs = []
-        hd = lead.register_forward_pre_hook(lambda m, a: xs.append(a[0].detach().reshape(-1, a[0].shape[-1])))
-        with torch.no_grad():
-            calibrate(model)
-        hd.remove()
-        x = torch.cat(xs).double()
+        x = inputs_of(model, wave[0])
         h = (x.T @ x / x.shape[0]).numpy()
+        shift = None
+        if float_targets and wave[0].startswith("blocks."):
+            xf = inputs_of(net, wave[0])
+            shift = ((xf - x).T @ x / x.shape[0]).numpy()
         for name in wave:
             lin = model.get_submodule(name)
-            qt = qcore.gptq(lin.weight.detach().numpy(), h, q)
+            w = lin.weight.detach().numpy()
+            if shift is not None:
+                w = qcore.ptq.correct_for_input_shift(w, shift, h)
+            qt = qcore.gptq(w, h, q)
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, child,
                     qtorch.QLinear(lin.in_features, lin.out_features, qt, lin.bias))
@@ -112,7 +126,8 @@ def test_layers_are_quantized_in_order_on_quantized_inputs(blocks, monkeypatch):
     net = Net().eval()
     if not blocks:
         monkeypatch.setattr(ptq_mod, "_find_blocks", lambda model, targets: None)
-    g = qtorch.quantize_dynamic(net, "linear", 3, method="gptq", calibrate=calibrate, **OPTS)
+    g = qtorch.quantize_dynamic(net, "linear", 3, method="gptq", calibrate=calibrate,
+                                gptq_options={"float_targets": False}, **OPTS)
     ref = manual_sequential(net, 3, OPTS)
     for name, mod in ref.named_modules():
         if isinstance(mod, qtorch.QLinear):
@@ -120,6 +135,25 @@ def test_layers_are_quantized_in_order_on_quantized_inputs(blocks, monkeypatch):
             assert np.mean(got.codes == mod.weight.codes) > 0.995, name  # float32 sums in another order
     with torch.no_grad():
         np.testing.assert_allclose(g(HELD).numpy(), ref(HELD).numpy(), atol=2e-3)
+
+
+def test_float_targets_equal_the_manual_correction_and_beat_plain_gptq():
+    """The default: block layers fitted to the float model's outputs, equal to correcting each layer's weight by
+    hand from captured float and quantized inputs; closer to the float model on held-out inputs."""
+    net = Net().eval()
+    g = qtorch.quantize_dynamic(net, "linear", 3, method="gptq", calibrate=calibrate, **OPTS)
+    ref = manual_sequential(net, 3, OPTS, float_targets=True)
+    plain = qtorch.quantize_dynamic(net, "linear", 3, method="gptq", calibrate=calibrate,
+                                    gptq_options={"float_targets": False}, **OPTS)
+    for name, mod in ref.named_modules():
+        if isinstance(mod, qtorch.QLinear):
+            got = g.get_submodule(name).weight
+            assert np.mean(got.codes == mod.weight.codes) > 0.995, name  # float32 sums in another order
+    with torch.no_grad():
+        np.testing.assert_allclose(g(HELD).numpy(), ref(HELD).numpy(), atol=2e-3)
+    assert out_err(g, net) < out_err(plain, net)
+    # layers outside the blocks (inp before them: its inputs are the float model's) are not corrected
+    assert np.array_equal(g.inp.weight.codes, plain.inp.weight.codes)
 
 
 def test_calls_of_calibrate():
@@ -131,8 +165,12 @@ def test_calls_of_calibrate():
         runs.append(1)
         calibrate(model)
 
-    qtorch.quantize_dynamic(net, "linear", 4, method="gptq", calibrate=fn, **OPTS)
+    qtorch.quantize_dynamic(net, "linear", 4, method="gptq", calibrate=fn, gptq_options={"float_targets": False},
+                            **OPTS)
     assert len(runs) == 3  # inp (before the blocks), capture, head
+    runs.clear()
+    qtorch.quantize_dynamic(net, "linear", 4, method="gptq", calibrate=fn, **OPTS)
+    assert len(runs) == 4  # float targets: the float inputs of the blocks are captured before inp changes
 
 
 class WithUnused(nn.Module):
@@ -160,6 +198,9 @@ def test_bad_arguments():
         qtorch.quantize_dynamic(net, "linear", 4, method="awq", calibrate=calibrate)
     with pytest.raises(TypeError, match="gptq_options"):
         qtorch.quantize_dynamic(net, "linear", 4, method="gptq", calibrate=calibrate, gptq_options={"nope": 1})
+    with pytest.raises(TypeError, match="float_targets"):
+        qtorch.quantize_dynamic(net, "linear", 4, method="gptq", calibrate=calibrate,
+                                gptq_options={"float_targets": "yes"})
 
 
 def test_collect_hessians(tmp_path):
@@ -360,3 +401,35 @@ def test_calibration_too_small_to_split_warns_and_scores_in_sample():
         g = qtorch.quantize_dynamic(net, "mixed", 8, calibrate=one, **MIXED)
     assert g.qcore_plan and not any(r["held_out"] for r in g.qcore_plan)
     assert _bits(g) <= 4.0
+
+
+class Chain(nn.Module):
+    """Blocks of one bias-free Linear: block 1's input shift is a linear function of its quantized input."""
+
+    def __init__(self, d=16, n=2):
+        super().__init__()
+        torch.manual_seed(0)
+        self.blocks = nn.ModuleList([nn.Sequential(nn.Linear(d, d, bias=False)) for _ in range(n)])
+
+    def forward(self, x):
+        for b in self.blocks:
+            x = b(x)
+        return x
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_float_targets_undo_the_earlier_layers_error_on_held_out_inputs(bits):
+    """Fitted to the float model's outputs, the second layer absorbs most of what the first layer's rounding
+    did; fitted to its own outputs it cannot (held-out inputs of the calibration's distribution)."""
+    net = Chain().eval()
+    g = torch.Generator().manual_seed(1)
+    cal, held = torch.randn(2048, 16, generator=g), torch.randn(512, 16, generator=g)
+
+    def err(model):
+        with torch.no_grad():
+            return float(((model(held) - net(held)) ** 2).mean())
+
+    on, off = (qtorch.quantize_dynamic(net, "linear", bits, method="gptq", calibrate=cal, progress=False,
+                                       gptq_options={"float_targets": ft}) for ft in (True, False))
+    assert np.array_equal(on.blocks[0][0].weight.codes, off.blocks[0][0].weight.codes)  # nothing before it
+    assert err(on) < 0.85 * err(off)

@@ -428,6 +428,46 @@ DEFAULT_DAMP = 0.4
 DEFAULT_CLIP_SEARCH = True
 
 
+def correct_for_input_shift(w, shift, hessian, damp: float = DEFAULT_DAMP) -> np.ndarray:
+    """The weight that makes a layer fed *quantized-model* inputs reproduce the *float model's* outputs.
+
+    In a model quantized layer by layer, a layer's inputs ``x_q`` (from the partly quantized model) differ from
+    the float model's ``x_f``.  GPTQ fitted on ``H = mean(x_q x_q^T)`` reproduces ``W x_q``; the float model
+    computes ``W x_f``.  The least-squares weight for that target is ``W mean(x_f x_q^T) H^-1
+    = W + W E H^-1`` with the *input shift* ``E = mean((x_f - x_q) x_q^T)``; damped like GPTQ's own
+    inverse (``lam = damp * mean(diag H)``, so directions the calibration hardly excites are left alone)::
+
+        W' = W + W E (H + lam I)^-1
+
+    GPTQ then quantizes ``W'`` on ``H`` (the "asymmetric calibration" of GPTAQ, Li et al. 2025, done as one
+    correction before the sweep).  ``E = 0`` (unchanged inputs) gives ``W`` back exactly.
+
+    :param w: ``(N, K)`` float weight
+    :param shift: ``(K, K)`` ``mean((x_f - x_q) x_q^T)`` over the calibration rows
+    :param hessian: ``(K, K)`` ``mean(x_q x_q^T)`` over the same rows
+    :returns: float32 ``(N, K)``
+    """
+    wa = _float_matrix(w, "w", "(N, K)")
+    e = _float_matrix(shift, "shift", "(K, K)")
+    h = check_hessian(hessian, wa.shape[1])
+    if e.shape != h.shape:
+        raise ValueError(f"shift must be ({h.shape[0]}, {h.shape[0]}) like the Hessian, got {e.shape}")
+    if not isinstance(damp, (int, float, np.floating)) or isinstance(damp, bool) or not damp > 0 \
+            or not math.isfinite(damp):
+        raise ValueError(f"damp must be a finite number > 0, got {damp!r}")
+    k = h.shape[0]
+    mean_diag = float(np.mean(np.diag(h))) if k else 0.0
+    if mean_diag <= 0 or not np.any(e):
+        return np.array(wa, np.float32)
+    from scipy.linalg import cho_factor, cho_solve
+
+    a = np.array(h, np.float64)
+    a[np.arange(k), np.arange(k)] += float(damp) * mean_diag
+    r_t = cho_solve(cho_factor(a, lower=True), np.asarray(e, np.float64).T)  # (H + lam)^-1 E^T = R^T
+    w64 = np.asarray(wa, np.float64)
+    return (w64 + w64 @ r_t.T).astype(np.float32)
+
+
 def gptq(w, hessian, scheme="linear", *, block_size: int = 128, damp: float = DEFAULT_DAMP, act_order: bool = True,
          clip_search: bool = DEFAULT_CLIP_SEARCH, **options: Any) -> QTensor:
     """Quantize the weight ``w`` (``(N, K)``, torch ``Linear`` layout) minimising the output error on the

@@ -47,7 +47,9 @@ def quantize_dynamic(module: nn.Module, scheme: str = "linear", bits: int | None
         tensors, a list of strings for a sentence-transformers model, a list of batches); or a list of such
         sources ``[fn1, fn2, ...]``, mixed with equal weight in every layer's statistics whatever their sizes
     :param gptq_options: ``block_size``, ``damp``, ``act_order``, ``clip_search`` for :func:`qcore.gptq`
-        (``clip_search`` also applies to ``awq=True`` with ``method="rtn"``)
+        (``clip_search`` also applies to ``awq=True`` with ``method="rtn"``), and ``float_targets`` (default
+        True: layers in repeated blocks fitted to the float model's outputs, see
+        :func:`qcore.ptq.correct_for_input_shift`)
     :param awq: activation-aware scaling (``qcore.ptq.awq``; needs ``calibrate``): each layer's weight is
         quantized as ``Q(W * s)`` with a per-input-channel ``s`` chosen on its calibration inputs, the layer
         becoming :class:`AWQLinear` (input divided by ``s``); with ``method="gptq"`` the scaled weight is
@@ -80,16 +82,16 @@ def quantize_dynamic(module: nn.Module, scheme: str = "linear", bits: int | None
     if calibrate is not None and _is_planner(scheme):
         if awq:
             raise TypeError("awq=True is not available with a planner scheme such as 'mixed'")
-        from ._ptq import check_gptq_options
+        from ._ptq import check_gptq_options, split_float_targets
         from ._ptq_mixed import quantize_mixed
 
-        gopts = check_gptq_options(gptq_options)
+        gopts, float_targets = split_float_targets(check_gptq_options(gptq_options))
         if gopts:
             if "gptq_options" not in scheme_class(scheme).options:
                 raise TypeError(f"planner {scheme!r} takes no gptq_options")
             wopts = {**wopts, "gptq_options": gopts}
         return quantize_mixed(model, qcore.get_quantizer(scheme, **wopts), calibrate, method=method,
-                              include=include, exclude=exclude, progress=progress)
+                              include=include, exclude=exclude, progress=progress, float_targets=float_targets)
     if method == "gptq" or awq:
         from ._ptq import quantize_calibrated
 

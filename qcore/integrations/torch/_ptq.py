@@ -26,6 +26,7 @@ folds, to a Hessian file (:mod:`qcore.ptq.hessian`) — the ``--hessians`` file 
 """
 from __future__ import annotations
 
+import copy
 import os
 import sys
 import warnings
@@ -36,6 +37,7 @@ import torch
 from torch import nn
 
 import qcore
+from qcore.ptq.gptq import DEFAULT_DAMP, correct_for_input_shift
 from qcore.ptq.hessian import DEFAULT_FOLDS, HessianAccumulator, HessianFolds, save_hessians
 
 from .._common import name_selected
@@ -161,6 +163,34 @@ def _main_output(out):
     return None
 
 
+def _input_of(block: nn.Module, name: str, args, kwargs) -> torch.Tensor:
+    """The input of ``block``'s submodule ``name`` when ``block(*args, **kwargs)`` runs (stopped right there)."""
+    seen = []
+
+    def hook(mod, a):
+        seen.append(a[0])
+        raise _StopForward
+
+    handle = block.get_submodule(name).register_forward_pre_hook(hook)
+    try:
+        block(*args, **kwargs)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    if not seen:
+        raise RuntimeError(f"float targets: layer {name!r} did not run in the float copy of its block")
+    return seen[0]
+
+
+def _with_weight(lin: nn.Linear, w: np.ndarray) -> nn.Linear:
+    """A stand-in for ``lin`` with weight ``w`` (its bias shared): the layer the quantizer fits, ``lin`` untouched."""
+    out = nn.Linear(lin.in_features, lin.out_features, bias=False, device="meta")
+    out.weight = nn.Parameter(torch.from_numpy(w).to(lin.weight.dtype), requires_grad=False)
+    out.bias = lin.bias
+    return out
+
+
 def _find_blocks(model: nn.Module, targets: dict[str, nn.Linear]):
     """``(list_name, [(block_name, block)])`` of the ModuleList holding most target layers (or None)."""
     best, best_n = None, 1
@@ -179,11 +209,39 @@ def _find_blocks(model: nn.Module, targets: dict[str, nn.Linear]):
     return name, [(f"{prefix}{i}", blk) for i, blk in enumerate(ml)]
 
 
+class _InputShift:
+    """Streaming ``E = mean((x_f - x_q) x_q^T)`` of one wave: float-model inputs ``x_f`` against the partly
+    quantized model's ``x_q`` of the same calibration rows (:func:`qcore.ptq.correct_for_input_shift`).  Every
+    calibration source weighs the same, as in :class:`qcore.ptq.HessianAccumulator`."""
+
+    def __init__(self):
+        self.sums: dict[int, torch.Tensor] = {}
+        self.counts: dict[int, int] = {}
+
+    def update(self, x_f: torch.Tensor, x_q: torch.Tensor, source: int) -> None:
+        if x_f.shape != x_q.shape:
+            raise ValueError(f"float-model and quantized-model inputs differ in shape: {tuple(x_f.shape)} vs "
+                             f"{tuple(x_q.shape)} (a calibration forward that is not deterministic?)")
+        xq = x_q.detach().reshape(-1, x_q.shape[-1]).float()
+        d = x_f.detach().reshape(-1, x_f.shape[-1]).float() - xq
+        if source not in self.sums:
+            self.sums[source] = torch.zeros(xq.shape[1], xq.shape[1], dtype=torch.float32)
+            self.counts[source] = 0
+        self.sums[source].addmm_(d.T, xq)
+        self.counts[source] += xq.shape[0]
+
+    def value(self) -> np.ndarray | None:
+        means = [self.sums[s].double().numpy() / self.counts[s] for s in sorted(self.sums) if self.counts[s]]
+        return sum(means) / len(means) if means else None
+
+
 class _Layerwise:
     """The sequential GPTQ driver (see the module docstring)."""
 
-    def __init__(self, model, targets, quantize_layer, calibrate, progress):
+    def __init__(self, model, targets, quantize_layer, calibrate, progress, float_targets: float | None = None):
         self.model = model
+        # None: each layer fitted to its own outputs on quantized inputs; a damping: to the float model's outputs
+        self.float_targets = float_targets
         self.targets = dict(targets)  # name -> nn.Linear, not yet quantized
         self.quantize_layer = quantize_layer  # (name, linear, H or None) -> new module
         self.calibrate = Sources(calibrate)
@@ -196,7 +254,8 @@ class _Layerwise:
                     self.parent[full] = (parent, cname)
 
     # -- bookkeeping ------------------------------------------------------------------------------------
-    def _replace(self, names: Iterable[str], hess: dict[str, HessianAccumulator]) -> None:
+    def _replace(self, names: Iterable[str], hess: dict[str, HessianAccumulator], shift: _InputShift | None = None):
+        e = shift.value() if shift is not None else None
         for name in names:
             lin = self.targets.pop(name)
             h = hess.get(name)
@@ -205,7 +264,10 @@ class _Layerwise:
                               stacklevel=4)
                 new = self.quantize_layer(name, lin, None, None)
             else:
-                new = self.quantize_layer(name, lin, h.value(), h.abs_mean())
+                hv = h.value()
+                fit = lin if e is None else _with_weight(lin, correct_for_input_shift(
+                    lin.weight.detach().float().cpu().numpy(), e, hv, damp=self.float_targets))
+                new = self.quantize_layer(name, fit, hv, h.abs_mean())
             if name == "":
                 self.model = new
             else:
@@ -241,6 +303,7 @@ class _Layerwise:
                 if name in wave:
                     if name == wave[0]:
                         state["shared"].update(x, source=self.calibrate.current)
+                        state["x"] = x
                     state["seen"].add(name)
                     if stop_after_wave and state["calls"] > 0 and len(state["seen"]) == len(wave):
                         raise _StopForward
@@ -340,27 +403,44 @@ class _Layerwise:
         first_block = min((order[n] for i in inside for n in inside[i] if n in order), default=None)
         before = [n for n in self.targets if not any(n in v for v in inside.values())
                   and n in order and first_block is not None and order[n] < first_block]
+        hidden_f = None
         if before:
+            if self.float_targets is not None:  # the float model's inputs of block 0, before those layers change
+                calls_f, ok = self._capture(blocks)
+                hidden_f = [_get_hidden(slot, a, k) for slot, a, k in calls_f[0]] if ok else None
             self.run_waves_with_calibrate(sorted(before, key=order.get))
         calls, ok = self._capture(blocks)
         if not ok:
             return False
         hidden = [_get_hidden(slot, a, k) for slot, a, k in calls[0]]
+        # float targets: the float model's block inputs travel beside the quantized ones, through a float copy
+        # of each block taken before any of its layers is replaced (one block's copy at a time)
+        if self.float_targets is None:
+            hidden_f = None
+        elif hidden_f is None or [h.shape for h in hidden_f] != [h.shape for h in hidden]:
+            hidden_f = list(hidden)
         for i, (bname, blk) in enumerate(blocks):
             names = [n for n in inside[i] if n in self.targets]
+            float_blk = copy.deepcopy(blk) if hidden_f is not None else None
             while names:
                 state, handles = self._wave_hooks(names, stop_after_wave=True)
+                shift = _InputShift() if float_blk is not None else None
                 try:
                     with torch.no_grad():
                         for c, (slot, a, k) in enumerate(calls[i]):
                             state["calls"] = c
                             state["seen"] = set()
+                            state["x"] = None
                             self.calibrate.current = self.call_sources[c]
                             aa, kk = _with_hidden(slot, a, k, hidden[c])
                             try:
                                 blk(*aa, **kk)
                             except _StopForward:
                                 pass
+                            if shift is not None and state["x"] is not None:
+                                x_f = _input_of(float_blk, state["wave"][0][len(bname) + 1:],
+                                                *_with_hidden(slot, a, k, hidden_f[c]))
+                                shift.update(x_f, state["x"], self.call_sources[c])
                 finally:
                     self.calibrate.current = 0
                     for hd in handles:
@@ -369,7 +449,7 @@ class _Layerwise:
                 if not wave:
                     self._replace(names, {})
                     break
-                self._replace(wave, {n: state["shared"] for n in wave})
+                self._replace(wave, {n: state["shared"] for n in wave}, shift)
                 names = [n for n in names if n in self.targets]
             blk = self._module(bname)
             if i + 1 < len(blocks):
@@ -378,6 +458,12 @@ class _Layerwise:
                     for c, (slot, a, k) in enumerate(calls[i]):
                         aa, kk = _with_hidden(slot, a, k, hidden[c])
                         outs.append(_main_output(blk(*aa, **kk)))
+                    if hidden_f is not None:
+                        outs_f = []
+                        for c, (slot, a, k) in enumerate(calls[i]):
+                            aa, kk = _with_hidden(slot, a, k, hidden_f[c])
+                            outs_f.append(_main_output(float_blk(*aa, **kk)))
+                        hidden_f = outs_f
                 hidden = outs
         return True
 
@@ -389,21 +475,26 @@ class _Layerwise:
 
 
 def gptq_layers(model: nn.Module, calibrate: Callable[[nn.Module], object], quantize_layer, *,
-                include=None, exclude=None, progress: bool = True) -> nn.Module:
+                include=None, exclude=None, progress: bool = True, float_targets: float | None = None) -> nn.Module:
     """Quantize the selected ``nn.Linear`` layers of ``model`` in place, in order, with their calibration Hessians.
 
     ``quantize_layer(name, linear, H)`` returns the replacement module (``H`` is ``None`` for a layer that never
-    ran).  Returns the model.
+    ran).  ``float_targets`` (a damping, see :func:`qcore.ptq.correct_for_input_shift`): layers inside repeated
+    blocks are given the weight that reproduces the float model's outputs from their quantized-model inputs.
+    Returns the model.
     """
     calibrate = Sources(calibrate)
     targets = _targets(model, include, exclude)
     if not targets:
         warnings.warn("quantize_dynamic: no nn.Linear module was selected; the model is unchanged", stacklevel=3)
         return model
-    return _Layerwise(model, targets, quantize_layer, calibrate, progress).run()
+    return _Layerwise(model, targets, quantize_layer, calibrate, progress, float_targets).run()
 
 
-GPTQ_OPTIONS = ("block_size", "damp", "act_order", "clip_search")
+#: ``gptq_options`` keys: :func:`qcore.gptq`'s options, and ``float_targets`` (the driver's)
+GPTQ_OPTIONS = ("block_size", "damp", "act_order", "clip_search", "float_targets")
+#: fit each layer to the float model's outputs (docs/ptq.md, "Float targets"): better on every pair measured
+DEFAULT_FLOAT_TARGETS = True
 
 
 def check_gptq_options(gptq_options) -> dict:
@@ -411,7 +502,17 @@ def check_gptq_options(gptq_options) -> dict:
     unknown = set(gopts) - set(GPTQ_OPTIONS)
     if unknown:
         raise TypeError(f"unknown gptq_options {', '.join(sorted(unknown))}; they are {', '.join(GPTQ_OPTIONS)}")
+    ft = gopts.get("float_targets", DEFAULT_FLOAT_TARGETS)
+    if not isinstance(ft, (bool, np.bool_)):
+        raise TypeError(f"gptq_options['float_targets'] must be True or False, got {ft!r}")
     return gopts
+
+
+def split_float_targets(gopts: dict) -> tuple[dict, float | None]:
+    """``(options for qcore.gptq, the driver's float_targets damping or None)`` from checked ``gptq_options``."""
+    gopts = dict(gopts)
+    on = bool(gopts.pop("float_targets", DEFAULT_FLOAT_TARGETS))
+    return gopts, (float(gopts.get("damp", DEFAULT_DAMP)) if on else None)
 
 
 def quantize_calibrated(model: nn.Module, scheme: str, wopts: dict, calibrate, *, method: str = "gptq",
@@ -421,7 +522,7 @@ def quantize_calibrated(model: nn.Module, scheme: str, wopts: dict, calibrate, *
     from ._modules import QLinear
     from ._tensors import _numpy_view
 
-    gopts = check_gptq_options(gptq_options)
+    gopts, float_targets = split_float_targets(check_gptq_options(gptq_options))
     quantizer = qcore.get_quantizer(scheme, **wopts)
     if isinstance(quantizer, qcore.Planner):  # pragma: no cover - _model sends planners to _ptq_mixed
         raise TypeError("a planner goes through quantize_mixed")
@@ -444,7 +545,8 @@ def quantize_calibrated(model: nn.Module, scheme: str, wopts: dict, calibrate, *
             qt, s = awq_quantize(w, h, quantizer, act_scale=abs_mean, clip_search=bool(gopts.get("clip_search")))
         return AWQLinear(lin.in_features, lin.out_features, qt, lin.bias, s)
 
-    return gptq_layers(model, calibrate, quantize_layer, include=include, exclude=exclude, progress=progress)
+    return gptq_layers(model, calibrate, quantize_layer, include=include, exclude=exclude, progress=progress,
+                       float_targets=float_targets)
 
 
 def collect_hessians(model: nn.Module, fn: Callable[[nn.Module], object], path: str | os.PathLike | None = None, *,

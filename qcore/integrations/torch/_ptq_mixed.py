@@ -44,7 +44,7 @@ def plan_record(name: str, record: dict) -> dict:
 
 
 def quantize_mixed(model: nn.Module, planner, calibrate, *, method="rtn", include=None, exclude=None,
-                   progress=True) -> nn.Module:
+                   progress=True, float_targets: float | None = None) -> nn.Module:
     from ._modules import QLinear
     from ._tensors import _numpy_view
 
@@ -73,7 +73,8 @@ def quantize_mixed(model: nn.Module, planner, calibrate, *, method="rtn", includ
         return QLinear(lin.in_features, lin.out_features, qt, lin.bias)
 
     if method == "gptq":
-        model = gptq_layers(model, calibrate, quantize_layer, include=include, exclude=exclude, progress=progress)
+        model = gptq_layers(model, calibrate, quantize_layer, include=include, exclude=exclude, progress=progress,
+                            float_targets=float_targets)
     else:
         new = {id(lin): quantize_layer(n, lin, None) for n, lin in targets.items()}
         if isinstance(model, nn.Linear) and id(model) in new:
