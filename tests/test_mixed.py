@@ -241,8 +241,8 @@ def test_knapsack_edge_cases():
 
 def test_error_power_default_spares_the_worst_layer_for_relative_output_errors():
     """One upgrade fits the budget.  Summed errors favour B's larger gain (0.9 + 0 < 0.7 + 0.35); with relative
-    output errors (records with an energy) the default power 4 favours lifting A, the worst layer
-    (0.7^4 + 0.35^4 < 0.9^4).  Weight errors (no energy) and ``error_power=1`` keep the plain sum."""
+    output errors (records with an energy) the default power 8 favours lifting A, the worst layer
+    (0.7^8 + 0.35^8 < 0.9^8).  Weight errors (no energy) and ``error_power=1`` keep the plain sum."""
     def recs(errors, energy):
         return [{"nbytes": nb, "error": e, **({"energy": 1.0} if energy else {})} for nb, e in zip((10, 20), errors)]
 
