@@ -57,6 +57,8 @@ cdef extern from "conv_kernels.h" nogil:
         int window
         int64_t lph, lpw
         int64_t opad_h, opad_w
+        int64_t Kr
+        int dense
     int qc_sq_rows(int isa, const float *x, int64_t R, int64_t C, int64_t ldx, float inv, int32_t z, int32_t lo,
                    int32_t hi, uint8_t *q, int64_t Cp)
     int qc_sq_nchw(int isa, const float *x, int64_t C, int64_t HW, int64_t cstride, float inv, int32_t z,
@@ -99,16 +101,17 @@ def _check(a, dtype, ndim, name):
 
 def quantize_nchw(x, float inv, int z, int lo, int hi, out, isa, pad=(0, 0)):
     """Static quantization of float32 NCHW ``x`` (B, C, H, W) into uint8 NHWC ``out``
-    (B, H + 2*pad[0], W + 2*pad[1], Cp): ``q = rint(min(max(x * inv, lo - z), hi - z)) + z`` in the interior,
-    padding channels set to ``z``; the spatial border is not written (the caller fills it with ``z``).
+    (B, H + 2*pad[0] (or more), W + 2*pad[1], Cp) (any Cp >= C): ``q = rint(min(max(x * inv, lo - z), hi - z)) + z``
+    in the interior, padding channels set to ``z``; the spatial border (and any rows past H + 2*pad[0]) is not
+    written (the caller fills it with ``z``).
     Returns True if ``x`` holds NaN or Inf (``out`` is then garbage, in range)."""
     _check(x, np.float32, 4, "x")
     _check(out, np.uint8, 4, "out")
     cdef int code = _code(isa)
     cdef int64_t B = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3], Cp = out.shape[3]
     cdef int64_t ph = int(pad[0]), pw = int(pad[1])
-    if ph < 0 or pw < 0 or out.shape[:3] != (B, H + 2 * ph, W + 2 * pw) or Cp < C or Cp % 4 \
-            or not (0 <= lo <= z <= hi <= 255):
+    if ph < 0 or pw < 0 or out.shape[0] != B or out.shape[1] < H + 2 * ph or out.shape[2] != W + 2 * pw \
+            or Cp < C or not (0 <= lo <= z <= hi <= 255):
         raise ValueError("quantize_nchw: inconsistent shapes or parameters")
     if x.size == 0:
         return False
@@ -117,8 +120,9 @@ def quantize_nchw(x, float inv, int z, int lo, int hi, out, isa, pad=(0, 0)):
     cdef int64_t rows = B * H, r, b, h
     cdef uint8_t[::1] bad = np.zeros(rows, np.uint8)
     cdef int nt = qcore_omp_max_threads() if B * C * H * W >= 65536 else 1
+    cdef bint whole = ph == 0 and pw == 0 and out.shape[1] == H  # images one after another: one span per image
     with nogil:
-        if ph == 0 and pw == 0:
+        if whole:
             for b in prange(B, schedule="static", num_threads=nt):
                 bad[b] = qc_sq_nchw(code, &xv[b, 0, 0, 0], C, H * W, H * W, inv, z, lo, hi, &ov[b, 0, 0, 0], Cp)
         else:
@@ -213,7 +217,7 @@ cdef class ConvCall:
 
 
 def prepare(in_shape, geom, int za, packed, wg, zc, mult, bias, int mode, clamp, int zo, isa, opad=(0, 0),
-            bint nchw=False, crop=None, dwpack=None, lpad=(0, 0), tapsum=None, residual=None):
+            bint nchw=False, crop=None, dwpack=None, lpad=(0, 0), tapsum=None, residual=None, bint dense=False):
     """A :class:`ConvCall` for uint8 NHWC inputs of shape ``in_shape`` (B, H, W, Cp).
 
     ``geom``: (OH, OW, KH, KW, sh, sw, ph, pw, dh, dw, N, groups, Cg).  groups == 1: ``packed`` is the
@@ -228,7 +232,11 @@ def prepare(in_shape, geom, int za, packed, wg, zc, mult, bias, int mode, clamp,
     hold ``za``): taps there are skipped where the kernel can, which needs ``tapsum`` (int32 (KH*KW, Np): per
     tap the sum over its channels of each column's weights, zero past N) to correct the zero point.
     ``residual`` = (zr, mr) (uint8 output, groups == 1): :meth:`ConvCall.run` takes residual codes laid out like
-    the output, and the epilogue adds ``float32(r - zr) * mr`` after the bias, before the clamp.  ``clamp``: None, or (lo, hi) floats the output is clipped to before rounding (float
+    the output, and the epilogue adds ``float32(r - zr) * mr`` after the bias, before the clamp.  ``dense``:
+    "dense rows" input (an RGB image): pixels of ``Cp = C`` bytes, any C (e.g. 3), groups == 1, no padding
+    outside the window (``ph = pw = 0``: a crop whose border holds it), dw == 1; the packed weights are
+    (N, KH*Kr), Kr = roundup4(KW*C), each kernel row's KW*C weights ordered (kw, c) then zeros; the kernel reads
+    Kr bytes from each window row, so Kr - KW*C bytes past the last window's end must lie inside the input.  ``clamp``: None, or (lo, hi) floats the output is clipped to before rounding (float
     output: the activation's bounds, e.g. (0, inf) for ReLU; uint8 output: in code units relative to ``zo``,
     within [-zo, 255 - zo]); uint8 output without a clamp clips to [-zo, 255 - zo].  ``mode``: 0 int32,
     1 float32, 2 uint8 output.  The output array is ``(B*(OH + 2*opad[0])*(OW + 2*opad[1]), ldo)`` with
@@ -245,8 +253,12 @@ def prepare(in_shape, geom, int za, packed, wg, zc, mult, bias, int mode, clamp,
             raise ValueError("conv: crop outside the input")
     cdef int64_t OH, OW, KH, KW, sh, sw, ph, pw, dh, dw, N, groups, Cg
     OH, OW, KH, KW, sh, sw, ph, pw, dh, dw, N, groups, Cg = [int(v) for v in geom]
-    if B < 0 or min(OH, OW, KH, KW, sh, sw, dh, dw, N, groups) < 1 or ph < 0 or pw < 0 or Cp % 4 or Cp < 4:
+    if B < 0 or min(OH, OW, KH, KW, sh, sw, dh, dw, N, groups) < 1 or ph < 0 or pw < 0 or \
+            (not dense and (Cp % 4 or Cp < 4)) or Cp < 1:
         raise ValueError("conv: bad geometry")
+    cdef int64_t Kr = (KW * Cp + 3) // 4 * 4 if dense else KW * Cp
+    if dense and (groups != 1 or ph or pw or dw != 1 or dwpack is not None or tapsum is not None):
+        raise ValueError("conv: dense-rows input needs groups == 1, dw == 1 and no padding outside the window")
     # windows never start past the padded input (the unpadded fast path relies on it)
     if OH > (H + 2 * ph - dh * (KH - 1) - 1) // sh + 1 or OW > (W + 2 * pw - dw * (KW - 1) - 1) // sw + 1 \
             or H + 2 * ph < dh * (KH - 1) + 1 or W + 2 * pw < dw * (KW - 1) + 1:
@@ -261,7 +273,7 @@ def prepare(in_shape, geom, int za, packed, wg, zc, mult, bias, int mode, clamp,
     cdef ConvCall call = ConvCall.__new__(ConvCall)
     keep = []
     if groups == 1:
-        if packed is None or packed.k != T * Cp or packed.n != N:
+        if packed is None or packed.k != KH * Kr or packed.n != N:
             raise ValueError("conv: packed weights do not match the geometry")
         code = packed.isa_code
         Np = packed.np_
@@ -317,6 +329,10 @@ def prepare(in_shape, geom, int za, packed, wg, zc, mult, bias, int mode, clamp,
     cdef const uint8_t[::1] zv = zrow
     call.keep = keep
     call.off = (y0 * Wb + x0) * Cp
+    if dense and B > 0:  # the last window row's read of Kr bytes ends inside the buffer
+        if (((B - 1) * Hb + y0 + (OH - 1) * sh + (KH - 1) * dh) * Wb + x0 + (OW - 1) * sw) * Cp + Kr > B * Hb * Wb * Cp:
+            raise ValueError("conv: dense-rows input needs Kr - KW*C bytes after the last window (an extra row)")
+    call.g.Kr, call.g.dense = Kr, dense
     call.g.isa = code
     call.g.inp = NULL
     call.g.H, call.g.W, call.g.Cp = H, W, Cp
@@ -364,7 +380,7 @@ def prepare(in_shape, geom, int za, packed, wg, zc, mult, bias, int mode, clamp,
     # skip the padding where it is at least WINDOW_MIN_WASTE of the taps (position-major order costs some input
     # locality; a large image wastes little)
     call.g.window = 0
-    if call.g.lph or call.g.lpw:
+    if (call.g.lph or call.g.lpw) and not dense:
         vh = sum(sum(1 for kh in range(KH) if call.g.lph <= oh * sh + kh * dh < H - call.g.lph) for oh in range(OH))
         vw = sum(sum(1 for kw in range(KW) if call.g.lpw <= ow * sw + kw * dw < W - call.g.lpw) for ow in range(OW))
         call.g.window = 1 - (vh * vw) / float(OH * KH * OW * KW) >= WINDOW_MIN_WASTE
@@ -379,8 +395,17 @@ def prepare(in_shape, geom, int za, packed, wg, zc, mult, bias, int mode, clamp,
     # work units: blocks of MC output pixels x blocks of NC output channels; the channels are split only when
     # the pixels alone give too few units for the threads
     cdef int nthreads = qcore_omp_max_threads()
-    call.g.MC = 64
-    cdef int64_t mu = (M + 63) // 64, nc = N, step, nparts
+    # pixels per unit: at most 64 and a multiple of 8 (the register tile), the size that gives the threads' static
+    # shares the fewest pixels (7x7 images at batch 32 are 1568 pixels: 28 units of 56, 14 per thread, rather
+    # than 25 units of 64, 13 + 12)
+    cdef int64_t mc = 64, mcc, share, best = -1
+    if nthreads > 1:
+        for mcc in range(64, 31, -8):
+            share = ((M + mcc - 1) // mcc + nthreads - 1) // nthreads * mcc
+            if best < 0 or share < best:
+                best, mc = share, mcc
+    call.g.MC = mc
+    cdef int64_t mu = (M + mc - 1) // mc, nc = N, step, nparts
     if groups == 1:
         step = qc_isa_nr(code)       # whole register panels
     elif call.g.dwp != NULL:

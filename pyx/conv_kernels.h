@@ -62,6 +62,12 @@ typedef struct {
                                  the layer reads): taps there contribute 0 and may be skipped; 0: none known */
     int64_t opad_h, opad_w;   /* uint8 output into a buffer padded by (opad_h, opad_w) pixels per side (the next
                                  layer's zero padding, pre-filled with zo by the caller); 0 for float/int32 */
+    int64_t Kr;               /* bytes of the packed weights per kernel row: KW*Cp, or for "dense rows" input
+                                 (dense != 0) roundup4(KW*Cp) */
+    int dense;                /* the input's pixels hold Cp = C bytes, Cp not a multiple of 4 (an RGB image): only
+                                 one pointer per kernel row (every window inside the input, dw == 1), each row
+                                 read as Kr bytes, the last Kr - KW*Cp of them meeting zero weights (the caller
+                                 guarantees those bytes lie inside the buffer) */
 } qc_conv_args;
 
 /* -------------------------------------------------------------------------------------- static quantization */
@@ -194,6 +200,39 @@ QC_VNNI_T static int qc_sq_nchw_c4_avx512(const float *x, int64_t C, int64_t HW,
     }
     return _mm512_cmp_ps_mask(nf, nf, _CMP_UNORD_Q) != 0;
 }
+/* AVX-512 NCHW -> NHWC for Cp == C == 3 (an RGB image as "dense rows", no padding channel): the four-byte
+ * pixels of the Cp == 4 form, each 128-bit lane's four pixels packed to 12 bytes by a byte shuffle, stored by
+ * lanes (masked: nothing is written past pixel HW - 1) */
+QC_VNNI_T static int qc_sq_nchw_c3_avx512(const float *x, int64_t HW, int64_t cstride, float inv, int32_t z,
+                                          int32_t lo, int32_t hi, uint8_t *q)
+{
+    const __m512 vinv = _mm512_set1_ps(inv), flo = _mm512_set1_ps((float)(lo - z)),
+                 fhi = _mm512_set1_ps((float)(hi - z)), magic = _mm512_set1_ps(12582912.0f);
+    const __m512i off = _mm512_set1_epi32(z - 0x4B400000);
+    const __m512i pack = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, -1, -1, -1, -1));
+    __m512 nf = _mm512_setzero_ps();
+    for (int64_t p = 0; p < HW; p += 16) {
+        const int64_t n = HW - p < 16 ? HW - p : 16;
+        const __mmask16 m = n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u);
+        __m512i acc = _mm512_setzero_si512();
+        for (int c = 0; c < 3; c++) {
+            __m512 v = _mm512_maskz_loadu_ps(m, x + c * cstride + p);
+            nf = _mm512_add_ps(nf, _mm512_sub_ps(v, v));
+            __m512i code = qc_sq16_avx512(v, vinv, flo, fhi, magic, off);
+            acc = _mm512_or_si512(acc, _mm512_slli_epi32(_mm512_and_si512(code, _mm512_set1_epi32(255)), 8 * c));
+        }
+        const __m512i b = _mm512_shuffle_epi8(acc, pack);
+        uint8_t *o = q + 3 * p;
+#define QC_C3_LANE(L)                                                                                        \
+        if (n > 4 * (L)) {                                                                                   \
+            const int64_t k = n - 4 * (L) < 4 ? n - 4 * (L) : 4;                                             \
+            _mm_mask_storeu_epi8(o + 12 * (L), (__mmask16)((1u << (3 * k)) - 1u), _mm512_extracti32x4_epi32(b, L)); \
+        }
+        QC_C3_LANE(0) QC_C3_LANE(1) QC_C3_LANE(2) QC_C3_LANE(3)
+#undef QC_C3_LANE
+    }
+    return _mm512_cmp_ps_mask(nf, nf, _CMP_UNORD_Q) != 0;
+}
 #endif
 
 static int qc_sq_rows(int isa, const float *x, int64_t R, int64_t C, int64_t ldx, float inv, int32_t z, int32_t lo,
@@ -212,6 +251,7 @@ static int qc_sq_nchw(int isa, const float *x, int64_t C, int64_t HW, int64_t cs
 {
 #if QC_X86
     if (isa == QC_ISA_VNNI && Cp == 4) return qc_sq_nchw_c4_avx512(x, C, HW, cstride, inv, z, lo, hi, q);
+    if (isa == QC_ISA_VNNI && Cp == 3 && C == 3) return qc_sq_nchw_c3_avx512(x, HW, cstride, inv, z, lo, hi, q);
     if (isa != QC_ISA_PORTABLE) return qc_sq_nchw_avx2(x, C, HW, cstride, inv, z, lo, hi, q, Cp);
 #endif
     return qc_sq_nchw_portable(x, C, HW, cstride, inv, z, lo, hi, q, Cp);
@@ -758,7 +798,7 @@ static inline int64_t qc_conv_out_offset(const qc_conv_args *g, int64_t b, int64
  * image, each from its first column inside it.  Bit-identical to computing them (they add (za - za) * w = 0). */
 static int qc_conv_window_mode(const qc_conv_args *g)
 {
-    return g->window && g->groups == 1 && g->isa == QC_ISA_VNNI && g->dw == 1 && g->ph == 0 && g->pw == 0 &&
+    return g->window && !g->dense && g->groups == 1 && g->isa == QC_ISA_VNNI && g->dw == 1 && g->ph == 0 && g->pw == 0 &&
            g->tapsum && (g->lph || g->lpw) && g->M / (g->OH * g->OW) >= 8;
 }
 
@@ -835,7 +875,10 @@ static int qc_conv_unit(const qc_conv_args *g, int64_t u)
     if ((g->groups == 1 || (g->dwp && g->isa == QC_ISA_VNNI)) && qc_conv_row_taps(g, m0, rows, P)) {
         rowtaps = 1;        /* every window inside the input: one pointer per kernel row, KW*Cp contiguous bytes */
         Tk = g->KH;
-        Ck = g->KW * g->Cp;
+        Ck = g->Kr;
+    } else if (g->dense) {  /* unreachable: prepare guarantees every window inside the input */
+        if (P != stackP) free(P);
+        return 1;
     } else {
         qc_conv_taps(g, m0, rows, P);
     }

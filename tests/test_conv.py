@@ -322,3 +322,66 @@ def test_cython_kernel_passes_the_qconv2d_conformance_check(isa):
     from qcore.testing._kernel import check_kernel_qconv2d
 
     check_kernel_qconv2d(qcore.get_kernel("cython"))
+
+
+@pytest.mark.parametrize("case", [
+    (3, 64, (7, 7), (2, 2), (3, 3), (1, 1), 9, 23, 21),     # the RGB stem: 24 bytes per kernel row, not 28
+    (1, 8, (3, 3), (1, 1), (1, 1), (2, 1), 2, 6, 7),        # one channel, dilated rows
+    (6, 33, (3, 5), (1, 2), (0, 2), (1, 1), 1, 5, 9),       # 6 channels (Cp 8): 32 bytes per row, not 40
+    (3, 16, (5, 5), (2, 2), (2, 2), (1, 1), 0, 8, 8),       # an empty batch
+], ids=["stem", "c1", "c6", "empty"])
+def test_float_input_in_dense_rows_equals_the_reference(isa, case):
+    """run_float on few channels (dense_input): the codes laid out as pixels of C bytes, each kernel row read as
+    roundup4(KW*C) bytes; the same codes as quantize_input + run_codes and the int64 reference, every output."""
+    cin, n, k, stride, pad, dil, b, h, w = case
+    rng = np.random.default_rng(21)
+    wc = rng.integers(-127, 128, (n, cin) + k).astype(np.int8)
+    sw = rng.uniform(0.005, 0.02, n).astype(np.float32)
+    bias = rng.normal(size=n).astype(np.float32)
+    sa, za, so, zo = 0.03, 121, 0.05, 6
+    pc = PackedConv2d(wc, sw, bias, stride=stride, padding=pad, dilation=dil, input_scale=sa, input_zero_point=za,
+                      relu=True)
+    assert pc.dense_input
+    x = (rng.normal(size=(b, cin, h, w)) * 3).astype(np.float32)
+    racc = ref_conv_int(ref_codes(x, sa, za), za, wc, stride, pad, dil, 1)
+    np.testing.assert_array_equal(pc.run_float(x, "int32"), racc)
+    np.testing.assert_array_equal(pc.run_float(x), ref_float(racc, sa, sw, bias, True))
+    np.testing.assert_array_equal(pc(x), ref_float(racc, sa, sw, bias, True))
+    u = pc.run_float(x, "uint8", so, zo, out_padding=(1, 2))
+    np.testing.assert_array_equal(u[:, 1:u.shape[1] - 1, 2:u.shape[2] - 2, :n], ref_uint8(racc, sa, sw, bias, True, so, zo))
+    np.testing.assert_array_equal(u, pc.run_codes(pc.quantize_input(x, padded=True), "uint8", so, zo,
+                                                  padded_input=True, out_padding=(1, 2)))
+    y = pc.run_float(x, nchw=True)
+    np.testing.assert_array_equal(y, ref_float(racc, sa, sw, bias, True).transpose(0, 3, 1, 2))
+
+
+def test_dense_rows_take_only_what_fits():
+    """dense_input holds for few channels only (where a row of roundup4(KW*C) bytes is shorter); bad input to
+    run_float is refused like quantize_input's: NaN, wrong channel count; the kernel refuses dense rows without
+    the bytes after the last window."""
+    rng = np.random.default_rng(22)
+
+    def layer(c, k=3, groups=1, dilation=1):
+        return PackedConv2d(rng.integers(-127, 128, (8, c // groups, k, k)).astype(np.int8), np.ones(8), padding=1,
+                            groups=groups, dilation=dilation, input_scale=0.1)
+
+    assert layer(3, k=5).dense_input and layer(6).dense_input and layer(7, k=7).dense_input
+    assert not layer(3).dense_input  # 9 bytes a row round up to 12 = 3 * 4: nothing saved
+    assert not layer(4).dense_input and not layer(8).dense_input and not layer(7, k=1).dense_input
+    assert not layer(6, groups=2).dense_input and not layer(3, k=5, dilation=2).dense_input
+    pc = layer(3, k=5)
+    x = rng.normal(size=(2, 3, 5, 5)).astype(np.float32)
+    x[1, 2, 3, 4] = np.nan
+    with pytest.raises(qcore.InputError):
+        pc.run_float(x)
+    with pytest.raises(ValueError, match="shape"):
+        pc.run_float(np.zeros((2, 4, 5, 5), np.float32))
+    k = pc.kernel
+    packed = k.conv_pack(np.zeros((8, 3 * 12), np.int8))
+    np_, _ = k.conv_columns(packed)
+    args = (0, packed, None, np.zeros(np_, np.int32), np.ones(np_, np.float32), None, 1, None, 0)
+    k.conv_prepare((2, 8, 7, 3), (5, 5, 3, 3, 1, 1, 0, 0, 1, 1, 8, 1, 3), *args, crop=(0, 0, 7, 7), dense=True)
+    with pytest.raises(ValueError, match="after the last window"):
+        k.conv_prepare((2, 7, 7, 3), (5, 5, 3, 3, 1, 1, 0, 0, 1, 1, 8, 1, 3), *args, dense=True)
+    with pytest.raises(ValueError, match="dense rows need"):
+        k.conv_prepare((2, 8, 7, 3), (5, 5, 3, 3, 1, 1, 1, 1, 1, 1, 8, 1, 3), *args, crop=(0, 0, 7, 7), dense=True)

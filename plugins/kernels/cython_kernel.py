@@ -367,13 +367,13 @@ class CythonKernel(Kernel):
 
     # the uint8 operations between convolutions (pyx/conv.pyx, pyx/qcnn_kernels.h), at the current level's copy
     def _conv_prepare(self, in_shape, geom, za, packed, wg, zc, mult, bias, mode, clamp, zo, opad, nchw, crop, lpad,
-                      tapsum, residual):
+                      tapsum, residual, dense=False):
         n, groups, cg = geom[10], geom[11], geom[12]
         dw = None
         if groups > 1 and groups == n and cg == 1 and wg is not None:  # depthwise: weights packed for the copy
             dw = _conv.pack_depthwise(np.ascontiguousarray(wg[:, :, 0]))
         return _conv.prepare(in_shape, geom, za, packed, wg, zc, mult, bias, mode, clamp, zo, None, opad, nchw, crop,
-                             dw, lpad, tapsum, residual)
+                             dw, lpad, tapsum, residual, dense)
 
     def _conv_call(self, prepared, a, out, res):
         if _conv is None or not isinstance(prepared, _conv.ConvCall):

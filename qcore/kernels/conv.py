@@ -72,15 +72,18 @@ class ConvOps(KernelBase):
 
     def conv_quantize_nchw(self, x, inv: float, z: int, lo: int, hi: int, out, pad=(0, 0)) -> bool:
         """float32 NCHW ``x`` ``(B, C, H, W)`` to uint8 NHWC codes in the interior of ``out``
-        ``(B, H + 2*pad[0], W + 2*pad[1], Cp)`` (the spatial border is the caller's).  True if ``x`` holds NaN
-        or Inf (``out`` then holds garbage, in range)."""
+        ``(B, H + 2*pad[0], W + 2*pad[1], Cp)`` (the spatial border is the caller's; ``out`` may have more rows
+        than that after each image, also the caller's).  ``Cp >= C``: a multiple of 4, or ``C`` itself (the
+        "dense rows" input of :meth:`conv_prepare`).  True if ``x`` holds NaN or Inf (``out`` then holds
+        garbage, in range)."""
         _check(x, np.float32, 4, "x")
         _check(out, np.uint8, 4, "out")
         b, c, h, w = x.shape
         ph, pw = int(pad[0]), int(pad[1])
-        if ph < 0 or pw < 0 or out.shape[:3] != (b, h + 2 * ph, w + 2 * pw):
+        if ph < 0 or pw < 0 or out.shape[0] != b or out.shape[1] < h + 2 * ph or out.shape[2] != w + 2 * pw:
             raise ValueError("conv_quantize_nchw: inconsistent shapes")
-        _check_codes(z, lo, hi, out.shape[3], c)
+        cp = out.shape[3]
+        _check_codes(z, lo, hi, -(-c // 4) * 4 if cp == c else cp, c)  # Cp == C: dense rows
         if x.size == 0:
             return False
         return bool(self._conv_quantize_nchw(x, float(np.float32(inv)), int(z), int(lo), int(hi), out, (ph, pw)))
@@ -152,7 +155,8 @@ class ConvOps(KernelBase):
         return out
 
     def conv_prepare(self, in_shape, geom, za: int, packed, wg, zc, mult, bias, mode: int, clamp, zo: int,
-                     opad=(0, 0), nchw: bool = False, crop=None, lpad=(0, 0), tapsum=None, residual=None):
+                     opad=(0, 0), nchw: bool = False, crop=None, lpad=(0, 0), tapsum=None, residual=None,
+                     dense: bool = False):
         """The convolution of :meth:`conv_run` prepared for uint8 NHWC inputs of shape ``in_shape`` (a layer
         calls the same shapes again and again): every argument validated once; :meth:`conv_call` runs it.
 
@@ -163,14 +167,31 @@ class ConvOps(KernelBase):
         them, correcting the zero point with ``tapsum`` (int32 ``(KH*KW, np_)``: per tap, the sum over its
         channels of each column's weights; groups == 1).  ``residual = (zr, mr)`` (uint8 output, groups == 1):
         :meth:`conv_call` takes residual codes laid out like the output, and the epilogue adds
-        ``float32(r - zr) * mr`` after the bias and before the clamp."""
+        ``float32(r - zr) * mr`` after the bias and before the clamp.
+
+        ``dense=True``: "dense rows" input, for an image with few channels (RGB): pixels of ``Cp = C`` bytes (no
+        channel padding), ``packed`` from :meth:`conv_pack` of ``(N, KH * Kr)`` weights, ``Kr = roundup4(KW*C)``
+        (each kernel row's ``KW*C`` weights ordered ``(kw, c)``, then zeros), so a kernel row is one run of
+        ``Kr`` bytes: ``KH * Kr`` multiply-adds per output instead of ``KH * KW * roundup4(C)``.  It needs
+        groups == 1, dw == 1, no padding outside the window (``ph = pw = 0``: the window's border holds it, no
+        ``lpad``/``tapsum``), and ``Kr - KW*C`` bytes of the input after the last window (an extra row)."""
         shape = tuple(int(v) for v in in_shape)
-        if len(shape) != 4 or min(shape) < 0 or shape[3] % 4 or shape[3] < 4:
+        if len(shape) != 4 or min(shape) < 0 or (not dense and (shape[3] % 4 or shape[3] < 4)) or shape[3] < 1:
             raise ValueError(f"conv_prepare: in_shape must be (B, H, W, Cp) with Cp a multiple of 4, got {in_shape}")
         geom = tuple(int(v) for v in geom)
         if len(geom) != len(GEOMETRY):
             raise ValueError(f"geom must be {GEOMETRY}")
         groups = geom[11]
+        if dense:
+            kr = -(-geom[3] * shape[3] // 4) * 4
+            last = crop[0] + (geom[0] - 1) * geom[4] + (geom[2] - 1) * geom[8] if crop is not None else \
+                (geom[0] - 1) * geom[4] + (geom[2] - 1) * geom[8]
+            x0 = crop[1] if crop is not None else 0
+            if groups != 1 or geom[6] or geom[7] or geom[9] != 1 or lpad != (0, 0) or tapsum is not None:
+                raise ValueError("conv_prepare: dense rows need groups == 1, dw == 1, ph = pw = 0 and no lpad/tapsum")
+            if shape[0] and ((last * shape[2] + x0 + (geom[1] - 1) * geom[5]) * shape[3] + kr
+                             > shape[1] * shape[2] * shape[3]):
+                raise ValueError("conv_prepare: dense rows need roundup4(KW*C) - KW*C bytes after the last window")
         lpad = (int(lpad[0]), int(lpad[1]))
         if min(lpad) < 0 or (lpad != (0, 0) and (geom[6] or geom[7])):
             raise ValueError("conv_prepare: lpad is for an input window that carries the padding (ph = pw = 0)")
@@ -186,7 +207,8 @@ class ConvOps(KernelBase):
         return self._conv_prepare(shape, geom, int(za), packed, wg, zc, mult, bias, int(mode),
                                   None if clamp is None else (float(clamp[0]), float(clamp[1])), int(zo),
                                   (int(opad[0]), int(opad[1])), bool(nchw),
-                                  None if crop is None else tuple(int(v) for v in crop), lpad, tapsum, residual)
+                                  None if crop is None else tuple(int(v) for v in crop), lpad, tapsum, residual,
+                                  bool(dense))
 
     def conv_call(self, prepared, a, out, res=None):
         """Run a call of :meth:`conv_prepare` on uint8 ``a`` (of its ``in_shape``) into ``out`` (of its
@@ -291,13 +313,18 @@ class ConvOps(KernelBase):
         return not np.isfinite(x).all()
 
     def _conv_run(self, a, geom, za, packed, wg, zc, mult, bias, mode, clamp, zo, out, opad, nchw, crop,
-                  residual=None) -> None:
+                  residual=None, dense=False) -> None:
         oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, n, groups, cg = geom
         if crop is not None:
             y0, x0, h, w = crop
             a = a[:, y0:y0 + h, x0:x0 + w]
         cp = a.shape[3]
-        if groups == 1:
+        if groups == 1 and dense:  # (N, KH * roundup4(KW*C)): each kernel row's KW*C weights, then zeros
+            kr = -(-kw * cp // 4) * 4
+            if not isinstance(packed, ReferenceConvWeight) or packed.codes.shape != (n, kh * kr):
+                raise ValueError("conv_run: packed weights do not match the geometry")
+            weights = packed.codes.reshape(n, kh, kr)[:, :, :kw * cp].reshape(n, kh, kw, cp).transpose(0, 3, 1, 2)
+        elif groups == 1:
             if not isinstance(packed, ReferenceConvWeight) or packed.codes.shape != (n, kh * kw * cp):
                 raise ValueError("conv_run: packed weights do not match the geometry")
             weights = packed.codes.reshape(n, kh, kw, cp).transpose(0, 3, 1, 2)
@@ -325,9 +352,9 @@ class ConvOps(KernelBase):
             inner[..., n:] = zo
 
     def _conv_prepare(self, in_shape, geom, za, packed, wg, zc, mult, bias, mode, clamp, zo, opad, nchw, crop, lpad,
-                      tapsum, residual):
+                      tapsum, residual, dense=False):
         return ReferenceConvCall(in_shape, geom, za, packed, wg, zc, mult, bias, mode, clamp, zo, opad, nchw, crop,
-                                 residual)
+                                 residual, dense)
 
     def _conv_call(self, prepared, a, out, res):
         if not isinstance(prepared, ReferenceConvCall):
@@ -357,8 +384,10 @@ class ConvOps(KernelBase):
 class ReferenceConvCall:
     """The reference's prepared convolution: the arguments, run through the reference ``_conv_run``."""
 
-    def __init__(self, in_shape, geom, za, packed, wg, zc, mult, bias, mode, clamp, zo, opad, nchw, crop, residual):
+    def __init__(self, in_shape, geom, za, packed, wg, zc, mult, bias, mode, clamp, zo, opad, nchw, crop, residual,
+                 dense=False):
         oh, ow, n = geom[0], geom[1], geom[10]
+        self.dense = dense
         bsz = in_shape[0]
         self.in_shape, self.args = in_shape, (geom, za, packed, wg, zc, mult, bias, mode, clamp, zo)
         self.opad, self.nchw, self.crop, self.residual = opad, nchw, crop, residual
@@ -383,7 +412,7 @@ class ReferenceConvCall:
             residual = (res, self.residual[0], self.residual[1])
         if self.in_shape[0]:
             ops._conv_run(np.ascontiguousarray(a), geom, za, packed, wg, zc, mult, bias, mode, clamp, zo, out,
-                          self.opad, self.nchw, self.crop, residual)
+                          self.opad, self.nchw, self.crop, residual, self.dense)
         return out
 
 

@@ -196,6 +196,27 @@ class PackedConv2d:
             p = self._packed.setdefault(isa, self.kernel.conv_pack(self._w2d))
         return p
 
+    @property
+    def dense_input(self) -> bool:
+        """Whether :meth:`run_float` takes the "dense rows" path (the kernel's ``conv_prepare(dense=True)``): an
+        image with fewer channels than their padded count (RGB: 3 of 4), groups == 1, dilation 1 along the width,
+        where a kernel row read as ``roundup4(KW*C)`` bytes is shorter than ``KW*roundup4(C)`` (the 7x7 RGB stem:
+        24 bytes instead of 28 per kernel row)."""
+        kw, c = self.kernel_size[1], self.in_channels
+        return self.groups == 1 and self.dilation[1] == 1 and c != self.cp and roundup4(kw * c) < kw * self.cp
+
+    def _dense_packed_for(self, isa: str):
+        """The weights as ``(N, KH * roundup4(KW*C))`` (each kernel row's ``(kw, c)`` weights, then zeros), packed
+        by the kernel at level ``isa``."""
+        key = ("dense", isa)
+        p = self._packed.get(key)
+        if p is None:
+            n, (kh, kw), c = self.out_channels, self.kernel_size, self.in_channels
+            rows = np.zeros((n, kh, roundup4(kw * c)), np.int8)
+            rows[:, :, :kw * c] = self.weight_codes.transpose(0, 2, 3, 1).reshape(n, kh, kw * c)
+            p = self._packed.setdefault(key, self.kernel.conv_pack(rows.reshape(n, -1)))
+        return p
+
     def _epilogue(self, np_: int, mode: int, out_scale, out_zp):
         key = (np_, mode, out_scale, out_zp)
         e = self._epi.get(key)
@@ -234,6 +255,33 @@ class PackedConv2d:
             raise non_finite_error(x, "x")
         return out
 
+    def run_float(self, x, output: str = "float", out_scale=None, out_zero_point=0, *, out_padding=(0, 0),
+                  nchw: bool = False) -> np.ndarray:
+        """float NCHW ``x`` quantized with the layer's input parameters and convolved: the result of
+        ``run_codes(quantize_input(x, padded=True), output, ..., padded_input=True)``, bit for bit.  Where
+        :attr:`dense_input` holds, the codes are laid out as "dense rows" (pixels of C bytes, no channel padding,
+        one extra row of the zero point after each padded image so a kernel row may be read as
+        ``roundup4(KW*C)`` bytes) and each output takes ``KH * roundup4(KW*C)`` multiply-adds instead of
+        ``KH * KW * roundup4(C)``."""
+        if not self.dense_input:
+            return self.run_codes(self.quantize_input(x, padded=True), output, out_scale, out_zero_point,
+                                  padded_input=True, out_padding=out_padding, nchw=nchw)
+        x = as_float32(x, "x", check_finite=False)
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"x must have shape (B, {self.in_channels}, H, W), got {x.shape}")
+        b, c, h, w = x.shape
+        ph, pw = self.padding
+        codes = np.empty((b, h + 2 * ph + 1, w + 2 * pw, c), np.uint8)  # + 1 row: a kernel row's last read
+        codes[:, :ph] = self._za
+        codes[:, h + ph:] = self._za
+        codes[:, :, :pw] = self._za
+        codes[:, :, w + pw:] = self._za
+        if self.kernel.conv_quantize_nchw(np.ascontiguousarray(x), self._inv, self._za, self._qlo, self._qhi, codes,
+                                          (ph, pw)):
+            raise non_finite_error(x, "x")
+        return self._run(codes, output, out_scale, out_zero_point, False, out_padding, nchw, (ph, pw), None,
+                         dense=True)
+
     def quantize_rows(self, x) -> np.ndarray:
         """float ``(R, C)`` rows (NHWC pixels or Linear inputs) -> uint8 ``(R, Cp)``."""
         x = as_float32(x, "x", check_finite=False)
@@ -264,16 +312,20 @@ class PackedConv2d:
         The kernel's arguments are validated and prepared once per input shape and output form (the kernel's
         ``conv_prepare``, cached on the layer); later calls check only the arrays.
         """
+        return self._run(a, output, out_scale, out_zero_point, padded_input, out_padding, nchw, in_border, residual)
+
+    def _run(self, a, output, out_scale, out_zero_point, padded_input, out_padding, nchw, in_border, residual,
+             dense=False):
         rspec, rcodes = None, None
         if residual is not None:
             rcodes, rs, rz = residual
             rspec = (float(rs), int(rz))
         key = (self.kernel.isa, getattr(a, "shape", None), output, out_scale, out_zero_point, padded_input,
-               out_padding, nchw, in_border, rspec)
+               out_padding, nchw, in_border, rspec, dense)
         hit = self._calls.get(key)
         if hit is None:
             hit = self._calls.setdefault(key, self._prepare_call(a, output, out_scale, out_zero_point, padded_input,
-                                                                 out_padding, nchw, in_border, rspec))
+                                                                 out_padding, nchw, in_border, rspec, dense))
         call, shape = hit
         if not a.flags.c_contiguous:
             a = np.ascontiguousarray(a)
@@ -286,17 +338,19 @@ class PackedConv2d:
         return out.reshape(shape)
 
     def _prepare_call(self, a, output, out_scale, out_zero_point, padded_input, out_padding, nchw, in_border,
-                      rspec=None):
+                      rspec=None, dense=False):
         """(the kernel's prepared call, result shape) for inputs like ``a`` (all of :meth:`run_codes`'s
-        validation)."""
-        if not isinstance(a, np.ndarray) or a.dtype != np.uint8 or a.ndim != 4 or a.shape[3] != self.cp:
-            raise ValueError(f"a must be uint8 NHWC codes of shape (B, H, W, {self.cp})")
+        validation).  ``dense``: ``a`` holds :meth:`run_float`'s dense rows (C bytes per pixel, one extra row
+        after each image's border)."""
+        cp = self.in_channels if dense else self.cp
+        if not isinstance(a, np.ndarray) or a.dtype != np.uint8 or a.ndim != 4 or a.shape[3] != cp:
+            raise ValueError(f"a must be uint8 NHWC codes of shape (B, H, W, {cp})")
         bsz, hb, wb, _ = a.shape
         pad = self.padding
         if in_border is None:
             in_border = pad if padded_input else (0, 0)
         bh, bw = _pair(in_border, "in_border", 0)
-        h, w = hb - 2 * bh, wb - 2 * bw
+        h, w = hb - 2 * bh - int(dense), wb - 2 * bw
         oh, ow = self.output_size(h, w)
         if oh < 1 or ow < 1 or h < 1 or w < 1:
             raise ValueError(f"input {h}x{w} is smaller than the (dilated) kernel {self.kernel_size} with padding "
@@ -327,7 +381,12 @@ class PackedConv2d:
         n = self.out_channels
         isa = self.kernel.isa
         tapsum = None
-        if self.groups == 1:
+        if dense:  # the window carries the padding; the dense rows are read whole (no taps skipped)
+            if crop[2:] != (h + 2 * pad[0], w + 2 * pad[1]):
+                raise ValueError("dense rows need a border of at least the layer's padding")
+            packed, lpad = self._dense_packed_for(isa), (0, 0)
+            (np_, cs), wg = self.kernel.conv_columns(packed), None
+        elif self.groups == 1:
             packed = self._packed_for(isa)
             (np_, cs), wg = self.kernel.conv_columns(packed), None
             if lpad != (0, 0):  # per-tap column sums: skipping the taps in the padding corrects the zero point
@@ -355,7 +414,7 @@ class PackedConv2d:
         geom = (oh, ow) + self.kernel_size + self.stride + kpad + self.dilation + (
             n, self.groups, self.in_channels // self.groups)
         call = self.kernel.conv_prepare(a.shape, geom, self._za, packed, wg, zc, mult, bias, mode, clamp, zo, opad,
-                                        nchw, crop, lpad, tapsum, res)
+                                        nchw, crop, lpad, tapsum, res, dense=dense)
         if nchw:
             shape = (bsz, n, oh, ow)
         else:
@@ -364,7 +423,7 @@ class PackedConv2d:
 
     def __call__(self, x) -> np.ndarray:
         """float NCHW ``(B, C, H, W)`` -> float32 NHWC ``(B, OH, OW, N)``."""
-        return self.run_codes(self.quantize_input(x, padded=True), padded_input=True)
+        return self.run_float(x)
 
     def forward_rows(self, x, output: str = "float", out_scale=None, out_zero_point=0) -> np.ndarray:
         """Linear: float ``(M, K)`` (or uint8 codes ``(M, Kp)``) -> ``(M, N)`` (uint8: ``(M, roundup4(N))``)."""

@@ -534,6 +534,44 @@ def _prepared_case(rng, k, ref, b, cin, n, groups, ksize, stride, pad, border, r
     return results
 
 
+def _dense_case(rng, k, ref, b, cin, n, ksize, stride, dil_h, pad, out_mode):
+    """``conv_prepare(dense=True)`` of both kernels: "dense rows" input (pixels of ``cin`` bytes, the padding in
+    the buffer, one extra row after each image), weights ``(N, KH * roundup4(KW*C))``; the bytes past each kernel
+    row's ``KW*C`` (the next pixel's) meet zero weights."""
+    h, w = 9, 7
+    kh, kw = ksize
+    kr = (kw * cin + 3) // 4 * 4
+    za, zo = int(rng.integers(0, 256)), 3
+    hp, wp = h + 2 * pad[0], w + 2 * pad[1]
+    codes = rng.integers(0, 256, (b, hp + 1, wp, cin)).astype(np.uint8)  # border and extra row: any values
+    codes[:, :pad[0]] = za
+    codes[:, pad[0] + h:hp] = za
+    codes[:, :, :pad[1]] = za
+    codes[:, :, pad[1] + w:] = za
+    wt = rng.integers(-127, 128, (n, kh, kw * cin)).astype(np.int8)
+    rows = np.zeros((n, kh, kr), np.int8)
+    rows[:, :, :kw * cin] = wt
+    oh = (hp - dil_h * (kh - 1) - 1) // stride[0] + 1
+    ow = (wp - kw) // stride[1] + 1
+    geom = (oh, ow, kh, kw) + stride + (0, 0) + (dil_h, 1) + (n, 1, cin)
+    mult = rng.uniform(1e-4, 1e-2, n + 32).astype(np.float32)
+    bias = rng.standard_normal(n + 32).astype(np.float32)
+    results = []
+    for kern in (k, ref):
+        packed = kern.conv_pack(rows.reshape(n, -1))
+        np_, cs = kern.conv_columns(packed)
+        zc = (np.int64(za) * np.asarray(cs, np.int64)[:np_]).astype(np.int32)
+        m, bi = np.zeros(np_, np.float32), np.zeros(np_, np.float32)
+        m[:n], bi[:n] = mult[:n], bias[:n]
+        call = kern.conv_prepare(codes.shape, geom, za, packed, None, zc, m, bi, out_mode,
+                                 (-3.0, 200.5) if out_mode == 2 else None, zo if out_mode == 2 else 0,
+                                 (1, 1) if out_mode == 2 else (0, 0), False, (0, 0, hp, wp), dense=True)
+        out = np.empty(call.out_shape, call.out_dtype)
+        kern.conv_call(call, codes, out)
+        results.append(out)
+    return results
+
+
 def check_kernel_qconv2d(obj):
     """The ``qconv2d`` operations equal the reference bit for bit: input quantization (NCHW with padding, rows;
     NaN reported), the convolution with packed and grouped weights, stride, padding and dilation, an input inside
@@ -550,6 +588,12 @@ def check_kernel_qconv2d(obj):
             assert not kern.conv_quantize_nchw(x, np.float32(1 / 0.05), 9, 0, 255, o, pad)
             outs.append(o)
         _eq(outs[0], outs[1], f"conv_quantize_nchw pad={pad}")
+    outs = []
+    for kern in (k, ref):  # dense rows: pixels of C = 3 bytes, one extra row after each image
+        o = np.full((2, 5 + 2 + 1, 6 + 6, 3), 9, np.uint8)
+        assert not kern.conv_quantize_nchw(x, np.float32(1 / 0.05), 9, 0, 255, o, (1, 3))
+        outs.append(o)
+    _eq(outs[0], outs[1], "conv_quantize_nchw into dense rows (Cp = C = 3)")
     rows = (rng.standard_normal((13, 10)) * 3).astype(np.float32)
     outs = []
     for kern in (k, ref):
@@ -579,6 +623,13 @@ def check_kernel_qconv2d(obj):
         got, want = _prepared_case(rng, k, ref, b, cin, n, groups, ksize, stride, pad, border, residual)
         _eq(got, want, f"conv_prepare/conv_call batch={b} channels={cin}->{n} groups={groups} kernel={ksize} "
                        f"stride={stride} padding={pad} border={border} residual={residual}")
+    for b, cin, n, ksize, stride, dil_h, pad, mode in ((9, 3, 64, (7, 7), (2, 2), 1, (3, 3), 2),
+                                                       (2, 1, 33, (3, 3), (1, 1), 2, (2, 1), 1),
+                                                       (3, 6, 20, (3, 5), (1, 2), 1, (0, 2), 0),
+                                                       (1, 5, 40, (3, 3), (2, 1), 1, (1, 1), 2)):
+        got, want = _dense_case(rng, k, ref, b, cin, n, ksize, stride, dil_h, pad, mode)
+        _eq(got, want, f"conv_prepare(dense=True) batch={b} channels={cin}->{n} kernel={ksize} stride={stride} "
+                       f"dilation=({dil_h}, 1) padding={pad} mode={mode}")
     _check_cnn_ops(k, ref, rng)
 
 

@@ -479,6 +479,8 @@ class StaticConv2d(_StaticBase):
             if p.padding != (0, 0):
                 (ph, pw), z = p.padding, p._za
                 codes = np.pad(codes, ((0, 0), (ph, ph), (pw, pw), (0, 0)), constant_values=z)
+        elif p.dense_input:  # an RGB image: the quantized rows read densely by the convolution (run_float)
+            return self._run(_numpy_view(xd), x.device, x.dtype, None)
         else:
             codes = p.quantize_input(_numpy_view(xd), padded=True)
         return self._run(codes, x.device, x.dtype, p.padding)
@@ -521,14 +523,21 @@ class StaticConv2d(_StaticBase):
         return QuantizedActivation.of_image(codes, x.device, x.dtype)
 
     def _run(self, codes, device, dtype, border):
+        """``codes`` with a ``border`` through the layer; ``border`` None: ``codes`` is the float NCHW input
+        (:meth:`qcore.ops.PackedConv2d.run_float`)."""
         p = self.plan
         if self.output_scale is not None:
-            out = p.run_codes(codes, "uint8", self.output_scale, self.output_zero_point, in_border=border,
-                              out_padding=self.output_padding)
+            if border is None:
+                out = p.run_float(codes, "uint8", self.output_scale, self.output_zero_point,
+                                  out_padding=self.output_padding)
+            else:
+                out = p.run_codes(codes, "uint8", self.output_scale, self.output_zero_point, in_border=border,
+                                  out_padding=self.output_padding)
             return QuantizedActivation(out, self.output_scale, self.output_zero_point, self.out_channels,
                                        device=device, dtype=dtype, pad=self.output_padding,
                                        nonnegative=self.activation is not None and self.activation[0] >= 0)
-        y = torch.from_numpy(p.run_codes(codes, in_border=border, nchw=True))  # contiguous NCHW
+        y = torch.from_numpy(p.run_float(codes, nchw=True) if border is None else
+                             p.run_codes(codes, in_border=border, nchw=True))  # contiguous NCHW
         return y if (device.type == "cpu" and dtype == torch.float32) else y.to(device=device, dtype=dtype)
 
     def extra_repr(self):
