@@ -385,3 +385,49 @@ def test_dense_rows_take_only_what_fits():
         k.conv_prepare((2, 7, 7, 3), (5, 5, 3, 3, 1, 1, 0, 0, 1, 1, 8, 1, 3), *args, dense=True)
     with pytest.raises(ValueError, match="dense rows need"):
         k.conv_prepare((2, 8, 7, 3), (5, 5, 3, 3, 1, 1, 1, 1, 1, 1, 8, 1, 3), *args, crop=(0, 0, 7, 7), dense=True)
+
+
+def test_output_buffers_are_reused_only_when_nobody_holds_them(isa):
+    """A layer hands its last output array out again (no fresh multi-MB allocation per call) only once every
+    reference to it is gone: a result the caller keeps — itself, a view, a torch tensor over it — is never
+    overwritten; a reused buffer gets its border and contents rewritten (garbage planted in it is gone)."""
+    rng = np.random.default_rng(7)
+    pc = PackedConv2d(rng.integers(-127, 128, (12, 8, 3, 3)).astype(np.int8), rng.uniform(0.01, 0.02, 12),
+                      rng.normal(size=12), padding=1, input_scale=0.05, input_zero_point=3, relu=True)
+    x1, x2 = (rng.normal(size=(2, 8, 9, 7)).astype(np.float32) for _ in range(2))
+    so, zo = 0.04, 5
+    a1, a2 = pc.quantize_input(x1, padded=True), pc.quantize_input(x2, padded=True)
+    assert not np.shares_memory(a1, a2)  # a1 still held: a new buffer
+    want1 = pc.run_codes(a1, "uint8", so, zo, padded_input=True, out_padding=(1, 1)).copy()
+    want2 = pc.run_codes(a2, "uint8", so, zo, padded_input=True, out_padding=(1, 1)).copy()
+    y1 = pc.run_codes(a1, "uint8", so, zo, padded_input=True, out_padding=(1, 1))
+    view = y1[:, 1:-1]
+    y2 = pc.run_codes(a2, "uint8", so, zo, padded_input=True, out_padding=(1, 1))
+    assert not np.shares_memory(y1, y2)
+    np.testing.assert_array_equal(y1, want1)
+    np.testing.assert_array_equal(view, want1[:, 1:-1])
+    ptr = y1.ctypes.data
+    del view, y1
+    y3 = pc.run_codes(a1, "uint8", so, zo, padded_input=True, out_padding=(1, 1))
+    assert y3.ctypes.data == ptr  # nobody held y1 any more: its buffer is reused
+    np.testing.assert_array_equal(y2, want2)  # y2 held: untouched by the call that followed
+    np.testing.assert_array_equal(y3, want1)
+    base = y3.base if y3.base is not None else y3
+    base[...] = 77  # garbage in the buffer the next call will reuse
+    del y3, base
+    y4 = pc.run_codes(a1, "uint8", so, zo, padded_input=True, out_padding=(1, 1))
+    assert y4.ctypes.data == ptr
+    np.testing.assert_array_equal(y4, want1)
+    torch = pytest.importorskip("torch")
+    t = torch.from_numpy(y4)
+    del y4
+    y5 = pc.run_codes(a2, "uint8", so, zo, padded_input=True, out_padding=(1, 1))
+    np.testing.assert_array_equal(t.numpy(), want1)  # the tensor over the last result kept it alive
+    np.testing.assert_array_equal(y5, want2)
+    # the same layer after a copy or a pickle starts with no buffers and gives the same results
+    import copy
+    import pickle
+
+    for other in (copy.deepcopy(pc), pickle.loads(pickle.dumps(pc))):
+        np.testing.assert_array_equal(other.run_codes(a1, "uint8", so, zo, padded_input=True, out_padding=(1, 1)),
+                                      want1)
