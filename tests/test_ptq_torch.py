@@ -120,6 +120,16 @@ def manual_sequential(net, bits, opts, float_targets=False):
     return model
 
 
+def assert_same_quantized_model(g, ref):
+    """Every layer's codes equal (up to float32 sums in another order) and the same outputs."""
+    for name, mod in ref.named_modules():
+        if isinstance(mod, qtorch.QLinear):
+            got = g.get_submodule(name).weight
+            assert np.mean(got.codes == mod.weight.codes) > 0.995, name
+    with torch.no_grad():
+        np.testing.assert_allclose(g(HELD).numpy(), ref(HELD).numpy(), atol=2e-3)
+
+
 @pytest.mark.parametrize("blocks", [True, False])
 def test_layers_are_quantized_in_order_on_quantized_inputs(blocks, monkeypatch):
     """The block replay and the plain calibrate-per-wave path both equal the manual sequential computation."""
@@ -129,12 +139,7 @@ def test_layers_are_quantized_in_order_on_quantized_inputs(blocks, monkeypatch):
     g = qtorch.quantize_dynamic(net, "linear", 3, method="gptq", calibrate=calibrate,
                                 gptq_options={"float_targets": False}, **OPTS)
     ref = manual_sequential(net, 3, OPTS)
-    for name, mod in ref.named_modules():
-        if isinstance(mod, qtorch.QLinear):
-            got = g.get_submodule(name).weight
-            assert np.mean(got.codes == mod.weight.codes) > 0.995, name  # float32 sums in another order
-    with torch.no_grad():
-        np.testing.assert_allclose(g(HELD).numpy(), ref(HELD).numpy(), atol=2e-3)
+    assert_same_quantized_model(g, ref)
 
 
 def test_float_targets_equal_the_manual_correction_and_beat_plain_gptq():
@@ -145,12 +150,7 @@ def test_float_targets_equal_the_manual_correction_and_beat_plain_gptq():
     ref = manual_sequential(net, 3, OPTS, float_targets=True)
     plain = qtorch.quantize_dynamic(net, "linear", 3, method="gptq", calibrate=calibrate,
                                     gptq_options={"float_targets": False}, **OPTS)
-    for name, mod in ref.named_modules():
-        if isinstance(mod, qtorch.QLinear):
-            got = g.get_submodule(name).weight
-            assert np.mean(got.codes == mod.weight.codes) > 0.995, name  # float32 sums in another order
-    with torch.no_grad():
-        np.testing.assert_allclose(g(HELD).numpy(), ref(HELD).numpy(), atol=2e-3)
+    assert_same_quantized_model(g, ref)
     assert out_err(g, net) < out_err(plain, net)
     # layers outside the blocks (inp before them: its inputs are the float model's) are not corrected
     assert np.array_equal(g.inp.weight.codes, plain.inp.weight.codes)
