@@ -389,8 +389,9 @@ def test_dense_rows_take_only_what_fits():
 
 def test_output_buffers_are_reused_only_when_nobody_holds_them(isa):
     """A layer hands its last output array out again (no fresh multi-MB allocation per call) only once every
-    reference to it is gone: a result the caller keeps — itself, a view, a buffer export such as a torch tensor — is never
-    overwritten; a reused buffer gets its border and contents rewritten (garbage planted in it is gone).  Reuse
+    reference to it is gone: a result the caller keeps — itself, a view, a buffer export such as a torch
+    tensor — is never overwritten; a reused buffer gets its border and contents rewritten (garbage planted in
+    it is gone).  Reuse
     is checked by the pointer of the layer's own last buffer, never by where the allocator happens to put a new
     one (under ASan freed memory is quarantined)."""
     rng = np.random.default_rng(7)
