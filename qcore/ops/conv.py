@@ -46,9 +46,10 @@ def _pair(v, name, minimum):
 class _Buffers:
     """Arrays a layer hands out call after call, taken back once nobody holds them.
 
-    A large fresh ``np.empty`` costs page faults on first touch every call (glibc returns big blocks to the
-    system when they are freed): on ResNet-18 at batch 32 (224²) about 12 ms of a 160 ms forward, for qcore and
-    torch.ao alike.  ``get(slot, shape, dtype)`` returns the array this slot gave out last time when its only
+    Handing a layer's multi-MB activation arrays out again, instead of a fresh ``np.empty`` per call, made the
+    ResNet-18 forward at batch 32 (224²) 8-10 % faster in an A/B of one build (docs/benchmarks.md, "Buffer
+    reuse"); the fresh arrays did not page-fault after warm-up, so the gain is the reused memory being warm, not
+    the allocation itself.  ``get(slot, shape, dtype)`` returns the array this slot gave out last time when its only
     remaining references are this cache's (every consumer — a view, a torch tensor over it, the next layer —
     has dropped it), else a new one; so a result is never overwritten while anyone can still see it.  One
     array per slot is kept (the layer's last activation of that kind)."""
@@ -69,12 +70,15 @@ class _Buffers:
         return {"_slots": {}}  # activations are not state: a copy or a pickle starts empty
 
 
-def _padded_empty(b, h, w, c, ph, pw, fill, buffers: _Buffers | None = None) -> np.ndarray:
-    """uint8 (b, h + 2ph, w + 2pw, c) whose spatial border is ``fill`` (the interior is left for a kernel)."""
-    shape = (b, h + 2 * ph, w + 2 * pw, c)
-    out = np.empty(shape, np.uint8) if buffers is None else buffers.get("padded", shape, np.uint8)
+def _padded_empty(b, h, w, c, ph, pw, fill, buffers: _Buffers | None = None, slot: str = "padded",
+                  extra_rows: int = 0) -> np.ndarray:
+    """uint8 (b, h + 2ph + extra_rows, w + 2pw, c) whose spatial border (and the extra rows after the bottom one)
+    is ``fill`` (the interior is left for a kernel); from ``buffers``'s ``slot`` when given."""
+    shape = (b, h + 2 * ph + extra_rows, w + 2 * pw, c)
+    out = np.empty(shape, np.uint8) if buffers is None else buffers.get(slot, shape, np.uint8)
     if ph:
         out[:, :ph] = fill
+    if ph or extra_rows:
         out[:, h + ph:] = fill
     if pw:
         out[:, :, :pw] = fill
@@ -277,12 +281,17 @@ class PackedConv2d:
         ``padded=True``: ``(B, H + 2*ph, W + 2*pw, Cp)`` with this layer's zero padding already in place (the
         border holds the zero point) — the form :meth:`run_codes` takes with ``padded_input=True``.
         """
+        return self._quantize_nchw(x, self.padding if padded else (0, 0), self.cp, "padded")
+
+    def _quantize_nchw(self, x, padding, c: int, slot: str, extra_rows: int = 0) -> np.ndarray:
+        """float NCHW ``x`` -> uint8 ``(B, H + 2*ph + extra_rows, W + 2*pw, c)`` codes with a border of the zero
+        point, in the layer's buffer ``slot`` (``c``: the padded channel count, or the real one for dense rows)."""
         x = as_float32(x, "x", check_finite=False)
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must have shape (B, {self.in_channels}, H, W), got {x.shape}")
         b, _, h, w = x.shape
-        ph, pw = self.padding if padded else (0, 0)
-        out = _padded_empty(b, h, w, self.cp, ph, pw, self._za, self._buffers)
+        ph, pw = padding
+        out = _padded_empty(b, h, w, c, ph, pw, self._za, self._buffers, slot, extra_rows)
         if self.kernel.conv_quantize_nchw(np.ascontiguousarray(x), self._inv, self._za, self._qlo, self._qhi, out,
                                           (ph, pw)):
             raise non_finite_error(x, "x")
@@ -299,20 +308,9 @@ class PackedConv2d:
         if not self.dense_input:
             return self.run_codes(self.quantize_input(x, padded=True), output, out_scale, out_zero_point,
                                   padded_input=True, out_padding=out_padding, nchw=nchw)
-        x = as_float32(x, "x", check_finite=False)
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"x must have shape (B, {self.in_channels}, H, W), got {x.shape}")
-        b, c, h, w = x.shape
-        ph, pw = self.padding
-        codes = self._buffers.get("dense", (b, h + 2 * ph + 1, w + 2 * pw, c), np.uint8)  # + 1 row: a kernel row's last read
-        codes[:, :ph] = self._za
-        codes[:, h + ph:] = self._za
-        codes[:, :, :pw] = self._za
-        codes[:, :, w + pw:] = self._za
-        if self.kernel.conv_quantize_nchw(np.ascontiguousarray(x), self._inv, self._za, self._qlo, self._qhi, codes,
-                                          (ph, pw)):
-            raise non_finite_error(x, "x")
-        return self._run(codes, output, out_scale, out_zero_point, False, out_padding, nchw, (ph, pw), None,
+        # + 1 row after each image: a kernel row's last read
+        codes = self._quantize_nchw(x, self.padding, self.in_channels, "dense", extra_rows=1)
+        return self._run(codes, output, out_scale, out_zero_point, False, out_padding, nchw, self.padding, None,
                          dense=True)
 
     def quantize_rows(self, x) -> np.ndarray:
