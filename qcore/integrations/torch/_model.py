@@ -82,10 +82,10 @@ def quantize_dynamic(module: nn.Module, scheme: str = "linear", bits: int | None
     if calibrate is not None and _is_planner(scheme):
         if awq:
             raise TypeError("awq=True is not available with a planner scheme such as 'mixed'")
-        from ._ptq import check_gptq_options, split_float_targets
+        from ._ptq import check_gptq_options
         from ._ptq_mixed import quantize_mixed
 
-        gopts, float_targets = split_float_targets(check_gptq_options(gptq_options))
+        gopts, float_targets = check_gptq_options(gptq_options)
         if gopts:
             if "gptq_options" not in scheme_class(scheme).options:
                 raise TypeError(f"planner {scheme!r} takes no gptq_options")

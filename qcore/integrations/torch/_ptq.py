@@ -254,8 +254,20 @@ class _Layerwise:
                     self.parent[full] = (parent, cname)
 
     # -- bookkeeping ------------------------------------------------------------------------------------
+    def _corrected(self, names: list[str], h: HessianAccumulator, shift: _InputShift) -> dict[str, np.ndarray]:
+        """Float-target weights of a wave's layers (they share ``h``): corrected together, so ``H + lam I`` is
+        factored once per wave, not once per layer."""
+        e = shift.value()
+        if e is None:
+            return {}
+        ws = [self.targets[n].weight.detach().float().cpu().numpy() for n in names]
+        corrected = correct_for_input_shift(np.concatenate(ws), e, h.value(), damp=self.float_targets)
+        return dict(zip(names, np.split(corrected, np.cumsum([w.shape[0] for w in ws])[:-1])))
+
     def _replace(self, names: Iterable[str], hess: dict[str, HessianAccumulator], shift: _InputShift | None = None):
-        e = shift.value() if shift is not None else None
+        names = list(names)
+        fitted = [n for n in names if hess.get(n) is not None and hess[n].count > 0]
+        corrected = self._corrected(fitted, hess[fitted[0]], shift) if shift is not None and fitted else {}
         for name in names:
             lin = self.targets.pop(name)
             h = hess.get(name)
@@ -264,10 +276,8 @@ class _Layerwise:
                               stacklevel=4)
                 new = self.quantize_layer(name, lin, None, None)
             else:
-                hv = h.value()
-                fit = lin if e is None else _with_weight(lin, correct_for_input_shift(
-                    lin.weight.detach().float().cpu().numpy(), e, hv, damp=self.float_targets))
-                new = self.quantize_layer(name, fit, hv, h.abs_mean())
+                fit = _with_weight(lin, corrected[name]) if name in corrected else lin
+                new = self.quantize_layer(name, fit, h.value(), h.abs_mean())
             if name == "":
                 self.model = new
             else:
@@ -454,17 +464,15 @@ class _Layerwise:
             blk = self._module(bname)
             if i + 1 < len(blocks):
                 with torch.no_grad():
-                    outs = []
+                    outs, outs_f = [], []
                     for c, (slot, a, k) in enumerate(calls[i]):
                         aa, kk = _with_hidden(slot, a, k, hidden[c])
                         outs.append(_main_output(blk(*aa, **kk)))
-                    if hidden_f is not None:
-                        outs_f = []
-                        for c, (slot, a, k) in enumerate(calls[i]):
+                        if hidden_f is not None:
                             aa, kk = _with_hidden(slot, a, k, hidden_f[c])
                             outs_f.append(_main_output(float_blk(*aa, **kk)))
-                        hidden_f = outs_f
                 hidden = outs
+                hidden_f = outs_f if hidden_f is not None else None
         return True
 
     def _execution_order(self) -> dict[str, int]:
@@ -497,21 +505,15 @@ GPTQ_OPTIONS = ("block_size", "damp", "act_order", "clip_search", "float_targets
 DEFAULT_FLOAT_TARGETS = True
 
 
-def check_gptq_options(gptq_options) -> dict:
+def check_gptq_options(gptq_options) -> tuple[dict, float | None]:
+    """``(options for qcore.gptq, the driver's float-targets damping or None)`` from ``gptq_options``."""
     gopts = dict(gptq_options or {})
     unknown = set(gopts) - set(GPTQ_OPTIONS)
     if unknown:
         raise TypeError(f"unknown gptq_options {', '.join(sorted(unknown))}; they are {', '.join(GPTQ_OPTIONS)}")
-    ft = gopts.get("float_targets", DEFAULT_FLOAT_TARGETS)
-    if not isinstance(ft, (bool, np.bool_)):
-        raise TypeError(f"gptq_options['float_targets'] must be True or False, got {ft!r}")
-    return gopts
-
-
-def split_float_targets(gopts: dict) -> tuple[dict, float | None]:
-    """``(options for qcore.gptq, the driver's float_targets damping or None)`` from checked ``gptq_options``."""
-    gopts = dict(gopts)
-    on = bool(gopts.pop("float_targets", DEFAULT_FLOAT_TARGETS))
+    on = gopts.pop("float_targets", DEFAULT_FLOAT_TARGETS)
+    if not isinstance(on, (bool, np.bool_)):
+        raise TypeError(f"gptq_options['float_targets'] must be True or False, got {on!r}")
     return gopts, (float(gopts.get("damp", DEFAULT_DAMP)) if on else None)
 
 
@@ -522,7 +524,7 @@ def quantize_calibrated(model: nn.Module, scheme: str, wopts: dict, calibrate, *
     from ._modules import QLinear
     from ._tensors import _numpy_view
 
-    gopts, float_targets = split_float_targets(check_gptq_options(gptq_options))
+    gopts, float_targets = check_gptq_options(gptq_options)
     quantizer = qcore.get_quantizer(scheme, **wopts)
     if isinstance(quantizer, qcore.Planner):  # pragma: no cover - _model sends planners to _ptq_mixed
         raise TypeError("a planner goes through quantize_mixed")
